@@ -1,0 +1,108 @@
+import * as grpc from '@grpc/grpc-js';
+import { ApplicationFailure } from '@temporalio/common';
+import type { JobSpec } from '../domain/job';
+import { DEVICE_TYPES, JOB_TYPES, PRIORITIES, StatusCode } from '../domain/job';
+import { unitsToTokens } from '../domain/money';
+import { loadProtocol } from '../protocol/load';
+import type { AssignJobRequest, AssignJobResponse, JobConfig } from '../protocol/types';
+
+export interface DispatchDeps {
+  timeoutMs: number;
+  tokenDecimals: number;
+}
+
+export interface DispatchInput {
+  jobId: string;
+  nodeId: string;
+  assignEndpoint: string;
+  spec: JobSpec;
+}
+
+export type DispatchResult = { accepted: true } | { accepted: false; reason: string; code: number };
+
+/** Error type of a node that could not be reached; retried, then the workflow tries another node. */
+export const NODE_UNREACHABLE = 'NodeUnreachable';
+
+/**
+ * The JobConfig a node receives. Jobs reach the node's code from the Engine over P2P (SendJob carries the
+ * full config), so the dataset travels as `remote://…`: a shipping node then holds the assignment for the
+ * Engine instead of starting a second, local run of the same job.
+ */
+export function toAssignedJobConfig(spec: JobSpec, tokenDecimals: number): JobConfig {
+  return {
+    job_id: spec.jobId,
+    job_type: JOB_TYPES.indexOf(spec.jobType),
+    priority: PRIORITIES.indexOf(spec.priority),
+    model_definition: spec.modelDefinition,
+    hyperparameters: spec.hyperparameters,
+    dataset_uri: spec.datasetUri.startsWith('remote://') ? spec.datasetUri : `remote://${spec.datasetUri}`,
+    batch_size: spec.batchSize,
+    epochs: spec.epochs,
+    required_device: DEVICE_TYPES.indexOf(spec.requiredDevice),
+    estimated_memory: String(spec.estimatedMemory),
+    estimated_duration: String(spec.estimatedDuration),
+    payment_amount: unitsToTokens(BigInt(spec.paymentUnits), tokenDecimals),
+    payment_address: spec.paymentAddress,
+    escrow_tx_hash: spec.escrowTxHash,
+    reservation_duration_minutes: spec.reservationDurationMinutes,
+  };
+}
+
+/** The activity that offers a job to a node with NodeService.AssignJob on the node's own endpoint. */
+export function createDispatchActivities(deps: DispatchDeps) {
+  const { NodeService } = loadProtocol();
+  const clients = new Map<string, grpc.Client>();
+
+  function clientFor(endpoint: string): grpc.Client {
+    let client = clients.get(endpoint);
+    if (!client) {
+      client = new NodeService(endpoint, grpc.credentials.createInsecure());
+      clients.set(endpoint, client);
+    }
+    return client;
+  }
+
+  /**
+   * Offers the job to the node. A refusal is a result, not an error.
+   * @throws NodeUnreachable (retryable) when the node cannot be reached in time.
+   */
+  async function dispatchToNode(input: DispatchInput): Promise<DispatchResult> {
+    const request: AssignJobRequest = {
+      node_id: input.nodeId,
+      job: toAssignedJobConfig(input.spec, deps.tokenDecimals),
+      authorization_token: '',
+    };
+    const client = clientFor(input.assignEndpoint) as grpc.Client & {
+      AssignJob(
+        req: AssignJobRequest,
+        opts: grpc.CallOptions,
+        cb: (err: grpc.ServiceError | null, res: AssignJobResponse) => void,
+      ): void;
+    };
+    let response: AssignJobResponse;
+    try {
+      response = await new Promise<AssignJobResponse>((resolve, reject) =>
+        client.AssignJob(request, { deadline: Date.now() + deps.timeoutMs }, (err, res) => (err ? reject(err) : resolve(res))),
+      );
+    } catch (err) {
+      const e = err as grpc.ServiceError;
+      if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
+        throw ApplicationFailure.retryable(`node ${input.nodeId} unreachable at ${input.assignEndpoint}: ${e.details}`, NODE_UNREACHABLE);
+      }
+      return { accepted: false, reason: `AssignJob failed: ${grpc.status[e.code] ?? e.code} ${e.details ?? e.message}`, code: 502 };
+    }
+    if (response.status === StatusCode.SUCCESS && response.accepted) return { accepted: true };
+    return {
+      accepted: false,
+      reason: response.error?.message || `node refused the job (status ${response.status})`,
+      code: response.error?.code || 409,
+    };
+  }
+
+  function close(): void {
+    for (const c of clients.values()) c.close();
+    clients.clear();
+  }
+
+  return { activities: { dispatchToNode }, close };
+}

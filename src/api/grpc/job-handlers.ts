@@ -1,0 +1,168 @@
+import type * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { ValidationError } from '../../domain/errors';
+import { isTerminal, JOB_TYPES, statusCodeToPhases, StatusCode } from '../../domain/job';
+import type { JobStatus } from '../../protocol/types';
+import type {
+  CancelJobRequest,
+  DeleteJobRequest,
+  GetJobStatusRequest,
+  ListJobsRequest,
+  SubmitJobRequest,
+} from '../../protocol/types';
+import type { JobChangeFeed } from '../../services/job-change-feed';
+import type { JobService } from '../../services/jobs-service';
+import { toProtocolFailure } from './errors';
+import { optionalText, requireId, toJobSpec, toJobStatus } from './mappers';
+import { statusAndError, unary } from './unary';
+
+export interface JobHandlerDeps {
+  jobs: JobService;
+  feed: JobChangeFeed;
+  tokenDecimals: number;
+  log: Logger;
+}
+
+const DEFAULT_PAGE_SIZE = 100;
+const MAX_PAGE_SIZE = 1000;
+
+function decodePageToken(token: string): number {
+  if (!token) return 0;
+  const offset = Number(Buffer.from(token, 'base64url').toString());
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new ValidationError('page_token', 'is not a token this server issued');
+  return offset;
+}
+
+const encodePageToken = (offset: number) => Buffer.from(String(offset)).toString('base64url');
+
+/** JobService: the Engine's legacy job flow. */
+export function createJobHandlers(deps: JobHandlerDeps) {
+  const { jobs, log } = deps;
+
+  const SubmitJob = unary<SubmitJobRequest, object>(
+    log,
+    'SubmitJob',
+    async (req) => {
+      const spec = toJobSpec(req.config, deps.tokenDecimals);
+      const { jobId } = await jobs.submit(spec);
+      return { job_id: jobId, status: StatusCode.SUCCESS, estimated_start_time: String(Math.floor(Date.now() / 1000)) };
+    },
+    (f) => ({ job_id: '', ...statusAndError(f) }),
+  );
+
+  const GetJobStatus = unary<GetJobStatusRequest, object>(
+    log,
+    'GetJobStatus',
+    async (req) => {
+      const { job, assignment } = await jobs.status(requireId(req.job_id, 'job_id'));
+      return {
+        status: toJobStatus(job),
+        node_assignment: assignment && {
+          node_id: assignment.nodeId,
+          node_endpoint: assignment.endpoint,
+          auth_token: assignment.authToken,
+          token_expires_at: String(assignment.tokenExpiresAt),
+          node_public_key: '',
+        },
+      };
+    },
+    (f) => ({ status: { job_id: '', status: f.status, error: f.error }, error: f.error }),
+  );
+
+  const CancelJob = unary<CancelJobRequest, object>(
+    log,
+    'CancelJob',
+    async (req) => {
+      const jobId = requireId(req.job_id, 'job_id');
+      const reason = optionalText(req.reason, 'reason', 1024);
+      const { refundIssued } = await jobs.cancel(jobId, reason);
+      return { status: StatusCode.SUCCESS, refund_issued: refundIssued };
+    },
+    (f) => ({ ...statusAndError(f), refund_issued: false }),
+  );
+
+  const DeleteJob = unary<DeleteJobRequest, object>(
+    log,
+    'DeleteJob',
+    async (req) => {
+      await jobs.remove(requireId(req.job_id, 'job_id'));
+      return { status: StatusCode.SUCCESS };
+    },
+    statusAndError,
+  );
+
+  const ListJobs = unary<ListJobsRequest, object>(
+    log,
+    'ListJobs',
+    async (req) => {
+      if (req.page_size < 0) throw new ValidationError('page_size', 'must not be negative');
+      if (req.filter_type < 0 || req.filter_type >= JOB_TYPES.length) {
+        throw new ValidationError('filter_type', `has no value ${req.filter_type}`);
+      }
+      const phases = statusCodeToPhases(req.filter_status);
+      if (phases && phases.length === 0) throw new ValidationError('filter_status', `has no value ${req.filter_status}`);
+      const limit = Math.min(req.page_size || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
+      const offset = decodePageToken(req.page_token);
+      const { rows, total } = await jobs.list({
+        submitter: optionalText(req.user_id, 'user_id', 128) || undefined,
+        jobType: req.filter_type ? JOB_TYPES[req.filter_type] : undefined,
+        phases,
+        limit,
+        offset,
+      });
+      const next = offset + rows.length;
+      return { jobs: rows.map(toJobStatus), next_page_token: next < total ? encodePageToken(next) : '', total_count: total };
+    },
+    // ListJobsResponse has no error field: a refused request is an empty page.
+    () => ({ jobs: [], next_page_token: '', total_count: 0 }),
+  );
+
+  /** Pushes the job's status at once, then at every change, and ends when the job ends. */
+  const StreamJobUpdates: grpc.handleServerStreamingCall<GetJobStatusRequest, object> = (call) => {
+    let last = '';
+    let ended = false;
+    let reading = Promise.resolve();
+    const end = (unsubscribe?: () => void) => {
+      if (ended) return;
+      ended = true;
+      unsubscribe?.();
+      call.end();
+    };
+    let jobId: string;
+    try {
+      jobId = requireId(call.request.job_id, 'job_id');
+    } catch (err) {
+      const { failure } = toProtocolFailure(err);
+      call.write({ job_id: call.request.job_id ?? '', status: { job_id: '', status: failure.status, error: failure.error }, log_message: failure.error.message });
+      return end();
+    }
+    const push = () => {
+      reading = reading.then(async () => {
+        if (ended) return;
+        try {
+          const job = await jobs.get(jobId);
+          const status: JobStatus = toJobStatus(job);
+          const key = JSON.stringify([status.status, status.progress, status.current_node_id, status.current_epoch, status.metrics, job.eventSeq]);
+          if (key !== last) {
+            last = key;
+            const events = await jobs.events(jobId);
+            const latest = events[events.length - 1];
+            call.write({ job_id: jobId, status, live_metrics: job.metrics, log_message: latest ? `${latest.toStatus}: ${latest.reason}` : '' });
+          }
+          if (isTerminal(job.status)) end(unsubscribe);
+        } catch (err) {
+          const { failure, unexpected } = toProtocolFailure(err);
+          if (unexpected) log.error({ err, jobId }, 'StreamJobUpdates failed');
+          call.write({ job_id: jobId, status: { job_id: jobId, status: failure.status, error: failure.error }, log_message: failure.error.message });
+          end(unsubscribe);
+        }
+      });
+    };
+    const unsubscribe = deps.feed.subscribe(jobId, push);
+    call.on('cancelled', () => end(unsubscribe));
+    call.on('close', () => end(unsubscribe));
+    push();
+  };
+
+  return { SubmitJob, GetJobStatus, CancelJob, StreamJobUpdates, ListJobs, DeleteJob };
+}

@@ -1,0 +1,199 @@
+import { randomUUID } from 'node:crypto';
+import type { JobRow } from '../../db/jobs-repo';
+import type { NodeRegistration } from '../../db/nodes-repo';
+import { ValidationError } from '../../domain/errors';
+import {
+  DEVICE_TYPES,
+  JOB_TYPES,
+  phaseToStatusCode,
+  PRIORITIES,
+  type DeviceType,
+  type JobSpec,
+} from '../../domain/job';
+import { tokensToUnits } from '../../domain/money';
+import type { DeviceCapsSpec } from '../../domain/node';
+import type { DeviceCaps, Int64, JobConfig, JobStatus, NodeInfo } from '../../protocol/types';
+
+/** Ids clients may choose for jobs: printable, at most 128 characters. */
+const CLIENT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+const MAX_TEXT = 4096;
+/** A shipping node listens for P2P on 50052 (and is registered with it); 0 means "the default". */
+export const DEFAULT_NODE_PORT = 50052;
+
+export function requireText(value: string | undefined, field: string): string {
+  const v = (value ?? '').trim();
+  if (!v) throw new ValidationError(field, 'is required');
+  if (v.length > MAX_TEXT) throw new ValidationError(field, `is longer than ${MAX_TEXT} characters`);
+  return v;
+}
+
+export function optionalText(value: string | undefined, field: string, max = MAX_TEXT): string {
+  const v = (value ?? '').trim();
+  if (v.length > max) throw new ValidationError(field, `is longer than ${max} characters`);
+  return v;
+}
+
+export function requireId(value: string | undefined, field: string): string {
+  const v = requireText(value, field);
+  if (v.length > 128) throw new ValidationError(field, 'is longer than 128 characters');
+  return v;
+}
+
+/** An int64 field (decimal string on the wire) as a non-negative safe integer. */
+export function int64(value: Int64 | number | undefined, field: string): number {
+  const n = Number(value ?? 0);
+  if (!Number.isSafeInteger(n)) throw new ValidationError(field, 'is not an integer in range');
+  if (n < 0) throw new ValidationError(field, 'must not be negative');
+  return n;
+}
+
+function enumValue<T extends string>(values: readonly T[], value: number, field: string, allowUnknown: boolean): T {
+  if (!Number.isInteger(value) || value < 0 || value >= values.length) {
+    throw new ValidationError(field, `has no value ${value}`);
+  }
+  if (!allowUnknown && value === 0) throw new ValidationError(field, `must be set (one of ${values.slice(1).join(', ')})`);
+  return values[value];
+}
+
+export const deviceTypeOf = (value: number, field: string): DeviceType => enumValue(DEVICE_TYPES, value, field, true);
+
+/**
+ * SubmitJobRequest.config → a validated job. Fields the nodes require (job type, epochs, batch size,
+ * dataset) are required here, so no node ever refuses a job for being malformed.
+ * @throws ValidationError naming the field as `config.<field>`.
+ */
+export function toJobSpec(config: JobConfig | null | undefined, tokenDecimals: number): JobSpec {
+  if (!config) throw new ValidationError('config', 'is required');
+  const jobId = (config.job_id ?? '').trim();
+  if (jobId && !CLIENT_ID.test(jobId)) {
+    throw new ValidationError('config.job_id', 'must be 1-128 characters of letters, digits, _ . : - (starting with a letter or digit)');
+  }
+  if (!Number.isInteger(config.batch_size) || config.batch_size <= 0) {
+    throw new ValidationError('config.batch_size', 'must be greater than zero');
+  }
+  if (!Number.isInteger(config.epochs) || config.epochs <= 0) throw new ValidationError('config.epochs', 'must be greater than zero');
+  if (config.reservation_duration_minutes < 0) {
+    throw new ValidationError('config.reservation_duration_minutes', 'must not be negative');
+  }
+  const hyperparameters: Record<string, string> = {};
+  for (const [k, v] of Object.entries(config.hyperparameters ?? {})) {
+    hyperparameters[optionalText(k, 'config.hyperparameters', 256)] = optionalText(v, `config.hyperparameters.${k}`);
+  }
+  return {
+    jobId: jobId || randomUUID(),
+    jobType: enumValue(JOB_TYPES, config.job_type, 'config.job_type', false),
+    priority: enumValue(PRIORITIES, config.priority, 'config.priority', true),
+    modelDefinition: config.model_definition ?? '',
+    hyperparameters,
+    datasetUri: requireText(config.dataset_uri, 'config.dataset_uri'),
+    batchSize: config.batch_size,
+    epochs: config.epochs,
+    requiredDevice: deviceTypeOf(config.required_device, 'config.required_device'),
+    estimatedMemory: int64(config.estimated_memory, 'config.estimated_memory'),
+    estimatedDuration: int64(config.estimated_duration, 'config.estimated_duration'),
+    paymentUnits: tokensToUnits(config.payment_amount, tokenDecimals, 'config.payment_amount').toString(),
+    paymentAddress: optionalText(config.payment_address, 'config.payment_address', 128),
+    escrowTxHash: optionalText(config.escrow_tx_hash, 'config.escrow_tx_hash', 128),
+    reservationDurationMinutes: config.reservation_duration_minutes,
+  };
+}
+
+const unixSeconds = (d: Date | null | undefined) => (d ? String(Math.floor(d.getTime() / 1000)) : '0');
+
+/** A job row as the protocol's JobStatus. */
+export function toJobStatus(job: JobRow): JobStatus {
+  return {
+    job_id: job.id,
+    status: phaseToStatusCode(job.status),
+    progress: job.progress,
+    current_node_id: job.assignedNodeId ?? '',
+    start_time: unixSeconds(job.startedAt),
+    end_time: unixSeconds(job.endedAt),
+    error: job.errorMessage ? { code: job.errorCode ?? 500, message: job.errorMessage } : null,
+    metrics: job.metrics,
+    current_epoch: job.currentEpoch,
+  };
+}
+
+function toDevice(d: DeviceCaps, field: string): DeviceCapsSpec {
+  return {
+    deviceType: deviceTypeOf(d.device_type, `${field}.device_type`),
+    deviceName: optionalText(d.device_name, `${field}.device_name`, 256),
+    memoryTotal: int64(d.memory_total, `${field}.memory_total`),
+    memoryAvailable: int64(d.memory_available, `${field}.memory_available`),
+    computeUnits: Math.max(0, d.compute_units | 0),
+    supportsFp64: !!d.supports_fp64,
+    supportsFp16: !!d.supports_fp16,
+    gpuModel: optionalText(d.gpu_model, `${field}.gpu_model`, 256),
+    vramTotal: int64(d.vram_total, `${field}.vram_total`),
+    vramAvailable: int64(d.vram_available, `${field}.vram_available`),
+    driverVersion: optionalText(d.driver_version, `${field}.driver_version`, 128),
+    cudaVersion: optionalText(d.cuda_version, `${field}.cuda_version`, 128),
+    pcieGeneration: d.pcie_generation | 0,
+    pcieLanes: d.pcie_lanes | 0,
+    computeCapability: Number.isFinite(d.compute_capability) ? d.compute_capability : 0,
+  };
+}
+
+/**
+ * RegisterNodeRequest.info → a registration. A missing ip_address falls back to the caller's address.
+ * @throws ValidationError naming the field as `info.<field>`.
+ */
+export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: string): { claimedId: string; reg: NodeRegistration } {
+  if (!info) throw new ValidationError('info', 'is required');
+  if (!Number.isInteger(info.port) || info.port < 0 || info.port > 65535) {
+    throw new ValidationError('info.port', 'must be a TCP port (0-65535)');
+  }
+  if (info.cpu_cores < 0) throw new ValidationError('info.cpu_cores', 'must not be negative');
+  const ipAddress = optionalText(info.ip_address, 'info.ip_address', 255) || peerIp;
+  if (!ipAddress) throw new ValidationError('info.ip_address', 'is required');
+  const claimedId = optionalText(info.node_id, 'info.node_id', 128);
+  const v = info.version;
+  return {
+    claimedId,
+    reg: {
+      name: optionalText(info.name, 'info.name', 256) || `CyxWiz-Node-${claimedId.slice(0, 8) || ipAddress}`,
+      cpuCores: info.cpu_cores,
+      ramTotal: int64(info.ram_total, 'info.ram_total'),
+      ramAvailable: int64(info.ram_available, 'info.ram_available'),
+      devices: (info.devices ?? []).map((d, i) => toDevice(d, `info.devices[${i}]`)),
+      ipAddress,
+      port: info.port || DEFAULT_NODE_PORT,
+      region: optionalText(info.region, 'info.region', 128),
+      walletAddress: optionalText(info.wallet_address, 'info.wallet_address', 128),
+      profile: {
+        version: v ? `${v.major}.${v.minor}.${v.patch}${v.build ? `+${v.build}` : ''}` : '',
+        supportedFormats: info.supported_formats ?? [],
+        maxModelSize: int64(info.max_model_size, 'info.max_model_size'),
+        supportsTerminalAccess: !!info.supports_terminal_access,
+        availableRuntimes: info.available_runtimes ?? [],
+        stakedAmount: Number.isFinite(info.staked_amount) ? info.staked_amount : 0,
+      },
+    },
+  };
+}
+
+/** The caller's IP from a grpc-js peer string ("ipv4:1.2.3.4:5678", "ipv6:[::1]:5678", "1.2.3.4:5678"). */
+export function peerIp(peer: string): string {
+  const p = peer.replace(/^ipv[46]:/, '');
+  const bracketed = /^\[([^\]]+)\]:\d+$/.exec(p);
+  if (bracketed) return bracketed[1];
+  const idx = p.lastIndexOf(':');
+  return idx > 0 ? p.slice(0, idx) : p;
+}
+
+/** A progress value in 0..1. @throws ValidationError */
+export function progressValue(value: number, field: string): number {
+  if (!Number.isFinite(value) || value < 0 || value > 1) throw new ValidationError(field, 'must be between 0 and 1');
+  return value;
+}
+
+/** Metrics must be finite numbers. @throws ValidationError */
+export function metricsValue(metrics: Record<string, number> | undefined, field: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(metrics ?? {})) {
+    if (!Number.isFinite(v)) throw new ValidationError(`${field}.${k}`, 'must be a finite number');
+    out[k] = v;
+  }
+  return out;
+}

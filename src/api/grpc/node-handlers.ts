@@ -1,0 +1,194 @@
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { ValidationError } from '../../domain/errors';
+import { StatusCode } from '../../domain/job';
+import type {
+  GetNodeMetricsRequest,
+  HeartbeatRequest,
+  JobAcceptedRequest,
+  RegisterNodeRequest,
+  ReportCompletionRequest,
+  ReportJobResultRequest,
+  ReportProgressRequest,
+  UpdateJobStatusRequest,
+} from '../../protocol/types';
+import type { NodeService } from '../../services/nodes-service';
+import { int64, metricsValue, optionalText, peerIp, progressValue, requireId, toNodeRegistration } from './mappers';
+import { statusAndError, unary } from './unary';
+
+export interface NodeHandlerDeps {
+  nodes: NodeService;
+  log: Logger;
+}
+
+const DEFAULT_METRICS_WINDOW_S = 3600;
+
+/** A node's verdict on its job, from a StatusCode it reports. */
+function verdict(status: number): 'completed' | 'failed' | 'progress' {
+  if (status === StatusCode.SUCCESS || status === StatusCode.COMPLETED) return 'completed';
+  if (status === StatusCode.FAILED || status === StatusCode.ERROR || status === StatusCode.CANCELLED) return 'failed';
+  return 'progress';
+}
+
+/** NodeService (as served by the central server) and JobStatusService: what nodes call. */
+export function createNodeHandlers(deps: NodeHandlerDeps) {
+  const { nodes, log } = deps;
+
+  const RegisterNode = unary<RegisterNodeRequest, object>(
+    log,
+    'RegisterNode',
+    async (req, call) => {
+      const { claimedId, reg } = toNodeRegistration(req.info, peerIp(call.getPeer()));
+      const { nodeId, created } = await nodes.register(claimedId, reg);
+      log.info({ nodeId, created, endpoint: `${reg.ipAddress}:${reg.port}`, devices: reg.devices.length }, 'node registered');
+      return { status: StatusCode.SUCCESS, node_id: nodeId, session_token: `session_${nodeId}` };
+    },
+    (f) => ({ ...statusAndError(f), node_id: '', session_token: '' }),
+  );
+
+  const Heartbeat = unary<HeartbeatRequest, object>(
+    log,
+    'Heartbeat',
+    async (req) => {
+      const nodeId = requireId(req.node_id, 'node_id');
+      const s = req.current_status;
+      const jobsToCancel = await nodes.heartbeat(nodeId, s ? { ramAvailable: Number(s.ram_available), ramTotal: Number(s.ram_total) } : undefined);
+      return { status: StatusCode.SUCCESS, keep_alive: true, jobs_to_cancel: jobsToCancel };
+    },
+    // keep_alive stays true: a shipping node treats false as a failed heartbeat and drops its pending jobs.
+    (f) => ({ ...statusAndError(f), keep_alive: true, jobs_to_cancel: [] }),
+  );
+
+  const NotifyJobAccepted = unary<JobAcceptedRequest, object>(
+    log,
+    'NotifyJobAccepted',
+    async (req) => {
+      await nodes.accepted(requireId(req.node_id, 'node_id'), requireId(req.job_id, 'job_id'));
+      return { status: StatusCode.SUCCESS, acknowledged: true };
+    },
+    (f) => ({ ...statusAndError(f), acknowledged: false }),
+  );
+
+  async function report(nodeId: string, jobId: string, status: number, progress: number | undefined, epoch: number | undefined, metrics: Record<string, number>, message: string) {
+    switch (verdict(status)) {
+      case 'completed':
+        return { kind: 'completed' as const, ...(await nodes.completed(nodeId, jobId, { finalMetrics: metrics })) };
+      case 'failed':
+        await nodes.failed(nodeId, jobId, message);
+        return { kind: 'failed' as const };
+      default:
+        await nodes.progress({ nodeId, jobId, progress, epoch, metrics });
+        return { kind: 'progress' as const };
+    }
+  }
+
+  const ReportProgress = unary<ReportProgressRequest, object>(
+    log,
+    'ReportProgress',
+    async (req) => {
+      const nodeId = requireId(req.node_id, 'node_id');
+      const jobId = requireId(req.job_id, 'job_id');
+      const s = req.status;
+      const metrics = { ...metricsValue(s?.metrics, 'status.metrics'), ...metricsValue(req.current_metrics, 'current_metrics') };
+      const progress = s ? progressValue(s.progress, 'status.progress') : undefined;
+      const epoch = s && s.current_epoch >= 0 ? s.current_epoch : undefined;
+      const outcome = await report(nodeId, jobId, s?.status ?? StatusCode.IN_PROGRESS, progress, epoch, metrics, s?.error?.message ?? '');
+      return { status: StatusCode.SUCCESS, continue_job: outcome.kind === 'progress' };
+    },
+    (f) => ({ ...statusAndError(f), continue_job: false }),
+  );
+
+  const ReportCompletion = unary<ReportCompletionRequest, object>(
+    log,
+    'ReportCompletion',
+    async (req) => {
+      const nodeId = requireId(req.node_id, 'node_id');
+      const jobId = requireId(req.job_id, 'job_id');
+      const r = req.result;
+      if (r && r.status !== StatusCode.UNKNOWN && verdict(r.status) === 'failed') {
+        await nodes.failed(nodeId, jobId, `node reported status ${r.status}`);
+        return { status: StatusCode.SUCCESS, payment_released: false, payment_tx_hash: '' };
+      }
+      const receipt = await nodes.completed(nodeId, jobId, {
+        finalMetrics: metricsValue(r?.final_metrics, 'result.final_metrics'),
+        modelWeightsUri: optionalText(r?.model_weights_uri, 'result.model_weights_uri'),
+        modelWeightsHash: optionalText(r?.model_weights_hash, 'result.model_weights_hash', 256),
+      });
+      return { status: StatusCode.SUCCESS, payment_released: receipt.paymentReleased, payment_tx_hash: receipt.txRef };
+    },
+    (f) => ({ ...statusAndError(f), payment_released: false, payment_tx_hash: '' }),
+  );
+
+  const GetNodeMetrics = unary<GetNodeMetricsRequest, object>(
+    log,
+    'GetNodeMetrics',
+    async (req) => {
+      const nodeId = requireId(req.node_id, 'node_id');
+      const nowS = Math.floor(Date.now() / 1000);
+      const end = int64(req.end_time, 'end_time') || nowS;
+      const start = int64(req.start_time, 'start_time') || end - DEFAULT_METRICS_WINDOW_S;
+      if (start > end) throw new ValidationError('start_time', 'must not be after end_time');
+      const rows = await nodes.metrics(nodeId, new Date(start * 1000), new Date(end * 1000));
+      return {
+        metrics: rows.map((m) => ({
+          timestamp: String(Math.floor(m.at.getTime() / 1000)),
+          cpu_usage: m.cpuUsage,
+          gpu_usage: m.gpuUsage,
+          memory_usage: m.memoryUsage,
+          network_throughput: m.networkThroughput,
+          power_consumption: m.powerConsumption,
+        })),
+      };
+    },
+    (f) => ({ metrics: [], error: f.error }),
+  );
+
+  const AssignJob: grpc.handleUnaryCall<unknown, unknown> = (_call, callback) =>
+    callback({ code: grpc.status.UNIMPLEMENTED, details: 'AssignJob is served by nodes, not by the central server' });
+
+  const UpdateJobStatus = unary<UpdateJobStatusRequest, object>(
+    log,
+    'UpdateJobStatus',
+    async (req) => {
+      const nodeId = requireId(req.node_id, 'node_id');
+      const jobId = requireId(req.job_id, 'job_id');
+      const outcome = await report(
+        nodeId,
+        jobId,
+        req.status,
+        progressValue(req.progress, 'progress'),
+        req.current_epoch >= 0 ? req.current_epoch : undefined,
+        metricsValue(req.metrics, 'metrics'),
+        req.log_message,
+      );
+      return { status: StatusCode.SUCCESS, should_continue: outcome.kind === 'progress' };
+    },
+    (f) => ({ ...statusAndError(f), should_continue: false }),
+  );
+
+  const ReportJobResult = unary<ReportJobResultRequest, object>(
+    log,
+    'ReportJobResult',
+    async (req) => {
+      const nodeId = requireId(req.node_id, 'node_id');
+      const jobId = requireId(req.job_id, 'job_id');
+      const metrics = metricsValue(req.final_metrics, 'final_metrics');
+      if (verdict(req.final_status) === 'completed') {
+        await nodes.completed(nodeId, jobId, {
+          finalMetrics: metrics,
+          modelWeightsUri: optionalText(req.model_weights_uri, 'model_weights_uri'),
+          modelWeightsHash: optionalText(req.model_weights_hash, 'model_weights_hash', 256),
+        });
+      } else {
+        await nodes.failed(nodeId, jobId, req.error_message || `node reported status ${req.final_status}`);
+      }
+      return { status: StatusCode.SUCCESS };
+    },
+    statusAndError,
+  );
+
+  return {
+    node: { RegisterNode, Heartbeat, AssignJob, ReportProgress, ReportCompletion, GetNodeMetrics, NotifyJobAccepted },
+    jobStatus: { UpdateJobStatus, ReportJobResult },
+  };
+}

@@ -1,0 +1,49 @@
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import type { Logger } from 'pino';
+import { loadProtocol } from '../../protocol/load';
+import { createJobHandlers, type JobHandlerDeps } from './job-handlers';
+import { createNodeHandlers } from './node-handlers';
+import type { NodeService } from '../../services/nodes-service';
+
+export interface GrpcServerDeps extends JobHandlerDeps {
+  nodes: NodeService;
+  log: Logger;
+}
+
+export const SERVED_SERVICES = ['cyxwiz.protocol.JobService', 'cyxwiz.protocol.NodeService', 'cyxwiz.protocol.JobStatusService'];
+
+/** The gRPC server of package cyxwiz.protocol, plain HTTP/2 as the shipping clients speak it, with grpc.health.v1. */
+export function createGrpcServer(deps: GrpcServerDeps) {
+  const protocol = loadProtocol();
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log });
+  server.addService(protocol.JobService.service, createJobHandlers(deps) as unknown as grpc.UntypedServiceImplementation);
+  server.addService(protocol.NodeService.service, nodeHandlers.node as unknown as grpc.UntypedServiceImplementation);
+  server.addService(protocol.JobStatusService.service, nodeHandlers.jobStatus as unknown as grpc.UntypedServiceImplementation);
+  const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...SERVED_SERVICES.map((s) => [s, 'SERVING'])]));
+  health.addToServer(server);
+
+  async function listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) =>
+      server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound))),
+    );
+  }
+
+  /** Stops accepting calls, lets running ones finish for up to `graceMs`, then cuts them. */
+  async function shutdown(graceMs = 5000): Promise<void> {
+    for (const s of ['', ...SERVED_SERVICES]) health.setStatus(s, 'NOT_SERVING');
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, graceMs);
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  return { server, listen, shutdown };
+}

@@ -1,0 +1,134 @@
+import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Logger } from 'pino';
+import { DomainError, UnavailableError, ValidationError } from '../../domain/errors';
+import { JOB_PHASES, phaseToStatusCode, type JobPhase } from '../../domain/job';
+import type { JobRow } from '../../db/jobs-repo';
+
+export interface HealthCheck {
+  name: string;
+  check(): Promise<void>;
+}
+
+export interface RestDeps {
+  log: Logger;
+  checks: HealthCheck[];
+  stats(): Promise<{ nodes: { total: number; online: number; offline: number; busy: number }; jobs: Record<JobPhase, number> }>;
+  jobs: {
+    get(id: string): Promise<JobRow>;
+    events(id: string): Promise<unknown[]>;
+    payments(id: string): Promise<unknown[]>;
+    list(q: { submitter?: string; phases?: JobPhase[]; limit: number; offset: number }): Promise<{ rows: JobRow[]; total: number }>;
+  };
+  version: string;
+  startedAt: Date;
+}
+
+const jobJson = (j: JobRow) => ({
+  id: j.id,
+  status: j.status,
+  statusCode: phaseToStatusCode(j.status),
+  jobType: j.jobType,
+  priority: j.priority,
+  requiredDevice: j.requiredDevice,
+  estimatedMemory: j.estimatedMemory,
+  submitter: j.submitter,
+  paymentUnits: j.paymentUnits.toString(),
+  assignedNodeId: j.assignedNodeId,
+  attempts: j.attempts,
+  progress: j.progress,
+  currentEpoch: j.currentEpoch,
+  metrics: j.metrics,
+  error: j.errorMessage ? { code: j.errorCode, message: j.errorMessage } : null,
+  createdAt: j.createdAt,
+  startedAt: j.startedAt,
+  endedAt: j.endedAt,
+});
+
+/** bigint → decimal string in every JSON reply. */
+const replacer = (_k: string, v: unknown) => (typeof v === 'bigint' ? v.toString() : v);
+
+function intParam(value: unknown, name: string, def: number, max: number): number {
+  if (value === undefined || value === '') return def;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new ValidationError(name, 'must be a non-negative integer');
+  return Math.min(n, max);
+}
+
+/** The operators' REST API: health, stats and read access to jobs. */
+export function createRestApp(deps: RestDeps) {
+  const app = express();
+  app.set('json replacer', replacer);
+  app.disable('x-powered-by');
+
+  app.get('/api/health', async (_req, res) => {
+    const services: Record<string, { ok: boolean; latencyMs: number; error?: string }> = {};
+    await Promise.all(
+      deps.checks.map(async (c) => {
+        const t0 = performance.now();
+        try {
+          await c.check();
+          services[c.name] = { ok: true, latencyMs: Math.round(performance.now() - t0) };
+        } catch (err) {
+          services[c.name] = { ok: false, latencyMs: Math.round(performance.now() - t0), error: (err as Error).message };
+        }
+      }),
+    );
+    const healthy = Object.values(services).every((s) => s.ok);
+    res.status(healthy ? 200 : 503).json({
+      status: healthy ? 'healthy' : 'degraded',
+      version: deps.version,
+      uptimeSeconds: Math.round((Date.now() - deps.startedAt.getTime()) / 1000),
+      timestamp: new Date().toISOString(),
+      services,
+    });
+  });
+
+  app.get('/api/stats', async (_req, res) => {
+    res.json(await deps.stats());
+  });
+
+  app.get('/api/jobs', async (req, res) => {
+    const status = req.query.status;
+    if (status !== undefined && !JOB_PHASES.includes(status as JobPhase)) {
+      throw new ValidationError('status', `must be one of ${JOB_PHASES.join(', ')}`);
+    }
+    const limit = intParam(req.query.limit, 'limit', 50, 500);
+    const offset = intParam(req.query.offset, 'offset', 0, Number.MAX_SAFE_INTEGER);
+    const { rows, total } = await deps.jobs.list({
+      submitter: typeof req.query.submitter === 'string' ? req.query.submitter : undefined,
+      phases: status ? [status as JobPhase] : undefined,
+      limit,
+      offset,
+    });
+    res.json({ jobs: rows.map(jobJson), total, limit, offset });
+  });
+
+  app.get('/api/jobs/:id', async (req, res) => {
+    const job = await deps.jobs.get(req.params.id);
+    const [events, payments] = await Promise.all([deps.jobs.events(job.id), deps.jobs.payments(job.id)]);
+    res.json({ ...jobJson(job), config: job.config, events, payments });
+  });
+
+  app.get('/api/jobs/:id/payments', async (req, res) => {
+    const job = await deps.jobs.get(req.params.id);
+    res.json({ jobId: job.id, payments: await deps.jobs.payments(job.id) });
+  });
+
+  app.use((_req, res) => {
+    res.status(404).json({ error: { code: 404, message: 'no such route' } });
+  });
+
+  // The one error middleware: domain errors → HTTP.
+  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    if (err instanceof DomainError) {
+      res.status(err instanceof UnavailableError ? 503 : err.code).json({
+        error: { code: err.code, message: err.message, ...(err instanceof ValidationError && { field: err.field }) },
+      });
+      return;
+    }
+    deps.log.error({ err }, 'REST request failed');
+    res.status(500).json({ error: { code: 500, message: 'internal server error' } });
+  });
+
+  return app;
+}

@@ -1,0 +1,149 @@
+import path from 'node:path';
+import { z } from 'zod';
+
+const port = z.coerce.number().int().min(0).max(65535);
+const positiveInt = z.coerce.number().int().positive();
+const optionalUrl = z
+  .string()
+  .trim()
+  .transform((v) => (v === '' ? undefined : v))
+  .optional();
+
+/** The node's P2P secret when started without `--p2p-secret` (shipping default of the C++ daemon). */
+export const SHIPPING_NODE_P2P_SECRET = 'your-super-secret-jwt-key-change-in-production';
+
+const schema = z.object({
+  DATA_DIR: z.string().default('./data'),
+  DATABASE_URL: optionalUrl,
+  EMBEDDED_PG_PORT: port.default(54329),
+  TEMPORAL_ADDRESS: optionalUrl,
+  TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
+  TEMPORAL_TASK_QUEUE: z.string().min(1).default('cyxwiz-jobs'),
+  TEMPORAL_CLI: z.string().optional(),
+  TEMPORAL_PORT: port.default(7233),
+  TEMPORAL_UI_PORT: port.default(8233),
+  GRPC_HOST: z.string().default('0.0.0.0'),
+  GRPC_PORT: port.default(50051),
+  REST_HOST: z.string().default('0.0.0.0'),
+  REST_PORT: port.default(8080),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** A running job whose node is silent this long is treated as lost. */
+  JOB_HEARTBEAT_TIMEOUT_S: positiveInt.default(30),
+  /** Assignments a job may use (a node lost or failing the job uses one) before it fails and is refunded. */
+  JOB_MAX_ATTEMPTS: positiveInt.default(3),
+  /** Longest a single attempt may run on a node before it counts as failed. */
+  JOB_MAX_RUNTIME_S: positiveInt.default(7 * 24 * 3600),
+  /** A queued job re-checks for fitting nodes this often even without a registration event. */
+  JOB_REQUEUE_INTERVAL_S: positiveInt.default(30),
+  /** Deadline of one NodeService.AssignJob call to a node. */
+  NODE_ASSIGN_TIMEOUT_MS: positiveInt.default(5000),
+  /** Shipping nodes serve NodeService (AssignJob) on their registered port + 3 (50052 → 50055). */
+  NODE_ASSIGN_PORT_OFFSET: z.coerce.number().int().default(3),
+  /** A node is online for matching while its last heartbeat is younger than this. */
+  NODE_OFFLINE_AFTER_S: positiveInt.default(30),
+  /** Heartbeats are absorbed in memory and written to Postgres in one batch this often. */
+  HEARTBEAT_FLUSH_MS: positiveInt.default(1000),
+  /** One node_metrics sample per node per this many seconds of heartbeats. */
+  NODE_METRICS_SAMPLE_S: positiveInt.default(60),
+  NODE_METRICS_RETENTION_H: positiveInt.default(7 * 24),
+  /** HS256 secret of the P2P tokens nodes verify; must equal the nodes' --p2p-secret. */
+  P2P_JWT_SECRET: z.string().min(1).default(SHIPPING_NODE_P2P_SECRET),
+  P2P_TOKEN_TTL_S: positiveInt.default(3600),
+  /** Platform share of a completed job's escrow, in basis points (1000 = 10 %). */
+  PLATFORM_FEE_BPS: z.coerce.number().int().min(0).max(10_000).default(1000),
+  /** Decimals of the CYXWIZ mint: payment amounts are integers in 10^-decimals tokens. */
+  TOKEN_DECIMALS: z.coerce.number().int().min(0).max(18).default(9),
+});
+
+export type Env = z.infer<typeof schema>;
+
+export interface Config {
+  readonly dataDir: string;
+  readonly database: { readonly url?: string; readonly embeddedPort: number };
+  readonly temporal: {
+    readonly address?: string;
+    readonly namespace: string;
+    readonly taskQueue: string;
+    readonly cli?: string;
+    readonly port: number;
+    readonly uiPort: number;
+  };
+  readonly grpc: { readonly host: string; readonly port: number };
+  readonly rest: { readonly host: string; readonly port: number };
+  readonly logLevel: Env['LOG_LEVEL'];
+  readonly jobs: {
+    readonly heartbeatTimeoutMs: number;
+    readonly maxAttempts: number;
+    readonly maxRuntimeMs: number;
+    readonly requeueIntervalMs: number;
+  };
+  readonly nodes: {
+    readonly assignTimeoutMs: number;
+    readonly assignPortOffset: number;
+    readonly offlineAfterMs: number;
+    readonly heartbeatFlushMs: number;
+    readonly metricsSampleMs: number;
+    readonly metricsRetentionMs: number;
+  };
+  readonly p2p: { readonly secret: string; readonly tokenTtlS: number };
+  readonly payments: { readonly platformFeeBps: number; readonly tokenDecimals: number };
+}
+
+/** Thrown when the environment does not parse; lists every bad variable. */
+export class ConfigError extends Error {
+  constructor(readonly issues: string[]) {
+    super(`invalid configuration:\n  ${issues.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/**
+ * Parses the environment once into a frozen config. The only place that reads `process.env`.
+ * @throws ConfigError naming each invalid variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
+  }
+  const e = parsed.data;
+  return deepFreeze({
+    dataDir: path.resolve(e.DATA_DIR),
+    database: { url: e.DATABASE_URL, embeddedPort: e.EMBEDDED_PG_PORT },
+    temporal: {
+      address: e.TEMPORAL_ADDRESS,
+      namespace: e.TEMPORAL_NAMESPACE,
+      taskQueue: e.TEMPORAL_TASK_QUEUE,
+      cli: e.TEMPORAL_CLI,
+      port: e.TEMPORAL_PORT,
+      uiPort: e.TEMPORAL_UI_PORT,
+    },
+    grpc: { host: e.GRPC_HOST, port: e.GRPC_PORT },
+    rest: { host: e.REST_HOST, port: e.REST_PORT },
+    logLevel: e.LOG_LEVEL,
+    jobs: {
+      heartbeatTimeoutMs: e.JOB_HEARTBEAT_TIMEOUT_S * 1000,
+      maxAttempts: e.JOB_MAX_ATTEMPTS,
+      maxRuntimeMs: e.JOB_MAX_RUNTIME_S * 1000,
+      requeueIntervalMs: e.JOB_REQUEUE_INTERVAL_S * 1000,
+    },
+    nodes: {
+      assignTimeoutMs: e.NODE_ASSIGN_TIMEOUT_MS,
+      assignPortOffset: e.NODE_ASSIGN_PORT_OFFSET,
+      offlineAfterMs: e.NODE_OFFLINE_AFTER_S * 1000,
+      heartbeatFlushMs: e.HEARTBEAT_FLUSH_MS,
+      metricsSampleMs: e.NODE_METRICS_SAMPLE_S * 1000,
+      metricsRetentionMs: e.NODE_METRICS_RETENTION_H * 3600 * 1000,
+    },
+    p2p: { secret: e.P2P_JWT_SECRET, tokenTtlS: e.P2P_TOKEN_TTL_S },
+    payments: { platformFeeBps: e.PLATFORM_FEE_BPS, tokenDecimals: e.TOKEN_DECIMALS },
+  });
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

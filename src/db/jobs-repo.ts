@@ -1,0 +1,230 @@
+import { and, asc, count, desc, eq, inArray, isNull, sql } from 'drizzle-orm';
+import type { JobPhase, JobSpec } from '../domain/job';
+import type { DbOrTx } from './client';
+import { jobEvents, jobs, nodeJobCancels, payments } from './schema';
+
+export type JobRow = typeof jobs.$inferSelect;
+export type JobEventRow = typeof jobEvents.$inferSelect;
+
+/** Postgres NOTIFY channel carrying the id of a job whose row changed (read by StreamJobUpdates). */
+export const JOB_CHANGES_CHANNEL = 'job_changes';
+
+export interface NewJob {
+  spec: JobSpec;
+  configHash: string;
+}
+
+/** Inserts a job unless one with its id exists. Returns the stored row and whether this call created it. */
+export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: boolean; row: JobRow }> {
+  const { spec } = job;
+  const inserted = await db
+    .insert(jobs)
+    .values({
+      id: spec.jobId,
+      status: 'pending',
+      jobType: spec.jobType,
+      priority: spec.priority,
+      requiredDevice: spec.requiredDevice,
+      estimatedMemory: spec.estimatedMemory,
+      config: spec,
+      configHash: job.configHash,
+      submitter: spec.paymentAddress,
+      paymentUnits: BigInt(spec.paymentUnits),
+    })
+    .onConflictDoNothing({ target: jobs.id })
+    .returning();
+  if (inserted.length > 0) return { created: true, row: inserted[0] };
+  const [existing] = await db.select().from(jobs).where(eq(jobs.id, spec.jobId));
+  return { created: false, row: existing };
+}
+
+/** A job that has not been deleted. */
+export async function getJob(db: DbOrTx, id: string): Promise<JobRow | undefined> {
+  const [row] = await db
+    .select()
+    .from(jobs)
+    .where(and(eq(jobs.id, id), isNull(jobs.deletedAt)));
+  return row;
+}
+
+export async function getJobEvents(db: DbOrTx, id: string): Promise<JobEventRow[]> {
+  return db.select().from(jobEvents).where(eq(jobEvents.jobId, id)).orderBy(asc(jobEvents.seq));
+}
+
+export interface Transition {
+  jobId: string;
+  /** Per-job sequence number chosen by the workflow; a retried transition with the same seq is a no-op. */
+  seq: number;
+  from: JobPhase | null;
+  to: JobPhase;
+  reason: string;
+  actor: string;
+  nodeId?: string | null;
+  attempt: number;
+  data?: Record<string, unknown>;
+  /** Row fields that change with this transition. */
+  assignedNodeId?: string | null;
+  attempts?: number;
+  error?: { code: number; message: string } | null;
+  started?: boolean;
+  ended?: boolean;
+  /** Tell this node to stop the job at its next heartbeat. */
+  cancelOnNode?: string;
+}
+
+/**
+ * Appends a job event and applies the state change to the job row, atomically and exactly once per seq.
+ * @returns whether this call applied it (false: an earlier try already did).
+ */
+export async function recordTransition(db: DbOrTx, t: Transition): Promise<boolean> {
+  return db.transaction(async (tx) => {
+    const inserted = await tx
+      .insert(jobEvents)
+      .values({
+        jobId: t.jobId,
+        seq: t.seq,
+        fromStatus: t.from,
+        toStatus: t.to,
+        reason: t.reason,
+        actor: t.actor,
+        nodeId: t.nodeId ?? null,
+        attempt: t.attempt,
+        data: t.data ?? {},
+      })
+      .onConflictDoNothing()
+      .returning({ id: jobEvents.id });
+    if (inserted.length === 0) return false;
+    const now = new Date();
+    await tx
+      .update(jobs)
+      .set({
+        status: t.to,
+        eventSeq: t.seq,
+        updatedAt: now,
+        ...(t.assignedNodeId !== undefined && { assignedNodeId: t.assignedNodeId }),
+        ...(t.attempts !== undefined && { attempts: t.attempts }),
+        ...(t.error !== undefined && { errorCode: t.error?.code ?? null, errorMessage: t.error?.message ?? null }),
+        ...(t.started && { startedAt: now }),
+        ...(t.ended && { endedAt: now }),
+        ...(t.to === 'completed' && { progress: 1 }),
+      })
+      .where(eq(jobs.id, t.jobId));
+    if (t.cancelOnNode) {
+      await tx
+        .insert(nodeJobCancels)
+        .values({ nodeId: t.cancelOnNode, jobId: t.jobId, reason: t.reason })
+        .onConflictDoNothing();
+    }
+    await tx.execute(sql`select pg_notify(${JOB_CHANGES_CHANNEL}, ${t.jobId})`);
+    return true;
+  });
+}
+
+export interface ProgressUpdate {
+  progress?: number;
+  epoch?: number;
+  metrics?: Record<string, number>;
+}
+
+/**
+ * Stores a node's progress report, only while that node holds the job and the job is active.
+ * @returns false when the node does not hold the job (the report is stale and must be rejected).
+ */
+export async function updateProgress(db: DbOrTx, jobId: string, nodeId: string, p: ProgressUpdate): Promise<boolean> {
+  const updated = await db
+    .update(jobs)
+    .set({
+      updatedAt: new Date(),
+      ...(p.progress !== undefined && { progress: p.progress }),
+      ...(p.epoch !== undefined && { currentEpoch: p.epoch }),
+      ...(p.metrics !== undefined && { metrics: sql`${jobs.metrics} || ${JSON.stringify(p.metrics)}::jsonb` }),
+    })
+    .where(and(eq(jobs.id, jobId), eq(jobs.assignedNodeId, nodeId), inArray(jobs.status, ['assigned', 'running'])))
+    .returning({ id: jobs.id });
+  if (updated.length > 0) await db.execute(sql`select pg_notify(${JOB_CHANGES_CHANNEL}, ${jobId})`);
+  return updated.length > 0;
+}
+
+export interface JobListQuery {
+  submitter?: string;
+  jobType?: string;
+  phases?: JobPhase[];
+  limit: number;
+  offset: number;
+}
+
+/** Newest first. */
+export async function listJobs(db: DbOrTx, q: JobListQuery): Promise<{ rows: JobRow[]; total: number }> {
+  const where = and(
+    isNull(jobs.deletedAt),
+    q.submitter ? eq(jobs.submitter, q.submitter) : undefined,
+    q.jobType ? eq(jobs.jobType, q.jobType) : undefined,
+    q.phases ? inArray(jobs.status, q.phases) : undefined,
+  );
+  const [rows, [{ total }]] = await Promise.all([
+    db.select().from(jobs).where(where).orderBy(desc(jobs.createdAt), desc(jobs.id)).limit(q.limit).offset(q.offset),
+    db.select({ total: count() }).from(jobs).where(where),
+  ]);
+  return { rows, total };
+}
+
+/** Hides a finished job from every read. @returns false when the job is not finished (or not found). */
+export async function softDeleteFinishedJob(db: DbOrTx, id: string): Promise<boolean> {
+  const updated = await db
+    .update(jobs)
+    .set({ deletedAt: new Date() })
+    .where(and(eq(jobs.id, id), isNull(jobs.deletedAt), inArray(jobs.status, ['completed', 'failed', 'cancelled'])))
+    .returning({ id: jobs.id });
+  return updated.length > 0;
+}
+
+/** Jobs currently held by any of these nodes. */
+export async function activeJobsOnNodes(
+  db: DbOrTx,
+  nodeIds: string[],
+): Promise<{ id: string; nodeId: string; attempts: number }[]> {
+  if (nodeIds.length === 0) return [];
+  const rows = await db
+    .select({ id: jobs.id, nodeId: jobs.assignedNodeId, attempts: jobs.attempts })
+    .from(jobs)
+    .where(and(inArray(jobs.assignedNodeId, nodeIds), inArray(jobs.status, ['assigned', 'running'])));
+  return rows.map((r) => ({ id: r.id, nodeId: r.nodeId as string, attempts: r.attempts }));
+}
+
+const PRIORITY_ORDER = sql`case ${jobs.priority} when 'CRITICAL' then 0 when 'HIGH' then 1 when 'NORMAL' then 2 else 3 end`;
+
+/** Jobs waiting for a node, most urgent first. */
+export async function queuedJobIds(db: DbOrTx, limit: number): Promise<string[]> {
+  const rows = await db
+    .select({ id: jobs.id })
+    .from(jobs)
+    .where(eq(jobs.status, 'queued'))
+    .orderBy(PRIORITY_ORDER, asc(jobs.createdAt))
+    .limit(limit);
+  return rows.map((r) => r.id);
+}
+
+export async function jobCountsByStatus(db: DbOrTx): Promise<Record<JobPhase, number>> {
+  const rows = await db
+    .select({ status: jobs.status, n: count() })
+    .from(jobs)
+    .where(isNull(jobs.deletedAt))
+    .groupBy(jobs.status);
+  const out = { pending: 0, queued: 0, assigned: 0, running: 0, completed: 0, failed: 0, cancelled: 0 };
+  for (const r of rows) out[r.status] = r.n;
+  return out;
+}
+
+/** The ledger reference of a completed job's payment to its node. */
+export async function releaseTxRef(db: DbOrTx, jobId: string): Promise<string | undefined> {
+  const [row] = await db
+    .select({ txRef: payments.txRef })
+    .from(payments)
+    .where(and(eq(payments.jobId, jobId), eq(payments.leg, 'release_node')));
+  return row?.txRef ?? undefined;
+}
+
+/** The job's money legs, oldest first. */
+export async function getPayments(db: DbOrTx, jobId: string) {
+  return db.select().from(payments).where(eq(payments.jobId, jobId)).orderBy(asc(payments.id));
+}

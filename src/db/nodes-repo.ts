@@ -1,0 +1,235 @@
+import { and, asc, count, desc, eq, gt, gte, inArray, lte, notInArray, or, sql } from 'drizzle-orm';
+import type { DeviceType } from '../domain/job';
+import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
+import type { DbOrTx } from './client';
+import { jobs, nodeJobCancels, nodeMetrics, nodes, type NodeProfile } from './schema';
+
+export type NodeRow = typeof nodes.$inferSelect;
+
+export interface NodeRegistration {
+  name: string;
+  cpuCores: number;
+  ramTotal: number;
+  ramAvailable: number;
+  devices: DeviceCapsSpec[];
+  ipAddress: string;
+  port: number;
+  region: string;
+  walletAddress: string;
+  profile: NodeProfile;
+}
+
+/**
+ * The id of the node this registration belongs to, if the server knows it: by the id the node already
+ * holds, else by wallet, else by its endpoint (no two nodes can listen on one ip:port).
+ */
+export async function findRegisteredNode(
+  db: DbOrTx,
+  key: { nodeId: string; walletAddress: string; ipAddress: string; port: number },
+): Promise<string | undefined> {
+  if (key.nodeId) {
+    const [byId] = await db.select({ id: nodes.id }).from(nodes).where(eq(nodes.id, key.nodeId));
+    if (byId) return byId.id;
+  }
+  if (key.walletAddress) {
+    const [byWallet] = await db
+      .select({ id: nodes.id })
+      .from(nodes)
+      .where(eq(nodes.walletAddress, key.walletAddress))
+      .orderBy(desc(nodes.lastHeartbeat))
+      .limit(1);
+    if (byWallet) return byWallet.id;
+  }
+  if (key.ipAddress && key.port) {
+    const [byEndpoint] = await db
+      .select({ id: nodes.id })
+      .from(nodes)
+      .where(and(eq(nodes.ipAddress, key.ipAddress), eq(nodes.port, key.port)))
+      .orderBy(desc(nodes.lastHeartbeat))
+      .limit(1);
+    if (byEndpoint) return byEndpoint.id;
+  }
+  return undefined;
+}
+
+function derived(devices: DeviceCapsSpec[]): { deviceTypes: DeviceType[]; maxDeviceMemory: number } {
+  return {
+    deviceTypes: [...new Set(devices.map((d) => d.deviceType))],
+    maxDeviceMemory: Math.max(0, ...devices.map(deviceMemory)),
+  };
+}
+
+/** Creates or refreshes a node from its registration; it is online from now. */
+export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration): Promise<NodeRow> {
+  const now = new Date();
+  const values = { ...r, ...derived(r.devices), status: 'online', lastHeartbeat: now, updatedAt: now };
+  const [row] = await db
+    .insert(nodes)
+    .values({ id, ...values })
+    .onConflictDoUpdate({ target: nodes.id, set: values })
+    .returning();
+  return row;
+}
+
+/**
+ * Creates a bare record for a node that heartbeats with an id the server does not know (shipping nodes
+ * never re-register on their own). It matches nothing until it registers its hardware again.
+ * @returns whether a record was created.
+ */
+export async function ensureNode(db: DbOrTx, id: string): Promise<boolean> {
+  const inserted = await db
+    .insert(nodes)
+    .values({ id, name: `node-${id.slice(0, 8)}` })
+    .onConflictDoNothing()
+    .returning({ id: nodes.id });
+  return inserted.length > 0;
+}
+
+export async function getNode(db: DbOrTx, id: string): Promise<NodeRow | undefined> {
+  const [row] = await db.select().from(nodes).where(eq(nodes.id, id));
+  return row;
+}
+
+export async function existingNodeIds(db: DbOrTx, ids: string[]): Promise<string[]> {
+  if (ids.length === 0) return [];
+  const rows = await db.select({ id: nodes.id }).from(nodes).where(inArray(nodes.id, ids));
+  return rows.map((r) => r.id);
+}
+
+export interface HeartbeatSample {
+  nodeId: string;
+  at: Date;
+  ramAvailable?: number;
+}
+
+/**
+ * Writes a batch of heartbeats in one statement.
+ * @returns the ids of nodes that were offline (status or stale heartbeat) and are now back.
+ */
+export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offlineBefore: Date): Promise<string[]> {
+  if (beats.length === 0) return [];
+  const ids = beats.map((b) => b.nodeId);
+  const ats = beats.map((b) => b.at.toISOString());
+  const rams = beats.map((b) => (b.ramAvailable === undefined ? null : String(Math.trunc(b.ramAvailable))));
+  const result = await db.execute<{ id: string; was_offline: boolean }>(sql`
+    with beat as (
+      select * from unnest(${ids}::text[], ${ats}::timestamptz[], ${rams}::bigint[]) as b(id, at, ram)
+    ), prev as (
+      select n.id, (n.status <> 'online' or n.last_heartbeat < ${offlineBefore.toISOString()}::timestamptz) as was_offline
+      from nodes n join beat on beat.id = n.id
+    )
+    update nodes n
+       set last_heartbeat = greatest(n.last_heartbeat, beat.at),
+           status = 'online',
+           ram_available = coalesce(beat.ram, n.ram_available)
+      from beat, prev
+     where n.id = beat.id and prev.id = beat.id
+    returning n.id, prev.was_offline`);
+  return result.rows.filter((r) => r.was_offline).map((r) => r.id);
+}
+
+export interface CandidateQuery {
+  requiredDevice: DeviceType;
+  minMemory: number;
+  excludeNodeIds: string[];
+  onlineSince: Date;
+  limit: number;
+}
+
+export type CandidateRow = NodeRow & { activeJobs: number };
+
+/**
+ * Online nodes that may fit a job, least loaded and most reputable first. Device and memory are
+ * pre-filtered here on indexed columns; the exact fit is decided by `fitsJob` on the result.
+ */
+export async function findCandidateNodes(db: DbOrTx, q: CandidateQuery): Promise<CandidateRow[]> {
+  const activeJobs = sql<number>`(select count(*)::int from ${jobs} j where j.assigned_node_id = ${nodes.id} and j.status in ('assigned', 'running'))`;
+  const deviceFilter =
+    q.requiredDevice === 'UNKNOWN' || q.requiredDevice === 'CPU'
+      ? undefined
+      : and(sql`${q.requiredDevice} = any(${nodes.deviceTypes})`, gte(nodes.maxDeviceMemory, q.minMemory));
+  const memoryFilter =
+    q.requiredDevice === 'UNKNOWN' || q.requiredDevice === 'CPU'
+      ? or(gte(nodes.ramTotal, q.minMemory), gte(nodes.maxDeviceMemory, q.minMemory))
+      : undefined;
+  const rows = await db
+    .select({ node: nodes, activeJobs })
+    .from(nodes)
+    .where(
+      and(
+        eq(nodes.status, 'online'),
+        gt(nodes.lastHeartbeat, q.onlineSince),
+        gt(nodes.port, 0),
+        q.excludeNodeIds.length > 0 ? notInArray(nodes.id, q.excludeNodeIds) : undefined,
+        deviceFilter,
+        memoryFilter,
+      ),
+    )
+    .orderBy(asc(activeJobs), desc(nodes.reputation), asc(nodes.id))
+    .limit(q.limit);
+  return rows.map((r) => ({ ...r.node, activeJobs: r.activeJobs }));
+}
+
+export async function nodeCounts(db: DbOrTx, onlineSince: Date): Promise<{ total: number; online: number; busy: number }> {
+  const [row] = await db
+    .select({
+      total: count(),
+      online: sql<number>`count(*) filter (where ${nodes.status} = 'online' and ${nodes.lastHeartbeat} > ${onlineSince.toISOString()}::timestamptz)::int`,
+      busy: sql<number>`count(*) filter (where exists (select 1 from ${jobs} j where j.assigned_node_id = ${nodes.id} and j.status in ('assigned', 'running')))::int`,
+    })
+    .from(nodes);
+  return row;
+}
+
+/** Marks nodes silent since before `before` offline. @returns their ids. */
+export async function markStaleNodesOffline(db: DbOrTx, before: Date): Promise<string[]> {
+  const rows = await db
+    .update(nodes)
+    .set({ status: 'offline', updatedAt: new Date() })
+    .where(and(eq(nodes.status, 'online'), lte(nodes.lastHeartbeat, before)))
+    .returning({ id: nodes.id });
+  return rows.map((r) => r.id);
+}
+
+export async function recordJobOutcome(db: DbOrTx, nodeId: string, outcome: 'completed' | 'failed'): Promise<void> {
+  await db
+    .update(nodes)
+    .set(
+      outcome === 'completed'
+        ? { totalJobsCompleted: sql`${nodes.totalJobsCompleted} + 1` }
+        : { totalJobsFailed: sql`${nodes.totalJobsFailed} + 1` },
+    )
+    .where(eq(nodes.id, nodeId));
+}
+
+export type MetricRow = typeof nodeMetrics.$inferInsert;
+
+export async function insertMetrics(db: DbOrTx, rows: MetricRow[]): Promise<void> {
+  if (rows.length > 0) await db.insert(nodeMetrics).values(rows);
+}
+
+export async function getMetrics(db: DbOrTx, nodeId: string, from: Date, to: Date, limit = 10_000) {
+  return db
+    .select()
+    .from(nodeMetrics)
+    .where(and(eq(nodeMetrics.nodeId, nodeId), gte(nodeMetrics.at, from), lte(nodeMetrics.at, to)))
+    .orderBy(asc(nodeMetrics.at))
+    .limit(limit);
+}
+
+export async function pruneMetrics(db: DbOrTx, before: Date): Promise<void> {
+  await db.delete(nodeMetrics).where(lte(nodeMetrics.at, before));
+}
+
+/** Every pending stop order, by node. */
+export async function pendingCancels(db: DbOrTx): Promise<Map<string, string[]>> {
+  const rows = await db.select({ nodeId: nodeJobCancels.nodeId, jobId: nodeJobCancels.jobId }).from(nodeJobCancels);
+  const out = new Map<string, string[]>();
+  for (const r of rows) out.set(r.nodeId, [...(out.get(r.nodeId) ?? []), r.jobId]);
+  return out;
+}
+
+/** Stop orders older than `before` have been delivered by enough heartbeats; forget them. */
+export async function pruneCancels(db: DbOrTx, before: Date): Promise<void> {
+  await db.delete(nodeJobCancels).where(lte(nodeJobCancels.createdAt, before));
+}

@@ -1,0 +1,184 @@
+import { sql } from 'drizzle-orm';
+import {
+  bigint,
+  bigserial,
+  check,
+  doublePrecision,
+  index,
+  integer,
+  jsonb,
+  pgEnum,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  uniqueIndex,
+} from 'drizzle-orm/pg-core';
+import { JOB_PHASES, type JobSpec } from '../domain/job';
+import type { DeviceCapsSpec } from '../domain/node';
+
+const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
+
+export const jobPhase = pgEnum('job_phase', JOB_PHASES);
+export const paymentLeg = pgEnum('payment_leg', ['escrow', 'release_node', 'release_platform', 'refund']);
+export const paymentState = pgEnum('payment_state', ['pending', 'confirmed', 'failed']);
+
+/** What a node told us about itself beyond the columns matching needs. */
+export interface NodeProfile {
+  version: string;
+  supportedFormats: string[];
+  maxModelSize: number;
+  supportsTerminalAccess: boolean;
+  availableRuntimes: string[];
+  stakedAmount: number;
+}
+
+export const nodes = pgTable(
+  'nodes',
+  {
+    id: text('id').primaryKey(),
+    name: text('name').notNull().default(''),
+    cpuCores: integer('cpu_cores').notNull().default(0),
+    ramTotal: bigint('ram_total', { mode: 'number' }).notNull().default(0),
+    ramAvailable: bigint('ram_available', { mode: 'number' }).notNull().default(0),
+    devices: jsonb('devices').$type<DeviceCapsSpec[]>().notNull().default([]),
+    /** Device types the node has, for indexed matching. */
+    deviceTypes: text('device_types').array().notNull().default(sql`'{}'::text[]`),
+    /** The largest memory any one device offers (VRAM for GPUs), bytes. */
+    maxDeviceMemory: bigint('max_device_memory', { mode: 'number' }).notNull().default(0),
+    ipAddress: text('ip_address').notNull().default(''),
+    port: integer('port').notNull().default(0),
+    region: text('region').notNull().default(''),
+    walletAddress: text('wallet_address').notNull().default(''),
+    reputation: doublePrecision('reputation').notNull().default(0.5),
+    /** online | offline; matching also requires a fresh last_heartbeat. */
+    status: text('status').notNull().default('online'),
+    profile: jsonb('profile').$type<Partial<NodeProfile>>().notNull().default({}),
+    totalJobsCompleted: integer('total_jobs_completed').notNull().default(0),
+    totalJobsFailed: integer('total_jobs_failed').notNull().default(0),
+    registeredAt: ts('registered_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+    lastHeartbeat: ts('last_heartbeat').notNull().defaultNow(),
+  },
+  (t) => [
+    index('nodes_endpoint_idx').on(t.ipAddress, t.port),
+    index('nodes_wallet_idx').on(t.walletAddress).where(sql`${t.walletAddress} <> ''`),
+    index('nodes_heartbeat_idx').on(t.lastHeartbeat),
+    check('nodes_reputation_range', sql`${t.reputation} >= 0 and ${t.reputation} <= 1`),
+  ],
+);
+
+export const jobs = pgTable(
+  'jobs',
+  {
+    id: text('id').primaryKey(),
+    status: jobPhase('status').notNull().default('pending'),
+    jobType: text('job_type').notNull(),
+    priority: text('priority').notNull(),
+    requiredDevice: text('required_device').notNull(),
+    estimatedMemory: bigint('estimated_memory', { mode: 'number' }).notNull().default(0),
+    config: jsonb('config').$type<JobSpec>().notNull(),
+    /** Hash of the submitted config: a second SubmitJob with the same id must carry the same job. */
+    configHash: text('config_hash').notNull(),
+    submitter: text('submitter').notNull().default(''),
+    paymentUnits: bigint('payment_units', { mode: 'bigint' }).notNull(),
+    assignedNodeId: text('assigned_node_id'),
+    attempts: integer('attempts').notNull().default(0),
+    progress: doublePrecision('progress').notNull().default(0),
+    currentEpoch: integer('current_epoch').notNull().default(0),
+    metrics: jsonb('metrics').$type<Record<string, number>>().notNull().default({}),
+    errorCode: integer('error_code'),
+    errorMessage: text('error_message'),
+    /** Highest job_events.seq written, so the workflow's event numbering survives retries. */
+    eventSeq: integer('event_seq').notNull().default(0),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+    startedAt: ts('started_at'),
+    endedAt: ts('ended_at'),
+    deletedAt: ts('deleted_at'),
+  },
+  (t) => [
+    index('jobs_status_idx').on(t.status, t.createdAt),
+    index('jobs_node_idx').on(t.assignedNodeId).where(sql`${t.status} in ('assigned', 'running')`),
+    index('jobs_submitter_idx').on(t.submitter, t.createdAt),
+    index('jobs_created_idx').on(t.createdAt, t.id),
+    check('jobs_progress_range', sql`${t.progress} >= 0 and ${t.progress} <= 1`),
+    check('jobs_payment_positive', sql`${t.paymentUnits} > 0`),
+  ],
+);
+
+/** Append-only: one row per state change of a job, with why and who. */
+export const jobEvents = pgTable(
+  'job_events',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    jobId: text('job_id').notNull(),
+    /** Per-job sequence number assigned by the workflow: retries of the same change write one row. */
+    seq: integer('seq').notNull(),
+    fromStatus: jobPhase('from_status'),
+    toStatus: jobPhase('to_status').notNull(),
+    reason: text('reason').notNull(),
+    actor: text('actor').notNull(),
+    nodeId: text('node_id'),
+    attempt: integer('attempt').notNull().default(0),
+    data: jsonb('data').$type<Record<string, unknown>>().notNull().default({}),
+    at: ts('at').notNull().defaultNow(),
+  },
+  (t) => [uniqueIndex('job_events_job_seq_idx').on(t.jobId, t.seq)],
+);
+
+/**
+ * The payment ledger: one row per money leg of a job. Amounts are integers in the token's smallest units.
+ * `idempotency_key` (job id + leg) makes every leg happen at most once however often it is retried.
+ */
+export const payments = pgTable(
+  'payments',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    jobId: text('job_id').notNull(),
+    leg: paymentLeg('leg').notNull(),
+    amount: bigint('amount', { mode: 'bigint' }).notNull(),
+    fromAccount: text('from_account').notNull(),
+    toAccount: text('to_account').notNull(),
+    state: paymentState('state').notNull().default('pending'),
+    idempotencyKey: text('idempotency_key').notNull(),
+    txRef: text('tx_ref'),
+    memo: text('memo').notNull().default(''),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex('payments_idempotency_idx').on(t.idempotencyKey),
+    uniqueIndex('payments_job_leg_idx').on(t.jobId, t.leg),
+    index('payments_from_idx').on(t.fromAccount),
+    index('payments_to_idx').on(t.toAccount),
+    check('payments_amount_nonnegative', sql`${t.amount} >= 0`),
+  ],
+);
+
+export const nodeMetrics = pgTable(
+  'node_metrics',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    nodeId: text('node_id').notNull(),
+    at: ts('at').notNull(),
+    cpuUsage: doublePrecision('cpu_usage').notNull().default(0),
+    gpuUsage: doublePrecision('gpu_usage').notNull().default(0),
+    memoryUsage: doublePrecision('memory_usage').notNull().default(0),
+    networkThroughput: doublePrecision('network_throughput').notNull().default(0),
+    powerConsumption: doublePrecision('power_consumption').notNull().default(0),
+  },
+  (t) => [index('node_metrics_node_at_idx').on(t.nodeId, t.at)],
+);
+
+/** Jobs a node must stop (cancelled, or reassigned away after it was lost); returned in Heartbeat replies. */
+export const nodeJobCancels = pgTable(
+  'node_job_cancels',
+  {
+    nodeId: text('node_id').notNull(),
+    jobId: text('job_id').notNull(),
+    reason: text('reason').notNull(),
+    createdAt: ts('created_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.nodeId, t.jobId] })],
+);

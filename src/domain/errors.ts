@@ -1,0 +1,41 @@
+/**
+ * Domain errors. Each carries an HTTP-like `code`, the one the CyxWiz protocol puts in `Error{code}`;
+ * transports map them in one table each (src/api/grpc/errors.ts, src/api/rest/errors.ts).
+ */
+export abstract class DomainError extends Error {
+  abstract readonly code: number;
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** A request field is missing or invalid. `field` names it, as the client spells it. */
+export class ValidationError extends DomainError {
+  readonly code = 400;
+  constructor(readonly field: string, problem: string) {
+    super(`${field}: ${problem}`);
+  }
+}
+
+/** The caller is not the party allowed to do this (for example a node that no longer holds the job). */
+export class ForbiddenError extends DomainError {
+  readonly code = 403;
+}
+
+export class NotFoundError extends DomainError {
+  readonly code = 404;
+  constructor(readonly entity: string, readonly id: string) {
+    super(`${entity} ${id} not found`);
+  }
+}
+
+/** The request is valid but conflicts with the current state (for example cancelling a finished job). */
+export class ConflictError extends DomainError {
+  readonly code = 409;
+}
+
+/** A dependency (Temporal, Postgres, a node) is unavailable; the caller may retry. */
+export class UnavailableError extends DomainError {
+  readonly code = 503;
+}

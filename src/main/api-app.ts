@@ -1,0 +1,93 @@
+import { Client, Connection } from '@temporalio/client';
+import type { Server } from 'node:http';
+import type { Logger } from 'pino';
+import { createGrpcServer } from '../api/grpc/server';
+import { createRestApp } from '../api/rest/app';
+import type { Config } from '../config';
+import { openDatabase } from '../db/client';
+import * as jobsRepo from '../db/jobs-repo';
+import * as nodesRepo from '../db/nodes-repo';
+import { sql } from 'drizzle-orm';
+import { createHeartbeatHub } from '../services/heartbeat-hub';
+import { createJobChangeFeed } from '../services/job-change-feed';
+import { createJobWorkflowGateway } from '../services/job-workflows';
+import { createJobService } from '../services/jobs-service';
+import { createNodeService } from '../services/nodes-service';
+import { jobWorkflowOptions } from './workflow-options';
+
+export interface RunningApi {
+  grpcPort: number;
+  restPort: number;
+  stop(): Promise<void>;
+}
+
+const VERSION = '0.1.0';
+
+/** Composition root of the API process: gRPC for nodes and Engines, REST for operators. */
+export async function startApi(config: Config, env: { databaseUrl: string; temporalAddress: string; log: Logger }): Promise<RunningApi> {
+  const { log } = env;
+  const database = openDatabase(env.databaseUrl, { max: 20 });
+  const connection = await Connection.connect({ address: env.temporalAddress });
+  const client = new Client({ connection, namespace: config.temporal.namespace });
+  const workflows = createJobWorkflowGateway({
+    client,
+    taskQueue: config.temporal.taskQueue,
+    options: jobWorkflowOptions(config),
+    tokenDecimals: config.payments.tokenDecimals,
+  });
+  const heartbeats = createHeartbeatHub({
+    db: database.db,
+    workflows,
+    flushMs: config.nodes.heartbeatFlushMs,
+    offlineAfterMs: config.nodes.offlineAfterMs,
+    metricsSampleMs: config.nodes.metricsSampleMs,
+    metricsRetentionMs: config.nodes.metricsRetentionMs,
+    log: log.child({ component: 'heartbeats' }),
+  });
+  const feed = createJobChangeFeed({ databaseUrl: env.databaseUrl, log });
+  await feed.start();
+  const jobs = createJobService({ db: database.db, workflows, p2p: config.p2p });
+  const nodes = createNodeService({ db: database.db, workflows, heartbeats, log });
+
+  const grpcServer = createGrpcServer({ jobs, nodes, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
+  const grpcPort = await grpcServer.listen(config.grpc.host, config.grpc.port);
+  heartbeats.start();
+
+  const app = createRestApp({
+    log,
+    version: VERSION,
+    startedAt: new Date(),
+    checks: [
+      { name: 'database', check: async () => void (await database.db.execute(sql`select 1`)) },
+      { name: 'temporal', check: async () => void (await connection.workflowService.getSystemInfo({})) },
+    ],
+    stats: async () => {
+      const onlineSince = new Date(Date.now() - config.nodes.offlineAfterMs);
+      const [n, j] = await Promise.all([nodesRepo.nodeCounts(database.db, onlineSince), jobsRepo.jobCountsByStatus(database.db)]);
+      return { nodes: { ...n, offline: n.total - n.online }, jobs: j };
+    },
+    jobs: {
+      get: jobs.get,
+      events: jobs.events,
+      payments: (id) => jobsRepo.getPayments(database.db, id),
+      list: (q) => jobs.list(q),
+    },
+  });
+  const http: Server = await new Promise((resolve, reject) => {
+    const s = app.listen(config.rest.port, config.rest.host, () => resolve(s));
+    s.once('error', reject);
+  });
+  const address = http.address();
+  const restPort = typeof address === 'object' && address ? address.port : config.rest.port;
+
+  async function stop(): Promise<void> {
+    await grpcServer.shutdown();
+    await new Promise<void>((resolve) => http.close(() => resolve()));
+    await heartbeats.stop();
+    await feed.close();
+    await connection.close();
+    await database.close();
+  }
+
+  return { grpcPort, restPort, stop };
+}

@@ -1,0 +1,87 @@
+import path from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { loadConfig } from '../config';
+import { migrateDatabase, openDatabase } from '../db/client';
+import { startEmbeddedPostgres } from '../infra/embedded-postgres';
+import { ensureTemporalCli } from '../infra/temporal-cli';
+import { startTemporalDevServer } from '../infra/temporal-dev-server';
+import { SEARCH_ATTRIBUTE_TYPES } from '../workflows/search-attributes';
+import { startApi } from './api-app';
+import { onShutdownSignal } from './lifecycle';
+import { createLogger } from './logger';
+import { startWorker } from './worker-app';
+
+/**
+ * `npm start`: the whole system on one machine. Embedded Postgres and the Temporal dev server (with its
+ * Web UI) keep their data in DATA_DIR, unless DATABASE_URL / TEMPORAL_ADDRESS point elsewhere; then
+ * migrations, the worker, gRPC and REST.
+ */
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const log = createLogger(config, 'cyxwiz-central');
+  mkdirSync(config.dataDir, { recursive: true });
+  const stops: (() => Promise<void>)[] = [];
+  const stopAll = async () => {
+    for (const stop of stops.reverse()) await stop().catch((err) => log.error({ err }, 'stop failed'));
+  };
+  onShutdownSignal(log, stopAll);
+
+  try {
+    let databaseUrl = config.database.url;
+    if (!databaseUrl) {
+      const pg = await startEmbeddedPostgres({
+        dataDir: path.join(config.dataDir, 'postgres'),
+        port: config.database.embeddedPort,
+        database: 'cyxwiz',
+        logger: (msg) => log.debug({ component: 'postgres' }, msg),
+      });
+      stops.push(pg.stop);
+      databaseUrl = pg.url;
+    }
+    const database = openDatabase(databaseUrl, { max: 1 });
+    await migrateDatabase(database.db);
+    await database.close();
+
+    let temporalAddress = config.temporal.address;
+    let uiUrl: string | undefined;
+    if (!temporalAddress) {
+      const cli = await ensureTemporalCli((msg) => log.info({ component: 'temporal' }, msg));
+      const temporal = await startTemporalDevServer({
+        cli,
+        dbFile: path.join(config.dataDir, 'temporal.db'),
+        port: config.temporal.port,
+        uiPort: config.temporal.uiPort,
+        ip: '127.0.0.1',
+        namespace: config.temporal.namespace,
+        searchAttributes: SEARCH_ATTRIBUTE_TYPES,
+        logger: (msg) => log.debug({ component: 'temporal' }, msg),
+      });
+      stops.push(temporal.stop);
+      temporalAddress = temporal.address;
+      uiUrl = temporal.uiUrl;
+    }
+
+    const worker = await startWorker(config, { databaseUrl, temporalAddress, log: log.child({ component: 'worker' }) });
+    stops.push(worker.stop);
+    const api = await startApi(config, { databaseUrl, temporalAddress, log: log.child({ component: 'api' }) });
+    stops.push(api.stop);
+
+    const lines = [
+      'CyxWiz Central is up',
+      `  gRPC         ${config.grpc.host}:${api.grpcPort}  (package cyxwiz.protocol, grpc.health.v1)`,
+      `  REST         http://localhost:${api.restPort}/api/health  /api/stats  /api/jobs`,
+      `  Temporal     ${temporalAddress}  namespace ${config.temporal.namespace}, task queue ${config.temporal.taskQueue}`,
+      uiUrl ? `  Web UI       ${uiUrl}` : `  Web UI       (external cluster: see its own UI)`,
+      `  Postgres     ${config.database.url ? 'external (DATABASE_URL)' : `embedded, data in ${path.join(config.dataDir, 'postgres')}`}`,
+      '  Ctrl-C stops everything.',
+    ];
+    console.log(lines.join('\n'));
+    await worker.done;
+  } catch (err) {
+    log.error({ err }, 'startup failed');
+    await stopAll();
+    process.exit(1);
+  }
+}
+
+void main();

@@ -1,0 +1,96 @@
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { and, eq, lt } from 'drizzle-orm';
+import type { Logger } from 'pino';
+import { createDispatchActivities } from '../activities/dispatch';
+import { createJobActivities } from '../activities/jobs';
+import { createPaymentActivities } from '../activities/payments';
+import type { Config } from '../config';
+import { openDatabase, type Db } from '../db/client';
+import { jobs } from '../db/schema';
+import { createJobWorkflowGateway } from '../services/job-workflows';
+import { jobWorkflowOptions } from './workflow-options';
+
+export interface RunningWorker {
+  stop(): Promise<void>;
+  /** Resolves when the worker stops (by stop() or a fatal error). */
+  done: Promise<void>;
+}
+
+/** Ledger account names of the embedded (Postgres-ledger) money flow. */
+export const LEDGER_ACCOUNTS = { platform: 'platform:treasury', defaultPayer: 'platform:payer' } as const;
+
+/** How often the worker looks for jobs recorded while Temporal was unreachable. */
+const ORPHAN_SWEEP_MS = 30_000;
+
+/** Composition root of the worker process: runs job workflows and their activities. */
+export async function startWorker(config: Config, env: { databaseUrl: string; temporalAddress: string; log: Logger }): Promise<RunningWorker> {
+  const { log } = env;
+  const database = openDatabase(env.databaseUrl, { max: 20 });
+  const dispatch = createDispatchActivities({ timeoutMs: config.nodes.assignTimeoutMs, tokenDecimals: config.payments.tokenDecimals });
+  const activities = {
+    ...createJobActivities({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs, assignPortOffset: config.nodes.assignPortOffset }),
+    ...createPaymentActivities({
+      db: database.db,
+      platformFeeBps: config.payments.platformFeeBps,
+      platformAccount: LEDGER_ACCOUNTS.platform,
+      defaultPayerAccount: LEDGER_ACCOUNTS.defaultPayer,
+    }),
+    ...dispatch.activities,
+  };
+  const connection = await NativeConnection.connect({ address: env.temporalAddress });
+  const worker = await Worker.create({
+    connection,
+    namespace: config.temporal.namespace,
+    taskQueue: config.temporal.taskQueue,
+    workflowsPath: require.resolve('../workflows'),
+    activities,
+    shutdownGraceTime: '10 seconds',
+    bundlerOptions: { ignoreModules: [] },
+  });
+  const clientConnection = await Connection.connect({ address: env.temporalAddress });
+  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
+  const gateway = createJobWorkflowGateway({
+    client,
+    taskQueue: config.temporal.taskQueue,
+    options: jobWorkflowOptions(config),
+    tokenDecimals: config.payments.tokenDecimals,
+  });
+
+  const sweep = async () => {
+    for (const spec of await orphanedJobs(database.db)) {
+      await gateway.start(spec).catch((err) => log.warn({ jobId: spec.jobId, err: String(err) }, 'could not start recorded job'));
+    }
+  };
+  const timer = setInterval(() => void sweep().catch((err) => log.warn({ err: String(err) }, 'orphan sweep failed')), ORPHAN_SWEEP_MS);
+  timer.unref();
+
+  const done = worker.run().finally(async () => {
+    clearInterval(timer);
+    dispatch.close();
+    await clientConnection.close();
+    await connection.close();
+    await database.close();
+  });
+  log.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
+  return {
+    done,
+    stop: async () => {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+      await done;
+    },
+  };
+}
+
+/**
+ * Jobs still pending a while after submission: SubmitJob recorded them but could not start their workflow
+ * (Temporal down, API crash in between). Starting is idempotent, so each is simply started (again).
+ */
+async function orphanedJobs(db: Db) {
+  const rows = await db
+    .select({ config: jobs.config })
+    .from(jobs)
+    .where(and(eq(jobs.status, 'pending'), lt(jobs.createdAt, new Date(Date.now() - ORPHAN_SWEEP_MS))))
+    .limit(500);
+  return rows.map((r) => r.config);
+}

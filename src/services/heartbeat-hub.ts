@@ -1,0 +1,130 @@
+import type { Db } from '../db/client';
+import * as jobsRepo from '../db/jobs-repo';
+import * as nodesRepo from '../db/nodes-repo';
+import type { JobWorkflowGateway } from './job-workflows';
+
+export interface HeartbeatHubDeps {
+  db: Db;
+  workflows: JobWorkflowGateway;
+  flushMs: number;
+  offlineAfterMs: number;
+  metricsSampleMs: number;
+  metricsRetentionMs: number;
+  log: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void; error(obj: object, msg: string): void };
+  now?: () => number;
+}
+
+interface PendingBeat {
+  at: Date;
+  ramAvailable?: number;
+  ramTotal?: number;
+}
+
+/** How long a stop order is repeated in heartbeat replies before it is dropped. */
+const CANCEL_ORDER_TTL_MS = 10 * 60_000;
+/** Housekeeping (offline sweep, pruning) runs at most this often. */
+const HOUSEKEEPING_MS = 10_000;
+
+/**
+ * Absorbs node heartbeats. A heartbeat is answered from memory at once; every `flushMs` the batch is
+ * written to Postgres in one statement, sampled into node_metrics, and turned into liveness for the jobs
+ * the beating nodes hold (a heartbeat on each job's watch activity, so a silent node times the watch out).
+ * No disk write and no Temporal call happens per heartbeat.
+ */
+export function createHeartbeatHub(deps: HeartbeatHubDeps) {
+  const { db, workflows, log } = deps;
+  const now = deps.now ?? Date.now;
+  let pending = new Map<string, PendingBeat>();
+  const known = new Set<string>();
+  const lastSample = new Map<string, number>();
+  let cancelOrders = new Map<string, string[]>();
+  let lastHousekeeping = 0;
+  let timer: NodeJS.Timeout | undefined;
+  let flushing: Promise<void> = Promise.resolve();
+
+  /**
+   * Records a heartbeat. A node id the server does not know gets a minimal record instead of a failure:
+   * shipping nodes never re-register by themselves.
+   * @returns the jobs the node must stop.
+   */
+  async function beat(nodeId: string, status?: { ramAvailable?: number; ramTotal?: number }): Promise<string[]> {
+    if (!known.has(nodeId)) {
+      if (await nodesRepo.ensureNode(db, nodeId)) {
+        log.warn({ nodeId }, 'heartbeat from an unknown node: created a minimal record; it matches no job until it registers');
+      }
+      known.add(nodeId);
+    }
+    pending.set(nodeId, { at: new Date(now()), ramAvailable: status?.ramAvailable, ramTotal: status?.ramTotal });
+    return cancelOrders.get(nodeId) ?? [];
+  }
+
+  /** Marks a node as known (it just registered). */
+  function remember(nodeId: string): void {
+    known.add(nodeId);
+  }
+
+  async function flushOnce(): Promise<void> {
+    const batch = pending;
+    pending = new Map();
+    const at = new Date(now());
+    if (batch.size > 0) {
+      const beats = [...batch].map(([nodeId, b]) => ({ nodeId, at: b.at, ramAvailable: b.ramAvailable }));
+      const back = await nodesRepo.applyHeartbeats(db, beats, new Date(at.getTime() - deps.offlineAfterMs));
+      await nodesRepo.insertMetrics(db, sample(batch, at.getTime()));
+      const held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
+      await Promise.all(
+        held.map((j) =>
+          workflows
+            .nodeAlive(j.id, j.attempts, { source: 'heartbeat', nodeId: j.nodeId, at: at.toISOString() })
+            .catch((err) => log.warn({ jobId: j.id, err: String(err) }, 'could not pass node liveness to the job')),
+        ),
+      );
+      if (back.length > 0) {
+        log.info({ nodes: back }, 'nodes back online');
+        await workflows.nodesChanged(await jobsRepo.queuedJobIds(db, 500));
+      }
+    }
+    cancelOrders = await nodesRepo.pendingCancels(db);
+    if (at.getTime() - lastHousekeeping >= HOUSEKEEPING_MS) {
+      lastHousekeeping = at.getTime();
+      const offline = await nodesRepo.markStaleNodesOffline(db, new Date(at.getTime() - deps.offlineAfterMs));
+      if (offline.length > 0) log.info({ nodes: offline }, 'nodes offline: no heartbeat');
+      await nodesRepo.pruneCancels(db, new Date(at.getTime() - CANCEL_ORDER_TTL_MS));
+      await nodesRepo.pruneMetrics(db, new Date(at.getTime() - deps.metricsRetentionMs));
+    }
+  }
+
+  /** One node_metrics row per node per sample period. */
+  function sample(batch: Map<string, PendingBeat>, nowMs: number): nodesRepo.MetricRow[] {
+    const rows: nodesRepo.MetricRow[] = [];
+    for (const [nodeId, b] of batch) {
+      if (nowMs - (lastSample.get(nodeId) ?? 0) < deps.metricsSampleMs) continue;
+      lastSample.set(nodeId, nowMs);
+      const memoryUsage =
+        b.ramTotal && b.ramAvailable !== undefined ? Math.min(1, Math.max(0, 1 - b.ramAvailable / b.ramTotal)) : 0;
+      rows.push({ nodeId, at: b.at, memoryUsage });
+    }
+    return rows;
+  }
+
+  /** Writes what is pending now (serialised with the periodic flush). */
+  function flush(): Promise<void> {
+    flushing = flushing.then(flushOnce).catch((err) => log.error({ err: String(err) }, 'heartbeat flush failed'));
+    return flushing;
+  }
+
+  function start(): void {
+    timer ??= setInterval(() => void flush(), deps.flushMs);
+    timer.unref();
+  }
+
+  async function stop(): Promise<void> {
+    if (timer) clearInterval(timer);
+    timer = undefined;
+    await flush();
+  }
+
+  return { beat, remember, flush, start, stop };
+}
+
+export type HeartbeatHub = ReturnType<typeof createHeartbeatHub>;

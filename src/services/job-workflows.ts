@@ -1,0 +1,158 @@
+import {
+  ActivityCancelledError,
+  ActivityNotFoundError,
+  ApplicationFailure,
+  isGrpcServiceError,
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowIdConflictPolicy,
+  WorkflowIdReusePolicy,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  type Client,
+} from '@temporalio/client';
+import { ConflictError, ForbiddenError, UnavailableError } from '../domain/errors';
+import type { JobSpec } from '../domain/job';
+import { unitsToTokenString } from '../domain/money';
+import { jobWorkflow, type JobWorkflowOptions } from '../workflows/job-workflow';
+import { watchActivityId } from '../workflows/job-workflow';
+import {
+  acceptedUpdate,
+  cancelUpdate,
+  completeUpdate,
+  failUpdate,
+  JobRejections,
+  nodesChangedSignal,
+  progressSignal,
+  type CancelReceipt,
+  type JobOutcomeReport,
+  type NodeProgress,
+  type SettlementReceipt,
+} from '../workflows/messages';
+import { JobSearchAttributes as SA } from '../workflows/search-attributes';
+
+export interface JobWorkflowGatewayDeps {
+  client: Client;
+  taskQueue: string;
+  options: JobWorkflowOptions;
+  tokenDecimals: number;
+}
+
+/**
+ * The one place that talks to job workflows: starts them and delivers node and client messages,
+ * translating Temporal's errors into domain errors.
+ */
+export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
+  const { client } = deps;
+  const handle = (jobId: string) => client.workflow.getHandle(jobId);
+
+  /** Starts the job's workflow; starting an existing job is a no-op (workflow id = job id). */
+  async function start(spec: JobSpec): Promise<void> {
+    try {
+      await client.workflow.start(jobWorkflow, {
+        workflowId: spec.jobId,
+        taskQueue: deps.taskQueue,
+        args: [{ spec, options: deps.options }],
+        workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
+        workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+        typedSearchAttributes: [
+          { key: SA.status, value: 'pending' },
+          { key: SA.jobType, value: spec.jobType },
+          { key: SA.deviceType, value: spec.requiredDevice },
+          { key: SA.submitter, value: spec.paymentAddress },
+          { key: SA.escrowState, value: 'none' },
+          { key: SA.attempt, value: 0 },
+        ],
+        staticSummary: summary(spec, deps.tokenDecimals),
+        staticDetails: staticDetails(spec, deps.tokenDecimals),
+      });
+    } catch (err) {
+      if (err instanceof WorkflowExecutionAlreadyStartedError) return; // finished earlier: same job
+      throw translate(err);
+    }
+  }
+
+  async function nodesChanged(jobIds: string[]): Promise<void> {
+    await Promise.all(jobIds.map((id) => handle(id).signal(nodesChangedSignal).catch(() => undefined)));
+  }
+
+  async function progress(jobId: string, p: NodeProgress): Promise<void> {
+    await handle(jobId).signal(progressSignal, p).catch((err) => {
+      throw translate(err);
+    });
+  }
+
+  async function accepted(jobId: string, nodeId: string): Promise<{ acknowledged: boolean }> {
+    return update(() => handle(jobId).executeUpdate(acceptedUpdate, { args: [{ nodeId }] }));
+  }
+
+  async function complete(jobId: string, report: JobOutcomeReport): Promise<SettlementReceipt> {
+    return update(() =>
+      handle(jobId).executeUpdate(completeUpdate, { args: [report], updateId: `complete/${report.nodeId}` }),
+    );
+  }
+
+  async function fail(jobId: string, nodeId: string, message: string): Promise<{ acknowledged: boolean }> {
+    return update(() => handle(jobId).executeUpdate(failUpdate, { args: [{ nodeId, message }], updateId: `fail/${nodeId}` }));
+  }
+
+  async function cancel(jobId: string, reason: string): Promise<CancelReceipt> {
+    return update(() => handle(jobId).executeUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel' }));
+  }
+
+  /**
+   * Tells the watch over the job's current attempt that its node is alive. Misses are harmless: the
+   * watch may not have started yet or may have ended.
+   */
+  async function nodeAlive(jobId: string, attempt: number, details: Record<string, unknown>): Promise<void> {
+    try {
+      await client.activity.heartbeat({ workflowId: jobId, activityId: watchActivityId(attempt) }, details);
+    } catch (err) {
+      if (err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError) return;
+      throw err;
+    }
+  }
+
+  return { start, nodesChanged, progress, accepted, complete, fail, cancel, nodeAlive };
+}
+
+export type JobWorkflowGateway = ReturnType<typeof createJobWorkflowGateway>;
+
+async function update<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    throw translate(err);
+  }
+}
+
+/** Temporal errors → domain errors. */
+function translate(err: unknown): Error {
+  if (err instanceof WorkflowUpdateFailedError) {
+    const cause = err.cause;
+    if (cause instanceof ApplicationFailure) {
+      if (cause.type === JobRejections.notHolder) return new ForbiddenError(cause.message);
+      if (cause.type === JobRejections.finished) return new ConflictError(cause.message);
+    }
+    return new ConflictError(cause?.message ?? err.message);
+  }
+  if (err instanceof WorkflowNotFoundError) return new ConflictError(`the job's workflow is not running: ${err.message}`);
+  if (isGrpcServiceError(err) || (err as Error)?.name === 'ServiceError' || (err as Error)?.name === 'TransportError') {
+    return new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
+  }
+  return err as Error;
+}
+
+function summary(spec: JobSpec, decimals: number): string {
+  const mem = spec.estimatedMemory > 0 ? ` ≥${(spec.estimatedMemory / 2 ** 30).toFixed(1)} GiB` : '';
+  return `${spec.jobType} · ${spec.requiredDevice}${mem} · ${unitsToTokenString(BigInt(spec.paymentUnits), decimals)} CYXWIZ · ${spec.epochs} epochs`.slice(0, 200);
+}
+
+function staticDetails(spec: JobSpec, decimals: number): string {
+  return [
+    `**Job** \`${spec.jobId}\` (${spec.jobType}, priority ${spec.priority})`,
+    `**Needs** ${spec.requiredDevice} device, ${spec.estimatedMemory} bytes, ~${spec.estimatedDuration} s`,
+    `**Dataset** ${spec.datasetUri}`,
+    `**Batch** ${spec.batchSize} × ${spec.epochs} epochs`,
+    `**Escrow** ${unitsToTokenString(BigInt(spec.paymentUnits), decimals)} CYXWIZ (${spec.paymentUnits} units) from ${spec.paymentAddress || 'the server payer'}`,
+  ].join('\n\n');
+}

@@ -1,0 +1,132 @@
+import { createHash } from 'node:crypto';
+import type { Db } from '../db/client';
+import * as jobsRepo from '../db/jobs-repo';
+import * as nodesRepo from '../db/nodes-repo';
+import { jobEvents } from '../db/schema';
+import { ConflictError, NotFoundError } from '../domain/errors';
+import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
+import type { JobWorkflowGateway } from './job-workflows';
+import { signP2PToken } from './p2p-token';
+
+export interface JobServiceDeps {
+  db: Db;
+  workflows: JobWorkflowGateway;
+  p2p: { secret: string; tokenTtlS: number };
+  now?: () => number;
+}
+
+/** Where and how the Engine connects to the node holding its job. */
+export interface NodeAssignmentView {
+  nodeId: string;
+  endpoint: string;
+  authToken: string;
+  tokenExpiresAt: number;
+}
+
+export interface JobStatusView {
+  job: jobsRepo.JobRow;
+  assignment: NodeAssignmentView | null;
+}
+
+/** Stable hash of what was submitted, to tell a retried submission from a conflicting one. */
+export function configHash(spec: JobSpec): string {
+  const canonical = JSON.stringify(spec, Object.keys(spec).sort());
+  const hyper = JSON.stringify(Object.entries(spec.hyperparameters).sort());
+  return createHash('sha256').update(canonical).update(hyper).digest('hex');
+}
+
+/** Use-cases of the job lifecycle shared by gRPC and REST. */
+export function createJobService(deps: JobServiceDeps) {
+  const { db, workflows } = deps;
+  const now = deps.now ?? Date.now;
+
+  /**
+   * Records the job and starts its workflow. Submitting the same job id again with the same config is a
+   * no-op that returns the same job; with a different config it is a conflict.
+   * @throws ConflictError, UnavailableError (Temporal down: the job stays recorded and starts on retry).
+   */
+  async function submit(spec: JobSpec): Promise<{ jobId: string; created: boolean }> {
+    const hash = configHash(spec);
+    const { created, row } = await db.transaction(async (tx) => {
+      const result = await jobsRepo.insertJob(tx, { spec, configHash: hash });
+      if (result.created) {
+        await tx.insert(jobEvents).values({
+          jobId: spec.jobId,
+          seq: 0,
+          fromStatus: null,
+          toStatus: 'pending',
+          reason: 'submitted',
+          actor: 'client',
+        });
+      }
+      return result;
+    });
+    if (!created && row.configHash !== hash) {
+      throw new ConflictError(`job_id ${spec.jobId} already exists with a different config`);
+    }
+    if (row.deletedAt) throw new ConflictError(`job_id ${spec.jobId} was used by a job that has been deleted`);
+    await workflows.start(row.config);
+    return { jobId: spec.jobId, created };
+  }
+
+  /** @throws NotFoundError */
+  async function get(jobId: string): Promise<jobsRepo.JobRow> {
+    const job = await jobsRepo.getJob(db, jobId);
+    if (!job) throw new NotFoundError('job', jobId);
+    return job;
+  }
+
+  /**
+   * The job and, while a node holds it, how the Engine reaches that node with a fresh P2P token.
+   * @throws NotFoundError
+   */
+  async function status(jobId: string): Promise<JobStatusView> {
+    const job = await get(jobId);
+    if (!job.assignedNodeId || (job.status !== 'assigned' && job.status !== 'running')) {
+      return { job, assignment: null };
+    }
+    const node = await nodesRepo.getNode(db, job.assignedNodeId);
+    if (!node) return { job, assignment: null };
+    const expiresAt = Math.floor(now() / 1000) + deps.p2p.tokenTtlS;
+    const { token } = signP2PToken(deps.p2p.secret, {
+      sub: job.submitter || 'cyxwiz-engine',
+      jobId: job.id,
+      nodeId: node.id,
+      expiresAt,
+      now: now(),
+    });
+    return {
+      job,
+      assignment: { nodeId: node.id, endpoint: `${node.ipAddress}:${node.port}`, authToken: token, tokenExpiresAt: expiresAt },
+    };
+  }
+
+  /**
+   * Cancels an unfinished job; resolves once the escrow is refunded.
+   * @throws NotFoundError; ConflictError when the job has finished.
+   */
+  async function cancel(jobId: string, reason: string): Promise<{ refundIssued: boolean; txRef: string }> {
+    const job = await get(jobId);
+    if (isTerminal(job.status)) throw new ConflictError(`job ${jobId} has already finished (${job.status})`);
+    return workflows.cancel(jobId, reason);
+  }
+
+  async function list(q: jobsRepo.JobListQuery) {
+    return jobsRepo.listJobs(db, q);
+  }
+
+  /**
+   * Deletes a finished job from listings (its events and payments stay for audit).
+   * @throws NotFoundError; ConflictError while the job is active.
+   */
+  async function remove(jobId: string): Promise<void> {
+    const job = await get(jobId);
+    if (!isTerminal(job.status)) throw new ConflictError(`job ${jobId} is ${job.status}: cancel it before deleting it`);
+    if (!(await jobsRepo.softDeleteFinishedJob(db, jobId))) throw new NotFoundError('job', jobId);
+  }
+
+  return { submit, get, status, cancel, list, remove, events: (jobId: string) => jobsRepo.getJobEvents(db, jobId) };
+}
+
+export type JobService = ReturnType<typeof createJobService>;
+export type { JobPhase };

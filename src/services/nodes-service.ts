@@ -1,0 +1,133 @@
+import { randomUUID } from 'node:crypto';
+import type { Db } from '../db/client';
+import * as jobsRepo from '../db/jobs-repo';
+import * as nodesRepo from '../db/nodes-repo';
+import { ConflictError, ForbiddenError, NotFoundError } from '../domain/errors';
+import { isTerminal } from '../domain/job';
+import type { HeartbeatHub } from './heartbeat-hub';
+import type { JobWorkflowGateway } from './job-workflows';
+
+export interface NodeServiceDeps {
+  db: Db;
+  workflows: JobWorkflowGateway;
+  heartbeats: HeartbeatHub;
+  log: { warn(obj: object, msg: string): void };
+}
+
+/** Ids a node may bring (its persisted or local id): printable, short, no whitespace. */
+const ADOPTABLE_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+
+export interface ProgressReport {
+  nodeId: string;
+  jobId: string;
+  progress?: number;
+  epoch?: number;
+  metrics?: Record<string, number>;
+}
+
+/** Use-cases of nodes: registration, liveness, and the reports they make about their jobs. */
+export function createNodeService(deps: NodeServiceDeps) {
+  const { db, workflows, heartbeats } = deps;
+
+  /**
+   * Registers a node, or refreshes the one it already is. The same node gets the same id every time:
+   * the id it holds if we know it, else the one registered with its wallet or endpoint. A new node keeps
+   * the id it brings when that id is free, so its P2P service and the server agree from the first run.
+   */
+  async function register(claimedId: string, reg: nodesRepo.NodeRegistration): Promise<{ nodeId: string; created: boolean }> {
+    const existing = await nodesRepo.findRegisteredNode(db, {
+      nodeId: claimedId,
+      walletAddress: reg.walletAddress,
+      ipAddress: reg.ipAddress,
+      port: reg.port,
+    });
+    const nodeId = existing ?? (ADOPTABLE_ID.test(claimedId) ? claimedId : randomUUID());
+    await nodesRepo.upsertNode(db, nodeId, reg);
+    heartbeats.remember(nodeId);
+    // Queued jobs may fit this node now.
+    void jobsRepo
+      .queuedJobIds(db, 500)
+      .then((ids) => workflows.nodesChanged(ids))
+      .catch((err) => deps.log.warn({ err: String(err) }, 'could not wake queued jobs'));
+    return { nodeId, created: !existing };
+  }
+
+  /**
+   * The job as held by this node, for a report about it.
+   * @throws NotFoundError (unknown job), ForbiddenError (another node holds it), ConflictError (finished).
+   */
+  async function heldJob(nodeId: string, jobId: string): Promise<jobsRepo.JobRow> {
+    const job = await jobsRepo.getJob(db, jobId);
+    if (!job) throw new NotFoundError('job', jobId);
+    if (isTerminal(job.status)) throw new ConflictError(`job ${jobId} has already finished (${job.status})`);
+    if (job.assignedNodeId !== nodeId) throw new ForbiddenError(`node ${nodeId} does not hold job ${jobId}`);
+    return job;
+  }
+
+  function alive(job: jobsRepo.JobRow, nodeId: string, source: string): Promise<void> {
+    return workflows.nodeAlive(job.id, job.attempts, { source, nodeId, at: new Date().toISOString() });
+  }
+
+  /** NotifyJobAccepted: the node started the job for its Engine. */
+  async function accepted(nodeId: string, jobId: string): Promise<void> {
+    const job = await heldJob(nodeId, jobId);
+    await alive(job, nodeId, 'accepted');
+    await workflows.accepted(jobId, nodeId);
+  }
+
+  /**
+   * Stores a progress report and passes it to the job.
+   * @throws NotFoundError, ForbiddenError, ConflictError as heldJob.
+   */
+  async function progress(r: ProgressReport): Promise<void> {
+    const job = await heldJob(r.nodeId, r.jobId);
+    if (!(await jobsRepo.updateProgress(db, r.jobId, r.nodeId, r))) {
+      throw new ForbiddenError(`node ${r.nodeId} does not hold job ${r.jobId}`);
+    }
+    await alive(job, r.nodeId, 'progress');
+    await workflows.progress(r.jobId, { nodeId: r.nodeId, progress: r.progress, epoch: r.epoch });
+  }
+
+  /**
+   * The node finished the job. Resolves once its payment is released; a retried report of a job this
+   * node already completed returns the same payment.
+   */
+  async function completed(
+    nodeId: string,
+    jobId: string,
+    result: { finalMetrics?: Record<string, number>; modelWeightsUri?: string; modelWeightsHash?: string },
+  ): Promise<{ paymentReleased: boolean; txRef: string }> {
+    const job = await jobsRepo.getJob(db, jobId);
+    if (!job) throw new NotFoundError('job', jobId);
+    if (job.status === 'completed' && job.assignedNodeId === nodeId) {
+      return { paymentReleased: true, txRef: (await jobsRepo.releaseTxRef(db, jobId)) ?? '' };
+    }
+    await heldJob(nodeId, jobId);
+    if (result.finalMetrics && Object.keys(result.finalMetrics).length > 0) {
+      await jobsRepo.updateProgress(db, jobId, nodeId, { metrics: result.finalMetrics });
+    }
+    return workflows.complete(jobId, { nodeId, ...result });
+  }
+
+  /** The node failed the job: it is retried on another node or fails and is refunded. */
+  async function failed(nodeId: string, jobId: string, message: string): Promise<void> {
+    await heldJob(nodeId, jobId);
+    await workflows.fail(jobId, nodeId, message || 'no reason given');
+  }
+
+  /** @throws NotFoundError */
+  async function metrics(nodeId: string, from: Date, to: Date) {
+    if (!(await nodesRepo.getNode(db, nodeId))) throw new NotFoundError('node', nodeId);
+    return nodesRepo.getMetrics(db, nodeId, from, to);
+  }
+
+  /** Whether the node should keep working on the job (it still holds it and the job is active). */
+  async function shouldContinue(nodeId: string, jobId: string): Promise<boolean> {
+    const job = await jobsRepo.getJob(db, jobId);
+    return !!job && job.assignedNodeId === nodeId && !isTerminal(job.status);
+  }
+
+  return { register, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
+}
+
+export type NodeService = ReturnType<typeof createNodeService>;

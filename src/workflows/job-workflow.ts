@@ -1,0 +1,458 @@
+import {
+  ActivityCancellationType,
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  continueAsNew,
+  isCancellation,
+  proxyActivities,
+  proxyLocalActivities,
+  setCurrentDetails,
+  setHandler,
+  TimeoutFailure,
+  upsertSearchAttributes,
+  workflowInfo,
+  allHandlersFinished,
+} from '@temporalio/workflow';
+import { TimeoutType } from '@temporalio/common';
+import type { createDispatchActivities } from '../activities/dispatch';
+import type { createJobActivities, MatchedNode } from '../activities/jobs';
+import type { createPaymentActivities } from '../activities/payments';
+import type { Transition } from '../db/jobs-repo';
+import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
+import {
+  acceptedUpdate,
+  cancelUpdate,
+  completeUpdate,
+  failUpdate,
+  JobRejections,
+  jobStatusQuery,
+  nodesChangedSignal,
+  progressSignal,
+  type JobOutcomeReport,
+  type JobView,
+} from './messages';
+import { JobSearchAttributes as SA } from './search-attributes';
+
+type JobActivities = ReturnType<typeof createJobActivities>;
+type PaymentActivities = ReturnType<typeof createPaymentActivities>;
+type DispatchActivities = ReturnType<typeof createDispatchActivities>['activities'];
+
+/** Settings fixed when a job starts, so a config change never alters a running job's replay. */
+export interface JobWorkflowOptions {
+  heartbeatTimeoutMs: number;
+  maxAttempts: number;
+  maxRuntimeMs: number;
+  requeueIntervalMs: number;
+  assignTimeoutMs: number;
+  /** Continue-as-new once a run's history is this long (Temporal's hard limit is 51,200 events). */
+  historyEventLimit: number;
+}
+
+/** Everything a run carries over to the next one through continue-as-new. */
+export interface JobState {
+  phase: JobPhase;
+  attempt: number;
+  nodeId: string | null;
+  failedNodes: string[];
+  refusedNodes: string[];
+  nodeStarted: boolean;
+  progress: number;
+  epoch: number;
+  escrow: JobView['escrow'];
+  seq: number;
+  lastReason: string;
+  error: { code: number; message: string } | null;
+}
+
+export interface JobWorkflowInput {
+  spec: JobSpec;
+  options: JobWorkflowOptions;
+  resume?: JobState;
+}
+
+export interface JobWorkflowResult {
+  jobId: string;
+  phase: 'completed' | 'failed' | 'cancelled';
+  attempts: number;
+  nodeId: string | null;
+  reason: string;
+  /** Reference of the node's payment (completed) or of the refund (failed, cancelled). */
+  txRef: string;
+}
+
+/** Activity id of the watch over one attempt; the API heartbeats it by this id. */
+export const watchActivityId = (attempt: number) => `watch-${attempt}`;
+
+type Outcome =
+  | { kind: 'completed'; report: JobOutcomeReport }
+  | { kind: 'failed'; nodeId: string; message: string };
+
+const registry = proxyLocalActivities<JobActivities>({
+  startToCloseTimeout: '10 seconds',
+  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+});
+
+const money = proxyActivities<PaymentActivities>({
+  startToCloseTimeout: '1 minute',
+  retry: {
+    initialInterval: '1 second',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    nonRetryableErrorTypes: ['EscrowMissing', 'EscrowAlreadySettled'],
+  },
+});
+
+/**
+ * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
+ * on another node → release (90/10) or refund. The workflow id is the job id.
+ */
+export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowResult> {
+  const { spec, options } = input;
+  const jobId = spec.jobId;
+  const s: JobState = input.resume ?? {
+    phase: 'pending',
+    attempt: 0,
+    nodeId: null,
+    failedNodes: [],
+    refusedNodes: [],
+    nodeStarted: false,
+    progress: 0,
+    epoch: 0,
+    escrow: 'none',
+    seq: 0,
+    lastReason: 'submitted',
+    error: null,
+  };
+  let outcome: Outcome | undefined;
+  let cancelRequest: { reason: string } | undefined;
+  let nodesChanged = false;
+  let final: { phase: JobWorkflowResult['phase']; txRef: string } | undefined;
+
+  const dispatch = proxyActivities<DispatchActivities>({
+    startToCloseTimeout: options.assignTimeoutMs + 2000,
+    retry: { maximumAttempts: 2, initialInterval: '500 milliseconds' },
+  });
+
+  // ---- messages -------------------------------------------------------------------------------
+  const holds = (nodeId: string) => s.nodeId === nodeId && (s.phase === 'assigned' || s.phase === 'running');
+  const assertHolder = (nodeId: string) => {
+    if (!holds(nodeId)) {
+      throw ApplicationFailure.create({ type: JobRejections.notHolder, message: `node ${nodeId} does not hold job ${jobId}` });
+    }
+    if (outcome || cancelRequest) {
+      throw ApplicationFailure.create({ type: JobRejections.finished, message: `job ${jobId} is already finishing` });
+    }
+  };
+
+  setHandler(jobStatusQuery, () => view());
+  setHandler(nodesChangedSignal, () => {
+    nodesChanged = true;
+  });
+  setHandler(progressSignal, (p) => {
+    if (!holds(p.nodeId) || outcome) return;
+    s.progress = p.progress ?? s.progress;
+    s.epoch = p.epoch ?? s.epoch;
+    s.nodeStarted = true;
+    details();
+  });
+  setHandler(
+    acceptedUpdate,
+    () => {
+      s.nodeStarted = true;
+      return { acknowledged: true };
+    },
+    { validator: ({ nodeId }) => assertHolder(nodeId) },
+  );
+  setHandler(
+    completeUpdate,
+    async (report) => {
+      outcome ??= { kind: 'completed', report };
+      await condition(() => final !== undefined);
+      return { paymentReleased: final!.phase === 'completed', txRef: final!.phase === 'completed' ? final!.txRef : '' };
+    },
+    {
+      validator: (report) => {
+        // A retried completion from the same node joins the first one.
+        if (outcome?.kind === 'completed' && outcome.report.nodeId === report.nodeId) return;
+        assertHolder(report.nodeId);
+      },
+    },
+  );
+  setHandler(
+    failUpdate,
+    ({ nodeId, message }) => {
+      outcome ??= { kind: 'failed', nodeId, message };
+      return { acknowledged: true };
+    },
+    { validator: ({ nodeId }) => assertHolder(nodeId) },
+  );
+  setHandler(
+    cancelUpdate,
+    async ({ reason }) => {
+      cancelRequest ??= { reason: reason || 'cancelled by the client' };
+      await condition(() => final !== undefined);
+      return { refundIssued: final!.phase !== 'completed', txRef: final!.phase !== 'completed' ? final!.txRef : '' };
+    },
+    {
+      validator: (_request) => {
+        if (isTerminal(s.phase) || outcome?.kind === 'completed') {
+          throw ApplicationFailure.create({ type: JobRejections.finished, message: `job ${jobId} has already finished` });
+        }
+      },
+    },
+  );
+
+  // ---- helpers --------------------------------------------------------------------------------
+  function view(): JobView {
+    return {
+      jobId,
+      phase: s.phase,
+      attempt: s.attempt,
+      maxAttempts: options.maxAttempts,
+      nodeId: s.nodeId,
+      failedNodes: [...s.failedNodes],
+      progress: s.progress,
+      epoch: s.epoch,
+      escrow: s.escrow,
+      lastReason: s.lastReason,
+      error: s.error,
+    };
+  }
+
+  function details(): void {
+    const lines = [
+      `**${s.phase}** · attempt ${s.attempt}/${options.maxAttempts} · escrow ${s.escrow}`,
+      s.nodeId ? `node \`${s.nodeId}\` · progress ${(s.progress * 100).toFixed(0)} % · epoch ${s.epoch}` : 'no node',
+      `last: ${s.lastReason}`,
+    ];
+    if (s.failedNodes.length) lines.push(`failed on: ${s.failedNodes.join(', ')}`);
+    setCurrentDetails(lines.join('\n\n'));
+  }
+
+  function publish(): void {
+    upsertSearchAttributes([
+      { key: SA.status, value: s.phase },
+      { key: SA.nodeId, value: s.nodeId ?? '' },
+      { key: SA.attempt, value: s.attempt },
+      { key: SA.escrowState, value: s.escrow },
+    ]);
+    details();
+  }
+
+  async function transition(
+    to: JobPhase,
+    reason: string,
+    actor: string,
+    extra: Omit<Transition, 'jobId' | 'seq' | 'from' | 'to' | 'reason' | 'actor' | 'attempt'> = {},
+  ): Promise<void> {
+    s.seq += 1;
+    await registry.recordTransition({
+      jobId,
+      seq: s.seq,
+      from: s.phase,
+      to,
+      reason,
+      actor,
+      attempt: s.attempt,
+      nodeId: s.nodeId,
+      ...extra,
+    });
+    s.phase = to;
+    s.lastReason = reason;
+    publish();
+  }
+
+  const historyTooLong = () =>
+    workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > options.historyEventLimit;
+
+  async function continueWithFreshHistory(): Promise<never> {
+    await condition(allHandlersFinished);
+    return continueAsNew<typeof jobWorkflow>({ spec, options, resume: { ...s } });
+  }
+
+  // ---- steps ----------------------------------------------------------------------------------
+  /** Matches and assigns until a node accepts the job, or the job is cancelled. */
+  async function place(): Promise<void> {
+    for (;;) {
+      if (cancelRequest) return;
+      nodesChanged = false;
+      const match = await registry.matchNode({
+        jobId,
+        requiredDevice: spec.requiredDevice,
+        estimatedMemory: spec.estimatedMemory,
+        excludeNodeIds: [...s.failedNodes, ...s.refusedNodes],
+      });
+      if (match.node) {
+        const refusal = await offer(match.node);
+        if (!refusal) {
+          s.attempt += 1;
+          s.nodeId = match.node.nodeId;
+          s.nodeStarted = false;
+          s.progress = 0;
+          s.epoch = 0;
+          outcome = undefined;
+          await transition('assigned', `assigned to node ${match.node.nodeId} (attempt ${s.attempt}/${options.maxAttempts})`, 'workflow', {
+            assignedNodeId: match.node.nodeId,
+            attempts: s.attempt,
+            data: { endpoint: match.node.endpoint, passedOver: match.rejected, refusedBy: s.refusedNodes },
+          });
+          s.refusedNodes = [];
+          return;
+        }
+        s.refusedNodes.push(match.node.nodeId);
+        s.lastReason = refusal;
+        details();
+        continue;
+      }
+      // Nothing fits now. Nodes that refused (busy) get another chance after the wait.
+      s.refusedNodes = [];
+      if (s.phase !== 'queued') {
+        await transition('queued', 'waiting for a fitting online node', 'workflow', { data: { passedOver: match.rejected } });
+      }
+      await condition(() => nodesChanged || cancelRequest !== undefined, options.requeueIntervalMs);
+      if (!nodesChanged && !cancelRequest && historyTooLong()) await continueWithFreshHistory();
+    }
+  }
+
+  /** Offers the job to a node. @returns why it was not taken, or undefined when accepted. */
+  async function offer(node: MatchedNode): Promise<string | undefined> {
+    try {
+      const result = await dispatch.dispatchToNode({ jobId, nodeId: node.nodeId, assignEndpoint: node.assignEndpoint, spec });
+      return result.accepted ? undefined : `node ${node.nodeId} refused: ${result.reason}`;
+    } catch (err) {
+      if (err instanceof ActivityFailure) return `node ${node.nodeId} unreachable: ${err.cause?.message ?? err.message}`;
+      throw err;
+    }
+  }
+
+  /** Waits for the node holding the job to finish it, fail it, or go silent; or for a cancel. */
+  async function supervise(): Promise<void> {
+    const nodeId = s.nodeId!;
+    const watch = proxyActivities<JobActivities>({
+      activityId: watchActivityId(s.attempt),
+      heartbeatTimeout: options.heartbeatTimeoutMs,
+      startToCloseTimeout: options.maxRuntimeMs,
+      retry: { maximumAttempts: 1 },
+      cancellationType: ActivityCancellationType.TRY_CANCEL,
+    });
+    const scope = new CancellationScope();
+    let watchEnded: { error: unknown } | undefined;
+    scope.run(() => watch.watchNode({ jobId, nodeId, attempt: s.attempt })).then(
+      () => (watchEnded = { error: undefined }),
+      (error) => (watchEnded = { error }),
+    );
+
+    for (;;) {
+      await condition(
+        () =>
+          outcome !== undefined ||
+          cancelRequest !== undefined ||
+          watchEnded !== undefined ||
+          (s.nodeStarted && s.phase === 'assigned') ||
+          historyTooLong(),
+      );
+      if (outcome || cancelRequest || watchEnded) break;
+      if (s.nodeStarted && s.phase === 'assigned') {
+        await transition('running', `node ${nodeId} started the job`, `node:${nodeId}`, { started: true });
+        continue;
+      }
+      scope.cancel();
+      await continueWithFreshHistory();
+    }
+    if (!watchEnded) scope.cancel();
+
+    if (cancelRequest && outcome?.kind !== 'completed') return; // the main loop refunds
+    if (outcome?.kind === 'completed') return settleCompleted(nodeId);
+    if (outcome?.kind === 'failed') return attemptFailed(nodeId, `node reported failure: ${outcome.message}`, `node:${nodeId}`);
+    return attemptFailed(nodeId, describeWatchEnd(watchEnded?.error, options), 'workflow');
+  }
+
+  async function settleCompleted(nodeId: string): Promise<void> {
+    const receipt = await money.release({ jobId, nodeId });
+    s.escrow = 'released';
+    await registry.recordNodeOutcome({ nodeId, outcome: 'completed' });
+    await transition('completed', `completed on node ${nodeId}; paid ${receipt.node.amount} to the node, ${receipt.platform.amount} to the platform`, `node:${nodeId}`, {
+      ended: true,
+      error: null,
+      data: { release: receipt },
+    });
+    final = { phase: 'completed', txRef: receipt.node.txRef };
+  }
+
+  async function attemptFailed(nodeId: string, reason: string, actor: string): Promise<void> {
+    s.failedNodes.push(nodeId);
+    await registry.recordNodeOutcome({ nodeId, outcome: 'failed' });
+    outcome = undefined;
+    if (s.attempt >= options.maxAttempts) {
+      s.error = { code: 500, message: `failed after ${s.attempt} attempt(s); last: ${reason}` };
+      await refundAndEnd('failed', s.error.message, actor, nodeId);
+      return;
+    }
+    s.nodeId = null;
+    await transition('queued', `${reason}; reassigning (${s.attempt}/${options.maxAttempts} attempts used)`, actor, {
+      assignedNodeId: null,
+      cancelOnNode: nodeId,
+      data: { lostNode: nodeId },
+    });
+  }
+
+  async function refundAndEnd(phase: 'failed' | 'cancelled', reason: string, actor: string, stopNode: string | null): Promise<void> {
+    const receipt = s.escrow === 'held' ? await money.refund({ jobId }) : undefined;
+    if (receipt) s.escrow = 'refunded';
+    await transition(phase, reason, actor, {
+      ended: true,
+      error: s.error,
+      ...(stopNode && { cancelOnNode: stopNode }),
+      data: { refund: receipt ?? null },
+    });
+    final = { phase, txRef: receipt?.txRef ?? '' };
+  }
+
+  // ---- the script -----------------------------------------------------------------------------
+  try {
+    if (s.escrow === 'none') {
+      await money.escrow({ jobId, amount: spec.paymentUnits, payer: spec.paymentAddress });
+      s.escrow = 'held';
+      publish();
+    }
+    while (!isTerminal(s.phase)) {
+      if (cancelRequest) {
+        await refundAndEnd('cancelled', `cancelled: ${cancelRequest.reason}`, 'client', s.nodeId);
+        break;
+      }
+      if (s.phase === 'pending' || s.phase === 'queued') await place();
+      else await supervise();
+    }
+  } catch (err) {
+    if (!isCancellation(err)) throw err;
+    // Cancelled from Temporal itself (Web UI, CLI): refund before going.
+    await CancellationScope.nonCancellable(() =>
+      refundAndEnd('cancelled', 'workflow cancelled by an operator', 'operator', s.nodeId),
+    );
+    throw err;
+  }
+  await condition(allHandlersFinished);
+  return {
+    jobId,
+    phase: s.phase as JobWorkflowResult['phase'],
+    attempts: s.attempt,
+    nodeId: s.nodeId,
+    reason: s.lastReason,
+    txRef: final?.txRef ?? '',
+  };
+}
+
+function describeWatchEnd(error: unknown, options: JobWorkflowOptions): string {
+  const cause = error instanceof ActivityFailure ? error.cause : error;
+  if (cause instanceof TimeoutFailure) {
+    if (cause.timeoutType === TimeoutType.HEARTBEAT) {
+      return `node lost: silent for ${Math.round(options.heartbeatTimeoutMs / 1000)} s`;
+    }
+    if (cause.timeoutType === TimeoutType.START_TO_CLOSE) {
+      return `exceeded the maximum run time of ${Math.round(options.maxRuntimeMs / 1000)} s`;
+    }
+  }
+  return `supervision ended unexpectedly: ${(cause as Error | undefined)?.message ?? 'no reason'}`;
+}
