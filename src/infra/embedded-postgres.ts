@@ -10,7 +10,6 @@ import {
   isPortFree,
   isProcessAlive,
   OutputTail,
-  sleep,
   terminatePid,
   waitFor,
   type InfraLogger,
@@ -187,8 +186,18 @@ function watchExit(child: ChildProcess) {
     get done() {
       return result !== undefined;
     },
+    get succeeded() {
+      return result !== undefined && result.code === 0 && !result.error;
+    },
+    /** Resolves true once exited, false if still running after `ms`. */
     within(ms: number): Promise<boolean> {
-      return Promise.race([promise.then(() => true), sleep(ms).then(() => result !== undefined)]);
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(result !== undefined), ms);
+        void promise.then(() => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+      });
     },
     describe(): string {
       if (!result) return 'is running';
@@ -242,7 +251,7 @@ async function initdb(
     const exit = watchExit(child);
     pipeOutput(child, o.tail, o.log);
     await exit.promise;
-    if (exit.describe() !== 'exited with code 0') {
+    if (!exit.succeeded) {
       throw new Error(`embedded Postgres initdb ${exit.describe()} (${dataDir}):\n${o.tail.toString()}`);
     }
   } finally {

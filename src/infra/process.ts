@@ -130,6 +130,7 @@ const WATCHDOG_SOURCE = `
 const [parentArg, graceArg, ...specs] = process.argv.slice(1);
 const parent = Number(parentArg), grace = Number(graceArg), firstPpid = process.ppid;
 const targets = specs.map((s) => { const [pid, signal] = s.split(':'); return { pid: Number(pid), signal }; });
+process.title = 'infra-watchdog ' + specs.join(' ');
 const alive = (pid) => { try { process.kill(pid, 0); return true; } catch (e) { return e.code === 'EPERM'; } };
 const send = (pid, sig) => { try { process.kill(pid, sig); } catch {} };
 const timer = setInterval(() => {

@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { Connection } from '@temporalio/client';
 import { Client } from 'pg';
 import { startEmbeddedPostgres } from '../../src/infra/embedded-postgres';
-import { getFreePort, type InfraLogger } from '../../src/infra/process';
+import { getFreePort, isProcessAlive, type InfraLogger } from '../../src/infra/process';
 import { ensureSearchAttributes } from '../../src/infra/search-attributes';
 import { ensureTemporalCli, findTemporalTestServer } from '../../src/infra/temporal-cli';
 import { startTemporalDevServer } from '../../src/infra/temporal-dev-server';
@@ -32,6 +32,23 @@ interface InfraState {
   /** Set when tests use an existing server: its run databases are dropped at teardown. */
   externalDatabaseUrl?: string;
   published: string[];
+}
+
+const TMP_PREFIX = 'cyxwiz-test-';
+const OWNER_FILE = 'owner.pid';
+
+/** A run killed with SIGKILL cannot clean up (its servers are stopped by their watchdogs); the next run removes its files. */
+function removeDirsOfDeadRuns(): void {
+  for (const name of fs.readdirSync(os.tmpdir())) {
+    if (!name.startsWith(TMP_PREFIX)) continue;
+    const dir = path.join(os.tmpdir(), name);
+    try {
+      const owner = Number(fs.readFileSync(path.join(dir, OWNER_FILE), 'utf8'));
+      if (owner > 0 && !isProcessAlive(owner)) fs.rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // not ours, or being created right now
+    }
+  }
 }
 
 type GlobalWithState = typeof globalThis & { [STATE_KEY]?: InfraState };
@@ -68,14 +85,16 @@ function seconds(ms: number): string {
  */
 export default async function globalSetup(globalConfig: SelectedProjects = {}): Promise<void> {
   const started = performance.now();
+  removeDirsOfDeadRuns();
   const state: InfraState = {
     runId: randomBytes(3).toString('hex'),
-    tmpDir: fs.mkdtempSync(path.join(os.tmpdir(), 'cyxwiz-test-')),
+    tmpDir: fs.mkdtempSync(path.join(os.tmpdir(), TMP_PREFIX)),
     stops: [],
     published: [],
   };
   // Postgres runs as the `postgres` OS user when we are root; mkdtemp's 0700 would lock it out.
   fs.chmodSync(state.tmpDir, 0o755);
+  fs.writeFileSync(path.join(state.tmpDir, OWNER_FILE), String(process.pid));
   (globalThis as GlobalWithState)[STATE_KEY] = state;
 
   try {
