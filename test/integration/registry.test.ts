@@ -1,0 +1,159 @@
+import { eq } from 'drizzle-orm';
+import pino from 'pino';
+import { createJobActivities } from '../../src/activities/jobs';
+import * as jobsRepo from '../../src/db/jobs-repo';
+import { jobEvents, jobs, nodeMetrics, nodes } from '../../src/db/schema';
+import type { JobSpec } from '../../src/domain/job';
+import { createHeartbeatHub } from '../../src/services/heartbeat-hub';
+import type { JobWorkflowGateway } from '../../src/services/job-workflows';
+import { createNodeService } from '../../src/services/nodes-service';
+import type { NodeRegistration } from '../../src/db/nodes-repo';
+import { freshDatabase } from '../support/db';
+
+const GiB = 2 ** 30;
+const log = pino({ level: 'silent' });
+
+function registration(over: Partial<NodeRegistration> = {}): NodeRegistration {
+  return {
+    name: 'n',
+    cpuCores: 8,
+    ramTotal: 32 * GiB,
+    ramAvailable: 16 * GiB,
+    devices: [
+      {
+        deviceType: 'CUDA', deviceName: 'RTX', memoryTotal: 8 * GiB, memoryAvailable: 8 * GiB, computeUnits: 0,
+        supportsFp64: false, supportsFp16: true, gpuModel: 'RTX', vramTotal: 8 * GiB, vramAvailable: 8 * GiB,
+        driverVersion: '', cudaVersion: '', pcieGeneration: 0, pcieLanes: 0, computeCapability: 0,
+      },
+    ],
+    ipAddress: '10.0.0.1',
+    port: 50052,
+    region: 'eu',
+    walletAddress: '',
+    profile: { version: '1', supportedFormats: [], maxModelSize: 0, supportsTerminalAccess: false, availableRuntimes: [], stakedAmount: 0 },
+    ...over,
+  };
+}
+
+const spec = (jobId: string, over: Partial<JobSpec> = {}): JobSpec => ({
+  jobId, jobType: 'TRAINING', priority: 'NORMAL', modelDefinition: '', hyperparameters: {}, datasetUri: 'x', batchSize: 1,
+  epochs: 1, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, estimatedDuration: 0, paymentUnits: '10', paymentAddress: 'p',
+  escrowTxHash: '', reservationDurationMinutes: 0, ...over,
+});
+
+/** A workflow gateway that records what the services ask of Temporal. */
+function recordingGateway() {
+  const calls: { method: string; args: unknown[] }[] = [];
+  const record = (method: string) => async (...args: unknown[]) => void calls.push({ method, args });
+  return {
+    calls,
+    gateway: {
+      start: record('start'), nodesChanged: record('nodesChanged'), progress: record('progress'), accepted: record('accepted'),
+      complete: record('complete'), fail: record('fail'), cancel: record('cancel'), nodeAlive: record('nodeAlive'),
+    } as unknown as JobWorkflowGateway,
+  };
+}
+
+describe('node registry, heartbeats and matching (real Postgres)', () => {
+  let database: Awaited<ReturnType<typeof freshDatabase>>;
+  let clock = Date.now();
+  beforeAll(async () => {
+    database = await freshDatabase();
+  });
+  afterAll(() => database.drop());
+
+  function services() {
+    const { calls, gateway } = recordingGateway();
+    const heartbeats = createHeartbeatHub({
+      db: database.db, workflows: gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,
+      metricsRetentionMs: 3600_000, log, now: () => clock,
+    });
+    const nodeService = createNodeService({ db: database.db, workflows: gateway, heartbeats, log });
+    return { calls, heartbeats, nodeService };
+  }
+
+  it('gives the same node the same id by its own id, its wallet or its endpoint, and adopts a new node\'s id', async () => {
+    const { nodeService } = services();
+    const first = await nodeService.register('node_1700000000', registration());
+    expect(first).toEqual({ nodeId: 'node_1700000000', created: true });
+    expect((await nodeService.register('node_1700000000', registration({ ipAddress: '10.9.9.9' }))).nodeId).toBe('node_1700000000');
+    // restarted daemon that lost its file, same endpoint
+    expect((await nodeService.register('node_1799999999', registration({ ipAddress: '10.9.9.9' })))).toEqual({ nodeId: 'node_1700000000', created: false });
+    const walleted = await nodeService.register('', registration({ ipAddress: '10.0.0.2', walletAddress: 'W1' }));
+    expect(walleted.nodeId).toMatch(/^[0-9a-f-]{36}$/);
+    expect((await nodeService.register('', registration({ ipAddress: '10.0.0.3', walletAddress: 'W1' }))).nodeId).toBe(walleted.nodeId);
+    const [row] = await database.db.select().from(nodes).where(eq(nodes.id, walleted.nodeId));
+    expect(row).toMatchObject({ ipAddress: '10.0.0.3', deviceTypes: ['CUDA'], maxDeviceMemory: 8 * GiB, status: 'online' });
+  });
+
+  it('answers heartbeats from memory, writes them in one batch, samples metrics, and keeps jobs alive', async () => {
+    const { heartbeats, calls } = services();
+    await database.db.insert(jobs).values({
+      id: 'held', status: 'running', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('held'),
+      configHash: 'h', paymentUnits: 10n, assignedNodeId: 'node_1700000000', attempts: 2,
+    });
+    clock += 1000;
+    expect(await heartbeats.beat('node_1700000000', { ramAvailable: 8 * GiB, ramTotal: 32 * GiB })).toEqual([]);
+    const [before] = await database.db.select().from(nodes).where(eq(nodes.id, 'node_1700000000'));
+    expect(before.ramAvailable).toBe(16 * GiB); // not written yet
+    await heartbeats.flush();
+    const [after] = await database.db.select().from(nodes).where(eq(nodes.id, 'node_1700000000'));
+    expect(after.ramAvailable).toBe(8 * GiB);
+    expect(after.lastHeartbeat.getTime()).toBe(clock);
+    const metrics = await database.db.select().from(nodeMetrics).where(eq(nodeMetrics.nodeId, 'node_1700000000'));
+    expect(metrics).toHaveLength(1);
+    expect(metrics[0].memoryUsage).toBeCloseTo(0.75);
+    expect(calls.filter((c) => c.method === 'nodeAlive')).toEqual([
+      { method: 'nodeAlive', args: ['held', 2, expect.objectContaining({ source: 'heartbeat', nodeId: 'node_1700000000' })] },
+    ]);
+  });
+
+  it('recreates a minimal record for an unknown node id instead of failing', async () => {
+    const { heartbeats } = services();
+    expect(await heartbeats.beat('f3a1c2d4-0000-4000-8000-000000000001')).toEqual([]);
+    const [row] = await database.db.select().from(nodes).where(eq(nodes.id, 'f3a1c2d4-0000-4000-8000-000000000001'));
+    expect(row).toMatchObject({ port: 0, devices: [] });
+  });
+
+  it('wakes queued jobs when an offline node comes back, and hands out stop orders', async () => {
+    const { heartbeats, calls } = services();
+    await database.db.insert(jobs).values({
+      id: 'waiting', status: 'queued', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('waiting'),
+      configHash: 'h', paymentUnits: 10n,
+    });
+    await jobsRepo.recordTransition(database.db, {
+      jobId: 'held', seq: 1, from: 'running', to: 'queued', reason: 'node lost', actor: 'workflow', attempt: 2,
+      assignedNodeId: null, cancelOnNode: 'node_1700000000',
+    });
+    clock += 120_000; // silent for two minutes
+    await heartbeats.flush(); // sweeps it offline
+    expect((await database.db.select().from(nodes).where(eq(nodes.id, 'node_1700000000')))[0].status).toBe('offline');
+    await heartbeats.beat('node_1700000000');
+    await heartbeats.flush();
+    expect(calls.find((c) => c.method === 'nodesChanged')?.args[0]).toEqual(expect.arrayContaining(['waiting', 'held']));
+    expect(await heartbeats.beat('node_1700000000')).toEqual(['held']);
+  });
+
+  it('records each transition once per sequence number', async () => {
+    const t = { jobId: 'waiting', seq: 1, from: 'queued' as const, to: 'assigned' as const, reason: 'r', actor: 'workflow', attempt: 1, assignedNodeId: 'x', attempts: 1 };
+    expect(await jobsRepo.recordTransition(database.db, t)).toBe(true);
+    expect(await jobsRepo.recordTransition(database.db, t)).toBe(false);
+    expect(await database.db.select().from(jobEvents).where(eq(jobEvents.jobId, 'waiting'))).toHaveLength(1);
+    expect((await jobsRepo.getJob(database.db, 'waiting'))).toMatchObject({ status: 'assigned', attempts: 1, assignedNodeId: 'x', eventSeq: 1 });
+  });
+
+  it('matches an online fitting node, never an excluded one, least loaded first', async () => {
+    const acts = createJobActivities({ db: database.db, offlineAfterMs: 30_000, assignPortOffset: 3, now: () => new Date(clock) });
+    const { nodeService, heartbeats } = services();
+    await nodeService.register('small', registration({ ipAddress: '10.1.0.1', devices: [{ ...registration().devices[0], vramTotal: 2 * GiB }] }));
+    await nodeService.register('big', registration({ ipAddress: '10.1.0.2' }));
+    for (const id of ['small', 'big', 'node_1700000000']) await heartbeats.beat(id);
+    await heartbeats.flush();
+    const m = await acts.matchNode({ jobId: 'x', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] });
+    expect(m.node).toEqual({ nodeId: 'big', endpoint: '10.1.0.2:50052', assignEndpoint: '10.1.0.2:50055' });
+    const none = await acts.matchNode({ jobId: 'x', requiredDevice: 'CUDA', estimatedMemory: 64 * GiB, excludeNodeIds: [] });
+    expect(none.node).toBeNull();
+    const cpu = await acts.matchNode({ jobId: 'x', requiredDevice: 'OPENCL', estimatedMemory: 0, excludeNodeIds: [] });
+    expect(cpu.node).toBeNull();
+  });
+});
