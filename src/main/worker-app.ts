@@ -1,11 +1,14 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
+import { ensureSearchAttributes } from '../infra/search-attributes';
+import { SEARCH_ATTRIBUTE_TYPES } from '../workflows/search-attributes';
 import { and, eq, lt } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { createDispatchActivities } from '../activities/dispatch';
 import { createJobActivities } from '../activities/jobs';
 import { createPaymentActivities } from '../activities/payments';
 import type { Config } from '../config';
+import { installTemporalRuntime } from './temporal-runtime';
 import { openDatabase, type Db } from '../db/client';
 import { jobs } from '../db/schema';
 import { createJobWorkflowGateway } from '../services/job-workflows';
@@ -26,6 +29,7 @@ const ORPHAN_SWEEP_MS = 30_000;
 /** Composition root of the worker process: runs job workflows and their activities. */
 export async function startWorker(config: Config, env: { databaseUrl: string; temporalAddress: string; log: Logger }): Promise<RunningWorker> {
   const { log } = env;
+  installTemporalRuntime(log);
   const database = openDatabase(env.databaseUrl, { max: 20 });
   const dispatch = createDispatchActivities({ timeoutMs: config.nodes.assignTimeoutMs, tokenDecimals: config.payments.tokenDecimals });
   const activities = {
@@ -38,6 +42,10 @@ export async function startWorker(config: Config, env: { databaseUrl: string; te
     }),
     ...dispatch.activities,
   };
+  const clientConnection = await Connection.connect({ address: env.temporalAddress });
+  // Job workflows upsert these; an external cluster gets them registered here (a no-op when present).
+  const { added } = await ensureSearchAttributes(clientConnection, config.temporal.namespace, SEARCH_ATTRIBUTE_TYPES);
+  if (added.length > 0) log.info({ added }, 'registered search attributes');
   const connection = await NativeConnection.connect({ address: env.temporalAddress });
   const worker = await Worker.create({
     connection,
@@ -46,9 +54,7 @@ export async function startWorker(config: Config, env: { databaseUrl: string; te
     workflowsPath: require.resolve('../workflows'),
     activities,
     shutdownGraceTime: '10 seconds',
-    bundlerOptions: { ignoreModules: [] },
   });
-  const clientConnection = await Connection.connect({ address: env.temporalAddress });
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const gateway = createJobWorkflowGateway({
     client,

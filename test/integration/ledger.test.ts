@@ -1,7 +1,7 @@
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ApplicationFailure } from '@temporalio/common';
 import { eq } from 'drizzle-orm';
-import { createPaymentActivities, PaymentErrors } from '../../src/activities/payments';
+import { createPaymentActivities, PaymentErrors, type ReleaseReceipt } from '../../src/activities/payments';
 import { payments, nodes } from '../../src/db/schema';
 import { freshDatabase } from '../support/db';
 import { silentLogger } from '../support/silent-logger';
@@ -29,7 +29,7 @@ describe('payment ledger activities (real Postgres)', () => {
   });
 
   it('releases 90/10 to the node wallet and the platform, exactly once, summing to the escrow', async () => {
-    const first = await env.run(acts.release, { jobId: 'j1', nodeId: 'node-w' });
+    const first: ReleaseReceipt = await env.run(acts.release, { jobId: 'j1', nodeId: 'node-w' });
     const again = await env.run(acts.release, { jobId: 'j1', nodeId: 'node-w' });
     expect(again).toEqual(first);
     expect(first.node).toMatchObject({ amount: '1350000000', to: 'NodeWallet111' });
@@ -58,7 +58,7 @@ describe('payment ledger activities (real Postgres)', () => {
 
   it('pays a node without a wallet to its ledger account', async () => {
     await env.run(acts.escrow, { jobId: 'j3', amount: '100', payer: 'Bob' });
-    const r = await env.run(acts.release, { jobId: 'j3', nodeId: 'no-wallet-node' });
+    const r: ReleaseReceipt = await env.run(acts.release, { jobId: 'j3', nodeId: 'no-wallet-node' });
     expect(r.node).toMatchObject({ amount: '90', to: 'node:no-wallet-node' });
   });
 

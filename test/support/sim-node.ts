@@ -21,6 +21,20 @@ export interface SimNodeOptions {
   onAssign?: (job: AssignedJob) => 'accept' | { refuse: number } | 'hang';
 }
 
+/** Per-call options of the node's reports (a longer deadline for calls that wait on a settlement). */
+export interface ReportOptions {
+  deadlineMs?: number;
+}
+
+/** Outcome counters of the node's heartbeats. */
+export interface HeartbeatStats {
+  ok: number;
+  failed: number;
+  /** Time of the last successful heartbeat (ms since epoch). */
+  lastOkAt: number;
+  lastError?: string;
+}
+
 const DEVICE = { CPU: 1, CUDA: 2 } as const;
 
 /**
@@ -31,6 +45,9 @@ export class SimNode {
   nodeId = '';
   readonly assigned: AssignedJob[] = [];
   readonly cancelOrders = new Set<string>();
+  /** Every AssignJob request received, accepted or not. */
+  readonly assignRequests: { node_id: string; job: AssignedJob; at: number }[] = [];
+  readonly beats: HeartbeatStats = { ok: 0, failed: 0, lastOkAt: 0 };
   private server = new grpc.Server();
   private timer?: NodeJS.Timeout;
   readonly node: ReturnType<typeof protocolClient>;
@@ -47,6 +64,7 @@ export class SimNode {
     this.server.addService(NodeService.service, {
       AssignJob: (call: grpc.ServerUnaryCall<any, any>, cb: grpc.sendUnaryData<any>) => {
         const job = call.request.job as AssignedJob;
+        this.assignRequests.push({ node_id: call.request.node_id, job, at: Date.now() });
         const answer = this.opts.onAssign?.(job) ?? 'accept';
         if (answer === 'hang') return;
         if (answer === 'accept') {
@@ -97,11 +115,30 @@ export class SimNode {
   }
 
   async heartbeat(): Promise<any> {
-    const res = await this.node.call('Heartbeat', {
-      node_id: this.nodeId,
-      current_status: { node_id: this.nodeId, is_online: true, ram_available: String(16 * 2 ** 30), ram_total: String(32 * 2 ** 30) },
-      active_jobs: [],
-    });
+    let res: any;
+    try {
+      res = await this.node.call(
+        'Heartbeat',
+        {
+          node_id: this.nodeId,
+          current_status: { node_id: this.nodeId, is_online: true, ram_available: String(16 * 2 ** 30), ram_total: String(32 * 2 ** 30) },
+          active_jobs: [],
+        },
+        { deadlineMs: 5000 },
+      );
+    } catch (err) {
+      this.beats.failed += 1;
+      this.beats.lastError = (err as Error).message;
+      throw err;
+    }
+    // As the shipping node: a heartbeat counts when the reply is SUCCESS with keep_alive.
+    if (res.status === 1 && res.keep_alive) {
+      this.beats.ok += 1;
+      this.beats.lastOkAt = Date.now();
+    } else {
+      this.beats.failed += 1;
+      this.beats.lastError = JSON.stringify(res);
+    }
     for (const id of res.jobs_to_cancel ?? []) this.cancelOrders.add(id);
     return res;
   }
@@ -118,24 +155,37 @@ export class SimNode {
     void this.heartbeat().catch(() => undefined);
   }
 
-  accepted(jobId: string) {
-    return this.node.call('NotifyJobAccepted', { node_id: this.nodeId, job_id: jobId, engine_address: 'direct_p2p', accepted_at: '0', node_endpoint: '0.0.0.0:50052' });
+  /** NotifyJobAccepted as the shipping node sends it: no authorization metadata, raw clock ticks. */
+  accepted(jobId: string, opts: ReportOptions = {}) {
+    return this.node.call(
+      'NotifyJobAccepted',
+      { node_id: this.nodeId, job_id: jobId, engine_address: 'direct_p2p', accepted_at: (BigInt(Date.now()) * 1_000_000n).toString(), node_endpoint: '0.0.0.0:50052' },
+      opts,
+    );
   }
 
-  progress(jobId: string, progress: number, epoch: number) {
-    return this.node.call('ReportProgress', {
-      node_id: this.nodeId,
-      job_id: jobId,
-      status: { job_id: jobId, status: 4, progress, current_epoch: epoch, metrics: { loss: 1 - progress } },
-    });
+  progress(jobId: string, progress: number, epoch: number, opts: ReportOptions = {}) {
+    return this.node.call(
+      'ReportProgress',
+      {
+        node_id: this.nodeId,
+        job_id: jobId,
+        status: { job_id: jobId, status: 4, progress, current_epoch: epoch, metrics: { loss: 1 - progress } },
+      },
+      opts,
+    );
   }
 
-  complete(jobId: string) {
-    return this.node.call('ReportCompletion', {
-      node_id: this.nodeId,
-      job_id: jobId,
-      result: { job_id: jobId, status: 1, final_metrics: { loss: 0.01 }, total_compute_time: '42' },
-    });
+  complete(jobId: string, opts: ReportOptions = {}) {
+    return this.node.call(
+      'ReportCompletion',
+      {
+        node_id: this.nodeId,
+        job_id: jobId,
+        result: { job_id: jobId, status: 1, final_metrics: { loss: 0.01 }, total_compute_time: '42' },
+      },
+      opts,
+    );
   }
 
   fail(jobId: string, message: string) {
