@@ -318,7 +318,7 @@ async function resolveBinaries(runAs?: RunAs): Promise<Binaries> {
       fs.writeFileSync(path.join(staging, '.complete'), '');
       try {
         fs.renameSync(staging, cached);
-      } catch (err) {
+      } catch {
         // Another process finished its copy first (fine), or a foreign/partial directory is in the way.
         if (isTrustedCopy(cached)) {
           fs.rmSync(staging, { recursive: true, force: true });

@@ -58,6 +58,11 @@ export class SimNode {
     this.jobStatus = protocolClient('JobStatusService', opts.central);
   }
 
+  /** The P2P port the node registered (its endpoint is 127.0.0.1:port). */
+  get port(): number {
+    return this.opts.port;
+  }
+
   /** Starts serving AssignJob, registers, and heartbeats. */
   async start(): Promise<this> {
     const { NodeService } = loadProtocol();

@@ -1,0 +1,12 @@
+# CyxWiz Central: one image for the API, the worker and migrations (pick with the command).
+FROM node:20-bookworm-slim
+WORKDIR /app
+ENV NODE_ENV=production
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json drizzle.config.ts ./
+COPY proto ./proto
+COPY drizzle ./drizzle
+COPY src ./src
+EXPOSE 50051 8080
+CMD ["npm", "run", "start:api"]

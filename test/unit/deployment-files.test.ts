@@ -1,0 +1,42 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse } from 'yaml';
+import { loadConfig } from '../../src/config';
+
+const root = path.resolve(__dirname, '../..');
+const read = (f: string) => readFileSync(path.join(root, f), 'utf8');
+
+/** docker-compose.yml cannot run here (no Docker engine), so it is checked statically. */
+describe('docker-compose.yml', () => {
+  const compose = parse(read('docker-compose.yml')) as { services: Record<string, any> };
+  const scripts = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts;
+
+  it('runs migrations, the worker and the API as separate services against Postgres and Temporal', () => {
+    expect(Object.keys(compose.services)).toEqual(expect.arrayContaining(['postgres', 'temporal', 'migrate', 'worker', 'api']));
+    for (const name of ['migrate', 'worker', 'api']) {
+      const svc = compose.services[name];
+      const script = svc.command[svc.command.length - 1];
+      expect(scripts[script]).toBeDefined();
+      expect(svc.environment.DATABASE_URL).toMatch(/^postgres:\/\/\w+:\w+@postgres:5432\/\w+$/);
+    }
+    for (const name of ['worker', 'api']) {
+      expect(compose.services[name].environment.TEMPORAL_ADDRESS).toBe('temporal:7233');
+      expect(compose.services[name].depends_on.migrate.condition).toBe('service_completed_successfully');
+    }
+  });
+
+  it('publishes the protocol port and REST, and every environment value parses as our config', () => {
+    expect(compose.services.api.ports).toEqual(expect.arrayContaining(['50051:50051', '8080:8080']));
+    for (const name of ['migrate', 'worker', 'api']) {
+      const env = Object.fromEntries(
+        Object.entries(compose.services[name].environment as Record<string, string>).map(([k, v]) => [k, String(v).replace(/\$\{\w+:-([^}]*)\}/, '$1')]),
+      );
+      expect(() => loadConfig(env)).not.toThrow();
+    }
+  });
+
+  it('builds from a Dockerfile that ships the protos and migrations the code loads', () => {
+    const dockerfile = read('Dockerfile');
+    for (const dir of ['proto', 'drizzle', 'src']) expect(dockerfile).toContain(`COPY ${dir} ./${dir}`);
+  });
+});
