@@ -1,0 +1,290 @@
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
+import { verifyP2PToken } from '../../src/services/p2p-token';
+import { protocolClient } from '../support/grpc-clients';
+import type { SimNode } from '../support/sim-node';
+import { useSystem } from '../support/system';
+import {
+  collect,
+  eventually,
+  jobConfig,
+  jobStatus,
+  nodePool,
+  restGet,
+  S,
+  submitJob,
+  unfittable,
+  waitForAssignment,
+  waitForStatus,
+  type ProtocolClient,
+} from './helpers';
+
+/** The shipping node's default --p2p-secret, which the system uses when P2P_JWT_SECRET is unset. */
+const SHIPPING_P2P_SECRET = 'your-super-secret-jwt-key-change-in-production';
+const uid = () => randomBytes(4).toString('hex');
+
+const sys = useSystem({ name: 'engine-flow' });
+const nodes = nodePool(sys);
+let engine: ProtocolClient;
+let nodeA: SimNode;
+let nodeB: SimNode;
+
+beforeAll(async () => {
+  engine = protocolClient('JobService', sys().grpcAddress);
+  [nodeA, nodeB] = await Promise.all([nodes.start({ name: 'node-a' }), nodes.start({ name: 'node-b' })]);
+});
+
+afterAll(async () => {
+  engine?.close();
+  await nodes.stopAll();
+});
+
+const holderOf = (nodeId: string) => [nodeA, nodeB].find((n) => n.nodeId === nodeId);
+
+/** Takes a job through accept → complete on whichever node holds it. */
+async function runToCompletion(jobId: string): Promise<SimNode> {
+  const { node_assignment } = await waitForAssignment(engine, jobId);
+  const holder = holderOf(node_assignment.node_id)!;
+  expect((await holder.accepted(jobId)).status).toBe(S.SUCCESS);
+  const done = await holder.complete(jobId, { deadlineMs: 30_000 });
+  expect(done).toMatchObject({ status: S.SUCCESS, payment_released: true });
+  return holder;
+}
+
+test('the gRPC health service reports SERVING for the server and each protocol service', async () => {
+  const Health = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
+  const health = new Health(sys().grpcAddress, grpc.credentials.createInsecure()) as any;
+  try {
+    for (const service of ['', 'cyxwiz.protocol.JobService', 'cyxwiz.protocol.NodeService', 'cyxwiz.protocol.JobStatusService']) {
+      const res = await new Promise<any>((resolve, reject) =>
+        health.Check({ service }, { deadline: Date.now() + 5000 }, (err: unknown, r: unknown) => (err ? reject(err) : resolve(r))),
+      );
+      expect({ service, status: res.status }).toEqual({ service, status: 'SERVING' });
+    }
+  } finally {
+    health.close();
+  }
+  const rest = await restGet(sys(), '/api/health');
+  expect(rest.status).toBe(200);
+  expect(rest.body.status).toBe('healthy');
+});
+
+test('an Engine job travels SubmitJob → assignment → P2P token → node reports → payment, as the Engine and node see it', async () => {
+  const jobId = `flow-${uid()}`;
+  const submitted = await engine.call('SubmitJob', { config: jobConfig({ job_id: jobId, dataset_uri: 'file:///data/mnist.csv' }) });
+  expect(submitted).toMatchObject({ status: S.SUCCESS, job_id: jobId });
+  expect(Number(submitted.estimated_start_time)).toBeGreaterThan(0);
+
+  const updates = collect(engine.stream('StreamJobUpdates', { job_id: jobId }));
+
+  // The Engine polls GetJobStatus until a node assignment appears.
+  const assigned = await waitForAssignment(engine, jobId);
+  const a = assigned.node_assignment;
+  const holder = holderOf(a.node_id);
+  expect(holder).toBeDefined();
+  const other = holder === nodeA ? nodeB : nodeA;
+  expect(assigned.status).toMatchObject({ job_id: jobId, status: S.IN_PROGRESS, current_node_id: holder!.nodeId });
+  expect(a.node_endpoint).toBe(`127.0.0.1:${holder!.port}`);
+
+  // The P2P token as the node's validator checks it.
+  const nowS = Math.floor(Date.now() / 1000);
+  const claims = verifyP2PToken(SHIPPING_P2P_SECRET, a.auth_token);
+  expect(claims).toMatchObject({ iss: 'CyxWiz-Central-Server', job_id: jobId, node_id: holder!.nodeId });
+  expect(claims.exp).toBeGreaterThan(nowS);
+  expect(claims.iat).toBeLessThanOrEqual(nowS);
+  expect(Number(a.token_expires_at)).toBe(claims.exp);
+  expect(() => verifyP2PToken('another-secret', a.auth_token)).toThrow();
+
+  // The node got AssignJob for it, with the data coming from the Engine over P2P.
+  const request = holder!.assignRequests.find((r) => r.job.job_id === jobId);
+  expect(request).toBeDefined();
+  expect(request!.node_id).toBe(holder!.nodeId);
+  expect(request!.job.dataset_uri).toMatch(/^remote:\/\//);
+  expect(request!.job).toMatchObject({ job_type: 1, epochs: 10, batch_size: 32, required_device: 2 });
+  expect(other.assignRequests.some((r) => r.job.job_id === jobId)).toBe(false);
+
+  // The stream shows the assignment before the node starts.
+  await eventually('the stream to show the assignment', () => updates.messages.some((m) => m.status?.status === S.IN_PROGRESS));
+
+  // NotifyJobAccepted arrives without authorization metadata, as the shipping node sends it.
+  const accepted = await holder!.accepted(jobId);
+  expect(accepted).toMatchObject({ status: S.SUCCESS, acknowledged: true });
+  await eventually('the job to run', async () => (await restGet(sys(), `/api/jobs/${jobId}`)).body.status === 'running');
+
+  const progress = await holder!.progress(jobId, 0.5, 5);
+  expect(progress).toMatchObject({ status: S.SUCCESS, continue_job: true });
+  const midway = await jobStatus(engine, jobId);
+  expect(midway.status).toMatchObject({ status: S.IN_PROGRESS, progress: 0.5, current_epoch: 5 });
+  expect(midway.status.metrics.loss).toBeCloseTo(0.5);
+  expect(Number(midway.status.start_time)).toBeGreaterThan(0);
+
+  const completion = await holder!.complete(jobId, { deadlineMs: 30_000 });
+  expect(completion).toMatchObject({ status: S.SUCCESS, payment_released: true });
+  expect(completion.payment_tx_hash).toEqual(expect.any(String));
+  expect(completion.payment_tx_hash.length).toBeGreaterThan(0);
+
+  const finished = await jobStatus(engine, jobId);
+  expect(finished.status).toMatchObject({ job_id: jobId, status: S.SUCCESS, progress: 1, current_node_id: holder!.nodeId });
+  expect(Number(finished.status.end_time)).toBeGreaterThanOrEqual(Number(finished.status.start_time));
+  expect(finished.node_assignment).toBeNull();
+
+  // A retried completion report returns the same payment.
+  const retried = await holder!.complete(jobId, { deadlineMs: 30_000 });
+  expect(retried).toMatchObject({ status: S.SUCCESS, payment_released: true, payment_tx_hash: completion.payment_tx_hash });
+
+  // The stream carried the real transitions and ended with the job.
+  const end = await Promise.race([updates.done, new Promise((r) => setTimeout(() => r('timeout'), 10_000))]);
+  expect(end).toEqual({});
+  const phases = updates.messages
+    .map((m) => String(m.log_message).split(':')[0])
+    .filter((p, i, all) => i === 0 || p !== all[i - 1]);
+  expect(['pending', 'queued', 'assigned']).toContain(phases[0]);
+  expect(phases.slice(phases.indexOf('assigned'))).toEqual(['assigned', 'running', 'completed']);
+  expect(updates.messages.every((m) => m.job_id === jobId)).toBe(true);
+  expect(updates.messages.some((m) => m.status.progress === 0.5)).toBe(true);
+  expect(updates.messages.at(-1).status).toMatchObject({ status: S.SUCCESS, progress: 1 });
+
+  // REST: the job's history in order, and the money: escrow = node's 90 % + platform's 10 %, exactly.
+  const { status, body } = await restGet(sys(), `/api/jobs/${jobId}`);
+  expect(status).toBe(200);
+  expect(body).toMatchObject({ id: jobId, status: 'completed', statusCode: S.SUCCESS, assignedNodeId: holder!.nodeId, attempts: 1, paymentUnits: '1500000000' });
+  expect(body.events.map((e: any) => e.toStatus)).toEqual(['pending', 'assigned', 'running', 'completed']);
+  expect(body.events.map((e: any) => e.seq)).toEqual([0, 1, 2, 3]);
+  const legs = Object.fromEntries(body.payments.map((p: any) => [p.leg, p]));
+  expect(body.payments).toHaveLength(3);
+  expect(legs.escrow.amount).toBe('1500000000');
+  expect(legs.release_node.amount).toBe('1350000000');
+  expect(legs.release_platform.amount).toBe('150000000');
+  expect(BigInt(legs.release_node.amount) + BigInt(legs.release_platform.amount)).toBe(BigInt(legs.escrow.amount));
+  expect(legs.release_node.toAccount).toBe(`node:${holder!.nodeId}`);
+  expect(completion.payment_tx_hash).toBe(legs.release_node.txRef);
+});
+
+test('SubmitJob without a job_id gets a server-chosen id; cancelling it on its node refunds and tells the node to stop', async () => {
+  const res = await engine.call('SubmitJob', { config: jobConfig() });
+  expect(res.status).toBe(S.SUCCESS);
+  expect(res.job_id).toMatch(/^[0-9a-f-]{36}$/);
+  const { node_assignment } = await waitForAssignment(engine, res.job_id);
+  const holder = holderOf(node_assignment.node_id)!;
+  expect(holder.assignRequests.some((r) => r.job.job_id === res.job_id)).toBe(true);
+
+  const cancelled = await engine.call('CancelJob', { job_id: res.job_id, reason: 'user changed their mind' }, { deadlineMs: 30_000 });
+  expect(cancelled).toMatchObject({ status: S.SUCCESS, refund_issued: true });
+  expect((await jobStatus(engine, res.job_id)).status.status).toBe(S.CANCELLED);
+  await eventually('the stop order in a heartbeat reply', () => holder.cancelOrders.has(res.job_id), 10_000);
+});
+
+test('ListJobs pages newest first with next_page_token and filters by user_id and status', async () => {
+  const user = `wallet-${uid()}`;
+  const ids: string[] = [];
+  for (let i = 0; i < 5; i++) {
+    // Jobs 0, 2, 4 wait in the queue; 1 and 3 go to nodes.
+    const config = i % 2 === 0 ? unfittable({ payment_address: user }) : jobConfig({ payment_address: user });
+    ids.push(await submitJob(engine, config));
+  }
+  await Promise.all([ids[1], ids[3]].map((id) => waitForAssignment(engine, id)));
+
+  const pages: any[] = [];
+  let token = '';
+  do {
+    const page = await engine.call('ListJobs', { user_id: user, page_size: 2, page_token: token });
+    pages.push(page);
+    token = page.next_page_token;
+  } while (token && pages.length < 10);
+  expect(pages.map((p) => p.jobs.length)).toEqual([2, 2, 1]);
+  expect(pages.map((p) => p.total_count)).toEqual([5, 5, 5]);
+  expect(pages.at(-1).next_page_token).toBe('');
+  expect(pages.flatMap((p) => p.jobs.map((j: any) => j.job_id))).toEqual([...ids].reverse());
+
+  const byStatus = async (filter_status: number) =>
+    (await engine.call('ListJobs', { user_id: user, filter_status })).jobs.map((j: any) => j.job_id).sort();
+  expect(await byStatus(S.PENDING)).toEqual([ids[0], ids[2], ids[4]].sort());
+  expect(await byStatus(S.IN_PROGRESS)).toEqual([ids[1], ids[3]].sort());
+  expect(await byStatus(S.SUCCESS)).toEqual([]);
+  expect((await engine.call('ListJobs', { user_id: user, filter_type: 1 })).total_count).toBe(5);
+  expect((await engine.call('ListJobs', { user_id: user, filter_type: 2 })).total_count).toBe(0);
+  expect((await engine.call('ListJobs', { user_id: `nobody-${uid()}` })).total_count).toBe(0);
+
+  for (const id of [ids[0], ids[2], ids[4]]) {
+    expect(await engine.call('CancelJob', { job_id: id }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS });
+  }
+  expect(await byStatus(S.CANCELLED)).toEqual([ids[0], ids[2], ids[4]].sort());
+
+  // REST lists the same jobs.
+  const rest = await restGet(sys(), `/api/jobs?submitter=${user}&status=cancelled`);
+  expect(rest.body.total).toBe(3);
+});
+
+test('DeleteJob refuses an active job with 409 and removes a finished one', async () => {
+  const active = await submitJob(engine, jobConfig());
+  await waitForAssignment(engine, active);
+  const refused = await engine.call('DeleteJob', { job_id: active });
+  expect(refused.status).toBe(S.FAILED);
+  expect(refused.error.code).toBe(409);
+  expect((await jobStatus(engine, active)).status.status).toBe(S.IN_PROGRESS);
+
+  const finished = await submitJob(engine, jobConfig());
+  await runToCompletion(finished);
+  expect(await engine.call('DeleteJob', { job_id: finished })).toMatchObject({ status: S.SUCCESS });
+
+  const gone = await jobStatus(engine, finished);
+  expect(gone.error.code).toBe(404);
+  expect(gone.status.status).toBe(S.FAILED);
+  expect((await restGet(sys(), `/api/jobs/${finished}`)).status).toBe(404);
+  const again = await engine.call('DeleteJob', { job_id: finished });
+  expect(again.error.code).toBe(404);
+  // Its money stays on record for audit.
+  expect((await sys().query('SELECT leg FROM payments WHERE job_id = $1', [finished])).length).toBe(3);
+});
+
+test('CancelJob of a queued job refunds the whole escrow once', async () => {
+  const jobId = await submitJob(engine, unfittable({ payment_amount: 2.25 }));
+  await eventually('the job to be queued with its escrow', async () => {
+    const { body } = await restGet(sys(), `/api/jobs/${jobId}`);
+    return body.status === 'queued' && body.payments.length === 1;
+  });
+  expect((await jobStatus(engine, jobId)).status.status).toBe(S.PENDING);
+
+  const cancelled = await engine.call('CancelJob', { job_id: jobId, reason: 'no node in sight' }, { deadlineMs: 30_000 });
+  expect(cancelled).toMatchObject({ status: S.SUCCESS, refund_issued: true });
+  expect((await jobStatus(engine, jobId)).status.status).toBe(S.CANCELLED);
+
+  const { body } = await restGet(sys(), `/api/jobs/${jobId}`);
+  expect(body.status).toBe('cancelled');
+  expect(body.events.map((e: any) => e.toStatus)).toEqual(['pending', 'queued', 'cancelled']);
+  const escrow = body.payments.filter((p: any) => p.leg === 'escrow');
+  const refunds = body.payments.filter((p: any) => p.leg === 'refund');
+  expect(escrow).toHaveLength(1);
+  expect(refunds).toHaveLength(1);
+  expect(escrow[0].amount).toBe('2250000000');
+  expect(refunds[0].amount).toBe(escrow[0].amount);
+  expect(refunds[0].toAccount).toBe(escrow[0].fromAccount);
+  expect(body.payments.some((p: any) => p.leg.startsWith('release'))).toBe(false);
+
+  const twice = await engine.call('CancelJob', { job_id: jobId });
+  expect(twice.status).toBe(S.FAILED);
+  expect(twice.error.code).toBe(409);
+  expect((await restGet(sys(), `/api/jobs/${jobId}`)).body.payments).toHaveLength(2);
+});
+
+test('SubmitJob with a job_id is idempotent: the same job, one escrow; a different config is a 409', async () => {
+  const jobId = `dup-${uid()}`;
+  const config = unfittable({ job_id: jobId });
+  const replies = await Promise.all([1, 2, 3].map(() => engine.call('SubmitJob', { config })));
+  for (const r of replies) expect(r).toMatchObject({ status: S.SUCCESS, job_id: jobId });
+  expect(await engine.call('SubmitJob', { config })).toMatchObject({ status: S.SUCCESS, job_id: jobId });
+
+  await eventually('the escrow', async () => (await restGet(sys(), `/api/jobs/${jobId}`)).body.payments.length === 1);
+  const conflict = await engine.call('SubmitJob', { config: { ...config, payment_amount: 3 } });
+  expect(conflict.status).toBe(S.FAILED);
+  expect(conflict.error.code).toBe(409);
+  expect(conflict.error.message).toContain(jobId);
+
+  const { body } = await restGet(sys(), `/api/jobs/${jobId}`);
+  expect(body.paymentUnits).toBe('1500000000');
+  expect(body.events.filter((e: any) => e.toStatus === 'pending')).toHaveLength(1);
+  expect(body.payments).toEqual([expect.objectContaining({ leg: 'escrow', amount: '1500000000' })]);
+  expect((await engine.call('ListJobs', {})).jobs.filter((j: any) => j.job_id === jobId)).toHaveLength(1);
+  await engine.call('CancelJob', { job_id: jobId }, { deadlineMs: 30_000 });
+});
