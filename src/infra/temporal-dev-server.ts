@@ -39,7 +39,7 @@ export interface TemporalDevServer {
   uiUrl?: string;
   /** The server process id. */
   pid: number;
-  /** SIGTERM, then SIGKILL after a grace period. Safe to call twice. */
+  /** SIGTERM, then SIGKILL after a grace period (SIGKILL right away when in-memory). Safe to call twice. */
   stop(): Promise<void>;
 }
 
@@ -79,7 +79,8 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   }
   args.push('--log-level', 'warn');
 
-  const child = spawn(opts.cli, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Own process group: a terminal Ctrl-C reaches only the app, which then stops the server after its workers.
+  const child = spawn(opts.cli, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const tail = new OutputTail();
   let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   let spawnError: Error | undefined;
@@ -108,7 +109,8 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       if (!exited) {
-        child.kill('SIGTERM');
+        // An in-memory server has nothing to flush; its graceful shutdown would only cost a second.
+        child.kill(opts.dbFile ? 'SIGTERM' : 'SIGKILL');
         const timer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
         await exitPromise;
         clearTimeout(timer);
@@ -132,7 +134,9 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     await waitFor(
       `the Temporal dev server at ${address}`,
       async () => {
-        connection ??= await Connection.connect({ address, connectTimeout: 1000 });
+        // gRPC backs off for a second after a refused connect; a plain TCP probe first keeps the start fast.
+        if (!connection && (await isPortFree(opts.port, ip))) return undefined;
+        connection ??= await Connection.connect({ address, connectTimeout: 2000 });
         await connection.workflowService.getSystemInfo({});
         await connection.workflowService.describeNamespace({ namespace: opts.namespace });
         const listed = await listCustomSearchAttributes(connection, opts.namespace);

@@ -16,7 +16,7 @@ import {
   submitJob,
   unfittable,
   waitForAssignment,
-  waitForStatus,
+  within,
   type ProtocolClient,
 } from './helpers';
 
@@ -134,8 +134,7 @@ test('an Engine job travels SubmitJob → assignment → P2P token → node repo
   expect(retried).toMatchObject({ status: S.SUCCESS, payment_released: true, payment_tx_hash: completion.payment_tx_hash });
 
   // The stream carried the real transitions and ended with the job.
-  const end = await Promise.race([updates.done, new Promise((r) => setTimeout(() => r('timeout'), 10_000))]);
-  expect(end).toEqual({});
+  expect(await within(updates.done, 10_000, 'stream still open after 10 s')).toEqual({});
   const phases = updates.messages
     .map((m) => String(m.log_message).split(':')[0])
     .filter((p, i, all) => i === 0 || p !== all[i - 1]);

@@ -84,6 +84,16 @@ export function collect(stream: grpc.ClientReadableStream<any>): { messages: any
   return { messages, done };
 }
 
+/** `promise`'s value, or `onTimeout` after `ms` (the timer never outlives the race). */
+export async function within<T, U>(promise: Promise<T>, ms: number, onTimeout: U): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<U>((resolve) => (timer = setTimeout(() => resolve(onTimeout), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Starts a simulated node against the system on a free port; stopped by `nodes.stopAll()`. */
 export function nodePool(sys: () => RunningSystem) {
   const started: SimNode[] = [];

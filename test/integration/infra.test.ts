@@ -118,7 +118,7 @@ describe('embedded Postgres', () => {
 
   test('keeps its data across a stop/start and a kill -9 of the postmaster', async () => {
     const dataDir = path.join(dir, 'data');
-    const first = await startEmbeddedPostgres({ dataDir, port: await getFreePort(), database: 'keep' });
+    const first = await startEmbeddedPostgres({ dataDir, port: await getFreePort(), database: 'keep', fast: true });
     try {
       await query(first.url, 'CREATE TABLE kept (v text)');
       await query(first.url, "INSERT INTO kept VALUES ('still here')");
@@ -127,7 +127,7 @@ describe('embedded Postgres', () => {
     }
     expect(isProcessAlive(first.pid)).toBe(false);
 
-    const second = await startEmbeddedPostgres({ dataDir, port: await getFreePort(), database: 'keep' });
+    const second = await startEmbeddedPostgres({ dataDir, port: await getFreePort(), database: 'keep', fast: true });
     try {
       expect(await query(second.url, 'SELECT v FROM kept')).toEqual([{ v: 'still here' }]);
     } finally {
@@ -138,7 +138,7 @@ describe('embedded Postgres', () => {
     }
     expect(fs.existsSync(path.join(dataDir, 'postmaster.pid'))).toBe(true);
 
-    const third = await startEmbeddedPostgres({ dataDir, port: await getFreePort(), database: 'keep' });
+    const third = await startEmbeddedPostgres({ dataDir, port: await getFreePort(), database: 'keep', fast: true });
     try {
       expect(await query(third.url, 'SELECT v FROM kept')).toEqual([{ v: 'still here' }]);
     } finally {
@@ -153,7 +153,7 @@ describe('embedded Postgres', () => {
     fs.writeFileSync(
       script,
       `import { startEmbeddedPostgres } from ${JSON.stringify(path.resolve(__dirname, '../../src/infra/embedded-postgres'))};\n` +
-        `startEmbeddedPostgres({ dataDir: ${JSON.stringify(dataDir)}, port: ${port}, database: 'owned' })\n` +
+        `startEmbeddedPostgres({ dataDir: ${JSON.stringify(dataDir)}, port: ${port}, database: 'owned', fast: true })\n` +
         `  .then((pg) => { console.log('READY ' + pg.pid); setInterval(() => undefined, 1000); })\n` +
         `  .catch((err) => { console.error(err); process.exit(1); });\n`,
     );
@@ -176,7 +176,7 @@ describe('embedded Postgres', () => {
     owner.kill('SIGKILL');
     expect(await waitForPidExit(postmaster, 15_000)).toBe(true);
 
-    const again = await startEmbeddedPostgres({ dataDir, port, database: 'owned' });
+    const again = await startEmbeddedPostgres({ dataDir, port, database: 'owned', fast: true });
     try {
       expect(await query(again.url, 'SELECT current_database() AS db')).toEqual([{ db: 'owned' }]);
     } finally {

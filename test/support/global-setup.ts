@@ -25,6 +25,10 @@ const SERVER_PROJECTS = ['integration', 'e2e'];
 /** Kept on globalThis: jest loads globalSetup and globalTeardown as separate modules in the same process. */
 const STATE_KEY = Symbol.for('cyxwiz.test-infra');
 
+/** Per-run temp directories; each holds the pid of the jest process that owns it. */
+const TMP_PREFIX = 'cyxwiz-test-';
+const OWNER_FILE = 'owner.pid';
+
 interface InfraState {
   runId: string;
   tmpDir: string;
@@ -34,8 +38,15 @@ interface InfraState {
   published: string[];
 }
 
-const TMP_PREFIX = 'cyxwiz-test-';
-const OWNER_FILE = 'owner.pid';
+type GlobalWithState = typeof globalThis & { [STATE_KEY]?: InfraState };
+
+const debugLogger: InfraLogger | undefined = process.env.TEST_INFRA_DEBUG
+  ? (msg) => process.stderr.write(`[test-infra] ${msg}\n`)
+  : undefined;
+
+function say(msg: string): void {
+  process.stderr.write(`[test-infra] ${msg}\n`);
+}
 
 /** A run killed with SIGKILL cannot clean up (its servers are stopped by their watchdogs); the next run removes its files. */
 function removeDirsOfDeadRuns(): void {
@@ -51,27 +62,30 @@ function removeDirsOfDeadRuns(): void {
   }
 }
 
-type GlobalWithState = typeof globalThis & { [STATE_KEY]?: InfraState };
-
-/** The parts of jest's GlobalConfig this setup reads. */
-interface SelectedProjects {
-  selectProjects?: string[];
-  ignoreProjects?: string[];
+/**
+ * The values of a jest CLI option such as `--selectProjects a b` / `--selectProjects=a` (undefined when absent).
+ * Jest keeps these out of the config it hands to globalSetup, so they are read from this process's argv.
+ */
+function projectOption(argv: readonly string[], names: readonly string[]): string[] | undefined {
+  let values: string[] | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? '';
+    const eq = names.find((name) => arg.startsWith(`--${name}=`));
+    if (eq) {
+      (values ??= []).push(arg.slice(eq.length + 3));
+    } else if (names.some((name) => arg === `--${name}`)) {
+      values ??= [];
+      while (i + 1 < argv.length && !(argv[i + 1] ?? '-').startsWith('-')) values.push(argv[++i] ?? '');
+    }
+  }
+  return values;
 }
 
-const debugLogger: InfraLogger | undefined = process.env.TEST_INFRA_DEBUG
-  ? (msg) => process.stderr.write(`[test-infra] ${msg}\n`)
-  : undefined;
-
-function say(msg: string): void {
-  process.stderr.write(`[test-infra] ${msg}\n`);
-}
-
-function wantsServers(config: SelectedProjects): boolean {
-  const selected = config.selectProjects ?? [];
-  const ignored = config.ignoreProjects ?? [];
-  const candidates = selected.length > 0 ? selected : SERVER_PROJECTS;
-  return candidates.some((name) => SERVER_PROJECTS.includes(name) && !ignored.includes(name));
+/** False only when the CLI selection rules out every server-backed project (e.g. `--selectProjects workflows`). */
+function wantsServers(argv: readonly string[] = process.argv): boolean {
+  const selected = projectOption(argv, ['selectProjects', 'select-projects']) ?? SERVER_PROJECTS;
+  const ignored = projectOption(argv, ['ignoreProjects', 'ignore-projects']) ?? [];
+  return selected.some((name) => SERVER_PROJECTS.includes(name) && !ignored.includes(name));
 }
 
 function seconds(ms: number): string {
@@ -83,7 +97,7 @@ function seconds(ms: number): string {
  * TEST_* environment variables (inherited by runInBand tests and by workers) plus a JSON copy in TEST_INFRA_FILE.
  * DATABASE_URL / TEST_DATABASE_URL and TEST_TEMPORAL_ADDRESS select existing servers instead.
  */
-export default async function globalSetup(globalConfig: SelectedProjects = {}): Promise<void> {
+export default async function globalSetup(): Promise<void> {
   const started = performance.now();
   removeDirsOfDeadRuns();
   const state: InfraState = {
@@ -107,7 +121,7 @@ export default async function globalSetup(globalConfig: SelectedProjects = {}): 
     };
 
     const timings: string[] = [];
-    if (wantsServers(globalConfig)) {
+    if (wantsServers()) {
       const timed = async <T>(label: string, fn: () => Promise<T>): Promise<T> => {
         const t0 = performance.now();
         const result = await fn();
@@ -200,6 +214,7 @@ export async function teardownTestInfra(): Promise<void> {
   const state = holder[STATE_KEY];
   if (!state) return;
   delete holder[STATE_KEY];
+  const started = performance.now();
 
   if (state.externalDatabaseUrl) await dropRunDatabases(state.externalDatabaseUrl, state.runId);
   const results = await Promise.allSettled(state.stops.map(({ stop }) => stop()));
@@ -208,6 +223,7 @@ export async function teardownTestInfra(): Promise<void> {
   });
   fs.rmSync(state.tmpDir, { recursive: true, force: true });
   for (const variable of state.published) delete process.env[variable];
+  if (state.stops.length > 0) say(`stopped in ${seconds(performance.now() - started)}`);
 }
 
 async function dropRunDatabases(serverUrl: string, runId: string): Promise<void> {

@@ -8,9 +8,9 @@ type AnyClient = grpc.Client & Record<string, (req: unknown, meta: grpc.Metadata
  * A promise-based client for one cyxwiz.protocol service, as a real Engine or node uses it: plain h2c,
  * a deadline per call, optional metadata.
  */
-export function protocolClient(service: 'JobService' | 'NodeService' | 'JobStatusService', address: string) {
+export function protocolClient(service: 'JobService' | 'NodeService' | 'JobStatusService', address: string, channelOptions: grpc.ChannelOptions = {}) {
   const ctor = loadProtocol()[service];
-  const client = new ctor(address, grpc.credentials.createInsecure()) as unknown as AnyClient;
+  const client = new ctor(address, grpc.credentials.createInsecure(), channelOptions) as unknown as AnyClient;
   return {
     raw: client,
     call<T = any>(method: string, request: unknown, opts: { deadlineMs?: number; metadata?: grpc.Metadata } = {}): Promise<T> {
@@ -21,6 +21,7 @@ export function protocolClient(service: 'JobService' | 'NodeService' | 'JobStatu
       );
     },
     stream(method: string, request: unknown): grpc.ClientReadableStream<any> {
+      // No deadline: a stream lives as long as its job.
       return (client as unknown as Record<string, (req: unknown) => grpc.ClientReadableStream<any>>)[method](request);
     },
     close: () => client.close(),

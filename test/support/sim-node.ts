@@ -19,6 +19,8 @@ export interface SimNodeOptions {
   heartbeatMs?: number;
   /** Answer to AssignJob: accept (default), refuse with a code, or never answer. */
   onAssign?: (job: AssignedJob) => 'accept' | { refuse: number } | 'hang';
+  /** Options of the node's channel to the central server (e.g. a faster reconnect backoff). */
+  channelOptions?: grpc.ChannelOptions;
 }
 
 /** Per-call options of the node's reports (a longer deadline for calls that wait on a settlement). */
@@ -54,8 +56,8 @@ export class SimNode {
   readonly jobStatus: ReturnType<typeof protocolClient>;
 
   constructor(private readonly opts: SimNodeOptions) {
-    this.node = protocolClient('NodeService', opts.central);
-    this.jobStatus = protocolClient('JobStatusService', opts.central);
+    this.node = protocolClient('NodeService', opts.central, opts.channelOptions);
+    this.jobStatus = protocolClient('JobStatusService', opts.central, opts.channelOptions);
   }
 
   /** The P2P port the node registered (its endpoint is 127.0.0.1:port). */

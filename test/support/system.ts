@@ -202,7 +202,7 @@ function printOutputOnFailure(system: RunningSystem, label: string): () => void 
 
 async function grpcHealthServing(address: string): Promise<boolean> {
   const Health = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
-  const client = new Health(address, grpc.credentials.createInsecure()) as grpc.Client & {
+  const client = new Health(address, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
     Check(req: { service: string }, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: { status: string | number }) => void): void;
   };
   try {

@@ -1,0 +1,597 @@
+/**
+ * The job workflow against a real Temporal dev server (the `temporal` CLI, started by TestWorkflowEnvironment.createLocal)
+ * with typed fake activities. Node liveness is real time: the test heartbeats the watch activity by id, as the API does,
+ * and a silent node surfaces as the server's heartbeat timeout.
+ */
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  type Client,
+} from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { temporal } from '@temporalio/proto';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { JobSpec } from '../../src/domain/job';
+import type { JobWorkflowOptions } from '../../src/workflows/job-workflow';
+import {
+  acceptedUpdate,
+  cancelUpdate,
+  completeUpdate,
+  failUpdate,
+  JobRejections,
+  jobStatusQuery,
+  nodesChangedSignal,
+  progressSignal,
+} from '../../src/workflows/messages';
+import { JobSearchAttributes as SA } from '../../src/workflows/search-attributes';
+import { testTemporalCli } from '../support/env';
+import {
+  createJobTestEnv,
+  createJobWorker,
+  FakeCluster,
+  FAST_OPTIONS,
+  Gate,
+  jobSpec,
+  keepAlive,
+  runHistories,
+  sleep,
+  startJob,
+  uniqueTaskQueue,
+  waitForStatus,
+  waitUntil,
+  type JobHandle,
+} from './job-harness';
+
+const EventType = temporal.api.enums.v1.EventType;
+
+let env: TestWorkflowEnvironment;
+let bundle: WorkflowBundleWithSourceMap;
+const handles: JobHandle[] = [];
+
+beforeAll(async () => {
+  ({ env, bundle } = await createJobTestEnv(testTemporalCli()));
+});
+
+afterEach(async () => {
+  // A failed test may leave its job waiting; nothing polls its task queue any more, but end it anyway.
+  await Promise.all(handles.splice(0).map((h) => h.terminate('test finished').catch(() => undefined)));
+});
+
+afterAll(async () => {
+  await env?.teardown();
+});
+
+interface JobCtx {
+  client: Client;
+  start(spec: JobSpec, options: JobWorkflowOptions): Promise<JobHandle>;
+}
+
+/** Runs `body` while a worker with `cluster`'s activities polls a task queue of its own. */
+async function withWorker(label: string, cluster: FakeCluster, body: (ctx: JobCtx) => Promise<void>): Promise<void> {
+  const taskQueue = uniqueTaskQueue(label);
+  const worker = await createJobWorker(env, bundle, taskQueue, cluster);
+  const ctx: JobCtx = {
+    client: env.client,
+    start: async (spec, options) => {
+      const handle = await startJob(env.client, taskQueue, spec, options);
+      handles.push(handle);
+      return handle;
+    },
+  };
+  await worker.runUntil(body(ctx));
+}
+
+let jobCounter = 0;
+const newJobId = (label: string) => `job-${label}-${Date.now().toString(36)}-${++jobCounter}`;
+
+/** The rejection an update validator threw, asserting its type. */
+async function expectUpdateRejected(promise: Promise<unknown>, type: string): Promise<ApplicationFailure> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(WorkflowUpdateFailedError);
+  const cause = (err as WorkflowUpdateFailedError).cause;
+  expect(cause).toBeInstanceOf(ApplicationFailure);
+  expect((cause as ApplicationFailure).type).toBe(type);
+  return cause as ApplicationFailure;
+}
+
+const phases = (cluster: FakeCluster) => cluster.transitions.map((t) => t.to);
+
+describe('jobWorkflow', () => {
+  test('happy path: escrow → match → dispatch → assigned → running → completed, paid once after release', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    cluster.releaseGate = new Gate();
+    const jobId = newJobId('happy');
+
+    await withWorker('happy', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+
+      const assigned = await waitForStatus(handle, (v) => v.phase === 'assigned', 10_000, 'assignment');
+      expect(assigned).toMatchObject({ nodeId: 'node-a', attempt: 1, escrow: 'held', progress: 0 });
+      expect(cluster.escrowCalls).toEqual([{ jobId, amount: '1000000', payer: 'payer-wallet' }]);
+      expect(cluster.matchCalls).toEqual([{ jobId, requiredDevice: 'CPU', estimatedMemory: 1 << 30, excludeNodeIds: [] }]);
+      expect(cluster.dispatchCalls.map((c) => [c.nodeId, c.assignEndpoint, c.spec.jobId])).toEqual([['node-a', '10.0.0.1:50055', jobId]]);
+      expect(cluster.timeline.indexOf('escrow')).toBeLessThan(cluster.timeline.indexOf('transition:assigned'));
+
+      // The API heartbeats the watch whenever the node shows life.
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        expect(await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] })).toEqual({ acknowledged: true });
+        await waitForStatus(handle, (v) => v.phase === 'running', 5000, 'running');
+
+        await handle.signal(progressSignal, { nodeId: 'node-a', progress: 0.5, epoch: 2 });
+        await waitForStatus(handle, (v) => v.progress === 0.5 && v.epoch === 2, 5000, 'progress 0.5');
+
+        // Heartbeats keep a node alive past the heartbeat timeout.
+        await sleep(FAST_OPTIONS.heartbeatTimeoutMs + 700);
+        expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'running', attempt: 1, nodeId: 'node-a', failedNodes: [] });
+        expect(alive.beats()).toBeGreaterThan(5);
+
+        let settled = false;
+        const completion = handle
+          .executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a', finalMetrics: { loss: 0.1 } }], updateId: 'complete/node-a' })
+          .finally(() => (settled = true));
+        await waitUntil(() => cluster.releaseCalls.length === 1, 5000, 'release to start');
+        // A retried completion from the same node joins the first one.
+        const retried = handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a/retry' });
+        await sleep(300);
+        expect(settled).toBe(false); // the receipt waits for the money
+
+        cluster.releaseGate!.open();
+        const receipt = { paymentReleased: true, txRef: `ledger:${jobId}/release_node` };
+        expect(await completion).toEqual(receipt);
+        expect(await retried).toEqual(receipt);
+      } finally {
+        alive.stop();
+      }
+
+      expect(await handle.result()).toEqual({
+        jobId,
+        phase: 'completed',
+        attempts: 1,
+        nodeId: 'node-a',
+        reason: expect.stringContaining('completed on node node-a'),
+        txRef: `ledger:${jobId}/release_node`,
+      });
+      expect(cluster.transitions.map((t) => [t.seq, t.from, t.to, t.attempt])).toEqual([
+        [1, 'pending', 'assigned', 1],
+        [2, 'assigned', 'running', 1],
+        [3, 'running', 'completed', 1],
+      ]);
+      expect(cluster.transitions[0]).toMatchObject({ assignedNodeId: 'node-a', attempts: 1, actor: 'workflow' });
+      expect(cluster.transitions[2]).toMatchObject({ actor: 'node:node-a', ended: true });
+      expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-a' }]);
+      expect(cluster.refundCalls).toEqual([]);
+      expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'completed' }]);
+      expect(cluster.timeline.indexOf('release:done')).toBeLessThan(cluster.timeline.indexOf('transition:completed'));
+
+      const description = await handle.describe();
+      expect(description.typedSearchAttributes.get(SA.status)).toBe('completed');
+      expect(description.typedSearchAttributes.get(SA.nodeId)).toBe('node-a');
+      expect(description.typedSearchAttributes.get(SA.escrowState)).toBe('released');
+      expect(description.typedSearchAttributes.get(SA.attempt)).toBe(1);
+    });
+  });
+
+  test('node lost (no heartbeats) → back to the queue → reassigned to another node, never the lost one', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b']);
+    const jobId = newJobId('lost');
+    const options = { ...FAST_OPTIONS, heartbeatTimeoutMs: 1500 };
+
+    await withWorker('lost', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
+      await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+      await waitForStatus(handle, (v) => v.phase === 'running');
+      const silentSince = Date.now();
+
+      // Nobody heartbeats watch-1: the server times it out and the workflow moves on.
+      const reassigned = await waitForStatus(handle, (v) => v.phase === 'assigned' && v.attempt === 2, 10_000, 'reassignment');
+      expect(Date.now() - silentSince).toBeGreaterThanOrEqual(options.heartbeatTimeoutMs - 200);
+      expect(reassigned).toMatchObject({ nodeId: 'node-b', failedNodes: ['node-a'] });
+      const lost = cluster.transitions.find((t) => t.to === 'queued');
+      expect(lost).toMatchObject({ from: 'running', reason: expect.stringContaining('node lost'), cancelOnNode: 'node-a', assignedNodeId: null });
+      expect(cluster.matchCalls.at(-1)!.excludeNodeIds).toContain('node-a');
+      expect(cluster.dispatchCalls.map((c) => c.nodeId)).toEqual(['node-a', 'node-b']);
+
+      // The lost node comes back too late: its reports are stale.
+      await expectUpdateRejected(handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] }), JobRejections.notHolder);
+
+      const alive = keepAlive(client, jobId, 2);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-b' }] });
+        expect(await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-b' }] })).toEqual({
+          paymentReleased: true,
+          txRef: `ledger:${jobId}/release_node`,
+        });
+      } finally {
+        alive.stop();
+      }
+
+      expect(await handle.result()).toMatchObject({ phase: 'completed', attempts: 2, nodeId: 'node-b' });
+      expect(cluster.transitions.map((t) => [t.seq, t.to, t.nodeId])).toEqual([
+        [1, 'assigned', null],
+        [2, 'running', 'node-a'],
+        [3, 'queued', 'node-a'],
+        [4, 'assigned', null],
+        [5, 'running', 'node-b'],
+        [6, 'completed', 'node-b'],
+      ]);
+      expect(cluster.transitions[3]).toMatchObject({ assignedNodeId: 'node-b', attempts: 2 });
+      expect(cluster.watchCalls.map((w) => [w.nodeId, w.attempt])).toEqual([
+        ['node-a', 1],
+        ['node-b', 2],
+      ]);
+      expect(cluster.nodeOutcomes).toEqual([
+        { nodeId: 'node-a', outcome: 'failed' },
+        { nodeId: 'node-b', outcome: 'completed' },
+      ]);
+      expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-b' }]);
+      expect(cluster.refundCalls).toEqual([]);
+    });
+  });
+
+  test('attempts exhausted (every node silent) → failed and refunded once, never paid', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b', 'node-c']);
+    const jobId = newJobId('exhausted');
+    const options = { ...FAST_OPTIONS, heartbeatTimeoutMs: 1500, maxAttempts: 2 };
+
+    await withWorker('exhausted', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      const result = await handle.result();
+
+      expect(result).toMatchObject({
+        phase: 'failed',
+        attempts: 2,
+        nodeId: 'node-b',
+        reason: expect.stringContaining('failed after 2 attempt(s)'),
+        txRef: `ledger:${jobId}/refund`,
+      });
+      expect(phases(cluster)).toEqual(['assigned', 'queued', 'assigned', 'failed']);
+      expect(cluster.transitions.at(-1)).toMatchObject({
+        ended: true,
+        cancelOnNode: 'node-b',
+        error: { code: 500, message: expect.stringContaining('node lost') },
+      });
+      expect(cluster.dispatchCalls.map((c) => c.nodeId)).toEqual(['node-a', 'node-b']); // node-c was never tried
+      expect(cluster.refundCalls).toEqual([{ jobId }]);
+      expect(cluster.releaseCalls).toEqual([]);
+      expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
+
+      const description = await handle.describe();
+      expect(description.typedSearchAttributes.get(SA.status)).toBe('failed');
+      expect(description.typedSearchAttributes.get(SA.escrowState)).toBe('refunded');
+      expect(description.typedSearchAttributes.get(SA.attempt)).toBe(2);
+    });
+  });
+
+  describe('cancel', () => {
+    test('while assigned → refunded once; a later cancel is rejected and changes nothing', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      const jobId = newJobId('cancel-assigned');
+
+      await withWorker('cancel-assigned', cluster, async ({ start }) => {
+        const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+
+        const receipt = await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'changed my mind' }], updateId: 'cancel' });
+        expect(receipt).toEqual({ refundIssued: true, txRef: `ledger:${jobId}/refund` });
+        expect(await handle.result()).toMatchObject({ phase: 'cancelled', attempts: 1, reason: 'cancelled: changed my mind' });
+        expect(phases(cluster)).toEqual(['assigned', 'cancelled']);
+        // The node is told to stop at its next heartbeat.
+        expect(cluster.transitions.at(-1)).toMatchObject({ actor: 'client', cancelOnNode: 'node-a', ended: true });
+
+        // The job is over: a new cancel is refused (the run is closed, so the server answers, not the validator).
+        const again = await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'again' }], updateId: 'cancel-2' }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(again).toBeInstanceOf(WorkflowNotFoundError);
+        // The API's own retry (same update id) gets the first receipt back instead of a second refund.
+        expect(await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'retry' }], updateId: 'cancel' })).toEqual(receipt);
+
+        expect(cluster.refundCalls).toEqual([{ jobId }]);
+        expect(cluster.releaseCalls).toEqual([]);
+        expect((await handle.describe()).typedSearchAttributes.get(SA.status)).toBe('cancelled');
+      });
+    });
+
+    test('while the completion is being paid → rejected with JobFinished, the node is paid, nothing refunded', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      cluster.releaseGate = new Gate();
+      const jobId = newJobId('cancel-late');
+
+      await withWorker('cancel-late', cluster, async ({ client, start }) => {
+        const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+        const alive = keepAlive(client, jobId, 1);
+        try {
+          const completion = handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] });
+          await waitUntil(() => cluster.releaseCalls.length === 1, 5000, 'release to start');
+
+          await expectUpdateRejected(handle.executeUpdate(cancelUpdate, { args: [{ reason: 'too late' }] }), JobRejections.finished);
+
+          cluster.releaseGate!.open();
+          expect(await completion).toMatchObject({ paymentReleased: true });
+        } finally {
+          alive.stop();
+        }
+        expect(await handle.result()).toMatchObject({ phase: 'completed' });
+        expect(cluster.refundCalls).toEqual([]);
+        expect(cluster.releaseCalls).toHaveLength(1);
+      });
+    });
+
+    test('while queued (no node fits) → refunded, never dispatched', async () => {
+      const cluster = new FakeCluster([]);
+      const jobId = newJobId('cancel-queued');
+
+      await withWorker('cancel-queued', cluster, async ({ start }) => {
+        const handle = await start(jobSpec(jobId), { ...FAST_OPTIONS, requeueIntervalMs: 60_000 });
+        await waitForStatus(handle, (v) => v.phase === 'queued');
+
+        expect(await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'no hurry' }] })).toEqual({
+          refundIssued: true,
+          txRef: `ledger:${jobId}/refund`,
+        });
+        expect(await handle.result()).toMatchObject({ phase: 'cancelled', attempts: 0, nodeId: null });
+        expect(cluster.transitions.map((t) => [t.seq, t.from, t.to])).toEqual([
+          [1, 'pending', 'queued'],
+          [2, 'queued', 'cancelled'],
+        ]);
+        expect(cluster.transitions.at(-1)!.cancelOnNode).toBeUndefined();
+        expect(cluster.dispatchCalls).toEqual([]);
+        expect(cluster.refundCalls).toEqual([{ jobId }]);
+      });
+    });
+  });
+
+  test('duplicate submit → one run, one escrow; a start after the job finished is rejected', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    const jobId = newJobId('dup');
+
+    await withWorker('dup', cluster, async ({ start }) => {
+      const spec = jobSpec(jobId);
+      const first = await start(spec, FAST_OPTIONS);
+      const second = await start(spec, FAST_OPTIONS);
+      expect(second.firstExecutionRunId).toBe(first.firstExecutionRunId);
+
+      await waitForStatus(first, (v) => v.phase === 'assigned');
+      await sleep(300); // room for a second run's escrow, were there one
+      expect(cluster.escrowCalls).toHaveLength(1);
+      expect(cluster.matchCalls).toHaveLength(1);
+
+      await first.executeUpdate(cancelUpdate, { args: [{ reason: 'done testing' }] });
+      await first.result();
+
+      await expect(start(spec, FAST_OPTIONS)).rejects.toBeInstanceOf(WorkflowExecutionAlreadyStartedError);
+      expect((await first.describe()).runId).toBe(first.firstExecutionRunId);
+      expect(cluster.escrowCalls).toHaveLength(1);
+    });
+  });
+
+  test('stale reports from a node that does not hold the job are rejected and change nothing', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    const jobId = newJobId('stale');
+
+    await withWorker('stale', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await handle.signal(progressSignal, { nodeId: 'node-a', progress: 0.3, epoch: 1 });
+        const before = await waitForStatus(handle, (v) => v.phase === 'running' && v.progress === 0.3);
+
+        await expectUpdateRejected(handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-x' }] }), JobRejections.notHolder);
+        await expectUpdateRejected(handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-x' }] }), JobRejections.notHolder);
+        await expectUpdateRejected(
+          handle.executeUpdate(failUpdate, { args: [{ nodeId: 'node-x', message: 'not mine' }] }),
+          JobRejections.notHolder,
+        );
+        await handle.signal(progressSignal, { nodeId: 'node-x', progress: 0.9, epoch: 7 });
+        // The holder's next report (no epoch) lands after node-x's; node-x's epoch must not have stuck.
+        await handle.signal(progressSignal, { nodeId: 'node-a', progress: 0.4 });
+        const after = await waitForStatus(handle, (v) => v.progress === 0.4);
+        expect(after).toEqual({ ...before, progress: 0.4 });
+
+        expect(phases(cluster)).toEqual(['assigned', 'running']);
+        expect(cluster.nodeOutcomes).toEqual([]);
+        expect(cluster.releaseCalls).toEqual([]);
+        expect(cluster.refundCalls).toEqual([]);
+        // Validator rejections never reach the history: only node-a's `accepted` was admitted.
+        const events = (await handle.fetchHistory()).events ?? [];
+        const admitted = events.filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED);
+        expect(admitted).toHaveLength(1);
+
+        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] });
+      } finally {
+        alive.stop();
+      }
+      expect(await handle.result()).toMatchObject({ phase: 'completed', nodeId: 'node-a', attempts: 1 });
+    });
+  });
+
+  test('a node that refuses → the next node, without using an attempt', async () => {
+    const cluster = new FakeCluster();
+    cluster.register('node-a', 'refuse');
+    cluster.register('node-b');
+    const jobId = newJobId('refuse');
+
+    await withWorker('refuse', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      const view = await waitForStatus(handle, (v) => v.phase === 'assigned');
+      expect(view).toMatchObject({ nodeId: 'node-b', attempt: 1, failedNodes: [] });
+      expect(cluster.dispatchCalls.map((c) => c.nodeId)).toEqual(['node-a', 'node-b']);
+      expect(cluster.matchCalls.map((m) => m.excludeNodeIds)).toEqual([[], ['node-a']]);
+      expect(cluster.transitions).toHaveLength(1);
+      expect(cluster.transitions[0]).toMatchObject({
+        from: 'pending',
+        to: 'assigned',
+        attempt: 1,
+        assignedNodeId: 'node-b',
+        data: expect.objectContaining({ refusedBy: ['node-a'] }),
+      });
+      await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+    });
+  });
+
+  test('no node fits → queued; a nodesChanged signal after a node registers assigns it at once', async () => {
+    const cluster = new FakeCluster([]);
+    const jobId = newJobId('nodes-changed');
+    const options = { ...FAST_OPTIONS, requeueIntervalMs: 60_000 };
+
+    await withWorker('nodes-changed', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'queued');
+      await sleep(500);
+      expect(cluster.matchCalls).toHaveLength(1); // the requeue timer is long: nothing else re-matches
+
+      cluster.register('node-a');
+      const signalledAt = Date.now();
+      await handle.signal(nodesChangedSignal);
+      const view = await waitForStatus(handle, (v) => v.phase === 'assigned', 5000, 'assignment after nodesChanged');
+      expect(Date.now() - signalledAt).toBeLessThan(5000); // far below requeueIntervalMs
+      expect(view).toMatchObject({ nodeId: 'node-a', attempt: 1 });
+      expect(cluster.matchCalls).toHaveLength(2);
+      expect(phases(cluster)).toEqual(['queued', 'assigned']);
+      await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+    });
+  });
+
+  test('a node-reported failure (fail update) → reassigned to another node as attempt 2', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b']);
+    const jobId = newJobId('fail');
+
+    await withWorker('fail', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
+      const aliveA = keepAlive(client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await waitForStatus(handle, (v) => v.phase === 'running');
+        expect(
+          await handle.executeUpdate(failUpdate, { args: [{ nodeId: 'node-a', message: 'CUDA out of memory' }], updateId: 'fail/node-a' }),
+        ).toEqual({ acknowledged: true });
+        const view = await waitForStatus(handle, (v) => v.phase === 'assigned' && v.attempt === 2, 5000, 'reassignment');
+        expect(view).toMatchObject({ nodeId: 'node-b', failedNodes: ['node-a'] });
+      } finally {
+        aliveA.stop();
+      }
+      expect(cluster.transitions.find((t) => t.to === 'queued')).toMatchObject({
+        actor: 'node:node-a',
+        reason: expect.stringContaining('node reported failure: CUDA out of memory'),
+      });
+      expect(cluster.matchCalls.at(-1)!.excludeNodeIds).toEqual(['node-a']);
+      expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'failed' }]);
+
+      const aliveB = keepAlive(client, jobId, 2);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-b' }] });
+        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-b' }] });
+      } finally {
+        aliveB.stop();
+      }
+      expect(await handle.result()).toMatchObject({ phase: 'completed', attempts: 2, nodeId: 'node-b' });
+      expect(phases(cluster)).toEqual(['assigned', 'running', 'queued', 'assigned', 'running', 'completed']);
+      expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-b' }]);
+      expect(cluster.refundCalls).toEqual([]);
+    });
+  });
+
+  test('continue-as-new keeps the job: same attempt and node, progress kept, one escrow, one release', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b']);
+    const jobId = newJobId('can');
+    const options = { ...FAST_OPTIONS, historyEventLimit: 40 };
+
+    await withWorker('can', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        for (let i = 1; i <= 60; i++) await handle.signal(progressSignal, { nodeId: 'node-a', progress: i / 100, epoch: i });
+        await waitUntil(async () => (await handle.describe()).runId !== handle.firstExecutionRunId, 10_000, 'continue-as-new');
+        const view = await waitForStatus(handle, (v) => v.progress === 0.6, 10_000, 'the last progress');
+        expect(view).toMatchObject({ phase: 'running', attempt: 1, nodeId: 'node-a', epoch: 60, escrow: 'held', failedNodes: [] });
+
+        expect(await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] })).toMatchObject({ paymentReleased: true });
+      } finally {
+        alive.stop();
+      }
+      expect(await handle.result()).toMatchObject({ phase: 'completed', attempts: 1, nodeId: 'node-a' });
+
+      const runs = await runHistories(client, jobId, handle.firstExecutionRunId);
+      expect(runs.length).toBeGreaterThanOrEqual(2);
+      for (const run of runs.slice(0, -1)) {
+        expect(run.events.at(-1)!.eventType).toBe(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW);
+      }
+      expect(runs.at(-1)!.events.at(-1)!.eventType).toBe(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+      expect(cluster.escrowCalls).toHaveLength(1);
+      expect(cluster.matchCalls).toHaveLength(1);
+      expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-a' }]);
+      expect(cluster.transitions.map((t) => [t.seq, t.to])).toEqual([
+        [1, 'assigned'],
+        [2, 'running'],
+        [3, 'completed'],
+      ]);
+      // Every run watched the same attempt on the same node.
+      expect(new Set(cluster.watchCalls.map((w) => `${w.nodeId}/${w.attempt}`))).toEqual(new Set(['node-a/1']));
+    });
+  });
+
+  test('history stays bounded: 1,000 progress reports and many heartbeats keep every run far below 10,000 events', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    const jobId = newJobId('bounded');
+    const options = { ...FAST_OPTIONS, historyEventLimit: 1000 };
+
+    await withWorker('bounded', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const reports = 1000;
+      const alive = keepAlive(client, jobId, 1, 100);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await waitForStatus(handle, (v) => v.phase === 'running');
+
+        // Heartbeats are not history events.
+        const quietBefore = (await handle.describe()).historyLength;
+        for (let i = 0; i < 100; i++) {
+          await client.activity.heartbeat({ workflowId: jobId, activityId: 'watch-1' }, { i });
+        }
+        expect((await handle.describe()).historyLength).toBe(quietBefore);
+
+        const batch = 20;
+        for (let i = 1; i < reports; i += batch) {
+          const sends: Promise<void>[] = [];
+          for (let j = i; j < Math.min(i + batch, reports); j++) {
+            sends.push(handle.signal(progressSignal, { nodeId: 'node-a', progress: j / (reports + 1), epoch: j }));
+          }
+          await Promise.all(sends);
+        }
+        await handle.signal(progressSignal, { nodeId: 'node-a', progress: 1, epoch: reports });
+        await waitForStatus(handle, (v) => v.epoch === reports, 20_000, 'the last progress report');
+
+        expect(await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] })).toMatchObject({ paymentReleased: true });
+        expect(alive.beats()).toBeGreaterThan(100);
+      } finally {
+        alive.stop();
+      }
+      expect(await handle.result()).toMatchObject({ phase: 'completed', attempts: 1, nodeId: 'node-a' });
+
+      const runs = await runHistories(client, jobId, handle.firstExecutionRunId);
+      const sizes = runs.map((r) => r.events.length);
+      const signals = runs.flatMap((r) => r.events).filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED);
+      expect(signals).toHaveLength(reports);
+      expect(runs.length).toBeGreaterThanOrEqual(2);
+      // The limit is a soft one (signals keep arriving while a run closes), but every run stays near it.
+      expect(Math.max(...sizes)).toBeLessThan(options.historyEventLimit + 500);
+      expect(cluster.releaseCalls).toHaveLength(1);
+      expect(cluster.escrowCalls).toHaveLength(1);
+    });
+  });
+});
