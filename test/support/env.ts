@@ -3,20 +3,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Client } from 'pg';
 import type { SearchAttributeDefinitions } from '../../src/infra/search-attributes';
+import { SEARCH_ATTRIBUTE_TYPES } from '../../src/workflows/search-attributes';
 
-/**
- * The custom search attributes the project registers.
- * TODO: replace with the project's own definition once src/ exports it.
- */
-export const TEST_SEARCH_ATTRIBUTES = {
-  JobStatus: 'Keyword',
-  NodeId: 'Keyword',
-  JobType: 'Keyword',
-  DeviceType: 'Keyword',
-  Submitter: 'Keyword',
-  EscrowState: 'Keyword',
-  Attempt: 'Int',
-} as const satisfies SearchAttributeDefinitions;
+/** The custom search attributes the project registers (the job workflow's). */
+export const TEST_SEARCH_ATTRIBUTES: SearchAttributeDefinitions = SEARCH_ATTRIBUTE_TYPES;
 
 /** Namespace of the shared dev server. */
 export const TEST_TEMPORAL_NAMESPACE = 'default';
