@@ -20,9 +20,13 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger(config, 'cyxwiz-central');
   mkdirSync(config.dataDir, { recursive: true });
-  const stops: (() => Promise<void>)[] = [];
+  const stops: { name: string; stop: () => Promise<void> }[] = [];
   const stopAll = async () => {
-    for (const stop of stops.reverse()) await stop().catch((err) => log.error({ err }, 'stop failed'));
+    for (const { name, stop } of stops.reverse()) {
+      const t0 = Date.now();
+      await stop().catch((err) => log.error({ err, name }, 'stop failed'));
+      log.info({ ms: Date.now() - t0 }, `${name} stopped`);
+    }
   };
   onShutdownSignal(log, stopAll);
 
@@ -35,7 +39,7 @@ async function main(): Promise<void> {
         database: 'cyxwiz',
         logger: (msg) => log.debug({ component: 'postgres' }, msg),
       });
-      stops.push(pg.stop);
+      stops.push({ name: 'postgres', stop: pg.stop });
       databaseUrl = pg.url;
     }
     const database = openDatabase(databaseUrl, { max: 1 });
@@ -56,15 +60,15 @@ async function main(): Promise<void> {
         searchAttributes: SEARCH_ATTRIBUTE_TYPES,
         logger: (msg) => log.debug({ component: 'temporal' }, msg),
       });
-      stops.push(temporal.stop);
+      stops.push({ name: 'temporal dev server', stop: temporal.stop });
       temporalAddress = temporal.address;
       uiUrl = temporal.uiUrl;
     }
 
     const worker = await startWorker(config, { databaseUrl, temporalAddress, log: log.child({ component: 'worker' }) });
-    stops.push(worker.stop);
+    stops.push({ name: 'worker', stop: worker.stop });
     const api = await startApi(config, { databaseUrl, temporalAddress, log: log.child({ component: 'api' }) });
-    stops.push(api.stop);
+    stops.push({ name: 'api', stop: api.stop });
 
     const lines = [
       'CyxWiz Central is up',

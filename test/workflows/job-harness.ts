@@ -203,7 +203,8 @@ export async function createJobTestEnv(cliPath: string): Promise<{ env: TestWork
       server: {
         executable: { type: 'existing-path', path: cliPath },
         searchAttributes: Object.values(JobSearchAttributes),
-        log: { format: 'pretty', level: 'error' },
+        // Queries racing a continue-as-new make the server log retryable errors; the tests retry them.
+        log: { format: 'pretty', level: 'never' },
       },
     }),
     bundleWorkflowCode({ workflowsPath: require.resolve('../../src/workflows'), logger: new DefaultLogger('WARN') }),

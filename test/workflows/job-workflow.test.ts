@@ -550,6 +550,77 @@ describe('jobWorkflow', () => {
     });
   });
 
+  describe('maximum run time of an attempt', () => {
+    /** Keeps node-a alive and reporting until the attempt on it ends or `forMs` passes; returns the status then. */
+    async function runBusyNode(client: Client, handle: JobHandle, jobId: string, forMs: number) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        const deadline = Date.now() + forMs;
+        for (let epoch = 1; Date.now() < deadline; epoch++) {
+          const view = await handle.query(jobStatusQuery);
+          if (view.attempt > 1 || view.phase !== 'running') return view;
+          await handle.signal(progressSignal, { nodeId: 'node-a', progress: Math.min(epoch / 1000, 0.99), epoch });
+          await sleep(50);
+        }
+        return handle.query(jobStatusQuery);
+      } finally {
+        alive.stop();
+      }
+    }
+
+    const maxRuntimeMs = 3000;
+
+    test('an attempt running longer than maxRuntimeMs counts as failed and the job moves to another node', async () => {
+      const cluster = new FakeCluster(['node-a', 'node-b']);
+      const jobId = newJobId('max-runtime');
+      await withWorker('max-runtime', cluster, async ({ client, start }) => {
+        const handle = await start(jobSpec(jobId), { ...FAST_OPTIONS, maxRuntimeMs });
+        await runBusyNode(client, handle, jobId, maxRuntimeMs + 2500);
+        const view = await waitForStatus(handle, (v) => v.attempt === 2, 2000, 'reassignment after the maximum run time');
+        expect(view).toMatchObject({ nodeId: 'node-b', failedNodes: ['node-a'] });
+        expect(cluster.transitions.find((t) => t.to === 'queued')!.reason).toContain('exceeded the maximum run time of 3 s');
+        await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+      });
+    });
+
+    test('continue-as-new does not restart the clock of the attempt', async () => {
+      const cluster = new FakeCluster(['node-a', 'node-b']);
+      const jobId = newJobId('max-runtime-can');
+      await withWorker('max-runtime-can', cluster, async ({ client, start }) => {
+        // A small history limit makes the busy node's reports continue the run as new about every second.
+        const handle = await start(jobSpec(jobId), { ...FAST_OPTIONS, maxRuntimeMs, historyEventLimit: 40 });
+        await runBusyNode(client, handle, jobId, maxRuntimeMs + 2500);
+        expect((await handle.describe()).runId).not.toBe(handle.firstExecutionRunId);
+        const view = await waitForStatus(handle, (v) => v.attempt === 2, 2000, 'reassignment after the maximum run time');
+        expect(view).toMatchObject({ nodeId: 'node-b', failedNodes: ['node-a'] });
+        expect(cluster.transitions.find((t) => t.to === 'queued')!.reason).toContain('exceeded the maximum run time of 3 s');
+        await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+      });
+    });
+  });
+
+  test('cancelled by an operator (Temporal cancel) while the escrow is in flight → the escrow is still refunded', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    cluster.escrowGate = new Gate();
+    const jobId = newJobId('operator-cancel');
+
+    await withWorker('operator-cancel', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      await waitUntil(() => cluster.escrowCalls.length === 1, 5000, 'escrow to start');
+      await handle.cancel();
+      await expect(handle.result()).rejects.toThrow();
+      // The ledger call the workflow stopped waiting for still lands.
+      cluster.escrowGate!.open();
+      await waitUntil(() => cluster.hasLeg('escrow'), 5000, 'the escrow leg');
+      await sleep(1000);
+
+      expect(cluster.transitions.at(-1)).toMatchObject({ to: 'cancelled', actor: 'operator' });
+      expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
+    });
+  });
+
   test('history stays bounded: 1,000 progress reports and many heartbeats keep every run far below 10,000 events', async () => {
     const cluster = new FakeCluster(['node-a']);
     const jobId = newJobId('bounded');
@@ -591,7 +662,6 @@ describe('jobWorkflow', () => {
 
       const runs = await runHistories(client, jobId, handle.firstExecutionRunId);
       const sizes = runs.map((r) => r.events.length);
-      console.log('run sizes', sizes);
       const signals = runs.flatMap((r) => r.events).filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED);
       expect(signals).toHaveLength(reports);
       expect(runs.length).toBeGreaterThanOrEqual(2);

@@ -1,0 +1,167 @@
+/**
+ * Records the job workflow's histories that test/replay/job-workflow.replay.test.ts replays.
+ *
+ *   npx tsx scripts/record-histories.ts            # every scenario
+ *   npx tsx scripts/record-histories.ts happy      # only the named ones
+ *
+ * Each scenario runs the real workflow on a local Temporal dev server (the `temporal` CLI, found like the test
+ * setup finds it; TEMPORAL_CLI overrides) with the fake activities of the workflow tests, and writes
+ * test/replay/histories/<scenario>.json. Re-record only on purpose: a workflow change that needs new histories
+ * must stay replay-compatible with the old ones (patched), so keep the old files next to the new ones.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { historyToJSON } from '@temporalio/common/lib/proto-utils';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { ensureTemporalCli } from '../src/infra/temporal-cli';
+import { acceptedUpdate, cancelUpdate, completeUpdate, progressSignal } from '../src/workflows/messages';
+import {
+  createJobTestEnv,
+  createJobWorker,
+  FakeCluster,
+  FAST_OPTIONS,
+  jobSpec,
+  keepAlive,
+  runHistories,
+  startJob,
+  uniqueTaskQueue,
+  waitForStatus,
+  type JobHandle,
+} from '../test/workflows/job-harness';
+import { HISTORIES_DIR as OUT_DIR, replayWorkflowId } from '../test/replay/histories';
+
+interface Scenario {
+  nodes: string[];
+  options?: Partial<typeof FAST_OPTIONS>;
+  /** Drives the job to its end (as nodes and clients would). */
+  drive(ctx: { env: TestWorkflowEnvironment; handle: JobHandle; jobId: string }): Promise<void>;
+  /** Which runs to keep when the job continued as new: default only the first. */
+  runs?: 'first' | 'first-and-last';
+}
+
+const scenarios: Record<string, Scenario> = {
+  /** escrow → assigned → running (progress) → completed, paid. */
+  happy: {
+    nodes: ['node-a'],
+    async drive({ env, handle, jobId }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await handle.signal(progressSignal, { nodeId: 'node-a', progress: 0.5, epoch: 1 });
+        await waitForStatus(handle, (v) => v.progress === 0.5);
+        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a', finalMetrics: { loss: 0.1 } }], updateId: 'complete/node-a' });
+      } finally {
+        alive.stop();
+      }
+    },
+  },
+  /** node-a goes silent (heartbeat timeout) → queued → node-b → completed. */
+  'node-lost-reassigned': {
+    nodes: ['node-a', 'node-b'],
+    options: { heartbeatTimeoutMs: 1500 },
+    async drive({ env, handle, jobId }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+      await waitForStatus(handle, (v) => v.attempt === 2 && v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 2);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-b' }] });
+        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-b' }], updateId: 'complete/node-b' });
+      } finally {
+        alive.stop();
+      }
+    },
+  },
+  /** running on node-a → the client cancels → refunded. */
+  cancelled: {
+    nodes: ['node-a'],
+    async drive({ env, handle, jobId }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await waitForStatus(handle, (v) => v.phase === 'running');
+        await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'changed my mind' }], updateId: 'cancel' });
+      } finally {
+        alive.stop();
+      }
+    },
+  },
+  /** Both attempts go silent → failed → refunded. */
+  failed: {
+    nodes: ['node-a', 'node-b'],
+    options: { heartbeatTimeoutMs: 1500, maxAttempts: 2 },
+    async drive({ handle }) {
+      await handle.result();
+    },
+  },
+  /** Progress reports push the history past its limit: the run continues as new, then completes. */
+  'continued-as-new': {
+    nodes: ['node-a'],
+    options: { historyEventLimit: 40 },
+    runs: 'first-and-last',
+    async drive({ env, handle, jobId }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        for (let i = 1; i <= 30; i++) await handle.signal(progressSignal, { nodeId: 'node-a', progress: i / 100, epoch: i });
+        await waitForStatus(handle, (v) => v.epoch === 30);
+        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
+      } finally {
+        alive.stop();
+      }
+    },
+  },
+};
+
+async function record(env: TestWorkflowEnvironment, bundle: WorkflowBundleWithSourceMap, name: string): Promise<string[]> {
+  const scenario = scenarios[name]!;
+  const cluster = new FakeCluster(scenario.nodes);
+  const taskQueue = uniqueTaskQueue(`record-${name}`);
+  const jobId = replayWorkflowId(name);
+  const worker = await createJobWorker(env, bundle, taskQueue, cluster);
+  const written: string[] = [];
+  await worker.runUntil(async () => {
+    const handle = await startJob(env.client, taskQueue, jobSpec(jobId), { ...FAST_OPTIONS, ...scenario.options });
+    await scenario.drive({ env, handle, jobId });
+    const result = await handle.result();
+    const runs = await runHistories(env.client, jobId, handle.firstExecutionRunId);
+    const keep =
+      scenario.runs === 'first-and-last' ? [runs[0]!, runs[runs.length - 1]!] : [runs[0]!];
+    if (scenario.runs === 'first-and-last' && runs.length < 2) throw new Error(`${name}: the job did not continue as new`);
+    keep.forEach((run, i) => {
+      const file = path.join(OUT_DIR, keep.length > 1 ? `${name}.run-${i === 0 ? 'first' : 'last'}.json` : `${name}.json`);
+      fs.writeFileSync(file, `${historyToJSON({ events: run.events })}\n`);
+      written.push(`${path.relative(process.cwd(), file)} (${run.events.length} events)`);
+    });
+    process.stdout.write(`${name}: ${result.phase} after ${result.attempts} attempt(s), ${runs.length} run(s)\n`);
+  });
+  return written;
+}
+
+async function main(): Promise<void> {
+  const wanted = process.argv.slice(2);
+  const unknown = wanted.filter((n) => !(n in scenarios));
+  if (unknown.length) throw new Error(`unknown scenario(s) ${unknown.join(', ')}; known: ${Object.keys(scenarios).join(', ')}`);
+  const names = wanted.length ? wanted : Object.keys(scenarios);
+
+  fs.mkdirSync(OUT_DIR, { recursive: true });
+  const { env, bundle } = await createJobTestEnv(await ensureTemporalCli((m) => process.stderr.write(`${m}\n`)));
+  try {
+    for (const name of names) {
+      for (const line of await record(env, bundle, name)) process.stdout.write(`  wrote ${line}\n`);
+    }
+  } finally {
+    await env.teardown();
+  }
+}
+
+if (require.main === module) {
+  main().catch((err) => {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}
