@@ -1,4 +1,5 @@
 import { CompleteAsyncError } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
@@ -36,13 +37,29 @@ export interface MatchResult {
   rejected: { nodeId: string; reason: string }[];
 }
 
+/**
+ * A Postgres data or integrity error (SQLSTATE classes 22 and 23) fails the same way on every retry:
+ * report it as non-retryable so the job fails visibly instead of retrying forever.
+ */
+function permanentIfBadData(err: unknown): unknown {
+  const code = (err as { cause?: { code?: string }; code?: string })?.cause?.code ?? (err as { code?: string })?.code;
+  if (typeof code === 'string' && /^2[23]/.test(code)) {
+    return ApplicationFailure.nonRetryable(`Postgres refused the data (${code}): ${(err as Error).message.slice(0, 300)}`, 'BadData');
+  }
+  return err;
+}
+
 /** Activities that read and write the job and node registry in Postgres. */
 export function createJobActivities(deps: JobActivityDeps) {
   const now = deps.now ?? (() => new Date());
 
   /** Applies a state change to the job row and appends its event; idempotent per seq. */
   async function recordTransition(t: jobsRepo.Transition): Promise<void> {
-    await jobsRepo.recordTransition(deps.db, t);
+    try {
+      await jobsRepo.recordTransition(deps.db, t);
+    } catch (err) {
+      throw permanentIfBadData(err);
+    }
   }
 
   /**

@@ -53,6 +53,26 @@ const schema = z.object({
   PLATFORM_FEE_BPS: z.coerce.number().int().min(0).max(10_000).default(1000),
   /** Decimals of the CYXWIZ mint: payment amounts are integers in 10^-decimals tokens. */
   TOKEN_DECIMALS: z.coerce.number().int().min(0).max(18).default(9),
+  /** A Solana JSON-RPC endpoint; unset = the local ledger (LiteSVM) that `npm start` runs. */
+  SOLANA_RPC_URL: optionalUrl,
+  SOLANA_CLUSTER: z.enum(['localnet', 'devnet', 'testnet', 'mainnet-beta']).default('localnet'),
+  SOLANA_COMMITMENT: z.enum(['processed', 'confirmed', 'finalized']).default('confirmed'),
+  LOCAL_LEDGER_PORT: port.default(8899),
+  LOCAL_LEDGER_SLOT_MS: positiveInt.default(400),
+  /** The CYXWIZ SPL mint; required with SOLANA_RPC_URL (the local ledger creates its own). */
+  CYXWIZ_MINT: optionalUrl,
+  /** Wallet receiving the platform's share (its token account for the mint). */
+  PLATFORM_TREASURY: optionalUrl,
+  /** Solana CLI keypair file of the escrow authority, or the keypair itself as a JSON array in *_SECRET. */
+  ESCROW_AUTHORITY_KEYPAIR: optionalUrl,
+  ESCROW_AUTHORITY_SECRET: optionalUrl,
+  /** The server's payer account, for jobs submitted without an escrow transaction (demos, the local ledger). */
+  PAYER_KEYPAIR: optionalUrl,
+  PAYER_SECRET: optionalUrl,
+  /** One settlement activity attempt waits this long for a confirmation before Temporal retries it. */
+  CHAIN_CONFIRM_TIMEOUT_MS: positiveInt.default(30_000),
+  /** The ledger-vs-chain reconciliation runs this often. */
+  RECONCILE_INTERVAL_S: positiveInt.default(300),
 });
 
 export type Env = z.infer<typeof schema>;
@@ -87,6 +107,19 @@ export interface Config {
   };
   readonly p2p: { readonly secret: string; readonly tokenTtlS: number };
   readonly payments: { readonly platformFeeBps: number; readonly tokenDecimals: number };
+  readonly chain: {
+    readonly rpcUrl?: string;
+    readonly cluster: Env['SOLANA_CLUSTER'];
+    readonly commitment: Env['SOLANA_COMMITMENT'];
+    readonly localLedgerPort: number;
+    readonly localLedgerSlotMs: number;
+    readonly mint?: string;
+    readonly treasury?: string;
+    readonly escrowAuthority: { readonly file?: string; readonly inline?: string };
+    readonly payer: { readonly file?: string; readonly inline?: string };
+    readonly confirmTimeoutMs: number;
+    readonly reconcileIntervalMs: number;
+  };
 }
 
 /** Thrown when the environment does not parse; lists every bad variable. */
@@ -137,6 +170,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     p2p: { secret: e.P2P_JWT_SECRET, tokenTtlS: e.P2P_TOKEN_TTL_S },
     payments: { platformFeeBps: e.PLATFORM_FEE_BPS, tokenDecimals: e.TOKEN_DECIMALS },
+    chain: {
+      rpcUrl: e.SOLANA_RPC_URL,
+      cluster: e.SOLANA_CLUSTER,
+      commitment: e.SOLANA_COMMITMENT,
+      localLedgerPort: e.LOCAL_LEDGER_PORT,
+      localLedgerSlotMs: e.LOCAL_LEDGER_SLOT_MS,
+      mint: e.CYXWIZ_MINT,
+      treasury: e.PLATFORM_TREASURY,
+      escrowAuthority: { file: e.ESCROW_AUTHORITY_KEYPAIR, inline: e.ESCROW_AUTHORITY_SECRET },
+      payer: { file: e.PAYER_KEYPAIR, inline: e.PAYER_SECRET },
+      confirmTimeoutMs: e.CHAIN_CONFIRM_TIMEOUT_MS,
+      reconcileIntervalMs: e.RECONCILE_INTERVAL_S * 1000,
+    },
   });
 }
 

@@ -107,6 +107,8 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
         ...(t.started && { startedAt: now }),
         ...(t.ended && { endedAt: now }),
         ...(t.to === 'completed' && { progress: 1 }),
+        // A new node starts the job from scratch: no progress of the previous one shows.
+        ...(t.to === 'assigned' && { progress: 0, currentEpoch: 0, metrics: {} }),
       })
       .where(eq(jobs.id, t.jobId));
     if (t.cancelOnNode) {

@@ -21,7 +21,12 @@ const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' 
 
 export const jobPhase = pgEnum('job_phase', JOB_PHASES);
 export const paymentLeg = pgEnum('payment_leg', ['escrow', 'release_node', 'release_platform', 'refund']);
-export const paymentState = pgEnum('payment_state', ['pending', 'confirmed', 'failed']);
+/**
+ * pending: recorded, no transaction signed yet · sent: a signed transaction is recorded (and maybe sent) ·
+ * confirmed: on chain at the configured commitment · owed: waiting for the payee to register a wallet ·
+ * failed: refused for good (the reason is in last_error).
+ */
+export const paymentState = pgEnum('payment_state', ['pending', 'sent', 'confirmed', 'owed', 'failed']);
 
 /** What a node told us about itself beyond the columns matching needs. */
 export interface NodeProfile {
@@ -142,14 +147,25 @@ export const payments = pgTable(
     toAccount: text('to_account').notNull(),
     state: paymentState('state').notNull().default('pending'),
     idempotencyKey: text('idempotency_key').notNull(),
+    /** The transaction's signature (or the payer's escrow transaction). */
     txRef: text('tx_ref'),
     memo: text('memo').notNull().default(''),
+    /** The signed transaction of the current attempt, recorded before it is sent, so a retry can resend it. */
+    txBytes: text('tx_bytes'),
+    /** The attempt can land until the chain passes this block height; after that a new one may be signed. */
+    lastValidBlockHeight: bigint('last_valid_block_height', { mode: 'number' }),
+    sendAttempts: integer('send_attempts').notNull().default(0),
+    slot: bigint('slot', { mode: 'number' }),
+    lastError: text('last_error'),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
   (t) => [
     uniqueIndex('payments_idempotency_idx').on(t.idempotencyKey),
     uniqueIndex('payments_job_leg_idx').on(t.jobId, t.leg),
+    // A payer's escrow transaction funds one job only.
+    uniqueIndex('payments_escrow_tx_idx').on(t.txRef).where(sql`${t.leg} = 'escrow'`),
+    index('payments_state_idx').on(t.state, t.updatedAt),
     index('payments_from_idx').on(t.fromAccount),
     index('payments_to_idx').on(t.toAccount),
     check('payments_amount_nonnegative', sql`${t.amount} >= 0`),

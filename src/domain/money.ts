@@ -2,6 +2,8 @@ import { ValidationError } from './errors';
 
 /** Basis points in one whole: 10_000 bps = 100 %. */
 export const BPS = 10_000n;
+/** Largest amount of smallest units: SPL token amounts are u64, the ledger's columns signed 64-bit. */
+export const MAX_UNITS = 2n ** 63n - 1n;
 
 /**
  * Converts an amount of whole tokens, as the protocol carries it (a double), to integer smallest units.
@@ -25,7 +27,9 @@ export function tokensToUnits(amount: number, decimals: number, field: string): 
     }
     return BigInt(digits.slice(0, digits.length + shift) || '0');
   }
-  return BigInt(digits) * 10n ** BigInt(shift);
+  const units = BigInt(digits) * 10n ** BigInt(shift);
+  if (units > MAX_UNITS) throw new ValidationError(field, `is larger than ${unitsToTokenString(MAX_UNITS, decimals)}`);
+  return units;
 }
 
 /** Formats smallest units as a decimal string of whole tokens, without losing precision ("1.5", "0.000000001"). */

@@ -10,7 +10,7 @@ import {
   WorkflowUpdateFailedError,
   type Client,
 } from '@temporalio/client';
-import { ConflictError, ForbiddenError, UnavailableError } from '../domain/errors';
+import { ConflictError, ForbiddenError, UnavailableError, ValidationError } from '../domain/errors';
 import type { JobSpec } from '../domain/job';
 import { unitsToTokenString } from '../domain/money';
 import { jobWorkflow, type JobWorkflowOptions } from '../workflows/job-workflow';
@@ -117,6 +117,9 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
 
 export type JobWorkflowGateway = ReturnType<typeof createJobWorkflowGateway>;
 
+/** gRPC status INVALID_ARGUMENT: Temporal refused the request itself (for example a payload over its limit). */
+const GRPC_INVALID_ARGUMENT = 3;
+
 async function update<T>(run: () => Promise<T>): Promise<T> {
   try {
     return await run();
@@ -136,6 +139,7 @@ function translate(err: unknown): Error {
     return new ConflictError(cause?.message ?? err.message);
   }
   if (err instanceof WorkflowNotFoundError) return new ConflictError(`the job's workflow is not running: ${err.message}`);
+  if (isGrpcServiceError(err) && err.code === GRPC_INVALID_ARGUMENT) return new ValidationError('config', err.details || err.message);
   if (isGrpcServiceError(err) || (err as Error)?.name === 'ServiceError' || (err as Error)?.name === 'TransportError') {
     return new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
   }

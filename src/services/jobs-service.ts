@@ -2,8 +2,9 @@ import { createHash } from 'node:crypto';
 import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
-import { jobEvents } from '../db/schema';
-import { ConflictError, NotFoundError } from '../domain/errors';
+import { eq } from 'drizzle-orm';
+import { jobEvents, jobs } from '../db/schema';
+import { ConflictError, NotFoundError, UnavailableError } from '../domain/errors';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
 import type { JobWorkflowGateway } from './job-workflows';
 import { signP2PToken } from './p2p-token';
@@ -65,7 +66,19 @@ export function createJobService(deps: JobServiceDeps) {
       throw new ConflictError(`job_id ${spec.jobId} already exists with a different config`);
     }
     if (row.deletedAt) throw new ConflictError(`job_id ${spec.jobId} was used by a job that has been deleted`);
-    await workflows.start(row.config);
+    try {
+      await workflows.start(row.config);
+    } catch (err) {
+      // Temporal refused this job for good: keep nothing of it. (When Temporal is only unreachable, the job
+      // stays recorded and the worker's sweep starts it once Temporal is back.)
+      if (created && !(err instanceof UnavailableError)) {
+        await db.transaction(async (tx) => {
+          await tx.delete(jobEvents).where(eq(jobEvents.jobId, spec.jobId));
+          await tx.delete(jobs).where(eq(jobs.id, spec.jobId));
+        });
+      }
+      throw err;
+    }
     return { jobId: spec.jobId, created };
   }
 

@@ -68,6 +68,10 @@ describe('toJobSpec', () => {
     [{ job_id: 'has space' }, 'config.job_id'],
     [{ job_id: 'x'.repeat(129) }, 'config.job_id'],
     [{ reservation_duration_minutes: -1 }, 'config.reservation_duration_minutes'],
+    [{ dataset_uri: 'a\u0000b' }, 'config.dataset_uri'],
+    [{ model_definition: 'x'.repeat(1024 * 1024 + 1) }, 'config.model_definition'],
+    [{ payment_address: 'w\u0007' }, 'config.payment_address'],
+    [{ payment_amount: 1e12 }, 'config.payment_amount'],
   ])('names the bad field of %p', (over, field) => {
     expect(fieldOf(() => toJobSpec(over === null ? null : baseConfig(over), 9))).toBe(field);
   });

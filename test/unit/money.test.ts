@@ -15,9 +15,10 @@ describe('tokensToUnits', () => {
     expect(tokensToUnits(amount as number, decimals as number, 'f')).toBe(units);
   });
 
-  it('converts large whole amounts exactly', () => {
-    expect(tokensToUnits(1e15, 9, 'f')).toBe(10n ** 24n);
+  it('converts large whole amounts exactly, up to the largest 64-bit amount', () => {
+    expect(tokensToUnits(9_000_000_000, 9, 'f')).toBe(9_000_000_000_000_000_000n);
     expect(tokensToUnits(9007199254740991, 0, 'f')).toBe(9007199254740991n);
+    expect(() => tokensToUnits(1e10, 9, 'config.payment_amount')).toThrow(/config.payment_amount: is larger than 9223372036.854775807/);
   });
 
   it.each([0, -1, -0.5, Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY])('refuses %p', (amount) => {

@@ -14,7 +14,7 @@ import type { JobChangeFeed } from '../../services/job-change-feed';
 import type { JobService } from '../../services/jobs-service';
 import { toProtocolFailure } from './errors';
 import { optionalText, requireId, toJobSpec, toJobStatus } from './mappers';
-import { statusAndError, unary } from './unary';
+import { statusAndError, summarize, unary } from './unary';
 
 export interface JobHandlerDeps {
   jobs: JobService;
@@ -152,7 +152,7 @@ export function createJobHandlers(deps: JobHandlerDeps) {
           if (isTerminal(job.status)) end(unsubscribe);
         } catch (err) {
           const { failure, unexpected } = toProtocolFailure(err);
-          if (unexpected) log.error({ err, jobId }, 'StreamJobUpdates failed');
+          if (unexpected) log.error({ err: summarize(err), jobId }, 'StreamJobUpdates failed');
           call.write({ job_id: jobId, status: { job_id: jobId, status: failure.status, error: failure.error }, log_message: failure.error.message });
           end(unsubscribe);
         }

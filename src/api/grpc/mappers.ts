@@ -14,28 +14,33 @@ import { tokensToUnits } from '../../domain/money';
 import type { DeviceCapsSpec } from '../../domain/node';
 import type { DeviceCaps, Int64, JobConfig, JobStatus, NodeInfo } from '../../protocol/types';
 
-/** Ids clients may choose for jobs: printable, at most 128 characters. */
-const CLIENT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 const MAX_TEXT = 4096;
+/** A model graph or script travels in every workflow payload; Temporal refuses payloads over 2 MB. */
+const MAX_MODEL_DEFINITION = 1024 * 1024;
+/** Control characters other than tab and newlines (Postgres text cannot hold NUL at all). */
+const CONTROL = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
+/** Ids: printable, no whitespace. */
+const ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 /** A shipping node listens for P2P on 50052 (and is registered with it); 0 means "the default". */
 export const DEFAULT_NODE_PORT = 50052;
-
-export function requireText(value: string | undefined, field: string): string {
-  const v = (value ?? '').trim();
-  if (!v) throw new ValidationError(field, 'is required');
-  if (v.length > MAX_TEXT) throw new ValidationError(field, `is longer than ${MAX_TEXT} characters`);
-  return v;
-}
 
 export function optionalText(value: string | undefined, field: string, max = MAX_TEXT): string {
   const v = (value ?? '').trim();
   if (v.length > max) throw new ValidationError(field, `is longer than ${max} characters`);
+  if (CONTROL.test(v)) throw new ValidationError(field, 'contains control characters');
   return v;
 }
 
+export function requireText(value: string | undefined, field: string, max = MAX_TEXT): string {
+  const v = optionalText(value, field, max);
+  if (!v) throw new ValidationError(field, 'is required');
+  return v;
+}
+
+/** An id of a job or node: 1-128 letters, digits, `_ . : -`, starting with a letter or digit. */
 export function requireId(value: string | undefined, field: string): string {
-  const v = requireText(value, field);
-  if (v.length > 128) throw new ValidationError(field, 'is longer than 128 characters');
+  const v = requireText(value, field, 128);
+  if (!ID.test(v)) throw new ValidationError(field, 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
   return v;
 }
 
@@ -64,10 +69,7 @@ export const deviceTypeOf = (value: number, field: string): DeviceType => enumVa
  */
 export function toJobSpec(config: JobConfig | null | undefined, tokenDecimals: number): JobSpec {
   if (!config) throw new ValidationError('config', 'is required');
-  const jobId = (config.job_id ?? '').trim();
-  if (jobId && !CLIENT_ID.test(jobId)) {
-    throw new ValidationError('config.job_id', 'must be 1-128 characters of letters, digits, _ . : - (starting with a letter or digit)');
-  }
+  const jobId = (config.job_id ?? '').trim() ? requireId(config.job_id, 'config.job_id') : '';
   if (!Number.isInteger(config.batch_size) || config.batch_size <= 0) {
     throw new ValidationError('config.batch_size', 'must be greater than zero');
   }
@@ -83,7 +85,7 @@ export function toJobSpec(config: JobConfig | null | undefined, tokenDecimals: n
     jobId: jobId || randomUUID(),
     jobType: enumValue(JOB_TYPES, config.job_type, 'config.job_type', false),
     priority: enumValue(PRIORITIES, config.priority, 'config.priority', true),
-    modelDefinition: config.model_definition ?? '',
+    modelDefinition: modelDefinition(config.model_definition),
     hyperparameters,
     datasetUri: requireText(config.dataset_uri, 'config.dataset_uri'),
     batchSize: config.batch_size,
@@ -96,6 +98,15 @@ export function toJobSpec(config: JobConfig | null | undefined, tokenDecimals: n
     escrowTxHash: optionalText(config.escrow_tx_hash, 'config.escrow_tx_hash', 128),
     reservationDurationMinutes: config.reservation_duration_minutes,
   };
+}
+
+function modelDefinition(value: string | undefined): string {
+  const v = value ?? '';
+  if (Buffer.byteLength(v) > MAX_MODEL_DEFINITION) {
+    throw new ValidationError('config.model_definition', `is larger than ${MAX_MODEL_DEFINITION} bytes`);
+  }
+  if (v.includes('\u0000')) throw new ValidationError('config.model_definition', 'contains NUL characters');
+  return v;
 }
 
 const unixSeconds = (d: Date | null | undefined) => (d ? String(Math.floor(d.getTime() / 1000)) : '0');

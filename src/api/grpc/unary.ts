@@ -17,11 +17,22 @@ export function unary<Req, Res>(
       (response) => callback(null, response),
       (err: unknown) => {
         const { failure, unexpected } = toProtocolFailure(err);
-        if (unexpected) log.error({ err, method }, 'request failed');
+        if (unexpected) log.error({ err: summarize(err), method }, 'request failed');
         else log.debug({ method, code: failure.error.code, message: failure.error.message }, 'request refused');
         callback(null, onFailure(failure));
       },
     );
+  };
+}
+
+/** An error for the log, bounded: driver errors can carry whole queries and their parameters. */
+export function summarize(err: unknown): { name: string; message: string; cause?: string; stack?: string } {
+  const e = err as Error & { cause?: unknown };
+  return {
+    name: e?.name ?? 'Error',
+    message: String(e?.message ?? err).slice(0, 1000),
+    ...(e?.cause !== undefined && { cause: String((e.cause as Error)?.message ?? e.cause).slice(0, 500) }),
+    stack: e?.stack?.split('\n').slice(0, 8).join('\n'),
   };
 }
 

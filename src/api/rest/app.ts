@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { DomainError, UnavailableError, ValidationError } from '../../domain/errors';
 import { JOB_PHASES, phaseToStatusCode, type JobPhase } from '../../domain/job';
 import type { JobRow } from '../../db/jobs-repo';
+import { summarize } from '../grpc/unary';
 
 export interface HealthCheck {
   name: string;
@@ -126,7 +127,7 @@ export function createRestApp(deps: RestDeps) {
       });
       return;
     }
-    deps.log.error({ err }, 'REST request failed');
+    deps.log.error({ err: summarize(err) }, 'REST request failed');
     res.status(500).json({ error: { code: 500, message: 'internal server error' } });
   });
 

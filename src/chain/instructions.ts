@@ -1,0 +1,84 @@
+import {
+  ACCOUNT_SIZE,
+  createAssociatedTokenAccountIdempotentInstruction,
+  createInitializeAccount3Instruction,
+  createTransferCheckedInstruction,
+  getAssociatedTokenAddressSync,
+  TOKEN_PROGRAM_ID,
+} from '@solana/spl-token';
+import { PublicKey, SystemProgram, TransactionInstruction } from '@solana/web3.js';
+import { createHash } from 'node:crypto';
+
+export const MEMO_PROGRAM_ID = new PublicKey('MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr');
+
+/**
+ * Each job's escrow is its own token account at an address derived from the escrow authority and the job
+ * id (`createAccountWithSeed`), so anyone can find and audit one job's money. The seed is the first 32 hex
+ * characters of sha256(job id): seeds are at most 32 bytes and job ids may be longer.
+ */
+export function escrowSeed(jobId: string): string {
+  return createHash('sha256').update(jobId).digest('hex').slice(0, 32);
+}
+
+export function escrowAddress(authority: PublicKey, jobId: string): PublicKey {
+  // PublicKey.createWithSeed, computed synchronously: sha256(base ‖ seed ‖ owner program).
+  const digest = createHash('sha256')
+    .update(Buffer.concat([authority.toBuffer(), Buffer.from(escrowSeed(jobId)), TOKEN_PROGRAM_ID.toBuffer()]))
+    .digest();
+  return new PublicKey(digest);
+}
+
+/** A memo carrying the leg's idempotency key, so every transfer names the job and leg it settles. */
+export function memoInstruction(text: string, signer: PublicKey): TransactionInstruction {
+  return new TransactionInstruction({
+    programId: MEMO_PROGRAM_ID,
+    keys: [{ pubkey: signer, isSigner: true, isWritable: false }],
+    data: Buffer.from(text, 'utf8'),
+  });
+}
+
+/** Creates and initialises a job's escrow token account, owned by the escrow authority. */
+export function createEscrowAccountInstructions(p: {
+  authority: PublicKey;
+  jobId: string;
+  mint: PublicKey;
+  rentLamports: number;
+}): TransactionInstruction[] {
+  const escrow = escrowAddress(p.authority, p.jobId);
+  return [
+    SystemProgram.createAccountWithSeed({
+      fromPubkey: p.authority,
+      basePubkey: p.authority,
+      seed: escrowSeed(p.jobId),
+      newAccountPubkey: escrow,
+      lamports: p.rentLamports,
+      space: ACCOUNT_SIZE,
+      programId: TOKEN_PROGRAM_ID,
+    }),
+    createInitializeAccount3Instruction(escrow, p.mint, p.authority),
+  ];
+}
+
+/** The wallet's token account for the mint (its associated token account). */
+export function tokenAccountOf(wallet: PublicKey, mint: PublicKey): PublicKey {
+  return getAssociatedTokenAddressSync(mint, wallet, true);
+}
+
+/** Pays `amount` smallest units into `wallet`'s token account, creating it if needed (fee payer pays rent). */
+export function payToWallet(p: {
+  feePayer: PublicKey;
+  from: PublicKey;
+  fromOwner: PublicKey;
+  wallet: PublicKey;
+  mint: PublicKey;
+  decimals: number;
+  amount: bigint;
+}): TransactionInstruction[] {
+  const to = tokenAccountOf(p.wallet, p.mint);
+  return [
+    createAssociatedTokenAccountIdempotentInstruction(p.feePayer, to, p.wallet, p.mint),
+    createTransferCheckedInstruction(p.from, p.mint, to, p.fromOwner, p.amount, p.decimals),
+  ];
+}
+
+export { ACCOUNT_SIZE, TOKEN_PROGRAM_ID };

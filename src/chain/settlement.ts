@@ -1,0 +1,479 @@
+import { ApplicationFailure } from '@temporalio/common';
+import { getBase58Decoder } from '@solana/kit';
+import {
+  Connection,
+  Keypair,
+  PublicKey,
+  SendTransactionError,
+  Transaction,
+  type TransactionInstruction,
+} from '@solana/web3.js';
+import { createTransferCheckedInstruction } from '@solana/spl-token';
+import { and, eq, inArray, sql } from 'drizzle-orm';
+import type { Db, DbOrTx } from '../db/client';
+import { nodes, payments } from '../db/schema';
+import { splitPayment } from '../domain/money';
+import {
+  ACCOUNT_SIZE,
+  createEscrowAccountInstructions,
+  escrowAddress,
+  memoInstruction,
+  payToWallet,
+  tokenAccountOf,
+} from './instructions';
+
+/** The commitment levels a settlement can wait for. */
+export type ChainCommitment = 'processed' | 'confirmed' | 'finalized';
+
+export type Leg = 'escrow' | 'release_node' | 'release_platform' | 'refund';
+type PaymentRow = typeof payments.$inferSelect;
+
+/** One money leg as settled. Amounts are decimal strings of smallest units; txRef is the transaction signature. */
+export interface LegReceipt {
+  leg: Leg;
+  amount: string;
+  to: string;
+  txRef: string;
+}
+
+export type ReleaseOutcome =
+  | { owed: false; node: LegReceipt; platform: LegReceipt }
+  | { owed: true; nodeAmount: string; platformAmount: string };
+
+/** Non-retryable failure types: retrying cannot make them succeed. */
+export const SettlementErrors = {
+  escrowMissing: 'EscrowMissing',
+  alreadySettled: 'EscrowAlreadySettled',
+  insufficientFunds: 'InsufficientFunds',
+  escrowRejected: 'EscrowRejected',
+  transactionFailed: 'TransactionFailed',
+} as const;
+
+/** Points where a test can stop the process to prove a leg still happens exactly once. */
+export interface SettlementHooks {
+  /** The signed transaction is recorded in Postgres; nothing has been sent. */
+  afterRecord?(leg: Leg[]): Promise<void> | void;
+  /** The transaction was handed to the RPC; not confirmed yet. */
+  afterSend?(leg: Leg[]): Promise<void> | void;
+  /** The transaction is confirmed on chain; the ledger does not know yet. */
+  afterConfirm?(leg: Leg[]): Promise<void> | void;
+}
+
+export interface ChainSettlementDeps {
+  db: Db;
+  connection: Connection;
+  commitment: ChainCommitment;
+  mint: PublicKey;
+  decimals: number;
+  /** Base and owner of every escrow account; pays fees and rent. */
+  authority: Keypair;
+  /** Wallet whose token account receives the platform's share. */
+  treasury: PublicKey;
+  /** The server's payer account, for jobs submitted without their own escrow transaction. */
+  payer?: Keypair;
+  platformFeeBps: number;
+  /** How long one activity attempt waits for a confirmation before letting Temporal retry. */
+  confirmTimeoutMs: number;
+  pollMs?: number;
+  hooks?: SettlementHooks;
+}
+
+const b58 = getBase58Decoder();
+const nonRetryable = (type: string, message: string) => ApplicationFailure.create({ type, message, nonRetryable: true });
+const retryable = (message: string) => ApplicationFailure.create({ type: 'SettlementPending', message });
+export const legKey = (jobId: string, leg: Leg | 'release') => `${jobId}/${leg}`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Classifies a refused transaction: the ones no retry can fix. */
+function permanentReason(err: unknown): string | undefined {
+  const text = `${(err as Error)?.message ?? ''} ${JSON.stringify((err as SendTransactionError)?.logs ?? [])}`;
+  if (/insufficient (funds|lamports)|custom program error: 0x1\b|"Custom":1\b|InsufficientFunds/i.test(text)) return 'insufficient funds';
+  if (/InvalidAccountData|invalid account data|owner does not match|custom program error: 0x4\b|MintMismatch|0x3\b/i.test(text)) {
+    return 'invalid account (wrong mint or owner)';
+  }
+  return undefined;
+}
+
+/**
+ * Escrow, release and refund as Solana transactions, each exactly once whatever fails.
+ *
+ * A leg's row in `payments` is its idempotency record (key = job id + leg; the memo carries it too). Before
+ * a transaction is sent, its signature, bytes and last valid block height are written to the row. A retry
+ * first asks the chain about that signature: landed → the row is confirmed; not landed but its blockhash is
+ * still valid → the same bytes are sent again (a duplicate cannot land twice); expired and never landed →
+ * only then is a new transaction signed. Release and refund exclude each other through a row lock.
+ */
+export function createChainSettlement(deps: ChainSettlementDeps) {
+  const { db, connection, authority } = deps;
+  const pollMs = deps.pollMs ?? 250;
+  const escrowOf = (jobId: string) => escrowAddress(authority.publicKey, jobId);
+
+  async function rowsOf(jobId: string, legs: Leg[]): Promise<PaymentRow[]> {
+    const rows = await db.select().from(payments).where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs)));
+    return legs.map((l) => rows.find((r) => r.leg === l)).filter((r): r is PaymentRow => !!r);
+  }
+
+  const receipt = (r: PaymentRow): LegReceipt => ({ leg: r.leg, amount: r.amount.toString(), to: r.toAccount, txRef: r.txRef ?? '' });
+
+  async function markConfirmed(jobId: string, legs: Leg[], signature: string, slot: number | null): Promise<void> {
+    await db
+      .update(payments)
+      .set({ state: 'confirmed', slot, lastError: null, updatedAt: new Date() })
+      .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
+  }
+
+  /** Forgets an attempt that can never land (expired, refused); keeps why. */
+  async function abandonAttempt(jobId: string, legs: Leg[], signature: string, why: string, state: 'pending' | 'failed' = 'pending') {
+    await db
+      .update(payments)
+      .set({ state, txRef: null, txBytes: null, lastValidBlockHeight: null, lastError: why, updatedAt: new Date() })
+      .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
+  }
+
+  type ChainState = { kind: 'landed'; slot: number } | { kind: 'failed'; err: string } | { kind: 'pending' } | { kind: 'expired' };
+
+  /** What the chain says about a recorded attempt. */
+  async function chainState(signature: string, lastValidBlockHeight: number): Promise<ChainState> {
+    const { value } = await connection.getSignatureStatuses([signature], { searchTransactionHistory: true });
+    const status = value[0];
+    if (status) {
+      if (status.err) return { kind: 'failed', err: JSON.stringify(status.err) };
+      const level = status.confirmationStatus ?? 'processed';
+      const reached = deps.commitment === 'finalized' ? level === 'finalized' : deps.commitment === 'confirmed' ? level !== 'processed' : true;
+      return reached ? { kind: 'landed', slot: status.slot } : { kind: 'pending' };
+    }
+    const height = await connection.getBlockHeight(deps.commitment);
+    return height > lastValidBlockHeight ? { kind: 'expired' } : { kind: 'pending' };
+  }
+
+  /** Polls until the attempt lands, expires, or this activity attempt's patience ends. */
+  async function awaitOutcome(signature: string, lastValidBlockHeight: number): Promise<ChainState> {
+    const deadline = Date.now() + deps.confirmTimeoutMs;
+    for (;;) {
+      const state = await chainState(signature, lastValidBlockHeight);
+      if (state.kind !== 'pending' || Date.now() >= deadline) return state;
+      await sleep(pollMs);
+    }
+  }
+
+  async function send(bytes: Buffer): Promise<void> {
+    try {
+      await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment, maxRetries: 0 });
+    } catch (err) {
+      if (/already been processed|AlreadyProcessed/i.test(String((err as Error).message))) return;
+      throw err;
+    }
+  }
+
+  /**
+   * Drives the legs (one transaction for all of them) to confirmed, exactly once.
+   * @throws non-retryable ApplicationFailure when the chain refuses for good; retryable while waiting.
+   */
+  async function settle(
+    jobId: string,
+    legs: Leg[],
+    memo: string,
+    build: () => Promise<{ instructions: TransactionInstruction[]; signers: Keypair[] }>,
+  ): Promise<PaymentRow[]> {
+    for (let round = 0; round < 4; round++) {
+      const rows = await rowsOf(jobId, legs);
+      if (rows.length !== legs.length) throw nonRetryable(SettlementErrors.escrowMissing, `legs ${legs} of job ${jobId} are not recorded`);
+      if (rows.every((r) => r.state === 'confirmed')) return rows;
+      const current = rows[0];
+      if (current.state === 'sent' && current.txRef && current.lastValidBlockHeight !== null) {
+        let state = await chainState(current.txRef, current.lastValidBlockHeight);
+        if (state.kind === 'pending' && current.txBytes) {
+          await send(Buffer.from(current.txBytes, 'base64')).catch(() => undefined);
+          state = await awaitOutcome(current.txRef, current.lastValidBlockHeight);
+        }
+        if (state.kind === 'landed') {
+          await markConfirmed(jobId, legs, current.txRef, state.slot);
+          continue;
+        }
+        if (state.kind === 'failed') {
+          await abandonAttempt(jobId, legs, current.txRef, `landed with an error: ${state.err}`, 'failed');
+          throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
+        }
+        if (state.kind === 'pending') throw retryable(`${memo}: transaction ${current.txRef} not confirmed yet`);
+        await abandonAttempt(jobId, legs, current.txRef, `transaction ${current.txRef} expired without landing`);
+        continue;
+      }
+
+      // Sign a new attempt and record it before it leaves this process.
+      const { instructions, signers } = await build();
+      const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
+      const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
+        memoInstruction(`cyxwiz ${memo}`, authority.publicKey),
+        ...instructions,
+      );
+      tx.sign(authority, ...signers.filter((s) => !s.publicKey.equals(authority.publicKey)));
+      const signature = b58.decode(tx.signature!);
+      const bytes = tx.serialize();
+      const recorded = await db
+        .update(payments)
+        .set({
+          state: 'sent',
+          txRef: signature,
+          txBytes: bytes.toString('base64'),
+          lastValidBlockHeight,
+          sendAttempts: sql`${payments.sendAttempts} + 1`,
+          memo: `cyxwiz ${memo}`,
+          updatedAt: new Date(),
+        })
+        .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), inArray(payments.state, ['pending', 'owed'])))
+        .returning({ id: payments.id });
+      if (recorded.length !== legs.length) continue; // another attempt got there first
+      await deps.hooks?.afterRecord?.(legs);
+
+      try {
+        await send(bytes);
+      } catch (err) {
+        const reason = permanentReason(err);
+        // A refused preflight never reaches the chain: the attempt can be forgotten safely.
+        if (reason) {
+          await abandonAttempt(jobId, legs, signature, reason, 'failed');
+          throw nonRetryable(reason === 'insufficient funds' ? SettlementErrors.insufficientFunds : SettlementErrors.transactionFailed, `${memo}: ${reason}`);
+        }
+        throw retryable(`${memo}: send failed, will check the recorded signature: ${(err as Error).message}`);
+      }
+      await deps.hooks?.afterSend?.(legs);
+      const state = await awaitOutcome(signature, lastValidBlockHeight);
+      if (state.kind === 'landed') {
+        await deps.hooks?.afterConfirm?.(legs);
+        await markConfirmed(jobId, legs, signature, state.slot);
+        continue;
+      }
+      if (state.kind === 'failed') {
+        await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}`, 'failed');
+        throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
+      }
+      if (state.kind === 'expired') {
+        await abandonAttempt(jobId, legs, signature, `transaction ${signature} expired without landing`);
+        continue;
+      }
+      throw retryable(`${memo}: transaction ${signature} not confirmed yet`);
+    }
+    throw retryable(`${memo}: not settled yet`);
+  }
+
+  /** Records a leg unless it is already recorded (the idempotency key makes a second insert a no-op). */
+  async function recordLeg(tx: DbOrTx, jobId: string, leg: Leg, amount: bigint, from: string, to: string, state: 'pending' | 'owed' = 'pending') {
+    await tx
+      .insert(payments)
+      .values({ jobId, leg, amount, fromAccount: from, toAccount: to, state, idempotencyKey: legKey(jobId, leg), memo: `cyxwiz ${legKey(jobId, leg)}` })
+      .onConflictDoNothing();
+  }
+
+  async function escrowExists(jobId: string): Promise<boolean> {
+    return (await connection.getAccountInfo(escrowOf(jobId), deps.commitment)) !== null;
+  }
+
+  /** Instructions that create the job's escrow account when it does not exist yet. */
+  async function escrowAccountSetup(jobId: string): Promise<TransactionInstruction[]> {
+    if (await escrowExists(jobId)) return [];
+    const rentLamports = await connection.getMinimumBalanceForRentExemption(ACCOUNT_SIZE);
+    return createEscrowAccountInstructions({ authority: authority.publicKey, jobId, mint: deps.mint, rentLamports });
+  }
+
+  /**
+   * Creates the job's escrow account (idempotent), for a payer who pays into it before submitting.
+   * @returns its address.
+   */
+  async function openEscrowAccount(jobId: string): Promise<PublicKey> {
+    const address = escrowOf(jobId);
+    const setup = await escrowAccountSetup(jobId);
+    if (setup.length === 0) return address;
+    const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
+    const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
+      memoInstruction(`cyxwiz ${jobId}/open-escrow`, authority.publicKey),
+      ...setup,
+    );
+    tx.sign(authority);
+    const signature = await connection.sendRawTransaction(tx.serialize(), { preflightCommitment: deps.commitment }).catch(async (err) => {
+      if (await escrowExists(jobId)) return ''; // a concurrent call created it
+      throw err;
+    });
+    if (signature) {
+      const state = await awaitOutcome(signature, lastValidBlockHeight);
+      if (state.kind !== 'landed' && !(await escrowExists(jobId))) throw retryable(`escrow account of ${jobId} not created yet`);
+    }
+    return address;
+  }
+
+  /**
+   * Checks that `signature` is a confirmed transaction that moved at least `amount` of our mint from
+   * `payer`'s token account into this job's escrow account.
+   * @returns the amount that arrived in the escrow.
+   * @throws non-retryable EscrowRejected with the reason.
+   */
+  async function verifyEscrowTransaction(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<bigint> {
+    const reject = (why: string) => nonRetryable(SettlementErrors.escrowRejected, `escrow_tx_hash ${p.signature}: ${why}`);
+    const tx = await connection.getTransaction(p.signature, {
+      commitment: deps.commitment === 'processed' ? 'confirmed' : deps.commitment,
+      maxSupportedTransactionVersion: 0,
+    });
+    if (!tx || !tx.meta) throw reject(`not a ${deps.commitment} transaction on this cluster`);
+    if (tx.meta.err) throw reject(`failed on chain: ${JSON.stringify(tx.meta.err)}`);
+    const escrow = escrowOf(p.jobId).toBase58();
+    const keys = tx.transaction.message.staticAccountKeys.map((k) => k.toBase58());
+    const delta = (index: number, owner?: string) => {
+      const pre = tx.meta!.preTokenBalances?.find((b) => b.accountIndex === index);
+      const post = tx.meta!.postTokenBalances?.find((b) => b.accountIndex === index);
+      const mint = post?.mint ?? pre?.mint;
+      if (owner && (post?.owner ?? pre?.owner) !== owner) return undefined;
+      return { mint, change: BigInt(post?.uiTokenAmount.amount ?? '0') - BigInt(pre?.uiTokenAmount.amount ?? '0') };
+    };
+    const escrowIndex = keys.indexOf(escrow);
+    if (escrowIndex < 0) throw reject(`does not pay this job's escrow account ${escrow}`);
+    const received = delta(escrowIndex);
+    if (!received?.mint || received.mint !== deps.mint.toBase58()) throw reject(`moves mint ${received?.mint ?? 'none'}, not ${deps.mint.toBase58()}`);
+    if (received.change < p.amount) throw reject(`moved ${received.change} units into the escrow, the job needs ${p.amount}`);
+    const paid = keys.some((_, i) => {
+      const d = delta(i, p.payer);
+      return d?.mint === deps.mint.toBase58() && d.change <= -p.amount;
+    });
+    if (!paid) throw reject(`the units did not come from payment_address ${p.payer}`);
+    const [used] = await db
+      .select({ jobId: payments.jobId })
+      .from(payments)
+      .where(and(eq(payments.leg, 'escrow'), eq(payments.txRef, p.signature)));
+    if (used && used.jobId !== p.jobId) throw reject(`already used for job ${used.jobId}`);
+    return received.change;
+  }
+
+  /**
+   * Puts the job's payment in its escrow account: verifies the payer's transaction when given, otherwise
+   * transfers from the server's payer account. Idempotent.
+   */
+  async function escrow(input: { jobId: string; amount: string; payer: string; escrowTxHash?: string }): Promise<LegReceipt> {
+    const amount = BigInt(input.amount);
+    const to = escrowOf(input.jobId).toBase58();
+    const [existing] = await rowsOf(input.jobId, ['escrow']);
+    if (existing?.state === 'confirmed') return receipt(existing);
+    if (input.escrowTxHash) {
+      const received = await verifyEscrowTransaction({ jobId: input.jobId, amount, payer: input.payer, signature: input.escrowTxHash });
+      try {
+        await db
+          .insert(payments)
+          .values({
+            jobId: input.jobId, leg: 'escrow', amount: received, fromAccount: input.payer, toAccount: to, state: 'confirmed',
+            idempotencyKey: legKey(input.jobId, 'escrow'), txRef: input.escrowTxHash, memo: 'paid by the payer',
+          })
+          .onConflictDoNothing({ target: payments.idempotencyKey });
+      } catch (err) {
+        if (/payments_escrow_tx_idx/.test(String((err as Error & { cause?: Error }).cause?.message ?? (err as Error).message))) {
+          throw nonRetryable(SettlementErrors.escrowRejected, `escrow_tx_hash ${input.escrowTxHash}: already used for another job`);
+        }
+        throw err;
+      }
+      const [row] = await rowsOf(input.jobId, ['escrow']);
+      return receipt(row);
+    }
+    const payer = deps.payer;
+    if (!payer) throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
+    await recordLeg(db, input.jobId, 'escrow', amount, payer.publicKey.toBase58(), to);
+    const [row] = await settle(input.jobId, ['escrow'], legKey(input.jobId, 'escrow'), async () => ({
+      instructions: [
+        ...(await escrowAccountSetup(input.jobId)),
+        createTransferCheckedInstruction(tokenAccountOf(payer.publicKey, deps.mint), deps.mint, escrowOf(input.jobId), payer.publicKey, amount, deps.decimals),
+      ],
+      signers: [payer],
+    }));
+    return receipt(row);
+  }
+
+  /** Locks the job's escrow row; release and refund run under it so only one of them can ever happen. */
+  async function withEscrowLock<T>(jobId: string, fn: (tx: DbOrTx, escrowRow: PaymentRow, legs: PaymentRow[]) => Promise<T>): Promise<T> {
+    return db.transaction(async (tx) => {
+      const [escrowRow] = await tx
+        .select()
+        .from(payments)
+        .where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow')))
+        .for('update');
+      if (!escrowRow || escrowRow.state !== 'confirmed') {
+        throw nonRetryable(SettlementErrors.escrowMissing, `job ${jobId} has no confirmed escrow`);
+      }
+      const legs = await tx.select().from(payments).where(eq(payments.jobId, jobId));
+      return fn(tx, escrowRow, legs);
+    });
+  }
+
+  /**
+   * Pays a completed job: floor(90 %) to the node's wallet and the rest to the treasury, in one
+   * transaction. A node without a wallet is owed: the legs wait in state `owed` until it registers one.
+   * @throws EscrowAlreadySettled (refunded), EscrowMissing — non-retryable.
+   */
+  async function release(input: { jobId: string; nodeId: string }): Promise<ReleaseOutcome> {
+    const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
+    const wallet = node?.wallet ?? '';
+    const split = await withEscrowLock(input.jobId, async (tx, escrowRow, legs) => {
+      if (legs.some((l) => l.leg === 'refund')) {
+        throw nonRetryable(SettlementErrors.alreadySettled, `escrow of job ${input.jobId} was refunded`);
+      }
+      const s = splitPayment(escrowRow.amount, BigInt(deps.platformFeeBps));
+      const nodeTo = wallet || `node:${input.nodeId}`;
+      const state = wallet ? 'pending' : 'owed';
+      await recordLeg(tx, input.jobId, 'release_node', s.node, escrowRow.toAccount, nodeTo, state);
+      await recordLeg(tx, input.jobId, 'release_platform', s.platform, escrowRow.toAccount, deps.treasury.toBase58(), state);
+      if (wallet) {
+        // A node that registered its wallet after being owed: point the owed legs at it.
+        await tx
+          .update(payments)
+          .set({ toAccount: wallet, state: 'pending', updatedAt: new Date() })
+          .where(and(eq(payments.jobId, input.jobId), eq(payments.leg, 'release_node'), eq(payments.state, 'owed')));
+        await tx
+          .update(payments)
+          .set({ state: 'pending', updatedAt: new Date() })
+          .where(and(eq(payments.jobId, input.jobId), eq(payments.leg, 'release_platform'), eq(payments.state, 'owed')));
+      }
+      return s;
+    });
+    if (!wallet) return { owed: true, nodeAmount: split.node.toString(), platformAmount: split.platform.toString() };
+    const escrowAccount = escrowOf(input.jobId);
+    const rows = await settle(input.jobId, ['release_node', 'release_platform'], legKey(input.jobId, 'release'), async () => {
+      const [nodeLeg, platformLeg] = await rowsOf(input.jobId, ['release_node', 'release_platform']);
+      const common = { feePayer: authority.publicKey, from: escrowAccount, fromOwner: authority.publicKey, mint: deps.mint, decimals: deps.decimals };
+      return {
+        instructions: [
+          ...(nodeLeg.amount > 0n ? payToWallet({ ...common, wallet: new PublicKey(nodeLeg.toAccount), amount: nodeLeg.amount }) : []),
+          ...(platformLeg.amount > 0n ? payToWallet({ ...common, wallet: deps.treasury, amount: platformLeg.amount }) : []),
+        ],
+        signers: [],
+      };
+    });
+    return { owed: false, node: receipt(rows[0]), platform: receipt(rows[1]) };
+  }
+
+  /**
+   * Returns the whole escrow to its payer. Idempotent.
+   * @throws EscrowAlreadySettled (released), EscrowMissing — non-retryable.
+   */
+  async function refund(input: { jobId: string }): Promise<LegReceipt> {
+    await withEscrowLock(input.jobId, async (tx, escrowRow, legs) => {
+      if (legs.some((l) => l.leg === 'release_node' || l.leg === 'release_platform')) {
+        throw nonRetryable(SettlementErrors.alreadySettled, `escrow of job ${input.jobId} was released`);
+      }
+      await recordLeg(tx, input.jobId, 'refund', escrowRow.amount, escrowRow.toAccount, escrowRow.fromAccount);
+    });
+    const [row] = await settle(input.jobId, ['refund'], legKey(input.jobId, 'refund'), async () => {
+      const [leg] = await rowsOf(input.jobId, ['refund']);
+      return {
+        instructions: payToWallet({
+          feePayer: authority.publicKey,
+          from: escrowOf(input.jobId),
+          fromOwner: authority.publicKey,
+          wallet: new PublicKey(leg.toAccount),
+          mint: deps.mint,
+          decimals: deps.decimals,
+          amount: leg.amount,
+        }),
+        signers: [],
+      };
+    });
+    return receipt(row);
+  }
+
+  return { escrow, release, refund, openEscrowAccount, verifyEscrowTransaction, escrowAddress: escrowOf, chainState, rowsOf, abandonAttempt, markConfirmed };
+}
+
+export type ChainSettlement = ReturnType<typeof createChainSettlement>;
