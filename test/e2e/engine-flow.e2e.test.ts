@@ -233,6 +233,11 @@ test('DeleteJob refuses an active job with 409 and removes a finished one', asyn
   expect((await restGet(sys(), `/api/jobs/${finished}`)).status).toBe(404);
   const again = await engine.call('DeleteJob', { job_id: finished });
   expect(again.error.code).toBe(404);
+  expect((await engine.call('ListJobs', { page_size: 1000 })).jobs.some((j: any) => j.job_id === finished)).toBe(false);
+  // Its id is not handed out again.
+  const reused = await engine.call('SubmitJob', { config: jobConfig({ job_id: finished }) });
+  expect(reused.status).toBe(S.FAILED);
+  expect(reused.error.code).toBe(409);
   // Its money stays on record for audit.
   expect((await sys().query('SELECT leg FROM payments WHERE job_id = $1', [finished])).length).toBe(3);
 });

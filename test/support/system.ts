@@ -22,15 +22,18 @@ const ENTRY = {
 type Role = keyof typeof ENTRY;
 
 /**
- * Runs before the entry in every child: the child kills itself once it is re-parented, i.e. when the test
- * process died without running its exit hooks (SIGKILL, OOM). Cheaper than a watchdog process per child.
+ * Runs before the entry in every child: the child kills itself once it is re-parented, i.e. as soon as the
+ * test process is gone, however it ended (normal exit, crash, SIGKILL). An exit hook would not do: inside a
+ * jest sandbox `process` is a copy whose 'exit' event never fires. Cheaper than a watchdog process per child.
  */
 const ORPHAN_GUARD = 'const p=process.ppid;setInterval(()=>{if(process.ppid!==p)process.kill(process.pid,"SIGKILL")},500).unref();';
 
-/** Lines kept per process; the rest is dropped from the front. */
-const MAX_LINES = 5000;
+/** Output lines kept of all processes together; the oldest are dropped first. */
+const MAX_LINES = 15_000;
 /** Lines per process printed for a failed test. */
 const PRINT_LINES = 300;
+/** Characters kept of one output line (an error log may carry a whole request). */
+const MAX_LINE = 2000;
 const READY_TIMEOUT_MS = 60_000;
 const STOP_GRACE_MS = 15_000;
 
@@ -75,6 +78,8 @@ export interface RunningSystem {
   query<T extends Record<string, unknown> = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
 }
 
+const clip = (text: string) => (text.length > MAX_LINE ? `${text.slice(0, MAX_LINE)}… [${text.length - MAX_LINE} more characters]` : text);
+
 /** One child process with its output captured line by line. */
 class ManagedProcess {
   child?: ChildProcess;
@@ -110,9 +115,9 @@ class ManagedProcess {
       stream.on('data', (chunk: string) => {
         const lines = (partial + chunk).split('\n');
         partial = lines.pop() ?? '';
-        for (const text of lines) if (text) this.sink({ at: Date.now(), proc: label, text });
+        for (const text of lines) if (text) this.sink({ at: Date.now(), proc: label, text: clip(text) });
       });
-      stream.on('end', () => partial && this.sink({ at: Date.now(), proc: label, text: partial }));
+      stream.on('end', () => partial && this.sink({ at: Date.now(), proc: label, text: clip(partial) }));
     }
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
@@ -143,23 +148,6 @@ class ManagedProcess {
     await this.exited;
   }
 
-  /** Synchronous last resort for exit hooks. */
-  killNow(): void {
-    if (this.running) this.child!.kill('SIGKILL');
-  }
-}
-
-/** Every live system of this test file, for the exit hook. */
-const live = new Set<{ killNow(): void }>();
-let exitHookInstalled = false;
-
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  const killAll = () => {
-    for (const s of live) s.killNow();
-  };
-  process.once('exit', killAll);
 }
 
 function formatLines(lines: OutputLine[]): string {
@@ -232,11 +220,10 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * Starts a fresh system: creates its database, runs the migrate process, then starts the worker and API
  * processes and resolves once the worker polls and the API answers gRPC health and REST /api/health.
  * Output of every process is captured and printed only for a failing test. Processes never outlive the test
- * process (exit hook, and a re-parenting check inside each child).
+ * process (see ORPHAN_GUARD).
  * @throws Error with the captured output when a process exits early or is not ready in time.
  */
 export async function startSystem(opts: SystemOptions = {}): Promise<RunningSystem> {
-  installExitHook();
   const label = (opts.name ?? currentTestFileName() ?? 'e2e').toLowerCase().replace(/[^a-z0-9_-]+/g, '-');
   const databaseUrl = await createTestDatabase(label);
   const taskQueue = `e2e-${label}-${randomBytes(3).toString('hex')}`;
@@ -270,7 +257,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<RunningSyst
   const lines: OutputLine[] = [];
   const sink = (line: OutputLine) => {
     lines.push(line);
-    if (lines.length > MAX_LINES * 3) lines.splice(0, lines.length - MAX_LINES * 3);
+    if (lines.length > MAX_LINES) lines.splice(0, lines.length - MAX_LINES);
   };
   const procs = {
     worker: new ManagedProcess('worker', childEnv, sink),
@@ -305,26 +292,23 @@ export async function startSystem(opts: SystemOptions = {}): Promise<RunningSyst
     await awaitReady(procs.api, 'API', async () => (await grpcHealthServing(grpcAddress)) && (await restHealthy(restUrl)));
   }
 
-  let pool: Client | undefined;
+  let client: Client | undefined;
   async function query<T extends Record<string, unknown>>(sql: string, params: unknown[] = []): Promise<T[]> {
-    if (!pool) {
-      pool = new Client({ connectionString: databaseUrl });
-      await pool.connect();
+    if (!client) {
+      client = new Client({ connectionString: databaseUrl });
+      await client.connect();
     }
-    return (await pool.query<T>(sql, params)).rows;
+    return (await client.query<T>(sql, params)).rows;
   }
 
   let stopped = false;
   let detach = () => undefined as void;
-  const handle = { killNow: () => Object.values(procs).forEach((p) => p.killNow()) };
-  live.add(handle);
 
   async function stop(): Promise<void> {
     if (stopped) return;
     stopped = true;
     await Promise.all([procs.api.stop('SIGTERM', 5000), procs.worker.stop('SIGTERM', 5000)]);
-    live.delete(handle);
-    await pool?.end().catch(() => undefined);
+    await client?.end().catch(() => undefined);
     await dropTestDatabase(databaseUrl).catch(() => undefined);
     // Keep printing output for failures in later hooks of this file; detach at the very end.
     detach();
@@ -350,10 +334,8 @@ export async function startSystem(opts: SystemOptions = {}): Promise<RunningSyst
 
   try {
     const migrate = new ManagedProcess('migrate', childEnv, sink);
-    live.add(migrate);
     migrate.start();
     const { code, signal } = await migrate.exited!;
-    live.delete(migrate);
     if (code !== 0) throw failure(`migrate failed (code ${code}, signal ${signal})`);
     await Promise.all([startWorker(), startApi()]);
   } catch (err) {

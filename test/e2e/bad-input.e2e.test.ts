@@ -1,0 +1,193 @@
+import { protocolClient } from '../support/grpc-clients';
+import type { SimNode } from '../support/sim-node';
+import { useSystem } from '../support/system';
+import { eventually, jobConfig, nodePool, S, submitJob, unfittable, waitForAssignment, type ProtocolClient } from './helpers';
+
+const sys = useSystem({ name: 'bad-input' });
+const nodes = nodePool(sys);
+let engine: ProtocolClient;
+let nodeApi: ProtocolClient;
+let jobStatusApi: ProtocolClient;
+let node: SimNode;
+/** A real job held by `node`, so node reports about it reach validation past the lookup. */
+let heldJobId: string;
+
+beforeAll(async () => {
+  engine = protocolClient('JobService', sys().grpcAddress);
+  nodeApi = protocolClient('NodeService', sys().grpcAddress);
+  jobStatusApi = protocolClient('JobStatusService', sys().grpcAddress);
+  node = await nodes.start({ name: 'validating-node' });
+  heldJobId = await submitJob(engine, jobConfig());
+  await waitForAssignment(engine, heldJobId);
+});
+
+afterAll(async () => {
+  for (const c of [engine, nodeApi, jobStatusApi]) c?.close();
+  await nodes.stopAll();
+});
+
+/** Row counts of every table a request could write to. */
+async function counts(): Promise<Record<string, string>> {
+  const [row] = await sys().query<Record<string, string>>(`
+    SELECT (SELECT count(*) FROM jobs)::text AS jobs,
+           (SELECT count(*) FROM job_events)::text AS job_events,
+           (SELECT count(*) FROM payments)::text AS payments,
+           (SELECT count(*) FROM nodes)::text AS nodes,
+           (SELECT count(*) FROM node_job_cancels)::text AS node_job_cancels,
+           (SELECT max(updated_at)::text FROM jobs) AS jobs_updated`);
+  return row;
+}
+
+/** The parts of a reply that say how a request was refused (GetJobStatus nests its status in a JobStatus). */
+function outcome(res: any): { status: number | undefined; code: number | undefined; message: string | undefined } {
+  return { status: typeof res.status === 'object' && res.status !== null ? res.status.status : res.status, code: res.error?.code, message: res.error?.message };
+}
+
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** Each bad request: the RPC, its request, and the field the error must name. */
+type Case = [label: string, client: () => ProtocolClient, method: string, request: () => Record<string, unknown>, field: string];
+
+const submit = (config: Record<string, unknown> | undefined) => ({ config });
+const validationCases: Case[] = [
+  ['SubmitJob without config', () => engine, 'SubmitJob', () => ({}), 'config'],
+  ['SubmitJob with payment_amount 0', () => engine, 'SubmitJob', () => submit(jobConfig({ payment_amount: 0 })), 'config.payment_amount'],
+  ['SubmitJob with payment_amount -1', () => engine, 'SubmitJob', () => submit(jobConfig({ payment_amount: -1 })), 'config.payment_amount'],
+  ['SubmitJob with payment_amount NaN', () => engine, 'SubmitJob', () => submit(jobConfig({ payment_amount: NaN })), 'config.payment_amount'],
+  ['SubmitJob with payment_amount Infinity', () => engine, 'SubmitJob', () => submit(jobConfig({ payment_amount: Infinity })), 'config.payment_amount'],
+  ['SubmitJob with payment_amount 1e-12 (finer than the mint)', () => engine, 'SubmitJob', () => submit(jobConfig({ payment_amount: 1e-12 })), 'config.payment_amount'],
+  // 10^10 tokens = 10^19 smallest units: more than a Postgres bigint (int64) holds.
+  ['SubmitJob with payment_amount 1e10 (beyond int64 units)', () => engine, 'SubmitJob', () => submit(jobConfig({ payment_amount: 1e10 })), 'config.payment_amount'],
+  ['SubmitJob with epochs 0', () => engine, 'SubmitJob', () => submit(jobConfig({ epochs: 0 })), 'config.epochs'],
+  ['SubmitJob with batch_size -1', () => engine, 'SubmitJob', () => submit(jobConfig({ batch_size: -1 })), 'config.batch_size'],
+  ['SubmitJob with job_type UNKNOWN', () => engine, 'SubmitJob', () => submit(jobConfig({ job_type: 0 })), 'config.job_type'],
+  ['SubmitJob with an empty dataset_uri', () => engine, 'SubmitJob', () => submit(jobConfig({ dataset_uri: '' })), 'config.dataset_uri'],
+  ['SubmitJob with a blank dataset_uri', () => engine, 'SubmitJob', () => submit(jobConfig({ dataset_uri: '   ' })), 'config.dataset_uri'],
+  // Postgres text and jsonb cannot hold U+0000.
+  ['SubmitJob with a NUL character in dataset_uri', () => engine, 'SubmitJob', () => submit(jobConfig({ dataset_uri: 'remote://a\u0000b' })), 'config.dataset_uri'],
+  // Larger than Temporal's 2 MB payload limit for the workflow's input.
+  [
+    'SubmitJob with a 3 MiB model_definition',
+    () => engine,
+    'SubmitJob',
+    () => submit(jobConfig({ model_definition: 'x'.repeat(3 * 2 ** 20) })),
+    'config.model_definition',
+  ],
+  ['SubmitJob with job_id "bad id!"', () => engine, 'SubmitJob', () => submit(jobConfig({ job_id: 'bad id!' })), 'config.job_id'],
+  ['SubmitJob with job_id "../etc/passwd"', () => engine, 'SubmitJob', () => submit(jobConfig({ job_id: '../etc/passwd' })), 'config.job_id'],
+  ['SubmitJob with a 129-character job_id', () => engine, 'SubmitJob', () => submit(jobConfig({ job_id: 'j'.repeat(129) })), 'config.job_id'],
+  ['GetJobStatus with an empty job_id', () => engine, 'GetJobStatus', () => ({ job_id: '' }), 'job_id'],
+  ['CancelJob with an empty job_id', () => engine, 'CancelJob', () => ({ job_id: '' }), 'job_id'],
+  ['DeleteJob with an empty job_id', () => engine, 'DeleteJob', () => ({ job_id: '' }), 'job_id'],
+  ['Heartbeat with an empty node_id', () => nodeApi, 'Heartbeat', () => ({ node_id: '' }), 'node_id'],
+  ['Heartbeat with a NUL character in node_id', () => nodeApi, 'Heartbeat', () => ({ node_id: 'node\u0000x' }), 'node_id'],
+  ['RegisterNode without info', () => nodeApi, 'RegisterNode', () => ({ authentication_token: 'jwt' }), 'info'],
+  ['RegisterNode with port 70000', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '127.0.0.1', port: 70000 } }), 'info.port'],
+  ['NotifyJobAccepted with an empty job_id', () => nodeApi, 'NotifyJobAccepted', () => ({ node_id: node.nodeId, job_id: '' }), 'job_id'],
+  [
+    'ReportProgress with progress 2',
+    () => nodeApi,
+    'ReportProgress',
+    () => ({ node_id: node.nodeId, job_id: heldJobId, status: { job_id: heldJobId, status: S.IN_PROGRESS, progress: 2 } }),
+    'status.progress',
+  ],
+  [
+    'ReportProgress with progress -0.5',
+    () => nodeApi,
+    'ReportProgress',
+    () => ({ node_id: node.nodeId, job_id: heldJobId, status: { job_id: heldJobId, status: S.IN_PROGRESS, progress: -0.5 } }),
+    'status.progress',
+  ],
+  [
+    'ReportProgress with a NaN metric',
+    () => nodeApi,
+    'ReportProgress',
+    () => ({ node_id: node.nodeId, job_id: heldJobId, status: { job_id: heldJobId, status: S.IN_PROGRESS, progress: 0.5, metrics: { loss: NaN } } }),
+    'status.metrics.loss',
+  ],
+  ['ReportCompletion with an empty node_id', () => nodeApi, 'ReportCompletion', () => ({ node_id: '', job_id: heldJobId }), 'node_id'],
+  [
+    'UpdateJobStatus with progress 1.5',
+    () => jobStatusApi,
+    'UpdateJobStatus',
+    () => ({ node_id: node.nodeId, job_id: heldJobId, status: S.IN_PROGRESS, progress: 1.5 }),
+    'progress',
+  ],
+];
+
+describe('every RPC with bad input answers OK with STATUS_FAILED and Error{400} naming the field, and writes nothing', () => {
+  test.each(validationCases)('%s', async (_label, client, method, request, field) => {
+    const before = await counts();
+    const res = await client().call(method, request());
+    expect(outcome(res)).toEqual({ status: S.FAILED, code: 400, message: expect.stringMatching(new RegExp(`^${escapeRegExp(field)}: `)) });
+    expect(await counts()).toEqual(before);
+  });
+
+  test('Heartbeat with an empty node_id still says keep_alive (a shipping node treats false as a lost server)', async () => {
+    const res = await nodeApi.call('Heartbeat', { node_id: '' });
+    expect(res).toMatchObject({ status: S.FAILED, keep_alive: true });
+  });
+
+  test('GetNodeMetrics with start_time after end_time is a 400 naming start_time', async () => {
+    const res = await nodeApi.call('GetNodeMetrics', { node_id: node.nodeId, start_time: '2000', end_time: '1000' });
+    expect(res.error).toMatchObject({ code: 400 });
+    expect(res.error.message).toMatch(/^start_time:/);
+    expect(res.metrics).toEqual([]);
+  });
+});
+
+describe('unknown ids give 404 in an OK reply, and write nothing', () => {
+  const unknown = 'no-such-job-0000';
+  const notFound: Case[] = [
+    ['GetJobStatus', () => engine, 'GetJobStatus', () => ({ job_id: unknown }), ''],
+    ['CancelJob', () => engine, 'CancelJob', () => ({ job_id: unknown, reason: 'x' }), ''],
+    ['DeleteJob', () => engine, 'DeleteJob', () => ({ job_id: unknown }), ''],
+    ['ReportCompletion', () => nodeApi, 'ReportCompletion', () => ({ node_id: node.nodeId, job_id: unknown, result: { job_id: unknown, status: S.SUCCESS } }), ''],
+    ['ReportProgress', () => nodeApi, 'ReportProgress', () => ({ node_id: node.nodeId, job_id: unknown, status: { job_id: unknown, status: S.IN_PROGRESS, progress: 0.1 } }), ''],
+    ['NotifyJobAccepted', () => nodeApi, 'NotifyJobAccepted', () => ({ node_id: node.nodeId, job_id: unknown }), ''],
+    ['GetNodeMetrics', () => nodeApi, 'GetNodeMetrics', () => ({ node_id: 'no-such-node' }), ''],
+  ];
+  test.each(notFound)('%s', async (_label, client, method, request) => {
+    const before = await counts();
+    const res = await client().call(method, request());
+    // GetNodeMetricsResponse has no status field.
+    const expected = { status: method === 'GetNodeMetrics' ? undefined : S.FAILED, code: 404, message: expect.stringMatching(/not found/) };
+    expect(outcome(res)).toEqual(expected);
+    expect(await counts()).toEqual(before);
+  });
+
+  test('StreamJobUpdates of an unknown job sends one 404 update and ends', async () => {
+    const stream = engine.stream('StreamJobUpdates', { job_id: unknown });
+    const messages: any[] = [];
+    await new Promise<void>((resolve, reject) => {
+      stream.on('data', (m) => messages.push(m));
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    });
+    expect(messages).toHaveLength(1);
+    expect(messages[0].status).toMatchObject({ status: S.FAILED, error: { code: 404 } });
+  });
+});
+
+test('CancelJob with a NUL character in reason is refused with 400, and the job can still be cancelled', async () => {
+  const jobId = await submitJob(engine, unfittable());
+  await eventually('the job to be queued', async () => (await sys().query<{ status: string }>('SELECT status FROM jobs WHERE id = $1', [jobId]))[0]?.status === 'queued');
+  const before = await counts();
+  // A short deadline: a request the server cannot finish must not hang the Engine either.
+  const res = await engine.call('CancelJob', { job_id: jobId, reason: 'bad\u0000reason' }, { deadlineMs: 5000 }).catch((err: Error) => ({ grpcError: err.message }));
+  expect(res).toMatchObject({ status: S.FAILED, refund_issued: false, error: { code: 400 } });
+  expect((res as any).error.message).toMatch(/^reason:/);
+  expect(await counts()).toEqual(before);
+
+  const ok = await engine.call('CancelJob', { job_id: jobId, reason: 'a normal reason' }, { deadlineMs: 15_000 });
+  expect(ok).toMatchObject({ status: S.SUCCESS, refund_issued: true });
+});
+
+test('a refused request leaves the job it names untouched', async () => {
+  const before = await sys().query('SELECT status, progress, current_epoch, metrics, updated_at::text FROM jobs WHERE id = $1', [heldJobId]);
+  await nodeApi.call('ReportProgress', { node_id: node.nodeId, job_id: heldJobId, status: { job_id: heldJobId, status: S.IN_PROGRESS, progress: 2, current_epoch: 9 } });
+  await nodeApi.call('ReportProgress', { node_id: 'some-other-node', job_id: heldJobId, status: { job_id: heldJobId, status: S.IN_PROGRESS, progress: 0.4 } });
+  const other = await nodeApi.call('ReportCompletion', { node_id: 'some-other-node', job_id: heldJobId, result: { job_id: heldJobId, status: S.SUCCESS } });
+  expect(other).toMatchObject({ status: S.FAILED, payment_released: false, error: { code: 403 } });
+  expect(await sys().query('SELECT status, progress, current_epoch, metrics, updated_at::text FROM jobs WHERE id = $1', [heldJobId])).toEqual(before);
+});
