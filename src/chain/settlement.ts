@@ -13,6 +13,7 @@ import { and, eq, inArray, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { nodes, payments } from '../db/schema';
 import { splitPayment } from '../domain/money';
+import { PaymentFailures } from '../domain/payments';
 import {
   ACCOUNT_SIZE,
   createEscrowAccountInstructions,
@@ -41,13 +42,7 @@ export type ReleaseOutcome =
   | { owed: true; nodeAmount: string; platformAmount: string };
 
 /** Non-retryable failure types: retrying cannot make them succeed. */
-export const SettlementErrors = {
-  escrowMissing: 'EscrowMissing',
-  alreadySettled: 'EscrowAlreadySettled',
-  insufficientFunds: 'InsufficientFunds',
-  escrowRejected: 'EscrowRejected',
-  transactionFailed: 'TransactionFailed',
-} as const;
+export const SettlementErrors = PaymentFailures;
 
 /** Points where a test can stop the process to prove a leg still happens exactly once. */
 export interface SettlementHooks {
@@ -473,7 +468,14 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return receipt(row);
   }
 
-  return { escrow, release, refund, openEscrowAccount, verifyEscrowTransaction, escrowAddress: escrowOf, chainState, rowsOf, abandonAttempt, markConfirmed };
+  /** The job's escrow account balance on chain (0 when it does not exist). */
+  async function escrowBalance(jobId: string): Promise<bigint> {
+    const account = await connection.getAccountInfo(escrowOf(jobId), deps.commitment);
+    if (!account || account.data.length < 72) return 0n;
+    return Buffer.from(account.data).readBigUInt64LE(64);
+  }
+
+  return { escrow, release, refund, openEscrowAccount, escrowBalance, verifyEscrowTransaction, escrowAddress: escrowOf, chainState, rowsOf, abandonAttempt, markConfirmed };
 }
 
 export type ChainSettlement = ReturnType<typeof createChainSettlement>;

@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, inArray, isNull, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, inArray, isNull, or, sql } from 'drizzle-orm';
 import type { JobPhase, JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
 import { jobEvents, jobs, nodeJobCancels, payments } from './schema';
@@ -229,4 +229,24 @@ export async function releaseTxRef(db: DbOrTx, jobId: string): Promise<string | 
 /** The job's money legs, oldest first. */
 export async function getPayments(db: DbOrTx, jobId: string) {
   return db.select().from(payments).where(eq(payments.jobId, jobId)).orderBy(asc(payments.id));
+}
+
+/** Completed jobs whose payment to this node waits for its wallet. */
+export async function jobsOwingNode(db: DbOrTx, nodeId: string): Promise<string[]> {
+  const rows = await db
+    .selectDistinct({ id: jobs.id })
+    .from(jobs)
+    .innerJoin(payments, eq(payments.jobId, jobs.id))
+    .where(and(eq(jobs.assignedNodeId, nodeId), eq(payments.leg, 'release_node'), eq(payments.state, 'owed')));
+  return rows.map((r) => r.id);
+}
+
+/** A wallet's ledger legs (paid from or to it), newest first. */
+export async function walletPayments(db: DbOrTx, wallet: string, limit: number, offset: number) {
+  const where = or(eq(payments.fromAccount, wallet), eq(payments.toAccount, wallet));
+  const [rows, [{ total }]] = await Promise.all([
+    db.select().from(payments).where(where).orderBy(desc(payments.createdAt), desc(payments.id)).limit(limit).offset(offset),
+    db.select({ total: count() }).from(payments).where(where),
+  ]);
+  return { rows, total };
 }

@@ -8,6 +8,11 @@ import { openDatabase } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import { sql } from 'drizzle-orm';
+import { ApplicationFailure } from '@temporalio/common';
+import type { ChainContext } from '../chain/context';
+import { createChainSettlement } from '../chain/settlement';
+import { ValidationError } from '../domain/errors';
+import { createWalletService } from '../services/wallet-service';
 import { createHeartbeatHub } from '../services/heartbeat-hub';
 import { createJobChangeFeed } from '../services/job-change-feed';
 import { createJobWorkflowGateway } from '../services/job-workflows';
@@ -24,7 +29,10 @@ export interface RunningApi {
 const VERSION = '0.1.0';
 
 /** Composition root of the API process: gRPC for nodes and Engines, REST for operators. */
-export async function startApi(config: Config, env: { databaseUrl: string; temporalAddress: string; log: Logger }): Promise<RunningApi> {
+export async function startApi(
+  config: Config,
+  env: { databaseUrl: string; temporalAddress: string; chain: ChainContext; log: Logger },
+): Promise<RunningApi> {
   const { log } = env;
   const database = openDatabase(env.databaseUrl, { max: 20 });
   const connection = await Connection.connect({ address: env.temporalAddress });
@@ -46,10 +54,34 @@ export async function startApi(config: Config, env: { databaseUrl: string; tempo
   });
   const feed = createJobChangeFeed({ databaseUrl: env.databaseUrl, log });
   await feed.start();
-  const jobs = createJobService({ db: database.db, workflows, p2p: config.p2p });
+  const settlement = createChainSettlement({
+    db: database.db,
+    connection: env.chain.connection,
+    commitment: env.chain.commitment,
+    mint: env.chain.mint,
+    decimals: env.chain.decimals,
+    authority: env.chain.authority,
+    treasury: env.chain.treasury,
+    platformFeeBps: config.payments.platformFeeBps,
+    confirmTimeoutMs: config.chain.confirmTimeoutMs,
+  });
+  const jobs = createJobService({
+    db: database.db,
+    workflows,
+    p2p: config.p2p,
+    verifyEscrow: async (p) => {
+      try {
+        await settlement.verifyEscrowTransaction(p);
+      } catch (err) {
+        if (err instanceof ApplicationFailure) throw new ValidationError('config.escrow_tx_hash', err.message);
+        throw err;
+      }
+    },
+  });
+  const wallets = createWalletService({ db: database.db, chain: env.chain });
   const nodes = createNodeService({ db: database.db, workflows, heartbeats, log });
 
-  const grpcServer = createGrpcServer({ jobs, nodes, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
+  const grpcServer = createGrpcServer({ jobs, nodes, wallets, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
   const grpcPort = await grpcServer.listen(config.grpc.host, config.grpc.port);
   heartbeats.start();
 
@@ -60,7 +92,16 @@ export async function startApi(config: Config, env: { databaseUrl: string; tempo
     checks: [
       { name: 'database', check: async () => void (await database.db.execute(sql`select 1`)) },
       { name: 'temporal', check: async () => void (await connection.workflowService.getSystemInfo({})) },
+      { name: 'solana', check: async () => void (await env.chain.connection.getLatestBlockhash(env.chain.commitment)) },
     ],
+    escrows: {
+      open: async (jobId) => ({
+        jobId,
+        escrowAccount: (await settlement.openEscrowAccount(jobId)).toBase58(),
+        mint: env.chain.mint.toBase58(),
+        decimals: env.chain.decimals,
+      }),
+    },
     stats: async () => {
       const onlineSince = new Date(Date.now() - config.nodes.offlineAfterMs);
       const [n, j] = await Promise.all([nodesRepo.nodeCounts(database.db, onlineSince), jobsRepo.jobCountsByStatus(database.db)]);

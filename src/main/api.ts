@@ -1,5 +1,6 @@
 import { loadConfig } from '../config';
 import { startApi } from './api-app';
+import { connectConfiguredChain } from './chain-setup';
 import { onShutdownSignal, required } from './lifecycle';
 import { createLogger } from './logger';
 
@@ -10,6 +11,7 @@ async function main(): Promise<void> {
   const api = await startApi(config, {
     databaseUrl: required(config.database.url, 'DATABASE_URL'),
     temporalAddress: required(config.temporal.address, 'TEMPORAL_ADDRESS'),
+    chain: await connectConfiguredChain(config),
     log,
   });
   log.info({ grpc: `${config.grpc.host}:${api.grpcPort}`, rest: `${config.rest.host}:${api.restPort}` }, 'API listening');

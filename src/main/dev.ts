@@ -10,6 +10,7 @@ import { startApi } from './api-app';
 import { onShutdownSignal } from './lifecycle';
 import { createLogger } from './logger';
 import { startWorker } from './worker-app';
+import { startEmbeddedChain } from './chain-setup';
 
 /**
  * `npm start`: the whole system on one machine. Embedded Postgres and the Temporal dev server (with its
@@ -65,9 +66,13 @@ async function main(): Promise<void> {
       uiUrl = temporal.uiUrl;
     }
 
-    const worker = await startWorker(config, { databaseUrl, temporalAddress, log: log.child({ component: 'worker' }) });
+    const embedded = await startEmbeddedChain(config, log);
+    if (embedded.ledger) stops.push({ name: 'local ledger', stop: embedded.ledger.stop });
+    const { chain } = embedded;
+
+    const worker = await startWorker(config, { databaseUrl, temporalAddress, chain, log: log.child({ component: 'worker' }) });
     stops.push({ name: 'worker', stop: worker.stop });
-    const api = await startApi(config, { databaseUrl, temporalAddress, log: log.child({ component: 'api' }) });
+    const api = await startApi(config, { databaseUrl, temporalAddress, chain, log: log.child({ component: 'api' }) });
     stops.push({ name: 'api', stop: api.stop });
 
     const lines = [
@@ -77,6 +82,14 @@ async function main(): Promise<void> {
       `  Temporal     ${temporalAddress}  namespace ${config.temporal.namespace}, task queue ${config.temporal.taskQueue}`,
       uiUrl ? `  Web UI       ${uiUrl}` : `  Web UI       (external cluster: see its own UI)`,
       `  Postgres     ${config.database.url ? 'external (DATABASE_URL)' : `embedded, data in ${path.join(config.dataDir, 'postgres')}`}`,
+      `  Solana       ${embedded.rpcUrl} (${chain.cluster}${embedded.ledger ? `, local ledger in ${path.join(config.dataDir, 'ledger')}` : ''}, commitment ${chain.commitment})`,
+      `    mint       ${chain.mint.toBase58()} (${chain.decimals} decimals)`,
+      `    treasury   ${chain.treasury.toBase58()}`,
+      `    escrow authority ${chain.authority.publicKey.toBase58()}`,
+      ...(chain.payer ? [`    payer      ${chain.payer.publicKey.toBase58()}`] : []),
+      ...Object.entries(embedded.setup?.demoWallets ?? {}).map(
+        ([name, key]) => `    demo ${name.padEnd(6)} ${key} (keypair ${embedded.setup!.keyFiles.demo[name]})`,
+      ),
       '  Ctrl-C stops everything.',
     ];
     console.log(lines.join('\n'));

@@ -7,7 +7,12 @@ import type { Logger } from 'pino';
 import { createDispatchActivities } from '../activities/dispatch';
 import { createJobActivities } from '../activities/jobs';
 import { createPaymentActivities } from '../activities/payments';
+import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client as TemporalClient } from '@temporalio/client';
+import type { ChainContext } from '../chain/context';
+import { reconcileLedger } from '../chain/reconcile';
+import { createChainSettlement } from '../chain/settlement';
 import type { Config } from '../config';
+import { reconcileLedgerWorkflow } from '../workflows/reconcile-workflow';
 import { installTemporalRuntime } from './temporal-runtime';
 import { openDatabase, type Db } from '../db/client';
 import { jobs } from '../db/schema';
@@ -20,27 +25,39 @@ export interface RunningWorker {
   done: Promise<void>;
 }
 
-/** Ledger account names of the embedded (Postgres-ledger) money flow. */
-export const LEDGER_ACCOUNTS = { platform: 'platform:treasury', defaultPayer: 'platform:payer' } as const;
+/** Id of the schedule that runs the ledger-vs-chain reconciliation. */
+export const RECONCILE_SCHEDULE_ID = 'cyxwiz-reconcile-ledger';
 
 /** How often the worker looks for jobs recorded while Temporal was unreachable. */
 const ORPHAN_SWEEP_MS = 30_000;
 
 /** Composition root of the worker process: runs job workflows and their activities. */
-export async function startWorker(config: Config, env: { databaseUrl: string; temporalAddress: string; log: Logger }): Promise<RunningWorker> {
+export async function startWorker(
+  config: Config,
+  env: { databaseUrl: string; temporalAddress: string; chain: ChainContext; log: Logger },
+): Promise<RunningWorker> {
   const { log } = env;
   installTemporalRuntime(log);
   const database = openDatabase(env.databaseUrl, { max: 20 });
   const dispatch = createDispatchActivities({ timeoutMs: config.nodes.assignTimeoutMs, tokenDecimals: config.payments.tokenDecimals });
+  const settlement = createChainSettlement({
+    db: database.db,
+    connection: env.chain.connection,
+    commitment: env.chain.commitment,
+    mint: env.chain.mint,
+    decimals: env.chain.decimals,
+    authority: env.chain.authority,
+    treasury: env.chain.treasury,
+    payer: env.chain.payer,
+    platformFeeBps: config.payments.platformFeeBps,
+    confirmTimeoutMs: config.chain.confirmTimeoutMs,
+  });
   const activities = {
     ...createJobActivities({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs, assignPortOffset: config.nodes.assignPortOffset }),
-    ...createPaymentActivities({
-      db: database.db,
-      platformFeeBps: config.payments.platformFeeBps,
-      platformAccount: LEDGER_ACCOUNTS.platform,
-      defaultPayerAccount: LEDGER_ACCOUNTS.defaultPayer,
-    }),
+    ...createPaymentActivities({ settlement }),
     ...dispatch.activities,
+    reconcilePayments: () =>
+      reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 }),
   };
   const clientConnection = await Connection.connect({ address: env.temporalAddress });
   // Job workflows upsert these; an external cluster gets them registered here (a no-op when present).
@@ -62,6 +79,8 @@ export async function startWorker(config: Config, env: { databaseUrl: string; te
     options: jobWorkflowOptions(config),
     tokenDecimals: config.payments.tokenDecimals,
   });
+
+  await ensureReconcileSchedule(client, config);
 
   const sweep = async () => {
     for (const spec of await orphanedJobs(database.db)) {
@@ -99,4 +118,23 @@ async function orphanedJobs(db: Db) {
     .where(and(eq(jobs.status, 'pending'), lt(jobs.createdAt, new Date(Date.now() - ORPHAN_SWEEP_MS))))
     .limit(500);
   return rows.map((r) => r.config);
+}
+
+/** Creates the reconciliation schedule once; an existing one is left as operators may have tuned it. */
+async function ensureReconcileSchedule(client: TemporalClient, config: Config): Promise<void> {
+  try {
+    await client.schedule.create({
+      scheduleId: RECONCILE_SCHEDULE_ID,
+      spec: { intervals: [{ every: config.chain.reconcileIntervalMs }] },
+      action: {
+        type: 'startWorkflow',
+        workflowType: reconcileLedgerWorkflow,
+        workflowId: 'reconcile-ledger',
+        taskQueue: config.temporal.taskQueue,
+      },
+      policies: { overlap: ScheduleOverlapPolicy.SKIP },
+    });
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+  }
 }

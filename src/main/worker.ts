@@ -2,6 +2,7 @@ import { loadConfig } from '../config';
 import { onShutdownSignal, required } from './lifecycle';
 import { createLogger } from './logger';
 import { startWorker } from './worker-app';
+import { connectConfiguredChain } from './chain-setup';
 
 /** `npm run start:worker`: a Temporal worker for job workflows against an external Postgres and Temporal. */
 async function main(): Promise<void> {
@@ -10,6 +11,7 @@ async function main(): Promise<void> {
   const worker = await startWorker(config, {
     databaseUrl: required(config.database.url, 'DATABASE_URL'),
     temporalAddress: required(config.temporal.address, 'TEMPORAL_ADDRESS'),
+    chain: await connectConfiguredChain(config),
     log,
   });
   onShutdownSignal(log, worker.stop);

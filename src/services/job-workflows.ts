@@ -23,6 +23,7 @@ import {
   JobRejections,
   nodesChangedSignal,
   progressSignal,
+  walletRegisteredSignal,
   type CancelReceipt,
   type JobOutcomeReport,
   type NodeProgress,
@@ -75,6 +76,11 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
     await Promise.all(jobIds.map((id) => handle(id).signal(nodesChangedSignal).catch(() => undefined)));
   }
 
+  /** Jobs owing this node money can pay it now. */
+  async function walletRegistered(jobIds: string[]): Promise<void> {
+    await Promise.all(jobIds.map((id) => handle(id).signal(walletRegisteredSignal).catch(() => undefined)));
+  }
+
   async function progress(jobId: string, p: NodeProgress): Promise<void> {
     await handle(jobId).signal(progressSignal, p).catch((err) => {
       throw translate(err);
@@ -112,7 +118,7 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
     }
   }
 
-  return { start, nodesChanged, progress, accepted, complete, fail, cancel, nodeAlive };
+  return { start, nodesChanged, walletRegistered, progress, accepted, complete, fail, cancel, nodeAlive };
 }
 
 export type JobWorkflowGateway = ReturnType<typeof createJobWorkflowGateway>;

@@ -4,7 +4,7 @@ import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import { eq } from 'drizzle-orm';
 import { jobEvents, jobs } from '../db/schema';
-import { ConflictError, NotFoundError, UnavailableError } from '../domain/errors';
+import { ConflictError, NotFoundError, UnavailableError, ValidationError } from '../domain/errors';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
 import type { JobWorkflowGateway } from './job-workflows';
 import { signP2PToken } from './p2p-token';
@@ -12,6 +12,11 @@ import { signP2PToken } from './p2p-token';
 export interface JobServiceDeps {
   db: Db;
   workflows: JobWorkflowGateway;
+  /**
+   * Checks a payer's escrow transaction before the job is accepted.
+   * @throws ValidationError naming config.escrow_tx_hash
+   */
+  verifyEscrow(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<void>;
   p2p: { secret: string; tokenTtlS: number };
   now?: () => number;
 }
@@ -48,6 +53,11 @@ export function createJobService(deps: JobServiceDeps) {
    */
   async function submit(spec: JobSpec): Promise<{ jobId: string; created: boolean }> {
     const hash = configHash(spec);
+    const known = await jobsRepo.getJob(db, spec.jobId);
+    if (spec.escrowTxHash && !known) {
+      if (!spec.paymentAddress) throw new ValidationError('config.payment_address', 'is required with config.escrow_tx_hash (the payer)');
+      await deps.verifyEscrow({ jobId: spec.jobId, amount: BigInt(spec.paymentUnits), payer: spec.paymentAddress, signature: spec.escrowTxHash });
+    }
     const { created, row } = await db.transaction(async (tx) => {
       const result = await jobsRepo.insertJob(tx, { spec, configHash: hash });
       if (result.created) {

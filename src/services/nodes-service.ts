@@ -44,6 +44,10 @@ export function createNodeService(deps: NodeServiceDeps) {
     const nodeId = existing ?? (ADOPTABLE_ID.test(claimedId) ? claimedId : randomUUID());
     await nodesRepo.upsertNode(db, nodeId, reg);
     heartbeats.remember(nodeId);
+    if (reg.walletAddress) {
+      const owed = await jobsRepo.jobsOwingNode(db, nodeId);
+      if (owed.length > 0) await workflows.walletRegistered(owed);
+    }
     // Queued jobs may fit this node now.
     void jobsRepo
       .queuedJobIds(db, 500)

@@ -1,1 +1,2 @@
 export { jobWorkflow } from './job-workflow';
+export { reconcileLedgerWorkflow } from './reconcile-workflow';

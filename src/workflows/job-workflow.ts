@@ -21,6 +21,7 @@ import type { createJobActivities, MatchedNode } from '../activities/jobs';
 import type { createPaymentActivities } from '../activities/payments';
 import type { Transition } from '../db/jobs-repo';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
+import { PAYMENT_NON_RETRYABLE } from '../domain/payments';
 import {
   acceptedUpdate,
   cancelUpdate,
@@ -30,6 +31,7 @@ import {
   jobStatusQuery,
   nodesChangedSignal,
   progressSignal,
+  walletRegisteredSignal,
   type JobOutcomeReport,
   type JobView,
 } from './messages';
@@ -95,14 +97,19 @@ const registry = proxyLocalActivities<JobActivities>({
 });
 
 const money = proxyActivities<PaymentActivities>({
-  startToCloseTimeout: '1 minute',
+  // A settlement attempt waits for its confirmation (CHAIN_CONFIRM_TIMEOUT_MS) and heartbeats meanwhile.
+  startToCloseTimeout: '3 minutes',
+  heartbeatTimeout: '15 seconds',
   retry: {
     initialInterval: '1 second',
     backoffCoefficient: 2,
     maximumInterval: '1 minute',
-    nonRetryableErrorTypes: ['EscrowMissing', 'EscrowAlreadySettled'],
+    nonRetryableErrorTypes: PAYMENT_NON_RETRYABLE,
   },
 });
+
+/** An owed payment is retried at least this often even without a wallet registration signal. */
+const OWED_RECHECK = '1 hour';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -128,6 +135,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   let outcome: Outcome | undefined;
   let cancelRequest: { reason: string } | undefined;
   let nodesChanged = false;
+  let walletRegistered = false;
   let final: { phase: JobWorkflowResult['phase']; txRef: string } | undefined;
 
   const dispatch = proxyActivities<DispatchActivities>({
@@ -150,6 +158,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   setHandler(nodesChangedSignal, () => {
     nodesChanged = true;
   });
+  setHandler(walletRegisteredSignal, () => {
+    walletRegistered = true;
+  });
   setHandler(progressSignal, (p) => {
     if (!holds(p.nodeId) || outcome) return;
     s.progress = p.progress ?? s.progress;
@@ -170,7 +181,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     async (report) => {
       outcome ??= { kind: 'completed', report };
       await condition(() => final !== undefined);
-      return { paymentReleased: final!.phase === 'completed', txRef: final!.phase === 'completed' ? final!.txRef : '' };
+      const paid = final!.phase === 'completed' && final!.txRef !== '';
+      return { paymentReleased: paid, txRef: paid ? final!.txRef : '' };
     },
     {
       validator: (report) => {
@@ -370,15 +382,42 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   }
 
   async function settleCompleted(nodeId: string): Promise<void> {
-    const receipt = await money.release({ jobId, nodeId });
-    s.escrow = 'released';
+    const outcome = await money.release({ jobId, nodeId });
     await registry.recordNodeOutcome({ nodeId, outcome: 'completed' });
-    await transition('completed', `completed on node ${nodeId}; paid ${receipt.node.amount} to the node, ${receipt.platform.amount} to the platform`, `node:${nodeId}`, {
+    if (outcome.owed) {
+      s.escrow = 'owed';
+      await transition('completed', `completed on node ${nodeId}; its ${outcome.nodeAmount} units are owed until it registers a wallet`, `node:${nodeId}`, {
+        ended: true,
+        error: null,
+        data: { owed: outcome },
+      });
+      final = { phase: 'completed', txRef: '' };
+      return;
+    }
+    s.escrow = 'released';
+    await transition('completed', `completed on node ${nodeId}; paid ${outcome.node.amount} to the node, ${outcome.platform.amount} to the platform`, `node:${nodeId}`, {
       ended: true,
       error: null,
-      data: { release: receipt },
+      data: { release: outcome },
     });
-    final = { phase: 'completed', txRef: receipt.node.txRef };
+    final = { phase: 'completed', txRef: outcome.node.txRef };
+  }
+
+  /** Waits for the node to register a wallet, then releases what it is owed. */
+  async function payOwed(nodeId: string): Promise<void> {
+    for (;;) {
+      await condition(() => walletRegistered, OWED_RECHECK);
+      walletRegistered = false;
+      const outcome = await money.release({ jobId, nodeId });
+      if (!outcome.owed) {
+        s.escrow = 'released';
+        await transition('completed', `owed payment released: ${outcome.node.amount} to node ${nodeId}, ${outcome.platform.amount} to the platform`, 'workflow', {
+          data: { release: outcome },
+        });
+        return;
+      }
+      if (historyTooLong()) await continueWithFreshHistory();
+    }
   }
 
   async function attemptFailed(nodeId: string, reason: string, actor: string): Promise<void> {
@@ -410,13 +449,23 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     final = { phase, txRef: receipt?.txRef ?? '' };
   }
 
-  // ---- the script -----------------------------------------------------------------------------
-  try {
-    if (s.escrow === 'none') {
-      await money.escrow({ jobId, amount: spec.paymentUnits, payer: spec.paymentAddress });
+  /** Escrows the payment; a refusal no retry can fix (no funds, a bad escrow transaction) fails the job. */
+  async function lockEscrow(): Promise<void> {
+    try {
+      await money.escrow({ jobId, amount: spec.paymentUnits, payer: spec.paymentAddress, escrowTxHash: spec.escrowTxHash || undefined });
       s.escrow = 'held';
       publish();
+    } catch (err) {
+      if (!(err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.nonRetryable)) throw err;
+      s.error = { code: 402, message: `escrow refused: ${err.cause.message}` };
+      await transition('failed', s.error.message, 'workflow', { ended: true, error: s.error });
+      final = { phase: 'failed', txRef: '' };
     }
+  }
+
+  // ---- the script -----------------------------------------------------------------------------
+  try {
+    if (s.escrow === 'none' && s.phase === 'pending') await lockEscrow();
     while (!isTerminal(s.phase)) {
       if (cancelRequest) {
         await refundAndEnd('cancelled', `cancelled: ${cancelRequest.reason}`, 'client', s.nodeId);
@@ -433,6 +482,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     );
     throw err;
   }
+  if (s.escrow === 'owed' && s.nodeId) await payOwed(s.nodeId);
   await condition(allHandlersFinished);
   return {
     jobId,

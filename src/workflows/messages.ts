@@ -1,5 +1,6 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { JobPhase } from '../domain/job';
+import type { EscrowState } from '../domain/payments';
 
 /** What the job workflow shows of itself (status query, Web UI). */
 export interface JobView {
@@ -11,7 +12,7 @@ export interface JobView {
   failedNodes: string[];
   progress: number;
   epoch: number;
-  escrow: 'none' | 'held' | 'released' | 'refunded';
+  escrow: EscrowState;
   lastReason: string;
   error: { code: number; message: string } | null;
 }
@@ -54,6 +55,8 @@ export const JobRejections = {
 export const jobStatusQuery = defineQuery<JobView>('status');
 /** Nodes registered or came back: a queued job should try to match now. */
 export const nodesChangedSignal = defineSignal('nodesChanged');
+/** The node holding an owed payment registered a wallet: pay it now. */
+export const walletRegisteredSignal = defineSignal('walletRegistered');
 /** A progress report from the node holding the job (the API stored its details in Postgres). */
 export const progressSignal = defineSignal<[NodeProgress]>('progress');
 /** NotifyJobAccepted: the node started the job (P2P SendJob arrived). */

@@ -9,6 +9,8 @@ export interface AssignedJob {
 }
 
 export interface SimNodeOptions {
+  /** The wallet the node registers (shipping nodes register none; they are then owed their payments). */
+  wallet?: string;
   central: string;
   /** The P2P port the node registers (AssignJob is served on port + 3, as on shipping nodes). */
   port: number;
@@ -101,6 +103,7 @@ export class SimNode {
         ip_address: '127.0.0.1',
         port: this.opts.port,
         region: 'local',
+        wallet_address: this.opts.wallet ?? '',
         reputation_score: 0.5,
         is_online: true,
         devices: [

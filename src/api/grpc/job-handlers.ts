@@ -1,4 +1,4 @@
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { ValidationError } from '../../domain/errors';
 import { isTerminal, JOB_TYPES, statusCodeToPhases, StatusCode } from '../../domain/job';
@@ -72,10 +72,16 @@ export function createJobHandlers(deps: JobHandlerDeps) {
   const CancelJob = unary<CancelJobRequest, object>(
     log,
     'CancelJob',
-    async (req) => {
+    async (req, call) => {
       const jobId = requireId(req.job_id, 'job_id');
       const reason = optionalText(req.reason, 'reason', 1024);
-      const { refundIssued } = await jobs.cancel(jobId, reason);
+      const { refundIssued, txRef } = await jobs.cancel(jobId, reason);
+      // CancelJobResponse has no field for it: the refund's transaction signature travels as metadata.
+      if (txRef) {
+        const md = new grpc.Metadata();
+        md.set('x-cyxwiz-refund-tx', txRef);
+        call.sendMetadata(md);
+      }
       return { status: StatusCode.SUCCESS, refund_issued: refundIssued };
     },
     (f) => ({ ...statusAndError(f), refund_issued: false }),

@@ -5,13 +5,21 @@ import { loadProtocol } from '../../protocol/load';
 import { createJobHandlers, type JobHandlerDeps } from './job-handlers';
 import { createNodeHandlers } from './node-handlers';
 import type { NodeService } from '../../services/nodes-service';
+import type { WalletService } from '../../services/wallet-service';
+import { createWalletHandlers } from './wallet-handlers';
 
 export interface GrpcServerDeps extends JobHandlerDeps {
   nodes: NodeService;
+  wallets: WalletService;
   log: Logger;
 }
 
-export const SERVED_SERVICES = ['cyxwiz.protocol.JobService', 'cyxwiz.protocol.NodeService', 'cyxwiz.protocol.JobStatusService'];
+export const SERVED_SERVICES = [
+  'cyxwiz.protocol.JobService',
+  'cyxwiz.protocol.NodeService',
+  'cyxwiz.protocol.JobStatusService',
+  'cyxwiz.protocol.WalletService',
+];
 
 /** The gRPC server of package cyxwiz.protocol, plain HTTP/2 as the shipping clients speak it, with grpc.health.v1. */
 export function createGrpcServer(deps: GrpcServerDeps) {
@@ -21,6 +29,10 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   server.addService(protocol.JobService.service, createJobHandlers(deps) as unknown as grpc.UntypedServiceImplementation);
   server.addService(protocol.NodeService.service, nodeHandlers.node as unknown as grpc.UntypedServiceImplementation);
   server.addService(protocol.JobStatusService.service, nodeHandlers.jobStatus as unknown as grpc.UntypedServiceImplementation);
+  server.addService(
+    protocol.WalletService.service,
+    createWalletHandlers({ wallets: deps.wallets, log: deps.log }) as unknown as grpc.UntypedServiceImplementation,
+  );
   const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...SERVED_SERVICES.map((s) => [s, 'SERVING'])]));
   health.addToServer(server);
 

@@ -20,6 +20,7 @@ export interface RestDeps {
     payments(id: string): Promise<unknown[]>;
     list(q: { submitter?: string; phases?: JobPhase[]; limit: number; offset: number }): Promise<{ rows: JobRow[]; total: number }>;
   };
+  escrows: { open(jobId: string): Promise<{ jobId: string; escrowAccount: string; mint: string; decimals: number }> };
   version: string;
   startedAt: Date;
 }
@@ -113,6 +114,18 @@ export function createRestApp(deps: RestDeps) {
   app.get('/api/jobs/:id/payments', async (req, res) => {
     const job = await deps.jobs.get(req.params.id);
     res.json({ jobId: job.id, payments: await deps.jobs.payments(job.id) });
+  });
+
+  /**
+   * Opens the escrow account of a job id before the job is submitted, for a payer who pays it directly and
+   * then submits with config.escrow_tx_hash. Idempotent.
+   */
+  app.post('/api/escrows/:jobId', async (req, res) => {
+    const jobId = req.params.jobId;
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(jobId)) {
+      throw new ValidationError('jobId', 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
+    }
+    res.json(await deps.escrows.open(jobId));
   });
 
   app.use((_req, res) => {

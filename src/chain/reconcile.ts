@@ -1,0 +1,89 @@
+import { and, eq, gt, inArray, lt } from 'drizzle-orm';
+import type { Db } from '../db/client';
+import { payments } from '../db/schema';
+import type { ChainSettlement, Leg } from './settlement';
+
+export interface ReconcileReport {
+  /** Legs whose transaction had landed while the ledger still said `sent`: now confirmed. */
+  completed: string[];
+  /** Legs whose transaction expired without landing: back to `pending`, their job re-signs them. */
+  reopened: string[];
+  /** Legs whose transaction landed with an error. */
+  failed: string[];
+  /** Legs still in flight (their blockhash is valid). */
+  inFlight: string[];
+  /** Where the chain disagrees with the ledger: a confirmed leg the chain does not know, or an escrow balance that differs. */
+  mismatches: string[];
+  checkedLegs: number;
+  checkedEscrows: number;
+}
+
+/**
+ * Compares the payment ledger with the chain. Legs left half-way (`sent` for longer than `staleAfterMs`) are
+ * completed when their transaction landed, or reopened when it can no longer land; confirmed legs and the
+ * escrow balances of recently active jobs are checked against the chain and mismatches reported.
+ */
+export async function reconcileLedger(deps: {
+  db: Db;
+  settlement: ChainSettlement;
+  staleAfterMs: number;
+  /** Jobs with ledger activity in this window have their escrow balances checked. */
+  recentMs: number;
+  now?: () => number;
+}): Promise<ReconcileReport> {
+  const { db, settlement } = deps;
+  const now = deps.now?.() ?? Date.now();
+  const report: ReconcileReport = { completed: [], reopened: [], failed: [], inFlight: [], mismatches: [], checkedLegs: 0, checkedEscrows: 0 };
+
+  const stale = await db
+    .select()
+    .from(payments)
+    .where(and(eq(payments.state, 'sent'), lt(payments.updatedAt, new Date(now - deps.staleAfterMs))))
+    .limit(1000);
+  const bySignature = new Map<string, typeof stale>();
+  for (const row of stale) if (row.txRef) bySignature.set(row.txRef, [...(bySignature.get(row.txRef) ?? []), row]);
+  for (const [signature, rows] of bySignature) {
+    const jobId = rows[0].jobId;
+    const legs = rows.map((r) => r.leg as Leg);
+    const names = legs.map((l) => `${jobId}/${l}`);
+    report.checkedLegs += rows.length;
+    const state = await settlement.chainState(signature, rows[0].lastValidBlockHeight ?? 0);
+    if (state.kind === 'landed') {
+      await settlement.markConfirmed(jobId, legs, signature, state.slot);
+      report.completed.push(...names);
+    } else if (state.kind === 'expired') {
+      await settlement.abandonAttempt(jobId, legs, signature, `reconciliation: ${signature} expired without landing`);
+      report.reopened.push(...names);
+    } else if (state.kind === 'failed') {
+      await settlement.abandonAttempt(jobId, legs, signature, `reconciliation: landed with an error ${state.err}`, 'failed');
+      report.failed.push(...names);
+    } else {
+      report.inFlight.push(...names);
+    }
+  }
+
+  const recent = await db
+    .select()
+    .from(payments)
+    .where(gt(payments.updatedAt, new Date(now - deps.recentMs)))
+    .limit(2000);
+  const jobs = [...new Set(recent.map((r) => r.jobId))];
+  if (jobs.length > 0) {
+    const legs = await db.select().from(payments).where(inArray(payments.jobId, jobs));
+    for (const jobId of jobs) {
+      const mine = legs.filter((l) => l.jobId === jobId);
+      const escrowLeg = mine.find((l) => l.leg === 'escrow' && l.state === 'confirmed');
+      if (!escrowLeg) continue;
+      const out = mine.filter((l) => l.leg !== 'escrow' && l.state === 'confirmed').reduce((sum, l) => sum + l.amount, 0n);
+      const expected = escrowLeg.amount - out;
+      const onChain = await settlement.escrowBalance(jobId);
+      report.checkedEscrows += 1;
+      if (onChain !== expected) report.mismatches.push(`${jobId}: escrow holds ${onChain} units on chain, the ledger expects ${expected}`);
+      for (const leg of mine.filter((l) => l.state === 'confirmed' && l.txRef && l.leg !== 'escrow')) {
+        const s = await settlement.chainState(leg.txRef!, Number.MAX_SAFE_INTEGER);
+        if (s.kind !== 'landed') report.mismatches.push(`${jobId}/${leg.leg}: confirmed in the ledger, ${s.kind} on chain (${leg.txRef})`);
+      }
+    }
+  }
+  return report;
+}
