@@ -56,6 +56,8 @@ export interface JobWorkflowOptions {
 export interface JobState {
   phase: JobPhase;
   attempt: number;
+  /** When the current attempt was assigned (workflow time), so continue-as-new keeps its run-time budget. */
+  attemptStartedAt: number;
   nodeId: string | null;
   failedNodes: string[];
   refusedNodes: string[];
@@ -121,6 +123,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   const s: JobState = input.resume ?? {
     phase: 'pending',
     attempt: 0,
+    attemptStartedAt: 0,
     nodeId: null,
     failedNodes: [],
     refusedNodes: [],
@@ -284,6 +287,14 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     return continueAsNew<typeof jobWorkflow>({ spec, options, resume: { ...s } });
   }
 
+  /**
+   * A money movement is never abandoned half-way by a cancellation: it finishes, so the workflow knows
+   * whether the money moved before it compensates.
+   */
+  function moneyStep<T>(step: () => Promise<T>): Promise<T> {
+    return CancellationScope.nonCancellable(step);
+  }
+
   // ---- steps ----------------------------------------------------------------------------------
   /** Matches and assigns until a node accepts the job, or the job is cancelled. */
   async function place(): Promise<void> {
@@ -300,6 +311,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         const refusal = await offer(match.node);
         if (!refusal) {
           s.attempt += 1;
+          s.attemptStartedAt = Date.now();
           s.nodeId = match.node.nodeId;
           s.nodeStarted = false;
           s.progress = 0;
@@ -345,7 +357,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     const watch = proxyActivities<JobActivities>({
       activityId: watchActivityId(s.attempt),
       heartbeatTimeout: options.heartbeatTimeoutMs,
-      startToCloseTimeout: options.maxRuntimeMs,
+      // What is left of the attempt's run-time budget (a continued run does not start it over).
+      startToCloseTimeout: Math.max(1000, options.maxRuntimeMs - (Date.now() - s.attemptStartedAt)),
       retry: { maximumAttempts: 1 },
       cancellationType: ActivityCancellationType.TRY_CANCEL,
     });
@@ -382,7 +395,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   }
 
   async function settleCompleted(nodeId: string): Promise<void> {
-    const outcome = await money.release({ jobId, nodeId });
+    const outcome = await moneyStep(() => money.release({ jobId, nodeId }));
     await registry.recordNodeOutcome({ nodeId, outcome: 'completed' });
     if (outcome.owed) {
       s.escrow = 'owed';
@@ -408,7 +421,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     for (;;) {
       await condition(() => walletRegistered, OWED_RECHECK);
       walletRegistered = false;
-      const outcome = await money.release({ jobId, nodeId });
+      const outcome = await moneyStep(() => money.release({ jobId, nodeId }));
       if (!outcome.owed) {
         s.escrow = 'released';
         await transition('completed', `owed payment released: ${outcome.node.amount} to node ${nodeId}, ${outcome.platform.amount} to the platform`, 'workflow', {
@@ -438,7 +451,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   }
 
   async function refundAndEnd(phase: 'failed' | 'cancelled', reason: string, actor: string, stopNode: string | null): Promise<void> {
-    const receipt = s.escrow === 'held' ? await money.refund({ jobId }) : undefined;
+    const receipt = s.escrow === 'held' ? await moneyStep(() => money.refund({ jobId })) : undefined;
     if (receipt) s.escrow = 'refunded';
     await transition(phase, reason, actor, {
       ended: true,
@@ -452,7 +465,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   /** Escrows the payment; a refusal no retry can fix (no funds, a bad escrow transaction) fails the job. */
   async function lockEscrow(): Promise<void> {
     try {
-      await money.escrow({ jobId, amount: spec.paymentUnits, payer: spec.paymentAddress, escrowTxHash: spec.escrowTxHash || undefined });
+      await moneyStep(() =>
+        money.escrow({ jobId, amount: spec.paymentUnits, payer: spec.paymentAddress, escrowTxHash: spec.escrowTxHash || undefined }),
+      );
       s.escrow = 'held';
       publish();
     } catch (err) {
