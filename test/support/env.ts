@@ -4,6 +4,7 @@ import path from 'node:path';
 import { Client } from 'pg';
 import type { SearchAttributeDefinitions } from '../../src/infra/search-attributes';
 import { SEARCH_ATTRIBUTE_TYPES } from '../../src/workflows/search-attributes';
+import type { LocalChainSetup } from '../../src/chain/bootstrap';
 
 /** The custom search attributes the project registers (the job workflow's). */
 export const TEST_SEARCH_ATTRIBUTES: SearchAttributeDefinitions = SEARCH_ATTRIBUTE_TYPES;
@@ -22,6 +23,8 @@ export const TEST_ENV = {
   temporalCli: 'TEST_TEMPORAL_CLI',
   temporalTestServer: 'TEST_TEMPORAL_TEST_SERVER',
   runId: 'TEST_RUN_ID',
+  solanaRpcUrl: 'TEST_SOLANA_RPC_URL',
+  chainSetup: 'TEST_CHAIN_SETUP',
 } as const;
 
 /** Points at a JSON copy of the TEST_* values, for a process that did not inherit them. */
@@ -124,4 +127,28 @@ export function withDatabase(url: string, database: string): string {
   const parsed = new URL(url);
   parsed.pathname = `/${encodeURIComponent(database)}`;
   return parsed.toString();
+}
+
+/** JSON-RPC URL of the shared local Solana ledger. */
+export function testSolanaRpcUrl(): string {
+  return required('solanaRpcUrl');
+}
+
+/** The shared local ledger's setup (mint, treasury, key files of the escrow authority, payer and demo wallets). */
+export function testChainSetup(): LocalChainSetup {
+  return JSON.parse(fs.readFileSync(required('chainSetup'), 'utf8')) as LocalChainSetup;
+}
+
+/** The variables a server process needs to settle on the shared local ledger. */
+export function testChainEnv(): Record<string, string> {
+  const setup = testChainSetup();
+  return {
+    SOLANA_RPC_URL: testSolanaRpcUrl(),
+    SOLANA_CLUSTER: 'localnet',
+    CYXWIZ_MINT: setup.mint,
+    PLATFORM_TREASURY: setup.treasury,
+    ESCROW_AUTHORITY_KEYPAIR: setup.keyFiles.escrowAuthority,
+    PAYER_KEYPAIR: setup.keyFiles.payer,
+    TOKEN_DECIMALS: String(setup.decimals),
+  };
 }

@@ -10,6 +10,9 @@ import { getFreePort, isProcessAlive, type InfraLogger } from '../../src/infra/p
 import { ensureSearchAttributes } from '../../src/infra/search-attributes';
 import { ensureTemporalCli, findTemporalTestServer } from '../../src/infra/temporal-cli';
 import { startTemporalDevServer } from '../../src/infra/temporal-dev-server';
+import { startLocalLedger } from '../../src/chain/local-ledger';
+import { ensureLocalChain } from '../../src/chain/bootstrap';
+import { Connection as SolanaConnection } from '@solana/web3.js';
 import {
   TEST_DATABASE_PREFIX,
   TEST_ENV,
@@ -129,14 +132,18 @@ export default async function globalSetup(): Promise<void> {
         return result;
       };
       // Started side by side; a failure of either is reported after both settle so nothing is left running.
-      const [database, temporal] = await Promise.allSettled([
+      const [database, temporal, chain] = await Promise.allSettled([
         timed('postgres', () => setUpDatabase(state)),
         timed('temporal', () => setUpTemporal(state, cli)),
+        timed('solana', () => setUpChain(state)),
       ]);
       if (database.status === 'rejected') throw database.reason;
       if (temporal.status === 'rejected') throw temporal.reason;
+      if (chain.status === 'rejected') throw chain.reason;
       values.databaseUrl = database.value;
       values.temporalAddress = temporal.value;
+      values.solanaRpcUrl = chain.value.rpcUrl;
+      values.chainSetup = chain.value.setupFile;
     }
 
     const infraFile = path.join(state.tmpDir, 'infra.json');
@@ -206,6 +213,15 @@ async function setUpTemporal(state: InfraState, cli: string): Promise<string> {
   });
   state.stops.push({ name: 'temporal', stop: server.stop });
   return server.address;
+}
+
+/** One local Solana ledger (LiteSVM over JSON-RPC, in memory) with a mint, treasury, escrow authority and payer. */
+async function setUpChain(state: InfraState): Promise<{ rpcUrl: string; setupFile: string }> {
+  const ledger = await startLocalLedger({ port: await getFreePort() });
+  state.stops.push({ name: 'solana', stop: ledger.stop });
+  const keysDir = path.join(state.tmpDir, 'keys');
+  await ensureLocalChain(new SolanaConnection(ledger.url, 'confirmed'), keysDir);
+  return { rpcUrl: ledger.url, setupFile: path.join(keysDir, 'chain.json') };
 }
 
 /** Stops what {@link globalSetup} started and removes its files; a no-op when nothing was started. */

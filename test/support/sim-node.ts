@@ -1,3 +1,4 @@
+import { Keypair } from '@solana/web3.js';
 import * as grpc from '@grpc/grpc-js';
 import { loadProtocol } from '../../src/protocol/load';
 import { protocolClient } from './grpc-clients';
@@ -9,7 +10,10 @@ export interface AssignedJob {
 }
 
 export interface SimNodeOptions {
-  /** The wallet the node registers (shipping nodes register none; they are then owed their payments). */
+  /**
+   * The wallet the node registers: a fresh one by default; '' registers none, as shipping nodes do (they are
+   * then owed their payments until they register one).
+   */
   wallet?: string;
   central: string;
   /** The P2P port the node registers (AssignJob is served on port + 3, as on shipping nodes). */
@@ -57,7 +61,11 @@ export class SimNode {
   readonly node: ReturnType<typeof protocolClient>;
   readonly jobStatus: ReturnType<typeof protocolClient>;
 
+  /** The wallet this node registers ('' for none). */
+  wallet: string;
+
   constructor(private readonly opts: SimNodeOptions) {
+    this.wallet = opts.wallet ?? Keypair.generate().publicKey.toBase58();
     this.node = protocolClient('NodeService', opts.central, opts.channelOptions);
     this.jobStatus = protocolClient('JobStatusService', opts.central, opts.channelOptions);
   }
@@ -103,7 +111,7 @@ export class SimNode {
         ip_address: '127.0.0.1',
         port: this.opts.port,
         region: 'local',
-        wallet_address: this.opts.wallet ?? '',
+        wallet_address: this.wallet,
         reputation_score: 0.5,
         is_online: true,
         devices: [

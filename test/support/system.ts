@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { Client } from 'pg';
 import { getFreePort } from '../../src/infra/process';
-import { createTestDatabase, dropTestDatabase, testTemporalAddress, testTemporalNamespace } from './env';
+import { createTestDatabase, dropTestDatabase, testChainEnv, testTemporalAddress, testTemporalNamespace } from './env';
 
 /**
  * The whole system as separate processes — `src/main/migrate.ts`, `src/main/worker.ts`, `src/main/api.ts` —
@@ -245,6 +245,8 @@ export async function startSystem(opts: SystemOptions = {}): Promise<RunningSyst
     JOB_REQUEUE_INTERVAL_S: '2',
     HEARTBEAT_FLUSH_MS: '300',
     NODE_ASSIGN_TIMEOUT_MS: '3000',
+    CHAIN_CONFIRM_TIMEOUT_MS: '10000',
+    ...testChainEnv(),
     ...Object.fromEntries(Object.entries(opts.env ?? {}).map(([k, v]) => [k, String(v)])),
   };
   const childEnv: NodeJS.ProcessEnv = {
