@@ -21,6 +21,9 @@ describe('docker-compose.yml', () => {
     }
     for (const name of ['worker', 'api']) {
       expect(compose.services[name].environment.TEMPORAL_ADDRESS).toBe('temporal:7233');
+      for (const v of ['SOLANA_RPC_URL', 'CYXWIZ_MINT', 'PLATFORM_TREASURY', 'ESCROW_AUTHORITY_SECRET']) {
+        expect(compose.services[name].environment[v]).toBeDefined();
+      }
       expect(compose.services[name].depends_on.migrate.condition).toBe('service_completed_successfully');
     }
   });
@@ -29,7 +32,7 @@ describe('docker-compose.yml', () => {
     expect(compose.services.api.ports).toEqual(expect.arrayContaining(['50051:50051', '8080:8080']));
     for (const name of ['migrate', 'worker', 'api']) {
       const env = Object.fromEntries(
-        Object.entries(compose.services[name].environment as Record<string, string>).map(([k, v]) => [k, String(v).replace(/\$\{\w+:-([^}]*)\}/, '$1')]),
+        Object.entries(compose.services[name].environment as Record<string, string>).map(([k, v]) => [k, String(v).replace(/\$\{\w+:-([^}]*)\}/, '$1').replace(/\$\{\w+:\?[^}]*\}/, 'required-from-the-environment')]),
       );
       expect(() => loadConfig(env)).not.toThrow();
     }

@@ -1,0 +1,53 @@
+import { TOKEN_PROGRAM_ID } from '@solana/spl-token';
+import { Keypair, PublicKey } from '@solana/web3.js';
+import { escrowAddress, escrowSeed, memoInstruction, MEMO_PROGRAM_ID } from '../../src/chain/instructions';
+import { loadConfig } from '../../src/config';
+import { ValidationError } from '../../src/domain/errors';
+import { jobIdAsUint64, walletAddress } from '../../src/services/wallet-service';
+
+describe('escrow addresses', () => {
+  it('are createAccountWithSeed addresses of the escrow authority, one per job id', async () => {
+    const authority = Keypair.generate().publicKey;
+    for (const jobId of ['b8f98e1d-030b-427f-8605-439b47ab1438', 'my-job.1', 'x'.repeat(128)]) {
+      const seed = escrowSeed(jobId);
+      expect(seed).toMatch(/^[0-9a-f]{32}$/);
+      expect(escrowAddress(authority, jobId).equals(await PublicKey.createWithSeed(authority, seed, TOKEN_PROGRAM_ID))).toBe(true);
+    }
+    expect(escrowAddress(authority, 'a').equals(escrowAddress(authority, 'b'))).toBe(false);
+    expect(escrowAddress(authority, 'a').equals(escrowAddress(Keypair.generate().publicKey, 'a'))).toBe(false);
+  });
+
+  it('carry the idempotency key in a memo signed by the fee payer', () => {
+    const signer = Keypair.generate().publicKey;
+    const ix = memoInstruction('cyxwiz job-1/escrow', signer);
+    expect(ix.programId.equals(MEMO_PROGRAM_ID)).toBe(true);
+    expect(ix.data.toString()).toBe('cyxwiz job-1/escrow');
+    expect(ix.keys).toEqual([{ pubkey: signer, isSigner: true, isWritable: false }]);
+  });
+});
+
+describe('wallet protocol mapping', () => {
+  it('derives Transaction.job_id (uint64) from a UUID as the original server did, and from other ids by hash', () => {
+    // first 8 bytes of the UUID, little-endian
+    expect(jobIdAsUint64('01000000-0000-0000-ffff-ffffffffffff')).toBe('1');
+    expect(jobIdAsUint64('ffffffff-ffff-ffff-0000-000000000000')).toBe('18446744073709551615');
+    expect(jobIdAsUint64('my-job')).toBe(jobIdAsUint64('my-job'));
+    expect(jobIdAsUint64('my-job')).not.toBe(jobIdAsUint64('my-job-2'));
+  });
+
+  it('validates wallet addresses, naming the field', () => {
+    const key = Keypair.generate().publicKey.toBase58();
+    expect(walletAddress(key).toBase58()).toBe(key);
+    expect(() => walletAddress('')).toThrow(ValidationError);
+    expect(() => walletAddress('not-base58-0OIl')).toThrow(/wallet_address: is not a base58 Solana address/);
+  });
+});
+
+describe('chain configuration', () => {
+  it('defaults to a local ledger with confirmed commitment and reads cluster settings', () => {
+    expect(loadConfig({}).chain).toMatchObject({ rpcUrl: undefined, cluster: 'localnet', commitment: 'confirmed', localLedgerPort: 8899 });
+    const c = loadConfig({ SOLANA_RPC_URL: 'https://api.devnet.solana.com', SOLANA_CLUSTER: 'devnet', ESCROW_AUTHORITY_KEYPAIR: '~/k.json' });
+    expect(c.chain).toMatchObject({ rpcUrl: 'https://api.devnet.solana.com', cluster: 'devnet', escrowAuthority: { file: '~/k.json' } });
+    expect(() => loadConfig({ SOLANA_COMMITMENT: 'max' })).toThrow(/SOLANA_COMMITMENT/);
+  });
+});
