@@ -1,13 +1,15 @@
 /**
  * Records the job workflow's histories that test/replay/job-workflow.replay.test.ts replays.
  *
- *   npx tsx scripts/record-histories.ts            # every scenario
- *   npx tsx scripts/record-histories.ts happy      # only the named ones
+ *   npx tsx scripts/record-histories.ts                     # every scenario
+ *   npx tsx scripts/record-histories.ts happy owed          # only the named ones
+ *   npx tsx scripts/record-histories.ts --keep-as=<label>   # first keeps the current files in histories/previous/<label>/
  *
  * Each scenario runs the real workflow on a local Temporal dev server (the `temporal` CLI, found like the test
  * setup finds it; TEMPORAL_CLI overrides) with the fake activities of the workflow tests, and writes
  * test/replay/histories/<scenario>.json. Re-record only on purpose: a workflow change that needs new histories
- * must stay replay-compatible with the old ones (patched), so keep the old files next to the new ones.
+ * must stay replay-compatible with the old ones (patched), so keep the old files next to the new ones: pass
+ * --keep-as=<label> (say, the commit the old files were recorded against) and the replay test replays them too.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,7 +17,8 @@ import { historyToJSON } from '@temporalio/common/lib/proto-utils';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { ensureTemporalCli } from '../src/infra/temporal-cli';
-import { acceptedUpdate, cancelUpdate, completeUpdate, progressSignal } from '../src/workflows/messages';
+import { PaymentFailures } from '../src/domain/payments';
+import { acceptedUpdate, cancelUpdate, completeUpdate, progressSignal, walletRegisteredSignal } from '../src/workflows/messages';
 import {
   createJobTestEnv,
   createJobWorker,
@@ -24,18 +27,22 @@ import {
   jobSpec,
   keepAlive,
   runHistories,
+  runWorkerUntil,
   startJob,
   uniqueTaskQueue,
   waitForStatus,
+  waitUntil,
   type JobHandle,
 } from '../test/workflows/job-harness';
-import { HISTORIES_DIR as OUT_DIR, replayWorkflowId } from '../test/replay/histories';
+import { HISTORIES_DIR as OUT_DIR, PREVIOUS_DIR, replayWorkflowId } from '../test/replay/histories';
 
 interface Scenario {
   nodes: string[];
   options?: Partial<typeof FAST_OPTIONS>;
+  /** Sets the fakes up before the job starts (a node without a wallet, a refused escrow). */
+  setup?(cluster: FakeCluster): void;
   /** Drives the job to its end (as nodes and clients would). */
-  drive(ctx: { env: TestWorkflowEnvironment; handle: JobHandle; jobId: string }): Promise<void>;
+  drive(ctx: { env: TestWorkflowEnvironment; handle: JobHandle; jobId: string; cluster: FakeCluster }): Promise<void>;
   /** Which runs to keep when the job continued as new: default only the first. */
   runs?: 'first' | 'first-and-last';
 }
@@ -97,6 +104,41 @@ const scenarios: Record<string, Scenario> = {
       await handle.result();
     },
   },
+  /**
+   * node-a has no wallet: completed with its payment owed; a walletRegistered signal while it still has none (owed
+   * again); it registers one, the next signal pays it (released).
+   */
+  owed: {
+    nodes: [],
+    setup(cluster) {
+      cluster.register('node-a', 'accept', { wallet: false });
+    },
+    async drive({ env, handle, jobId, cluster }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
+      } finally {
+        alive.stop();
+      }
+      await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed');
+      await handle.signal(walletRegisteredSignal);
+      await waitUntil(() => cluster.releaseOutcomes.length === 2, 10_000, 'the second (still owed) release');
+      cluster.registerWallet('node-a');
+      await handle.signal(walletRegisteredSignal);
+    },
+  },
+  /** The payer has no funds: the escrow is refused for good → failed (402), never matched. */
+  'escrow-refused': {
+    nodes: ['node-a'],
+    setup(cluster) {
+      cluster.escrowRefusal = { type: PaymentFailures.insufficientFunds, message: 'escrow of the job: insufficient funds' };
+    },
+    async drive({ handle }) {
+      await handle.result();
+    },
+  },
   /** Progress reports push the history past its limit: the run continues as new, then completes. */
   'continued-as-new': {
     nodes: ['node-a'],
@@ -120,13 +162,14 @@ const scenarios: Record<string, Scenario> = {
 async function record(env: TestWorkflowEnvironment, bundle: WorkflowBundleWithSourceMap, name: string): Promise<string[]> {
   const scenario = scenarios[name]!;
   const cluster = new FakeCluster(scenario.nodes);
+  scenario.setup?.(cluster);
   const taskQueue = uniqueTaskQueue(`record-${name}`);
   const jobId = replayWorkflowId(name);
   const worker = await createJobWorker(env, bundle, taskQueue, cluster);
   const written: string[] = [];
-  await worker.runUntil(async () => {
+  await runWorkerUntil(worker, cluster, async () => {
     const handle = await startJob(env.client, taskQueue, jobSpec(jobId), { ...FAST_OPTIONS, ...scenario.options });
-    await scenario.drive({ env, handle, jobId });
+    await scenario.drive({ env, handle, jobId, cluster });
     const result = await handle.result();
     const runs = await runHistories(env.client, jobId, handle.firstExecutionRunId);
     const keep =
@@ -142,12 +185,27 @@ async function record(env: TestWorkflowEnvironment, bundle: WorkflowBundleWithSo
   return written;
 }
 
+/** Copies the recorded histories as they are now to histories/previous/<label>/, which the replay test replays too. */
+function keepPrevious(label: string): void {
+  if (!/^[\w.-]+$/.test(label)) throw new Error(`--keep-as: use letters, digits, '.', '_' or '-', not ${JSON.stringify(label)}`);
+  const target = path.join(PREVIOUS_DIR, label);
+  if (fs.existsSync(target)) throw new Error(`${path.relative(process.cwd(), target)} exists already`);
+  const files = fs.existsSync(OUT_DIR) ? fs.readdirSync(OUT_DIR).filter((f) => f.endsWith('.json')) : [];
+  if (files.length === 0) throw new Error('--keep-as: there are no recorded histories to keep');
+  fs.mkdirSync(target, { recursive: true });
+  for (const file of files) fs.copyFileSync(path.join(OUT_DIR, file), path.join(target, file));
+  process.stdout.write(`kept ${files.length} histories in ${path.relative(process.cwd(), target)}\n`);
+}
+
 async function main(): Promise<void> {
-  const wanted = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const keepAs = args.find((a) => a.startsWith('--keep-as='))?.slice('--keep-as='.length);
+  const wanted = args.filter((a) => !a.startsWith('--'));
   const unknown = wanted.filter((n) => !(n in scenarios));
   if (unknown.length) throw new Error(`unknown scenario(s) ${unknown.join(', ')}; known: ${Object.keys(scenarios).join(', ')}`);
   const names = wanted.length ? wanted : Object.keys(scenarios);
 
+  if (keepAs !== undefined) keepPrevious(keepAs);
   fs.mkdirSync(OUT_DIR, { recursive: true });
   const { env, bundle } = await createJobTestEnv(await ensureTemporalCli((m) => process.stderr.write(`${m}\n`)));
   try {

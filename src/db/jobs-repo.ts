@@ -217,12 +217,12 @@ export async function jobCountsByStatus(db: DbOrTx): Promise<Record<JobPhase, nu
   return out;
 }
 
-/** The ledger reference of a completed job's payment to its node. */
+/** The transaction signature of a completed job's confirmed payment to its node. */
 export async function releaseTxRef(db: DbOrTx, jobId: string): Promise<string | undefined> {
   const [row] = await db
     .select({ txRef: payments.txRef })
     .from(payments)
-    .where(and(eq(payments.jobId, jobId), eq(payments.leg, 'release_node')));
+    .where(and(eq(payments.jobId, jobId), eq(payments.leg, 'release_node'), eq(payments.state, 'confirmed')));
   return row?.txRef ?? undefined;
 }
 

@@ -104,7 +104,9 @@ export function createNodeService(deps: NodeServiceDeps) {
     const job = await jobsRepo.getJob(db, jobId);
     if (!job) throw new NotFoundError('job', jobId);
     if (job.status === 'completed' && job.assignedNodeId === nodeId) {
-      return { paymentReleased: true, txRef: (await jobsRepo.releaseTxRef(db, jobId)) ?? '' };
+      // A retried report of a job this node completed: the same answer (paid, or still owed).
+      const txRef = await jobsRepo.releaseTxRef(db, jobId);
+      return { paymentReleased: !!txRef, txRef: txRef ?? '' };
     }
     await heldJob(nodeId, jobId);
     if (result.finalMetrics && Object.keys(result.finalMetrics).length > 0) {

@@ -135,6 +135,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     lastReason: 'submitted',
     error: null,
   };
+  // A state carried over by an earlier version has no attempt clock: count the attempt from this run.
+  s.attemptStartedAt ??= workflowInfo().runStartTime.getTime();
   let outcome: Outcome | undefined;
   let cancelRequest: { reason: string } | undefined;
   let nodesChanged = false;
@@ -208,7 +210,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     async ({ reason }) => {
       cancelRequest ??= { reason: reason || 'cancelled by the client' };
       await condition(() => final !== undefined);
-      return { refundIssued: final!.phase !== 'completed', txRef: final!.phase !== 'completed' ? final!.txRef : '' };
+      const refunded = final!.phase !== 'completed' && final!.txRef !== '';
+      return { refundIssued: refunded, txRef: refunded ? final!.txRef : '' };
     },
     {
       validator: (_request) => {
@@ -427,6 +430,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         await transition('completed', `owed payment released: ${outcome.node.amount} to node ${nodeId}, ${outcome.platform.amount} to the platform`, 'workflow', {
           data: { release: outcome },
         });
+        final = { phase: 'completed', txRef: outcome.node.txRef };
         return;
       }
       if (historyTooLong()) await continueWithFreshHistory();
@@ -471,8 +475,10 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       s.escrow = 'held';
       publish();
     } catch (err) {
-      if (!(err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.nonRetryable)) throw err;
-      s.error = { code: 402, message: `escrow refused: ${err.cause.message}` };
+      const cause = err instanceof ActivityFailure ? err.cause : undefined;
+      const permanent = cause instanceof ApplicationFailure && (cause.nonRetryable || PAYMENT_NON_RETRYABLE.includes(cause.type ?? ''));
+      if (!permanent) throw err;
+      s.error = { code: 402, message: `escrow refused: ${cause.message}` };
       await transition('failed', s.error.message, 'workflow', { ended: true, error: s.error });
       final = { phase: 'failed', txRef: '' };
     }

@@ -18,10 +18,11 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { createDispatchActivities, DispatchInput, DispatchResult } from '../../src/activities/dispatch';
 import type { createJobActivities, MatchedNode, MatchInput, MatchResult } from '../../src/activities/jobs';
-import type { createPaymentActivities, LegReceipt, ReleaseReceipt } from '../../src/activities/payments';
+import type { createPaymentActivities, LegReceipt, ReleaseOutcome } from '../../src/activities/payments';
 import type { Transition } from '../../src/db/jobs-repo';
 import type { JobSpec } from '../../src/domain/job';
-import { jobWorkflow, watchActivityId, type JobWorkflowOptions } from '../../src/workflows/job-workflow';
+import { PAYMENT_NON_RETRYABLE, PaymentFailures } from '../../src/domain/payments';
+import { jobWorkflow, watchActivityId, type JobState, type JobWorkflowOptions } from '../../src/workflows/job-workflow';
 import { jobStatusQuery, type JobView } from '../../src/workflows/messages';
 import { JobSearchAttributes } from '../../src/workflows/search-attributes';
 
@@ -75,9 +76,15 @@ export class Gate {
 /** What dispatchToNode does for a node. */
 export type DispatchBehaviour = 'accept' | 'refuse';
 
+/** The non-retryable refusals of the escrow the fake can play (src/domain/payments.ts). */
+export type EscrowRefusalType = typeof PaymentFailures.insufficientFunds | typeof PaymentFailures.escrowRejected;
+
+/** The wallet a fake node registers unless told otherwise. */
+export const walletOf = (nodeId: string) => `wallet:${nodeId}`;
+
 /**
- * The outside world of one job as its activities see it: nodes that may register, a ledger that refuses
- * to pay twice, and logs of every call in order.
+ * The outside world of one job as its activities see it: nodes that may register (with or without a wallet), a
+ * ledger that refuses to pay twice and owes a node without a wallet, and logs of every call in order.
  */
 export class FakeCluster {
   /** Online nodes in matching order (the first not excluded wins). */
@@ -87,10 +94,14 @@ export class FakeCluster {
   readonly transitions: Transition[] = [];
   readonly matchCalls: MatchInput[] = [];
   readonly dispatchCalls: DispatchInput[] = [];
-  readonly watchCalls: { jobId: string; nodeId: string; attempt: number }[] = [];
+  /** Watch activities started, with the wall-clock time the worker ran each. */
+  readonly watchCalls: { jobId: string; nodeId: string; attempt: number; at: number }[] = [];
   readonly nodeOutcomes: { nodeId: string; outcome: 'completed' | 'failed' }[] = [];
-  readonly escrowCalls: { jobId: string; amount: string; payer: string }[] = [];
+  readonly escrowCalls: { jobId: string; amount: string; payer: string; escrowTxHash?: string }[] = [];
+  /** Every release call, whether it paid or found the payment owed. */
   readonly releaseCalls: { jobId: string; nodeId: string }[] = [];
+  /** What each release call reported, in call order. */
+  readonly releaseOutcomes: ('paid' | 'owed')[] = [];
   readonly refundCalls: { jobId: string }[] = [];
   /** Completed money legs, in ledger order. */
   readonly ledger: LegReceipt[] = [];
@@ -102,14 +113,44 @@ export class FakeCluster {
   refundGate: Gate | undefined;
   escrowGate: Gate | undefined;
 
+  /**
+   * Set: the escrow is refused for good, as the settlement refuses a payer without funds (InsufficientFunds) or a
+   * bad escrow transaction (EscrowRejected): a non-retryable ApplicationFailure of that type.
+   */
+  escrowRefusal: { type: EscrowRefusalType; message: string } | undefined;
+
+  /** Registered wallet of each node (null: none, so a release to it is owed). */
+  private readonly wallets = new Map<string, string | null>();
+
   constructor(nodeIds: string[] = []) {
     for (const id of nodeIds) this.register(id);
   }
 
-  /** A node comes online (the fake registry starts returning it). */
-  register(nodeId: string, behaviour: DispatchBehaviour = 'accept'): void {
+  /**
+   * A node comes online (the fake registry starts returning it). It has a wallet unless `wallet: false`; a release
+   * to a node without one reports the payment owed.
+   */
+  register(nodeId: string, behaviour: DispatchBehaviour = 'accept', opts: { wallet?: boolean } = {}): void {
     this.online.push({ nodeId, endpoint: `10.0.0.${this.online.length + 1}:50052`, assignEndpoint: `10.0.0.${this.online.length + 1}:50055` });
     this.dispatchBehaviour.set(nodeId, behaviour);
+    this.wallets.set(nodeId, opts.wallet === false ? null : walletOf(nodeId));
+  }
+
+  /** The node registers a wallet (the API then signals `walletRegistered` to the jobs owing it). */
+  registerWallet(nodeId: string, address = walletOf(nodeId)): void {
+    this.wallets.set(nodeId, address);
+  }
+
+  hasWallet(nodeId: string): boolean {
+    return !!this.wallets.get(nodeId);
+  }
+
+  /**
+   * Opens every gate. Call it before the worker shuts down: a worker waits for its running activities, so a
+   * test that fails while an activity waits at a gate would otherwise hang until jest's timeout.
+   */
+  openGates(): void {
+    for (const gate of [this.releaseGate, this.refundGate, this.escrowGate]) gate?.open();
   }
 
   hasLeg(leg: LegReceipt['leg']): boolean {
@@ -129,15 +170,19 @@ export class FakeCluster {
       return { node, rejected: [] };
     },
     watchNode: async (input: { jobId: string; nodeId: string; attempt: number }): Promise<void> => {
-      this.watchCalls.push(input);
+      this.watchCalls.push({ ...input, at: Date.now() });
       throw new CompleteAsyncError();
     },
     recordNodeOutcome: async (input: { nodeId: string; outcome: 'completed' | 'failed' }): Promise<void> => {
       this.nodeOutcomes.push(input);
     },
-    escrow: async (input: { jobId: string; amount: string; payer: string }): Promise<LegReceipt> => {
-      this.escrowCalls.push(input);
+    escrow: async (input: { jobId: string; amount: string; payer: string; escrowTxHash?: string }): Promise<LegReceipt> => {
+      this.escrowCalls.push({ jobId: input.jobId, amount: input.amount, payer: input.payer, escrowTxHash: input.escrowTxHash });
       await this.escrowGate?.opened;
+      if (this.escrowRefusal) {
+        this.timeline.push('escrow:refused');
+        throw ApplicationFailure.create({ ...this.escrowRefusal, nonRetryable: true });
+      }
       const existing = this.ledger.find((l) => l.leg === 'escrow');
       if (existing) return existing;
       const leg: LegReceipt = { leg: 'escrow', amount: input.amount, to: `escrow:${input.jobId}`, txRef: `ledger:${input.jobId}/escrow` };
@@ -145,28 +190,48 @@ export class FakeCluster {
       this.timeline.push('escrow');
       return leg;
     },
-    release: async (input: { jobId: string; nodeId: string }): Promise<ReleaseReceipt> => {
-      this.releaseCalls.push(input);
+    release: async (input: { jobId: string; nodeId: string }): Promise<ReleaseOutcome> => {
+      this.releaseCalls.push({ jobId: input.jobId, nodeId: input.nodeId });
       this.timeline.push('release:start');
       await this.releaseGate?.opened;
       const escrow = this.ledger.find((l) => l.leg === 'escrow');
-      if (!escrow) throw ApplicationFailure.nonRetryable(`job ${input.jobId} has no escrow`, 'EscrowMissing');
-      if (this.hasLeg('refund')) throw ApplicationFailure.nonRetryable(`escrow of job ${input.jobId} was refunded`, 'EscrowAlreadySettled');
+      if (!escrow) throw ApplicationFailure.nonRetryable(`job ${input.jobId} has no escrow`, PaymentFailures.escrowMissing);
+      if (this.hasLeg('refund')) {
+        throw ApplicationFailure.nonRetryable(`escrow of job ${input.jobId} was refunded`, PaymentFailures.alreadySettled);
+      }
       const total = BigInt(escrow.amount);
       const platform = total / 10n;
-      const node: LegReceipt = { leg: 'release_node', amount: (total - platform).toString(), to: `node:${input.nodeId}`, txRef: `ledger:${input.jobId}/release_node` };
+      const paidNode = this.ledger.find((l) => l.leg === 'release_node');
+      const paidFee = this.ledger.find((l) => l.leg === 'release_platform');
+      if (paidNode && paidFee) {
+        // Exactly once: a repeated release returns the legs already paid.
+        this.releaseOutcomes.push('paid');
+        this.timeline.push('release:done');
+        return { owed: false, node: paidNode, platform: paidFee };
+      }
+      const wallet = this.wallets.get(input.nodeId);
+      if (!wallet) {
+        // Like the settlement: nothing moves while the node has no wallet; the escrow stays held for it.
+        this.releaseOutcomes.push('owed');
+        this.timeline.push('release:owed');
+        return { owed: true, nodeAmount: (total - platform).toString(), platformAmount: platform.toString() };
+      }
+      const node: LegReceipt = { leg: 'release_node', amount: (total - platform).toString(), to: wallet, txRef: `ledger:${input.jobId}/release_node` };
       const fee: LegReceipt = { leg: 'release_platform', amount: platform.toString(), to: 'platform:treasury', txRef: `ledger:${input.jobId}/release_platform` };
-      if (!this.hasLeg('release_node')) this.ledger.push(node, fee);
+      this.ledger.push(node, fee);
+      this.releaseOutcomes.push('paid');
       this.timeline.push('release:done');
-      return { node, platform: fee };
+      return { owed: false, node, platform: fee };
     },
     refund: async (input: { jobId: string }): Promise<LegReceipt> => {
       this.refundCalls.push(input);
       this.timeline.push('refund:start');
       await this.refundGate?.opened;
       const escrow = this.ledger.find((l) => l.leg === 'escrow');
-      if (!escrow) throw ApplicationFailure.nonRetryable(`job ${input.jobId} has no escrow`, 'EscrowMissing');
-      if (this.hasLeg('release_node')) throw ApplicationFailure.nonRetryable(`escrow of job ${input.jobId} was released`, 'EscrowAlreadySettled');
+      if (!escrow) throw ApplicationFailure.nonRetryable(`job ${input.jobId} has no escrow`, PaymentFailures.escrowMissing);
+      if (this.hasLeg('release_node')) {
+        throw ApplicationFailure.nonRetryable(`escrow of job ${input.jobId} was released`, PaymentFailures.alreadySettled);
+      }
       const leg: LegReceipt = { leg: 'refund', amount: escrow.amount, to: 'payer-wallet', txRef: `ledger:${input.jobId}/refund` };
       if (!this.hasLeg('refund')) this.ledger.push(leg);
       this.timeline.push('refund:done');
@@ -180,13 +245,28 @@ export class FakeCluster {
   };
 }
 
+/**
+ * WARN and up, minus the worker's "Activity failed" warning for the payment refusals the fakes throw on purpose
+ * (non-retryable types of src/domain/payments.ts): an escrow-refused test would otherwise print a stack each run.
+ */
+class QuietLogger extends DefaultLogger {
+  constructor() {
+    super('WARN');
+  }
+  override log(level: Parameters<DefaultLogger['log']>[0], message: string, meta?: Record<string, unknown>): void {
+    const error = meta?.error;
+    if (message === 'Activity failed' && error instanceof ApplicationFailure && PAYMENT_NON_RETRYABLE.includes(error.type ?? '')) return;
+    super.log(level, message, meta);
+  }
+}
+
 /** Installs a quiet runtime logger once per process (module registry). */
 let runtimeInstalled = false;
 export function installQuietRuntime(): void {
   if (runtimeInstalled) return;
   runtimeInstalled = true;
   try {
-    Runtime.install({ logger: new DefaultLogger('WARN') });
+    Runtime.install({ logger: new QuietLogger() });
   } catch {
     // Another module registry in this process installed it first; its logger is fine.
   }
@@ -233,17 +313,35 @@ export async function createJobWorker(
   });
 }
 
-/** Starts a job workflow with the id policies the API uses (src/services/job-workflows.ts). */
+/**
+ * Runs `body` while `worker` polls, then shuts the worker down; the cluster's gates are opened first so an
+ * activity held at one cannot keep the worker (and the test) from ending.
+ */
+export async function runWorkerUntil<T>(worker: Worker, cluster: FakeCluster, body: () => Promise<T>): Promise<T> {
+  return worker.runUntil(async () => {
+    try {
+      return await body();
+    } finally {
+      cluster.openGates();
+    }
+  });
+}
+
+/**
+ * Starts a job workflow with the id policies the API uses (src/services/job-workflows.ts); with `resume`, as the
+ * next run of a job that continued as new with that state.
+ */
 export async function startJob(
   client: Client,
   taskQueue: string,
   spec: JobSpec,
   options: JobWorkflowOptions,
+  resume?: JobState,
 ): Promise<JobHandle> {
   return client.workflow.start(jobWorkflow, {
     workflowId: spec.jobId,
     taskQueue,
-    args: [{ spec, options }],
+    args: [{ spec, options, ...(resume && { resume }) }],
     workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
     workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
   });

@@ -2,19 +2,27 @@
  * The job workflow against a real Temporal dev server (the `temporal` CLI, started by TestWorkflowEnvironment.createLocal)
  * with typed fake activities. Node liveness is real time: the test heartbeats the watch activity by id, as the API does,
  * and a silent node surfaces as the server's heartbeat timeout.
+ *
+ * Why not the time-skipping test server: it runs this workflow (after registering the search attributes through the
+ * operator API), but it never skips time while an activity is outstanding, and the async-completed watch is
+ * outstanding for the whole life of an attempt; measured, a 20 s heartbeat timeout took 20 s of real time there too.
+ * So it would buy no speed, while the dev server is the server production runs (update id dedupe on closed runs,
+ * id conflict policies, continue-as-new under incoming signals) and starts just as fast (about 0.2 s).
  */
 import {
   WorkflowExecutionAlreadyStartedError,
+  WorkflowFailedError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
   type Client,
 } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { JobSpec } from '../../src/domain/job';
-import type { JobWorkflowOptions } from '../../src/workflows/job-workflow';
+import { PaymentFailures } from '../../src/domain/payments';
+import type { JobState, JobWorkflowOptions } from '../../src/workflows/job-workflow';
 import {
   acceptedUpdate,
   cancelUpdate,
@@ -24,6 +32,7 @@ import {
   jobStatusQuery,
   nodesChangedSignal,
   progressSignal,
+  walletRegisteredSignal,
 } from '../../src/workflows/messages';
 import { JobSearchAttributes as SA } from '../../src/workflows/search-attributes';
 import { testTemporalCli } from '../support/env';
@@ -36,15 +45,21 @@ import {
   jobSpec,
   keepAlive,
   runHistories,
+  runWorkerUntil,
   sleep,
   startJob,
   uniqueTaskQueue,
   waitForStatus,
   waitUntil,
+  walletOf,
+  type EscrowRefusalType,
   type JobHandle,
 } from './job-harness';
 
 const EventType = temporal.api.enums.v1.EventType;
+
+// The slowest case takes about 8 s; a hung one should fail well before the global 120 s.
+jest.setTimeout(30_000);
 
 let env: TestWorkflowEnvironment;
 let bundle: WorkflowBundleWithSourceMap;
@@ -65,7 +80,7 @@ afterAll(async () => {
 
 interface JobCtx {
   client: Client;
-  start(spec: JobSpec, options: JobWorkflowOptions): Promise<JobHandle>;
+  start(spec: JobSpec, options: JobWorkflowOptions, resume?: JobState): Promise<JobHandle>;
 }
 
 /** Runs `body` while a worker with `cluster`'s activities polls a task queue of its own. */
@@ -74,29 +89,49 @@ async function withWorker(label: string, cluster: FakeCluster, body: (ctx: JobCt
   const worker = await createJobWorker(env, bundle, taskQueue, cluster);
   const ctx: JobCtx = {
     client: env.client,
-    start: async (spec, options) => {
-      const handle = await startJob(env.client, taskQueue, spec, options);
+    start: async (spec, options, resume) => {
+      const handle = await startJob(env.client, taskQueue, spec, options, resume);
       handles.push(handle);
       return handle;
     },
   };
-  await worker.runUntil(body(ctx));
+  await runWorkerUntil(worker, cluster, () => body(ctx));
 }
 
 let jobCounter = 0;
 const newJobId = (label: string) => `job-${label}-${Date.now().toString(36)}-${++jobCounter}`;
 
-/** The rejection an update validator threw, asserting its type. */
-async function expectUpdateRejected(promise: Promise<unknown>, type: string): Promise<ApplicationFailure> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
+/**
+ * The rejection an update validator threw, asserting its type. A validator rejects at once; an update that was
+ * admitted instead may wait (for a gated payment, say), so it is given up on after `withinMs`.
+ */
+async function expectUpdateRejected(promise: Promise<unknown>, type: string, withinMs = 5000): Promise<ApplicationFailure> {
+  let timer: NodeJS.Timeout | undefined;
+  const err = await Promise.race([
+    promise.then(
+      () => new Error('the update was admitted and completed'),
+      (e: unknown) => e,
+    ),
+    new Promise<Error>((resolve) => {
+      timer = setTimeout(() => resolve(new Error(`the update was admitted: no rejection within ${withinMs} ms`)), withinMs);
+    }),
+  ]).finally(() => clearTimeout(timer));
   expect(err).toBeInstanceOf(WorkflowUpdateFailedError);
   const cause = (err as WorkflowUpdateFailedError).cause;
   expect(cause).toBeInstanceOf(ApplicationFailure);
   expect((cause as ApplicationFailure).type).toBe(type);
   return cause as ApplicationFailure;
+}
+
+/** The history length once the workflow is idle (two equal readings 300 ms apart). */
+async function settledHistoryLength(handle: JobHandle): Promise<number> {
+  let previous = -1;
+  for (;;) {
+    const length = (await handle.describe()).historyLength;
+    if (length === previous) return length;
+    previous = length;
+    await sleep(300);
+  }
 }
 
 const phases = (cluster: FakeCluster) => cluster.transitions.map((t) => t.to);
@@ -187,11 +222,10 @@ describe('jobWorkflow', () => {
       await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
       await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
       await waitForStatus(handle, (v) => v.phase === 'running');
-      const silentSince = Date.now();
 
       // Nobody heartbeats watch-1: the server times it out and the workflow moves on.
       const reassigned = await waitForStatus(handle, (v) => v.phase === 'assigned' && v.attempt === 2, 10_000, 'reassignment');
-      expect(Date.now() - silentSince).toBeGreaterThanOrEqual(options.heartbeatTimeoutMs - 200);
+      expect(Date.now() - cluster.watchCalls[0]!.at).toBeGreaterThanOrEqual(options.heartbeatTimeoutMs - 100);
       expect(reassigned).toMatchObject({ nodeId: 'node-b', failedNodes: ['node-a'] });
       const lost = cluster.transitions.find((t) => t.to === 'queued');
       expect(lost).toMatchObject({
@@ -550,6 +584,43 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('a run continued as new by the previous workflow version (state without attemptStartedAt) keeps watching its node', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b']);
+    cluster.ledger.push({ leg: 'escrow', amount: '1000000', to: 'escrow', txRef: 'ledger:escrow' });
+    const jobId = newJobId('resume-v1');
+    // What continueAsNew of the version before attemptStartedAt (54a77f9) passed on; see
+    // test/replay/histories/previous/54a77f9-postgres-ledger/continued-as-new.run-last.json.
+    const { attemptStartedAt: _absent, ...previousVersionState }: JobState = {
+      phase: 'running',
+      attempt: 1,
+      attemptStartedAt: 0,
+      nodeId: 'node-a',
+      failedNodes: [],
+      refusedNodes: [],
+      nodeStarted: true,
+      progress: 0.17,
+      epoch: 17,
+      escrow: 'held',
+      seq: 2,
+      lastReason: 'node node-a started the job',
+      error: null,
+    };
+
+    await withWorker('resume-v1', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS, previousVersionState as JobState);
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        await sleep(1500);
+        // The node is working and alive: the run must go on watching it, not fail the attempt.
+        expect(cluster.transitions.map((t) => `${t.to}: ${t.reason}`)).toEqual([]);
+        expect(cluster.watchCalls.map((w) => [w.nodeId, w.attempt])).toEqual([['node-a', 1]]);
+        expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'running', attempt: 1, nodeId: 'node-a', failedNodes: [] });
+      } finally {
+        alive.stop();
+      }
+    });
+  });
+
   describe('maximum run time of an attempt', () => {
     /** Keeps node-a alive and reporting until the attempt on it ends or `forMs` passes; returns the status then. */
     async function runBusyNode(client: Client, handle: JobHandle, jobId: string, forMs: number) {
@@ -601,6 +672,25 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('cancelled by an operator (Temporal cancel) while assigned → refunded, the node told to stop', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    const jobId = newJobId('operator-cancel-assigned');
+
+    await withWorker('operator-cancel-assigned', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      await handle.cancel();
+      const err = await handle.result().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
+      expect(cluster.transitions.at(-1)).toMatchObject({ from: 'assigned', to: 'cancelled', actor: 'operator', cancelOnNode: 'node-a' });
+      expect(cluster.refundCalls).toEqual([{ jobId }]);
+      expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
+    });
+  });
+
   test('cancelled by an operator (Temporal cancel) while the escrow is in flight → the escrow is still refunded', async () => {
     const cluster = new FakeCluster(['node-a']);
     cluster.escrowGate = new Gate();
@@ -610,14 +700,200 @@ describe('jobWorkflow', () => {
       const handle = await start(jobSpec(jobId), FAST_OPTIONS);
       await waitUntil(() => cluster.escrowCalls.length === 1, 5000, 'escrow to start');
       await handle.cancel();
-      await expect(handle.result()).rejects.toThrow();
-      // The ledger call the workflow stopped waiting for still lands.
+      await sleep(500); // the workflow sees the cancellation while the ledger call is still running
+      // The escrow runs in a non-cancellable scope: the workflow waits for it, so it knows the money moved.
       cluster.escrowGate!.open();
       await waitUntil(() => cluster.hasLeg('escrow'), 5000, 'the escrow leg');
-      await sleep(1000);
+      const err = await handle.result().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
 
       expect(cluster.transitions.at(-1)).toMatchObject({ to: 'cancelled', actor: 'operator' });
+      // Money invariant: an escrow that exists is refunded when the job ends unpaid.
       expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
+    });
+  });
+
+  describe('a node without a wallet is owed its payment', () => {
+    /** Runs node-a (no wallet) to a completion whose payment is owed; returns the complete update's receipt. */
+    async function completeOwed(client: Client, handle: JobHandle, jobId: string) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await waitForStatus(handle, (v) => v.phase === 'running');
+        return await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
+      } finally {
+        alive.stop();
+      }
+    }
+
+    test('completed with EscrowState owed; walletRegistered once it has a wallet → released, paid exactly once', async () => {
+      const cluster = new FakeCluster();
+      cluster.register('node-a', 'accept', { wallet: false });
+      const jobId = newJobId('owed');
+
+      await withWorker('owed', cluster, async ({ client, start }) => {
+        const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+        // The node's report is answered at once: the job is done, its payment waits for a wallet.
+        expect(await completeOwed(client, handle, jobId)).toEqual({ paymentReleased: false, txRef: '' });
+
+        const owed = await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed', 5000, 'completed, owed');
+        expect(owed).toMatchObject({ nodeId: 'node-a', attempt: 1, error: null });
+        expect(cluster.transitions.map((t) => [t.seq, t.from, t.to])).toEqual([
+          [1, 'pending', 'assigned'],
+          [2, 'assigned', 'running'],
+          [3, 'running', 'completed'],
+        ]);
+        expect(cluster.transitions[2]).toMatchObject({
+          actor: 'node:node-a',
+          ended: true,
+          error: null,
+          reason: expect.stringContaining('900000 units are owed until it registers a wallet'),
+          data: { owed: { owed: true, nodeAmount: '900000', platformAmount: '100000' } },
+        });
+        expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'completed' }]);
+        expect(cluster.releaseOutcomes).toEqual(['owed']);
+        expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow']); // nothing moved: the escrow holds the money
+        let description = await handle.describe();
+        expect(description.status.name).toBe('RUNNING'); // the workflow stays open to pay
+        expect(description.typedSearchAttributes.get(SA.status)).toBe('completed');
+        expect(description.typedSearchAttributes.get(SA.escrowState)).toBe('owed');
+
+        // A retried report from the node gets the same answer; a cancel is refused (the job is done).
+        expect(
+          await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a/retry' }),
+        ).toEqual({ paymentReleased: false, txRef: '' });
+        await expectUpdateRejected(handle.executeUpdate(cancelUpdate, { args: [{ reason: 'too late' }] }), JobRejections.finished);
+
+        // A signal while the node still has no wallet: released again, still owed, the workflow keeps waiting.
+        await handle.signal(walletRegisteredSignal);
+        await waitUntil(() => cluster.releaseOutcomes.length === 2, 5000, 'the second release');
+        expect(cluster.releaseOutcomes).toEqual(['owed', 'owed']);
+        await sleep(300);
+        expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'completed', escrow: 'owed' });
+        expect((await handle.describe()).status.name).toBe('RUNNING');
+
+        // The node registers a wallet; the API signals the jobs owing it.
+        cluster.registerWallet('node-a');
+        await handle.signal(walletRegisteredSignal);
+        const result = await handle.result();
+        expect(result).toMatchObject({
+          jobId,
+          phase: 'completed',
+          attempts: 1,
+          nodeId: 'node-a',
+          reason: expect.stringContaining('owed payment released'),
+        });
+
+        expect(cluster.releaseCalls).toEqual([
+          { jobId, nodeId: 'node-a' },
+          { jobId, nodeId: 'node-a' },
+          { jobId, nodeId: 'node-a' },
+        ]);
+        expect(cluster.releaseOutcomes).toEqual(['owed', 'owed', 'paid']);
+        // Paid exactly once, to the wallet it registered.
+        expect(cluster.ledger).toEqual([
+          expect.objectContaining({ leg: 'escrow' }),
+          { leg: 'release_node', amount: '900000', to: walletOf('node-a'), txRef: `ledger:${jobId}/release_node` },
+          { leg: 'release_platform', amount: '100000', to: 'platform:treasury', txRef: `ledger:${jobId}/release_platform` },
+        ]);
+        expect(cluster.refundCalls).toEqual([]);
+        expect(cluster.transitions.map((t) => [t.seq, t.from, t.to])).toEqual([
+          [1, 'pending', 'assigned'],
+          [2, 'assigned', 'running'],
+          [3, 'running', 'completed'],
+          [4, 'completed', 'completed'],
+        ]);
+        expect(cluster.transitions[3]).toMatchObject({
+          actor: 'workflow',
+          reason: 'owed payment released: 900000 to node node-a, 100000 to the platform',
+          data: { release: { owed: false, node: { leg: 'release_node', txRef: `ledger:${jobId}/release_node` } } },
+        });
+        expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'completed' }]); // counted once
+
+        description = await handle.describe();
+        expect(description.status.name).toBe('COMPLETED');
+        expect(description.typedSearchAttributes.get(SA.status)).toBe('completed');
+        expect(description.typedSearchAttributes.get(SA.escrowState)).toBe('released');
+      });
+    });
+
+    test("the finished workflow's result names the node's payment once the owed payment is released", async () => {
+      const cluster = new FakeCluster();
+      cluster.register('node-a', 'accept', { wallet: false });
+      const jobId = newJobId('owed-result');
+
+      await withWorker('owed-result', cluster, async ({ client, start }) => {
+        const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+        await completeOwed(client, handle, jobId);
+        await waitForStatus(handle, (v) => v.escrow === 'owed', 5000, 'the payment owed');
+        cluster.registerWallet('node-a');
+        await handle.signal(walletRegisteredSignal);
+        // JobWorkflowResult.txRef: "reference of the node's payment (completed)"; the node was paid, by this leg.
+        expect(await handle.result()).toMatchObject({ phase: 'completed', txRef: `ledger:${jobId}/release_node` });
+        expect(cluster.hasLeg('release_node')).toBe(true);
+      });
+    });
+  });
+
+  describe('escrow refused for good', () => {
+    const refusals: [EscrowRefusalType, string, Partial<JobSpec>][] = [
+      [PaymentFailures.insufficientFunds, 'escrow of job: insufficient funds', {}],
+      [PaymentFailures.escrowRejected, 'escrow_tx_hash sig-1: not a transfer to the escrow account', { escrowTxHash: 'sig-1' }],
+    ];
+
+    test.each(refusals)('%s → failed with 402 at once, never matched, nothing refunded', async (type, message, overrides) => {
+      const cluster = new FakeCluster(['node-a']);
+      cluster.escrowRefusal = { type, message };
+      const jobId = newJobId(`refused-${type}`);
+
+      await withWorker(`refused-${type}`, cluster, async ({ start }) => {
+        const handle = await start(jobSpec(jobId, overrides), FAST_OPTIONS);
+        const error = { code: 402, message: `escrow refused: ${message}` };
+
+        expect(await handle.result()).toEqual({ jobId, phase: 'failed', attempts: 0, nodeId: null, reason: error.message, txRef: '' });
+        expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'failed', escrow: 'none', attempt: 0, error });
+        expect(cluster.transitions).toEqual([
+          { jobId, seq: 1, from: 'pending', to: 'failed', reason: error.message, actor: 'workflow', attempt: 0, nodeId: null, ended: true, error },
+        ]);
+        // Non-retryable: one attempt. The payer's own escrow transaction, when given, is what was checked.
+        expect(cluster.escrowCalls).toEqual([{ jobId, amount: '1000000', payer: 'payer-wallet', escrowTxHash: overrides.escrowTxHash }]);
+        expect(cluster.matchCalls).toEqual([]);
+        expect(cluster.dispatchCalls).toEqual([]);
+        expect(cluster.refundCalls).toEqual([]);
+        expect(cluster.releaseCalls).toEqual([]);
+        expect(cluster.ledger).toEqual([]);
+
+        const description = await handle.describe();
+        expect(description.typedSearchAttributes.get(SA.status)).toBe('failed');
+        expect(description.typedSearchAttributes.get(SA.escrowState)).toBe('none');
+        expect(description.typedSearchAttributes.get(SA.attempt)).toBe(0);
+      });
+    });
+
+    test('a client cancel while the refused escrow is in flight → the receipt says no refund was issued', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      cluster.escrowGate = new Gate();
+      cluster.escrowRefusal = { type: PaymentFailures.insufficientFunds, message: 'insufficient funds' };
+      const jobId = newJobId('refused-cancel');
+
+      await withWorker('refused-cancel', cluster, async ({ start }) => {
+        const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+        await waitUntil(() => cluster.escrowCalls.length === 1, 5000, 'escrow to start');
+        const cancel = handle.executeUpdate(cancelUpdate, { args: [{ reason: 'changed my mind' }], updateId: 'cancel' });
+        await sleep(300); // admitted while the escrow is in flight
+        cluster.escrowGate!.open();
+
+        expect(await handle.result()).toMatchObject({ phase: 'failed', txRef: '' });
+        expect(cluster.refundCalls).toEqual([]);
+        expect(cluster.ledger).toEqual([]);
+        // No money was ever held, so none went back: CancelJob must not report a refund.
+        expect(await cancel).toEqual({ refundIssued: false, txRef: '' });
+      });
     });
   });
 
@@ -636,7 +912,7 @@ describe('jobWorkflow', () => {
         await waitForStatus(handle, (v) => v.phase === 'running');
 
         // Heartbeats are not history events.
-        const quietBefore = (await handle.describe()).historyLength;
+        const quietBefore = await settledHistoryLength(handle);
         for (let i = 0; i < 100; i++) {
           await client.activity.heartbeat({ workflowId: jobId, activityId: 'watch-1' }, { i });
         }

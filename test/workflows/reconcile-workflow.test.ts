@@ -1,0 +1,65 @@
+/**
+ * The ledger reconciliation workflow (the `cyxwiz-reconcile-ledger` schedule starts it) on a real Temporal dev server,
+ * bundled from src/workflows like the worker bundles it, with a fake `reconcilePayments` activity.
+ */
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { ReconcileReport } from '../../src/chain/reconcile';
+import { reconcileLedgerWorkflow } from '../../src/workflows';
+import { testTemporalCli } from '../support/env';
+import { createJobTestEnv, uniqueTaskQueue } from './job-harness';
+
+jest.setTimeout(30_000);
+
+let env: TestWorkflowEnvironment;
+let bundle: WorkflowBundleWithSourceMap;
+
+beforeAll(async () => {
+  ({ env, bundle } = await createJobTestEnv(testTemporalCli()));
+});
+
+afterAll(async () => {
+  await env?.teardown();
+});
+
+const REPORT: ReconcileReport = {
+  completed: ['job-1/release_node', 'job-1/release_platform'],
+  reopened: ['job-2/refund'],
+  failed: [],
+  inFlight: ['job-3/escrow'],
+  mismatches: ['escrow of job-4 holds 5 units, the ledger says 7'],
+  checkedLegs: 4,
+  checkedEscrows: 2,
+};
+
+test('reconcileLedgerWorkflow runs reconcilePayments once and returns its report', async () => {
+  const taskQueue = uniqueTaskQueue('reconcile');
+  let calls = 0;
+  const worker = await Worker.create({
+    connection: env.nativeConnection,
+    namespace: env.namespace ?? 'default',
+    taskQueue,
+    workflowBundle: bundle,
+    activities: {
+      reconcilePayments: async (): Promise<ReconcileReport> => {
+        calls += 1;
+        return structuredClone(REPORT);
+      },
+    },
+  });
+
+  await worker.runUntil(async () => {
+    const handle = await env.client.workflow.start(reconcileLedgerWorkflow, {
+      workflowId: `reconcile-${Date.now().toString(36)}`,
+      taskQueue,
+    });
+    expect(await handle.result()).toEqual(REPORT);
+    expect(calls).toBe(1);
+
+    // What an operator sees in the Web UI: the counts and every mismatch.
+    const metadata = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+    expect(metadata.currentDetails).toContain('checked 4 in-flight legs and 2 escrows');
+    expect(metadata.currentDetails).toContain('completed 2 · reopened 1 · failed 0 · in flight 1');
+    expect(metadata.currentDetails).toContain('- escrow of job-4 holds 5 units, the ledger says 7');
+  });
+});
