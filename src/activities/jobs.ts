@@ -4,14 +4,17 @@ import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import type { DeviceType } from '../domain/job';
-import { fitsJob } from '../domain/node';
+import { failureKind } from '../domain/reputation';
+import { rankCandidates, type Ranked, type Rejected } from '../domain/scoring';
+import { claimNode, heldClaim, queuePosition, releaseClaims, type NodeCache } from '../db/node-cache';
 
 export interface JobActivityDeps {
   db: Db;
-  /** A node is online for matching while its last heartbeat is younger than this. */
-  offlineAfterMs: number;
+  nodes: NodeCache;
   /** NodeService.AssignJob listens on the registered port + this offset. */
   assignPortOffset: number;
+  /** Wakes queued jobs (capacity was given back). */
+  wakeQueued(): Promise<void>;
   now?: () => Date;
 }
 
@@ -31,11 +34,25 @@ export interface MatchInput {
   excludeNodeIds: string[];
 }
 
+/** Why this node, and why not the others: kept with the job (event data, workflow memo, REST). */
+export interface MatchExplanation {
+  ranked: Ranked[];
+  rejected: Rejected[];
+  rejectedCounts: Record<string, number>;
+  eligible: number;
+  /** Eligible nodes passed over because a job ahead in the queue waits for them, or they filled up meanwhile. */
+  claimedByOthers: string[];
+  /** Jobs ahead of this one in the queue (when it waits). */
+  queuePosition?: number;
+}
+
 export interface MatchResult {
   node: MatchedNode | null;
-  /** Why nodes that looked close were passed over (for the job's history). */
-  rejected: { nodeId: string; reason: string }[];
+  explanation: MatchExplanation;
 }
+
+/** How many of the best-ranked nodes a match tries to claim before it waits. */
+const CLAIM_TRIES = 5;
 
 /**
  * A Postgres data or integrity error (SQLSTATE classes 22 and 23) fails the same way on every retry:
@@ -63,37 +80,56 @@ export function createJobActivities(deps: JobActivityDeps) {
   }
 
   /**
-   * Picks an online node that fits the job's device and memory needs, never one in `excludeNodeIds`;
-   * the least loaded, then most reputable, wins. Null when none fits now.
+   * Scores every node against the job (see SCORE_WEIGHTS), then claims capacity on the best one that is
+   * free and not wanted by a job ahead in the queue. Null when none can take the job now.
    */
   async function matchNode(input: MatchInput): Promise<MatchResult> {
-    const candidates = await nodesRepo.findCandidateNodes(deps.db, {
+    // A retry of a match that already claimed a node (the activity died after the claim) gets that node.
+    const held = await heldClaim(deps.db, input.jobId);
+    if (held && !input.excludeNodeIds.includes(held)) {
+      const node = await nodesRepo.getNode(deps.db, held);
+      if (node) {
+        return {
+          node: { nodeId: node.id, endpoint: `${node.ipAddress}:${node.port}`, assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}` },
+          explanation: { ranked: [], rejected: [], rejectedCounts: {}, eligible: 1, claimedByOthers: [] },
+        };
+      }
+    }
+    await deps.nodes.refresh();
+    const ranking = rankCandidates(deps.nodes.candidates(), {
       requiredDevice: input.requiredDevice,
       minMemory: input.estimatedMemory,
-      excludeNodeIds: input.excludeNodeIds,
-      onlineSince: new Date(now().getTime() - deps.offlineAfterMs),
-      limit: 50,
+      excludeNodeIds: new Set(input.excludeNodeIds),
+      now: now(),
     });
-    const rejected: MatchResult['rejected'] = [];
-    for (const c of candidates) {
-      const fit = fitsJob(
-        { devices: c.devices, ramTotal: c.ramTotal },
-        { requiredDevice: input.requiredDevice, estimatedMemory: input.estimatedMemory },
-      );
-      if (!fit.fits) {
-        rejected.push({ nodeId: c.id, reason: fit.reason });
+    const claimedByOthers: string[] = [];
+    for (const pick of ranking.ranked.slice(0, CLAIM_TRIES)) {
+      if (!(await claimNode(deps.db, input.jobId, pick.nodeId))) {
+        claimedByOthers.push(pick.nodeId);
         continue;
       }
+      deps.nodes.noteClaim(pick.nodeId);
+      const node = await nodesRepo.getNode(deps.db, pick.nodeId);
+      if (!node) continue;
       return {
         node: {
-          nodeId: c.id,
-          endpoint: `${c.ipAddress}:${c.port}`,
-          assignEndpoint: `${c.ipAddress}:${c.port + deps.assignPortOffset}`,
+          nodeId: node.id,
+          endpoint: `${node.ipAddress}:${node.port}`,
+          assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}`,
         },
-        rejected,
+        explanation: { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers },
       };
     }
-    return { node: null, rejected };
+    return {
+      node: null,
+      explanation: { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers, queuePosition: await queuePosition(deps.db, input.jobId) },
+    };
+  }
+
+  /** Gives back the node capacity the job holds and lets waiting jobs try for it. */
+  async function releaseNode(input: { jobId: string }): Promise<void> {
+    await releaseClaims(deps.db, input.jobId);
+    await deps.wakeQueued();
   }
 
   /**
@@ -106,9 +142,14 @@ export function createJobActivities(deps: JobActivityDeps) {
   }
 
   /** Counts a finished attempt in the node's record. */
-  async function recordNodeOutcome(input: { nodeId: string; outcome: 'completed' | 'failed' }): Promise<void> {
-    await nodesRepo.recordJobOutcome(deps.db, input.nodeId, input.outcome);
+  async function recordNodeOutcome(input: { nodeId: string; outcome: 'completed' | 'failed'; jobId: string; reason: string }): Promise<void> {
+    await nodesRepo.recordReputationEvent(deps.db, {
+      nodeId: input.nodeId,
+      jobId: input.jobId,
+      kind: input.outcome === 'completed' ? 'job_completed' : failureKind(input.reason),
+      reason: input.reason,
+    });
   }
 
-  return { recordTransition, matchNode, watchNode, recordNodeOutcome };
+  return { recordTransition, matchNode, releaseNode, watchNode, recordNodeOutcome };
 }

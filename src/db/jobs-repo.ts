@@ -14,6 +14,11 @@ export interface NewJob {
   configHash: string;
 }
 
+/** Queue order of a priority: CRITICAL 0 … LOW 3. */
+export function priorityRank(priority: JobSpec['priority']): number {
+  return { CRITICAL: 0, HIGH: 1, NORMAL: 2, LOW: 3 }[priority];
+}
+
 /** Inserts a job unless one with its id exists. Returns the stored row and whether this call created it. */
 export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: boolean; row: JobRow }> {
   const { spec } = job;
@@ -24,6 +29,7 @@ export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: boo
       status: 'pending',
       jobType: spec.jobType,
       priority: spec.priority,
+      priorityRank: priorityRank(spec.priority),
       requiredDevice: spec.requiredDevice,
       estimatedMemory: spec.estimatedMemory,
       config: spec,
@@ -70,6 +76,8 @@ export interface Transition {
   ended?: boolean;
   /** Tell this node to stop the job at its next heartbeat. */
   cancelOnNode?: string;
+  /** This node failed or lost the job: never match it again. */
+  excludeNode?: string;
 }
 
 /**
@@ -109,6 +117,7 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
         ...(t.to === 'completed' && { progress: 1 }),
         // A new node starts the job from scratch: no progress of the previous one shows.
         ...(t.to === 'assigned' && { progress: 0, currentEpoch: 0, metrics: {} }),
+        ...(t.excludeNode && { excludedNodes: sql`array_append(${jobs.excludedNodes}, ${t.excludeNode})` }),
       })
       .where(eq(jobs.id, t.jobId));
     if (t.cancelOnNode) {

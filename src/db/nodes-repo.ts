@@ -1,8 +1,10 @@
 import { and, asc, count, desc, eq, gt, gte, inArray, lte, notInArray, or, sql } from 'drizzle-orm';
 import type { DeviceType } from '../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
-import type { DbOrTx } from './client';
-import { jobs, nodeJobCancels, nodeMetrics, nodes, type NodeProfile } from './schema';
+import { computeScore, listPricePerHour } from '../domain/pricing';
+import type { Db, DbOrTx } from './client';
+import { applyDelta, BAN_HOURS, BAN_THRESHOLD, type ReputationEvent } from '../domain/reputation';
+import { jobs, nodeJobCancels, nodeMetrics, nodes, reputationEvents, type NodeProfile } from './schema';
 
 export type NodeRow = typeof nodes.$inferSelect;
 
@@ -17,6 +19,8 @@ export interface NodeRegistration {
   region: string;
   walletAddress: string;
   profile: NodeProfile;
+  /** The NodePricing the node announced (snake_case as on the wire), if it announced a price. */
+  pricing?: Record<string, unknown> & { price_per_hour: number };
 }
 
 /**
@@ -52,17 +56,24 @@ export async function findRegisteredNode(
   return undefined;
 }
 
-function derived(devices: DeviceCapsSpec[]): { deviceTypes: DeviceType[]; maxDeviceMemory: number } {
+/** Columns derived from a registration, for indexed matching and discovery. */
+function derived(r: NodeRegistration) {
+  const accelerators = r.devices.filter((d) => d.deviceType !== 'CPU' && d.deviceType !== 'UNKNOWN').length;
   return {
-    deviceTypes: [...new Set(devices.map((d) => d.deviceType))],
-    maxDeviceMemory: Math.max(0, ...devices.map(deviceMemory)),
+    deviceTypes: [...new Set(r.devices.map((d) => d.deviceType))] as DeviceType[],
+    maxDeviceMemory: Math.max(0, ...r.devices.map(deviceMemory)),
+    computeScore: computeScore(r),
+    pricePerHour: r.pricing && r.pricing.price_per_hour > 0 ? r.pricing.price_per_hour : listPricePerHour(r),
+    pricing: r.pricing ?? {},
+    capacity: Math.max(1, accelerators),
   };
 }
 
 /** Creates or refreshes a node from its registration; it is online from now. */
 export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration): Promise<NodeRow> {
   const now = new Date();
-  const values = { ...r, ...derived(r.devices), status: 'online', lastHeartbeat: now, updatedAt: now };
+  const { pricing: _announced, ...fields } = r;
+  const values = { ...fields, ...derived(r), status: 'online', lastHeartbeat: now, updatedAt: now };
   const [row] = await db
     .insert(nodes)
     .values({ id, ...values })
@@ -191,15 +202,63 @@ export async function markStaleNodesOffline(db: DbOrTx, before: Date): Promise<s
   return rows.map((r) => r.id);
 }
 
-export async function recordJobOutcome(db: DbOrTx, nodeId: string, outcome: 'completed' | 'failed'): Promise<void> {
-  await db
-    .update(nodes)
-    .set(
-      outcome === 'completed'
-        ? { totalJobsCompleted: sql`${nodes.totalJobsCompleted} + 1` }
-        : { totalJobsFailed: sql`${nodes.totalJobsFailed} + 1` },
-    )
-    .where(eq(nodes.id, nodeId));
+/**
+ * Counts a finished attempt and moves the node's reputation by the event's documented amount, once per
+ * (node, job, event): the event row is the evidence, and a retried activity finds it and changes nothing.
+ * @returns the reputation after the event (unchanged on a retry).
+ */
+export async function recordReputationEvent(
+  db: Db,
+  e: { nodeId: string; jobId: string; kind: ReputationEvent; reason: string; now?: Date },
+): Promise<number | undefined> {
+  return db.transaction(async (tx) => {
+    const [node] = await tx.select().from(nodes).where(eq(nodes.id, e.nodeId)).for('update');
+    if (!node) return undefined;
+    const after = applyDelta(node.reputation, e.kind);
+    const now = e.now ?? new Date();
+    let bannedUntil: Date | null = null;
+    if (after < BAN_THRESHOLD && !(node.bannedUntil && node.bannedUntil > now)) {
+      const [{ bans }] = await tx
+        .select({ bans: count() })
+        .from(reputationEvents)
+        .where(and(eq(reputationEvents.nodeId, e.nodeId), eq(reputationEvents.kind, 'ban')));
+      bannedUntil = new Date(now.getTime() + BAN_HOURS * 3600_000 * (bans + 1));
+    }
+    const inserted = await tx
+      .insert(reputationEvents)
+      .values({ nodeId: e.nodeId, jobId: e.jobId, kind: e.kind, delta: after - node.reputation, reputationAfter: after, reason: e.reason })
+      .onConflictDoNothing()
+      .returning({ id: reputationEvents.id });
+    if (inserted.length === 0) return node.reputation;
+    await tx
+      .update(nodes)
+      .set({
+        reputation: after,
+        updatedAt: now,
+        ...(e.kind === 'job_completed'
+          ? { totalJobsCompleted: sql`${nodes.totalJobsCompleted} + 1` }
+          : { totalJobsFailed: sql`${nodes.totalJobsFailed} + 1` }),
+        ...(bannedUntil && { bannedUntil }),
+      })
+      .where(eq(nodes.id, e.nodeId));
+    if (bannedUntil) {
+      await tx.insert(reputationEvents).values({
+        nodeId: e.nodeId,
+        jobId: e.jobId,
+        kind: 'ban',
+        delta: 0,
+        reputationAfter: after,
+        reason: `reputation ${after} below ${BAN_THRESHOLD}`,
+        bannedUntil,
+      }).onConflictDoNothing();
+    }
+    return after;
+  });
+}
+
+/** The node's reputation history, newest first. */
+export async function reputationHistory(db: DbOrTx, nodeId: string, limit = 100) {
+  return db.select().from(reputationEvents).where(eq(reputationEvents.nodeId, nodeId)).orderBy(desc(reputationEvents.at), desc(reputationEvents.id)).limit(limit);
 }
 
 export type MetricRow = typeof nodeMetrics.$inferInsert;

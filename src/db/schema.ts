@@ -56,6 +56,16 @@ export const nodes = pgTable(
     region: text('region').notNull().default(''),
     walletAddress: text('wallet_address').notNull().default(''),
     reputation: doublePrecision('reputation').notNull().default(0.5),
+    /** What the hardware can do (cores, RAM, accelerators), independent of reputation. */
+    computeScore: doublePrecision('compute_score').notNull().default(0),
+    /** Effective hourly price in whole CYXWIZ: the node's announced price, else the list price. */
+    pricePerHour: doublePrecision('price_per_hour').notNull().default(0),
+    /** The NodePricing the node announced, if any. */
+    pricing: jsonb('pricing').$type<Record<string, unknown>>().notNull().default({}),
+    /** Jobs the node runs at once. */
+    capacity: integer('capacity').notNull().default(1),
+    /** Set by reputation penalties; the node matches nothing until then. */
+    bannedUntil: ts('banned_until'),
     /** online | offline; matching also requires a fresh last_heartbeat. */
     status: text('status').notNull().default('online'),
     profile: jsonb('profile').$type<Partial<NodeProfile>>().notNull().default({}),
@@ -69,6 +79,8 @@ export const nodes = pgTable(
     index('nodes_endpoint_idx').on(t.ipAddress, t.port),
     index('nodes_wallet_idx').on(t.walletAddress).where(sql`${t.walletAddress} <> ''`),
     index('nodes_heartbeat_idx').on(t.lastHeartbeat),
+    index('nodes_region_idx').on(t.region),
+    index('nodes_price_idx').on(t.pricePerHour),
     check('nodes_reputation_range', sql`${t.reputation} >= 0 and ${t.reputation} <= 1`),
   ],
 );
@@ -80,6 +92,10 @@ export const jobs = pgTable(
     status: jobPhase('status').notNull().default('pending'),
     jobType: text('job_type').notNull(),
     priority: text('priority').notNull(),
+    /** 0 = CRITICAL … 3 = LOW: the queue order is (priority_rank, created_at). */
+    priorityRank: integer('priority_rank').notNull().default(2),
+    /** Nodes that failed or lost this job: it never goes back to them. */
+    excludedNodes: text('excluded_nodes').array().notNull().default(sql`'{}'::text[]`),
     requiredDevice: text('required_device').notNull(),
     estimatedMemory: bigint('estimated_memory', { mode: 'number' }).notNull().default(0),
     config: jsonb('config').$type<JobSpec>().notNull(),
@@ -104,6 +120,7 @@ export const jobs = pgTable(
   },
   (t) => [
     index('jobs_status_idx').on(t.status, t.createdAt),
+    index('jobs_queue_idx').on(t.priorityRank, t.createdAt).where(sql`${t.status} in ('pending', 'queued')`),
     index('jobs_node_idx').on(t.assignedNodeId).where(sql`${t.status} in ('assigned', 'running')`),
     index('jobs_submitter_idx').on(t.submitter, t.createdAt),
     index('jobs_created_idx').on(t.createdAt, t.id),
@@ -197,4 +214,36 @@ export const nodeJobCancels = pgTable(
     createdAt: ts('created_at').notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.nodeId, t.jobId] })],
+);
+
+/** Every change of a node's reputation, with the job and event that caused it (evidence). */
+export const reputationEvents = pgTable(
+  'reputation_events',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    nodeId: text('node_id').notNull(),
+    jobId: text('job_id'),
+    /** job_completed | job_failed | node_lost | ban | ban_expired */
+    kind: text('kind').notNull(),
+    delta: doublePrecision('delta').notNull(),
+    reputationAfter: doublePrecision('reputation_after').notNull(),
+    reason: text('reason').notNull(),
+    bannedUntil: ts('banned_until'),
+    at: ts('at').notNull().defaultNow(),
+  },
+  (t) => [index('reputation_events_node_idx').on(t.nodeId, t.at), uniqueIndex('reputation_events_job_kind_idx').on(t.nodeId, t.jobId, t.kind)],
+);
+
+/**
+ * A job's hold on one unit of a node's capacity, taken when the job is matched and released when its
+ * attempt ends. Taken under a lock on the node row, so no two jobs are ever placed on the same free capacity.
+ */
+export const nodeClaims = pgTable(
+  'node_claims',
+  {
+    nodeId: text('node_id').notNull(),
+    jobId: text('job_id').notNull(),
+    claimedAt: ts('claimed_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.nodeId, t.jobId] }), index('node_claims_job_idx').on(t.jobId)],
 );

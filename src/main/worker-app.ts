@@ -16,6 +16,8 @@ import { reconcileLedgerWorkflow } from '../workflows/reconcile-workflow';
 import { installTemporalRuntime } from './temporal-runtime';
 import { openDatabase, type Db } from '../db/client';
 import { jobs } from '../db/schema';
+import * as jobsRepo from '../db/jobs-repo';
+import { createNodeCache } from '../db/node-cache';
 import { createJobWorkflowGateway } from '../services/job-workflows';
 import { jobWorkflowOptions } from './workflow-options';
 
@@ -40,6 +42,14 @@ export async function startWorker(
   installTemporalRuntime(log);
   const database = openDatabase(env.databaseUrl, { max: 20 });
   const dispatch = createDispatchActivities({ timeoutMs: config.nodes.assignTimeoutMs, tokenDecimals: config.payments.tokenDecimals });
+  const clientConnection = await Connection.connect({ address: env.temporalAddress });
+  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
+  const gateway = createJobWorkflowGateway({
+    client,
+    taskQueue: config.temporal.taskQueue,
+    options: jobWorkflowOptions(config),
+    tokenDecimals: config.payments.tokenDecimals,
+  });
   const settlement = createChainSettlement({
     db: database.db,
     connection: env.chain.connection,
@@ -53,13 +63,17 @@ export async function startWorker(
     confirmTimeoutMs: config.chain.confirmTimeoutMs,
   });
   const activities = {
-    ...createJobActivities({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs, assignPortOffset: config.nodes.assignPortOffset }),
+    ...createJobActivities({
+      db: database.db,
+      nodes: createNodeCache({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs }),
+      assignPortOffset: config.nodes.assignPortOffset,
+      wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
+    }),
     ...createPaymentActivities({ settlement }),
     ...dispatch.activities,
     reconcilePayments: () =>
       reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 }),
   };
-  const clientConnection = await Connection.connect({ address: env.temporalAddress });
   // Job workflows upsert these; an external cluster gets them registered here (a no-op when present).
   const { added } = await ensureSearchAttributes(clientConnection, config.temporal.namespace, SEARCH_ATTRIBUTE_TYPES);
   if (added.length > 0) log.info({ added }, 'registered search attributes');
@@ -71,13 +85,6 @@ export async function startWorker(
     workflowsPath: require.resolve('../workflows'),
     activities,
     shutdownGraceTime: '10 seconds',
-  });
-  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
-  const gateway = createJobWorkflowGateway({
-    client,
-    taskQueue: config.temporal.taskQueue,
-    options: jobWorkflowOptions(config),
-    tokenDecimals: config.payments.tokenDecimals,
   });
 
   await ensureReconcileSchedule(client, config);

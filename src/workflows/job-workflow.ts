@@ -11,6 +11,7 @@ import {
   setCurrentDetails,
   setHandler,
   TimeoutFailure,
+  upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
   allHandlersFinished,
@@ -323,11 +324,13 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
           await transition('assigned', `assigned to node ${match.node.nodeId} (attempt ${s.attempt}/${options.maxAttempts})`, 'workflow', {
             assignedNodeId: match.node.nodeId,
             attempts: s.attempt,
-            data: { endpoint: match.node.endpoint, passedOver: match.rejected, refusedBy: s.refusedNodes },
+            data: { endpoint: match.node.endpoint, match: match.explanation, refusedBy: s.refusedNodes },
           });
+          upsertMemo({ match: { nodeId: match.node.nodeId, attempt: s.attempt, ...match.explanation } });
           s.refusedNodes = [];
           return;
         }
+        await registry.releaseNode({ jobId });
         s.refusedNodes.push(match.node.nodeId);
         s.lastReason = refusal;
         details();
@@ -336,8 +339,12 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       // Nothing fits now. Nodes that refused (busy) get another chance after the wait.
       s.refusedNodes = [];
       if (s.phase !== 'queued') {
-        await transition('queued', 'waiting for a fitting online node', 'workflow', { data: { passedOver: match.rejected } });
+        await transition('queued', `waiting for a node (${queueNote(match.explanation)})`, 'workflow', { data: { match: match.explanation } });
+      } else {
+        s.lastReason = `waiting for a node (${queueNote(match.explanation)})`;
+        details();
       }
+      upsertMemo({ match: match.explanation });
       await condition(() => nodesChanged || cancelRequest !== undefined, options.requeueIntervalMs);
       if (!nodesChanged && !cancelRequest && historyTooLong()) await continueWithFreshHistory();
     }
@@ -398,8 +405,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   }
 
   async function settleCompleted(nodeId: string): Promise<void> {
+    await registry.releaseNode({ jobId });
     const outcome = await moneyStep(() => money.release({ jobId, nodeId }));
-    await registry.recordNodeOutcome({ nodeId, outcome: 'completed' });
+    await registry.recordNodeOutcome({ nodeId, outcome: 'completed', jobId, reason: 'completed the job' });
     if (outcome.owed) {
       s.escrow = 'owed';
       await transition('completed', `completed on node ${nodeId}; its ${outcome.nodeAmount} units are owed until it registers a wallet`, `node:${nodeId}`, {
@@ -439,28 +447,38 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
 
   async function attemptFailed(nodeId: string, reason: string, actor: string): Promise<void> {
     s.failedNodes.push(nodeId);
-    await registry.recordNodeOutcome({ nodeId, outcome: 'failed' });
+    await registry.releaseNode({ jobId });
+    await registry.recordNodeOutcome({ nodeId, outcome: 'failed', jobId, reason });
     outcome = undefined;
     if (s.attempt >= options.maxAttempts) {
       s.error = { code: 500, message: `failed after ${s.attempt} attempt(s); last: ${reason}` };
-      await refundAndEnd('failed', s.error.message, actor, nodeId);
+      await refundAndEnd('failed', s.error.message, actor, nodeId, nodeId);
       return;
     }
     s.nodeId = null;
     await transition('queued', `${reason}; reassigning (${s.attempt}/${options.maxAttempts} attempts used)`, actor, {
       assignedNodeId: null,
       cancelOnNode: nodeId,
+      excludeNode: nodeId,
       data: { lostNode: nodeId },
     });
   }
 
-  async function refundAndEnd(phase: 'failed' | 'cancelled', reason: string, actor: string, stopNode: string | null): Promise<void> {
+  async function refundAndEnd(
+    phase: 'failed' | 'cancelled',
+    reason: string,
+    actor: string,
+    stopNode: string | null,
+    excludeNode?: string,
+  ): Promise<void> {
+    if (stopNode) await registry.releaseNode({ jobId });
     const receipt = s.escrow === 'held' ? await moneyStep(() => money.refund({ jobId })) : undefined;
     if (receipt) s.escrow = 'refunded';
     await transition(phase, reason, actor, {
       ended: true,
       error: s.error,
       ...(stopNode && { cancelOnNode: stopNode }),
+      ...(excludeNode && { excludeNode }),
       data: { refund: receipt ?? null },
     });
     final = { phase, txRef: receipt?.txRef ?? '' };
@@ -513,6 +531,19 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     reason: s.lastReason,
     txRef: final?.txRef ?? '',
   };
+}
+
+function queueNote(e: { eligible: number; rejectedCounts: Record<string, number>; claimedByOthers: string[]; queuePosition?: number }): string {
+  const passed = Object.entries(e.rejectedCounts)
+    .map(([reason, n]) => `${n} ${reason}`)
+    .join(', ');
+  return [
+    e.queuePosition !== undefined ? `${e.queuePosition} ahead in the queue` : '',
+    e.claimedByOthers.length ? `${e.claimedByOthers.length} held for jobs ahead` : '',
+    passed ? `passed over: ${passed}` : 'no nodes registered',
+  ]
+    .filter(Boolean)
+    .join('; ');
 }
 
 function describeWatchEnd(error: unknown, options: JobWorkflowOptions): string {

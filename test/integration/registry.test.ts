@@ -1,6 +1,8 @@
-import { eq } from 'drizzle-orm';
+import { eq, inArray } from 'drizzle-orm';
 import pino from 'pino';
 import { createJobActivities } from '../../src/activities/jobs';
+import { createNodeCache } from '../../src/db/node-cache';
+import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
 import { jobEvents, jobs, nodeMetrics, nodes } from '../../src/db/schema';
 import type { JobSpec } from '../../src/domain/job';
@@ -142,18 +144,77 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await jobsRepo.getJob(database.db, 'waiting'))).toMatchObject({ status: 'assigned', attempts: 1, assignedNodeId: 'x', eventSeq: 1 });
   });
 
-  it('matches an online fitting node, never an excluded one, least loaded first', async () => {
-    const acts = createJobActivities({ db: database.db, offlineAfterMs: 30_000, assignPortOffset: 3, now: () => new Date(clock) });
+  async function job(id: string, over: Partial<typeof jobs.$inferInsert> = {}) {
+    await database.db.insert(jobs).values({
+      id, status: 'pending', jobType: 'TRAINING', priority: 'NORMAL', priorityRank: 2, requiredDevice: 'CUDA',
+      estimatedMemory: 4 * GiB, config: spec(id), configHash: 'h', paymentUnits: 10n, createdAt: new Date(clock), ...over,
+    });
+  }
+
+  it('matches the best-scoring fitting online node, never an excluded one, and explains the others', async () => {
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, maxAgeMs: 0, now: () => clock });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, wakeQueued: async () => undefined, now: () => new Date(clock) });
     const { nodeService, heartbeats } = services();
+    // jobs of the earlier tests are done: none waits ahead of the ones below
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
     await nodeService.register('small', registration({ ipAddress: '10.1.0.1', devices: [{ ...registration().devices[0], vramTotal: 2 * GiB }] }));
     await nodeService.register('big', registration({ ipAddress: '10.1.0.2' }));
     for (const id of ['small', 'big', 'node_1700000000']) await heartbeats.beat(id);
     await heartbeats.flush();
-    const m = await acts.matchNode({ jobId: 'x', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] });
+    await job('m1');
+    const m = await acts.matchNode({ jobId: 'm1', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] });
     expect(m.node).toEqual({ nodeId: 'big', endpoint: '10.1.0.2:50052', assignEndpoint: '10.1.0.2:50055' });
-    const none = await acts.matchNode({ jobId: 'x', requiredDevice: 'CUDA', estimatedMemory: 64 * GiB, excludeNodeIds: [] });
+    expect(m.explanation.ranked[0]).toMatchObject({ nodeId: 'big', parts: { reputation: 0.5, load: 1 } });
+    expect(m.explanation.rejected).toEqual(
+      expect.arrayContaining([
+        { nodeId: 'node_1700000000', reason: 'already failed this job' },
+        { nodeId: 'small', reason: expect.stringMatching(/needs 4294967296 bytes on a CUDA device/) },
+      ]),
+    );
+    // the same job matching again keeps its claim; another job finds the node full (capacity 1)
+    expect((await acts.matchNode({ jobId: 'm1', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] })).node?.nodeId).toBe('big');
+    await job('m2');
+    const full = await acts.matchNode({ jobId: 'm2', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] });
+    expect(full.node).toBeNull();
+    expect(full.explanation.rejectedCounts['at capacity']).toBe(1);
+    expect(full.explanation.queuePosition).toBe(1); // m1 was submitted at the same instant but sorts first
+    await acts.releaseNode({ jobId: 'm1' });
+    expect((await acts.matchNode({ jobId: 'm2', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] })).node?.nodeId).toBe('big');
+    await acts.releaseNode({ jobId: 'm2' });
+    const none = await acts.matchNode({ jobId: 'm2', requiredDevice: 'CUDA', estimatedMemory: 64 * GiB, excludeNodeIds: [] });
     expect(none.node).toBeNull();
-    const cpu = await acts.matchNode({ jobId: 'x', requiredDevice: 'OPENCL', estimatedMemory: 0, excludeNodeIds: [] });
-    expect(cpu.node).toBeNull();
+  });
+
+  it('gives free capacity to the most urgent waiting job first, oldest first within a priority', async () => {
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, maxAgeMs: 0, now: () => clock });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    await job('urgent', { status: 'queued', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 5000) });
+    await job('early-normal', { status: 'queued', createdAt: new Date(clock - 5000) });
+    await job('late-normal', { status: 'queued', createdAt: new Date(clock + 1000) });
+    const ask = (jobId: string) => acts.matchNode({ jobId, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] });
+    // one free node ('big'): the later NORMAL job may not take it while HIGH and older NORMAL jobs wait
+    expect((await ask('late-normal')).node).toBeNull();
+    expect((await ask('early-normal')).node).toBeNull();
+    expect((await ask('urgent')).node?.nodeId).toBe('big');
+    await database.db.update(jobs).set({ status: 'assigned' }).where(eq(jobs.id, 'urgent'));
+    await acts.releaseNode({ jobId: 'urgent' });
+    expect((await ask('late-normal')).node).toBeNull();
+    expect((await ask('early-normal')).node?.nodeId).toBe('big');
+  });
+
+  it('moves reputation by the documented amounts, once per job and event, and bans a node that falls too low', async () => {
+    const rep = async () => (await database.db.select().from(nodes).where(eq(nodes.id, 'small')))[0];
+    const start = (await rep()).reputation;
+    expect(await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: 'j-ok', kind: 'job_completed', reason: 'done' })).toBeCloseTo(start + 0.02);
+    expect(await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: 'j-ok', kind: 'job_completed', reason: 'done' })).toBeCloseTo(start + 0.02);
+    for (let i = 0; i < 4; i++) await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: `lost-${i}`, kind: 'node_lost', reason: 'node lost' });
+    const after = await rep();
+    expect(after.reputation).toBeCloseTo(start + 0.02 - 0.4);
+    expect(after.totalJobsCompleted).toBe(1);
+    expect(after.totalJobsFailed).toBe(4);
+    expect(after.bannedUntil!.getTime()).toBeGreaterThan(Date.now() + 23 * 3600_000);
+    const history = await nodesRepo.reputationHistory(database.db, 'small');
+    expect(history.map((h) => h.kind)).toEqual(expect.arrayContaining(['job_completed', 'node_lost', 'ban']));
+    expect(history.find((h) => h.kind === 'job_completed')).toMatchObject({ jobId: 'j-ok', delta: expect.closeTo(0.02) });
   });
 });

@@ -167,14 +167,20 @@ export class FakeCluster {
     matchNode: async (input: MatchInput): Promise<MatchResult> => {
       this.matchCalls.push(structuredClone(input));
       const node = this.online.find((n) => !input.excludeNodeIds.includes(n.nodeId)) ?? null;
-      return { node, rejected: [] };
+      return {
+        node,
+        explanation: { ranked: node ? [{ nodeId: node.nodeId, score: 1, parts: { fit: 1, reputation: 1, load: 1, region: 1, price: 1 } }] : [], rejected: [], rejectedCounts: {}, eligible: node ? 1 : 0, claimedByOthers: [] },
+      };
+    },
+    releaseNode: async (input: { jobId: string }): Promise<void> => {
+      this.timeline.push(`release-node:${input.jobId}`);
     },
     watchNode: async (input: { jobId: string; nodeId: string; attempt: number }): Promise<void> => {
       this.watchCalls.push({ ...input, at: Date.now() });
       throw new CompleteAsyncError();
     },
-    recordNodeOutcome: async (input: { nodeId: string; outcome: 'completed' | 'failed' }): Promise<void> => {
-      this.nodeOutcomes.push(input);
+    recordNodeOutcome: async (input: { nodeId: string; outcome: 'completed' | 'failed'; jobId: string; reason: string }): Promise<void> => {
+      this.nodeOutcomes.push({ nodeId: input.nodeId, outcome: input.outcome });
     },
     escrow: async (input: { jobId: string; amount: string; payer: string; escrowTxHash?: string }): Promise<LegReceipt> => {
       this.escrowCalls.push({ jobId: input.jobId, amount: input.amount, payer: input.payer, escrowTxHash: input.escrowTxHash });

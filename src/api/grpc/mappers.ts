@@ -172,6 +172,7 @@ export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: st
       port: info.port || DEFAULT_NODE_PORT,
       region: optionalText(info.region, 'info.region', 128),
       walletAddress: optionalText(info.wallet_address, 'info.wallet_address', 128),
+      pricing: announcedPricing(info.pricing),
       profile: {
         version: v ? `${v.major}.${v.minor}.${v.patch}${v.build ? `+${v.build}` : ''}` : '',
         supportedFormats: info.supported_formats ?? [],
@@ -182,6 +183,13 @@ export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: st
       },
     },
   };
+}
+
+/** A node's announced NodePricing, when it announced a usable hourly price. @throws ValidationError */
+function announcedPricing(pricing: NodeInfo['pricing']): (Record<string, unknown> & { price_per_hour: number }) | undefined {
+  if (!pricing || !(pricing.price_per_hour > 0)) return undefined;
+  if (!Number.isFinite(pricing.price_per_hour)) throw new ValidationError('info.pricing.price_per_hour', 'must be a finite number');
+  return { ...pricing, price_per_hour: pricing.price_per_hour };
 }
 
 /** The caller's IP from a grpc-js peer string ("ipv4:1.2.3.4:5678", "ipv6:[::1]:5678", "1.2.3.4:5678"). */

@@ -1,0 +1,191 @@
+import type { Db } from '../db/client';
+import * as discoveryRepo from '../db/discovery-repo';
+import type { Cursor, DiscoveredNode, DiscoverySort, Liveness, NodeFilter } from '../db/discovery-repo';
+import { NotFoundError, ValidationError } from '../domain/errors';
+import type { DeviceType } from '../domain/job';
+
+export type { DiscoveredNode, DiscoverySort } from '../db/discovery-repo';
+
+export interface DiscoveryServiceDeps {
+  db: Db;
+  /** A node is online while its last heartbeat is younger than this (config.nodes.offlineAfterMs). */
+  offlineAfterMs: number;
+}
+
+export const DEFAULT_PAGE_SIZE = 50;
+export const MAX_PAGE_SIZE = 500;
+export const DEFAULT_MAX_RESULTS = 50;
+export const MAX_RESULTS = 500;
+
+/** ListNodes. Absent numbers do not filter; regions are compared ignoring case. */
+export interface ListNodesQuery {
+  /** Default 50, at most 500 (larger values are capped). */
+  pageSize?: number;
+  /** '' for the first page, else the `nextPageToken` of the previous one. */
+  pageToken: string;
+  onlineOnly: boolean;
+  device: DeviceType;
+  region: string;
+  minPricePerHour?: number;
+  maxPricePerHour?: number;
+  sort: DiscoverySort;
+  /** Reverses the sort's natural direction (price ascending; performance, reputation, availability descending). */
+  descending: boolean;
+}
+
+export interface NodePage extends discoveryRepo.ListStats {
+  nodes: DiscoveredNode[];
+  /** '' on the last page. */
+  nextPageToken: string;
+}
+
+/** FindNodes. Absent numbers do not filter; regions are compared ignoring case. */
+export interface FindNodesQuery {
+  device: DeviceType;
+  /** RAM, bytes. */
+  minRam?: number;
+  /** Memory of one device of the required type (any device when none is required), bytes. */
+  minDeviceMemory?: number;
+  /** 0..1. */
+  minReputation?: number;
+  minComputeScore?: number;
+  minStake?: number;
+  /** Nodes whose region contains this rank first; it excludes no node. */
+  preferredRegion: string;
+  allowedRegions: string[];
+  blockedRegions: string[];
+  maxPricePerHour?: number;
+  maxPriceUsd?: number;
+  /** NodePricing.BillingModel the node announced; nodes that announced none bill hourly (0). */
+  billingModel?: number;
+  requireFreeTier: boolean;
+  /** Default 50, at most 500 (larger values are capped). */
+  maxResults?: number;
+  sort: DiscoverySort;
+}
+
+export interface NodeMatches {
+  nodes: DiscoveredNode[];
+  /** Matching nodes before truncation to maxResults. */
+  totalMatching: number;
+  /** Over every matching node (not only those returned); 0 when none match. */
+  avgPricePerHour: number;
+  minPricePerHour: number;
+  maxPricePerHour: number;
+}
+
+const TOKEN_VERSION = 1;
+const SORT_CODES: Record<DiscoverySort, string> = { price: 'p', performance: 'c', reputation: 'r', availability: 'a' };
+
+/** An opaque ListNodes page token: the sort it belongs to and the position after the page's last node. */
+function encodePageToken(sort: DiscoverySort, descending: boolean, cursor: Cursor): string {
+  return Buffer.from(JSON.stringify([TOKEN_VERSION, SORT_CODES[sort], descending ? 1 : 0, cursor.keys, cursor.id])).toString('base64url');
+}
+
+/** @throws ValidationError (page_token) for a token this server did not issue or one of another sort order. */
+function decodePageToken(token: string, sort: DiscoverySort, descending: boolean): Cursor {
+  const invalid = () => new ValidationError('page_token', 'is not a token this server issued');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
+  } catch {
+    throw invalid();
+  }
+  if (!Array.isArray(parsed) || parsed.length !== 5 || parsed[0] !== TOKEN_VERSION) throw invalid();
+  const [, sortCode, reversed, keys, id] = parsed as [unknown, unknown, unknown, unknown, unknown];
+  if (!Array.isArray(keys) || typeof id !== 'string' || !id) throw invalid();
+  if (sortCode !== SORT_CODES[sort] || reversed !== (descending ? 1 : 0)) {
+    throw new ValidationError('page_token', 'belongs to another sort order; start again without a token');
+  }
+  if (!discoveryRepo.isCursorFor(sort, keys)) throw invalid();
+  return { keys: keys as (number | string)[], id };
+}
+
+const lower = (s: string) => s.trim().toLowerCase();
+const positive = (n: number | undefined) => (n !== undefined && n > 0 ? n : undefined);
+const deviceFilter = (d: DeviceType) => (d === 'UNKNOWN' ? undefined : d);
+
+/** NodeDiscoveryService use-cases: what Engines browse before they reserve a node or submit a job. */
+export function createDiscoveryService(deps: DiscoveryServiceDeps) {
+  const { db } = deps;
+
+  function liveness(): Liveness {
+    const now = Date.now();
+    return { now: new Date(now), onlineSince: new Date(now - deps.offlineAfterMs) };
+  }
+
+  /**
+   * One page of nodes with the network's counts. is_online is liveness alone; whether a node can take a job
+   * now (not banned, free capacity) shows in the availability order, where such nodes come first.
+   * @throws ValidationError (page_token).
+   */
+  async function list(q: ListNodesQuery): Promise<NodePage> {
+    const after = q.pageToken ? decodePageToken(q.pageToken, q.sort, q.descending) : undefined;
+    const limit = Math.min(q.pageSize || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
+    const filter: NodeFilter = {
+      onlineOnly: q.onlineOnly,
+      device: deviceFilter(q.device),
+      region: q.region.trim() ? lower(q.region) : undefined,
+      minPricePerHour: positive(q.minPricePerHour),
+      maxPricePerHour: positive(q.maxPricePerHour),
+    };
+    const live = liveness();
+    const sort = { key: q.sort, reversed: q.descending };
+    const [rows, stats] = await Promise.all([
+      // One row more than the page tells whether another page follows.
+      discoveryRepo.discoverNodes(db, { filter, sort, after, limit: limit + 1, live }),
+      discoveryRepo.listStats(db, filter, live),
+    ]);
+    const page = rows.slice(0, limit);
+    const nextPageToken =
+      rows.length > limit ? encodePageToken(q.sort, q.descending, discoveryRepo.cursorAfter(page[page.length - 1], q.sort)) : '';
+    return { ...stats, nodes: page, nextPageToken };
+  }
+
+  /**
+   * Nodes a job could be placed on now (live, not banned, with free capacity) that meet every condition of
+   * the query, best first, with the price range of all of them.
+   */
+  async function find(q: FindNodesQuery): Promise<NodeMatches> {
+    const filter: NodeFilter = {
+      availableOnly: true,
+      device: deviceFilter(q.device),
+      minRam: positive(q.minRam),
+      minDeviceMemory: positive(q.minDeviceMemory),
+      minReputation: positive(q.minReputation),
+      minComputeScore: positive(q.minComputeScore),
+      minStake: positive(q.minStake),
+      allowedRegions: q.allowedRegions.map(lower).filter(Boolean),
+      blockedRegions: q.blockedRegions.map(lower).filter(Boolean),
+      maxPricePerHour: positive(q.maxPricePerHour),
+      maxPriceUsd: positive(q.maxPriceUsd),
+      billingModel: positive(q.billingModel),
+      freeTierOnly: q.requireFreeTier,
+    };
+    const limit = Math.min(q.maxResults || DEFAULT_MAX_RESULTS, MAX_RESULTS);
+    const live = liveness();
+    const preferredRegion = q.preferredRegion.trim() ? lower(q.preferredRegion) : undefined;
+    const [rows, stats] = await Promise.all([
+      discoveryRepo.discoverNodes(db, { filter, sort: { key: q.sort, reversed: false, preferredRegion }, limit, live }),
+      discoveryRepo.matchStats(db, filter, live),
+    ]);
+    return {
+      nodes: rows,
+      totalMatching: stats.total,
+      avgPricePerHour: stats.avgPrice,
+      minPricePerHour: stats.minPrice,
+      maxPricePerHour: stats.maxPrice,
+    };
+  }
+
+  /** @throws NotFoundError when no node has this id. */
+  async function get(nodeId: string): Promise<DiscoveredNode> {
+    const node = await discoveryRepo.getDiscoveredNode(db, nodeId, liveness());
+    if (!node) throw new NotFoundError('node', nodeId);
+    return node;
+  }
+
+  return { list, find, get };
+}
+
+export type DiscoveryService = ReturnType<typeof createDiscoveryService>;
