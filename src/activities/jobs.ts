@@ -13,6 +13,7 @@ export interface JobActivityDeps {
   nodes: NodeCache;
   /** NodeService.AssignJob listens on the registered port + this offset. */
   assignPortOffset: number;
+  tokenDecimals: number;
   /** Wakes queued jobs (capacity was given back). */
   wakeQueued(): Promise<void>;
   now?: () => Date;
@@ -32,6 +33,9 @@ export interface MatchInput {
   requiredDevice: DeviceType;
   estimatedMemory: number;
   excludeNodeIds: string[];
+  /** The escrow (smallest units) and estimated duration: nodes too dear for them are passed over. */
+  paymentUnits?: string;
+  estimatedDuration?: number;
 }
 
 /** Why this node, and why not the others: kept with the job (event data, workflow memo, REST). */
@@ -100,6 +104,9 @@ export function createJobActivities(deps: JobActivityDeps) {
       requiredDevice: input.requiredDevice,
       minMemory: input.estimatedMemory,
       excludeNodeIds: new Set(input.excludeNodeIds),
+      budget: input.paymentUnits
+        ? { units: BigInt(input.paymentUnits), durationSeconds: input.estimatedDuration ?? 0, decimals: deps.tokenDecimals }
+        : undefined,
       now: now(),
     });
     const claimedByOthers: string[] = [];

@@ -110,7 +110,7 @@ type ActiveJobs = ReturnType<typeof activeJobsByNode>;
 const ts = (d: Date) => sql`${d.toISOString()}::timestamptz`;
 
 /** A number stored in a jsonb object, or null when absent or not a number (a bad value must not fail the query). */
-const jsonNumber = (column: SQL | typeof nodes.pricing, key: string) =>
+const jsonNumber = (column: typeof nodes.pricing | typeof nodes.profile, key: string) =>
   sql`(case when jsonb_typeof(${column}->${key}::text) = 'number' then (${column}->>${key}::text)::float8 end)`;
 
 /**

@@ -1,5 +1,6 @@
 import type { DeviceType } from './job';
 import { fitsJob, type DeviceCapsSpec } from './node';
+import { estimateCostUnits } from './pricing';
 
 /** What matching knows about a node. */
 export interface Candidate {
@@ -26,6 +27,8 @@ export interface MatchCriteria {
   allowedRegions?: readonly string[];
   blockedRegions?: readonly string[];
   maxPricePerHour?: number;
+  /** What the job pays: a node whose price for the estimated duration exceeds it cannot take the job. */
+  budget?: { units: bigint; durationSeconds: number; decimals: number };
   now: Date;
 }
 
@@ -65,6 +68,10 @@ export function rejectionReason(c: Candidate, m: MatchCriteria): string | undefi
   if (m.allowedRegions?.length && !m.allowedRegions.some((r) => regionEq(r, c.region))) return `region ${c.region || '(none)'} is not allowed`;
   if (m.maxPricePerHour !== undefined && m.maxPricePerHour > 0 && c.pricePerHour > m.maxPricePerHour) {
     return `price ${c.pricePerHour}/h above ${m.maxPricePerHour}/h`;
+  }
+  if (m.budget && m.budget.durationSeconds > 0) {
+    const cost = estimateCostUnits(c.pricePerHour, m.budget.durationSeconds, m.budget.decimals);
+    if (cost > m.budget.units) return `over budget (${cost} units for ${m.budget.durationSeconds} s, the job pays ${m.budget.units})`;
   }
   return undefined;
 }

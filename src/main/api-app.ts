@@ -12,6 +12,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
 import { createChainSettlement } from '../chain/settlement';
 import { ValidationError } from '../domain/errors';
+import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService } from '../services/wallet-service';
 import { createHeartbeatHub } from '../services/heartbeat-hub';
 import { createJobChangeFeed } from '../services/job-change-feed';
@@ -80,8 +81,9 @@ export async function startApi(
   });
   const wallets = createWalletService({ db: database.db, chain: env.chain });
   const nodes = createNodeService({ db: database.db, workflows, heartbeats, log });
+  const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });
 
-  const grpcServer = createGrpcServer({ jobs, nodes, wallets, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
+  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
   const grpcPort = await grpcServer.listen(config.grpc.host, config.grpc.port);
   heartbeats.start();
 

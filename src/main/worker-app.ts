@@ -67,6 +67,7 @@ export async function startWorker(
       db: database.db,
       nodes: createNodeCache({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs }),
       assignPortOffset: config.nodes.assignPortOffset,
+      tokenDecimals: config.payments.tokenDecimals,
       wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
     }),
     ...createPaymentActivities({ settlement }),

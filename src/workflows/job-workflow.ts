@@ -310,6 +310,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         requiredDevice: spec.requiredDevice,
         estimatedMemory: spec.estimatedMemory,
         excludeNodeIds: [...s.failedNodes, ...s.refusedNodes],
+        paymentUnits: spec.paymentUnits,
+        estimatedDuration: spec.estimatedDuration,
       });
       if (match.node) {
         const refusal = await offer(match.node);

@@ -153,7 +153,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('matches the best-scoring fitting online node, never an excluded one, and explains the others', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, maxAgeMs: 0, now: () => clock });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
     const { nodeService, heartbeats } = services();
     // jobs of the earlier tests are done: none waits ahead of the ones below
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
@@ -187,7 +187,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('gives free capacity to the most urgent waiting job first, oldest first within a priority', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, maxAgeMs: 0, now: () => clock });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
     await job('urgent', { status: 'queued', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 5000) });
     await job('early-normal', { status: 'queued', createdAt: new Date(clock - 5000) });
     await job('late-normal', { status: 'queued', createdAt: new Date(clock + 1000) });

@@ -47,6 +47,10 @@ describe('match score', () => {
     expect(rejectionReason(node('us', { region: 'US-EAST' }), m)).toBe('region US-EAST is blocked');
     expect(rejectionReason(node('ap', { region: 'ap-south' }), m)).toBe('region ap-south is not allowed');
     expect(rejectionReason(node('dear', { pricePerHour: 2 }), m)).toBe('price 2/h above 1/h');
+    // a job paying 0.25 tokens for an hour cannot afford a 0.5/h node, can a 0.2/h one
+    const budget = criteria({ budget: { units: 250_000_000n, durationSeconds: 3600, decimals: 9 } });
+    expect(rejectionReason(node('pricey'), budget)).toBe('over budget (500000000 units for 3600 s, the job pays 250000000)');
+    expect(rejectionReason(node('cheap', { pricePerHour: 0.2 }), budget)).toBeUndefined();
   });
 
   it('prefers reputation, free capacity, the preferred region, a snug fit and a lower price, each by its weight', () => {

@@ -2,6 +2,8 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { loadProtocol } from '../../protocol/load';
+import type { DiscoveryService } from '../../services/discovery-service';
+import { createDiscoveryHandlers } from './discovery-handlers';
 import { createJobHandlers, type JobHandlerDeps } from './job-handlers';
 import { createNodeHandlers } from './node-handlers';
 import type { NodeService } from '../../services/nodes-service';
@@ -10,6 +12,7 @@ import { createWalletHandlers } from './wallet-handlers';
 
 export interface GrpcServerDeps extends JobHandlerDeps {
   nodes: NodeService;
+  discovery: DiscoveryService;
   wallets: WalletService;
   log: Logger;
 }
@@ -17,6 +20,7 @@ export interface GrpcServerDeps extends JobHandlerDeps {
 export const SERVED_SERVICES = [
   'cyxwiz.protocol.JobService',
   'cyxwiz.protocol.NodeService',
+  'cyxwiz.protocol.NodeDiscoveryService',
   'cyxwiz.protocol.JobStatusService',
   'cyxwiz.protocol.WalletService',
 ];
@@ -28,6 +32,10 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log });
   server.addService(protocol.JobService.service, createJobHandlers(deps) as unknown as grpc.UntypedServiceImplementation);
   server.addService(protocol.NodeService.service, nodeHandlers.node as unknown as grpc.UntypedServiceImplementation);
+  server.addService(
+    protocol.NodeDiscoveryService.service,
+    createDiscoveryHandlers({ discovery: deps.discovery, log: deps.log }) as unknown as grpc.UntypedServiceImplementation,
+  );
   server.addService(protocol.JobStatusService.service, nodeHandlers.jobStatus as unknown as grpc.UntypedServiceImplementation);
   server.addService(
     protocol.WalletService.service,
