@@ -96,13 +96,16 @@ export interface MatchStats {
   maxPrice: number;
 }
 
-/** Active jobs per node, from the partial index on jobs(assigned_node_id) where the job is assigned or running. */
+/**
+ * The node's active jobs (assigned or running), counted per node through the partial index
+ * `jobs_node_idx` in a lateral subquery: only nodes that pass the other conditions are counted, and the
+ * planner cannot fall into joining every node with every node's aggregate.
+ */
 function activeJobsByNode(db: DbOrTx) {
   return db
-    .select({ nodeId: jobs.assignedNodeId, activeJobs: sql<number>`count(*)::int`.as('active_jobs') })
+    .select({ activeJobs: sql<number>`count(*)::int`.as('active_jobs') })
     .from(jobs)
-    .where(sql`${jobs.status} in ('assigned', 'running') and ${jobs.assignedNodeId} is not null`)
-    .groupBy(jobs.assignedNodeId)
+    .where(sql`${jobs.assignedNodeId} = ${nodes.id} and ${jobs.status} in ('assigned', 'running')`)
     .as('aj');
 }
 type ActiveJobs = ReturnType<typeof activeJobsByNode>;
@@ -127,7 +130,7 @@ const DEVICE_MEMORY = sql.raw(
 function expressions(live: Liveness, aj: ActiveJobs) {
   const online = sql<boolean>`(${nodes.status} = 'online' and ${nodes.lastHeartbeat} > ${ts(live.onlineSince)})`;
   const banned = sql<boolean>`(${nodes.bannedUntil} is not null and ${nodes.bannedUntil} > ${ts(live.now)})`;
-  const activeJobs = sql<number>`coalesce(${aj.activeJobs}, 0)`;
+  const activeJobs = sql<number>`${aj.activeJobs}`;
   const freeCapacity = sql<number>`(case when ${online} and not ${banned} then greatest(${nodes.capacity} - ${activeJobs}, 0) else 0 end)`;
   const heartbeatMicros = sql<string>`(extract(epoch from ${nodes.lastHeartbeat}) * 1000000)::bigint`;
   return { online, banned, activeJobs, freeCapacity, heartbeatMicros };
@@ -273,7 +276,7 @@ export async function discoverNodes(
   const rows = await db
     .select(selection(e))
     .from(nodes)
-    .leftJoin(aj, eq(aj.nodeId, nodes.id))
+    .crossJoinLateral(aj)
     .where(and(conditions(q.filter, e), keyset))
     .orderBy(...regionFirst, ...keys.map((k) => direction(k)), direction(nodes.id))
     .limit(q.limit);
@@ -284,7 +287,7 @@ export async function discoverNodes(
 export async function getDiscoveredNode(db: DbOrTx, id: string, live: Liveness): Promise<DiscoveredNode | undefined> {
   const aj = activeJobsByNode(db);
   const e = expressions(live, aj);
-  const [row] = await db.select(selection(e)).from(nodes).leftJoin(aj, eq(aj.nodeId, nodes.id)).where(eq(nodes.id, id));
+  const [row] = await db.select(selection(e)).from(nodes).crossJoinLateral(aj).where(eq(nodes.id, id));
   return row && flatten(row);
 }
 
@@ -303,7 +306,7 @@ export async function listStats(db: DbOrTx, filter: NodeFilter, live: Liveness):
     .from(nodes)
     .$dynamic();
   // Active jobs matter only to the availability filter; without it the counts need no join.
-  const [row] = await (filter.availableOnly ? query.leftJoin(aj, eq(aj.nodeId, nodes.id)) : query);
+  const [row] = await (filter.availableOnly ? query.crossJoinLateral(aj) : query);
   return row;
 }
 
@@ -319,7 +322,7 @@ export async function matchStats(db: DbOrTx, filter: NodeFilter, live: Liveness)
       maxPrice: sql<number>`coalesce(max(${nodes.pricePerHour}), 0)::float8`,
     })
     .from(nodes)
-    .leftJoin(aj, eq(aj.nodeId, nodes.id))
+    .crossJoinLateral(aj)
     .where(conditions(filter, e));
   return row;
 }

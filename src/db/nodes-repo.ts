@@ -292,3 +292,13 @@ export async function pendingCancels(db: DbOrTx): Promise<Map<string, string[]>>
 export async function pruneCancels(db: DbOrTx, before: Date): Promise<void> {
   await db.delete(nodeJobCancels).where(lte(nodeJobCancels.createdAt, before));
 }
+
+/** Nodes for operators, newest heartbeat first, with their active job count. */
+export async function listNodes(db: DbOrTx, limit: number, offset: number) {
+  const activeJobs = sql<number>`(select count(*)::int from ${jobs} j where j.assigned_node_id = ${nodes.id} and j.status in ('assigned', 'running'))`;
+  const [rows, [{ total }]] = await Promise.all([
+    db.select({ node: nodes, activeJobs }).from(nodes).orderBy(desc(nodes.lastHeartbeat), asc(nodes.id)).limit(limit).offset(offset),
+    db.select({ total: count() }).from(nodes),
+  ]);
+  return { rows, total };
+}

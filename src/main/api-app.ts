@@ -11,7 +11,8 @@ import { sql } from 'drizzle-orm';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
 import { createChainSettlement } from '../chain/settlement';
-import { ValidationError } from '../domain/errors';
+import { NotFoundError, ValidationError } from '../domain/errors';
+import { nodeHealth } from '../domain/health';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService } from '../services/wallet-service';
 import { createHeartbeatHub } from '../services/heartbeat-hub';
@@ -96,6 +97,21 @@ export async function startApi(
       { name: 'temporal', check: async () => void (await connection.workflowService.getSystemInfo({})) },
       { name: 'solana', check: async () => void (await env.chain.connection.getLatestBlockhash(env.chain.commitment)) },
     ],
+    nodes: {
+      list: async ({ limit, offset }) => {
+        const { rows, total } = await nodesRepo.listNodes(database.db, limit, offset);
+        return { rows: rows.map((r) => nodeJson(r.node, r.activeJobs, config.nodes.offlineAfterMs)), total };
+      },
+      get: async (id) => {
+        const node = await nodesRepo.getNode(database.db, id);
+        if (!node) throw new NotFoundError('node', id);
+        const [reputation, held] = await Promise.all([
+          nodesRepo.reputationHistory(database.db, id),
+          jobsRepo.activeJobsOnNodes(database.db, [id]),
+        ]);
+        return { ...nodeJson(node, held.length, config.nodes.offlineAfterMs), jobs: held.map((j) => j.id), reputationEvents: reputation };
+      },
+    },
     escrows: {
       open: async (jobId) => ({
         jobId,
@@ -133,4 +149,30 @@ export async function startApi(
   }
 
   return { grpcPort, restPort, stop };
+}
+
+/** A node as operators see it over REST. */
+function nodeJson(node: nodesRepo.NodeRow, activeJobs: number, offlineAfterMs: number) {
+  return {
+    id: node.id,
+    name: node.name,
+    endpoint: `${node.ipAddress}:${node.port}`,
+    region: node.region,
+    wallet: node.walletAddress,
+    devices: node.devices,
+    cpuCores: node.cpuCores,
+    ramTotal: node.ramTotal,
+    computeScore: node.computeScore,
+    pricePerHour: node.pricePerHour,
+    reputation: node.reputation,
+    health: nodeHealth(node.lastHeartbeat, new Date(), offlineAfterMs),
+    status: node.status,
+    bannedUntil: node.bannedUntil,
+    capacity: node.capacity,
+    activeJobs,
+    totalJobsCompleted: node.totalJobsCompleted,
+    totalJobsFailed: node.totalJobsFailed,
+    lastHeartbeat: node.lastHeartbeat,
+    registeredAt: node.registeredAt,
+  };
 }

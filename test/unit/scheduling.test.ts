@@ -1,3 +1,4 @@
+import { nodeHealth } from '../../src/domain/health';
 import { estimateCostUnits, listPricePerHour, computeScore } from '../../src/domain/pricing';
 import { applyDelta, failureKind, REPUTATION_DELTAS } from '../../src/domain/reputation';
 import { rankCandidates, rejectionReason, SCORE_WEIGHTS, type Candidate, type MatchCriteria } from '../../src/domain/scoring';
@@ -111,5 +112,15 @@ describe('reputation', () => {
     expect(failureKind('node lost: silent for 30 s')).toBe('node_lost');
     expect(failureKind('exceeded the maximum run time of 60 s')).toBe('timeout');
     expect(failureKind('node reported failure: CUDA out of memory')).toBe('job_failed');
+  });
+});
+
+describe('node health', () => {
+  const at = (secondsAgo: number) => new Date(now.getTime() - secondsAgo * 1000);
+  it('grades a node by the age of its last heartbeat', () => {
+    expect(nodeHealth(at(5), now, 30_000)).toBe('healthy');
+    expect(nodeHealth(at(20), now, 30_000)).toBe('suspect');
+    expect(nodeHealth(at(45), now, 30_000)).toBe('unhealthy');
+    expect(nodeHealth(at(120), now, 30_000)).toBe('lost');
   });
 });

@@ -20,6 +20,10 @@ export interface RestDeps {
     payments(id: string): Promise<unknown[]>;
     list(q: { submitter?: string; phases?: JobPhase[]; limit: number; offset: number }): Promise<{ rows: JobRow[]; total: number }>;
   };
+  nodes: {
+    list(q: { limit: number; offset: number }): Promise<{ rows: unknown[]; total: number }>;
+    get(id: string): Promise<unknown>;
+  };
   escrows: { open(jobId: string): Promise<{ jobId: string; escrowAccount: string; mint: string; decimals: number }> };
   version: string;
   startedAt: Date;
@@ -114,6 +118,17 @@ export function createRestApp(deps: RestDeps) {
   app.get('/api/jobs/:id/payments', async (req, res) => {
     const job = await deps.jobs.get(req.params.id);
     res.json({ jobId: job.id, payments: await deps.jobs.payments(job.id) });
+  });
+
+  app.get('/api/nodes', async (req, res) => {
+    const limit = intParam(req.query.limit, 'limit', 50, 500);
+    const offset = intParam(req.query.offset, 'offset', 0, Number.MAX_SAFE_INTEGER);
+    const { rows, total } = await deps.nodes.list({ limit, offset });
+    res.json({ nodes: rows, total, limit, offset });
+  });
+
+  app.get('/api/nodes/:id', async (req, res) => {
+    res.json(await deps.nodes.get(req.params.id));
   });
 
   /**
