@@ -13,6 +13,7 @@ import type { ChainContext } from '../chain/context';
 import { createChainSettlement } from '../chain/settlement';
 import { NotFoundError, ValidationError } from '../domain/errors';
 import { nodeHealth } from '../domain/health';
+import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService } from '../services/wallet-service';
 import { createHeartbeatHub } from '../services/heartbeat-hub';
@@ -129,6 +130,7 @@ export async function startApi(
       get: jobs.get,
       events: jobs.events,
       payments: (id) => jobsRepo.getPayments(database.db, id),
+      queuePosition: (id) => queuePosition(database.db, id),
       list: (q) => jobs.list(q),
     },
   });

@@ -18,6 +18,8 @@ export interface RestDeps {
     get(id: string): Promise<JobRow>;
     events(id: string): Promise<unknown[]>;
     payments(id: string): Promise<unknown[]>;
+    /** Jobs ahead of this one in the queue. */
+    queuePosition(id: string): Promise<number>;
     list(q: { submitter?: string; phases?: JobPhase[]; limit: number; offset: number }): Promise<{ rows: JobRow[]; total: number }>;
   };
   nodes: {
@@ -111,8 +113,15 @@ export function createRestApp(deps: RestDeps) {
 
   app.get('/api/jobs/:id', async (req, res) => {
     const job = await deps.jobs.get(req.params.id);
-    const [events, payments] = await Promise.all([deps.jobs.events(job.id), deps.jobs.payments(job.id)]);
-    res.json({ ...jobJson(job), config: job.config, events, payments });
+    const waiting = job.status === 'pending' || job.status === 'queued';
+    const [events, payments, ahead] = await Promise.all([
+      deps.jobs.events(job.id),
+      deps.jobs.payments(job.id),
+      waiting ? deps.jobs.queuePosition(job.id) : Promise.resolve(null),
+    ]);
+    // The latest match: the ranked candidates with their score parts, and why the others were passed over.
+    const match = [...events].reverse().find((e) => (e as { data?: { match?: unknown } }).data?.match) as { data: { match: unknown } } | undefined;
+    res.json({ ...jobJson(job), queuePosition: ahead, match: match?.data.match ?? null, config: job.config, events, payments });
   });
 
   app.get('/api/jobs/:id/payments', async (req, res) => {
