@@ -77,7 +77,11 @@ export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration): P
   const [row] = await db
     .insert(nodes)
     .values({ id, ...values })
-    .onConflictDoUpdate({ target: nodes.id, set: values })
+    .onConflictDoUpdate({
+      target: nodes.id,
+      // An empty wallet is proto3's "not sent" (shipping nodes always send ""): keep the one registered.
+      set: { ...values, walletAddress: sql`coalesce(nullif(excluded.wallet_address, ''), ${nodes.walletAddress})` },
+    })
     .returning();
   return row;
 }

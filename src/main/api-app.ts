@@ -82,7 +82,7 @@ export async function startApi(
     },
   });
   const wallets = createWalletService({ db: database.db, chain: env.chain });
-  const nodes = createNodeService({ db: database.db, workflows, heartbeats, log });
+  const nodes = createNodeService({ db: database.db, workflows, heartbeats, offlineAfterMs: config.nodes.offlineAfterMs, log });
   const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });
 
   const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
@@ -129,7 +129,7 @@ export async function startApi(
     jobs: {
       get: jobs.get,
       events: jobs.events,
-      payments: (id) => jobsRepo.getPayments(database.db, id),
+      payments: async (id) => (await jobsRepo.getPayments(database.db, id)).map(paymentJson),
       queuePosition: (id) => queuePosition(database.db, id),
       list: (q) => jobs.list(q),
     },
@@ -176,5 +176,23 @@ function nodeJson(node: nodesRepo.NodeRow, activeJobs: number, offlineAfterMs: n
     totalJobsFailed: node.totalJobsFailed,
     lastHeartbeat: node.lastHeartbeat,
     registeredAt: node.registeredAt,
+  };
+}
+
+/** A payment leg as operators see it (the signed transaction bytes and retry bookkeeping stay inside). */
+function paymentJson(p: Awaited<ReturnType<typeof jobsRepo.getPayments>>[number]) {
+  return {
+    leg: p.leg,
+    amount: p.amount.toString(),
+    fromAccount: p.fromAccount,
+    toAccount: p.toAccount,
+    state: p.state,
+    txRef: p.txRef,
+    memo: p.memo,
+    slot: p.slot,
+    sendAttempts: p.sendAttempts,
+    lastError: p.lastError,
+    createdAt: p.createdAt,
+    updatedAt: p.updatedAt,
   };
 }

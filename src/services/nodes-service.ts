@@ -11,6 +11,8 @@ export interface NodeServiceDeps {
   db: Db;
   workflows: JobWorkflowGateway;
   heartbeats: HeartbeatHub;
+  /** A node is alive while its last heartbeat is younger than this. */
+  offlineAfterMs: number;
   log: { warn(obj: object, msg: string): void };
 }
 
@@ -41,6 +43,7 @@ export function createNodeService(deps: NodeServiceDeps) {
       ipAddress: reg.ipAddress,
       port: reg.port,
     });
+    if (existing) await refuseTakeover(existing, reg);
     const nodeId = existing ?? (ADOPTABLE_ID.test(claimedId) ? claimedId : randomUUID());
     await nodesRepo.upsertNode(db, nodeId, reg);
     heartbeats.remember(nodeId);
@@ -54,6 +57,21 @@ export function createNodeService(deps: NodeServiceDeps) {
       .then((ids) => workflows.nodesChanged(ids))
       .catch((err) => deps.log.warn({ err: String(err) }, 'could not wake queued jobs'));
     return { nodeId, created: !existing };
+  }
+
+  /**
+   * Registrations are not authenticated (the protocol's node JWT comes from the website, which this server
+   * does not see), so a registration may not take over a node that is alive elsewhere: an online node keeps
+   * its endpoint, and with it its wallet and its jobs, until it has been silent for the offline timeout.
+   * @throws ConflictError
+   */
+  async function refuseTakeover(nodeId: string, reg: nodesRepo.NodeRegistration): Promise<void> {
+    const node = await nodesRepo.getNode(db, nodeId);
+    if (!node || (node.ipAddress === reg.ipAddress && node.port === reg.port) || node.port === 0) return;
+    const alive = node.status === 'online' && Date.now() - node.lastHeartbeat.getTime() < deps.offlineAfterMs;
+    if (alive) {
+      throw new ConflictError(`node ${nodeId} is online at ${node.ipAddress}:${node.port}; it cannot register from ${reg.ipAddress}:${reg.port}`);
+    }
   }
 
   /**

@@ -5,12 +5,14 @@ import { verifyP2PToken } from '../../src/services/p2p-token';
 import { protocolClient } from '../support/grpc-clients';
 import type { SimNode } from '../support/sim-node';
 import { useSystem } from '../support/system';
+import { moves, testChain, type TestChain } from './chain';
 import {
   collect,
   eventually,
   jobConfig,
   jobStatus,
   nodePool,
+  paymentLegs,
   restGet,
   S,
   submitJob,
@@ -29,9 +31,11 @@ const nodes = nodePool(sys);
 let engine: ProtocolClient;
 let nodeA: SimNode;
 let nodeB: SimNode;
+let chain: TestChain;
 
 beforeAll(async () => {
   engine = protocolClient('JobService', sys().grpcAddress);
+  chain = testChain();
   [nodeA, nodeB] = await Promise.all([nodes.start({ name: 'node-a' }), nodes.start({ name: 'node-b' })]);
 });
 
@@ -72,6 +76,7 @@ test('the gRPC health service reports SERVING for the server and each protocol s
 
 test('an Engine job travels SubmitJob → assignment → P2P token → node reports → payment, as the Engine and node see it', async () => {
   const jobId = `flow-${uid()}`;
+  const onChainBefore = await chain.balances({ a: chain.ata(nodeA.wallet), b: chain.ata(nodeB.wallet), treasury: chain.ata(chain.treasury), payer: chain.ata(chain.payer) });
   const submitted = await engine.call('SubmitJob', { config: jobConfig({ job_id: jobId, dataset_uri: 'file:///data/mnist.csv' }) });
   expect(submitted).toMatchObject({ status: S.SUCCESS, job_id: jobId });
   expect(Number(submitted.estimated_start_time)).toBeGreaterThan(0);
@@ -156,11 +161,40 @@ test('an Engine job travels SubmitJob → assignment → P2P token → node repo
   expect(legs.release_node.amount).toBe('1350000000');
   expect(legs.release_platform.amount).toBe('150000000');
   expect(BigInt(legs.release_node.amount) + BigInt(legs.release_platform.amount)).toBe(BigInt(legs.escrow.amount));
-  expect(legs.release_node.toAccount).toBe(`node:${holder!.nodeId}`);
+  expect(legs.release_node.toAccount).toBe(holder!.wallet);
+  expect(legs.release_platform.toAccount).toBe(chain.treasury.toBase58());
+  expect(legs.escrow).toMatchObject({ fromAccount: chain.payer.toBase58(), toAccount: chain.escrowAccount(jobId).toBase58(), state: 'confirmed' });
   expect(completion.payment_tx_hash).toBe(legs.release_node.txRef);
+  expect(legs.release_platform.txRef).toBe(legs.release_node.txRef);
+  expect(await paymentLegs(sys(), jobId)).toEqual({
+    escrow: expect.objectContaining({ amount: '1500000000', state: 'confirmed', txRef: legs.escrow.txRef }),
+    release_node: expect.objectContaining({ amount: '1350000000', state: 'confirmed', toAccount: holder!.wallet, txRef: completion.payment_tx_hash }),
+    release_platform: expect.objectContaining({ amount: '150000000', state: 'confirmed', toAccount: chain.treasury.toBase58(), txRef: completion.payment_tx_hash }),
+  });
+
+  // On chain: the payer's 1.5 tokens went through the job's escrow account, 90 % to the node's wallet and
+  // 10 % to the treasury, in the one transaction the node was told about; the escrow account is empty.
+  const onChainAfter = await chain.balances({ a: chain.ata(nodeA.wallet), b: chain.ata(nodeB.wallet), treasury: chain.ata(chain.treasury), payer: chain.ata(chain.payer) });
+  const delta = (k: keyof typeof onChainAfter) => onChainAfter[k] - onChainBefore[k];
+  expect({ holder: delta(holder === nodeA ? 'a' : 'b'), other: delta(holder === nodeA ? 'b' : 'a'), treasury: delta('treasury'), payer: delta('payer') }).toEqual({
+    holder: 1_350_000_000n,
+    other: 0n,
+    treasury: 150_000_000n,
+    payer: -1_500_000_000n,
+  });
+  expect(await chain.accountBalance(chain.escrowAccount(jobId))).toBe(0n);
+  const escrowAccount = chain.escrowAccount(jobId);
+  expect(await chain.tokenMoves(legs.escrow.txRef)).toEqual(moves([[chain.ata(chain.payer), -1_500_000_000n], [escrowAccount, 1_500_000_000n]]));
+  expect(await chain.tokenMoves(completion.payment_tx_hash)).toEqual(
+    moves([[escrowAccount, -1_500_000_000n], [chain.ata(holder!.wallet), 1_350_000_000n], [chain.ata(chain.treasury), 150_000_000n]]),
+  );
+  // Each transfer names the job and leg it settles, so the chain alone tells what it was for.
+  expect(await chain.memos(legs.escrow.txRef)).toEqual([`cyxwiz ${jobId}/escrow`]);
+  expect(await chain.memos(completion.payment_tx_hash)).toEqual([`cyxwiz ${jobId}/release`]);
 });
 
 test('SubmitJob without a job_id gets a server-chosen id; cancelling it on its node refunds and tells the node to stop', async () => {
+  const payerBefore = await chain.accountBalance(chain.ata(chain.payer));
   const res = await engine.call('SubmitJob', { config: jobConfig() });
   expect(res.status).toBe(S.SUCCESS);
   expect(res.job_id).toMatch(/^[0-9a-f-]{36}$/);
@@ -168,10 +202,23 @@ test('SubmitJob without a job_id gets a server-chosen id; cancelling it on its n
   const holder = holderOf(node_assignment.node_id)!;
   expect(holder.assignRequests.some((r) => r.job.job_id === res.job_id)).toBe(true);
 
+  expect(await chain.accountBalance(chain.escrowAccount(res.job_id))).toBe(1_500_000_000n);
+  expect(await chain.accountBalance(chain.ata(chain.payer))).toBe(payerBefore - 1_500_000_000n);
+
   const cancelled = await engine.call('CancelJob', { job_id: res.job_id, reason: 'user changed their mind' }, { deadlineMs: 30_000 });
   expect(cancelled).toMatchObject({ status: S.SUCCESS, refund_issued: true });
   expect((await jobStatus(engine, res.job_id)).status.status).toBe(S.CANCELLED);
   await eventually('the stop order in a heartbeat reply', () => holder.cancelOrders.has(res.job_id), 10_000);
+
+  // On chain the payer is whole again and the job's escrow account is empty; the node got nothing.
+  expect(await chain.accountBalance(chain.ata(chain.payer))).toBe(payerBefore);
+  expect(await chain.accountBalance(chain.escrowAccount(res.job_id))).toBe(0n);
+  const legs = await paymentLegs(sys(), res.job_id);
+  expect(Object.keys(legs).sort()).toEqual(['escrow', 'refund']);
+  expect(legs.refund).toMatchObject({ amount: '1500000000', state: 'confirmed', toAccount: chain.payer.toBase58() });
+  expect(await chain.tokenMoves(legs.refund!.txRef!)).toEqual(
+    moves([[chain.escrowAccount(res.job_id), -1_500_000_000n], [chain.ata(chain.payer), 1_500_000_000n]]),
+  );
 });
 
 test('ListJobs pages newest first with next_page_token and filters by user_id and status', async () => {
@@ -213,6 +260,10 @@ test('ListJobs pages newest first with next_page_token and filters by user_id an
   // REST lists the same jobs.
   const rest = await restGet(sys(), `/api/jobs?submitter=${user}&status=cancelled`);
   expect(rest.body.total).toBe(3);
+  // Free the nodes (one job per GPU) for the tests after this one.
+  for (const id of [ids[1], ids[3]]) {
+    expect(await engine.call('CancelJob', { job_id: id }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS, refund_issued: true });
+  }
 });
 
 test('DeleteJob refuses an active job with 409 and removes a finished one', async () => {
@@ -240,15 +291,21 @@ test('DeleteJob refuses an active job with 409 and removes a finished one', asyn
   expect(reused.error.code).toBe(409);
   // Its money stays on record for audit.
   expect((await sys().query('SELECT leg FROM payments WHERE job_id = $1', [finished])).length).toBe(3);
+  expect(await engine.call('CancelJob', { job_id: active }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS, refund_issued: true });
 });
 
 test('CancelJob of a queued job refunds the whole escrow once', async () => {
+  const payerBefore = await chain.accountBalance(chain.ata(chain.payer));
   const jobId = await submitJob(engine, unfittable({ payment_amount: 2.25 }));
   await eventually('the job to be queued with its escrow', async () => {
     const { body } = await restGet(sys(), `/api/jobs/${jobId}`);
     return body.status === 'queued' && body.payments.length === 1;
   });
   expect((await jobStatus(engine, jobId)).status.status).toBe(S.PENDING);
+  expect(await chain.balances({ payer: chain.ata(chain.payer), escrow: chain.escrowAccount(jobId) })).toEqual({
+    payer: payerBefore - 2_250_000_000n,
+    escrow: 2_250_000_000n,
+  });
 
   const cancelled = await engine.call('CancelJob', { job_id: jobId, reason: 'no node in sight' }, { deadlineMs: 30_000 });
   expect(cancelled).toMatchObject({ status: S.SUCCESS, refund_issued: true });
@@ -266,15 +323,20 @@ test('CancelJob of a queued job refunds the whole escrow once', async () => {
   expect(refunds[0].toAccount).toBe(escrow[0].fromAccount);
   expect(body.payments.some((p: any) => p.leg.startsWith('release'))).toBe(false);
 
+  expect(refunds[0]).toMatchObject({ state: 'confirmed', toAccount: chain.payer.toBase58() });
+  expect(await chain.balances({ payer: chain.ata(chain.payer), escrow: chain.escrowAccount(jobId) })).toEqual({ payer: payerBefore, escrow: 0n });
+
   const twice = await engine.call('CancelJob', { job_id: jobId });
   expect(twice.status).toBe(S.FAILED);
   expect(twice.error.code).toBe(409);
   expect((await restGet(sys(), `/api/jobs/${jobId}`)).body.payments).toHaveLength(2);
+  expect(await chain.balances({ payer: chain.ata(chain.payer), escrow: chain.escrowAccount(jobId) })).toEqual({ payer: payerBefore, escrow: 0n });
 });
 
 test('SubmitJob with a job_id is idempotent: the same job, one escrow; a different config is a 409', async () => {
   const jobId = `dup-${uid()}`;
   const config = unfittable({ job_id: jobId });
+  const payerBefore = await chain.accountBalance(chain.ata(chain.payer));
   const replies = await Promise.all([1, 2, 3].map(() => engine.call('SubmitJob', { config })));
   for (const r of replies) expect(r).toMatchObject({ status: S.SUCCESS, job_id: jobId });
   expect(await engine.call('SubmitJob', { config })).toMatchObject({ status: S.SUCCESS, job_id: jobId });
@@ -290,5 +352,12 @@ test('SubmitJob with a job_id is idempotent: the same job, one escrow; a differe
   expect(body.events.filter((e: any) => e.toStatus === 'pending')).toHaveLength(1);
   expect(body.payments).toEqual([expect.objectContaining({ leg: 'escrow', amount: '1500000000' })]);
   expect((await engine.call('ListJobs', {})).jobs.filter((j: any) => j.job_id === jobId)).toHaveLength(1);
-  await engine.call('CancelJob', { job_id: jobId }, { deadlineMs: 30_000 });
+  // One escrow on chain too, not one per submission.
+  await eventually('the escrow to be confirmed', async () => (await paymentLegs(sys(), jobId)).escrow?.state === 'confirmed');
+  expect(await chain.balances({ payer: chain.ata(chain.payer), escrow: chain.escrowAccount(jobId) })).toEqual({
+    payer: payerBefore - 1_500_000_000n,
+    escrow: 1_500_000_000n,
+  });
+  expect(await engine.call('CancelJob', { job_id: jobId }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS, refund_issued: true });
+  expect(await chain.balances({ payer: chain.ata(chain.payer), escrow: chain.escrowAccount(jobId) })).toEqual({ payer: payerBefore, escrow: 0n });
 });

@@ -73,6 +73,39 @@ export async function restGet<T = any>(sys: RunningSystem, path: string): Promis
   return { status: res.status, body: (await res.json()) as T };
 }
 
+export async function restPost<T = any>(sys: RunningSystem, path: string, body: unknown = {}): Promise<{ status: number; body: T }> {
+  const res = await fetch(`${sys.restUrl}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(30_000),
+  });
+  return { status: res.status, body: (await res.json()) as T };
+}
+
+/** One money leg as REST `GET /api/jobs/:id/payments` shows it. */
+export interface PaymentLeg {
+  leg: 'escrow' | 'release_node' | 'release_platform' | 'refund';
+  amount: string;
+  state: 'pending' | 'owed' | 'sent' | 'confirmed' | 'failed';
+  fromAccount: string;
+  toAccount: string;
+  txRef: string | null;
+  [field: string]: unknown;
+}
+
+/** The job's legs from REST `GET /api/jobs/:id/payments`, by leg (each leg appears at most once). */
+export async function paymentLegs(sys: RunningSystem, jobId: string): Promise<Partial<Record<PaymentLeg['leg'], PaymentLeg>>> {
+  const { status, body } = await restGet<{ jobId: string; payments: PaymentLeg[] }>(sys, `/api/jobs/${jobId}/payments`);
+  if (status !== 200) throw new Error(`GET /api/jobs/${jobId}/payments answered ${status}: ${JSON.stringify(body)}`);
+  const byLeg: Partial<Record<PaymentLeg['leg'], PaymentLeg>> = {};
+  for (const p of body.payments) {
+    if (byLeg[p.leg]) throw new Error(`job ${jobId} has two ${p.leg} legs`);
+    byLeg[p.leg] = p;
+  }
+  return byLeg;
+}
+
 /** Reads a server stream to its end. */
 export function collect(stream: grpc.ClientReadableStream<any>): { messages: any[]; done: Promise<{ error?: grpc.ServiceError }> } {
   const messages: any[] = [];

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { verifyP2PToken } from '../../src/services/p2p-token';
 import { protocolClient } from '../support/grpc-clients';
 import { freeNodePort, useSystem } from '../support/system';
+import { moves, testChain } from './chain';
 import {
   eventually,
   jobConfig,
@@ -39,7 +40,9 @@ afterAll(async () => {
 });
 
 test('a job whose node goes silent moves to another node; the lost node is told to stop and its late report changes nothing', async () => {
+  const chain = testChain();
   const nodeA = await nodes.start({ name: 'node-a' });
+  const treasuryBefore = await chain.accountBalance(chain.ata(chain.treasury));
   const jobId = await submitJob(engine, jobConfig());
   expect((await waitForAssignment(engine, jobId)).node_assignment.node_id).toBe(nodeA.nodeId);
   expect(await nodeA.accepted(jobId)).toMatchObject({ status: S.SUCCESS });
@@ -123,10 +126,22 @@ test('a job whose node goes silent moves to another node; the lost node is told 
   expect(body.events[3].reason).toMatch(/node lost/);
   const releases = body.payments.filter((p: any) => p.leg === 'release_node');
   expect(releases).toHaveLength(1);
-  expect(releases[0].toAccount).toBe(`node:${nodeB.nodeId}`);
+  expect(releases[0].toAccount).toBe(nodeB.wallet);
+  expect(releases[0].txRef).toBe(done.payment_tx_hash);
   expect(body.payments.map((p: any) => p.leg).sort()).toEqual(['escrow', 'release_node', 'release_platform']);
   expect(BigInt(releases[0].amount) + BigInt(body.payments.find((p: any) => p.leg === 'release_platform').amount)).toBe(
     BigInt(body.payments.find((p: any) => p.leg === 'escrow').amount),
+  );
+
+  // On chain only B was paid, once: 90 % to its wallet, 10 % to the treasury, nothing left in the escrow.
+  expect(await chain.balances({ a: chain.ata(nodeA.wallet), b: chain.ata(nodeB.wallet), escrow: chain.escrowAccount(jobId) })).toEqual({
+    a: 0n,
+    b: 1_350_000_000n,
+    escrow: 0n,
+  });
+  expect((await chain.accountBalance(chain.ata(chain.treasury))) - treasuryBefore).toBe(150_000_000n);
+  expect(await chain.tokenMoves(done.payment_tx_hash)).toEqual(
+    moves([[chain.escrowAccount(jobId), -1_500_000_000n], [chain.ata(nodeB.wallet), 1_350_000_000n], [chain.ata(chain.treasury), 150_000_000n]]),
   );
 });
 

@@ -70,7 +70,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
       db: database.db, workflows: gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,
       metricsRetentionMs: 3600_000, log, now: () => clock,
     });
-    const nodeService = createNodeService({ db: database.db, workflows: gateway, heartbeats, log });
+    const nodeService = createNodeService({ db: database.db, workflows: gateway, heartbeats, offlineAfterMs: 30_000, log });
     return { calls, heartbeats, nodeService };
   }
 
@@ -78,12 +78,20 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const { nodeService } = services();
     const first = await nodeService.register('node_1700000000', registration());
     expect(first).toEqual({ nodeId: 'node_1700000000', created: true });
+    // while it is online elsewhere, nobody else may register as it
+    await expect(nodeService.register('node_1700000000', registration({ ipAddress: '10.9.9.9' }))).rejects.toThrow(/is online at 10.0.0.1:50052/);
+    // once it has been silent past the offline timeout it may come back from a new address (DHCP, a move)
+    const silent = new Date(Date.now() - 120_000);
+    await database.db.update(nodes).set({ lastHeartbeat: silent }).where(eq(nodes.id, 'node_1700000000'));
     expect((await nodeService.register('node_1700000000', registration({ ipAddress: '10.9.9.9' }))).nodeId).toBe('node_1700000000');
     // restarted daemon that lost its file, same endpoint
     expect((await nodeService.register('node_1799999999', registration({ ipAddress: '10.9.9.9' })))).toEqual({ nodeId: 'node_1700000000', created: false });
     const walleted = await nodeService.register('', registration({ ipAddress: '10.0.0.2', walletAddress: 'W1' }));
     expect(walleted.nodeId).toMatch(/^[0-9a-f-]{36}$/);
+    await database.db.update(nodes).set({ lastHeartbeat: silent }).where(eq(nodes.id, walleted.nodeId));
     expect((await nodeService.register('', registration({ ipAddress: '10.0.0.3', walletAddress: 'W1' }))).nodeId).toBe(walleted.nodeId);
+    // a registration without a wallet (what shipping nodes send) keeps the registered one
+    await nodeService.register('', registration({ ipAddress: '10.0.0.3', walletAddress: '' }));
     const [row] = await database.db.select().from(nodes).where(eq(nodes.id, walleted.nodeId));
     expect(row).toMatchObject({ ipAddress: '10.0.0.3', deviceTypes: ['CUDA'], maxDeviceMemory: 8 * GiB, status: 'online' });
   });

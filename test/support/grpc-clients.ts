@@ -20,6 +20,35 @@ export function protocolClient(service: 'JobService' | 'NodeService' | 'JobStatu
         ),
       );
     },
+    /** As `call`, also resolving the response's initial and trailing metadata (e.g. CancelJob's x-cyxwiz-refund-tx). */
+    callWithMetadata<T = any>(
+      method: string,
+      request: unknown,
+      opts: { deadlineMs?: number; metadata?: grpc.Metadata } = {},
+    ): Promise<{ response: T; metadata: grpc.Metadata; trailers: grpc.Metadata }> {
+      return new Promise((resolve, reject) => {
+        let metadata = new grpc.Metadata();
+        let trailers = new grpc.Metadata();
+        let response: T | undefined;
+        let pending = 2;
+        const done = () => --pending === 0 && resolve({ response: response as T, metadata, trailers });
+        const call = (client[method] as unknown as (...args: unknown[]) => grpc.ClientUnaryCall)(
+          request,
+          opts.metadata ?? new grpc.Metadata(),
+          { deadline: Date.now() + (opts.deadlineMs ?? 10_000) },
+          (err: grpc.ServiceError | null, res: T) => {
+            if (err) return reject(err);
+            response = res;
+            done();
+          },
+        );
+        call.on('metadata', (md: grpc.Metadata) => (metadata = md));
+        call.on('status', (status: grpc.StatusObject) => {
+          trailers = status.metadata;
+          done();
+        });
+      });
+    },
     stream(method: string, request: unknown): grpc.ClientReadableStream<any> {
       // No deadline: a stream lives as long as its job.
       return (client as unknown as Record<string, (req: unknown) => grpc.ClientReadableStream<any>>)[method](request);

@@ -100,10 +100,14 @@ export class SimNode {
     return this;
   }
 
-  async register(): Promise<string> {
+  /**
+   * Registers (again) with the node's current `wallet`. `claimId: false` leaves node_id empty, so the server
+   * must recognise the node by its wallet or endpoint (ip:port).
+   */
+  async register(opts: { claimId?: boolean } = {}): Promise<string> {
     const res = await this.node.call('RegisterNode', {
       info: {
-        node_id: this.nodeId || this.opts.nodeId || '',
+        node_id: opts.claimId === false ? '' : this.nodeId || this.opts.nodeId || '',
         name: this.opts.name ?? `sim-${this.opts.port}`,
         cpu_cores: 8,
         ram_total: String(32 * 2 ** 30),

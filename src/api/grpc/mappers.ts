@@ -95,9 +95,16 @@ export function toJobSpec(config: JobConfig | null | undefined, tokenDecimals: n
     estimatedDuration: int64(config.estimated_duration, 'config.estimated_duration'),
     paymentUnits: tokensToUnits(config.payment_amount, tokenDecimals, 'config.payment_amount').toString(),
     paymentAddress: optionalText(config.payment_address, 'config.payment_address', 128),
-    escrowTxHash: optionalText(config.escrow_tx_hash, 'config.escrow_tx_hash', 128),
+    escrowTxHash: signature(config.escrow_tx_hash, 'config.escrow_tx_hash'),
     reservationDurationMinutes: config.reservation_duration_minutes,
   };
+}
+
+/** A Solana transaction signature: base58 of 64 bytes (87 or 88 characters). @throws ValidationError */
+function signature(value: string | undefined, field: string): string {
+  const v = optionalText(value, field, 128);
+  if (v && !/^[1-9A-HJ-NP-Za-km-z]{86,88}$/.test(v)) throw new ValidationError(field, 'is not a base58 transaction signature');
+  return v;
 }
 
 function modelDefinition(value: string | undefined): string {
