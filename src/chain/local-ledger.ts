@@ -2,7 +2,7 @@ import { address, getBase58Decoder, getBase58Encoder, getTransactionDecoder, lam
 import { TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID } from '@solana/spl-token';
 import { PublicKey, VersionedTransaction } from '@solana/web3.js';
 import { FailedTransactionMetadata, LiteSVM } from 'litesvm';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import path from 'node:path';
 
@@ -79,21 +79,28 @@ class RpcError extends Error {
 /** Starts the ledger and its JSON-RPC endpoint. */
 export async function startLocalLedger(opts: LocalLedgerOptions): Promise<LocalLedger> {
   const log = opts.log ?? (() => undefined);
-  const snapshotFile = opts.dataDir && path.join(opts.dataDir, 'ledger.snapshot');
-  const txFile = opts.dataDir && path.join(opts.dataDir, 'transactions.jsonl');
-  const stateFile = opts.dataDir && path.join(opts.dataDir, 'ledger.json');
-  if (opts.dataDir) mkdirSync(opts.dataDir, { recursive: true });
+  const dir = opts.dataDir;
+  const txFile = dir && path.join(dir, 'transactions.jsonl');
+  const stateFile = dir && path.join(dir, 'ledger.json');
+  const snapshotOf = (generation: number) => path.join(dir!, `ledger.${generation}.snapshot`);
+  if (dir) mkdirSync(dir, { recursive: true });
 
+  // Crash consistency: every save writes the accounts to a new generation's snapshot, then atomically
+  // replaces ledger.json, which names that generation. Transactions are logged with the generation that will
+  // include them, and on load a logged transaction newer than the saved generation never happened (its
+  // account changes were not saved either), so the log and the balances always agree.
   const fresh = () => new LiteSVM().withSigverify(true).withBlockhashCheck(false).withTransactionHistory(0n);
-  const svm = snapshotFile && existsSync(snapshotFile) ? LiteSVM.loadFromFile(snapshotFile).withBlockhashCheck(false) : fresh();
-  const state: { height: number; blockhashes: Record<string, number> } =
-    stateFile && existsSync(stateFile) ? JSON.parse(readFileSync(stateFile, 'utf8')) : { height: 1, blockhashes: {} };
+  const state: { height: number; blockhashes: Record<string, number>; generation: number } =
+    stateFile && existsSync(stateFile) ? { generation: 0, ...JSON.parse(readFileSync(stateFile, 'utf8')) } : { height: 1, blockhashes: {}, generation: 0 };
+  const svm = dir && state.generation > 0 && existsSync(snapshotOf(state.generation))
+    ? LiteSVM.loadFromFile(snapshotOf(state.generation)).withBlockhashCheck(false)
+    : fresh();
   const transactions = new Map<string, StoredTx>();
   if (txFile && existsSync(txFile)) {
     for (const line of readFileSync(txFile, 'utf8').split('\n')) {
       if (!line) continue;
-      const t = JSON.parse(line) as StoredTx;
-      transactions.set(t.signature, t);
+      const t = JSON.parse(line) as StoredTx & { generation?: number };
+      if ((t.generation ?? 0) <= state.generation) transactions.set(t.signature, t);
     }
   }
   let currentBlockhash = svm.latestBlockhash();
@@ -101,13 +108,15 @@ export async function startLocalLedger(opts: LocalLedgerOptions): Promise<LocalL
   log(`local ledger at height ${state.height}, ${transactions.size} transactions`);
 
   const persist = () => {
-    if (!snapshotFile || !stateFile) return;
-    svm.saveToFile(`${snapshotFile}.tmp`);
-    renameSync(`${snapshotFile}.tmp`, snapshotFile);
+    if (!dir || !stateFile) return;
+    const generation = state.generation + 1;
+    svm.saveToFile(snapshotOf(generation));
     // Forget blockhashes that can no longer be used.
     for (const [h, at] of Object.entries(state.blockhashes)) if (at + BLOCKHASH_VALIDITY < state.height) delete state.blockhashes[h];
-    writeFileSync(`${stateFile}.tmp`, JSON.stringify(state));
+    writeFileSync(`${stateFile}.tmp`, JSON.stringify({ ...state, generation }));
     renameSync(`${stateFile}.tmp`, stateFile);
+    if (state.generation > 0) rmSync(snapshotOf(state.generation), { force: true });
+    state.generation = generation;
   };
 
   function advance(blocks: number): void {
@@ -214,7 +223,7 @@ export async function startLocalLedger(opts: LocalLedgerOptions): Promise<LocalL
       },
     };
     transactions.set(signature, stored);
-    if (txFile) appendFileSync(txFile, `${JSON.stringify(stored)}\n`);
+    if (txFile) appendFileSync(txFile, `${JSON.stringify({ ...stored, generation: state.generation + 1 })}\n`);
     persist();
     return signature;
   }

@@ -74,6 +74,8 @@ export async function reconcileLedger(deps: {
       const mine = legs.filter((l) => l.jobId === jobId);
       const escrowLeg = mine.find((l) => l.leg === 'escrow' && l.state === 'confirmed');
       if (!escrowLeg) continue;
+      // A settlement in flight moves the balance before the ledger knows: check this job next time.
+      if (mine.some((l) => l.leg !== 'escrow' && l.state === 'sent')) continue;
       const out = mine.filter((l) => l.leg !== 'escrow' && l.state === 'confirmed').reduce((sum, l) => sum + l.amount, 0n);
       const expected = escrowLeg.amount - out;
       const onChain = await settlement.escrowBalance(jobId);

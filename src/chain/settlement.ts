@@ -79,10 +79,14 @@ const retryable = (message: string) => ApplicationFailure.create({ type: 'Settle
 export const legKey = (jobId: string, leg: Leg | 'release') => `${jobId}/${leg}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Classifies a refused transaction: the ones no retry can fix. */
+/**
+ * Classifies a refused transaction: the ones no retry can fix. The platform's own fee payer running short of
+ * SOL is not one of them (an operator tops it up and the retry succeeds); the payer's tokens are.
+ */
 function permanentReason(err: unknown): string | undefined {
   const text = `${(err as Error)?.message ?? ''} ${JSON.stringify((err as SendTransactionError)?.logs ?? [])}`;
-  if (/insufficient (funds|lamports)|custom program error: 0x1\b|"Custom":1\b|InsufficientFunds/i.test(text)) return 'insufficient funds';
+  if (/insufficient lamports|InsufficientFundsFor(Fee|Rent)|AccountNotFound/i.test(text)) return undefined;
+  if (/custom program error: 0x1\b|"Custom":1\b|Error: insufficient funds/i.test(text)) return 'insufficient funds';
   if (/InvalidAccountData|invalid account data|owner does not match|custom program error: 0x4\b|MintMismatch|0x3\b/i.test(text)) {
     return 'invalid account (wrong mint or owner)';
   }
@@ -215,7 +219,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           memo: `cyxwiz ${memo}`,
           updatedAt: new Date(),
         })
-        .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), inArray(payments.state, ['pending', 'owed'])))
+        .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), inArray(payments.state, ['pending', 'owed', 'failed'])))
         .returning({ id: payments.id });
       if (recorded.length !== legs.length) continue; // another attempt got there first
       await deps.hooks?.afterRecord?.(legs);

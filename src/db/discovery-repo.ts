@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gte, inArray, lte, notInArray, sql, type SQL } from 'drizzle-orm';
+import { and, eq, gte, inArray, lte, notInArray, sql, type SQL } from 'drizzle-orm';
 import type { DeviceType } from '../domain/job';
 import type { DbOrTx } from './client';
 import type { NodeRow } from './nodes-repo';
@@ -6,8 +6,10 @@ import { jobs, nodes } from './schema';
 
 /**
  * Read side of NodeDiscoveryService: filtering, ordering, keyset paging and statistics over `nodes`, all in
- * SQL. A page is one query and its counts one more, whatever the number of nodes; a node's active jobs come
- * from one grouped subquery over the partial index `jobs_node_idx`, never from a query per node.
+ * SQL. A page is one query and its statistics one more, whatever the number of nodes. The page query sorts
+ * narrow rows (id and sort keys) and reads whole rows only for the page. A node's active jobs are counted
+ * through the partial index `jobs_node_idx`, only where the query needs them (availability), never by a
+ * query per node.
  */
 
 /** Orders of FindNodesRequest.SortBy. Each has a natural direction (price ascending, the others descending). */
@@ -64,18 +66,14 @@ export interface Cursor {
   id: string;
 }
 
-/** A node as discovery sees it: its row plus what is derived at the query's instant. */
+/** A node as discovery sees it: its row and its liveness at the query's instant. */
 export type DiscoveredNode = NodeRow & {
-  /** Jobs assigned to or running on it. */
-  activeJobs: number;
   /** Live: status online and a heartbeat after `onlineSince`. */
   online: boolean;
-  banned: boolean;
-  /** Jobs it could take now: capacity − active jobs when live and not banned, else 0. */
-  freeCapacity: number;
-  /** last_heartbeat in microseconds since the epoch (exact, for cursors). */
-  heartbeatMicros: string;
 };
+
+/** A node in a listing, with the position after it (for the next page). */
+export type ListedNode = DiscoveredNode & { cursor: Cursor };
 
 export interface ListStats {
   /** Nodes matching the filter. */
@@ -97,18 +95,18 @@ export interface MatchStats {
 }
 
 /**
- * The node's active jobs (assigned or running), counted per node through the partial index
- * `jobs_node_idx` in a lateral subquery: only nodes that pass the other conditions are counted, and the
- * planner cannot fall into joining every node with every node's aggregate.
+ * A node's active jobs (assigned or running), for a lateral join: one probe of the partial index
+ * `jobs_node_idx` per node that passed the other conditions. Linear in those nodes whatever plan Postgres
+ * picks (a join against a grouped aggregate can turn into a nested loop over it under a LIMIT).
  */
-function activeJobsByNode(db: DbOrTx) {
+function activeJobsOfNode(db: DbOrTx) {
   return db
     .select({ activeJobs: sql<number>`count(*)::int`.as('active_jobs') })
     .from(jobs)
     .where(sql`${jobs.assignedNodeId} = ${nodes.id} and ${jobs.status} in ('assigned', 'running')`)
     .as('aj');
 }
-type ActiveJobs = ReturnType<typeof activeJobsByNode>;
+type ActiveJobs = ReturnType<typeof activeJobsOfNode>;
 
 const ts = (d: Date) => sql`${d.toISOString()}::timestamptz`;
 
@@ -120,18 +118,17 @@ const jsonNumber = (column: typeof nodes.pricing | typeof nodes.profile, key: st
  * The hourly price in USD a node offers: its announced usd_equivalent when positive, else price_per_hour
  * (nodes price in CYXWIZ; the discovery mapper applies the same rule to NodePricing.usd_equivalent).
  */
-export const usdPerHour = sql<number>`coalesce(nullif(greatest(${jsonNumber(nodes.pricing, 'usd_equivalent')}, 0), 0), ${nodes.pricePerHour})`;
+const usdPerHour = sql<number>`coalesce(nullif(greatest(${jsonNumber(nodes.pricing, 'usd_equivalent')}, 0), 0), ${nodes.pricePerHour})`;
 
-/** Memory a device (an element of nodes.devices) offers: VRAM when reported, else its memory (as deviceMemory()). */
-const DEVICE_MEMORY = sql.raw(
-  `(case when coalesce((d->>'vramTotal')::numeric, 0) > 0 then (d->>'vramTotal')::numeric else coalesce((d->>'memoryTotal')::numeric, 0) end)`,
-);
+const isOnline = (live: Liveness) => sql<boolean>`(${nodes.status} = 'online' and ${nodes.lastHeartbeat} > ${ts(live.onlineSince)})`;
 
 function expressions(live: Liveness, aj: ActiveJobs) {
-  const online = sql<boolean>`(${nodes.status} = 'online' and ${nodes.lastHeartbeat} > ${ts(live.onlineSince)})`;
+  const online = isOnline(live);
   const banned = sql<boolean>`(${nodes.bannedUntil} is not null and ${nodes.bannedUntil} > ${ts(live.now)})`;
   const activeJobs = sql<number>`${aj.activeJobs}`;
+  /** Jobs the node could take now: capacity − active jobs when live and not banned, else 0. */
   const freeCapacity = sql<number>`(case when ${online} and not ${banned} then greatest(${nodes.capacity} - ${activeJobs}, 0) else 0 end)`;
+  /** last_heartbeat in microseconds since the epoch: exact, so it can travel in a cursor. */
   const heartbeatMicros = sql<string>`(extract(epoch from ${nodes.lastHeartbeat}) * 1000000)::bigint`;
   return { online, banned, activeJobs, freeCapacity, heartbeatMicros };
 }
@@ -142,14 +139,22 @@ function hasDevice(device: Exclude<DeviceType, 'UNKNOWN'>): SQL {
   return device === 'CPU' ? sql`(${listed} or ${nodes.ramTotal} > 0)` : listed;
 }
 
+/**
+ * Some device of `type` offers `bytes`: its VRAM when it reports VRAM, else its memory (as deviceMemory()).
+ * A jsonpath over nodes.devices, passed as a parameter (an enum name and an integer, nothing from the
+ * client's text); jsonpath is much cheaper per row than expanding the array in a subquery.
+ */
+function deviceWithMemory(type: Exclude<DeviceType, 'UNKNOWN'>, bytes: number): SQL {
+  const path = `$[*] ? (@.deviceType == "${type}" && ((@.vramTotal > 0 && @.vramTotal >= ${bytes}) || (!(@.vramTotal > 0) && @.memoryTotal >= ${bytes})))`;
+  return sql`${nodes.devices} @? ${path}::jsonpath`;
+}
+
 function deviceMemoryAtLeast(bytes: number, device: NodeFilter['device']): SQL {
-  const onDevice = (type: string) =>
-    sql`exists (select 1 from jsonb_array_elements(${nodes.devices}) d where d->>'deviceType' = ${type} and ${DEVICE_MEMORY} >= ${bytes})`;
   if (!device) return gte(nodes.maxDeviceMemory, bytes);
   // A CPU job's memory is RAM unless the node reports a CPU device with more.
-  if (device === 'CPU') return sql`(${nodes.ramTotal} >= ${bytes} or ${onDevice('CPU')})`;
-  // The indexed column first: it rules most nodes out before the per-device check.
-  return and(gte(nodes.maxDeviceMemory, bytes), onDevice(device))!;
+  if (device === 'CPU') return sql`(${nodes.ramTotal} >= ${bytes} or ${deviceWithMemory('CPU', bytes)})`;
+  // The plain column first: it rules most nodes out before the per-device check.
+  return and(gte(nodes.maxDeviceMemory, bytes), deviceWithMemory(device, bytes))!;
 }
 
 function conditions(f: NodeFilter, e: Expressions): SQL | undefined {
@@ -174,76 +179,99 @@ function conditions(f: NodeFilter, e: Expressions): SQL | undefined {
   );
 }
 
-/** The key expressions of a sort order, most significant first (the node id breaks ties after them). */
-function sortKeys(key: DiscoverySort, e: Expressions): SQL[] {
+/** Key expressions of an order and their SQL types, most significant first; the node id breaks ties after them. */
+function sortKeys(key: DiscoverySort, e: Expressions): { expr: SQL; type: 'float8' | 'int' | 'bigint' }[] {
   switch (key) {
     case 'price':
-      return [sql`${nodes.pricePerHour}`];
+      return [{ expr: sql`${nodes.pricePerHour}`, type: 'float8' }];
     case 'performance':
-      return [sql`${nodes.computeScore}`];
+      return [{ expr: sql`${nodes.computeScore}`, type: 'float8' }];
     case 'reputation':
-      return [sql`${nodes.reputation}`];
+      return [{ expr: sql`${nodes.reputation}`, type: 'float8' }];
     case 'availability':
-      return [e.freeCapacity, e.heartbeatMicros];
+      return [
+        { expr: e.freeCapacity, type: 'int' },
+        { expr: e.heartbeatMicros, type: 'bigint' },
+      ];
   }
 }
 
 /** Price is cheapest first; performance, reputation and availability are best first. */
 const naturallyAscending = (key: DiscoverySort) => key === 'price';
 
-/** SQL casts of a cursor's key values, matching {@link sortKeys}. */
-const KEY_TYPES: Record<DiscoverySort, string[]> = {
-  price: ['float8'],
-  performance: ['float8'],
-  reputation: ['float8'],
-  availability: ['int', 'bigint'],
+/** Cursor key values of an order, as JSON carries them (bigint as a decimal string). */
+const KEY_SHAPES: Record<DiscoverySort, ('number' | 'integer' | 'bigint')[]> = {
+  price: ['number'],
+  performance: ['number'],
+  reputation: ['number'],
+  availability: ['integer', 'bigint'],
 };
 
-/** The cursor after `node` in order `key`. */
-export function cursorAfter(node: DiscoveredNode, key: DiscoverySort): Cursor {
-  switch (key) {
-    case 'price':
-      return { keys: [node.pricePerHour], id: node.id };
-    case 'performance':
-      return { keys: [node.computeScore], id: node.id };
-    case 'reputation':
-      return { keys: [node.reputation], id: node.id };
-    case 'availability':
-      return { keys: [node.freeCapacity, node.heartbeatMicros], id: node.id };
-  }
-}
-
-/** Whether `keys` has the shape of a cursor of order `key` (a token from the client must be checked). */
+/** Whether `keys` have the shape of a cursor of order `key` (a token from a client must be checked). */
 export function isCursorFor(key: DiscoverySort, keys: unknown[]): boolean {
-  const types = KEY_TYPES[key];
+  const shapes = KEY_SHAPES[key];
   return (
-    keys.length === types.length &&
+    keys.length === shapes.length &&
     keys.every((v, i) =>
-      types[i] === 'bigint' ? typeof v === 'string' && /^-?\d{1,19}$/.test(v) : typeof v === 'number' && Number.isFinite(v),
+      shapes[i] === 'bigint'
+        ? typeof v === 'string' && /^-?\d{1,19}$/.test(v)
+        : typeof v === 'number' && (shapes[i] === 'integer' ? Number.isSafeInteger(v) : Number.isFinite(v)),
     )
   );
 }
 
-function selection(e: Expressions) {
-  return {
-    node: nodes,
-    activeJobs: e.activeJobs,
-    online: e.online,
-    banned: e.banned,
-    freeCapacity: e.freeCapacity,
-    heartbeatMicros: sql<string>`${e.heartbeatMicros}::text`,
-  };
+/**
+ * The nodes matching `filter` as narrow rows — id, price, preferred-region flag and the sort keys k0, k1 —
+ * so that ordering and counting never carry whole rows (devices, profile, pricing).
+ */
+function narrowMatches(db: DbOrTx, filter: NodeFilter, sort: SortOrder, live: Liveness, after?: Cursor) {
+  const aj = activeJobsOfNode(db);
+  const e = expressions(live, aj);
+  const keys = sortKeys(sort.key, e);
+  const regionMatch = sort.preferredRegion
+    ? sql<boolean>`position(${sort.preferredRegion} in lower(${nodes.region})) > 0`
+    : sql<boolean>`false`;
+  const query = db
+    .select({
+      id: nodes.id,
+      price: sql<number>`${nodes.pricePerHour}`.as('price'),
+      regionMatch: regionMatch.as('region_match'),
+      k0: keys[0].expr.as('k0'),
+      k1: (keys[1]?.expr ?? sql`null::int`).as('k1'),
+    })
+    .from(nodes)
+    .$dynamic();
+  const needsActiveJobs = filter.availableOnly || sort.key === 'availability';
+  return (needsActiveJobs ? query.crossJoinLateral(aj) : query).where(and(conditions(filter, e), after && keysetAfter(sort, keys, after)));
 }
 
-type SelectedRow = { node: NodeRow; activeJobs: number; online: boolean; banned: boolean; freeCapacity: number; heartbeatMicros: string };
-const flatten = (r: SelectedRow): DiscoveredNode => ({
-  ...r.node,
-  activeJobs: r.activeJobs,
-  online: r.online,
-  banned: r.banned,
-  freeCapacity: r.freeCapacity,
-  heartbeatMicros: r.heartbeatMicros,
-});
+/** Rows after `after` in `sort` order (keyset paging). */
+function keysetAfter(sort: SortOrder, keys: ReturnType<typeof sortKeys>, after: Cursor): SQL {
+  const values = after.keys.map((v, i) => sql`${v}::${sql.raw(keys[i].type)}`);
+  const row = sql.join([...keys.map((k) => k.expr), sql`${nodes.id}`], sql`, `);
+  const bound = sql.join([...values, sql`${after.id}::text`], sql`, `);
+  // The redundant bound on the first key lets Postgres start an index scan on it (price) at the cursor.
+  return ascending(sort)
+    ? sql`(${row}) > (${bound}) and ${keys[0].expr} >= ${values[0]}`
+    : sql`(${row}) < (${bound}) and ${keys[0].expr} <= ${values[0]}`;
+}
+
+const ascending = (sort: SortOrder) => naturallyAscending(sort.key) !== sort.reversed;
+
+/**
+ * ORDER BY over the columns of {@link narrowMatches} (of `table` when given): the preferred region first,
+ * then the keys, then the id, all in the order's direction (so reversing an order reverses the list exactly).
+ */
+function orderOfNarrow(sort: SortOrder, table?: string): SQL[] {
+  const column = (name: string) => (table ? sql`${sql.identifier(table)}.${sql.identifier(name)}` : sql.identifier(name));
+  const direction = ascending(sort) ? sql.raw('asc') : sql.raw('desc');
+  return [
+    ...(sort.preferredRegion ? [sql`${column('region_match')} desc`] : []),
+    sql`${column('k0')} ${direction}`,
+    ...(KEY_SHAPES[sort.key].length > 1 ? [sql`${column('k1')} ${direction}`] : []),
+    sql`${column('id')} ${direction}`,
+  ];
+}
 
 /**
  * Up to `limit` nodes matching `filter` in `sort` order, starting after `after` (keyset paging: a node whose
@@ -252,48 +280,61 @@ const flatten = (r: SelectedRow): DiscoveredNode => ({
 export async function discoverNodes(
   db: DbOrTx,
   q: { filter: NodeFilter; sort: SortOrder; after?: Cursor; limit: number; live: Liveness },
-): Promise<DiscoveredNode[]> {
-  const aj = activeJobsByNode(db);
-  const e = expressions(q.live, aj);
-  const keys = sortKeys(q.sort.key, e);
-  const ascending = naturallyAscending(q.sort.key) !== q.sort.reversed;
-  const direction = ascending ? asc : desc;
-
-  let keyset: SQL | undefined;
-  if (q.after) {
-    const values = q.after.keys.map((v, i) => sql`${v}::${sql.raw(KEY_TYPES[q.sort.key][i])}`);
-    const row = sql.join([...keys, sql`${nodes.id}`], sql`, `);
-    const bound = sql.join([...values, sql`${q.after.id}::text`], sql`, `);
-    // The redundant bound on the first key lets Postgres walk an index on it (price) instead of sorting.
-    keyset = ascending
-      ? sql`(${row}) > (${bound}) and ${keys[0]} >= ${values[0]}`
-      : sql`(${row}) < (${bound}) and ${keys[0]} <= ${values[0]}`;
-  }
-
-  const regionFirst = q.sort.preferredRegion
-    ? [sql`(position(${q.sort.preferredRegion} in lower(${nodes.region})) > 0) desc`]
-    : [];
+): Promise<ListedNode[]> {
+  const page = narrowMatches(db, q.filter, q.sort, q.live, q.after)
+    .orderBy(...orderOfNarrow(q.sort))
+    .limit(q.limit)
+    .as('page');
   const rows = await db
-    .select(selection(e))
-    .from(nodes)
-    .crossJoinLateral(aj)
-    .where(and(conditions(q.filter, e), keyset))
-    .orderBy(...regionFirst, ...keys.map((k) => direction(k)), direction(nodes.id))
-    .limit(q.limit);
-  return rows.map(flatten);
+    .select({ node: nodes, online: isOnline(q.live), k0: sql<number>`${page.k0}::float8`, k1: sql<string | null>`${page.k1}::text` })
+    .from(page)
+    .innerJoin(nodes, eq(nodes.id, page.id))
+    .orderBy(...orderOfNarrow(q.sort, 'page'));
+  return rows.map((r) => ({
+    ...r.node,
+    online: r.online,
+    cursor: { keys: KEY_SHAPES[q.sort.key].length > 1 ? [r.k0, r.k1 ?? '0'] : [r.k0], id: r.node.id },
+  }));
+}
+
+/**
+ * The first `limit` nodes matching `filter` in `sort` order, and how many match at what prices, from one
+ * pass over the nodes (so the statistics describe exactly the set the page was taken from); whole rows are
+ * then read for the page only.
+ */
+export async function findMatches(
+  db: DbOrTx,
+  q: { filter: NodeFilter; sort: SortOrder; limit: number; live: Liveness },
+): Promise<MatchStats & { nodes: DiscoveredNode[] }> {
+  const matches = narrowMatches(db, q.filter, q.sort, q.live);
+  const result = await db.execute<{ total: number; avg_price: number; min_price: number; max_price: number; ids: string[] }>(sql`
+    with m as (${matches})
+    select s.total, s.avg_price, s.min_price, s.max_price, p.ids
+      from (select count(*)::int as total,
+                   coalesce(avg(price), 0)::float8 as avg_price,
+                   coalesce(min(price), 0)::float8 as min_price,
+                   coalesce(max(price), 0)::float8 as max_price
+              from m) s,
+           (select coalesce(array_agg(id order by ${sql.join(orderOfNarrow(q.sort), sql`, `)}), '{}') as ids
+              from (select * from m order by ${sql.join(orderOfNarrow(q.sort), sql`, `)} limit ${q.limit}) top) p`);
+  const { total, avg_price, min_price, max_price, ids } = result.rows[0];
+  const rows = ids.length
+    ? await db.select({ node: nodes, online: isOnline(q.live) }).from(nodes).where(inArray(nodes.id, ids))
+    : [];
+  const position = new Map(ids.map((id, i) => [id, i]));
+  const found = rows.map((r) => ({ ...r.node, online: r.online })).sort((a, b) => position.get(a.id)! - position.get(b.id)!);
+  return { total, avgPrice: avg_price, minPrice: min_price, maxPrice: max_price, nodes: found };
 }
 
 /** One node as discovery sees it, or undefined. */
 export async function getDiscoveredNode(db: DbOrTx, id: string, live: Liveness): Promise<DiscoveredNode | undefined> {
-  const aj = activeJobsByNode(db);
-  const e = expressions(live, aj);
-  const [row] = await db.select(selection(e)).from(nodes).crossJoinLateral(aj).where(eq(nodes.id, id));
-  return row && flatten(row);
+  const [row] = await db.select({ node: nodes, online: isOnline(live) }).from(nodes).where(eq(nodes.id, id));
+  return row && { ...row.node, online: row.online };
 }
 
 /** Counts of the nodes matching `filter`, and the network's live price and compute, in one scan. */
 export async function listStats(db: DbOrTx, filter: NodeFilter, live: Liveness): Promise<ListStats> {
-  const aj = activeJobsByNode(db);
+  const aj = activeJobsOfNode(db);
   const e = expressions(live, aj);
   const match = conditions(filter, e) ?? sql`true`;
   const query = db
@@ -305,24 +346,6 @@ export async function listStats(db: DbOrTx, filter: NodeFilter, live: Liveness):
     })
     .from(nodes)
     .$dynamic();
-  // Active jobs matter only to the availability filter; without it the counts need no join.
   const [row] = await (filter.availableOnly ? query.crossJoinLateral(aj) : query);
-  return row;
-}
-
-/** How many nodes match `filter` and their price range. */
-export async function matchStats(db: DbOrTx, filter: NodeFilter, live: Liveness): Promise<MatchStats> {
-  const aj = activeJobsByNode(db);
-  const e = expressions(live, aj);
-  const [row] = await db
-    .select({
-      total: sql<number>`count(*)::int`,
-      avgPrice: sql<number>`coalesce(avg(${nodes.pricePerHour}), 0)::float8`,
-      minPrice: sql<number>`coalesce(min(${nodes.pricePerHour}), 0)::float8`,
-      maxPrice: sql<number>`coalesce(max(${nodes.pricePerHour}), 0)::float8`,
-    })
-    .from(nodes)
-    .crossJoinLateral(aj)
-    .where(conditions(filter, e));
   return row;
 }

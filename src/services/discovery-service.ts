@@ -1,10 +1,31 @@
 import type { Db } from '../db/client';
 import * as discoveryRepo from '../db/discovery-repo';
-import type { Cursor, DiscoveredNode, DiscoverySort, Liveness, NodeFilter } from '../db/discovery-repo';
+import type { Cursor, DiscoveredNode, DiscoverySort, ListedNode, Liveness, NodeFilter } from '../db/discovery-repo';
 import { NotFoundError, ValidationError } from '../domain/errors';
 import type { DeviceType } from '../domain/job';
 
 export type { DiscoveredNode, DiscoverySort } from '../db/discovery-repo';
+
+/*
+ * How discovery answers (and where it departs from the original server, CYXWIZ-PROTOCOL.md §4.7, §6.7, §6.16):
+ * - Reputation is 0..1 in storage, on the wire and in min_reputation (a value above 1 is refused, not
+ *   silently matched against a 0..100 scale).
+ * - is_online is liveness only: status online and a heartbeat within config.nodes.offlineAfterMs. A busy or
+ *   banned node is online; FindNodes leaves it out (it returns only nodes a job could be placed on now), and
+ *   the availability order puts it last (free capacity 0).
+ * - Every filter of the request is honoured. Regions compare ignoring case; filter_region, allowed_regions and
+ *   blocked_regions are equality. preferred_region is a preference, not a filter: nodes whose region contains
+ *   it rank first (the original's substring match, without excluding anyone).
+ * - Prices are each node's effective hourly price (announced, else the list price), the one jobs are charged.
+ *   max_price_usd uses the announced usd_equivalent, else that price. preferred_billing filters on the announced
+ *   billing model, a node that announced none billing hourly; HOURLY (0) cannot be asked for, as it is the
+ *   proto3 default meaning "any".
+ * - ListNodes pages with an opaque keyset token (sort keys and id of the last node). A node whose sort key does
+ *   not change while a client pages is seen exactly once; in the availability order the keys move with every
+ *   heartbeat and job, so a node can move across a page boundary there. total_count and online_count count the
+ *   filtered nodes; network_avg_price and network_total_compute describe every live node in the network.
+ * - FindNodes statistics (total_matching, avg/min/max price) cover every match before max_results truncates.
+ */
 
 export interface DiscoveryServiceDeps {
   db: Db;
@@ -34,7 +55,7 @@ export interface ListNodesQuery {
 }
 
 export interface NodePage extends discoveryRepo.ListStats {
-  nodes: DiscoveredNode[];
+  nodes: ListedNode[];
   /** '' on the last page. */
   nextPageToken: string;
 }
@@ -138,7 +159,7 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
     ]);
     const page = rows.slice(0, limit);
     const nextPageToken =
-      rows.length > limit ? encodePageToken(q.sort, q.descending, discoveryRepo.cursorAfter(page[page.length - 1], q.sort)) : '';
+      rows.length > limit ? encodePageToken(q.sort, q.descending, page[page.length - 1].cursor) : '';
     return { ...stats, nodes: page, nextPageToken };
   }
 
@@ -165,16 +186,13 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
     const limit = Math.min(q.maxResults || DEFAULT_MAX_RESULTS, MAX_RESULTS);
     const live = liveness();
     const preferredRegion = q.preferredRegion.trim() ? lower(q.preferredRegion) : undefined;
-    const [rows, stats] = await Promise.all([
-      discoveryRepo.discoverNodes(db, { filter, sort: { key: q.sort, reversed: false, preferredRegion }, limit, live }),
-      discoveryRepo.matchStats(db, filter, live),
-    ]);
+    const found = await discoveryRepo.findMatches(db, { filter, sort: { key: q.sort, reversed: false, preferredRegion }, limit, live });
     return {
-      nodes: rows,
-      totalMatching: stats.total,
-      avgPricePerHour: stats.avgPrice,
-      minPricePerHour: stats.minPrice,
-      maxPricePerHour: stats.maxPrice,
+      nodes: found.nodes,
+      totalMatching: found.total,
+      avgPricePerHour: found.avgPrice,
+      minPricePerHour: found.minPrice,
+      maxPricePerHour: found.maxPrice,
     };
   }
 

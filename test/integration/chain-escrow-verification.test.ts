@@ -1,0 +1,212 @@
+import { createTransferCheckedInstruction } from '@solana/spl-token';
+import { Keypair, PublicKey, Transaction } from '@solana/web3.js';
+import { getBase58Decoder } from '@solana/kit';
+import { eq } from 'drizzle-orm';
+import { randomBytes } from 'node:crypto';
+import { escrowAddress } from '../../src/chain/instructions';
+import { loadKeypair } from '../../src/chain/keys';
+import type { ChainSettlement } from '../../src/chain/settlement';
+import { payments } from '../../src/db/schema';
+import { freshDatabase } from '../support/db';
+import {
+  ataOf,
+  createOtherMint,
+  failureOf,
+  fundedWallet,
+  sendTransaction,
+  settlementOn,
+  startTestChain,
+  tokenBalance,
+  type TestChain,
+} from '../support/chain';
+
+/**
+ * A payer who pays into the job's escrow account with its own transaction (JobConfig.escrow_tx_hash): the
+ * good payment is accepted, and every kind of bad one is refused for good (EscrowRejected) with a reason.
+ */
+describe('payer-paid escrow: verification of escrow_tx_hash on chain', () => {
+  let chain: TestChain;
+  let database: Awaited<ReturnType<typeof freshDatabase>>;
+  let settlement: ChainSettlement;
+  let engine: Keypair;
+  const run = randomBytes(3).toString('hex');
+  let seq = 0;
+  const newJobId = (label: string) => `job-${run}-${label}-${++seq}`;
+
+  beforeAll(async () => {
+    [database, chain] = await Promise.all([freshDatabase(), startTestChain()]);
+    // The server's payer is not involved: these escrows are paid by the payer's own transactions.
+    settlement = settlementOn(chain, database.db, { payer: undefined });
+    engine = loadKeypair('demo engine wallet', { file: chain.setup.keyFiles.demo.engine });
+  });
+  afterAll(async () => {
+    await chain?.stop();
+    await database?.drop();
+  });
+
+  const escrowOf = (jobId: string) => escrowAddress(chain.authority.publicKey, jobId);
+  const balanceOf = (account: PublicKey) => tokenBalance(chain.connection, account);
+  const rowsOf = (jobId: string) => database.db.select().from(payments).where(eq(payments.jobId, jobId));
+
+  /** The payer's own transfer of `amount` into `to` (a token account), signed and sent by `from`. */
+  function pay(from: Keypair, to: PublicKey, amount: bigint, mint = chain.mint): Promise<string> {
+    return sendTransaction(chain.connection, from, [createTransferCheckedInstruction(ataOf(from.publicKey, mint), mint, to, from.publicKey, amount, chain.decimals)]);
+  }
+
+  /** Expects escrow() to refuse `signature` for `jobId` for good, naming `reason`, and to record and move nothing. */
+  async function expectRejected(jobId: string, amount: bigint, payer: PublicKey, signature: string, reason: RegExp) {
+    const escrowBefore = await balanceOf(escrowOf(jobId));
+    const failure = await failureOf(settlement.escrow({ jobId, amount: amount.toString(), payer: payer.toBase58(), escrowTxHash: signature }));
+    expect({ type: failure.type, nonRetryable: failure.nonRetryable }).toEqual({ type: 'EscrowRejected', nonRetryable: true });
+    expect(failure.message).toMatch(reason);
+    expect(failure.message).toContain(signature);
+    expect(await rowsOf(jobId)).toEqual([]);
+    expect(await balanceOf(escrowOf(jobId))).toBe(escrowBefore);
+    return failure;
+  }
+
+  test('the good payment: openEscrowAccount, the payer pays into it, escrow accepts it; refund goes back to the payer', async () => {
+    const jobId = newJobId('good');
+    const address = await settlement.openEscrowAccount(jobId);
+    expect(address.equals(escrowOf(jobId))).toBe(true);
+    expect(await balanceOf(address)).toBe(0n);
+    const account = await chain.connection.getAccountInfo(address);
+    expect(Buffer.from(account!.data).subarray(0, 32).equals(chain.mint.toBuffer())).toBe(true);
+    // Opening again is a no-op.
+    expect((await settlement.openEscrowAccount(jobId)).equals(address)).toBe(true);
+
+    const payerBefore = await balanceOf(ataOf(engine.publicKey, chain.mint));
+    const signature = await pay(engine, address, 2_500n);
+
+    expect(await settlement.verifyEscrowTransaction({ jobId, amount: 2_500n, payer: engine.publicKey.toBase58(), signature })).toBe(2_500n);
+    const receipt = await settlement.escrow({ jobId, amount: '2500', payer: engine.publicKey.toBase58(), escrowTxHash: signature });
+    expect(receipt).toEqual({ leg: 'escrow', amount: '2500', to: address.toBase58(), txRef: signature });
+    expect(await rowsOf(jobId)).toEqual([expect.objectContaining({ leg: 'escrow', state: 'confirmed', txRef: signature, fromAccount: engine.publicKey.toBase58(), amount: 2_500n })]);
+    // Accepting again is idempotent.
+    expect(await settlement.escrow({ jobId, amount: '2500', payer: engine.publicKey.toBase58(), escrowTxHash: signature })).toEqual(receipt);
+
+    const refund = await settlement.refund({ jobId });
+    expect(refund).toMatchObject({ amount: '2500', to: engine.publicKey.toBase58() });
+    expect(await balanceOf(ataOf(engine.publicKey, chain.mint))).toBe(payerBefore);
+    expect(await balanceOf(address)).toBe(0n);
+  });
+
+  test('a payment of more than the amount is accepted, and the whole of it is what refund returns', async () => {
+    const jobId = newJobId('overpaid');
+    const address = await settlement.openEscrowAccount(jobId);
+    const payerBefore = await balanceOf(ataOf(engine.publicKey, chain.mint));
+    const signature = await pay(engine, address, 1_500n);
+
+    const receipt = await settlement.escrow({ jobId, amount: '1000', payer: engine.publicKey.toBase58(), escrowTxHash: signature });
+    expect(receipt.amount).toBe('1500');
+    await settlement.refund({ jobId });
+    expect(await balanceOf(ataOf(engine.publicKey, chain.mint))).toBe(payerBefore);
+    expect(await balanceOf(address)).toBe(0n);
+  });
+
+  test('wrong mint: another token paid into the job’s escrow address is refused', async () => {
+    const jobId = newJobId('wrong-mint');
+    const otherMint = await createOtherMint(chain);
+    // The escrow account at this job's address holds the other token (opened by a server configured for it).
+    await settlementOn(chain, database.db, { mint: otherMint }).openEscrowAccount(jobId);
+    const payer = await fundedWallet(chain, 5_000n, { mint: otherMint });
+    const signature = await pay(payer, escrowOf(jobId), 5_000n, otherMint);
+
+    await expectRejected(jobId, 5_000n, payer.publicKey, signature, new RegExp(`mint ${otherMint.toBase58()}`));
+  });
+
+  test('wrong amount: less than the job needs is refused, naming both amounts', async () => {
+    const jobId = newJobId('short');
+    const address = await settlement.openEscrowAccount(jobId);
+    const signature = await pay(engine, address, 999n);
+
+    await expectRejected(jobId, 1_000n, engine.publicKey, signature, /moved 999 units.*needs 1000/);
+  });
+
+  test('wrong destination: a payment into another job’s escrow or into a wallet’s token account is refused', async () => {
+    const jobId = newJobId('dest');
+    const otherJob = newJobId('dest-other');
+    await settlement.openEscrowAccount(jobId);
+    const intoOtherEscrow = await pay(engine, await settlement.openEscrowAccount(otherJob), 1_000n);
+    const nodeWallet = loadKeypair('demo node wallet', { file: chain.setup.keyFiles.demo.node });
+    const intoWallet = await pay(engine, ataOf(nodeWallet.publicKey, chain.mint), 1_000n);
+
+    await expectRejected(jobId, 1_000n, engine.publicKey, intoOtherEscrow, new RegExp(`does not pay this job's escrow account ${escrowOf(jobId).toBase58()}`));
+    await expectRejected(jobId, 1_000n, engine.publicKey, intoWallet, /does not pay this job's escrow account/);
+  });
+
+  test('reused: a transaction that funded one job cannot fund another', async () => {
+    const first = newJobId('reuse-a');
+    const second = newJobId('reuse-b');
+    const signature = await pay(engine, await settlement.openEscrowAccount(first), 1_000n);
+    await settlement.escrow({ jobId: first, amount: '1000', payer: engine.publicKey.toBase58(), escrowTxHash: signature });
+    await settlement.openEscrowAccount(second);
+
+    await expectRejected(second, 1_000n, engine.publicKey, signature, /escrow/);
+  });
+
+  test('reused: one transaction paying two escrows funds only the first job that claims it', async () => {
+    const first = newJobId('both-a');
+    const second = newJobId('both-b');
+    const [a, b] = [await settlement.openEscrowAccount(first), await settlement.openEscrowAccount(second)];
+    const mint = chain.mint;
+    const from = ataOf(engine.publicKey, mint);
+    const signature = await sendTransaction(chain.connection, engine, [
+      createTransferCheckedInstruction(from, mint, a, engine.publicKey, 1_000n, chain.decimals),
+      createTransferCheckedInstruction(from, mint, b, engine.publicKey, 1_000n, chain.decimals),
+    ]);
+    await settlement.escrow({ jobId: first, amount: '1000', payer: engine.publicKey.toBase58(), escrowTxHash: signature });
+
+    await expectRejected(second, 1_000n, engine.publicKey, signature, new RegExp(`already used for job ${first}`));
+  });
+
+  test('reused, claimed by two jobs at the same moment: exactly one accepts it, the other is EscrowRejected', async () => {
+    const first = newJobId('race-a');
+    const second = newJobId('race-b');
+    const [a, b] = [await settlement.openEscrowAccount(first), await settlement.openEscrowAccount(second)];
+    const from = ataOf(engine.publicKey, chain.mint);
+    const signature = await sendTransaction(chain.connection, engine, [
+      createTransferCheckedInstruction(from, chain.mint, a, engine.publicKey, 1_000n, chain.decimals),
+      createTransferCheckedInstruction(from, chain.mint, b, engine.publicKey, 1_000n, chain.decimals),
+    ]);
+    const claim = (jobId: string) => settlement.escrow({ jobId, amount: '1000', payer: engine.publicKey.toBase58(), escrowTxHash: signature });
+
+    const outcomes = await Promise.allSettled([claim(first), claim(second)]);
+
+    expect(outcomes.map((o) => o.status).sort()).toEqual(['fulfilled', 'rejected']);
+    const rejected = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected')!;
+    expect(rejected.reason).toMatchObject({ type: 'EscrowRejected', nonRetryable: true, message: expect.stringMatching(/already used/) });
+    const rows = await database.db.select().from(payments).where(eq(payments.txRef, signature));
+    expect(rows).toHaveLength(1);
+  });
+
+  test('unconfirmed or unknown: a signature the chain does not have is refused', async () => {
+    const jobId = newJobId('unknown');
+    const address = await settlement.openEscrowAccount(jobId);
+    // Signed, a valid payment, but never sent.
+    const { blockhash, lastValidBlockHeight } = await chain.connection.getLatestBlockhash();
+    const unsent = new Transaction({ feePayer: engine.publicKey, blockhash, lastValidBlockHeight }).add(
+      createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, address, engine.publicKey, 1_000n, chain.decimals),
+    );
+    unsent.sign(engine);
+    const unsentSignature = getBase58Decoder().decode(unsent.signature!);
+    const madeUp = getBase58Decoder().decode(randomBytes(64));
+
+    await expectRejected(jobId, 1_000n, engine.publicKey, unsentSignature, /not a confirmed transaction/);
+    await expectRejected(jobId, 1_000n, engine.publicKey, madeUp, /not a confirmed transaction/);
+  });
+
+  test('a payer other than payment_address is refused', async () => {
+    const jobId = newJobId('other-payer');
+    const address = await settlement.openEscrowAccount(jobId);
+    const signature = await pay(engine, address, 1_000n);
+    const claimed = new PublicKey(chain.setup.demoWallets.node);
+
+    await expectRejected(jobId, 1_000n, claimed, signature, new RegExp(`did not come from payment_address ${claimed.toBase58()}`));
+  });
+
+  test('without escrow_tx_hash a server with no payer account refuses (EscrowRejected)', async () => {
+    const failure = await failureOf(settlement.escrow({ jobId: newJobId('no-payer'), amount: '1', payer: Keypair.generate().publicKey.toBase58() }));
+    expect(failure).toMatchObject({ type: 'EscrowRejected', nonRetryable: true });
+  });
+});

@@ -1,0 +1,167 @@
+import { createTransferCheckedInstruction } from '@solana/spl-token';
+import { Keypair } from '@solana/web3.js';
+import { getBase58Decoder } from '@solana/kit';
+import { and, eq } from 'drizzle-orm';
+import { randomBytes } from 'node:crypto';
+import { escrowAddress } from '../../src/chain/instructions';
+import { loadKeypair } from '../../src/chain/keys';
+import { reconcileLedger, type ReconcileReport } from '../../src/chain/reconcile';
+import type { ChainSettlement, Leg } from '../../src/chain/settlement';
+import { payments } from '../../src/db/schema';
+import { freshDatabase } from '../support/db';
+import { ataOf, insertNode, sendTransaction, settlementOn, startTestChain, tokenBalance, type TestChain } from '../support/chain';
+
+class WorkerDied extends Error {}
+
+/**
+ * The reconciliation against the chain: it completes legs left `sent` whose transaction landed, reopens legs
+ * whose transaction can no longer land, and reports escrow balances the ledger does not explain. Each test has
+ * a database of its own (the reconciliation looks at every recent leg); the ledger is shared.
+ */
+describe('ledger reconciliation against the local ledger', () => {
+  let chain: TestChain;
+  let database: Awaited<ReturnType<typeof freshDatabase>>;
+  let settlement: ChainSettlement;
+  const run = randomBytes(3).toString('hex');
+  let seq = 0;
+  const newJobId = (label: string) => `job-${run}-${label}-${++seq}`;
+
+  beforeAll(async () => {
+    chain = await startTestChain();
+  });
+  afterAll(async () => {
+    await chain?.stop();
+  });
+  beforeEach(async () => {
+    database = await freshDatabase();
+    settlement = settlementOn(chain, database.db);
+  });
+  afterEach(async () => {
+    await database?.drop();
+  });
+
+  const reconcile = (staleAfterMs = 0): Promise<ReconcileReport> =>
+    reconcileLedger({ db: database.db, settlement, staleAfterMs, recentMs: 3_600_000 });
+  const crashingAt = (point: 'afterRecord' | 'afterSend' | 'afterConfirm') =>
+    settlementOn(chain, database.db, {
+      hooks: {
+        [point]: () => {
+          throw new WorkerDied(point);
+        },
+      },
+    });
+  const legRow = async (jobId: string, leg: Leg) =>
+    (await database.db.select().from(payments).where(and(eq(payments.jobId, jobId), eq(payments.leg, leg))))[0];
+  const escrowed = async (label: string, amount = 10_000n) => {
+    const jobId = newJobId(label);
+    await settlement.escrow({ jobId, amount: amount.toString(), payer: chain.payer.publicKey.toBase58() });
+    return jobId;
+  };
+  const withNode = async (jobId: string, wallet: string = Keypair.generate().publicKey.toBase58()) => {
+    await insertNode(database.db, `node-${jobId}`, wallet);
+    return `node-${jobId}`;
+  };
+  const empty = { completed: [], reopened: [], failed: [], inFlight: [], mismatches: [] };
+
+  test('a clean ledger: nothing to complete, reopen or report', async () => {
+    const released = await escrowed('released');
+    await settlement.release({ jobId: released, nodeId: await withNode(released) });
+    const refunded = await escrowed('refunded');
+    await settlement.refund({ jobId: refunded });
+    await escrowed('held');
+    const owed = await escrowed('owed');
+    expect(await settlement.release({ jobId: owed, nodeId: await withNode(owed, '') })).toMatchObject({ owed: true });
+
+    const report = await reconcile();
+
+    expect(report).toMatchObject(empty);
+    expect(report.checkedEscrows).toBe(4);
+    expect(report.checkedLegs).toBe(0);
+  });
+
+  test('completes a leg left `sent` whose transaction landed (the worker died after confirm, never retried)', async () => {
+    const jobId = await escrowed('landed');
+    const nodeId = await withNode(jobId);
+    await expect(crashingAt('afterConfirm').release({ jobId, nodeId })).rejects.toThrow(WorkerDied);
+    const left = await legRow(jobId, 'release_node');
+    expect(left.state).toBe('sent');
+
+    // Not stale yet: left alone.
+    expect((await reconcile(3_600_000)).completed).toEqual([]);
+    expect((await legRow(jobId, 'release_node')).state).toBe('sent');
+
+    const report = await reconcile();
+
+    expect(report.completed.sort()).toEqual([`${jobId}/release_node`, `${jobId}/release_platform`]);
+    expect(report.checkedLegs).toBe(2);
+    expect(report.mismatches).toEqual([]);
+    for (const leg of ['release_node', 'release_platform'] as const) {
+      expect(await legRow(jobId, leg)).toMatchObject({ state: 'confirmed', txRef: left.txRef, slot: expect.any(Number) });
+    }
+    expect(await tokenBalance(chain.connection, escrowAddress(chain.authority.publicKey, jobId))).toBe(0n);
+    // Reconciling again finds nothing.
+    expect(await reconcile()).toMatchObject(empty);
+  });
+
+  test('a leg still in flight (sent moments ago, landed) is not reported as an escrow mismatch', async () => {
+    const jobId = await escrowed('young');
+    const nodeId = await withNode(jobId);
+    await expect(crashingAt('afterConfirm').release({ jobId, nodeId })).rejects.toThrow(WorkerDied);
+
+    const report = await reconcile(3_600_000);
+
+    // The chain already shows the release; the ledger will within the activity's retry. Nothing disagrees yet.
+    expect(report.mismatches).toEqual([]);
+  });
+
+  test('reopens a leg whose transaction expired without landing; the retry then pays exactly once', async () => {
+    const jobId = await escrowed('expired');
+    await expect(crashingAt('afterRecord').refund({ jobId })).rejects.toThrow(WorkerDied);
+    const left = await legRow(jobId, 'refund');
+    expect(left.state).toBe('sent');
+    chain.ledger.advance(200);
+
+    const report = await reconcile();
+
+    expect(report.reopened).toEqual([`${jobId}/refund`]);
+    expect(report.completed).toEqual([]);
+    expect(report.mismatches).toEqual([]);
+    expect(await legRow(jobId, 'refund')).toMatchObject({ state: 'pending', txRef: null, txBytes: null, lastError: expect.stringMatching(/expired/) });
+    const { value } = await chain.connection.getSignatureStatuses([left.txRef!], { searchTransactionHistory: true });
+    expect(value[0]).toBeNull();
+
+    const payerBefore = await tokenBalance(chain.connection, ataOf(chain.payer.publicKey, chain.mint));
+    const receipt = await settlementOn(chain, database.db).refund({ jobId });
+    expect(receipt.txRef).not.toBe(left.txRef);
+    expect((await tokenBalance(chain.connection, ataOf(chain.payer.publicKey, chain.mint))) - payerBefore).toBe(10_000n);
+    expect(await tokenBalance(chain.connection, escrowAddress(chain.authority.publicKey, jobId))).toBe(0n);
+  });
+
+  test('reports an escrow balance the ledger does not explain (a stray transfer into an escrow account)', async () => {
+    const stray = await escrowed('stray', 5_000n);
+    const untouched = await escrowed('untouched', 5_000n);
+    const engine = loadKeypair('demo engine wallet', { file: chain.setup.keyFiles.demo.engine });
+    await sendTransaction(chain.connection, engine, [
+      createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, escrowAddress(chain.authority.publicKey, stray), engine.publicKey, 7n, chain.decimals),
+    ]);
+
+    const report = await reconcile();
+
+    expect(report.mismatches).toEqual([`${stray}: escrow holds 5007 units on chain, the ledger expects 5000`]);
+    expect(report.mismatches.join()).not.toContain(untouched);
+    expect(report.completed).toEqual([]);
+    expect(report.reopened).toEqual([]);
+  });
+
+  test('reports a confirmed leg whose signature the chain does not know', async () => {
+    const jobId = await escrowed('forged');
+    await settlement.refund({ jobId });
+    const forged = getBase58Decoder().decode(randomBytes(64));
+    await database.db.update(payments).set({ txRef: forged }).where(and(eq(payments.jobId, jobId), eq(payments.leg, 'refund')));
+
+    const report = await reconcile();
+
+    expect(report.mismatches).toEqual([expect.stringContaining(`${jobId}/refund: confirmed in the ledger`)]);
+    expect(report.mismatches[0]).toContain(forged);
+  });
+});
