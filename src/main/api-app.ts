@@ -4,13 +4,13 @@ import type { Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc/server';
 import { createRestApp } from '../api/rest/app';
 import type { Config } from '../config';
+import { settlementFor } from './chain-setup';
 import { openDatabase } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import { sql } from 'drizzle-orm';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
-import { createChainSettlement } from '../chain/settlement';
 import { NotFoundError, ValidationError } from '../domain/errors';
 import { nodeHealth } from '../domain/health';
 import { queuePosition } from '../db/node-cache';
@@ -57,17 +57,7 @@ export async function startApi(
   });
   const feed = createJobChangeFeed({ databaseUrl: env.databaseUrl, log });
   await feed.start();
-  const settlement = createChainSettlement({
-    db: database.db,
-    connection: env.chain.connection,
-    commitment: env.chain.commitment,
-    mint: env.chain.mint,
-    decimals: env.chain.decimals,
-    authority: env.chain.authority,
-    treasury: env.chain.treasury,
-    platformFeeBps: config.payments.platformFeeBps,
-    confirmTimeoutMs: config.chain.confirmTimeoutMs,
-  });
+  const settlement = settlementFor(config, env.chain, database.db);
   const jobs = createJobService({
     db: database.db,
     workflows,

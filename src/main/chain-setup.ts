@@ -4,6 +4,8 @@ import { demoPublicKeys, ensureLocalChain, type LocalChainSetup } from '../chain
 import { openChain, type ChainContext } from '../chain/context';
 import { startLocalLedger, type LocalLedger } from '../chain/local-ledger';
 import type { Config } from '../config';
+import type { Db } from '../db/client';
+import { createChainSettlement, type ChainSettlement } from '../chain/settlement';
 import { Connection } from '@solana/web3.js';
 import { required } from './lifecycle';
 
@@ -52,4 +54,20 @@ export function withLocalChain(config: Config, setup: LocalChainSetup): Config {
       payer: { file: setup.keyFiles.payer },
     },
   };
+}
+
+/** The settlement over a chain, with the payment settings of the config. */
+export function settlementFor(config: Config, chain: ChainContext, db: Db): ChainSettlement {
+  return createChainSettlement({
+    db,
+    connection: chain.connection,
+    commitment: chain.commitment,
+    mint: chain.mint,
+    decimals: chain.decimals,
+    authority: chain.authority,
+    treasury: chain.treasury,
+    payer: chain.payer,
+    platformFeeBps: config.payments.platformFeeBps,
+    confirmTimeoutMs: config.chain.confirmTimeoutMs,
+  });
 }

@@ -10,8 +10,8 @@ import { createPaymentActivities } from '../activities/payments';
 import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client as TemporalClient } from '@temporalio/client';
 import type { ChainContext } from '../chain/context';
 import { reconcileLedger } from '../chain/reconcile';
-import { createChainSettlement } from '../chain/settlement';
 import type { Config } from '../config';
+import { settlementFor } from './chain-setup';
 import { reconcileLedgerWorkflow } from '../workflows/reconcile-workflow';
 import { installTemporalRuntime } from './temporal-runtime';
 import { openDatabase, type Db } from '../db/client';
@@ -50,18 +50,7 @@ export async function startWorker(
     options: jobWorkflowOptions(config),
     tokenDecimals: config.payments.tokenDecimals,
   });
-  const settlement = createChainSettlement({
-    db: database.db,
-    connection: env.chain.connection,
-    commitment: env.chain.commitment,
-    mint: env.chain.mint,
-    decimals: env.chain.decimals,
-    authority: env.chain.authority,
-    treasury: env.chain.treasury,
-    payer: env.chain.payer,
-    platformFeeBps: config.payments.platformFeeBps,
-    confirmTimeoutMs: config.chain.confirmTimeoutMs,
-  });
+  const settlement = settlementFor(config, env.chain, database.db);
   const activities = {
     ...createJobActivities({
       db: database.db,
