@@ -148,7 +148,9 @@ describe('jobWorkflow', () => {
       const assigned = await waitForStatus(handle, (v) => v.phase === 'assigned', 10_000, 'assignment');
       expect(assigned).toMatchObject({ nodeId: 'node-a', attempt: 1, escrow: 'held', progress: 0 });
       expect(cluster.escrowCalls).toEqual([{ jobId, amount: '1000000', payer: 'payer-wallet' }]);
-      expect(cluster.matchCalls).toEqual([{ jobId, requiredDevice: 'CPU', estimatedMemory: 1 << 30, excludeNodeIds: [] }]);
+      expect(cluster.matchCalls).toEqual([
+        { jobId, requiredDevice: 'CPU', estimatedMemory: 1 << 30, excludeNodeIds: [], paymentUnits: '1000000', estimatedDuration: 60 },
+      ]);
       expect(cluster.dispatchCalls.map((c) => [c.nodeId, c.assignEndpoint, c.spec.jobId])).toEqual([['node-a', '10.0.0.1:50055', jobId]]);
       expect(cluster.timeline.indexOf('escrow')).toBeLessThan(cluster.timeline.indexOf('transition:assigned'));
 
