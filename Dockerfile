@@ -3,7 +3,8 @@ FROM node:20-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# npm install, not npm ci: litesvm 1.5.0 lists native packages for platforms it never published.
+RUN npm install --no-audit --no-fund
 COPY tsconfig.json drizzle.config.ts ./
 COPY proto ./proto
 COPY drizzle ./drizzle
