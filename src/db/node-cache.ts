@@ -1,9 +1,11 @@
 import { count, eq, gt, or, sql } from 'drizzle-orm';
-import type { Candidate } from '../domain/scoring';
+import { memoryByType, type Candidate } from '../domain/scoring';
 import type { Db } from './client';
 import { nodeClaims, nodes } from './schema';
 
-interface CachedNode extends Omit<Candidate, 'online' | 'activeJobs'> {
+interface CachedNode {
+  /** Kept between matches (so a match allocates nothing per node); online and activeJobs are set per match. */
+  candidate: Candidate;
   status: string;
   lastHeartbeat: number;
   hasEndpoint: boolean;
@@ -23,6 +25,7 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
   let claims = new Map<string, number>();
   let since = new Date(0);
   let refreshedAt = 0;
+  let list: CachedNode[] = [];
   let refreshing: Promise<void> | undefined;
 
   async function load(): Promise<void> {
@@ -45,7 +48,7 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
       .from(nodes)
       .where(or(gt(nodes.updatedAt, since), gt(nodes.lastHeartbeat, since)));
     for (const r of rows) {
-      byId.set(r.id, {
+      const candidate: Candidate = {
         id: r.id,
         devices: r.devices,
         ramTotal: r.ramTotal,
@@ -55,11 +58,13 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
         region: r.region,
         pricePerHour: r.pricePerHour,
         bannedUntil: r.bannedUntil,
-        status: r.status,
-        lastHeartbeat: r.lastHeartbeat.getTime(),
-        hasEndpoint: r.port > 0,
-      });
+        online: false,
+        activeJobs: 0,
+        memory: memoryByType({ devices: r.devices, ramTotal: r.ramTotal }),
+      };
+      byId.set(r.id, { candidate, status: r.status, lastHeartbeat: r.lastHeartbeat.getTime(), hasEndpoint: r.port > 0 });
     }
+    list = [...byId.values()].filter((n) => n.hasEndpoint);
     const counted = await deps.db.select({ nodeId: nodeClaims.nodeId, n: count() }).from(nodeClaims).groupBy(nodeClaims.nodeId);
     claims = new Map(counted.map((c) => [c.nodeId, c.n]));
     since = started;
@@ -76,22 +81,12 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
   /** Every node with an endpoint, as matching sees it now. */
   function candidates(): Candidate[] {
     const onlineSince = now() - deps.offlineAfterMs;
-    const out: Candidate[] = [];
-    for (const n of byId.values()) {
-      if (!n.hasEndpoint) continue;
-      out.push({
-        id: n.id,
-        devices: n.devices,
-        ramTotal: n.ramTotal,
-        computeScore: n.computeScore,
-        reputation: n.reputation,
-        capacity: n.capacity,
-        region: n.region,
-        pricePerHour: n.pricePerHour,
-        bannedUntil: n.bannedUntil,
-        online: n.status === 'online' && n.lastHeartbeat > onlineSince,
-        activeJobs: claims.get(n.id) ?? 0,
-      });
+    const out = new Array<Candidate>(list.length);
+    for (let i = 0; i < list.length; i++) {
+      const n = list[i];
+      n.candidate.online = n.status === 'online' && n.lastHeartbeat > onlineSince;
+      n.candidate.activeJobs = claims.get(n.candidate.id) ?? 0;
+      out[i] = n.candidate;
     }
     return out;
   }

@@ -17,6 +17,24 @@ export interface Candidate {
   pricePerHour: number;
   online: boolean;
   bannedUntil: Date | null;
+  /**
+   * The largest memory per device type (bytes), and RAM under 'CPU'. Derived from `devices` and `ramTotal`;
+   * a registry that keeps candidates between matches fills it once (see memoryByType).
+   */
+  memory?: Partial<Record<DeviceType, number>>;
+}
+
+/** The largest memory a node offers per device type; CPU jobs run in RAM or on a CPU device. */
+export function memoryByType(c: Pick<Candidate, 'devices' | 'ramTotal'>): Partial<Record<DeviceType, number>> {
+  const out: Partial<Record<DeviceType, number>> = c.ramTotal > 0 ? { CPU: c.ramTotal } : {};
+  let any = c.ramTotal;
+  for (const d of c.devices) {
+    const mem = d.vramTotal > 0 ? d.vramTotal : d.memoryTotal;
+    if (mem > (out[d.deviceType] ?? -1)) out[d.deviceType] = mem;
+    if (mem > any) any = mem;
+  }
+  out.UNKNOWN = any;
+  return out;
 }
 
 export interface MatchCriteria {
@@ -76,12 +94,6 @@ export function rejectionReason(c: Candidate, m: MatchCriteria): string | undefi
   return undefined;
 }
 
-/** The memory of the node's device that would run the job. */
-function bestMemory(c: Candidate, device: DeviceType): number {
-  const pick = c.devices.filter((d) => device === 'UNKNOWN' || d.deviceType === device);
-  const mem = Math.max(0, ...pick.map((d) => (d.vramTotal > 0 ? d.vramTotal : d.memoryTotal)));
-  return device === 'CPU' || device === 'UNKNOWN' ? Math.max(mem, c.ramTotal) : mem;
-}
 
 export interface Ranking {
   /** The best eligible nodes, best first (at most `top`). */
@@ -93,8 +105,41 @@ export interface Ranking {
   eligible: number;
 }
 
-/** The kind of a rejection reason, for counting ("at capacity (1/1 jobs)" → "at capacity"). */
-const reasonKind = (reason: string) => reason.replace(/\s*\(.*$/, '').replace(/ \d.*$/, '').replace(/^(region) .*/, '$1');
+/**
+ * The same decision as rejectionReason, without building strings: returns the kind of reason (as counted in
+ * rejectedCounts) or undefined. Runs once per node per match, so it avoids allocation; the budget becomes one
+ * price ceiling, checked exactly only near it.
+ */
+function fastCheck(m: MatchCriteria): (c: Candidate) => string | undefined {
+  const now = m.now.getTime();
+  const device = m.requiredDevice;
+  const blocked = m.blockedRegions?.length ? new Set(m.blockedRegions.map((r) => r.trim().toLowerCase())) : undefined;
+  const allowed = m.allowedRegions?.length ? new Set(m.allowedRegions.map((r) => r.trim().toLowerCase())) : undefined;
+  const maxPrice = m.maxPricePerHour !== undefined && m.maxPricePerHour > 0 ? m.maxPricePerHour : Infinity;
+  const budget = m.budget && m.budget.durationSeconds > 0 ? m.budget : undefined;
+  const ceiling = budget
+    ? (Number(budget.units) * 3600) / (Math.max(budget.durationSeconds, 600) * 10 ** budget.decimals)
+    : Infinity;
+  return (c) => {
+    if (m.excludeNodeIds.has(c.id)) return 'already failed this job';
+    if (!c.online) return 'offline';
+    if (c.bannedUntil && c.bannedUntil.getTime() > now) return 'banned';
+    if (c.activeJobs >= c.capacity) return 'at capacity';
+    const mem = (c.memory ?? memoryByType(c))[device];
+    if (mem === undefined) return `no ${device} device`;
+    if (mem < m.minMemory) return 'not enough memory';
+    if (blocked || allowed) {
+      const region = c.region.trim().toLowerCase();
+      if (blocked?.has(region)) return 'region blocked';
+      if (allowed && !allowed.has(region)) return 'region not allowed';
+    }
+    if (c.pricePerHour > maxPrice) return 'price above limit';
+    if (budget && c.pricePerHour > ceiling * 0.999999) {
+      if (estimateCostUnits(c.pricePerHour, budget.durationSeconds, budget.decimals) > budget.units) return 'over budget';
+    }
+    return undefined;
+  };
+}
 
 /**
  * Ranks the nodes that can take a job and explains the rest: one pass to filter (and find the price range),
@@ -113,12 +158,12 @@ export function rankCandidates(
   const eligible: Candidate[] = [];
   let minPrice = Infinity;
   let maxPrice = -Infinity;
+  const fast = fastCheck(m);
   for (const c of candidates) {
-    const reason = rejectionReason(c, m);
-    if (reason) {
-      const kind = reasonKind(reason);
+    const kind = fast(c);
+    if (kind) {
       rejectedCounts[kind] = (rejectedCounts[kind] ?? 0) + 1;
-      if (rejected.length < sample) rejected.push({ nodeId: c.id, reason });
+      if (rejected.length < sample) rejected.push({ nodeId: c.id, reason: rejectionReason(c, m) ?? kind });
       continue;
     }
     eligible.push(c);
@@ -126,34 +171,34 @@ export function rankCandidates(
     if (c.pricePerHour > maxPrice) maxPrice = c.pricePerHour;
   }
   const better = (a: Ranked, b: Ranked) => a.score > b.score || (a.score === b.score && a.nodeId < b.nodeId);
+  const preferred = m.preferredRegion?.trim().toLowerCase();
+  const priceSpan = maxPrice - minPrice;
+  const W = SCORE_WEIGHTS;
   const best: Ranked[] = [];
-  for (const c of eligible) {
-    const memory = bestMemory(c, m.requiredDevice);
-    const snug = m.minMemory > 0 && memory > 0 ? Math.min(1, m.minMemory / memory) : 0.5;
-    const parts = {
-      fit: 0.5 * snug + 0.5 * Math.min(1, c.computeScore / 2000),
+  // Scores are computed without allocating; a node's parts are built only when it makes the top.
+  const partsOf = (c: Candidate) => {
+    const memory = (c.memory ?? memoryByType(c))[m.requiredDevice] ?? 0;
+    return {
+      fit: 0.5 * (m.minMemory > 0 && memory > 0 ? Math.min(1, m.minMemory / memory) : 0.5) + 0.5 * Math.min(1, c.computeScore / 2000),
       reputation: Math.min(1, Math.max(0, c.reputation)),
       load: c.capacity > 0 ? 1 - c.activeJobs / c.capacity : 0,
-      region: m.preferredRegion ? (regionEq(m.preferredRegion, c.region) ? 1 : 0) : 0.5,
-      price: maxPrice > minPrice ? (maxPrice - c.pricePerHour) / (maxPrice - minPrice) : 1,
+      region: preferred ? (c.region.trim().toLowerCase() === preferred ? 1 : 0) : 0.5,
+      price: priceSpan > 0 ? (maxPrice - c.pricePerHour) / priceSpan : 1,
     };
-    const score =
-      Math.round(
-        (SCORE_WEIGHTS.fit * parts.fit +
-          SCORE_WEIGHTS.reputation * parts.reputation +
-          SCORE_WEIGHTS.load * parts.load +
-          SCORE_WEIGHTS.region * parts.region +
-          SCORE_WEIGHTS.price * parts.price) *
-          10_000,
-      ) / 10_000;
-    const entry = { nodeId: c.id, score, parts };
-    if (best.length < top) {
-      best.push(entry);
-      for (let i = best.length - 1; i > 0 && better(best[i], best[i - 1]); i--) [best[i], best[i - 1]] = [best[i - 1], best[i]];
-    } else if (better(entry, best[top - 1])) {
-      best[top - 1] = entry;
-      for (let i = top - 1; i > 0 && better(best[i], best[i - 1]); i--) [best[i], best[i - 1]] = [best[i - 1], best[i]];
-    }
+  };
+  for (const c of eligible) {
+    const memory = (c.memory ?? memoryByType(c))[m.requiredDevice] ?? 0;
+    const fit = 0.5 * (m.minMemory > 0 && memory > 0 ? Math.min(1, m.minMemory / memory) : 0.5) + 0.5 * Math.min(1, c.computeScore / 2000);
+    const reputation = c.reputation < 0 ? 0 : c.reputation > 1 ? 1 : c.reputation;
+    const load = c.capacity > 0 ? 1 - c.activeJobs / c.capacity : 0;
+    const region = preferred ? (c.region.trim().toLowerCase() === preferred ? 1 : 0) : 0.5;
+    const price = priceSpan > 0 ? (maxPrice - c.pricePerHour) / priceSpan : 1;
+    const score = Math.round((W.fit * fit + W.reputation * reputation + W.load * load + W.region * region + W.price * price) * 10_000) / 10_000;
+    if (best.length === top && !(score > best[top - 1].score || (score === best[top - 1].score && c.id < best[top - 1].nodeId))) continue;
+    const entry: Ranked = { nodeId: c.id, score, parts: partsOf(c) };
+    if (best.length < top) best.push(entry);
+    else best[top - 1] = entry;
+    for (let i = best.length - 1; i > 0 && better(best[i], best[i - 1]); i--) [best[i], best[i - 1]] = [best[i - 1], best[i]];
   }
   return { ranked: best, rejected, rejectedCounts, eligible: eligible.length };
 }
