@@ -90,7 +90,8 @@ export function createJobActivities(deps: JobActivityDeps) {
   async function matchNode(input: MatchInput): Promise<MatchResult> {
     // A retry of a match that already claimed a node (the activity died after the claim) gets that node.
     const held = await heldClaim(deps.db, input.jobId);
-    if (held && !input.excludeNodeIds.includes(held)) {
+    if (held && input.excludeNodeIds.includes(held)) await releaseClaims(deps.db, input.jobId);
+    else if (held) {
       const node = await nodesRepo.getNode(deps.db, held);
       if (node) {
         return {
