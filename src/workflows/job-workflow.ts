@@ -302,6 +302,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   // ---- steps ----------------------------------------------------------------------------------
   /** Matches and assigns until a node accepts the job, or the job is cancelled. */
   async function place(): Promise<void> {
+    let heldBack = 0;
     for (;;) {
       if (cancelRequest) return;
       nodesChanged = false;
@@ -347,7 +348,11 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         details();
       }
       upsertMemo({ match: match.explanation });
-      await condition(() => nodesChanged || cancelRequest !== undefined, options.requeueIntervalMs);
+      // Held back only because jobs ahead wanted the same nodes: they settle within moments, so look again
+      // soon (backing off), not after the full re-check interval.
+      heldBack = match.explanation.claimedByOthers.length > 0 ? heldBack + 1 : 0;
+      const wait = heldBack > 0 ? Math.min(options.requeueIntervalMs, 500 * 2 ** Math.min(heldBack, 10)) : options.requeueIntervalMs;
+      await condition(() => nodesChanged || cancelRequest !== undefined, wait);
       if (!nodesChanged && !cancelRequest && historyTooLong()) await continueWithFreshHistory();
     }
   }
