@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gt, gte, inArray, lte, notInArray, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, gte, lte, sql } from 'drizzle-orm';
 import type { DeviceType } from '../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
 import { computeScore, listPricePerHour } from '../domain/pricing';
@@ -105,12 +105,6 @@ export async function getNode(db: DbOrTx, id: string): Promise<NodeRow | undefin
   return row;
 }
 
-export async function existingNodeIds(db: DbOrTx, ids: string[]): Promise<string[]> {
-  if (ids.length === 0) return [];
-  const rows = await db.select({ id: nodes.id }).from(nodes).where(inArray(nodes.id, ids));
-  return rows.map((r) => r.id);
-}
-
 export interface HeartbeatSample {
   nodeId: string;
   at: Date;
@@ -141,48 +135,6 @@ export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offl
      where n.id = beat.id and prev.id = beat.id
     returning n.id, prev.was_offline`);
   return result.rows.filter((r) => r.was_offline).map((r) => r.id);
-}
-
-export interface CandidateQuery {
-  requiredDevice: DeviceType;
-  minMemory: number;
-  excludeNodeIds: string[];
-  onlineSince: Date;
-  limit: number;
-}
-
-export type CandidateRow = NodeRow & { activeJobs: number };
-
-/**
- * Online nodes that may fit a job, least loaded and most reputable first. Device and memory are
- * pre-filtered here on indexed columns; the exact fit is decided by `fitsJob` on the result.
- */
-export async function findCandidateNodes(db: DbOrTx, q: CandidateQuery): Promise<CandidateRow[]> {
-  const activeJobs = sql<number>`(select count(*)::int from ${jobs} j where j.assigned_node_id = ${nodes.id} and j.status in ('assigned', 'running'))`;
-  const deviceFilter =
-    q.requiredDevice === 'UNKNOWN' || q.requiredDevice === 'CPU'
-      ? undefined
-      : and(sql`${q.requiredDevice} = any(${nodes.deviceTypes})`, gte(nodes.maxDeviceMemory, q.minMemory));
-  const memoryFilter =
-    q.requiredDevice === 'UNKNOWN' || q.requiredDevice === 'CPU'
-      ? or(gte(nodes.ramTotal, q.minMemory), gte(nodes.maxDeviceMemory, q.minMemory))
-      : undefined;
-  const rows = await db
-    .select({ node: nodes, activeJobs })
-    .from(nodes)
-    .where(
-      and(
-        eq(nodes.status, 'online'),
-        gt(nodes.lastHeartbeat, q.onlineSince),
-        gt(nodes.port, 0),
-        q.excludeNodeIds.length > 0 ? notInArray(nodes.id, q.excludeNodeIds) : undefined,
-        deviceFilter,
-        memoryFilter,
-      ),
-    )
-    .orderBy(asc(activeJobs), desc(nodes.reputation), asc(nodes.id))
-    .limit(q.limit);
-  return rows.map((r) => ({ ...r.node, activeJobs: r.activeJobs }));
 }
 
 export async function nodeCounts(db: DbOrTx, onlineSince: Date): Promise<{ total: number; online: number; busy: number }> {
