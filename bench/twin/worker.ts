@@ -16,6 +16,8 @@ async function main(): Promise<void> {
     workflowsPath: require.resolve('./workflow'),
     activities: twinActivities,
     shutdownGraceTime: '10 seconds',
+    // Experiments only (the bench runs the twin with the system worker's settings): extra WorkerOptions as JSON.
+    ...(process.env.BENCH_TWIN_WORKER_OPTIONS ? JSON.parse(process.env.BENCH_TWIN_WORKER_OPTIONS) : {}),
   });
   const stop = () => worker.getState() === 'RUNNING' && worker.shutdown();
   process.on('SIGTERM', stop);

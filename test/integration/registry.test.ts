@@ -1,10 +1,10 @@
 import { eq, inArray } from 'drizzle-orm';
 import pino from 'pino';
 import { createJobActivities } from '../../src/activities/jobs';
-import { createNodeCache } from '../../src/db/node-cache';
+import { claimNode, createNodeCache } from '../../src/db/node-cache';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
-import { jobEvents, jobs, nodeMetrics, nodes } from '../../src/db/schema';
+import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes } from '../../src/db/schema';
 import type { JobSpec } from '../../src/domain/job';
 import { createHeartbeatHub } from '../../src/services/heartbeat-hub';
 import type { JobWorkflowGateway } from '../../src/services/job-workflows';
@@ -208,6 +208,33 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await acts.releaseNode({ jobId: 'urgent' });
     expect((await ask('late-normal')).node).toBeNull();
     expect((await ask('early-normal')).node?.nodeId).toBe('big');
+  });
+
+  it('never puts more concurrent claims on a node than its capacity', async () => {
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
+    await database.db.delete(nodeClaims);
+    const ids = Array.from({ length: 12 }, (_, i) => `race-${i}`);
+    for (const id of ids) await job(id);
+    // 'big' has capacity 1: of twelve jobs claiming it at once, exactly one holds it
+    const won = await Promise.all(ids.map((id) => claimNode(database.db, id, 'big')));
+    expect(won.filter(Boolean)).toHaveLength(1);
+    expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.nodeId, 'big'))).toHaveLength(1);
+
+    // A claim that waits for the node's lock while another commits must see that commit.
+    await database.db.delete(nodeClaims);
+    const holder = await database.pool.connect();
+    try {
+      await holder.query('begin');
+      await holder.query(`select id from nodes where id = 'big' for update`);
+      await holder.query(`insert into node_claims (node_id, job_id) values ('big', 'race-0')`);
+      const waiting = claimNode(database.db, 'race-1', 'big');
+      await new Promise((r) => setTimeout(r, 300));
+      await holder.query('commit');
+      expect(await waiting).toBe(false);
+    } finally {
+      holder.release();
+    }
+    expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.nodeId, 'big'))).toHaveLength(1);
   });
 
   it('moves reputation by the documented amounts, once per job and event, and bans a node that falls too low', async () => {
