@@ -125,12 +125,14 @@ const isOnline = (live: Liveness) => sql<boolean>`(${nodes.status} = 'online' an
 function expressions(live: Liveness, aj: ActiveJobs) {
   const online = isOnline(live);
   const banned = sql<boolean>`(${nodes.bannedUntil} is not null and ${nodes.bannedUntil} > ${ts(live.now)})`;
+  /** Held whole by a live reservation: unavailable to everyone else until it ends. */
+  const reserved = sql<boolean>`(${nodes.reservedBy} is not null)`;
   const activeJobs = sql<number>`${aj.activeJobs}`;
-  /** Jobs the node could take now: capacity − active jobs when live and not banned, else 0. */
-  const freeCapacity = sql<number>`(case when ${online} and not ${banned} then greatest(${nodes.capacity} - ${activeJobs}, 0) else 0 end)`;
+  /** Jobs the node could take now: capacity − active jobs when live, not banned and not reserved, else 0. */
+  const freeCapacity = sql<number>`(case when ${online} and not ${banned} and not ${reserved} then greatest(${nodes.capacity} - ${activeJobs}, 0) else 0 end)`;
   /** last_heartbeat in microseconds since the epoch: exact, so it can travel in a cursor. */
   const heartbeatMicros = sql<string>`(extract(epoch from ${nodes.lastHeartbeat}) * 1000000)::bigint`;
-  return { online, banned, activeJobs, freeCapacity, heartbeatMicros };
+  return { online, banned, reserved, activeJobs, freeCapacity, heartbeatMicros };
 }
 type Expressions = ReturnType<typeof expressions>;
 
@@ -161,6 +163,8 @@ function conditions(f: NodeFilter, e: Expressions): SQL | undefined {
   const lowerRegion = sql`lower(${nodes.region})`;
   return and(
     f.onlineOnly || f.availableOnly ? e.online : undefined,
+    // A reserved node is live but not on offer: online-only listings (the Engine's browse list) leave it out.
+    f.onlineOnly || f.availableOnly ? sql`not ${e.reserved}` : undefined,
     f.availableOnly ? sql`not ${e.banned} and ${e.activeJobs} < ${nodes.capacity}` : undefined,
     f.device ? hasDevice(f.device) : undefined,
     f.region !== undefined ? sql`${lowerRegion} = ${f.region}` : undefined,

@@ -41,6 +41,7 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
         region: nodes.region,
         pricePerHour: nodes.pricePerHour,
         bannedUntil: nodes.bannedUntil,
+        reservedBy: nodes.reservedBy,
         status: nodes.status,
         lastHeartbeat: nodes.lastHeartbeat,
         port: nodes.port,
@@ -58,6 +59,7 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
         region: r.region,
         pricePerHour: r.pricePerHour,
         bannedUntil: r.bannedUntil,
+        reservedBy: r.reservedBy,
         online: false,
         activeJobs: 0,
         memory: memoryByType({ devices: r.devices, ramTotal: r.ramTotal }),
@@ -102,7 +104,7 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
 export type NodeCache = ReturnType<typeof createNodeCache>;
 
 /**
- * Takes one unit of the node's capacity for the job, unless the node is full or a job ahead of this one in
+ * Takes one unit of the node's capacity for the job, unless the node is full or reserved, or a job ahead of this one in
  * the queue (higher priority, or as urgent and older) is waiting for a node like it. Idempotent per job.
  * @returns whether the job holds a claim on the node.
  */
@@ -115,7 +117,7 @@ export async function claimNode(db: Db, jobId: string, nodeId: string): Promise<
     if (locked.rows.length === 0) return false;
     const result = await tx.execute<{ node_id: string }>(sql`
       with node as (
-        select id, capacity, device_types, max_device_memory, ram_total from nodes where id = ${nodeId}
+        select id, capacity, device_types, max_device_memory, ram_total from nodes where id = ${nodeId} and reserved_by is null
       ), me as (
         select priority_rank, created_at from jobs where id = ${jobId}
       )

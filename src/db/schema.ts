@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import {
   bigint,
   bigserial,
+  boolean,
   check,
   doublePrecision,
   index,
@@ -66,6 +67,11 @@ export const nodes = pgTable(
     capacity: integer('capacity').notNull().default(1),
     /** Set by reputation penalties; the node matches nothing until then. */
     bannedUntil: ts('banned_until'),
+    /**
+     * The live reservation holding the whole node (hotel-room model), or null. A held node matches no job and
+     * shows as unavailable in discovery; heartbeats do not clear it, only the reservation's end does.
+     */
+    reservedBy: text('reserved_by'),
     /** online | offline; matching also requires a fresh last_heartbeat. */
     status: text('status').notNull().default('online'),
     profile: jsonb('profile').$type<Partial<NodeProfile>>().notNull().default({}),
@@ -81,6 +87,7 @@ export const nodes = pgTable(
     index('nodes_heartbeat_idx').on(t.lastHeartbeat),
     index('nodes_region_idx').on(t.region),
     index('nodes_price_idx').on(t.pricePerHour),
+    index('nodes_reserved_idx').on(t.reservedBy).where(sql`${t.reservedBy} is not null`),
     check('nodes_reputation_range', sql`${t.reputation} >= 0 and ${t.reputation} <= 1`),
   ],
 );
@@ -246,4 +253,60 @@ export const nodeClaims = pgTable(
     claimedAt: ts('claimed_at').notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.nodeId, t.jobId] }), index('node_claims_job_idx').on(t.jobId)],
+);
+
+export const RESERVATION_STATUSES = ['pending', 'active', 'completing', 'completed', 'cancelled', 'expired', 'failed'] as const;
+export type ReservationStatus = (typeof RESERVATION_STATUSES)[number];
+export const reservationStatus = pgEnum('reservation_status', RESERVATION_STATUSES);
+
+/**
+ * One reservation of a whole node for a time (the Engine's "hotel room" flow). Its money lives in `payments`
+ * under the reservation id (the first escrow) and `<id>/ext-<n>` (each extension's escrow). The workflow with
+ * the reservation id drives it; this row is what the RPCs read and what survives every restart.
+ */
+export const reservations = pgTable(
+  'reservations',
+  {
+    id: text('id').primaryKey(),
+    nodeId: text('node_id').notNull(),
+    userWallet: text('user_wallet').notNull(),
+    status: reservationStatus('status').notNull().default('pending'),
+    /** Minutes bought so far (the first duration plus every extension). */
+    durationMinutes: integer('duration_minutes').notNull(),
+    /** The node's hourly price when reserved, smallest units per hour. */
+    pricePerHourUnits: bigint('price_per_hour_units', { mode: 'bigint' }).notNull(),
+    /** Everything escrowed so far, smallest units. */
+    escrowUnits: bigint('escrow_units', { mode: 'bigint' }).notNull(),
+    /** Extensions escrowed so far (each one is payment pot `<id>/ext-<n>`). */
+    extensions: integer('extensions').notNull().default(0),
+    escrowAccount: text('escrow_account').notNull().default(''),
+    /** Who funded the escrow (the user's wallet through its allowance, or the server's payer account). */
+    fundedBy: text('funded_by').notNull().default(''),
+    jobConfig: jsonb('job_config').$type<Record<string, unknown>>().notNull().default({}),
+    startAt: ts('start_at').notNull(),
+    endAt: ts('end_at').notNull(),
+    engineLastHeartbeat: ts('engine_last_heartbeat'),
+    trainingActive: boolean('training_active').notNull().default(false),
+    jobProgress: doublePrecision('job_progress').notNull().default(0),
+    currentMetrics: jsonb('current_metrics').$type<Record<string, number>>().notNull().default({}),
+    currentJobId: text('current_job_id').notNull().default(''),
+    jobsCompleted: integer('jobs_completed').notNull().default(0),
+    engineReportedEnd: boolean('engine_reported_end').notNull().default(false),
+    nodeReportedEnd: boolean('node_reported_end').notNull().default(false),
+    endReason: text('end_reason'),
+    endedAt: ts('ended_at'),
+    timeUsedSeconds: bigint('time_used_seconds', { mode: 'number' }),
+    paidUnits: bigint('paid_units', { mode: 'bigint' }),
+    refundUnits: bigint('refund_units', { mode: 'bigint' }),
+    paymentTx: text('payment_tx'),
+    refundTx: text('refund_tx'),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+  },
+  (t) => [
+    // At most one live reservation per node, whatever races.
+    uniqueIndex('reservations_live_node_idx').on(t.nodeId).where(sql`${t.status} in ('pending', 'active', 'completing')`),
+    index('reservations_wallet_idx').on(t.userWallet, t.createdAt),
+    index('reservations_status_idx').on(t.status, t.endAt),
+  ],
 );

@@ -17,6 +17,8 @@ export interface Candidate {
   pricePerHour: number;
   online: boolean;
   bannedUntil: Date | null;
+  /** The reservation holding the whole node, if any: it takes no jobs until the reservation ends. */
+  reservedBy?: string | null;
   /**
    * The largest memory per device type (bytes), and RAM under 'CPU'. Derived from `devices` and `ramTotal`;
    * a registry that keeps candidates between matches fills it once (see memoryByType).
@@ -78,6 +80,7 @@ const regionEq = (a: string, b: string) => a.trim().toLowerCase() === b.trim().t
 export function rejectionReason(c: Candidate, m: MatchCriteria): string | undefined {
   if (m.excludeNodeIds.has(c.id)) return 'already failed this job';
   if (!c.online) return 'offline';
+  if (c.reservedBy) return `reserved (reservation ${c.reservedBy})`;
   if (c.bannedUntil && c.bannedUntil > m.now) return `banned until ${c.bannedUntil.toISOString()}`;
   if (c.activeJobs >= c.capacity) return `at capacity (${c.activeJobs}/${c.capacity} jobs)`;
   const fit = fitsJob({ devices: c.devices, ramTotal: c.ramTotal }, { requiredDevice: m.requiredDevice, estimatedMemory: m.minMemory });
@@ -123,6 +126,7 @@ function fastCheck(m: MatchCriteria): (c: Candidate) => string | undefined {
   return (c) => {
     if (m.excludeNodeIds.has(c.id)) return 'already failed this job';
     if (!c.online) return 'offline';
+    if (c.reservedBy) return 'reserved';
     if (c.bannedUntil && c.bannedUntil.getTime() > now) return 'banned';
     if (c.activeJobs >= c.capacity) return 'at capacity';
     const mem = (c.memory ?? memoryByType(c))[device];

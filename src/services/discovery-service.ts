@@ -13,6 +13,9 @@ export type { DiscoveredNode, DiscoverySort } from '../db/discovery-repo';
  * - is_online is liveness only: status online and a heartbeat within config.nodes.offlineAfterMs. A busy or
  *   banned node is online; FindNodes leaves it out (it returns only nodes a job could be placed on now), and
  *   the availability order puts it last (free capacity 0).
+ * - A node held by a live reservation is unavailable until the reservation ends, whatever its heartbeats say
+ *   (the original flipped it back on the next heartbeat, §6.4): FindNodes and online_only ListNodes leave it
+ *   out; without online_only it is listed with free capacity 0.
  * - Every filter of the request is honoured. Regions compare ignoring case; filter_region, allowed_regions and
  *   blocked_regions are equality. preferred_region is a preference, not a filter: nodes whose region contains
  *   it rank first (the original's substring match, without excluding anyone).
