@@ -1,6 +1,7 @@
 import {
   createAssociatedTokenAccountIdempotentInstruction,
   createInitializeMint2Instruction,
+  createApproveCheckedInstruction,
   createMintToCheckedInstruction,
   MINT_SIZE,
   TOKEN_PROGRAM_ID,
@@ -64,10 +65,13 @@ export async function ensureLocalChain(connection: Connection, keysDir: string, 
     ),
     createMintToCheckedInstruction(mint.publicKey, ata(payer.publicKey), authority.publicKey, PAYER_TOKENS * unit, decimals),
     ...Object.values(demo).map((k) => createMintToCheckedInstruction(mint.publicKey, ata(k.publicKey), authority.publicKey, DEMO_TOKENS * unit, decimals)),
+    // The demo Engine wallet lets the escrow authority move its tokens (an SPL delegate approval), so its
+    // reservations are escrowed from, and refunded to, that wallet.
+    createApproveCheckedInstruction(ata(demo.engine.publicKey), mint.publicKey, authority.publicKey, demo.engine.publicKey, DEMO_TOKENS * unit, decimals),
   ];
   const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash();
   const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(...instructions);
-  tx.sign(authority, mint);
+  tx.sign(authority, mint, demo.engine);
   await connection.sendRawTransaction(tx.serialize());
 
   const setup: LocalChainSetup = {

@@ -8,7 +8,7 @@ import {
   Transaction,
   type TransactionInstruction,
 } from '@solana/web3.js';
-import { createTransferCheckedInstruction } from '@solana/spl-token';
+import { createTransferCheckedInstruction, unpackAccount } from '@solana/spl-token';
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { nodes, payments } from '../db/schema';
@@ -35,6 +35,24 @@ export interface LegReceipt {
   amount: string;
   to: string;
   txRef: string;
+}
+
+/**
+ * How a reservation's payment pot (its first escrow, or one extension's) was settled: `paid` went 90/10 to
+ * the node and the platform, `refunded` back to whoever funded the pot. Amounts are smallest units.
+ */
+export interface PotOutcome {
+  potId: string;
+  paid: string;
+  /** The node's share of `paid` (the rest went to the platform). */
+  nodeAmount: string;
+  refunded: string;
+  /** The node's share waits in state `owed` until the node registers a wallet. */
+  owed: boolean;
+  /** Signature of the transaction that paid the node ('' when nothing was paid or it is owed). */
+  paymentTx: string;
+  /** Signature of the transaction that refunded ('' when nothing was refunded). */
+  refundTx: string;
 }
 
 export type ReleaseOutcome =
@@ -472,6 +490,142 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return receipt(row);
   }
 
+  /**
+   * Where a reservation pot's money comes from: the user's token account through the allowance the wallet
+   * gave the escrow authority (an SPL delegate approval, so the user funds and gets refunds without signing
+   * here), else the server's payer account when one is configured.
+   * @throws non-retryable InsufficientFunds (allowance or balance too small) or EscrowRejected (no way to fund).
+   */
+  async function potSource(owner: string, amount: bigint): Promise<{ kind: 'allowance' | 'payer'; from: string }> {
+    const ownerKey = new PublicKey(owner);
+    const ata = tokenAccountOf(ownerKey, deps.mint);
+    const info = await connection.getAccountInfo(ata, deps.commitment);
+    const account = info ? unpackAccount(ata, info) : undefined;
+    if (account?.delegate?.equals(authority.publicKey)) {
+      if (account.delegatedAmount < amount || account.amount < amount) {
+        throw nonRetryable(
+          SettlementErrors.insufficientFunds,
+          `user_wallet ${owner} allows ${account.delegatedAmount} and holds ${account.amount} units; ${amount} are needed`,
+        );
+      }
+      return { kind: 'allowance', from: owner };
+    }
+    if (deps.payer) return { kind: 'payer', from: deps.payer.publicKey.toBase58() };
+    throw nonRetryable(
+      SettlementErrors.escrowRejected,
+      `user_wallet ${owner} has not approved the escrow authority ${authority.publicKey.toBase58()} to move ${amount} units`,
+    );
+  }
+
+  /**
+   * Funds one reservation pot (`potId` = the reservation id, or `<id>/ext-<n>` for an extension) into its own
+   * escrow account, exactly once. The source is chosen once and recorded on the escrow leg.
+   */
+  async function escrowPot(input: { potId: string; amount: string; owner: string }): Promise<LegReceipt & { fundedBy: string }> {
+    const amount = BigInt(input.amount);
+    const to = escrowOf(input.potId);
+    let [row] = await rowsOf(input.potId, ['escrow']);
+    if (row?.state === 'confirmed') return { ...receipt(row), fundedBy: row.fromAccount };
+    if (!row) {
+      const source = await potSource(input.owner, amount);
+      await recordLeg(db, input.potId, 'escrow', amount, source.from, to.toBase58());
+      [row] = await rowsOf(input.potId, ['escrow']);
+    }
+    const fromPayer = deps.payer !== undefined && row.fromAccount === deps.payer.publicKey.toBase58() && row.fromAccount !== input.owner;
+    const [done] = await settle(input.potId, ['escrow'], legKey(input.potId, 'escrow'), async () => {
+      const setup = await escrowAccountSetup(input.potId);
+      if (fromPayer) {
+        const payer = deps.payer!;
+        return {
+          instructions: [...setup, createTransferCheckedInstruction(tokenAccountOf(payer.publicKey, deps.mint), deps.mint, to, payer.publicKey, row.amount, deps.decimals)],
+          signers: [payer],
+        };
+      }
+      // The authority moves the tokens as the owner's delegate.
+      const source = tokenAccountOf(new PublicKey(row.fromAccount), deps.mint);
+      return {
+        instructions: [...setup, createTransferCheckedInstruction(source, deps.mint, to, authority.publicKey, row.amount, deps.decimals)],
+        signers: [],
+      };
+    });
+    return { ...receipt(done), fundedBy: done.fromAccount };
+  }
+
+  /**
+   * Settles a reservation pot: `payUnits` of it go 90/10 to the node and the platform, the rest back to its
+   * funder, each leg exactly once. The first call records the split; a retry (or a call after the node
+   * registers a wallet) finishes the same legs whatever it is asked. Legs that are ready go in one transaction;
+   * the node's share waits in state `owed` while the node has no wallet.
+   */
+  async function settlePot(input: { potId: string; nodeId: string; payUnits: string }): Promise<PotOutcome> {
+    const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
+    const wallet = node?.wallet ?? '';
+    const legs: Leg[] = ['release_node', 'release_platform', 'refund'];
+    await withEscrowLock(input.potId, async (tx, escrowRow, recorded) => {
+      if (!recorded.some((l) => legs.includes(l.leg))) {
+        const asked = BigInt(input.payUnits);
+        const pay = asked < 0n ? 0n : asked > escrowRow.amount ? escrowRow.amount : asked;
+        const split = splitPayment(pay, BigInt(deps.platformFeeBps));
+        const state = wallet ? 'pending' : 'owed';
+        if (pay > 0n) {
+          await recordLeg(tx, input.potId, 'release_node', split.node, escrowRow.toAccount, wallet || `node:${input.nodeId}`, state);
+          await recordLeg(tx, input.potId, 'release_platform', split.platform, escrowRow.toAccount, deps.treasury.toBase58(), state);
+        }
+        if (escrowRow.amount - pay > 0n) {
+          await recordLeg(tx, input.potId, 'refund', escrowRow.amount - pay, escrowRow.toAccount, escrowRow.fromAccount);
+        }
+      }
+      if (wallet) {
+        await tx
+          .update(payments)
+          .set({ state: 'pending', updatedAt: new Date(), toAccount: sql`case when ${payments.leg} = 'release_node' then ${wallet} else ${payments.toAccount} end` })
+          .where(and(eq(payments.jobId, input.potId), inArray(payments.leg, ['release_node', 'release_platform']), eq(payments.state, 'owed')));
+      }
+    });
+    const escrowAccount = escrowOf(input.potId);
+    // A transaction already sent is finished first (its legs share its signature), then whatever is pending.
+    for (let round = 0; round < 4; round++) {
+      const open = (await rowsOf(input.potId, legs)).filter((r) => r.state !== 'confirmed' && r.state !== 'owed');
+      if (open.length === 0) break;
+      const sent = open.filter((r) => r.state === 'sent');
+      const group = sent.length > 0 ? sent.filter((r) => r.txRef === sent[0].txRef) : open;
+      const groupLegs = group.map((r) => r.leg);
+      await settle(input.potId, groupLegs, `${input.potId}/${groupLegs.join('+')}`, async () => {
+        const rows = await rowsOf(input.potId, groupLegs);
+        return {
+          instructions: rows.flatMap((r) =>
+            r.amount > 0n
+              ? payToWallet({
+                  feePayer: authority.publicKey,
+                  from: escrowAccount,
+                  fromOwner: authority.publicKey,
+                  wallet: new PublicKey(r.toAccount),
+                  mint: deps.mint,
+                  decimals: deps.decimals,
+                  amount: r.amount,
+                })
+              : [],
+          ),
+          signers: [],
+        };
+      });
+    }
+    const rows = await rowsOf(input.potId, legs);
+    const leg = (l: Leg) => rows.find((r) => r.leg === l);
+    const nodeLeg = leg('release_node');
+    const refundLeg = leg('refund');
+    const paid = (nodeLeg?.amount ?? 0n) + (leg('release_platform')?.amount ?? 0n);
+    return {
+      potId: input.potId,
+      paid: paid.toString(),
+      nodeAmount: (nodeLeg?.amount ?? 0n).toString(),
+      refunded: (refundLeg?.amount ?? 0n).toString(),
+      owed: nodeLeg?.state === 'owed',
+      paymentTx: nodeLeg?.state === 'confirmed' ? nodeLeg.txRef ?? '' : '',
+      refundTx: refundLeg?.state === 'confirmed' ? refundLeg.txRef ?? '' : '',
+    };
+  }
+
   /** The job's escrow account balance on chain (0 when it does not exist). */
   async function escrowBalance(jobId: string): Promise<bigint> {
     const account = await connection.getAccountInfo(escrowOf(jobId), deps.commitment);
@@ -479,7 +633,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return Buffer.from(account.data).readBigUInt64LE(64);
   }
 
-  return { escrow, release, refund, openEscrowAccount, escrowBalance, verifyEscrowTransaction, escrowAddress: escrowOf, chainState, rowsOf, abandonAttempt, markConfirmed };
+  return { escrow, release, refund, escrowPot, settlePot, openEscrowAccount, escrowBalance, verifyEscrowTransaction, escrowAddress: escrowOf, chainState, rowsOf, abandonAttempt, markConfirmed };
 }
 
 export type ChainSettlement = ReturnType<typeof createChainSettlement>;

@@ -46,6 +46,19 @@ const schema = z.object({
   /** One node_metrics sample per node per this many seconds of heartbeats. */
   NODE_METRICS_SAMPLE_S: positiveInt.default(60),
   NODE_METRICS_RETENTION_H: positiveInt.default(7 * 24),
+  /**
+   * What an early ReleaseReservation pays the node: `full` (the default; the Engine promises "no refund for
+   * early checkout" and the node turned other work away for the term) or `prorated` (the time used).
+   */
+  RESERVATION_EARLY_RELEASE: z.enum(['full', 'prorated']).default('full'),
+  /** An Engine that has not sent EngineHeartbeat for this long shows as disconnected (the reservation runs on). */
+  RESERVATION_ENGINE_TIMEOUT_S: positiveInt.default(60),
+  /** A reserved node silent this long is lost: the user is refunded the unused time. */
+  RESERVATION_NODE_TIMEOUT_S: positiveInt.default(30),
+  /** Length of one reserved minute in ms: 60000, shorter only for tests and demos (billing scales with it). */
+  RESERVATION_MINUTE_MS: z.coerce.number().int().min(100).max(60_000).default(60_000),
+  /** How long ReserveNode waits for its escrow to confirm before answering 503 (the Engine's deadline is 30 s). */
+  RESERVATION_ESCROW_WAIT_MS: positiveInt.default(25_000),
   /** HS256 secret of the P2P tokens nodes verify; must equal the nodes' --p2p-secret. */
   P2P_JWT_SECRET: z.string().min(1).default(SHIPPING_NODE_P2P_SECRET),
   P2P_TOKEN_TTL_S: positiveInt.default(3600),
@@ -106,6 +119,13 @@ export interface Config {
     readonly metricsRetentionMs: number;
   };
   readonly p2p: { readonly secret: string; readonly tokenTtlS: number };
+  readonly reservations: {
+    readonly earlyRelease: 'full' | 'prorated';
+    readonly engineTimeoutMs: number;
+    readonly nodeTimeoutMs: number;
+    readonly escrowWaitMs: number;
+    readonly minuteMs: number;
+  };
   readonly payments: { readonly platformFeeBps: number; readonly tokenDecimals: number };
   readonly chain: {
     readonly rpcUrl?: string;
@@ -169,6 +189,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       metricsRetentionMs: e.NODE_METRICS_RETENTION_H * 3600 * 1000,
     },
     p2p: { secret: e.P2P_JWT_SECRET, tokenTtlS: e.P2P_TOKEN_TTL_S },
+    reservations: {
+      earlyRelease: e.RESERVATION_EARLY_RELEASE,
+      engineTimeoutMs: e.RESERVATION_ENGINE_TIMEOUT_S * 1000,
+      nodeTimeoutMs: e.RESERVATION_NODE_TIMEOUT_S * 1000,
+      escrowWaitMs: e.RESERVATION_ESCROW_WAIT_MS,
+      minuteMs: e.RESERVATION_MINUTE_MS,
+    },
     payments: { platformFeeBps: e.PLATFORM_FEE_BPS, tokenDecimals: e.TOKEN_DECIMALS },
     chain: {
       rpcUrl: e.SOLANA_RPC_URL,

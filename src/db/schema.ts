@@ -17,6 +17,7 @@ import {
 } from 'drizzle-orm/pg-core';
 import { JOB_PHASES, type JobSpec } from '../domain/job';
 import type { DeviceCapsSpec } from '../domain/node';
+import { RESERVATION_STATUSES } from '../domain/reservation';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
@@ -255,8 +256,6 @@ export const nodeClaims = pgTable(
   (t) => [primaryKey({ columns: [t.nodeId, t.jobId] }), index('node_claims_job_idx').on(t.jobId)],
 );
 
-export const RESERVATION_STATUSES = ['pending', 'active', 'completing', 'completed', 'cancelled', 'expired', 'failed'] as const;
-export type ReservationStatus = (typeof RESERVATION_STATUSES)[number];
 export const reservationStatus = pgEnum('reservation_status', RESERVATION_STATUSES);
 
 /**

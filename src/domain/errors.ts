@@ -39,3 +39,13 @@ export class ConflictError extends DomainError {
 export class UnavailableError extends DomainError {
   readonly code = 503;
 }
+
+/** The payment could not be escrowed (no allowance, not enough funds, a refused transaction). */
+export class PaymentRequiredError extends DomainError {
+  readonly code = 402;
+}
+
+/** The thing asked about existed but is over (for example an ended reservation). */
+export class GoneError extends DomainError {
+  readonly code = 410;
+}

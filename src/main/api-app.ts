@@ -21,7 +21,8 @@ import { createJobChangeFeed } from '../services/job-change-feed';
 import { createJobWorkflowGateway } from '../services/job-workflows';
 import { createJobService } from '../services/jobs-service';
 import { createNodeService } from '../services/nodes-service';
-import { jobWorkflowOptions } from './workflow-options';
+import { createReservationService } from '../services/reservation-service';
+import { jobWorkflowOptions, reservationWorkflowOptions } from './workflow-options';
 
 export interface RunningApi {
   grpcPort: number;
@@ -46,9 +47,21 @@ export async function startApi(
     options: jobWorkflowOptions(config),
     tokenDecimals: config.payments.tokenDecimals,
   });
+  const reservations = createReservationService({
+    db: database.db,
+    client,
+    taskQueue: config.temporal.taskQueue,
+    options: reservationWorkflowOptions(config),
+    p2pSecret: config.p2p.secret,
+    tokenDecimals: config.payments.tokenDecimals,
+    offlineAfterMs: config.nodes.offlineAfterMs,
+    engineTimeoutMs: config.reservations.engineTimeoutMs,
+    escrowWaitMs: config.reservations.escrowWaitMs,
+  });
   const heartbeats = createHeartbeatHub({
     db: database.db,
     workflows,
+    reservations,
     flushMs: config.nodes.heartbeatFlushMs,
     offlineAfterMs: config.nodes.offlineAfterMs,
     metricsSampleMs: config.nodes.metricsSampleMs,
@@ -72,10 +85,10 @@ export async function startApi(
     },
   });
   const wallets = createWalletService({ db: database.db, chain: env.chain });
-  const nodes = createNodeService({ db: database.db, workflows, heartbeats, offlineAfterMs: config.nodes.offlineAfterMs, log });
+  const nodes = createNodeService({ db: database.db, workflows, heartbeats, reservations, offlineAfterMs: config.nodes.offlineAfterMs, log });
   const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });
 
-  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
+  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, reservations, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
   const grpcPort = await grpcServer.listen(config.grpc.host, config.grpc.port);
   heartbeats.start();
 

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { createDispatchActivities } from '../activities/dispatch';
 import { createJobActivities } from '../activities/jobs';
 import { createPaymentActivities } from '../activities/payments';
+import { createReservationActivities } from '../activities/reservations';
 import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client as TemporalClient } from '@temporalio/client';
 import type { ChainContext } from '../chain/context';
 import { reconcileLedger } from '../chain/reconcile';
@@ -60,6 +61,11 @@ export async function startWorker(
       wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
     }),
     ...createPaymentActivities({ settlement }),
+    ...createReservationActivities({
+      db: database.db,
+      settlement,
+      wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
+    }),
     ...dispatch.activities,
     reconcilePayments: () =>
       reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 }),

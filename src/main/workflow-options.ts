@@ -1,5 +1,6 @@
 import type { Config } from '../config';
 import type { JobWorkflowOptions } from '../workflows/job-workflow';
+import type { ReservationOptions } from '../workflows/reservation-workflow';
 
 /** The settings every new job workflow starts with. */
 export function jobWorkflowOptions(config: Config): JobWorkflowOptions {
@@ -10,5 +11,14 @@ export function jobWorkflowOptions(config: Config): JobWorkflowOptions {
     requeueIntervalMs: config.jobs.requeueIntervalMs,
     assignTimeoutMs: config.nodes.assignTimeoutMs,
     historyEventLimit: 10_000,
+  };
+}
+
+/** The settings every new reservation workflow starts with. */
+export function reservationWorkflowOptions(config: Config): ReservationOptions {
+  return {
+    nodeHeartbeatTimeoutMs: config.reservations.nodeTimeoutMs,
+    earlyRelease: config.reservations.earlyRelease,
+    minuteMs: config.reservations.minuteMs,
   };
 }

@@ -6,6 +6,8 @@ import type { JobWorkflowGateway } from './job-workflows';
 export interface HeartbeatHubDeps {
   db: Db;
   workflows: JobWorkflowGateway;
+  /** Keeps the node watches of reservations on beating nodes alive. */
+  reservations?: { nodesAlive(nodeIds: string[]): Promise<void> };
   flushMs: number;
   offlineAfterMs: number;
   metricsSampleMs: number;
@@ -28,7 +30,8 @@ const HOUSEKEEPING_MS = 10_000;
 /**
  * Absorbs node heartbeats. A heartbeat is answered from memory at once; every `flushMs` the batch is
  * written to Postgres in one statement, sampled into node_metrics, and turned into liveness for the jobs
- * the beating nodes hold (a heartbeat on each job's watch activity, so a silent node times the watch out).
+ * the beating nodes hold and the reservations holding them (a heartbeat on each one's watch activity, so a
+ * silent node times the watch out).
  * No disk write and no Temporal call happens per heartbeat.
  */
 export function createHeartbeatHub(deps: HeartbeatHubDeps) {
@@ -79,6 +82,9 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
             .catch((err) => log.warn({ jobId: j.id, err: String(err) }, 'could not pass node liveness to the job')),
         ),
       );
+      await deps.reservations
+        ?.nodesAlive([...batch.keys()])
+        .catch((err) => log.warn({ err: String(err) }, 'could not pass node liveness to reservations'));
       if (back.length > 0) {
         log.info({ nodes: back }, 'nodes back online');
         await workflows.nodesChanged(await jobsRepo.queuedJobIds(db, 500));

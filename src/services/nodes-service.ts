@@ -11,6 +11,8 @@ export interface NodeServiceDeps {
   db: Db;
   workflows: JobWorkflowGateway;
   heartbeats: HeartbeatHub;
+  /** Reservations owing a node its share get told when it registers a wallet. */
+  reservations?: { walletRegistered(nodeId: string): Promise<void> };
   /** A node is alive while its last heartbeat is younger than this. */
   offlineAfterMs: number;
   log: { warn(obj: object, msg: string): void };
@@ -50,6 +52,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     if (reg.walletAddress) {
       const owed = await jobsRepo.jobsOwingNode(db, nodeId);
       if (owed.length > 0) await workflows.walletRegistered(owed);
+      await deps.reservations?.walletRegistered(nodeId);
     }
     // Queued jobs may fit this node now.
     void jobsRepo

@@ -1,2 +1,3 @@
 export { jobWorkflow } from './job-workflow';
 export { reconcileLedgerWorkflow } from './reconcile-workflow';
+export { reservationWorkflow } from './reservation-workflow';

@@ -8,12 +8,15 @@ import { createJobHandlers, type JobHandlerDeps } from './job-handlers';
 import { createNodeHandlers } from './node-handlers';
 import type { NodeService } from '../../services/nodes-service';
 import type { WalletService } from '../../services/wallet-service';
+import type { ReservationService } from '../../services/reservation-service';
+import { createReservationHandlers } from './reservation-handlers';
 import { createWalletHandlers } from './wallet-handlers';
 
 export interface GrpcServerDeps extends JobHandlerDeps {
   nodes: NodeService;
   discovery: DiscoveryService;
   wallets: WalletService;
+  reservations: ReservationService;
   log: Logger;
 }
 
@@ -23,6 +26,7 @@ export const SERVED_SERVICES = [
   'cyxwiz.protocol.NodeDiscoveryService',
   'cyxwiz.protocol.JobStatusService',
   'cyxwiz.protocol.WalletService',
+  'cyxwiz.protocol.JobReservationService',
 ];
 
 /** The gRPC server of package cyxwiz.protocol, plain HTTP/2 as the shipping clients speak it, with grpc.health.v1. */
@@ -40,6 +44,10 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   server.addService(
     protocol.WalletService.service,
     createWalletHandlers({ wallets: deps.wallets, log: deps.log }) as unknown as grpc.UntypedServiceImplementation,
+  );
+  server.addService(
+    protocol.JobReservationService.service,
+    createReservationHandlers({ reservations: deps.reservations, tokenDecimals: deps.tokenDecimals, log: deps.log }) as unknown as grpc.UntypedServiceImplementation,
   );
   const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...SERVED_SERVICES.map((s) => [s, 'SERVING'])]));
   health.addToServer(server);

@@ -1,0 +1,127 @@
+import { CompleteAsyncError, Context } from '@temporalio/activity';
+import type { ChainSettlement, LegReceipt, PotOutcome } from '../chain/settlement';
+import type { Db } from '../db/client';
+import * as nodesRepo from '../db/nodes-repo';
+import * as repo from '../db/reservations-repo';
+import type { ReservationStatus } from '../domain/reservation';
+
+export type { PotOutcome };
+
+export interface ReservationActivityDeps {
+  db: Db;
+  settlement: ChainSettlement;
+  /** Wakes queued jobs (a node came free). */
+  wakeQueued(): Promise<void>;
+}
+
+/** How often a running money activity tells Temporal it is alive. */
+const HEARTBEAT_EVERY_MS = 2000;
+
+async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
+  const timer = setInterval(() => Context.current().heartbeat(), HEARTBEAT_EVERY_MS);
+  try {
+    return await work();
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/** What the workflow records when a reservation ends. */
+export interface ReservationEnd {
+  id: string;
+  nodeId: string;
+  status: ReservationStatus;
+  reason: string;
+  endedAt: number;
+  timeUsedSeconds: number;
+  paid: string;
+  refunded: string;
+  paymentTx: string;
+  refundTx: string;
+}
+
+/** Activities of reservation workflows: the reservation row, the node hold, liveness and the money. */
+export function createReservationActivities(deps: ReservationActivityDeps) {
+  const { db, settlement } = deps;
+
+  /** Escrows one pot of the reservation (the first, or an extension's) from the user's allowance or the payer. */
+  async function escrowReservationPot(input: { potId: string; amount: string; owner: string }): Promise<LegReceipt & { fundedBy: string }> {
+    return heartbeating(() => settlement.escrowPot(input));
+  }
+
+  /** Pays the node its share of one pot (90/10) and refunds the rest of it, each leg exactly once. */
+  async function settleReservationPot(input: { potId: string; nodeId: string; payUnits: string }): Promise<PotOutcome> {
+    return heartbeating(() => settlement.settlePot(input));
+  }
+
+  /** The escrow is on chain: the reservation starts now and runs `minutes`. */
+  async function activateReservation(input: { id: string; startAt: number; endAt: number; escrowAccount: string; fundedBy: string }): Promise<void> {
+    await repo.updateReservation(db, input.id, {
+      status: 'active',
+      startAt: new Date(input.startAt),
+      endAt: new Date(input.endAt),
+      escrowAccount: input.escrowAccount,
+      fundedBy: input.fundedBy,
+    });
+  }
+
+  /** An extension's escrow is on chain: the reservation runs longer. */
+  async function recordExtension(input: { id: string; extensions: number; minutes: number; escrowUnits: string; endAt: number }): Promise<void> {
+    await repo.updateReservation(db, input.id, {
+      extensions: input.extensions,
+      durationMinutes: input.minutes,
+      escrowUnits: BigInt(input.escrowUnits),
+      endAt: new Date(input.endAt),
+    });
+  }
+
+  /** The reservation is over: the node is free again (its money may still be settling). */
+  async function endHold(input: { id: string; nodeId: string; status: ReservationStatus; reason: string }): Promise<void> {
+    await db.transaction(async (tx) => {
+      await repo.updateReservation(tx, input.id, { status: input.status, endReason: input.reason });
+      await repo.releaseHold(tx, input.id, input.nodeId);
+    });
+    await deps.wakeQueued();
+  }
+
+  /** Records how the reservation ended and what moved. */
+  async function finishReservation(e: ReservationEnd): Promise<void> {
+    await db.transaction(async (tx) => {
+      await repo.updateReservation(tx, e.id, {
+        status: e.status,
+        endReason: e.reason,
+        endedAt: new Date(e.endedAt),
+        timeUsedSeconds: e.timeUsedSeconds,
+        paidUnits: BigInt(e.paid),
+        refundUnits: BigInt(e.refunded),
+        paymentTx: e.paymentTx || null,
+        refundTx: e.refundTx || null,
+      });
+      await repo.releaseHold(tx, e.id, e.nodeId);
+    });
+  }
+
+  /** The node went silent mid-reservation: a recorded reputation penalty that cites the reservation. */
+  async function penalizeLostNode(input: { id: string; nodeId: string; reason: string }): Promise<void> {
+    await nodesRepo.recordReputationEvent(db, { nodeId: input.nodeId, jobId: input.id, kind: 'node_lost', reason: input.reason });
+  }
+
+  /**
+   * Watches the reserved node. Completes asynchronously: the API heartbeats it whenever the node beats, so a
+   * silent node surfaces as this activity's heartbeat timeout; the workflow cancels it when the reservation ends.
+   */
+  async function watchReservedNode(_input: { id: string; nodeId: string }): Promise<void> {
+    throw new CompleteAsyncError();
+  }
+
+  return {
+    escrowReservationPot,
+    settleReservationPot,
+    activateReservation,
+    recordExtension,
+    endHold,
+    finishReservation,
+    penalizeLostNode,
+    watchReservedNode,
+  };
+}

@@ -1,0 +1,423 @@
+import { randomUUID } from 'node:crypto';
+import {
+  ActivityCancelledError,
+  ActivityNotFoundError,
+  ApplicationFailure,
+  isGrpcServiceError,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  type Client,
+} from '@temporalio/client';
+import { and, eq } from 'drizzle-orm';
+import type { Db } from '../db/client';
+import * as nodesRepo from '../db/nodes-repo';
+import * as repo from '../db/reservations-repo';
+import { reputationEvents } from '../db/schema';
+import {
+  ConflictError,
+  ForbiddenError,
+  GoneError,
+  NotFoundError,
+  PaymentRequiredError,
+  UnavailableError,
+  ValidationError,
+} from '../domain/errors';
+import { unitsToTokenString } from '../domain/money';
+import {
+  EXTEND_HINT_S,
+  isLive,
+  MAX_MINUTES,
+  MIN_MINUTES,
+  reservationCost,
+  TOKEN_GRACE_S,
+  unitsPerHour,
+} from '../domain/reservation';
+import {
+  extendReservationUpdate,
+  releaseReservationUpdate,
+  reservationReadyUpdate,
+  ReservationRejections,
+  type ReleaseReceipt,
+} from '../workflows/reservation-messages';
+import { RESERVATION_WATCH_ID, reservationWorkflow, type ReservationOptions } from '../workflows/reservation-workflow';
+import { walletRegisteredSignal } from '../workflows/messages';
+import { JobSearchAttributes as SA } from '../workflows/search-attributes';
+import { signP2PToken } from './p2p-token';
+import { walletAddress } from './wallet-service';
+
+export interface ReservationServiceDeps {
+  db: Db;
+  client: Client;
+  taskQueue: string;
+  options: ReservationOptions;
+  p2pSecret: string;
+  tokenDecimals: number;
+  /** A node is online while its last heartbeat is younger than this. */
+  offlineAfterMs: number;
+  /** An Engine silent this long shows as disconnected. */
+  engineTimeoutMs: number;
+  /** How long ReserveNode waits for the escrow. */
+  escrowWaitMs: number;
+  now?: () => number;
+}
+
+export interface Reserved {
+  reservation: repo.ReservationWithNode;
+  token: string;
+  tokenExpires: number;
+  escrowUnits: string;
+  pricePerHour: number;
+}
+
+/** A P2P token for the reservation's node, valid until the reservation's end + 5 minutes. */
+export interface ReconnectGrant {
+  reservation: repo.ReservationWithNode;
+  token: string;
+  tokenExpires: number;
+  timeRemainingS: number;
+}
+
+export type ReleaseResult = ReleaseReceipt;
+
+/**
+ * Reservations of whole nodes (JobReservationService): validation, the node hold, the reservation's
+ * workflow (money, timer, liveness) and what the Engine and the node ask of it. The rules and the money
+ * policy are in src/domain/reservation.ts.
+ */
+export function createReservationService(deps: ReservationServiceDeps) {
+  const { db, client } = deps;
+  const now = deps.now ?? Date.now;
+  const handle = (id: string) => client.workflow.getHandle(id);
+
+  async function find(id: string, field = 'reservation_id'): Promise<repo.ReservationWithNode> {
+    if (!id) throw new ValidationError(field, 'is required');
+    const row = await repo.getReservation(db, id);
+    if (!row) throw new NotFoundError('reservation', id);
+    return row;
+  }
+
+  const remainingS = (r: repo.ReservationRow) => Math.max(0, Math.floor((r.endAt.getTime() - now()) / 1000));
+  const isOver = (r: repo.ReservationRow) => !isLive(r.status) || r.status === 'completing' || r.endAt.getTime() <= now();
+  const engineConnected = (r: repo.ReservationRow) =>
+    r.engineLastHeartbeat !== null && now() - r.engineLastHeartbeat.getTime() < deps.engineTimeoutMs;
+
+  function token(r: repo.ReservationRow): { token: string; expiresAt: number } {
+    return signP2PToken(deps.p2pSecret, {
+      sub: r.userWallet,
+      jobId: r.id,
+      nodeId: r.nodeId,
+      expiresAt: Math.floor(r.endAt.getTime() / 1000) + TOKEN_GRACE_S,
+      now: now(),
+    });
+  }
+
+  /**
+   * ReserveNode: holds the node, escrows the term's price on chain, and returns the P2P token. Nothing is
+   * escrowed for a request that fails validation or finds the node unavailable.
+   */
+  async function reserve(req: { nodeId: string; userWallet: string; durationMinutes: number; jobConfig: Record<string, unknown> }): Promise<Reserved> {
+    if (!req.nodeId) throw new ValidationError('node_id', 'is required');
+    const wallet = walletAddress(req.userWallet, 'user_wallet').toBase58();
+    if (!Number.isInteger(req.durationMinutes) || req.durationMinutes < MIN_MINUTES || req.durationMinutes > MAX_MINUTES) {
+      throw new ValidationError('duration_minutes', `must be from ${MIN_MINUTES} to ${MAX_MINUTES} minutes, got ${req.durationMinutes}`);
+    }
+    const node = await nodesRepo.getNode(db, req.nodeId);
+    if (!node) throw new NotFoundError('node', req.nodeId);
+    const perHour = unitsPerHour(node.pricePerHour, deps.tokenDecimals);
+    const escrowUnits = reservationCost(perHour, req.durationMinutes);
+    if (escrowUnits <= 0n) throw new ConflictError(`node ${req.nodeId} has no price to reserve at`);
+    const id = randomUUID();
+    const at = new Date(now());
+    await repo.holdNode(db, {
+      id,
+      nodeId: node.id,
+      userWallet: wallet,
+      minutes: req.durationMinutes,
+      pricePerHourUnits: perHour,
+      escrowUnits,
+      jobConfig: req.jobConfig,
+      minuteMs: deps.options.minuteMs,
+      onlineSince: new Date(at.getTime() - deps.offlineAfterMs),
+      now: at,
+    });
+    try {
+      await client.workflow.start(reservationWorkflow, {
+        workflowId: id,
+        taskQueue: deps.taskQueue,
+        args: [
+          {
+            spec: { reservationId: id, nodeId: node.id, userWallet: wallet, minutes: req.durationMinutes, perHourUnits: perHour.toString(), escrowUnits: escrowUnits.toString() },
+            options: deps.options,
+          },
+        ],
+        typedSearchAttributes: [
+          { key: SA.status, value: 'pending' },
+          { key: SA.nodeId, value: node.id },
+          { key: SA.submitter, value: wallet },
+          { key: SA.escrowState, value: 'none' },
+        ],
+        staticSummary: `reservation · node ${node.id} · ${req.durationMinutes} min · ${unitsToTokenString(escrowUnits, deps.tokenDecimals)} CYXWIZ`,
+        staticDetails: [
+          `**Reservation** \`${id}\` of node \`${node.id}\` by \`${wallet}\``,
+          `**Term** ${req.durationMinutes} min at ${unitsToTokenString(perHour, deps.tokenDecimals)} CYXWIZ/h (${perHour} units/h)`,
+          `**Escrow** ${escrowUnits} units`,
+        ].join('\n\n'),
+      });
+    } catch (err) {
+      await repo.releaseHold(db, id, node.id);
+      await repo.updateReservation(db, id, { status: 'failed', endReason: `could not start: ${(err as Error).message}`, endedAt: new Date(now()) });
+      throw new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
+    }
+    const ready = await waitReady(id);
+    if (!ready.ok) throw new PaymentRequiredError(ready.message);
+    const reservation = await find(id);
+    const t = token(reservation);
+    return { reservation, token: t.token, tokenExpires: t.expiresAt, escrowUnits: ready.escrowUnits, pricePerHour: node.pricePerHour };
+  }
+
+  async function waitReady(id: string) {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new UnavailableError(`the escrow of reservation ${id} is not confirmed after ${Math.round(deps.escrowWaitMs / 1000)} s; it goes on (GetActiveReservations shows it once active)`)),
+        deps.escrowWaitMs,
+      );
+    });
+    try {
+      return await Promise.race([handle(id).executeUpdate(reservationReadyUpdate), timeout]);
+    } catch (err) {
+      if (err instanceof WorkflowUpdateFailedError || err instanceof WorkflowNotFoundError) {
+        // The workflow finished before it could answer: its row says how.
+        const row = await find(id);
+        return { ok: false as const, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` };
+      }
+      throw translate(err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async function get(id: string): Promise<repo.ReservationWithNode> {
+    return find(id);
+  }
+
+  async function list(q: { userId: string; pageSize: number; pageToken: string; activeOnly: boolean }) {
+    if (q.pageSize < 0) throw new ValidationError('page_size', 'must not be negative');
+    const limit = Math.min(q.pageSize || 50, 500);
+    const after = q.pageToken ? decodeCursor(q.pageToken) : undefined;
+    const { rows, total } = await repo.listReservations(db, { wallet: q.userId || undefined, activeOnly: q.activeOnly, limit: limit + 1, after });
+    const page = rows.slice(0, limit);
+    const last = page[page.length - 1];
+    return { rows: page, total, nextPageToken: rows.length > limit && last ? encodeCursor(last) : '' };
+  }
+
+  async function active(userWallet: string) {
+    const wallet = walletAddress(userWallet, 'user_wallet').toBase58();
+    return repo.activeForWallet(db, wallet, new Date(now()));
+  }
+
+  /** EngineHeartbeat: the Engine is connected; @returns the time left, or GoneError once the reservation is over. */
+  async function engineHeartbeat(req: { reservationId: string; jobId: string; trainingActive: boolean; progress: number; metrics: Record<string, number> }) {
+    if (!req.reservationId) throw new ValidationError('reservation_id', 'is required');
+    if (!Number.isFinite(req.progress) || req.progress < 0 || req.progress > 1) throw new ValidationError('job_progress', 'must be within 0..1');
+    const row = await repo.engineHeartbeat(db, req.reservationId, {
+      at: new Date(now()),
+      trainingActive: req.trainingActive,
+      progress: req.progress,
+      metrics: finiteMetrics(req.metrics),
+      jobId: req.jobId,
+    });
+    const r = row ?? (await find(req.reservationId));
+    if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
+    const timeRemainingS = remainingS(r);
+    return { timeRemainingS, shouldExtend: timeRemainingS < EXTEND_HINT_S && r.trainingActive };
+  }
+
+  /** GetReconnectionToken: a fresh P2P token for the reservation's owner. */
+  async function reconnect(req: { reservationId: string; userWallet: string }): Promise<ReconnectGrant> {
+    const r = await find(req.reservationId);
+    if (!req.userWallet) throw new ValidationError('user_wallet', 'is required');
+    if (req.userWallet !== r.userWallet) throw new ForbiddenError(`user_wallet does not own reservation ${r.id}`);
+    if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
+    await repo.updateReservation(db, r.id, { engineLastHeartbeat: new Date(now()) });
+    const t = token(r);
+    return { reservation: r, token: t.token, tokenExpires: t.expiresAt, timeRemainingS: remainingS(r) };
+  }
+
+  /** ExtendReservation: escrows the extra minutes, then moves the end. */
+  async function extend(req: { reservationId: string; additionalMinutes: number }) {
+    const r = await find(req.reservationId);
+    if (!Number.isInteger(req.additionalMinutes) || req.additionalMinutes < 1 || req.additionalMinutes > MAX_MINUTES) {
+      throw new ValidationError('additional_minutes', `must be a whole number from 1 to ${MAX_MINUTES}`);
+    }
+    if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
+    try {
+      return await handle(r.id).executeUpdate(extendReservationUpdate, { args: [{ minutes: req.additionalMinutes }] });
+    } catch (err) {
+      throw translate(err);
+    }
+  }
+
+  /** ReleaseReservation (and the end reports): ends the reservation and settles; idempotent. */
+  async function release(req: { reservationId: string; reason: string; by: 'engine' | 'node' | 'both' | 'operator' }): Promise<ReleaseResult> {
+    const r = await find(req.reservationId);
+    if (r.endedAt) return receiptOf(r);
+    try {
+      // A reservation still escrowing takes the release as soon as its term starts.
+      return await handle(r.id).executeUpdate(releaseReservationUpdate, { args: [{ reason: req.reason, by: req.by }], updateId: 'release' });
+    } catch (err) {
+      // Released already and the workflow has finished: the row has the settlement.
+      const done = await find(r.id);
+      if (done.endedAt) return receiptOf(done);
+      throw translate(err);
+    }
+  }
+
+  /** ReportJobCompleteFromNode: a job in the reservation ended; its reputation change cites the reservation. */
+  /** The settlement as recorded (for a release asked again after the workflow finished). */
+  async function receiptOf(r: repo.ReservationRow): Promise<ReleaseReceipt> {
+    const legs = await repo.nodeLegs(db, r.id);
+    return {
+      status: r.status,
+      timeUsedSeconds: r.timeUsedSeconds ?? 0,
+      paid: (r.paidUnits ?? 0n).toString(),
+      nodeAmount: legs.amount.toString(),
+      refunded: (r.refundUnits ?? 0n).toString(),
+      paymentTx: r.paymentTx ?? '',
+      refundTx: r.refundTx ?? '',
+      owed: legs.owed,
+    };
+  }
+
+  async function nodeJobComplete(req: { reservationId: string; jobId: string; nodeId: string; success: boolean }) {
+    const r = await find(req.reservationId);
+    if (!req.nodeId) throw new ValidationError('node_id', 'is required');
+    if (req.nodeId !== r.nodeId) throw new ForbiddenError(`node ${req.nodeId} does not hold reservation ${r.id}`);
+    const evidence = `${r.id}/${req.jobId || r.id}`;
+    const kind = req.success ? 'job_completed' : 'job_failed';
+    const before = await nodesRepo.getNode(db, r.nodeId);
+    const [seen] = await db
+      .select({ id: reputationEvents.id })
+      .from(reputationEvents)
+      .where(and(eq(reputationEvents.nodeId, r.nodeId), eq(reputationEvents.jobId, evidence), eq(reputationEvents.kind, kind)));
+    const after = await nodesRepo.recordReputationEvent(db, {
+      nodeId: r.nodeId,
+      jobId: evidence,
+      kind,
+      reason: `${req.success ? 'completed' : 'failed'} job ${req.jobId || r.id} in reservation ${r.id}`,
+    });
+    let jobs = r.jobsCompleted;
+    if (!seen) {
+      jobs += 1;
+      await repo.updateReservation(db, r.id, { jobsCompleted: jobs, trainingActive: false, currentJobId: '' });
+    }
+    const reputation = after ?? before?.reputation ?? 0;
+    return { reputation, change: seen ? 0 : reputation - (before?.reputation ?? reputation), jobs };
+  }
+
+  /** ConfirmJobComplete (deprecated by the original): counts the job; the money moves when the reservation ends. */
+  async function confirmJobComplete(req: { reservationId: string; success: boolean }) {
+    const r = await find(req.reservationId);
+    if (req.success) await repo.updateReservation(db, r.id, { jobsCompleted: r.jobsCompleted + 1 });
+    return r;
+  }
+
+  /**
+   * ReportReservationEndFromEngine / FromNode: each side says it is done; when both have, the reservation is
+   * released (as an early release if time is left) and settled.
+   */
+  async function reportEnd(req: { reservationId: string; from: 'engine' | 'node'; nodeId?: string }) {
+    const r = await find(req.reservationId);
+    if (req.from === 'node') {
+      if (!req.nodeId) throw new ValidationError('node_id', 'is required');
+      if (req.nodeId !== r.nodeId) throw new ForbiddenError(`node ${req.nodeId} does not hold reservation ${r.id}`);
+    }
+    if (r.endedAt) return { settled: await receiptOf(r), waitingFor: undefined };
+    await repo.updateReservation(db, r.id, req.from === 'engine' ? { engineReportedEnd: true } : { nodeReportedEnd: true });
+    const both = req.from === 'engine' ? r.nodeReportedEnd : r.engineReportedEnd;
+    if (!both) return { settled: undefined, waitingFor: req.from === 'engine' ? ('node' as const) : ('engine' as const) };
+    const receipt = await release({ reservationId: r.id, reason: 'both the Engine and the node reported the end', by: 'both' });
+    return { settled: receipt, waitingFor: undefined };
+  }
+
+  /** The heartbeat hub's batch: these nodes are alive, so are their reservations' watches. */
+  async function nodesAlive(nodeIds: string[]): Promise<void> {
+    const live = await repo.liveOnNodes(db, nodeIds);
+    await Promise.all(live.map((r) => nodeAlive(r.id)));
+  }
+
+  async function nodeAlive(id: string): Promise<void> {
+    try {
+      await client.activity.heartbeat({ workflowId: id, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat' });
+    } catch (err) {
+      if (err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError) return;
+      throw err;
+    }
+  }
+
+  /** A node registered a wallet: reservations owing it can pay it now. */
+  async function walletRegistered(nodeId: string): Promise<void> {
+    const ids = await repo.owingNode(db, nodeId);
+    await Promise.all(ids.map((id) => handle(id).signal(walletRegisteredSignal).catch(() => undefined)));
+  }
+
+  return {
+    reserve,
+    get,
+    list,
+    active,
+    engineHeartbeat,
+    reconnect,
+    extend,
+    release,
+    nodeJobComplete,
+    confirmJobComplete,
+    reportEnd,
+    nodesAlive,
+    walletRegistered,
+    remainingS,
+    engineConnected,
+  };
+}
+
+export type ReservationService = ReturnType<typeof createReservationService>;
+
+function finiteMetrics(m: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(m ?? {}).filter(([, v]) => Number.isFinite(v)).slice(0, 100));
+}
+
+function encodeCursor(r: repo.ReservationRow): string {
+  return Buffer.from(JSON.stringify([r.createdAt.toISOString(), r.id])).toString('base64url');
+}
+
+function decodeCursor(token: string): { createdAt: Date; id: string } {
+  try {
+    const [at, id] = JSON.parse(Buffer.from(token, 'base64url').toString()) as [string, string];
+    const createdAt = new Date(at);
+    if (typeof id !== 'string' || Number.isNaN(createdAt.getTime())) throw new Error('bad cursor');
+    return { createdAt, id };
+  } catch {
+    throw new ValidationError('page_token', 'is not a token this server issued');
+  }
+}
+
+/** Temporal errors → domain errors. */
+function translate(err: unknown): Error {
+  if (err instanceof WorkflowUpdateFailedError) {
+    const cause = err.cause;
+    if (cause instanceof ApplicationFailure) {
+      if (cause.type === ReservationRejections.ended) return new GoneError(cause.message);
+      if (cause.type === ReservationRejections.escrowRefused) return new PaymentRequiredError(cause.message);
+      if (cause.type === ReservationRejections.invalid) {
+        const [field, ...rest] = cause.message.split(': ');
+        return new ValidationError(field, rest.join(': '));
+      }
+    }
+    return new ConflictError(cause?.message ?? err.message);
+  }
+  if (err instanceof WorkflowNotFoundError) return new GoneError(`the reservation's workflow is not running: ${err.message}`);
+  if (isGrpcServiceError(err) || (err as Error)?.name === 'ServiceError' || (err as Error)?.name === 'TransportError') {
+    return new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
+  }
+  return err as Error;
+}

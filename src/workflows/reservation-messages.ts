@@ -1,0 +1,54 @@
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { ReservationStatus } from '../domain/reservation';
+
+/** Failure types of reservation updates, mapped to protocol errors by the API. */
+export const ReservationRejections = {
+  /** The reservation has ended (or is ending): 410. */
+  ended: 'ReservationEnded',
+  /** The request does not fit the reservation (for example too many minutes): 400. */
+  invalid: 'ReservationInvalid',
+  /** Its escrow was refused for good (no allowance, no funds): 402. */
+  escrowRefused: 'EscrowRefused',
+} as const;
+
+export interface ReservationView {
+  id: string;
+  status: ReservationStatus;
+  nodeId: string;
+  startAt: number;
+  endAt: number;
+  minutes: number;
+  escrowUnits: string;
+  pots: { potId: string; units: string; minutes: number }[];
+  lastReason: string;
+}
+
+/** ReserveNode waits on this: resolves once the first escrow is on chain, or with why it is not. */
+export type ReadyResult =
+  | { ok: true; startAt: number; endAt: number; escrowAccount: string; escrowUnits: string; escrowTx: string }
+  | { ok: false; code: number; message: string };
+
+export interface ExtendResult {
+  endAt: number;
+  additionalUnits: string;
+  escrowTx: string;
+}
+
+/** What ending a reservation moved. Amounts are smallest units. */
+export interface ReleaseReceipt {
+  status: ReservationStatus;
+  timeUsedSeconds: number;
+  paid: string;
+  /** The node's share of `paid`; the platform got the rest. */
+  nodeAmount: string;
+  refunded: string;
+  paymentTx: string;
+  refundTx: string;
+  /** The node's share waits for it to register a wallet. */
+  owed: boolean;
+}
+
+export const reservationReadyUpdate = defineUpdate<ReadyResult>('ready');
+export const extendReservationUpdate = defineUpdate<ExtendResult, [{ minutes: number }]>('extend');
+export const releaseReservationUpdate = defineUpdate<ReleaseReceipt, [{ reason: string; by: 'engine' | 'node' | 'both' | 'operator' }]>('release');
+export const reservationQuery = defineQuery<ReservationView>('reservation');

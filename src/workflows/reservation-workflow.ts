@@ -1,0 +1,357 @@
+import {
+  ActivityCancellationType,
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  isCancellation,
+  proxyActivities,
+  proxyLocalActivities,
+  setCurrentDetails,
+  setHandler,
+  TimeoutFailure,
+  upsertSearchAttributes,
+  allHandlersFinished,
+} from '@temporalio/workflow';
+import { TimeoutType } from '@temporalio/common';
+import type { createReservationActivities, PotOutcome } from '../activities/reservations';
+import { PAYMENT_NON_RETRYABLE } from '../domain/payments';
+import {
+  allocateOverPots,
+  earnedUnits,
+  MAX_MINUTES,
+  MAX_TOTAL_MINUTES,
+  potId,
+  reservationCost,
+  type EarlyReleasePolicy,
+  type EndKind,
+  type ReservationStatus,
+} from '../domain/reservation';
+import { walletRegisteredSignal } from './messages';
+import {
+  extendReservationUpdate,
+  releaseReservationUpdate,
+  reservationQuery,
+  reservationReadyUpdate,
+  ReservationRejections,
+  type ReadyResult,
+  type ReleaseReceipt,
+  type ReservationView,
+} from './reservation-messages';
+import { JobSearchAttributes as SA } from './search-attributes';
+
+type ReservationActivities = ReturnType<typeof createReservationActivities>;
+
+export interface ReservationSpec {
+  reservationId: string;
+  nodeId: string;
+  userWallet: string;
+  minutes: number;
+  /** The node's hourly price when reserved, smallest units per hour. */
+  perHourUnits: string;
+  /** The first escrow: cost of `minutes`, smallest units. */
+  escrowUnits: string;
+}
+
+/** Settings fixed when the reservation starts, so a config change never alters a running one's replay. */
+export interface ReservationOptions {
+  /** The node is lost when silent this long (its watch activity's heartbeat timeout). */
+  nodeHeartbeatTimeoutMs: number;
+  earlyRelease: EarlyReleasePolicy;
+  /** Length of one reserved minute: 60,000 ms, except where tests and demos shorten time. */
+  minuteMs: number;
+}
+
+export interface ReservationWorkflowInput {
+  spec: ReservationSpec;
+  options: ReservationOptions;
+}
+
+/** Activity id of the watch over the reserved node; the API heartbeats it by this id. */
+export const RESERVATION_WATCH_ID = 'watch-node';
+
+const store = proxyLocalActivities<ReservationActivities>({
+  startToCloseTimeout: '10 seconds',
+  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+});
+
+const money = proxyActivities<ReservationActivities>({
+  startToCloseTimeout: '3 minutes',
+  heartbeatTimeout: '15 seconds',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', nonRetryableErrorTypes: PAYMENT_NON_RETRYABLE },
+});
+
+/** An owed payment is retried at least this often even without a wallet registration signal. */
+const OWED_RECHECK = '1 hour';
+
+interface Pot {
+  potId: string;
+  units: string;
+  minutes: number;
+}
+
+/**
+ * One reservation of a whole node, from escrow to settlement: escrow the price of the term → hold the node
+ * (taken by ReserveNode, given back here) → await release, extensions and node loss, with the end of the term
+ * as a durable timer → pay the node 90/10 for what it earned and refund the rest (src/domain/reservation.ts).
+ * The workflow id is the reservation id. Engine heartbeats never reach it (they update Postgres only), so
+ * its history stays a few dozen events however long the reservation runs.
+ */
+export async function reservationWorkflow(input: ReservationWorkflowInput): Promise<ReleaseReceipt> {
+  const { spec, options } = input;
+  const id = spec.reservationId;
+  const perHour = BigInt(spec.perHourUnits);
+  let status: ReservationStatus = 'pending';
+  let ready: ReadyResult | undefined;
+  let startAt = 0;
+  let endAt = 0;
+  let minutes = spec.minutes;
+  const pots: Pot[] = [];
+  let nextPot = 1;
+  let extending = 0;
+  let pendingMinutes = 0;
+  let release: { reason: string; by: 'engine' | 'node' | 'both' | 'operator' } | undefined;
+  let receipt: ReleaseReceipt | undefined;
+  let lastReason = 'reserved';
+  let walletRegistered = false;
+
+  // ---- messages -------------------------------------------------------------------------------
+  const ended = () => receipt !== undefined || release !== undefined || (ready !== undefined && !ready.ok);
+  const reject = (type: string, message: string) => ApplicationFailure.create({ type, message, nonRetryable: true });
+
+  setHandler(reservationQuery, () => view());
+  setHandler(walletRegisteredSignal, () => {
+    walletRegistered = true;
+  });
+  setHandler(reservationReadyUpdate, async () => {
+    await condition(() => ready !== undefined);
+    return ready!;
+  });
+  setHandler(
+    extendReservationUpdate,
+    async ({ minutes: extra }) => {
+      const n = nextPot++;
+      const pot: Pot = { potId: potId(id, n), units: reservationCost(perHour, extra).toString(), minutes: extra };
+      extending += 1;
+      pendingMinutes += extra;
+      try {
+        const escrow = await escrowPot(pot);
+        if (typeof escrow === 'string') throw reject(ReservationRejections.escrowRefused, escrow);
+        pots.push(pot);
+        minutes += extra;
+        endAt += extra * options.minuteMs;
+        lastReason = `extended by ${extra} min`;
+        await store.recordExtension({ id, extensions: pots.length - 1, minutes, escrowUnits: escrowed().toString(), endAt });
+        publish();
+        return { endAt, additionalUnits: pot.units, escrowTx: escrow.txRef };
+      } finally {
+        extending -= 1;
+        pendingMinutes -= extra;
+      }
+    },
+    {
+      validator: ({ minutes: extra }) => {
+        if (ended() || status !== 'active') throw reject(ReservationRejections.ended, `reservation ${id} is ${status === 'pending' ? 'not active yet' : 'over'}`);
+        if (!Number.isInteger(extra) || extra < 1 || extra > MAX_MINUTES) {
+          throw reject(ReservationRejections.invalid, `additional_minutes: must be a whole number from 1 to ${MAX_MINUTES}`);
+        }
+        if (minutes + pendingMinutes + extra > MAX_TOTAL_MINUTES) {
+          throw reject(ReservationRejections.invalid, `additional_minutes: a reservation runs at most ${MAX_TOTAL_MINUTES} minutes in all (${minutes + pendingMinutes} booked)`);
+        }
+      },
+    },
+  );
+  setHandler(
+    releaseReservationUpdate,
+    async (request) => {
+      release ??= request;
+      await condition(() => receipt !== undefined);
+      return receipt!;
+    },
+    {
+      validator: (_request) => {
+        if (ready !== undefined && !ready.ok) throw reject(ReservationRejections.ended, `reservation ${id} never started: ${ready.message}`);
+      },
+    },
+  );
+
+  // ---- helpers --------------------------------------------------------------------------------
+  function escrowed(): bigint {
+    return pots.reduce((sum, p) => sum + BigInt(p.units), 0n);
+  }
+
+  function view(): ReservationView {
+    return { id, status, nodeId: spec.nodeId, startAt, endAt, minutes, escrowUnits: escrowed().toString(), pots: [...pots], lastReason };
+  }
+
+  function publish(): void {
+    upsertSearchAttributes([
+      { key: SA.status, value: status },
+      { key: SA.escrowState, value: receipt ? (receipt.owed ? 'owed' : receipt.refunded !== '0' && receipt.paid === '0' ? 'refunded' : 'released') : pots.length ? 'held' : 'none' },
+    ]);
+    const lines = [
+      `**${status}** · node \`${spec.nodeId}\` · ${minutes} min · escrow ${escrowed()} units in ${pots.length} pot(s)`,
+      endAt ? `ends ${new Date(endAt).toISOString()}` : 'not started',
+      `last: ${lastReason}`,
+    ];
+    setCurrentDetails(lines.join('\n\n'));
+  }
+
+  /** Escrows a pot; @returns its receipt, or why it was refused for good. */
+  async function escrowPot(pot: Pot): Promise<{ txRef: string; to: string; fundedBy: string } | string> {
+    try {
+      return await CancellationScope.nonCancellable(() => money.escrowReservationPot({ potId: pot.potId, amount: pot.units, owner: spec.userWallet }));
+    } catch (err) {
+      const cause = err instanceof ActivityFailure ? err.cause : undefined;
+      if (cause instanceof ApplicationFailure && (cause.nonRetryable || PAYMENT_NON_RETRYABLE.includes(cause.type ?? ''))) {
+        return `escrow refused: ${cause.message}`;
+      }
+      throw err;
+    }
+  }
+
+  /** Waits for the end of the term, a release, or the loss of the node. */
+  async function hold(): Promise<{ kind: EndKind; reason: string; lastAliveAt: number }> {
+    const watch = proxyActivities<ReservationActivities>({
+      activityId: RESERVATION_WATCH_ID,
+      heartbeatTimeout: options.nodeHeartbeatTimeoutMs,
+      startToCloseTimeout: (MAX_TOTAL_MINUTES + 60) * options.minuteMs,
+      retry: { maximumAttempts: 1 },
+      cancellationType: ActivityCancellationType.TRY_CANCEL,
+    });
+    const scope = new CancellationScope();
+    let watchEnded: { error: unknown } | undefined;
+    scope.run(() => watch.watchReservedNode({ id, nodeId: spec.nodeId })).then(
+      () => (watchEnded = { error: undefined }),
+      (error) => (watchEnded = { error }),
+    );
+    try {
+      for (;;) {
+        const seenEnd = endAt;
+        await condition(() => release !== undefined || watchEnded !== undefined || endAt !== seenEnd, Math.max(1, endAt - Date.now()));
+        // An extension paying right now decides whether the term is over.
+        await condition(() => extending === 0);
+        if (release) return { kind: 'released', reason: `released by the ${release.by}: ${release.reason || 'no reason given'}`, lastAliveAt: Date.now() };
+        if (watchEnded) {
+          const lastAliveAt = Math.max(startAt, Date.now() - options.nodeHeartbeatTimeoutMs);
+          return { kind: 'node_lost', reason: describeWatchEnd(watchEnded.error, options), lastAliveAt };
+        }
+        if (Date.now() >= endAt) return { kind: 'expired', reason: `ran its full ${minutes} min`, lastAliveAt: endAt };
+      }
+    } finally {
+      if (!watchEnded) scope.cancel();
+    }
+  }
+
+  /** Pays what the node earned and refunds the rest, pot by pot; records the end. */
+  async function settle(end: { kind: EndKind; reason: string; lastAliveAt: number }, policy: EarlyReleasePolicy): Promise<void> {
+    const finalStatus: ReservationStatus =
+      end.kind === 'expired' ? 'expired' : end.kind === 'node_lost' ? 'failed' : release?.by === 'both' ? 'completed' : 'cancelled';
+    const endedAt = Date.now();
+    const usedMs = Math.max(0, Math.min(end.kind === 'node_lost' ? end.lastAliveAt : endedAt, endAt) - startAt);
+    status = 'completing';
+    lastReason = end.reason;
+    publish();
+    await store.endHold({ id, nodeId: spec.nodeId, status, reason: end.reason });
+    if (end.kind === 'node_lost') await store.penalizeLostNode({ id, nodeId: spec.nodeId, reason: end.reason });
+
+    const total = escrowed();
+    // Billed in reserved minutes (a shortened minute in tests and demos bills as a real one).
+    const earned = earnedUnits({ kind: end.kind, policy, escrowed: total, perHour, usedMs: (usedMs * 60_000) / options.minuteMs });
+    const shares = allocateOverPots(pots.map((p) => BigInt(p.units)), earned);
+    const outcomes = await settlePots(shares.map((s) => s.toString()));
+    receipt = summarize(finalStatus, Math.round((usedMs * 60) / options.minuteMs), outcomes);
+    status = finalStatus;
+    await store.finishReservation({ id, nodeId: spec.nodeId, status, reason: end.reason, endedAt, ...receiptFields(receipt) });
+    publish();
+    if (receipt.owed) await payOwed(end.reason, endedAt, shares.map((s) => s.toString()));
+  }
+
+  async function settlePots(shares: string[]): Promise<PotOutcome[]> {
+    const outcomes: PotOutcome[] = [];
+    for (let i = 0; i < pots.length; i++) {
+      outcomes.push(
+        await CancellationScope.nonCancellable(() => money.settleReservationPot({ potId: pots[i].potId, nodeId: spec.nodeId, payUnits: shares[i] })),
+      );
+    }
+    return outcomes;
+  }
+
+  function summarize(s: ReservationStatus, timeUsedSeconds: number, outcomes: PotOutcome[]): ReleaseReceipt {
+    const sum = (f: (o: PotOutcome) => string) => outcomes.reduce((acc, o) => acc + BigInt(f(o)), 0n).toString();
+    return {
+      status: s,
+      timeUsedSeconds,
+      paid: sum((o) => o.paid),
+      nodeAmount: sum((o) => o.nodeAmount),
+      refunded: sum((o) => o.refunded),
+      paymentTx: outcomes.find((o) => o.paymentTx)?.paymentTx ?? '',
+      refundTx: outcomes.find((o) => o.refundTx)?.refundTx ?? '',
+      owed: outcomes.some((o) => o.owed),
+    };
+  }
+
+  function receiptFields(r: ReleaseReceipt) {
+    return { timeUsedSeconds: r.timeUsedSeconds, paid: r.paid, refunded: r.refunded, paymentTx: r.paymentTx, refundTx: r.refundTx };
+  }
+
+  /** The node has no wallet yet: its share waits until it registers one. */
+  async function payOwed(reason: string, endedAt: number, shares: string[]): Promise<void> {
+    while (receipt?.owed) {
+      await condition(() => walletRegistered, OWED_RECHECK);
+      walletRegistered = false;
+      receipt = summarize(receipt.status, receipt.timeUsedSeconds, await settlePots(shares));
+      if (!receipt.owed) {
+        lastReason = `owed payment released to node ${spec.nodeId}`;
+        await store.finishReservation({ id, nodeId: spec.nodeId, status, reason, endedAt, ...receiptFields(receipt) });
+        publish();
+      }
+    }
+  }
+
+  // ---- the script -----------------------------------------------------------------------------
+  const first: Pot = { potId: id, units: spec.escrowUnits, minutes: spec.minutes };
+  const escrow = await escrowPot(first);
+  if (typeof escrow === 'string') {
+    status = 'failed';
+    lastReason = escrow;
+    receipt = { status, timeUsedSeconds: 0, paid: '0', nodeAmount: '0', refunded: '0', paymentTx: '', refundTx: '', owed: false };
+    await store.endHold({ id, nodeId: spec.nodeId, status, reason: escrow });
+    await store.finishReservation({ id, nodeId: spec.nodeId, status, reason: escrow, endedAt: Date.now(), ...receiptFields(receipt) });
+    ready = { ok: false, code: 402, message: escrow };
+    publish();
+    await condition(allHandlersFinished);
+    return receipt;
+  }
+  pots.push(first);
+  startAt = Date.now();
+  endAt = startAt + spec.minutes * options.minuteMs;
+  await store.activateReservation({ id, startAt, endAt, escrowAccount: escrow.to, fundedBy: escrow.fundedBy });
+  status = 'active';
+  lastReason = `escrowed ${first.units} units from ${escrow.fundedBy}`;
+  ready = { ok: true, startAt, endAt, escrowAccount: escrow.to, escrowUnits: first.units, escrowTx: escrow.txRef };
+  publish();
+
+  try {
+    const end = await hold();
+    await settle(end, options.earlyRelease);
+  } catch (err) {
+    if (!isCancellation(err) || receipt) throw err;
+    // Cancelled from Temporal itself (Web UI, CLI): the user pays for the time used, no more.
+    release ??= { reason: 'cancelled by an operator', by: 'operator' };
+    await CancellationScope.nonCancellable(() =>
+      settle({ kind: 'released', reason: 'cancelled by an operator', lastAliveAt: Date.now() }, 'prorated'),
+    );
+    throw err;
+  }
+  await condition(allHandlersFinished);
+  return receipt!;
+}
+
+function describeWatchEnd(error: unknown, options: ReservationOptions): string {
+  const cause = error instanceof ActivityFailure ? error.cause : error;
+  if (cause instanceof TimeoutFailure && cause.timeoutType === TimeoutType.HEARTBEAT) {
+    return `node lost: silent for ${Math.round(options.nodeHeartbeatTimeoutMs / 1000)} s`;
+  }
+  return `node watch ended: ${(cause as Error | undefined)?.message ?? 'no reason'}`;
+}
