@@ -2,7 +2,7 @@ import { and, desc, eq, gt, inArray, lt, or, sql } from 'drizzle-orm';
 import { ConflictError, NotFoundError } from '../domain/errors';
 import { LIVE_STATUSES, type ReservationStatus } from '../domain/reservation';
 import type { Db, DbOrTx } from './client';
-import { nodes, reservations } from './schema';
+import { nodes, payments, reservations } from './schema';
 
 export type ReservationRow = typeof reservations.$inferSelect;
 
@@ -190,4 +190,13 @@ export async function nodeLegs(db: DbOrTx, id: string): Promise<{ amount: bigint
      where (job_id = ${id} or job_id like ${id} || '/ext-%') and leg = 'release_node'`);
   const row = result.rows[0];
   return { amount: BigInt(row?.amount ?? '0'), owed: row?.owed ?? false };
+}
+
+/** Every payment leg of the reservation's pots (its first escrow and each extension), oldest first. */
+export async function potPayments(db: DbOrTx, id: string) {
+  return db
+    .select()
+    .from(payments)
+    .where(or(eq(payments.jobId, id), sql`${payments.jobId} like ${`${id}/ext-%`}`))
+    .orderBy(payments.id);
 }

@@ -27,8 +27,8 @@ export const MAX_MINUTES = 480;
 export const MAX_TOTAL_MINUTES = 1440;
 /** p2p_token_expires = reservation end + this. */
 export const TOKEN_GRACE_S = 300;
-/** EngineHeartbeat suggests extending when less than this is left and training is active. */
-export const EXTEND_HINT_S = 300;
+/** EngineHeartbeat suggests extending when fewer reserved minutes than this are left and training is active. */
+export const EXTEND_HINT_MINUTES = 5;
 
 export type EarlyReleasePolicy = 'full' | 'prorated';
 export const EARLY_RELEASE_POLICIES: readonly EarlyReleasePolicy[] = ['full', 'prorated'];
@@ -52,12 +52,12 @@ export const reservationCost = (perHour: bigint, minutes: number): bigint => cos
 
 /**
  * What the node earns, in smallest units, given everything escrowed and how the reservation ended.
- * `usedMs` is the time from the start to the end (release) or to the node's last sign of life (loss).
+ * `usedSeconds` is the time from the start to the end (release) or to the node's last sign of life (loss).
  */
-export function earnedUnits(p: { kind: EndKind; policy: EarlyReleasePolicy; escrowed: bigint; perHour: bigint; usedMs: number }): bigint {
+export function earnedUnits(p: { kind: EndKind; policy: EarlyReleasePolicy; escrowed: bigint; perHour: bigint; usedSeconds: number }): bigint {
   if (p.kind === 'expired') return p.escrowed;
   if (p.kind === 'released' && p.policy === 'full') return p.escrowed;
-  const cost = costOfSeconds(p.perHour, p.usedMs / 1000);
+  const cost = costOfSeconds(p.perHour, p.usedSeconds);
   return cost < p.escrowed ? cost : p.escrowed;
 }
 

@@ -8,6 +8,7 @@ import { settlementFor } from './chain-setup';
 import { openDatabase } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
+import * as reservationsRepo from '../db/reservations-repo';
 import { sql } from 'drizzle-orm';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
@@ -116,6 +117,16 @@ export async function startApi(
         return { ...nodeJson(node, held.length, config.nodes.offlineAfterMs), jobs: held.map((j) => j.id), reputationEvents: reputation };
       },
     },
+    reservations: {
+      list: async (q) => {
+        const page = await reservations.list({ userId: q.wallet ?? '', pageSize: q.pageSize, pageToken: q.pageToken, activeOnly: q.activeOnly });
+        return { rows: page.rows.map(reservationJson), total: page.total, nextPageToken: page.nextPageToken };
+      },
+      get: async (id) => {
+        const r = await reservations.get(id);
+        return { ...reservationJson(r), payments: (await reservationsRepo.potPayments(database.db, id)).map((p) => ({ potId: p.jobId, ...paymentJson(p) })) };
+      },
+    },
     escrows: {
       open: async (jobId) => ({
         jobId,
@@ -182,8 +193,38 @@ function nodeJson(node: nodesRepo.NodeRow, activeJobs: number, offlineAfterMs: n
   };
 }
 
+/** A reservation as operators see it over REST (amounts in smallest units, as decimal strings). */
+function reservationJson(r: reservationsRepo.ReservationWithNode) {
+  return {
+    id: r.id,
+    status: r.status,
+    nodeId: r.nodeId,
+    nodeEndpoint: r.nodeEndpoint,
+    userWallet: r.userWallet,
+    durationMinutes: r.durationMinutes,
+    extensions: r.extensions,
+    pricePerHourUnits: r.pricePerHourUnits.toString(),
+    escrowUnits: r.escrowUnits.toString(),
+    escrowAccount: r.escrowAccount,
+    fundedBy: r.fundedBy,
+    startAt: r.startAt,
+    endAt: r.endAt,
+    engineLastHeartbeat: r.engineLastHeartbeat,
+    trainingActive: r.trainingActive,
+    jobProgress: r.jobProgress,
+    jobsCompleted: r.jobsCompleted,
+    endReason: r.endReason,
+    endedAt: r.endedAt,
+    timeUsedSeconds: r.timeUsedSeconds,
+    paidUnits: r.paidUnits?.toString() ?? null,
+    refundUnits: r.refundUnits?.toString() ?? null,
+    paymentTx: r.paymentTx,
+    refundTx: r.refundTx,
+  };
+}
+
 /** A payment leg as operators see it (the signed transaction bytes and retry bookkeeping stay inside). */
-function paymentJson(p: Awaited<ReturnType<typeof jobsRepo.getPayments>>[number]) {
+function paymentJson(p: Awaited<ReturnType<typeof jobsRepo.getPayments>>[number] | Awaited<ReturnType<typeof reservationsRepo.potPayments>>[number]) {
   return {
     leg: p.leg,
     amount: p.amount.toString(),

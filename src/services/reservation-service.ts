@@ -24,7 +24,7 @@ import {
 } from '../domain/errors';
 import { unitsToTokenString } from '../domain/money';
 import {
-  EXTEND_HINT_S,
+  EXTEND_HINT_MINUTES,
   isLive,
   MAX_MINUTES,
   MIN_MINUTES,
@@ -96,7 +96,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
     return row;
   }
 
-  const remainingS = (r: repo.ReservationRow) => Math.max(0, Math.floor((r.endAt.getTime() - now()) / 1000));
+  /** Seconds until the end; 0 once the reservation is over. */
+  const remainingS = (r: repo.ReservationRow) =>
+    r.status === 'pending' || r.status === 'active' ? Math.max(0, Math.floor((r.endAt.getTime() - now()) / 1000)) : 0;
   const isOver = (r: repo.ReservationRow) => !isLive(r.status) || r.status === 'completing' || r.endAt.getTime() <= now();
   const engineConnected = (r: repo.ReservationRow) =>
     r.engineLastHeartbeat !== null && now() - r.engineLastHeartbeat.getTime() < deps.engineTimeoutMs;
@@ -229,8 +231,8 @@ export function createReservationService(deps: ReservationServiceDeps) {
     });
     const r = row ?? (await find(req.reservationId));
     if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
-    const timeRemainingS = remainingS(r);
-    return { timeRemainingS, shouldExtend: timeRemainingS < EXTEND_HINT_S && r.trainingActive };
+    const shouldExtend = r.trainingActive && r.endAt.getTime() - now() < EXTEND_HINT_MINUTES * deps.options.minuteMs;
+    return { timeRemainingS: remainingS(r), shouldExtend };
   }
 
   /** GetReconnectionToken: a fresh P2P token for the reservation's owner. */

@@ -256,11 +256,12 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     if (end.kind === 'node_lost') await store.penalizeLostNode({ id, nodeId: spec.nodeId, reason: end.reason });
 
     const total = escrowed();
-    // Billed in reserved minutes (a shortened minute in tests and demos bills as a real one).
-    const earned = earnedUnits({ kind: end.kind, policy, escrowed: total, perHour, usedMs: (usedMs * 60_000) / options.minuteMs });
+    // Billed in whole seconds of reserved time (a shortened minute in tests and demos bills as a real one).
+    const usedSeconds = Math.ceil((usedMs * 60) / options.minuteMs);
+    const earned = earnedUnits({ kind: end.kind, policy, escrowed: total, perHour, usedSeconds });
     const shares = allocateOverPots(pots.map((p) => BigInt(p.units)), earned);
     const outcomes = await settlePots(shares.map((s) => s.toString()));
-    receipt = summarize(finalStatus, Math.round((usedMs * 60) / options.minuteMs), outcomes);
+    receipt = summarize(finalStatus, usedSeconds, outcomes);
     status = finalStatus;
     await store.finishReservation({ id, nodeId: spec.nodeId, status, reason: end.reason, endedAt, ...receiptFields(receipt) });
     publish();

@@ -8,7 +8,9 @@ type AnyClient = grpc.Client & Record<string, (req: unknown, meta: grpc.Metadata
  * A promise-based client for one cyxwiz.protocol service, as a real Engine or node uses it: plain h2c,
  * a deadline per call, optional metadata.
  */
-export function protocolClient(service: 'JobService' | 'NodeService' | 'JobStatusService' | 'WalletService', address: string, channelOptions: grpc.ChannelOptions = {}) {
+type ServiceName = 'JobService' | 'NodeService' | 'JobStatusService' | 'WalletService' | 'JobReservationService' | 'NodeDiscoveryService';
+
+export function protocolClient(service: ServiceName, address: string, channelOptions: grpc.ChannelOptions = {}) {
   const ctor = loadProtocol()[service];
   const client = new ctor(address, grpc.credentials.createInsecure(), channelOptions) as unknown as AnyClient;
   return {

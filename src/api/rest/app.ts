@@ -26,6 +26,11 @@ export interface RestDeps {
     list(q: { limit: number; offset: number }): Promise<{ rows: unknown[]; total: number }>;
     get(id: string): Promise<unknown>;
   };
+  reservations: {
+    list(q: { wallet?: string; activeOnly: boolean; pageSize: number; pageToken: string }): Promise<{ rows: unknown[]; total: number; nextPageToken: string }>;
+    /** The reservation with its payment legs (every pot). */
+    get(id: string): Promise<unknown>;
+  };
   escrows: { open(jobId: string): Promise<{ jobId: string; escrowAccount: string; mint: string; decimals: number }> };
   version: string;
   startedAt: Date;
@@ -138,6 +143,18 @@ export function createRestApp(deps: RestDeps) {
 
   app.get('/api/nodes/:id', async (req, res) => {
     res.json(await deps.nodes.get(req.params.id));
+  });
+
+  app.get('/api/reservations', async (req, res) => {
+    const pageSize = intParam(req.query.limit, 'limit', 50, 500);
+    const wallet = typeof req.query.wallet === 'string' && req.query.wallet ? req.query.wallet : undefined;
+    const activeOnly = req.query.active === 'true';
+    const pageToken = typeof req.query.pageToken === 'string' ? req.query.pageToken : '';
+    res.json(await deps.reservations.list({ wallet, activeOnly, pageSize, pageToken }));
+  });
+
+  app.get('/api/reservations/:id', async (req, res) => {
+    res.json(await deps.reservations.get(req.params.id));
   });
 
   /**
