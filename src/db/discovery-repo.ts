@@ -2,14 +2,15 @@ import { and, eq, gte, inArray, lte, notInArray, sql, type SQL } from 'drizzle-o
 import type { DeviceType } from '../domain/job';
 import type { DbOrTx } from './client';
 import type { NodeRow } from './nodes-repo';
-import { jobs, nodes } from './schema';
+import { nodeClaims, nodes } from './schema';
 
 /**
  * Read side of NodeDiscoveryService: filtering, ordering, keyset paging and statistics over `nodes`, all in
  * SQL. A page is one query and its statistics one more, whatever the number of nodes. The page query sorts
- * narrow rows (id and sort keys) and reads whole rows only for the page. A node's active jobs are counted
- * through the partial index `jobs_node_idx`, only where the query needs them (availability), never by a
- * query per node.
+ * narrow rows (id and sort keys) and reads whole rows only for the page. A node's busy capacity is its
+ * count of `node_claims` — the claims matching takes and counts, so discovery and matching agree on who is
+ * full — probed through that table's primary key (node_id, job_id), only where the query needs it
+ * (availability), never by a query per node.
  */
 
 /** Orders of FindNodesRequest.SortBy. Each has a natural direction (price ascending, the others descending). */
@@ -26,7 +27,7 @@ export interface Liveness {
 export interface NodeFilter {
   /** Only live nodes (status online and a fresh heartbeat). */
   onlineOnly?: boolean;
-  /** Only nodes a job could be placed on now: live, not banned, fewer active jobs than capacity. */
+  /** Only nodes a job could be placed on now: live, not banned, not reserved, fewer claims than capacity. */
   availableOnly?: boolean;
   /** A device of this type; CPU is also met by a node that reports RAM but no CPU device, as in matching. */
   device?: Exclude<DeviceType, 'UNKNOWN'>;
@@ -95,15 +96,16 @@ export interface MatchStats {
 }
 
 /**
- * A node's active jobs (assigned or running), for a lateral join: one probe of the partial index
- * `jobs_node_idx` per node that passed the other conditions. Linear in those nodes whatever plan Postgres
- * picks (a join against a grouped aggregate can turn into a nested loop over it under a LIMIT).
+ * The capacity a node's jobs hold: its rows in `node_claims` (taken at the match, given back when the attempt
+ * ends), for a lateral join: one probe of the primary key (node_id, job_id) per node that passed the other
+ * conditions. Linear in those nodes whatever plan Postgres picks (a join against a grouped aggregate can turn
+ * into a nested loop over it under a LIMIT).
  */
 function activeJobsOfNode(db: DbOrTx) {
   return db
     .select({ activeJobs: sql<number>`count(*)::int`.as('active_jobs') })
-    .from(jobs)
-    .where(sql`${jobs.assignedNodeId} = ${nodes.id} and ${jobs.status} in ('assigned', 'running')`)
+    .from(nodeClaims)
+    .where(sql`${nodeClaims.nodeId} = ${nodes.id}`)
     .as('aj');
 }
 type ActiveJobs = ReturnType<typeof activeJobsOfNode>;
@@ -128,7 +130,7 @@ function expressions(live: Liveness, aj: ActiveJobs) {
   /** Held whole by a live reservation: unavailable to everyone else until it ends. */
   const reserved = sql<boolean>`(${nodes.reservedBy} is not null)`;
   const activeJobs = sql<number>`${aj.activeJobs}`;
-  /** Jobs the node could take now: capacity − active jobs when live, not banned and not reserved, else 0. */
+  /** Jobs the node could take now: capacity − claims when live, not banned and not reserved, else 0. */
   const freeCapacity = sql<number>`(case when ${online} and not ${banned} and not ${reserved} then greatest(${nodes.capacity} - ${activeJobs}, 0) else 0 end)`;
   /** last_heartbeat in microseconds since the epoch: exact, so it can travel in a cursor. */
   const heartbeatMicros = sql<string>`(extract(epoch from ${nodes.lastHeartbeat}) * 1000000)::bigint`;

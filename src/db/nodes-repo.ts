@@ -4,7 +4,7 @@ import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
 import { computeScore, listPricePerHour } from '../domain/pricing';
 import type { Db, DbOrTx } from './client';
 import { applyDelta, BAN_HOURS, BAN_THRESHOLD, type ReputationEvent } from '../domain/reputation';
-import { jobs, nodeJobCancels, nodeMetrics, nodes, reputationEvents, type NodeProfile } from './schema';
+import { jobEvents, nodeClaims, nodeJobCancels, nodeMetrics, nodes, reputationEvents, type NodeProfile } from './schema';
 
 export type NodeRow = typeof nodes.$inferSelect;
 
@@ -112,7 +112,9 @@ export interface HeartbeatSample {
 }
 
 /**
- * Writes a batch of heartbeats in one statement.
+ * Writes a batch of heartbeats in one statement. The gap since a node's previous heartbeat is added to its
+ * online time (online_ms) when the node was online until now, i.e. the gap is no longer than the offline
+ * timeout (`offlineBefore`); a node coming back adds nothing for the time it was away.
  * @returns the ids of nodes that were offline (status or stale heartbeat) and are now back.
  */
 export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offlineBefore: Date): Promise<string[]> {
@@ -129,6 +131,8 @@ export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offl
     )
     update nodes n
        set last_heartbeat = greatest(n.last_heartbeat, beat.at),
+           online_ms = n.online_ms + case when prev.was_offline then 0
+             else greatest(0, (extract(epoch from beat.at - greatest(n.last_heartbeat, n.uptime_since)) * 1000)::bigint) end,
            status = 'online',
            ram_available = coalesce(beat.ram, n.ram_available)
       from beat, prev
@@ -137,12 +141,13 @@ export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offl
   return result.rows.filter((r) => r.was_offline).map((r) => r.id);
 }
 
+/** Node counts for /api/stats; busy: holding at least one capacity claim (what matching counts). */
 export async function nodeCounts(db: DbOrTx, onlineSince: Date): Promise<{ total: number; online: number; busy: number }> {
   const [row] = await db
     .select({
       total: count(),
       online: sql<number>`count(*) filter (where ${nodes.status} = 'online' and ${nodes.lastHeartbeat} > ${onlineSince.toISOString()}::timestamptz)::int`,
-      busy: sql<number>`count(*) filter (where exists (select 1 from ${jobs} j where j.assigned_node_id = ${nodes.id} and j.status in ('assigned', 'running')))::int`,
+      busy: sql<number>`count(*) filter (where exists (select 1 from ${nodeClaims} c where c.node_id = ${nodes.id}))::int`,
     })
     .from(nodes);
   return row;
@@ -161,6 +166,8 @@ export async function markStaleNodesOffline(db: DbOrTx, before: Date): Promise<s
 /**
  * Counts a finished attempt and moves the node's reputation by the event's documented amount, once per
  * (node, job, event): the event row is the evidence, and a retried activity finds it and changes nothing.
+ * The attempt's time on the node — from the job's latest 'assigned' event there to now — is added to its
+ * compute_ms in the same transaction, so exactly once as well (only this node's attempt counts).
  * @returns the reputation after the event (unchanged on a retry).
  */
 export async function recordReputationEvent(
@@ -182,15 +189,23 @@ export async function recordReputationEvent(
     }
     const inserted = await tx
       .insert(reputationEvents)
-      .values({ nodeId: e.nodeId, jobId: e.jobId, kind: e.kind, delta: after - node.reputation, reputationAfter: after, reason: e.reason })
+      .values({ nodeId: e.nodeId, jobId: e.jobId, kind: e.kind, delta: after - node.reputation, reputationAfter: after, reason: e.reason, at: now })
       .onConflictDoNothing()
       .returning({ id: reputationEvents.id });
     if (inserted.length === 0) return node.reputation;
+    const [assigned] = await tx
+      .select({ at: jobEvents.at })
+      .from(jobEvents)
+      .where(and(eq(jobEvents.jobId, e.jobId), eq(jobEvents.nodeId, e.nodeId), eq(jobEvents.toStatus, 'assigned')))
+      .orderBy(desc(jobEvents.seq))
+      .limit(1);
+    const attemptMs = assigned ? Math.max(0, now.getTime() - assigned.at.getTime()) : 0;
     await tx
       .update(nodes)
       .set({
         reputation: after,
         updatedAt: now,
+        ...(attemptMs > 0 && { computeMs: sql`${nodes.computeMs} + ${attemptMs}` }),
         ...(e.kind === 'job_completed'
           ? { totalJobsCompleted: sql`${nodes.totalJobsCompleted} + 1` }
           : { totalJobsFailed: sql`${nodes.totalJobsFailed} + 1` }),
@@ -249,9 +264,9 @@ export async function pruneCancels(db: DbOrTx, before: Date): Promise<void> {
   await db.delete(nodeJobCancels).where(lte(nodeJobCancels.createdAt, before));
 }
 
-/** Nodes for operators, newest heartbeat first, with their active job count. */
+/** Nodes for operators, newest heartbeat first, with their active jobs (capacity claims, as matching counts them). */
 export async function listNodes(db: DbOrTx, limit: number, offset: number) {
-  const activeJobs = sql<number>`(select count(*)::int from ${jobs} j where j.assigned_node_id = ${nodes.id} and j.status in ('assigned', 'running'))`;
+  const activeJobs = sql<number>`(select count(*)::int from ${nodeClaims} c where c.node_id = ${nodes.id})`;
   const [rows, [{ total }]] = await Promise.all([
     db.select({ node: nodes, activeJobs }).from(nodes).orderBy(desc(nodes.lastHeartbeat), asc(nodes.id)).limit(limit).offset(offset),
     db.select({ total: count() }).from(nodes),

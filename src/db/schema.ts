@@ -78,6 +78,20 @@ export const nodes = pgTable(
     profile: jsonb('profile').$type<Partial<NodeProfile>>().notNull().default({}),
     totalJobsCompleted: integer('total_jobs_completed').notNull().default(0),
     totalJobsFailed: integer('total_jobs_failed').notNull().default(0),
+    /**
+     * Milliseconds the node held job attempts that ended with an outcome of its own (completed, failed, timed out,
+     * lost): from each attempt's 'assigned' event to the recording of its outcome, or to its last heartbeat when
+     * it was lost. Added once per attempt with the attempt's reputation event (nodes-repo recordReputationEvent).
+     */
+    computeMs: bigint('compute_ms', { mode: 'number' }).notNull().default(0),
+    /**
+     * Milliseconds since `uptime_since` the node was online: the sum of the gaps between its consecutive
+     * heartbeats that were no longer than the offline timeout (a longer gap counts as offline throughout).
+     * Grown by the heartbeat flush (applyHeartbeats); see domain/node-stats.ts for the percentage.
+     */
+    onlineMs: bigint('online_ms', { mode: 'number' }).notNull().default(0),
+    /** Start of the uptime record: the first registration (or, for nodes older than it, migration 0004). */
+    uptimeSince: ts('uptime_since').notNull().defaultNow(),
     registeredAt: ts('registered_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
     lastHeartbeat: ts('last_heartbeat').notNull().defaultNow(),

@@ -2,7 +2,7 @@ import { Client, Connection } from '@temporalio/client';
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc/server';
-import { createRestApp } from '../api/rest/app';
+import { createRestApp, nodeJson } from '../api/rest/app';
 import type { Config } from '../config';
 import { settlementFor } from './chain-setup';
 import { openDatabase } from '../db/client';
@@ -13,7 +13,6 @@ import { sql } from 'drizzle-orm';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
 import { NotFoundError, ValidationError } from '../domain/errors';
-import { nodeHealth } from '../domain/health';
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService } from '../services/wallet-service';
@@ -165,32 +164,6 @@ export async function startApi(
   }
 
   return { grpcPort, restPort, stop };
-}
-
-/** A node as operators see it over REST. */
-function nodeJson(node: nodesRepo.NodeRow, activeJobs: number, offlineAfterMs: number) {
-  return {
-    id: node.id,
-    name: node.name,
-    endpoint: `${node.ipAddress}:${node.port}`,
-    region: node.region,
-    wallet: node.walletAddress,
-    devices: node.devices,
-    cpuCores: node.cpuCores,
-    ramTotal: node.ramTotal,
-    computeScore: node.computeScore,
-    pricePerHour: node.pricePerHour,
-    reputation: node.reputation,
-    health: nodeHealth(node.lastHeartbeat, new Date(), offlineAfterMs),
-    status: node.status,
-    bannedUntil: node.bannedUntil,
-    capacity: node.capacity,
-    activeJobs,
-    totalJobsCompleted: node.totalJobsCompleted,
-    totalJobsFailed: node.totalJobsFailed,
-    lastHeartbeat: node.lastHeartbeat,
-    registeredAt: node.registeredAt,
-  };
 }
 
 /** A reservation as operators see it over REST (amounts in smallest units, as decimal strings). */

@@ -1,10 +1,15 @@
 import type { Db } from '../db/client';
 import * as discoveryRepo from '../db/discovery-repo';
-import type { Cursor, DiscoveredNode, DiscoverySort, ListedNode, Liveness, NodeFilter } from '../db/discovery-repo';
+import type { Cursor, DiscoverySort, Liveness, NodeFilter } from '../db/discovery-repo';
 import { NotFoundError, ValidationError } from '../domain/errors';
 import type { DeviceType } from '../domain/job';
+import { nodeStats, type NodeStats } from '../domain/node-stats';
 
-export type { DiscoveredNode, DiscoverySort } from '../db/discovery-repo';
+export type { DiscoverySort } from '../db/discovery-repo';
+
+/** A node as discovery answers it: its row, its liveness and its track record at the query's instant. */
+export type DiscoveredNode = discoveryRepo.DiscoveredNode & NodeStats;
+type ListedNode = discoveryRepo.ListedNode & NodeStats;
 
 /*
  * How discovery answers (and where it departs from the original server, CYXWIZ-PROTOCOL.md §4.7, §6.7, §6.16):
@@ -28,6 +33,10 @@ export type { DiscoveredNode, DiscoverySort } from '../db/discovery-repo';
  *   heartbeat and job, so a node can move across a page boundary there. total_count and online_count count the
  *   filtered nodes; network_avg_price and network_total_compute describe every live node in the network.
  * - FindNodes statistics (total_matching, avg/min/max price) cover every match before max_results truncates.
+ * - Busy capacity is the node's capacity claims (node_claims), exactly what matching counts: a node whose every
+ *   unit is claimed is not in FindNodes and sorts with free capacity 0, even before its job's row says assigned.
+ * - total_compute_hours and uptime_percentage come from counters on the node's row (domain/node-stats.ts has
+ *   the definitions); the original server sent 0 and a fixed 100.
  */
 
 export interface DiscoveryServiceDeps {
@@ -138,6 +147,11 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
     return { now: new Date(now), onlineSince: new Date(now - deps.offlineAfterMs) };
   }
 
+  /** The node with its compute hours and uptime at the query's instant. */
+  function withStats<T extends discoveryRepo.DiscoveredNode>(node: T, live: Liveness): T & NodeStats {
+    return { ...node, ...nodeStats(node, { now: live.now, online: node.online }) };
+  }
+
   /**
    * One page of nodes with the network's counts. is_online is liveness alone; whether a node can take a job
    * now (not banned, free capacity) shows in the availability order, where such nodes come first.
@@ -163,7 +177,7 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
     const page = rows.slice(0, limit);
     const nextPageToken =
       rows.length > limit ? encodePageToken(q.sort, q.descending, page[page.length - 1].cursor) : '';
-    return { ...stats, nodes: page, nextPageToken };
+    return { ...stats, nodes: page.map((n) => withStats(n, live)), nextPageToken };
   }
 
   /**
@@ -191,7 +205,7 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
     const preferredRegion = q.preferredRegion.trim() ? lower(q.preferredRegion) : undefined;
     const found = await discoveryRepo.findMatches(db, { filter, sort: { key: q.sort, reversed: false, preferredRegion }, limit, live });
     return {
-      nodes: found.nodes,
+      nodes: found.nodes.map((n) => withStats(n, live)),
       totalMatching: found.total,
       avgPricePerHour: found.avgPrice,
       minPricePerHour: found.minPrice,
@@ -201,9 +215,10 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
 
   /** @throws NotFoundError when no node has this id. */
   async function get(nodeId: string): Promise<DiscoveredNode> {
-    const node = await discoveryRepo.getDiscoveredNode(db, nodeId, liveness());
+    const live = liveness();
+    const node = await discoveryRepo.getDiscoveredNode(db, nodeId, live);
     if (!node) throw new NotFoundError('node', nodeId);
-    return node;
+    return withStats(node, live);
   }
 
   return { list, find, get };

@@ -1,9 +1,11 @@
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
-import { sql } from 'drizzle-orm';
+import { inArray, sql } from 'drizzle-orm';
 import pino from 'pino';
 import { createDiscoveryHandlers } from '../../src/api/grpc/discovery-handlers';
-import { jobs, nodes } from '../../src/db/schema';
+import { claimNode } from '../../src/db/node-cache';
+import { nodeCounts } from '../../src/db/nodes-repo';
+import { jobs, nodeClaims, nodes } from '../../src/db/schema';
 import type { DeviceType, JobSpec } from '../../src/domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../../src/domain/node';
 import { computeScore, listPricePerHour } from '../../src/domain/pricing';
@@ -61,6 +63,10 @@ interface Seed {
   status?: 'online' | 'offline';
   heartbeatAgoS?: number;
   completed?: number;
+  /** Track-record counters (nodes.compute_ms, online_ms) and the start of the uptime record. */
+  computeMs?: number;
+  onlineMs?: number;
+  uptimeSinceAgoS?: number;
 }
 
 /** A nodes row as RegisterNode would write it (derived columns by the same domain functions). */
@@ -97,11 +103,16 @@ function nodeRow(s: Seed, t0: number): NodeInsert {
       stakedAmount: s.stake ?? 0,
     },
     totalJobsCompleted: s.completed ?? 0,
+    computeMs: s.computeMs ?? 0,
+    onlineMs: s.onlineMs ?? 0,
+    ...(s.uptimeSinceAgoS !== undefined && { uptimeSince: new Date(t0 - s.uptimeSinceAgoS * 1000) }),
     lastHeartbeat: new Date(t0 - (s.heartbeatAgoS ?? 1) * 1000),
   };
 }
 
-function jobRow(id: string, nodeId: string, status: 'assigned' | 'running' | 'completed'): typeof jobs.$inferInsert {
+type JobStatus = 'queued' | 'assigned' | 'running' | 'completed';
+
+function jobRow(id: string, nodeId: string | null, status: JobStatus | 'pending'): typeof jobs.$inferInsert {
   return {
     id,
     status,
@@ -141,14 +152,47 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
   const find = async (req: object = {}) => (await api.call('FindNodes', req)).res;
   const ids = (res: { nodes: { node_id: string }[] }) => res.nodes.map((n) => n.node_id);
 
-  async function reset(seeds: Seed[], active: { node: string; status: 'assigned' | 'running' | 'completed' }[], t0: number) {
-    await database.db.execute(sql`truncate nodes, jobs`);
+  /**
+   * A job on a node. `claimed` (the default while the job is not finished) gives it a capacity claim on the node
+   * the way matching does: claimNode while the job waits, then the job's row moves on to `status`. Without
+   * a claim, the job's row points at the node but holds no capacity (a finished attempt gave it back).
+   */
+  interface Placed {
+    node: string;
+    status: JobStatus;
+    claimed?: boolean;
+  }
+
+  /**
+   * Seeds the nodes and their jobs. `bulkClaims` writes the claim rows claimNode would write in one insert
+   * per thousand (taking thousands of claims one by one, each under its node's lock, would take minutes).
+   */
+  async function reset(seeds: Seed[], placed: Placed[], t0: number, opts: { bulkClaims?: boolean } = {}) {
+    await database.db.execute(sql`truncate nodes, jobs, node_claims`);
     for (let i = 0; i < seeds.length; i += 1000) await database.db.insert(nodes).values(seeds.slice(i, i + 1000).map((s) => nodeRow(s, t0)));
-    for (let i = 0; i < active.length; i += 1000) {
-      await database.db.insert(jobs).values(active.slice(i, i + 1000).map((a, j) => jobRow(`job-${i + j}`, a.node, a.status)));
+    const jobIds = placed.map((_, i) => `job-${i}`);
+    const claimed = (p: Placed) => p.claimed ?? p.status !== 'completed';
+    for (let i = 0; i < placed.length; i += 1000) {
+      await database.db.insert(jobs).values(placed.slice(i, i + 1000).map((p, j) => jobRow(jobIds[i + j], p.status === 'queued' ? null : p.node, 'pending')));
+    }
+    if (opts.bulkClaims) {
+      const rows = placed.flatMap((p, i) => (claimed(p) ? [{ nodeId: p.node, jobId: jobIds[i] }] : []));
+      for (let i = 0; i < rows.length; i += 1000) await database.db.insert(nodeClaims).values(rows.slice(i, i + 1000));
+    } else {
+      for (const [i, p] of placed.entries()) {
+        if (claimed(p)) expect(await claimNode(database.db, jobIds[i], p.node)).toBe(true);
+      }
+    }
+    // Claimed while waiting (as matching claims), then on to where the job is now.
+    for (const status of ['queued', 'assigned', 'running', 'completed'] as const) {
+      const ids = jobIds.filter((_, i) => placed[i].status === status);
+      for (let i = 0; i < ids.length; i += 1000) {
+        await database.db.update(jobs).set({ status }).where(inArray(jobs.id, ids.slice(i, i + 1000)));
+      }
     }
     await database.db.execute(sql`analyze nodes`);
     await database.db.execute(sql`analyze jobs`);
+    await database.db.execute(sql`analyze node_claims`);
   }
 
   beforeAll(async () => {
@@ -528,6 +572,90 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
     });
   });
 
+  /**
+   * Busy capacity is what matching counts: the node's rows in node_claims. Here the job rows alone would tell
+   * another story — 'matched' holds a claim while its job still reads queued (dispatch under way), and
+   * 'stale-row' has a running job row whose attempt already gave its claim back.
+   */
+  describe('busy capacity comes from capacity claims, as in matching', () => {
+    const t0 = Date.now();
+    const seeds: Seed[] = [
+      { id: 'full', capacity: 2, heartbeatAgoS: 0.1 },
+      { id: 'matched', capacity: 1, heartbeatAgoS: 0.2 },
+      { id: 'stale-row', capacity: 1, heartbeatAgoS: 2 },
+      { id: 'half', capacity: 2, heartbeatAgoS: 3 },
+      { id: 'idle', capacity: 1, heartbeatAgoS: 4 },
+    ];
+
+    beforeAll(() =>
+      reset(
+        seeds,
+        [
+          { node: 'full', status: 'running' },
+          { node: 'full', status: 'assigned' },
+          { node: 'matched', status: 'queued' },
+          { node: 'stale-row', status: 'running', claimed: false },
+          { node: 'half', status: 'running' },
+        ],
+        t0,
+      ),
+    );
+
+    it('leaves a node whose capacity is fully claimed out of FindNodes, and counts partly claimed nodes as available', async () => {
+      const res = await find({ sort_by: SORT.AVAILABILITY });
+      expect(ids(res)).toEqual(['stale-row', 'half', 'idle']);
+      expect(res.total_matching).toBe(3);
+    });
+
+    it('sorts fully claimed nodes last by availability, however fresh their heartbeat, and still shows them online', async () => {
+      const res = await list({ sort_by: SORT.AVAILABILITY });
+      expect(ids(res)).toEqual(['stale-row', 'half', 'idle', 'full', 'matched']);
+      expect(ids(await list({ sort_by: SORT.AVAILABILITY, sort_descending: true }))).toEqual(['matched', 'full', 'idle', 'half', 'stale-row']);
+      expect(res.nodes.every((n: { is_online: boolean }) => n.is_online)).toBe(true);
+      expect(ids(await list({ online_only: true, sort_by: SORT.AVAILABILITY }))).toEqual(['stale-row', 'half', 'idle', 'full', 'matched']);
+    });
+
+    it('agrees with claimNode: a claim refused on a node discovery shows full, taken on one it shows free', async () => {
+      await database.db.insert(jobs).values(jobRow('another', null, 'pending'));
+      expect(await claimNode(database.db, 'another', 'full')).toBe(false);
+      expect(await claimNode(database.db, 'another', 'matched')).toBe(false);
+      expect((await nodeCounts(database.db, new Date(Date.now() - OFFLINE_AFTER_MS))).busy).toBe(3);
+      expect(await claimNode(database.db, 'another', 'stale-row')).toBe(true);
+      expect(ids(await find({ sort_by: SORT.AVAILABILITY }))).toEqual(['half', 'idle']);
+      expect(ids(await list({ sort_by: SORT.AVAILABILITY }))).toEqual(['half', 'idle', 'full', 'matched', 'stale-row']);
+      expect(await nodeCounts(database.db, new Date(Date.now() - OFFLINE_AFTER_MS))).toEqual({ total: 5, online: 5, busy: 4 });
+    });
+  });
+
+  /** total_compute_hours and uptime_percentage from the counters on the node's row (domain/node-stats.ts). */
+  describe('track record in NodeInfo', () => {
+    const t0 = Date.now();
+    const H = 3600;
+    const seeds: Seed[] = [
+      // 100 h on record, 89 h of it online up to its last heartbeat a second ago, 50.5 h of finished attempts
+      { id: 'veteran', computeMs: 50.5 * H * 1000, onlineMs: 89 * H * 1000, uptimeSinceAgoS: 100 * H, heartbeatAgoS: 1 },
+      // offline: the time since its last heartbeat is not online time; just under 3 h of attempts is 2 whole hours
+      { id: 'gone', status: 'offline', computeMs: 3 * H * 1000 - 1, onlineMs: 30 * H * 1000, uptimeSinceAgoS: 40 * H, heartbeatAgoS: 3 * H },
+      // registered a moment ago and online: 100 %, not 0
+      { id: 'newcomer', heartbeatAgoS: 0 },
+    ];
+
+    beforeAll(() => reset(seeds, [], t0));
+
+    it('ListNodes, FindNodes and GetNodeInfo report the same whole compute hours and uptime share', async () => {
+      const byNode = (res: { nodes: { node_id: string }[] }) => new Map(res.nodes.map((n) => [n.node_id, n as Record<string, unknown>]));
+      const listed = byNode(await list());
+      expect(listed.get('veteran')).toMatchObject({ total_compute_hours: '50', uptime_percentage: expect.closeTo(89, 2) });
+      expect(listed.get('gone')).toMatchObject({ total_compute_hours: '2', uptime_percentage: expect.closeTo(75, 2), is_online: false });
+      expect(listed.get('newcomer')).toMatchObject({ total_compute_hours: '0', uptime_percentage: expect.closeTo(100, 6) });
+      const found = byNode(await find());
+      expect([...found.keys()].sort()).toEqual(['newcomer', 'veteran']);
+      expect(found.get('veteran')).toMatchObject({ total_compute_hours: '50', uptime_percentage: expect.closeTo(89, 2) });
+      const { res } = await api.call('GetNodeInfo', { node_id: 'gone' });
+      expect(res.info).toMatchObject({ total_compute_hours: '2', uptime_percentage: expect.closeTo(75, 2) });
+    });
+  });
+
   /** Many nodes with many equal keys: paging must neither repeat nor skip one. */
   describe('paging a larger network', () => {
     const t0 = Date.now();
@@ -630,7 +758,7 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
         completed: i % 300,
       }));
       const active = seeds.filter((_, i) => i % 3 === 0).map((s) => ({ node: s.id, status: 'running' as const }));
-      await reset(seeds, active, t0);
+      await reset(seeds, active, t0, { bulkClaims: true });
     }, 120_000);
 
     async function timed(what: string, run: () => Promise<unknown>): Promise<void> {

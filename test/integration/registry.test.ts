@@ -1,11 +1,16 @@
-import { eq, inArray } from 'drizzle-orm';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { and, eq, inArray } from 'drizzle-orm';
 import pino from 'pino';
 import { createJobActivities } from '../../src/activities/jobs';
+import { MIGRATIONS_DIR } from '../../src/db/client';
 import { claimNode, createNodeCache } from '../../src/db/node-cache';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
 import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes } from '../../src/db/schema';
-import type { JobSpec } from '../../src/domain/job';
+import type { JobPhase, JobSpec } from '../../src/domain/job';
+import { nodeStats } from '../../src/domain/node-stats';
+import { createDiscoveryService } from '../../src/services/discovery-service';
 import { createHeartbeatHub } from '../../src/services/heartbeat-hub';
 import type { JobWorkflowGateway } from '../../src/services/job-workflows';
 import { createNodeService } from '../../src/services/nodes-service';
@@ -251,5 +256,89 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const history = await nodesRepo.reputationHistory(database.db, 'small');
     expect(history.map((h) => h.kind)).toEqual(expect.arrayContaining(['job_completed', 'node_lost', 'ban']));
     expect(history.find((h) => h.kind === 'job_completed')).toMatchObject({ jobId: 'j-ok', delta: expect.closeTo(0.02) });
+  });
+  it('adds heartbeat gaps up to the offline timeout to the node\'s online time, and nothing for the time it was away', async () => {
+    const { heartbeats } = services();
+    await nodesRepo.upsertNode(database.db, 'steady', registration({ ipAddress: '10.7.0.1' }));
+    const start = clock;
+    await database.db.update(nodes).set({ lastHeartbeat: new Date(start), uptimeSince: new Date(start) }).where(eq(nodes.id, 'steady'));
+    const node = async () => (await nodesRepo.getNode(database.db, 'steady'))!;
+    const beat = async () => {
+      await heartbeats.beat('steady');
+      await heartbeats.flush();
+    };
+    for (let i = 0; i < 3; i++) {
+      clock += 10_000;
+      await beat();
+    }
+    expect((await node()).onlineMs).toBe(30_000);
+    clock += 120_000; // silent for two minutes: swept offline, and the gap is not online time
+    await heartbeats.flush();
+    expect((await node()).status).toBe('offline');
+    await beat();
+    expect((await node()).onlineMs).toBe(30_000);
+    clock += 10_000;
+    await beat();
+    const after = await node();
+    expect(after.onlineMs).toBe(40_000);
+    // 40 s online of 160 s on record; while online, the time since the last heartbeat counts as well
+    expect(nodeStats(after, { now: new Date(clock), online: true }).uptimePercentage).toBeCloseTo(25, 9);
+    expect(nodeStats(after, { now: new Date(clock + 5000), online: true }).uptimePercentage).toBeCloseTo((100 * 45) / 165, 9);
+    expect(nodeStats(after, { now: new Date(clock + 60_000), online: false }).uptimePercentage).toBeCloseTo((100 * 40) / 220, 9);
+  });
+
+  describe('compute time', () => {
+    const HOUR = 3_600_000;
+    const T = Date.now();
+    const at = (hoursAgo: number) => new Date(T - hoursAgo * HOUR);
+    const computeMs = async (id: string) => (await nodesRepo.getNode(database.db, id))!.computeMs;
+
+    /** A transition as the workflow records it, dated `when` (the event's `at`). */
+    async function transition(jobId: string, seq: number, from: JobPhase, to: JobPhase, nodeId: string | null, attempt: number, when: Date) {
+      await jobsRepo.recordTransition(database.db, {
+        jobId, seq, from, to, reason: to, actor: 'workflow', nodeId, attempt, assignedNodeId: to === 'queued' ? null : nodeId, attempts: attempt,
+      });
+      await database.db.update(jobEvents).set({ at: when }).where(and(eq(jobEvents.jobId, jobId), eq(jobEvents.seq, seq)));
+    }
+    const outcome = (nodeId: string, jobId: string, kind: 'job_completed' | 'node_lost', hoursAgo: number) =>
+      nodesRepo.recordReputationEvent(database.db, { nodeId, jobId, kind, reason: kind, now: at(hoursAgo) });
+
+    beforeAll(async () => {
+      await nodesRepo.upsertNode(database.db, 'worker-a', registration({ ipAddress: '10.8.0.1' }));
+      await nodesRepo.upsertNode(database.db, 'worker-b', registration({ ipAddress: '10.8.0.2' }));
+      await job('long', { status: 'queued' });
+      await job('moved', { status: 'queued' });
+    });
+
+    it('adds each finished attempt\'s time on the node once; a reassigned job counts on each node for its own attempt', async () => {
+      // 'long': on worker-a from 3 h ago until it completed now
+      await transition('long', 1, 'queued', 'assigned', 'worker-a', 1, at(3));
+      await transition('long', 2, 'assigned', 'running', 'worker-a', 1, at(2.9));
+      await outcome('worker-a', 'long', 'job_completed', 0);
+      // 'moved': on worker-a from 5 h ago until it was lost 4.5 h ago, then on worker-b from 4 h ago to 2 h ago
+      await transition('moved', 1, 'queued', 'assigned', 'worker-a', 1, at(5));
+      await outcome('worker-a', 'moved', 'node_lost', 4.5);
+      await transition('moved', 2, 'assigned', 'queued', null, 1, at(4.5));
+      await transition('moved', 3, 'queued', 'assigned', 'worker-b', 2, at(4));
+      await outcome('worker-b', 'moved', 'job_completed', 2);
+      // a retried outcome activity changes nothing
+      await outcome('worker-a', 'long', 'job_completed', 0);
+      await outcome('worker-b', 'moved', 'job_completed', 1);
+      expect(await computeMs('worker-a')).toBe(3.5 * HOUR);
+      expect(await computeMs('worker-b')).toBe(2 * HOUR);
+      const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: 30_000 });
+      expect((await discovery.get('worker-a')).totalComputeHours).toBe(3);
+      expect((await discovery.get('worker-b')).totalComputeHours).toBe(2);
+    });
+
+    it('migration 0004 backfills the same totals from the recorded events', async () => {
+      const migration = readFileSync(path.join(MIGRATIONS_DIR, '0004_node_uptime.sql'), 'utf8');
+      const backfill = migration.split('--> statement-breakpoint').find((stmt) => stmt.includes('UPDATE "nodes"'));
+      expect(backfill).toBeDefined();
+      await database.db.update(nodes).set({ computeMs: 0 }).where(inArray(nodes.id, ['worker-a', 'worker-b']));
+      await database.pool.query(backfill!);
+      expect(await computeMs('worker-a')).toBe(3.5 * HOUR);
+      expect(await computeMs('worker-b')).toBe(2 * HOUR);
+    });
   });
 });

@@ -155,8 +155,9 @@ function toPricing(node: DiscoveredNode): NodePricing {
 
 /**
  * A discovered node as the protocol's NodeInfo: reputation_score 0..1, int64 fields as decimal strings,
- * enums as numbers. is_online is liveness (status online and a fresh heartbeat). Not tracked, so 0:
- * total_compute_hours, uptime_percentage. average_rating is reputation on a 0..5 scale (as the original server).
+ * enums as numbers. is_online is liveness (status online and a fresh heartbeat). total_compute_hours (whole
+ * hours, rounded down) and uptime_percentage (0..100) as defined in domain/node-stats.ts. average_rating is
+ * reputation on a 0..5 scale (as the original server).
  */
 export function toNodeInfo(node: DiscoveredNode): NodeInfo {
   const profile = node.profile ?? {};
@@ -174,13 +175,13 @@ export function toNodeInfo(node: DiscoveredNode): NodeInfo {
     compute_score: node.computeScore,
     reputation_score: node.reputation,
     total_jobs_completed: String(node.totalJobsCompleted),
-    total_compute_hours: '0',
+    total_compute_hours: String(node.totalComputeHours),
     average_rating: node.reputation * 5,
     staked_amount: finite(profile.stakedAmount),
     wallet_address: node.walletAddress,
     is_online: node.online,
     last_heartbeat: unixSeconds(node.lastHeartbeat),
-    uptime_percentage: 0,
+    uptime_percentage: node.uptimePercentage,
     supported_formats: profile.supportedFormats ?? [],
     max_model_size: String(int(profile.maxModelSize)),
     supports_terminal_access: !!profile.supportsTerminalAccess,

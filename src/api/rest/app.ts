@@ -3,6 +3,9 @@ import type { Logger } from 'pino';
 import { DomainError, UnavailableError, ValidationError } from '../../domain/errors';
 import { JOB_PHASES, phaseToStatusCode, type JobPhase } from '../../domain/job';
 import type { JobRow } from '../../db/jobs-repo';
+import type { NodeRow } from '../../db/nodes-repo';
+import { nodeHealth } from '../../domain/health';
+import { nodeStats } from '../../domain/node-stats';
 import { summarize } from '../grpc/unary';
 
 export interface HealthCheck {
@@ -56,6 +59,43 @@ const jobJson = (j: JobRow) => ({
   startedAt: j.startedAt,
   endedAt: j.endedAt,
 });
+
+/**
+ * A node as operators see it over REST (`GET /api/nodes`, `GET /api/nodes/:id`). totalComputeHours and
+ * uptimePercentage are NodeInfo's total_compute_hours and uptime_percentage, by the same function
+ * (domain/node-stats.ts), with liveness judged as discovery judges it.
+ */
+export function nodeJson(node: NodeRow, activeJobs: number, offlineAfterMs: number, now = new Date()) {
+  const online = node.status === 'online' && node.lastHeartbeat.getTime() > now.getTime() - offlineAfterMs;
+  const stats = nodeStats(node, { now, online });
+  return {
+    id: node.id,
+    name: node.name,
+    endpoint: `${node.ipAddress}:${node.port}`,
+    region: node.region,
+    wallet: node.walletAddress,
+    devices: node.devices,
+    cpuCores: node.cpuCores,
+    ramTotal: node.ramTotal,
+    computeScore: node.computeScore,
+    pricePerHour: node.pricePerHour,
+    reputation: node.reputation,
+    health: nodeHealth(node.lastHeartbeat, now, offlineAfterMs),
+    status: node.status,
+    online,
+    bannedUntil: node.bannedUntil,
+    capacity: node.capacity,
+    activeJobs,
+    totalJobsCompleted: node.totalJobsCompleted,
+    totalJobsFailed: node.totalJobsFailed,
+    totalComputeHours: stats.totalComputeHours,
+    computeSeconds: Math.floor(node.computeMs / 1000),
+    uptimePercentage: stats.uptimePercentage,
+    uptimeSince: node.uptimeSince,
+    lastHeartbeat: node.lastHeartbeat,
+    registeredAt: node.registeredAt,
+  };
+}
 
 /** bigint → decimal string in every JSON reply. */
 const replacer = (_k: string, v: unknown) => (typeof v === 'bigint' ? v.toString() : v);
