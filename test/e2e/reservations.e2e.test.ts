@@ -346,4 +346,42 @@ test('a reservation survives restarts of the worker and the API: its timer, its 
   ]);
 });
 
+test('the node and Engine reports: job completions move reputation once each, and both end reports settle the reservation', async () => {
+  const node = await nodes.start({ name: 'reporting-node' });
+  const user = await userWallet(100n * 10n ** 9n);
+  const wallet = user.publicKey.toBase58();
+  const { escrow } = await expectedEscrow(node.nodeId, 30);
+  const reply = await reserve(node.nodeId, wallet, 30);
+  const id = reply.reservation_id;
+
+  const report = (nodeId: string, jobId: string, success = true) =>
+    engine.call('ReportJobCompleteFromNode', { reservation_id: id, job_id: jobId, node_id: nodeId, success, training_time_seconds: '12', epochs_completed: 3 });
+  expect(await report('some-other-node', id)).toMatchObject({ status: S.FAILED, error: { code: 403 } });
+  const first = await report(node.nodeId, id);
+  expect(first).toMatchObject({ status: S.SUCCESS, jobs_in_reservation: 1, reputation_change: expect.closeTo(0.02, 6), new_reputation: expect.closeTo(0.52, 6) });
+  // The same report again (a retry) changes nothing.
+  expect(await report(node.nodeId, id)).toMatchObject({ status: S.SUCCESS, jobs_in_reservation: 1, reputation_change: 0 });
+  expect(await report(node.nodeId, `${id}-2`)).toMatchObject({ status: S.SUCCESS, jobs_in_reservation: 2 });
+  expect(await engine.call('ConfirmJobComplete', { reservation_id: id, job_id: id, success: true })).toMatchObject({ status: S.SUCCESS, payment_released: false });
+  expect(await getReservation(id)).toMatchObject({ jobs_completed: 3, user_wallet: wallet, node_wallet: node.wallet, node_endpoint: reply.node_endpoint });
+
+  const listed = await engine.call('ListReservations', { user_id: wallet, page_size: 10, active_only: true });
+  expect(listed).toMatchObject({ total_count: 1, next_page_token: '', reservations: [expect.objectContaining({ reservation_id: id })] });
+  await expect(engine.call('ListReservations', { user_id: wallet, page_token: 'garbage' })).rejects.toMatchObject({ code: 3, details: expect.stringContaining('page_token') });
+
+  // One side reporting the end is not enough; both are.
+  expect(await engine.call('ReportReservationEndFromEngine', { reservation_id: id, jobs_completed: 3, user_satisfied: true })).toMatchObject({
+    status: S.SUCCESS,
+    payment_released: false,
+    message: expect.stringContaining('node'),
+  });
+  expect(await engine.call('ReportReservationEndFromNode', { reservation_id: id, node_id: 'intruder' })).toMatchObject({ status: S.FAILED, error: { code: 403 } });
+  const split = splitPayment(escrow, 1000n);
+  const ended = await engine.call('ReportReservationEndFromNode', { reservation_id: id, node_id: node.nodeId, jobs_completed: 3, node_available: true }, { deadlineMs: 30_000 });
+  expect(ended).toMatchObject({ status: S.SUCCESS, payment_released: true, amount_received: split.node.toString() });
+  expect(ended.payment_tx_hash).not.toBe('');
+  expect(await getReservation(id)).toMatchObject({ status: R.COMPLETED });
+  expect((await engine.call('ListReservations', { user_id: wallet, active_only: true })).total_count).toBe(0);
+});
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
