@@ -221,11 +221,10 @@ export function createReservationService(deps: ReservationServiceDeps) {
   /** EngineHeartbeat: the Engine is connected; @returns the time left, or GoneError once the reservation is over. */
   async function engineHeartbeat(req: { reservationId: string; jobId: string; trainingActive: boolean; progress: number; metrics: Record<string, number> }) {
     if (!req.reservationId) throw new ValidationError('reservation_id', 'is required');
-    if (!Number.isFinite(req.progress) || req.progress < 0 || req.progress > 1) throw new ValidationError('job_progress', 'must be within 0..1');
     const row = await repo.engineHeartbeat(db, req.reservationId, {
       at: new Date(now()),
       trainingActive: req.trainingActive,
-      progress: req.progress,
+      progress: progressFraction(req.progress),
       metrics: finiteMetrics(req.metrics),
       jobId: req.jobId,
     });
@@ -383,6 +382,16 @@ export function createReservationService(deps: ReservationServiceDeps) {
 }
 
 export type ReservationService = ReturnType<typeof createReservationService>;
+
+/**
+ * job_progress as a 0..1 fraction. A value above 1 (up to 100) is taken as a percentage: a heartbeat is the
+ * Engine's liveness, and refusing it over the progress format would show a connected Engine as gone.
+ * @throws ValidationError for negative, non-finite or larger values.
+ */
+function progressFraction(p: number): number {
+  if (!Number.isFinite(p) || p < 0 || p > 100) throw new ValidationError('job_progress', 'must be a fraction within 0..1 (or a percentage up to 100)');
+  return p > 1 ? p / 100 : p;
+}
 
 function finiteMetrics(m: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(m ?? {}).filter(([, v]) => Number.isFinite(v)).slice(0, 100));

@@ -365,6 +365,12 @@ test('the node and Engine reports: job completions move reputation once each, an
   expect(await engine.call('ConfirmJobComplete', { reservation_id: id, job_id: id, success: true })).toMatchObject({ status: S.SUCCESS, payment_released: false });
   expect(await getReservation(id)).toMatchObject({ jobs_completed: 3, user_wallet: wallet, node_wallet: node.wallet, node_endpoint: reply.node_endpoint });
 
+  // Progress as a fraction or a percentage is kept as a fraction; a negative one is refused naming the field.
+  const beat = (progress: number) => engine.call('EngineHeartbeat', { reservation_id: id, job_id: id, training_active: true, job_progress: progress, current_metrics: {} });
+  expect(await beat(45)).toMatchObject({ status: S.SUCCESS });
+  expect((await getReservation(id)).job_progress).toBeCloseTo(0.45, 9);
+  expect(await beat(-1)).toMatchObject({ status: S.FAILED, error: { code: 400, message: expect.stringContaining('job_progress') } });
+
   const listed = await engine.call('ListReservations', { user_id: wallet, page_size: 10, active_only: true });
   expect(listed).toMatchObject({ total_count: 1, next_page_token: '', reservations: [expect.objectContaining({ reservation_id: id })] });
   await expect(engine.call('ListReservations', { user_id: wallet, page_token: 'garbage' })).rejects.toMatchObject({ code: 3, details: expect.stringContaining('page_token') });
