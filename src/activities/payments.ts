@@ -11,7 +11,7 @@ const HEARTBEAT_EVERY_MS = 2000;
  * Runs `work` while heartbeating, so a worker that dies mid-settlement is noticed within the activity's
  * heartbeat timeout instead of its whole start-to-close timeout.
  */
-async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
+export async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
   const timer = setInterval(() => Context.current().heartbeat(), HEARTBEAT_EVERY_MS);
   try {
     return await work();

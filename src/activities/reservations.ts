@@ -1,8 +1,9 @@
-import { CompleteAsyncError, Context } from '@temporalio/activity';
+import { CompleteAsyncError } from '@temporalio/activity';
 import type { ChainSettlement, LegReceipt, PotOutcome } from '../chain/settlement';
 import type { Db } from '../db/client';
 import * as nodesRepo from '../db/nodes-repo';
 import * as repo from '../db/reservations-repo';
+import { heartbeating } from './payments';
 import type { ReservationStatus } from '../domain/reservation';
 
 export type { PotOutcome };
@@ -12,18 +13,6 @@ export interface ReservationActivityDeps {
   settlement: ChainSettlement;
   /** Wakes queued jobs (a node came free). */
   wakeQueued(): Promise<void>;
-}
-
-/** How often a running money activity tells Temporal it is alive. */
-const HEARTBEAT_EVERY_MS = 2000;
-
-async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
-  const timer = setInterval(() => Context.current().heartbeat(), HEARTBEAT_EVERY_MS);
-  try {
-    return await work();
-  } finally {
-    clearInterval(timer);
-  }
 }
 
 /** What the workflow records when a reservation ends. */
