@@ -144,13 +144,18 @@ export async function listReservations(
   return { rows: rows.map(withNode), total };
 }
 
-/** Live reservations on any of these nodes (the heartbeat hub keeps their node watches alive). */
-export async function liveOnNodes(db: DbOrTx, nodeIds: string[]): Promise<{ id: string; nodeId: string }[]> {
-  if (nodeIds.length === 0) return [];
-  return db
+/**
+ * Active reservations on any of these nodes (the heartbeat hub keeps their node watches alive). Reads the few
+ * active reservations by the status index and intersects in memory: a batch can hold 100,000 node ids.
+ */
+export async function liveOnNodes(db: DbOrTx, nodeIds: Iterable<string>): Promise<{ id: string; nodeId: string }[]> {
+  const active = await db
     .select({ id: reservations.id, nodeId: reservations.nodeId })
     .from(reservations)
-    .where(and(inArray(reservations.nodeId, nodeIds), inArray(reservations.status, ['active'])));
+    .where(eq(reservations.status, 'active'));
+  if (active.length === 0) return [];
+  const beating = nodeIds instanceof Set ? (nodeIds as Set<string>) : new Set(nodeIds);
+  return active.filter((r) => beating.has(r.nodeId));
 }
 
 /** Reservations owing a node money it can now receive (it registered a wallet). */

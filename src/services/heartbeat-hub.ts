@@ -7,7 +7,7 @@ export interface HeartbeatHubDeps {
   db: Db;
   workflows: JobWorkflowGateway;
   /** Keeps the node watches of reservations on beating nodes alive. */
-  reservations?: { nodesAlive(nodeIds: string[]): Promise<void> };
+  reservations?: { nodesAlive(nodeIds: Iterable<string>): Promise<void> };
   flushMs: number;
   offlineAfterMs: number;
   metricsSampleMs: number;
@@ -83,7 +83,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         ),
       );
       await deps.reservations
-        ?.nodesAlive([...batch.keys()])
+        ?.nodesAlive(new Set(batch.keys()))
         .catch((err) => log.warn({ err: String(err) }, 'could not pass node liveness to reservations'));
       if (back.length > 0) {
         log.info({ nodes: back }, 'nodes back online');

@@ -342,7 +342,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
   }
 
   /** The heartbeat hub's batch: these nodes are alive, so are their reservations' watches. */
-  async function nodesAlive(nodeIds: string[]): Promise<void> {
+  async function nodesAlive(nodeIds: Iterable<string>): Promise<void> {
     const live = await repo.liveOnNodes(db, nodeIds);
     await Promise.all(live.map((r) => nodeAlive(r.id)));
   }
