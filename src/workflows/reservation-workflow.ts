@@ -249,23 +249,28 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       end.kind === 'expired' ? 'expired' : end.kind === 'node_lost' ? 'failed' : release?.by === 'both' ? 'completed' : 'cancelled';
     const endedAt = Date.now();
     const usedMs = Math.max(0, Math.min(end.kind === 'node_lost' ? end.lastAliveAt : endedAt, endAt) - startAt);
-    status = 'completing';
-    lastReason = end.reason;
-    publish();
-    await store.endHold({ id, nodeId: spec.nodeId, status, reason: end.reason });
-    if (end.kind === 'node_lost') await store.penalizeLostNode({ id, nodeId: spec.nodeId, reason: end.reason });
+    // Once decided, the end is settled and recorded as decided: a cancel arriving meanwhile (an operator's) must not
+    // leave the money moved but the reservation unrecorded, nor settle it a second time under another policy.
+    const shares = await CancellationScope.nonCancellable(async () => {
+      status = 'completing';
+      lastReason = end.reason;
+      publish();
+      await store.endHold({ id, nodeId: spec.nodeId, status, reason: end.reason });
+      if (end.kind === 'node_lost') await store.penalizeLostNode({ id, nodeId: spec.nodeId, reason: end.reason });
 
-    const total = escrowed();
-    // Billed in whole seconds of reserved time (a shortened minute in tests and demos bills as a real one).
-    const usedSeconds = Math.ceil((usedMs * 60) / options.minuteMs);
-    const earned = earnedUnits({ kind: end.kind, policy, escrowed: total, perHour, usedSeconds });
-    const shares = allocateOverPots(pots.map((p) => BigInt(p.units)), earned);
-    const outcomes = await settlePots(shares.map((s) => s.toString()));
-    receipt = summarize(finalStatus, usedSeconds, outcomes);
-    status = finalStatus;
-    await store.finishReservation({ id, nodeId: spec.nodeId, status, reason: end.reason, endedAt, ...receiptFields(receipt) });
-    publish();
-    if (receipt.owed) await payOwed(end.reason, endedAt, shares.map((s) => s.toString()));
+      const total = escrowed();
+      // Billed in whole seconds of reserved time (a shortened minute in tests and demos bills as a real one).
+      const usedSeconds = Math.ceil((usedMs * 60) / options.minuteMs);
+      const earned = earnedUnits({ kind: end.kind, policy, escrowed: total, perHour, usedSeconds });
+      const shares = allocateOverPots(pots.map((p) => BigInt(p.units)), earned).map((s) => s.toString());
+      const outcomes = await settlePots(shares);
+      receipt = summarize(finalStatus, usedSeconds, outcomes);
+      status = finalStatus;
+      await store.finishReservation({ id, nodeId: spec.nodeId, status, reason: end.reason, endedAt, ...receiptFields(receipt) });
+      publish();
+      return shares;
+    });
+    if (receipt?.owed) await payOwed(end.reason, endedAt, shares);
   }
 
   async function settlePots(shares: string[]): Promise<PotOutcome[]> {
@@ -327,22 +332,24 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   pots.push(first);
   startAt = Date.now();
   endAt = startAt + spec.minutes * options.minuteMs;
-  await store.activateReservation({ id, startAt, endAt, escrowAccount: escrow.to, fundedBy: escrow.fundedBy });
-  status = 'active';
-  lastReason = `escrowed ${first.units} units from ${escrow.fundedBy}`;
-  ready = { ok: true, startAt, endAt, escrowAccount: escrow.to, escrowUnits: first.units, escrowTx: escrow.txRef };
-  publish();
-
+  // From here the pot holds money: a cancel (even one that came while the escrow was in flight) must settle it.
   try {
+    await store.activateReservation({ id, startAt, endAt, escrowAccount: escrow.to, fundedBy: escrow.fundedBy });
+    status = 'active';
+    lastReason = `escrowed ${first.units} units from ${escrow.fundedBy}`;
+    ready = { ok: true, startAt, endAt, escrowAccount: escrow.to, escrowUnits: first.units, escrowTx: escrow.txRef };
+    publish();
     const end = await hold();
     await settle(end, options.earlyRelease);
   } catch (err) {
     if (!isCancellation(err) || receipt) throw err;
     // Cancelled from Temporal itself (Web UI, CLI): the user pays for the time used, no more.
     release ??= { reason: 'cancelled by an operator', by: 'operator' };
-    await CancellationScope.nonCancellable(() =>
-      settle({ kind: 'released', reason: 'cancelled by an operator', lastAliveAt: Date.now() }, 'prorated'),
-    );
+    await CancellationScope.nonCancellable(async () => {
+      // An extension paying right now adds a pot that must be settled too (as a release waits for it in hold()).
+      await condition(() => extending === 0);
+      await settle({ kind: 'released', reason: 'cancelled by an operator', lastAliveAt: Date.now() }, 'prorated');
+    });
     throw err;
   }
   await condition(allHandlersFinished);
