@@ -349,7 +349,8 @@ export function createReservationService(deps: ReservationServiceDeps) {
 
   async function nodeAlive(id: string): Promise<void> {
     try {
-      await client.activity.heartbeat({ workflowId: id, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat' });
+      // `at` tells the workflow when the node last showed life if it goes silent (it bills up to then).
+      await client.activity.heartbeat({ workflowId: id, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat', at: now() });
     } catch (err) {
       if (err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError) return;
       throw err;

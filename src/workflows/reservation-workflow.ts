@@ -233,7 +233,8 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
         await condition(() => extending === 0);
         if (release) return { kind: 'released', reason: `released by the ${release.by}: ${release.reason || 'no reason given'}`, lastAliveAt: Date.now() };
         if (watchEnded) {
-          const lastAliveAt = Math.max(startAt, Date.now() - options.nodeHeartbeatTimeoutMs);
+          // The last heartbeat the API passed on carries when the node last beat; none means it never did.
+          const lastAliveAt = Math.min(Date.now(), Math.max(startAt, lastBeatAt(watchEnded.error) ?? startAt));
           return { kind: 'node_lost', reason: describeWatchEnd(watchEnded.error, options), lastAliveAt };
         }
         if (Date.now() >= endAt) return { kind: 'expired', reason: `ran its full ${minutes} min`, lastAliveAt: endAt };
@@ -354,6 +355,13 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   }
   await condition(allHandlersFinished);
   return receipt!;
+}
+
+/** When the node last beat, from the details of the watch's last heartbeat ({ at: ms since the epoch }). */
+function lastBeatAt(error: unknown): number | undefined {
+  const cause = error instanceof ActivityFailure ? error.cause : error;
+  const details = cause instanceof TimeoutFailure ? (cause.lastHeartbeatDetails as { at?: unknown } | undefined) : undefined;
+  return typeof details?.at === 'number' && Number.isFinite(details.at) ? details.at : undefined;
 }
 
 function describeWatchEnd(error: unknown, options: ReservationOptions): string {

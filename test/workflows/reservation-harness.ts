@@ -295,7 +295,7 @@ export function keepReservedNodeAlive(client: Client, reservationId: string, eve
   let stopped = false;
   const beat = async () => {
     try {
-      await client.activity.heartbeat({ workflowId: reservationId, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat' });
+      await client.activity.heartbeat({ workflowId: reservationId, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat', at: Date.now() });
       beats += 1;
       lastBeatAt = Date.now();
     } catch (err) {

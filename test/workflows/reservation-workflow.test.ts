@@ -437,8 +437,9 @@ describe('reservationWorkflow', () => {
       const receipt = await handle.result();
       const lostAt = Date.now();
       expect(receipt.status).toBe('failed');
-      // Billed until the last sign of life (detection time − heartbeat timeout), never up to the detection.
-      expect(receipt.timeUsedSeconds).toBeGreaterThanOrEqual(billedSeconds(lastBeatAt - ready.startAt - 200, minuteMs));
+      // Billed until the last sign of life (the `at` of the watch's last heartbeat), never up to the detection.
+      expect(receipt.timeUsedSeconds).toBeGreaterThanOrEqual(billedSeconds(lastBeatAt - ready.startAt - 250, minuteMs));
+      expect(receipt.timeUsedSeconds).toBeLessThanOrEqual(billedSeconds(lastBeatAt - ready.startAt + 50, minuteMs));
       expect(receipt.timeUsedSeconds).toBeLessThanOrEqual(billedSeconds(lostAt - nodeHeartbeatTimeoutMs - ready.startAt, minuteMs));
       const earned = costOfSeconds(PER_HOUR_UNITS, receipt.timeUsedSeconds);
       expect(earned).toBeLessThan(escrowOf(60));
@@ -457,6 +458,19 @@ describe('reservationWorkflow', () => {
       expect(world.calls('finishReservation')).toEqual([expect.objectContaining({ status: 'failed', reason, paid: earned.toString() })]);
       expect(world.timeline.indexOf('penalizeLostNode:' + id)).toBeGreaterThan(world.timeline.indexOf('endHold:completing'));
       expect(world.watchCalls).toHaveLength(1);
+    });
+  });
+
+  test('a node that never beats after the start is billed nothing: the whole escrow goes back', async () => {
+    const world = new FakeReservationWorld();
+    const id = newId('never-beat');
+    await withWorker('never-beat', world, async ({ start }) => {
+      const handle = await start(reservationSpec(id, { minutes: 60 }), { minuteMs: 200, nodeHeartbeatTimeoutMs: 1000 });
+      const ready = await handle.executeUpdate(reservationReadyUpdate);
+      expect(ready.ok).toBe(true);
+      const receipt = await handle.result();
+      expect(receipt).toEqual({ status: 'failed', timeUsedSeconds: 0, ...settlementOf([escrowOf(60)], 0n), paymentTx: '', refundTx: `ledger:${id}/refund`, owed: false });
+      expect(world.calls('penalizeLostNode')).toEqual([{ id, nodeId: 'node-a', reason: 'node lost: silent for 1 s' }]);
     });
   });
 
