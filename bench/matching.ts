@@ -215,7 +215,7 @@ export interface NodeCacheStats {
    * that re-reads 5 s of overlap) each refresh re-reads the nodes that beat in the last ~6 s.
    */
   refresh_steady_ms: number | null;
-  /** candidates(): the table as of now (liveness judged at this instant), once per match. */
+  /** candidates(): what a match asks of the cache before ranking (the table itself: nothing is copied). */
   candidates_ms: number | null;
   /** What matchNode spends in memory per job: candidates() + rankCandidates, back to back. */
   match_path: LatencyStats;

@@ -29,17 +29,12 @@ export function createNodeCache(deps: {
    * has to be as fresh as the offline threshold needs; a match that places nothing refreshes it at once.
    */
   livenessEveryMs?: number;
-  now?: () => number;
   /** A background refresh failed (the table stays as it was; the next one retries). */
   onError?: (err: unknown) => void;
 }) {
-  const now = deps.now ?? Date.now;
   const every = deps.refreshEveryMs ?? 500;
   const livenessEvery = deps.livenessEveryMs ?? Math.min(5000, deps.offlineAfterMs / 6);
   const table = new CandidateTable();
-  // Liveness per row, beside the table: a match derives `online` from them at its own instant.
-  let statusOnline = new Uint8Array(table.ramTotal.length);
-  let heartbeat = new Float64Array(table.ramTotal.length);
   let since = new Date(0);
   let beatsSince = new Date(0);
   let beatsReadAt = 0;
@@ -49,16 +44,6 @@ export function createNodeCache(deps: {
   let queued: Promise<void> | undefined;
   let timer: NodeJS.Timeout | undefined;
   let started = false;
-
-  function ensureRoom(): void {
-    if (statusOnline.length >= table.ramTotal.length) return;
-    const s = new Uint8Array(table.ramTotal.length);
-    s.set(statusOnline);
-    statusOnline = s;
-    const h = new Float64Array(table.ramTotal.length);
-    h.set(heartbeat);
-    heartbeat = h;
-  }
 
   async function load(): Promise<void> {
     // Rows carry their writers' wall-clock times (registration, heartbeat batch), not this cache's clock.
@@ -101,7 +86,7 @@ export function createNodeCache(deps: {
       let i = table.indexOf(r.id);
       if (r.port <= 0) {
         // No endpoint (yet): not a candidate. A registration bumps updated_at and brings it back.
-        if (i !== undefined) removeRow(i);
+        if (i !== undefined) table.remove(i);
         continue;
       }
       const candidate = {
@@ -118,19 +103,15 @@ export function createNodeCache(deps: {
         online: false,
         activeJobs: i === undefined ? 0 : table.activeJobs[i],
       };
-      if (i === undefined) {
-        i = table.push(candidate);
-        ensureRoom();
-      } else table.set(i, candidate);
-      statusOnline[i] = r.status === 'online' ? 1 : 0;
-      heartbeat[i] = r.lastHeartbeat.getTime();
+      if (i === undefined) i = table.push(candidate);
+      else table.set(i, candidate);
+      table.onlineUntil[i] = onlineUntil(r.status === 'online', r.lastHeartbeat.getTime());
     }
     for (const b of beats.rows) {
       if (++applied % ROWS_PER_TURN === 0) await nextTurn();
       const i = table.indexOf(b.id);
       if (i === undefined) continue;
-      statusOnline[i] = b.up ? 1 : 0;
-      heartbeat[i] = b.at;
+      table.onlineUntil[i] = onlineUntil(b.up, b.at);
     }
     // Claims at once: a match sees the whole count or none of it.
     table.activeJobs.fill(0, 0, table.size);
@@ -146,10 +127,9 @@ export function createNodeCache(deps: {
     loads++;
   }
 
-  function removeRow(i: number): void {
-    table.remove(i);
-    statusOnline.copyWithin(i, i + 1, table.size + 1);
-    heartbeat.copyWithin(i, i + 1, table.size + 1);
+  /** A node is online while its status says so and its last heartbeat is younger than the threshold. */
+  function onlineUntil(up: boolean, lastHeartbeatMs: number): number {
+    return up ? lastHeartbeatMs + deps.offlineAfterMs : -Infinity;
   }
 
   /**
@@ -201,13 +181,10 @@ export function createNodeCache(deps: {
   }
 
   /**
-   * Every node with an endpoint, as matching sees it now: the last refresh, with liveness judged at this
-   * instant and the claims noted since. Not a copy: valid until the next await.
+   * Every node with an endpoint, as matching sees it: the last refresh plus the claims noted since (liveness is
+   * judged at the match's instant). Not a copy: a refresh updates it in place.
    */
   function candidates(): CandidateTable {
-    const onlineSince = now() - deps.offlineAfterMs;
-    const online = table.online;
-    for (let i = 0; i < table.size; i++) online[i] = statusOnline[i] === 1 && heartbeat[i] > onlineSince ? 1 : 0;
     return table;
   }
 

@@ -242,8 +242,12 @@ export class CandidateTable {
   pricePerHour: Float64Array;
   /** Epoch ms; -Infinity when not banned. */
   bannedUntil: Float64Array;
-  /** 1 when online. */
-  online: Uint8Array;
+  /**
+   * Epoch ms until which the node counts as online (the match's `now` must be before it): +Infinity or
+   * -Infinity for a Candidate's `online`; a registry stores its last heartbeat plus the offline threshold, so
+   * liveness is judged at each match's instant without touching the table.
+   */
+  onlineUntil: Float64Array;
   /** 1 when held by a reservation (reservedBy set). */
   reserved: Uint8Array;
   /** Index into `regions`. */
@@ -266,7 +270,7 @@ export class CandidateTable {
     this.capacity = new Float64Array(capacity);
     this.pricePerHour = new Float64Array(capacity);
     this.bannedUntil = new Float64Array(capacity);
-    this.online = new Uint8Array(capacity);
+    this.onlineUntil = new Float64Array(capacity);
     this.reserved = new Uint8Array(capacity);
     this.region = new Int32Array(capacity);
     this.scratch = new Int32Array(capacity);
@@ -311,7 +315,7 @@ export class CandidateTable {
     this.capacity[i] = c.capacity;
     this.pricePerHour[i] = c.pricePerHour;
     this.bannedUntil[i] = c.bannedUntil ? c.bannedUntil.getTime() : NOT_BANNED;
-    this.online[i] = c.online ? 1 : 0;
+    this.onlineUntil[i] = c.online ? Infinity : -Infinity;
     let r = this.regionIndex.get(c.region);
     if (r === undefined) {
       r = this.regions.push(c.region) - 1;
@@ -320,8 +324,8 @@ export class CandidateTable {
     this.region[i] = r;
   }
 
-  /** Row i as a Candidate object (for explanations; not on the per-node path). */
-  get(i: number): Candidate {
+  /** Row i as a Candidate object, online as of `at` (for explanations; not on the per-node path). */
+  get(i: number, at = Date.now()): Candidate {
     const memory: Partial<Record<DeviceType, number>> = {};
     for (const t of DEVICE_TYPES) if (!Number.isNaN(this.memory[t][i])) memory[t] = this.memory[t][i];
     const banned = this.bannedUntil[i];
@@ -335,7 +339,7 @@ export class CandidateTable {
       capacity: this.capacity[i],
       region: this.regions[this.region[i]],
       pricePerHour: this.pricePerHour[i],
-      online: this.online[i] === 1,
+      online: this.onlineUntil[i] > at,
       bannedUntil: banned === NOT_BANNED ? null : new Date(banned),
       reservedBy: this.reservedBy[i],
       memory,
@@ -346,7 +350,7 @@ export class CandidateTable {
   remove(i: number): void {
     const last = this.size - 1;
     this.rowOf.delete(this.ids[i]);
-    for (const col of [this.ramTotal, ...Object.values(this.memory), this.computeScore, this.reputation, this.activeJobs, this.capacity, this.pricePerHour, this.bannedUntil, this.online, this.reserved, this.region]) {
+    for (const col of [this.ramTotal, ...Object.values(this.memory), this.computeScore, this.reputation, this.activeJobs, this.capacity, this.pricePerHour, this.bannedUntil, this.onlineUntil, this.reserved, this.region]) {
       col.copyWithin(i, i + 1, this.size);
     }
     this.ids.splice(i, 1);
@@ -370,7 +374,7 @@ export class CandidateTable {
     this.capacity = widen(this.capacity);
     this.pricePerHour = widen(this.pricePerHour);
     this.bannedUntil = widen(this.bannedUntil);
-    this.online = widen(this.online);
+    this.onlineUntil = widen(this.onlineUntil);
     this.reserved = widen(this.reserved);
     this.region = widen(this.region);
     this.scratch = new Int32Array(rows);
@@ -466,7 +470,7 @@ function rankTable(t: CandidateTable, m: MatchCriteria, limits: { top?: number; 
       firstSeen.push(kind);
       unseen--;
     }
-    if (rejected.length < wanted) rejected.push({ nodeId: t.ids[i], reason: rejectionReason(t.get(i), m) ?? names[kind] });
+    if (rejected.length < wanted) rejected.push({ nodeId: t.ids[i], reason: rejectionReason(t.get(i, job.now), m) ?? names[kind] });
   }
   const rejectedCounts: Record<string, number> = {};
   for (const kind of firstSeen) rejectedCounts[names[kind]] = counts[kind];
@@ -490,7 +494,7 @@ interface FilterJob {
  * @returns how many rows are eligible.
  */
 function classify(t: CandidateTable, memory: Float64Array, regionKind: Uint8Array, job: FilterJob, counts: Int32Array, prices: number[]): number {
-  const { mark, online, reserved, bannedUntil, activeJobs, capacity, region, pricePerHour, size, kinds, scratch } = t;
+  const { mark, onlineUntil, reserved, bannedUntil, activeJobs, capacity, region, pricePerHour, size, kinds, scratch } = t;
   const { now, minMemory, priceLimit, maybeOver, surelyOver } = job;
   let eligible = 0;
   let minPrice = Infinity;
@@ -501,7 +505,7 @@ function classify(t: CandidateTable, memory: Float64Array, regionKind: Uint8Arra
     const mem = memory[i];
     const price = pricePerHour[i];
     if (mark[i] === 1) kind = K_EXCLUDED;
-    else if (online[i] === 0) kind = K_OFFLINE;
+    else if (!(onlineUntil[i] > now)) kind = K_OFFLINE;
     else if (reserved[i] === 1) kind = K_RESERVED;
     else if (bannedUntil[i] > now) kind = K_BANNED;
     else if (activeJobs[i] >= capacity[i]) kind = K_FULL;

@@ -160,7 +160,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
   }
 
   it('matches the best-scoring fitting online node, never an excluded one, and explains the others', async () => {
-    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, now: () => clock });
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
     const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
     const { nodeService, heartbeats } = services();
     // jobs of the earlier tests are done: none waits ahead of the ones below
@@ -194,7 +194,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
   });
 
   it('gives free capacity to the most urgent waiting job first, oldest first within a priority', async () => {
-    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, now: () => clock });
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
     const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
     await job('urgent', { status: 'queued', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 5000) });
     await job('early-normal', { status: 'queued', createdAt: new Date(clock - 5000) });
@@ -255,7 +255,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   // Last in this file: it moves the clock, so earlier nodes look silent from here on.
   it('keeps the node cache current in the background; a match that places a job runs no refresh', async () => {
-    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, refreshEveryMs: 20, livenessEveryMs: 100, now: () => clock });
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, refreshEveryMs: 20, livenessEveryMs: 100 });
     const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
     const { nodeService, heartbeats } = services();
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
@@ -265,7 +265,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const row = (id: string) => {
       const t = cache.candidates();
       const i = t.indexOf(id);
-      return i === undefined ? undefined : t.get(i);
+      return i === undefined ? undefined : t.get(i, clock);
     };
     const eventually = async (what: () => boolean) => {
       for (let i = 0; i < 250 && !what(); i++) await new Promise((r) => setTimeout(r, 20));
@@ -328,10 +328,10 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await cache.stop();
 
     // Background refreshes read heartbeats only every livenessEveryMs; an explicit refresh always does.
-    const slow = createNodeCache({ db: database.db, offlineAfterMs: 30_000, refreshEveryMs: 20, livenessEveryMs: 3600_000, now: () => clock });
+    const slow = createNodeCache({ db: database.db, offlineAfterMs: 30_000, refreshEveryMs: 20, livenessEveryMs: 3600_000 });
     slow.start();
     await eventually(() => slow.refreshes() >= 1);
-    const slowRow = () => slow.candidates().get(slow.candidates().indexOf('metal-2')!);
+    const slowRow = () => slow.candidates().get(slow.candidates().indexOf('metal-2')!, clock);
     expect(slowRow().online).toBe(false);
     await database.db.update(nodes).set({ updatedAt: anHourAgo }).where(eq(nodes.id, 'metal-2'));
     await heartbeats.beat('metal-2');
