@@ -6,7 +6,7 @@ import { nodeClaims, nodes } from './schema';
 /** Rows changed within this long before a refresh began are read again by the next one (commits racing the read). */
 const OVERLAP_MS = 5000;
 /** Rows applied between two turns of the event loop, so a match never waits long behind a refresh. */
-const ROWS_PER_TURN = 4096;
+const ROWS_PER_TURN = 1000;
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /**
