@@ -230,7 +230,6 @@ export class CandidateTable {
   /** Rows in use (the arrays may be longer). */
   size = 0;
   ids: string[] = [];
-  devices: Candidate['devices'][] = [];
   reservedBy: (string | null)[] = [];
   ramTotal: Float64Array;
   /** The largest memory per device type as memoryByType gives it; NaN where the node has none of that type. */
@@ -303,7 +302,6 @@ export class CandidateTable {
   /** Overwrites row i with c (the same node: its id is not re-indexed). */
   set(i: number, c: Candidate): void {
     this.ids[i] = c.id;
-    this.devices[i] = c.devices;
     this.reservedBy[i] = c.reservedBy ?? null;
     this.reserved[i] = c.reservedBy ? 1 : 0;
     this.ramTotal[i] = c.ramTotal;
@@ -324,14 +322,18 @@ export class CandidateTable {
     this.region[i] = r;
   }
 
-  /** Row i as a Candidate object, online as of `at` (for explanations; not on the per-node path). */
+  /**
+   * Row i as a Candidate object, online as of `at` (for explanations; not on the per-node path). Its devices are
+   * one per type with that type's largest memory: what matching and rejectionReason read of them (the table
+   * keeps no device lists, which at 100k nodes would hold a few hundred MB for the garbage collector to walk).
+   */
   get(i: number, at = Date.now()): Candidate {
     const memory: Partial<Record<DeviceType, number>> = {};
     for (const t of DEVICE_TYPES) if (!Number.isNaN(this.memory[t][i])) memory[t] = this.memory[t][i];
     const banned = this.bannedUntil[i];
     return {
       id: this.ids[i],
-      devices: this.devices[i],
+      devices: DEVICE_TYPES.filter((t) => memory[t] !== undefined).map((t) => ({ deviceType: t, vramTotal: memory[t]!, memoryTotal: memory[t]! })),
       ramTotal: this.ramTotal[i],
       computeScore: this.computeScore[i],
       reputation: this.reputation[i],
@@ -354,7 +356,6 @@ export class CandidateTable {
       col.copyWithin(i, i + 1, this.size);
     }
     this.ids.splice(i, 1);
-    this.devices.splice(i, 1);
     this.reservedBy.splice(i, 1);
     this.size = last;
     for (let k = i; k < last; k++) this.rowOf.set(this.ids[k], k);

@@ -187,11 +187,13 @@ describe('match score over a CandidateTable', () => {
     nodes.splice(10, 1);
     expect(table.size).toBe(nodes.length);
     for (const i of [0, 5, 9, 10, 11, nodes.length - 1]) {
-      const { memory, ...rest } = table.get(i);
-      const { memory: _m, reservedBy, ...want } = nodes[i];
+      const { memory, devices, ...rest } = table.get(i);
+      const { memory: _m, devices: original, reservedBy, ...want } = nodes[i];
       expect(rest).toEqual({ ...want, reservedBy: reservedBy ?? null });
       expect(table.indexOf(nodes[i].id)).toBe(i);
       expect(memory).toEqual(Object.fromEntries(Object.entries(memoryByType(nodes[i])).filter(([, v]) => v !== undefined)));
+      // one device per type with its largest memory: the same fit (and reasons) for every kind of job
+      expect(memoryByType({ devices, ramTotal: rest.ramTotal })).toEqual(memoryByType({ devices: original, ramTotal: rest.ramTotal }));
     }
     const m = criteria({ requiredDevice: 'UNKNOWN', minMemory: 0 });
     expect(rankCandidates(table, m, { top: 50, rejectedSample: 50 })).toEqual(rankCandidates(nodes, m, { top: 50, rejectedSample: 50 }));
