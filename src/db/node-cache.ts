@@ -22,7 +22,10 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 export function createNodeCache(deps: {
   db: Db;
   offlineAfterMs: number;
-  /** Pause between background refreshes (after one ends, the next starts this much later). */
+  /**
+   * Pause between background refreshes (after one ends, the next starts this much later; default 1 s, the age
+   * the table could reach before, when matches refreshed it).
+   */
   refreshEveryMs?: number;
   /**
    * How often a refresh also reads heartbeats (default: a sixth of `offlineAfterMs`, at most 5 s). Liveness only
@@ -32,7 +35,7 @@ export function createNodeCache(deps: {
   /** A background refresh failed (the table stays as it was; the next one retries). */
   onError?: (err: unknown) => void;
 }) {
-  const every = deps.refreshEveryMs ?? 500;
+  const every = deps.refreshEveryMs ?? 1000;
   const livenessEvery = deps.livenessEveryMs ?? Math.min(5000, deps.offlineAfterMs / 6);
   const table = new CandidateTable();
   let since = new Date(0);
