@@ -5,7 +5,7 @@ import { createNodeCache } from '../src/db/node-cache';
 import type { DeviceType } from '../src/domain/job';
 import type { DeviceCapsSpec } from '../src/domain/node';
 import { computeScore, listPricePerHour } from '../src/domain/pricing';
-import { memoryByType, rankCandidates, type Candidate, type MatchCriteria } from '../src/domain/scoring';
+import { CandidateTable, memoryByType, rankCandidates, type Candidate, type MatchCriteria } from '../src/domain/scoring';
 import { log, mean, quantile, round } from './lib/util';
 
 const GiB = 2 ** 30;
@@ -193,11 +193,15 @@ function timeRanking(rank: (c: MatchCriteria) => number, jobs: MatchCriteria[], 
   return stats(samples, eligible);
 }
 
-/** rankCandidates alone over synthetic candidates shaped like node-cache output. */
-export function benchRankCandidates(n: number, opts: { warmup: number; iterations: number }): LatencyStats {
+/**
+ * rankCandidates alone over synthetic candidates in the CandidateTable that NodeCache.candidates() returns;
+ * `objects: true` ranks the same candidates as Candidate objects (the reference path) instead.
+ */
+export function benchRankCandidates(n: number, opts: { warmup: number; iterations: number; objects?: boolean }): LatencyStats {
   const candidates = toCandidates(syntheticNetwork(n));
   const jobs = jobMix(Math.max(500, opts.iterations), candidates.map((c) => c.id));
-  return timeRanking((c) => rankCandidates(candidates, c).eligible, jobs, opts.warmup, opts.iterations);
+  const source = opts.objects ? candidates : CandidateTable.of(candidates);
+  return timeRanking((c) => rankCandidates(source, c).eligible, jobs, opts.warmup, opts.iterations);
 }
 
 export interface NodeCacheStats {
@@ -211,25 +215,40 @@ export interface NodeCacheStats {
    * that re-reads 5 s of overlap) each refresh re-reads the nodes that beat in the last ~6 s.
    */
   refresh_steady_ms: number | null;
-  /** candidates(): the per-match copy of every cached node. */
+  /** candidates(): what a match asks of the cache before ranking (the table itself: nothing is copied). */
   candidates_ms: number | null;
-  /** What matchNode spends in memory per job: candidates() + rankCandidates. */
+  /** What matchNode spends in memory per job: candidates() + rankCandidates, back to back. */
   match_path: LatencyStats;
+  /**
+   * The same while the cache refreshes in the background (start(), default settings) and 10 % of the nodes
+   * heartbeat each second (10 s beats): matches asked every ~5 ms, each timed from when it was asked (an
+   * event-loop turn later it runs) to its result, so time spent behind a refresh's synchronous work counts.
+   */
+  match_path_live: LatencyStats;
+  /** Background refreshes completed during the live run. */
+  live_refreshes: number;
 }
 
 /**
  * NodeCache over real Postgres rows (the synthetic network written to the `nodes` table), timing its
  * refreshes and the in-memory part of matchNode (candidates() + rankCandidates).
  */
-export async function benchNodeCache(databaseUrl: string, sizes: number[], opts: { iterations: (n: number) => number }): Promise<Record<string, NodeCacheStats>> {
+export async function benchNodeCache(
+  databaseUrl: string,
+  sizes: number[],
+  opts: { iterations: (n: number) => number; liveSeconds: number },
+): Promise<Record<string, NodeCacheStats>> {
   const database = openDatabase(databaseUrl, { max: 4 });
   const out: Record<string, NodeCacheStats> = {};
   try {
     await migrateDatabase(database.db);
-    const network = syntheticNetwork(Math.max(...sizes), 4242);
     let written = 0;
     for (const size of [...sizes].sort((a, b) => a - b)) {
       const t0 = performance.now();
+      // Generated per size (the same nodes first: the generator is sequential) and dropped once written, so
+      // the measurements below run beside the cache's heap, not a second copy of the network.
+      let network: SyntheticNode[] | undefined = syntheticNetwork(size, 4242);
+      const ids = network.map((n) => n.id);
       for (let from = written; from < size; from += 5000) {
         const batch = network.slice(from, Math.min(size, from + 5000)).map((n) => ({
           id: n.id,
@@ -261,18 +280,19 @@ export async function benchNodeCache(databaseUrl: string, sizes: number[], opts:
               capacity int, banned_until timestamptz, status text, last_heartbeat timestamptz)`);
       }
       written = size;
+      network = undefined;
       await database.db.execute(sql`analyze nodes`);
       log(`  node cache: ${size} rows in the nodes table (${Math.round(performance.now() - t0)} ms to write)`);
 
-      const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, maxAgeMs: 0 });
+      const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
       let t = performance.now();
-      await cache.refresh(true);
+      await cache.refresh();
       const fullLoad = performance.now() - t;
 
       const idle: number[] = [];
       for (let i = 0; i < 5; i++) {
         t = performance.now();
-        await cache.refresh(true);
+        await cache.refresh();
         idle.push(performance.now() - t);
       }
 
@@ -281,7 +301,7 @@ export async function benchNodeCache(databaseUrl: string, sizes: number[], opts:
       for (let i = 0; i < 3; i++) {
         await database.db.execute(sql`update nodes set last_heartbeat = now() where id in (select id from nodes tablesample bernoulli (60))`);
         t = performance.now();
-        await cache.refresh(true);
+        await cache.refresh();
         beating.push(performance.now() - t);
       }
 
@@ -292,7 +312,6 @@ export async function benchNodeCache(databaseUrl: string, sizes: number[], opts:
         copies.push(performance.now() - t);
       }
 
-      const ids = network.slice(0, size).map((n) => n.id);
       const iterations = opts.iterations(size);
       const jobs = jobMix(Math.max(500, iterations), ids, 99).map((c) => ({
         // matchNode passes device, memory, excluded nodes and the budget only
@@ -303,6 +322,32 @@ export async function benchNodeCache(databaseUrl: string, sizes: number[], opts:
         now: new Date(),
       }));
       const matchPath = timeRanking((c) => rankCandidates(cache.candidates(), c).eligible, jobs, Math.ceil(iterations / 10), iterations);
+
+      // Live: background refreshes and heartbeat writes (another connection) while matches are asked.
+      let beatsRunning = true;
+      const beats = (async () => {
+        while (beatsRunning) {
+          const t1 = performance.now();
+          await database.db.execute(sql`update nodes set last_heartbeat = now() where id in (select id from nodes tablesample bernoulli (10))`);
+          await new Promise((r) => setTimeout(r, Math.max(0, 1000 - (performance.now() - t1))));
+        }
+      })();
+      const refreshedBefore = cache.refreshes();
+      cache.start();
+      const live: number[] = [];
+      const liveEligible: number[] = [];
+      const until = performance.now() + opts.liveSeconds * 1000;
+      for (let i = 0; performance.now() < until; i++) {
+        await new Promise((r) => setTimeout(r, 5));
+        const asked = performance.now();
+        await new Promise((r) => setImmediate(r));
+        liveEligible.push(rankCandidates(cache.candidates(), jobs[i % jobs.length]).eligible);
+        live.push(performance.now() - asked);
+      }
+      beatsRunning = false;
+      await cache.stop();
+      await beats;
+      const refreshes = cache.refreshes() - refreshedBefore;
       out[`nodes_${size >= 1000 ? `${size / 1000}k` : size}`] = {
         rows: cache.size(),
         full_load_ms: round(fullLoad, 2),
@@ -310,6 +355,8 @@ export async function benchNodeCache(databaseUrl: string, sizes: number[], opts:
         refresh_steady_ms: round(quantile(beating, 0.5), 2),
         candidates_ms: round(quantile(copies, 0.5), 3),
         match_path: matchPath,
+        match_path_live: stats(live, liveEligible),
+        live_refreshes: refreshes,
       };
     }
   } finally {

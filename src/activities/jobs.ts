@@ -86,6 +86,10 @@ export function createJobActivities(deps: JobActivityDeps) {
   /**
    * Scores every node against the job (see SCORE_WEIGHTS), then claims capacity on the best one that is
    * free and not wanted by a job ahead in the queue. Null when none can take the job now.
+   *
+   * It ranks the node cache as it stands (refreshed in the background), so a placement waits for no query
+   * but the claims. Only when nothing could be placed does it wait for a fresh refresh and look once more:
+   * the job would wait anyway, and a node that registered or freed up moments ago is not missed.
    */
   async function matchNode(input: MatchInput): Promise<MatchResult> {
     // A retry of a match that already claimed a node (the activity died after the claim) gets that node.
@@ -100,7 +104,21 @@ export function createJobActivities(deps: JobActivityDeps) {
         };
       }
     }
-    await deps.nodes.refresh();
+    const fresh = !deps.nodes.loaded();
+    if (fresh) await deps.nodes.refresh();
+    let attempt = await rankAndClaim(input);
+    if (!attempt.node && !fresh) {
+      await deps.nodes.refresh();
+      attempt = await rankAndClaim(input);
+    }
+    const { node, ranking, claimedByOthers } = attempt;
+    const explanation: MatchExplanation = { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers };
+    if (!node) explanation.queuePosition = await queuePosition(deps.db, input.jobId);
+    return { node, explanation };
+  }
+
+  /** Ranks the cached nodes and claims the first of the best CLAIM_TRIES that takes the job. */
+  async function rankAndClaim(input: MatchInput) {
     const ranking = rankCandidates(deps.nodes.candidates(), {
       requiredDevice: input.requiredDevice,
       minMemory: input.estimatedMemory,
@@ -119,19 +137,14 @@ export function createJobActivities(deps: JobActivityDeps) {
       deps.nodes.noteClaim(pick.nodeId);
       const node = await nodesRepo.getNode(deps.db, pick.nodeId);
       if (!node) continue;
-      return {
-        node: {
-          nodeId: node.id,
-          endpoint: `${node.ipAddress}:${node.port}`,
-          assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}`,
-        },
-        explanation: { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers },
+      const matched: MatchedNode = {
+        nodeId: node.id,
+        endpoint: `${node.ipAddress}:${node.port}`,
+        assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}`,
       };
+      return { node: matched, ranking, claimedByOthers };
     }
-    return {
-      node: null,
-      explanation: { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers, queuePosition: await queuePosition(deps.db, input.jobId) },
-    };
+    return { node: null, ranking, claimedByOthers };
   }
 
   /** Gives back the node capacity the job holds and lets waiting jobs try for it. */

@@ -1,36 +1,61 @@
-import { count, eq, gt, or, sql } from 'drizzle-orm';
-import { memoryByType, type Candidate } from '../domain/scoring';
+import { count, eq, gt, sql } from 'drizzle-orm';
+import { CandidateTable } from '../domain/scoring';
 import type { Db } from './client';
 import { nodeClaims, nodes } from './schema';
 
-interface CachedNode {
-  /** Kept between matches (so a match allocates nothing per node); online and activeJobs are set per match. */
-  candidate: Candidate;
-  status: string;
-  lastHeartbeat: number;
-  hasEndpoint: boolean;
-}
+/** Rows changed within this long before a refresh began are read again by the next one (commits racing the read). */
+const OVERLAP_MS = 5000;
+/** Rows applied between two turns of the event loop, so a match never waits long behind a refresh. */
+const ROWS_PER_TURN = 1000;
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /**
- * An in-memory copy of what matching needs of every node, so a match scores the whole network in one pass
- * without a query per job. It reloads what changed since its last refresh (registrations, heartbeats,
- * reputation) at most every `maxAgeMs`; claims (each node's occupied capacity) are re-counted each refresh.
- * The claim itself is taken in Postgres, under a row lock, so a stale cache can cost a retry but never a
- * double placement.
+ * An in-memory copy of what matching needs of every node with an endpoint, kept as a CandidateTable so a match
+ * scores the whole network in one pass over typed arrays, without a query. It is brought up to date in the
+ * background (`start()`, every `refreshEveryMs`): a refresh reads the capabilities of nodes whose row changed
+ * (registration, reputation, ban, reservation, going offline: writers bump `updated_at`) and re-counts claims;
+ * every `livenessEveryMs` it also reads the liveness of nodes that heartbeated (three narrow columns: the
+ * heartbeat write leaves `updated_at` alone). A match reads the table as it is; only one that could place
+ * nothing asks for a refresh (see matchNode). The claim itself is taken in Postgres, under a row lock, so a
+ * stale table can cost a retry but never a double placement.
  */
-export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs?: number; now?: () => number }) {
-  const now = deps.now ?? Date.now;
-  const maxAge = deps.maxAgeMs ?? 1000;
-  const byId = new Map<string, CachedNode>();
-  let claims = new Map<string, number>();
+export function createNodeCache(deps: {
+  db: Db;
+  offlineAfterMs: number;
+  /**
+   * Pause between background refreshes (after one ends, the next starts this much later; default 1 s, the age
+   * the table could reach before, when matches refreshed it).
+   */
+  refreshEveryMs?: number;
+  /**
+   * How often a refresh also reads heartbeats (default: a sixth of `offlineAfterMs`, at most 5 s). Liveness only
+   * has to be as fresh as the offline threshold needs; a match that places nothing refreshes it at once.
+   */
+  livenessEveryMs?: number;
+  /** A background refresh failed (the table stays as it was; the next one retries). */
+  onError?: (err: unknown) => void;
+}) {
+  const every = deps.refreshEveryMs ?? 1000;
+  const livenessEvery = deps.livenessEveryMs ?? Math.min(5000, deps.offlineAfterMs / 6);
+  const table = new CandidateTable();
   let since = new Date(0);
-  let refreshedAt = 0;
-  let list: CachedNode[] = [];
-  let refreshing: Promise<void> | undefined;
+  let beatsSince = new Date(0);
+  let beatsReadAt = 0;
+  let forceBeats = false;
+  let loads = 0;
+  let running: Promise<void> | undefined;
+  let queued: Promise<void> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let started = false;
 
   async function load(): Promise<void> {
-    const started = new Date(now() - 5000); // overlap: rows committed while we read are read again next time
-    const rows = await deps.db
+    // Rows carry their writers' wall-clock times (registration, heartbeat batch), not this cache's clock.
+    const wall = Date.now();
+    const began = new Date(wall - OVERLAP_MS);
+    const first = loads === 0;
+    const readBeats = !first && (wall - beatsReadAt >= livenessEvery || forceBeats);
+    forceBeats = false;
+    const changed = await deps.db
       .select({
         id: nodes.id,
         devices: nodes.devices,
@@ -47,9 +72,27 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
         port: nodes.port,
       })
       .from(nodes)
-      .where(or(gt(nodes.updatedAt, since), gt(nodes.lastHeartbeat, since)));
-    for (const r of rows) {
-      const candidate: Candidate = {
+      .where(gt(nodes.updatedAt, since));
+    // Heartbeats touch only last_heartbeat (and status): most refreshes read just these three narrow columns.
+    const beats = !readBeats
+      ? { rows: [] }
+      : await deps.db.execute<{ id: string; up: boolean; at: number }>(sql`
+          select id, status = 'online' as up, floor(extract(epoch from last_heartbeat) * 1000)::float8 as at
+            from nodes where last_heartbeat > ${beatsSince.toISOString()}::timestamptz`);
+    const counted = await deps.db.select({ nodeId: nodeClaims.nodeId, n: count() }).from(nodeClaims).groupBy(nodeClaims.nodeId);
+
+    // Applied a slice at a time; a match in between sees some rows already refreshed, each one whole (its
+    // capabilities and liveness from this read, its claims from the last count).
+    let applied = 0;
+    for (const r of changed) {
+      if (++applied % ROWS_PER_TURN === 0) await nextTurn();
+      let i = table.indexOf(r.id);
+      if (r.port <= 0) {
+        // No endpoint (yet): not a candidate. A registration bumps updated_at and brings it back.
+        if (i !== undefined) table.remove(i);
+        continue;
+      }
+      const candidate = {
         id: r.id,
         devices: r.devices,
         ramTotal: r.ramTotal,
@@ -61,44 +104,100 @@ export function createNodeCache(deps: { db: Db; offlineAfterMs: number; maxAgeMs
         bannedUntil: r.bannedUntil,
         reservedBy: r.reservedBy,
         online: false,
-        activeJobs: 0,
-        memory: memoryByType({ devices: r.devices, ramTotal: r.ramTotal }),
+        activeJobs: i === undefined ? 0 : table.activeJobs[i],
       };
-      byId.set(r.id, { candidate, status: r.status, lastHeartbeat: r.lastHeartbeat.getTime(), hasEndpoint: r.port > 0 });
+      if (i === undefined) i = table.push(candidate);
+      else table.set(i, candidate);
+      table.onlineUntil[i] = onlineUntil(r.status === 'online', r.lastHeartbeat.getTime());
     }
-    list = [...byId.values()].filter((n) => n.hasEndpoint);
-    const counted = await deps.db.select({ nodeId: nodeClaims.nodeId, n: count() }).from(nodeClaims).groupBy(nodeClaims.nodeId);
-    claims = new Map(counted.map((c) => [c.nodeId, c.n]));
-    since = started;
-    refreshedAt = now();
+    for (const b of beats.rows) {
+      if (++applied % ROWS_PER_TURN === 0) await nextTurn();
+      const i = table.indexOf(b.id);
+      if (i === undefined) continue;
+      table.onlineUntil[i] = onlineUntil(b.up, b.at);
+    }
+    // Claims at once: a match sees the whole count or none of it.
+    table.activeJobs.fill(0, 0, table.size);
+    for (const c of counted) {
+      const i = table.indexOf(c.nodeId);
+      if (i !== undefined) table.activeJobs[i] = c.n;
+    }
+    since = began;
+    if (first || readBeats) {
+      beatsSince = began;
+      beatsReadAt = wall;
+    }
+    loads++;
   }
 
-  /** Brings the cache up to date if it is older than `maxAgeMs` (concurrent callers share one refresh). */
-  async function refresh(force = false): Promise<void> {
-    if (!force && now() - refreshedAt < maxAge) return;
-    refreshing ??= load().finally(() => (refreshing = undefined));
-    await refreshing;
+  /** A node is online while its status says so and its last heartbeat is younger than the threshold. */
+  function onlineUntil(up: boolean, lastHeartbeatMs: number): number {
+    return up ? lastHeartbeatMs + deps.offlineAfterMs : -Infinity;
   }
 
-  /** Every node with an endpoint, as matching sees it now. */
-  function candidates(): Candidate[] {
-    const onlineSince = now() - deps.offlineAfterMs;
-    const out = new Array<Candidate>(list.length);
-    for (let i = 0; i < list.length; i++) {
-      const n = list[i];
-      n.candidate.online = n.status === 'online' && n.lastHeartbeat > onlineSince;
-      n.candidate.activeJobs = claims.get(n.candidate.id) ?? 0;
-      out[i] = n.candidate;
+  /**
+   * Brings the table up to date, heartbeats included, with a refresh that starts after this call (so it sees
+   * whatever was committed before it); concurrent callers share one.
+   */
+  function refresh(): Promise<void> {
+    forceBeats = true;
+    return schedule();
+  }
+
+  /** The next refresh: the one queued, else one now, else one after the one running. */
+  function schedule(): Promise<void> {
+    if (queued) return queued;
+    if (!running) {
+      running = load().finally(() => (running = undefined));
+      return running;
     }
-    return out;
+    queued = running
+      .catch(() => undefined)
+      .then(() => {
+        queued = undefined;
+        return schedule();
+      });
+    return queued;
+  }
+
+  /** Refreshes now and then every `refreshEveryMs` until stop(). */
+  function start(): void {
+    if (started) return;
+    started = true;
+    const tick = () => {
+      void schedule()
+        .catch((err) => deps.onError?.(err))
+        .finally(() => {
+          if (!started) return;
+          timer = setTimeout(tick, every);
+          timer.unref();
+        });
+    };
+    tick();
+  }
+
+  /** Stops the background refresh and waits for one in flight. */
+  async function stop(): Promise<void> {
+    started = false;
+    clearTimeout(timer);
+    await Promise.allSettled([running, queued]);
+  }
+
+  /**
+   * Every node with an endpoint, as matching sees it: the last refresh plus the claims noted since (liveness is
+   * judged at the match's instant). Not a copy: a refresh updates it in place.
+   */
+  function candidates(): CandidateTable {
+    return table;
   }
 
   /** Counts a claim taken through this process at once, before the next refresh sees it. */
   function noteClaim(nodeId: string): void {
-    claims.set(nodeId, (claims.get(nodeId) ?? 0) + 1);
+    const i = table.indexOf(nodeId);
+    if (i !== undefined) table.activeJobs[i] += 1;
   }
 
-  return { refresh, candidates, noteClaim, size: () => byId.size };
+  return { start, stop, refresh, candidates, noteClaim, loaded: () => loads > 0, refreshes: () => loads, size: () => table.size };
 }
 
 export type NodeCache = ReturnType<typeof createNodeCache>;

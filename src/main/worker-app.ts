@@ -53,10 +53,16 @@ export async function startWorker(
     tokenDecimals: config.payments.tokenDecimals,
   });
   const settlement = settlementFor(config, env.chain, database.db);
+  // Matching ranks this copy of the node registry as it stands; it refreshes in the background (started below).
+  const nodeCache = createNodeCache({
+    db: database.db,
+    offlineAfterMs: config.nodes.offlineAfterMs,
+    onError: (err) => log.warn({ err: String(err) }, 'node cache refresh failed'),
+  });
   const activities = {
     ...createJobActivities({
       db: database.db,
-      nodes: createNodeCache({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs }),
+      nodes: nodeCache,
       assignPortOffset: config.nodes.assignPortOffset,
       tokenDecimals: config.payments.tokenDecimals,
       wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
@@ -95,8 +101,10 @@ export async function startWorker(
   const timer = setInterval(() => void sweep().catch((err) => log.warn({ err: String(err) }, 'orphan sweep failed')), ORPHAN_SWEEP_MS);
   timer.unref();
 
+  nodeCache.start();
   const done = worker.run().finally(async () => {
     clearInterval(timer);
+    await nodeCache.stop();
     dispatch.close();
     await clientConnection.close();
     await connection.close();

@@ -165,7 +165,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
   }
 
   it('matches the best-scoring fitting online node, never an excluded one, and explains the others', async () => {
-    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, maxAgeMs: 0, now: () => clock });
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
     const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
     const { nodeService, heartbeats } = services();
     // jobs of the earlier tests are done: none waits ahead of the ones below
@@ -199,7 +199,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
   });
 
   it('gives free capacity to the most urgent waiting job first, oldest first within a priority', async () => {
-    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, maxAgeMs: 0, now: () => clock });
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
     const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
     await job('urgent', { status: 'queued', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 5000) });
     await job('early-normal', { status: 'queued', createdAt: new Date(clock - 5000) });
@@ -340,5 +340,96 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
       expect(await computeMs('worker-a')).toBe(3.5 * HOUR);
       expect(await computeMs('worker-b')).toBe(2 * HOUR);
     });
+  });
+
+  // Last in this file: it moves the clock, so earlier nodes look silent from here on.
+  it('keeps the node cache current in the background; a match that places a job runs no refresh', async () => {
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, refreshEveryMs: 20, livenessEveryMs: 100 });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const { nodeService, heartbeats } = services();
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
+    await database.db.delete(nodeClaims);
+    const metal = (ip: string, vram: number) =>
+      registration({ ipAddress: ip, devices: [{ ...registration().devices[0], deviceType: 'METAL', vramTotal: vram * GiB, memoryTotal: vram * GiB }] });
+    const row = (id: string) => {
+      const t = cache.candidates();
+      const i = t.indexOf(id);
+      return i === undefined ? undefined : t.get(i, clock);
+    };
+    const eventually = async (what: () => boolean) => {
+      for (let i = 0; i < 250 && !what(); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(what()).toBe(true);
+    };
+    const ask = (jobId: string) => acts.matchNode({ jobId, requiredDevice: 'METAL', estimatedMemory: 8 * GiB, excludeNodeIds: [] });
+
+    await nodeService.register('metal-1', metal('10.3.0.1', 16));
+    await heartbeats.beat('metal-1');
+    await heartbeats.flush();
+    cache.start();
+    await eventually(() => row('metal-1')?.online === true);
+    await cache.stop();
+
+    // Placed from the table as it stands: no refresh inside the match.
+    const loads = cache.refreshes();
+    await job('bg-1');
+    expect((await ask('bg-1')).node?.nodeId).toBe('metal-1');
+    expect(cache.refreshes()).toBe(loads);
+    expect(row('metal-1')?.activeJobs).toBe(1); // noted at once
+    // Nothing placed: one fresh refresh and a second look, which still finds the node full.
+    await job('bg-2');
+    const full = await ask('bg-2');
+    expect(full.node).toBeNull();
+    expect(full.explanation.rejectedCounts).toMatchObject({ 'at capacity': 1 });
+    expect(cache.refreshes()).toBe(loads + 1);
+    await acts.releaseNode({ jobId: 'bg-1' });
+    await acts.releaseNode({ jobId: 'bg-2' });
+
+    cache.start();
+    // A registration (updated_at) reaches the table; so does a heartbeat alone (last_heartbeat, narrow read).
+    await nodeService.register('metal-2', metal('10.3.0.2', 32));
+    await heartbeats.beat('metal-2');
+    await heartbeats.flush();
+    await eventually(() => row('metal-2')?.online === true);
+    expect(row('metal-2')).toMatchObject({ capacity: 1, region: 'eu', memory: { METAL: 32 * GiB } });
+    clock += 60_000;
+    expect(row('metal-1')?.online).toBe(false);
+    // (its row otherwise unchanged for an hour, so only the heartbeat read can bring it back)
+    const anHourAgo = new Date(Date.now() - 3600_000);
+    await database.db.update(nodes).set({ updatedAt: anHourAgo }).where(eq(nodes.id, 'metal-1'));
+    await heartbeats.beat('metal-1');
+    await heartbeats.flush();
+    expect((await database.db.select({ updatedAt: nodes.updatedAt }).from(nodes).where(eq(nodes.id, 'metal-1')))[0].updatedAt).toEqual(anHourAgo);
+    await eventually(() => row('metal-1')?.online === true);
+    expect(row('metal-2')?.online).toBe(false);
+
+    // A held node is rejected as reserved; a node that loses its endpoint leaves the table.
+    await database.db.update(nodes).set({ reservedBy: 'res-1', updatedAt: new Date() }).where(eq(nodes.id, 'metal-1'));
+    await eventually(() => row('metal-1')?.reservedBy === 'res-1');
+    await job('bg-3');
+    const held = await ask('bg-3');
+    expect(held.node).toBeNull();
+    expect(held.explanation.rejected).toEqual(expect.arrayContaining([{ nodeId: 'metal-1', reason: 'reserved (reservation res-1)' }]));
+    const size = cache.size();
+    await database.db.update(nodes).set({ port: 0, updatedAt: new Date() }).where(eq(nodes.id, 'metal-1'));
+    await eventually(() => row('metal-1') === undefined);
+    expect(cache.size()).toBe(size - 1);
+    expect(row('metal-2')).toMatchObject({ id: 'metal-2', memory: { METAL: 32 * GiB } });
+    await cache.stop();
+
+    // Background refreshes read heartbeats only every livenessEveryMs; an explicit refresh always does.
+    const slow = createNodeCache({ db: database.db, offlineAfterMs: 30_000, refreshEveryMs: 20, livenessEveryMs: 3600_000 });
+    slow.start();
+    await eventually(() => slow.refreshes() >= 1);
+    const slowRow = () => slow.candidates().get(slow.candidates().indexOf('metal-2')!, clock);
+    expect(slowRow().online).toBe(false);
+    await database.db.update(nodes).set({ updatedAt: anHourAgo }).where(eq(nodes.id, 'metal-2'));
+    await heartbeats.beat('metal-2');
+    await heartbeats.flush();
+    const seen = slow.refreshes();
+    await eventually(() => slow.refreshes() >= seen + 3);
+    expect(slowRow().online).toBe(false);
+    await slow.refresh();
+    expect(slowRow().online).toBe(true);
+    await slow.stop();
   });
 });

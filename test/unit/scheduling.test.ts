@@ -1,7 +1,7 @@
 import { nodeHealth } from '../../src/domain/health';
 import { estimateCostUnits, listPricePerHour, computeScore } from '../../src/domain/pricing';
 import { applyDelta, failureKind, REPUTATION_DELTAS } from '../../src/domain/reputation';
-import { rankCandidates, rejectionReason, SCORE_WEIGHTS, type Candidate, type MatchCriteria } from '../../src/domain/scoring';
+import { CandidateTable, memoryByType, rankCandidates, rejectionReason, SCORE_WEIGHTS, type Candidate, type MatchCriteria } from '../../src/domain/scoring';
 
 const GiB = 2 ** 30;
 const now = new Date('2026-11-27T12:00:00Z');
@@ -79,6 +79,124 @@ describe('match score', () => {
     expect(r.rejectedCounts).toEqual({ offline: 100 });
     expect(r.eligible).toBe(900);
     expect(rankCandidates(nodes, criteria(), { top: 5 }).ranked).toEqual(r.ranked);
+  });
+});
+
+/** Deterministic PRNG (mulberry32). */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('match score over a CandidateTable', () => {
+  const REGIONS = ['eu-west', ' EU-West ', 'us-east', 'ap-south', ''];
+  const TYPES = ['CPU', 'CUDA', 'OPENCL', 'METAL', 'UNKNOWN'] as const;
+
+  /** Nodes with every kind of reason to be passed over, coarse values (so scores tie) and prices near the budgets. */
+  function randomNodes(rnd: () => number, n: number): Candidate[] {
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
+    return Array.from({ length: n }, (_, i) => {
+      const devices = Array.from({ length: Math.floor(rnd() * 4) }, () => {
+        const mem = pick([0, 4, 8, 16, 24, 80]) * GiB;
+        return rnd() < 0.5 ? { deviceType: pick(TYPES), vramTotal: mem, memoryTotal: 0 } : { deviceType: pick(TYPES), vramTotal: 0, memoryTotal: mem };
+      });
+      const capacity = 1 + Math.floor(rnd() * 4);
+      const roll = rnd();
+      return node(`n${(i * 7919) % n}-${Math.floor(rnd() * 1e6)}`, {
+        devices,
+        ramTotal: pick([0, 8, 32, 64]) * GiB,
+        computeScore: pick([0, 500, 1000, 2500]),
+        reputation: pick([-0.1, 0, 0.5, 0.5, 0.9, 1, 1.2]),
+        activeJobs: Math.floor(rnd() * (capacity + 1)),
+        capacity: rnd() < 0.05 ? 0 : capacity,
+        region: pick(REGIONS),
+        pricePerHour: rnd() < 0.5 ? pick([0, 0.1, 0.25, 0.5, 1, 2]) : 0.25 + (Math.floor(rnd() * 41) - 20) * 1e-7,
+        online: rnd() > 0.1,
+        bannedUntil: roll < 0.05 ? new Date(now.getTime() + 1000) : roll < 0.1 ? new Date(now.getTime() - 1000) : null,
+        reservedBy: rnd() < 0.05 ? `res-${i}` : rnd() < 0.5 ? null : undefined,
+      });
+    });
+  }
+
+  function randomCriteria(rnd: () => number, ids: string[]): MatchCriteria {
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
+    const m = criteria({
+      requiredDevice: pick(TYPES),
+      minMemory: pick([0, 1, 8, 16, 64]) * GiB,
+      excludeNodeIds: new Set(Array.from({ length: Math.floor(rnd() * 4) }, () => (rnd() < 0.8 ? pick(ids) : 'not-a-node'))),
+    });
+    if (rnd() < 0.5) m.preferredRegion = pick(REGIONS);
+    if (rnd() < 0.3) m.allowedRegions = [pick(REGIONS), pick(REGIONS)];
+    if (rnd() < 0.3) m.blockedRegions = [pick(REGIONS)];
+    if (rnd() < 0.3) m.maxPricePerHour = pick([0, 0.5, 1]);
+    // about 0.25 tokens an hour (the prices above sit within a few micro-tokens of it), or other budgets
+    if (rnd() < 0.6) {
+      m.budget = rnd() < 0.6
+        ? { units: pick([250_000_000n, 250_000_900n, 249_999_600n]), durationSeconds: 3600, decimals: 9 }
+        : { units: BigInt(Math.floor(rnd() * 1e9)), durationSeconds: pick([0, 60, 600, 5400]), decimals: 9 };
+    }
+    return m;
+  }
+
+  it('ranks, explains and counts exactly as over Candidate objects, on random networks and jobs', () => {
+    const rnd = prng(2026);
+    for (let round = 0; round < 40; round++) {
+      const nodes = randomNodes(rnd, 1 + Math.floor(rnd() * 400));
+      const table = CandidateTable.of(nodes);
+      for (let j = 0; j < 10; j++) {
+        const m = randomCriteria(rnd, nodes.map((c) => c.id));
+        const limits = { top: 1 + Math.floor(rnd() * 12), rejectedSample: Math.floor(rnd() * 30) };
+        const expected = rankCandidates(nodes, m, limits);
+        const actual = rankCandidates(table, m, limits);
+        expect(actual).toEqual(expected);
+        expect(Object.keys(actual.rejectedCounts)).toEqual(Object.keys(expected.rejectedCounts));
+      }
+    }
+  });
+
+  it('passes over exactly the nodes rejectionReason rejects, budgets down to the micro-token', () => {
+    const rnd = prng(7);
+    const nodes = randomNodes(rnd, 3000);
+    const table = CandidateTable.of(nodes);
+    for (let j = 0; j < 40; j++) {
+      const m = randomCriteria(rnd, nodes.map((c) => c.id));
+      const expected = nodes.flatMap((c) => {
+        const reason = rejectionReason(c, m);
+        return reason === undefined ? [] : [{ nodeId: c.id, reason }];
+      });
+      // every rejected node in the sample: its reason is rejectionReason's own (never the kind as a fallback)
+      expect(rankCandidates(table, m, { rejectedSample: nodes.length }).rejected).toEqual(expected);
+      expect(rankCandidates(nodes, m, { rejectedSample: nodes.length }).rejected).toEqual(expected);
+    }
+  });
+
+  it('keeps rows in place through updates, growth and removal', () => {
+    const nodes = randomNodes(prng(3), 3000);
+    const table = new CandidateTable(4);
+    for (const c of nodes) table.push(c);
+    expect(() => table.push(nodes[0])).toThrow(/already/);
+    table.set(5, { ...nodes[5], reputation: 0.123, online: false, reservedBy: 'r', bannedUntil: new Date(now.getTime() + 5) });
+    nodes[5] = { ...nodes[5], reputation: 0.123, online: false, reservedBy: 'r', bannedUntil: new Date(now.getTime() + 5) };
+    table.remove(10);
+    nodes.splice(10, 1);
+    expect(table.size).toBe(nodes.length);
+    for (const i of [0, 5, 9, 10, 11, nodes.length - 1]) {
+      const { memory, devices, ...rest } = table.get(i);
+      const { memory: _m, devices: original, reservedBy, ...want } = nodes[i];
+      expect(rest).toEqual({ ...want, reservedBy: reservedBy ?? null });
+      expect(table.indexOf(nodes[i].id)).toBe(i);
+      expect(memory).toEqual(Object.fromEntries(Object.entries(memoryByType(nodes[i])).filter(([, v]) => v !== undefined)));
+      // one device per type with its largest memory: the same fit (and reasons) for every kind of job
+      expect(memoryByType({ devices, ramTotal: rest.ramTotal })).toEqual(memoryByType({ devices: original, ramTotal: rest.ramTotal }));
+    }
+    const m = criteria({ requiredDevice: 'UNKNOWN', minMemory: 0 });
+    expect(rankCandidates(table, m, { top: 50, rejectedSample: 50 })).toEqual(rankCandidates(nodes, m, { top: 50, rejectedSample: 50 }));
   });
 });
 
