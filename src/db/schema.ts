@@ -100,6 +100,8 @@ export const nodes = pgTable(
     index('nodes_endpoint_idx').on(t.ipAddress, t.port),
     index('nodes_wallet_idx').on(t.walletAddress).where(sql`${t.walletAddress} <> ''`),
     index('nodes_heartbeat_idx').on(t.lastHeartbeat),
+    // The node cache reloads the rows whose capabilities changed since its last refresh, every second.
+    index('nodes_updated_idx').on(t.updatedAt),
     index('nodes_region_idx').on(t.region),
     index('nodes_price_idx').on(t.pricePerHour),
     index('nodes_reserved_idx').on(t.reservedBy).where(sql`${t.reservedBy} is not null`),
