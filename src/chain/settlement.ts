@@ -20,6 +20,7 @@ import {
   escrowAddress,
   memoInstruction,
   payToWallet,
+  signTransaction,
   tokenAccountOf,
 } from './instructions';
 
@@ -105,6 +106,13 @@ function permanentReason(err: unknown): string | undefined {
 export function createChainSettlement(deps: ChainSettlementDeps) {
   const { db, connection, authority } = deps;
   const pollMs = deps.pollMs ?? 250;
+  /** Rent for an escrow token account: a cluster constant, asked once (a failed ask is asked again). */
+  let rentExemption: Promise<number> | undefined;
+  const rentExemptionOnce = () =>
+    (rentExemption ??= connection.getMinimumBalanceForRentExemption(ACCOUNT_SIZE).catch((err) => {
+      rentExemption = undefined;
+      throw err;
+    }));
   const escrowOf = (jobId: string) => escrowAddress(authority.publicKey, jobId);
 
   async function rowsOf(jobId: string, legs: Leg[]): Promise<PaymentRow[]> {
@@ -174,8 +182,18 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     memo: string,
     build: () => Promise<{ instructions: TransactionInstruction[]; signers: Keypair[] }>,
   ): Promise<PaymentRow[]> {
+    // Rows as last read or written; re-read only where another writer may have changed them.
+    let rows = await rowsOf(jobId, legs);
+    const confirm = async (signature: string, slot: number | null): Promise<PaymentRow[]> => {
+      const updated = await db
+        .update(payments)
+        .set({ state: 'confirmed', slot, lastError: null, updatedAt: new Date() })
+        .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)))
+        .returning();
+      return updated.length === legs.length ? legs.map((l) => updated.find((r) => r.leg === l)!) : rowsOf(jobId, legs);
+    };
     for (let round = 0; round < 4; round++) {
-      const rows = await rowsOf(jobId, legs);
+      if (round > 0 && !rows.every((r) => r.state === 'confirmed')) rows = await rowsOf(jobId, legs);
       if (rows.length !== legs.length) throw nonRetryable(SettlementErrors.escrowMissing, `legs ${legs} of job ${jobId} are not recorded`);
       if (rows.every((r) => r.state === 'confirmed')) return rows;
       const current = rows[0];
@@ -186,7 +204,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           state = await awaitOutcome(current.txRef, current.lastValidBlockHeight);
         }
         if (state.kind === 'landed') {
-          await markConfirmed(jobId, legs, current.txRef, state.slot);
+          rows = await confirm(current.txRef, state.slot);
           continue;
         }
         if (state.kind === 'failed') {
@@ -199,15 +217,17 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
 
       // Sign a new attempt and record it before it leaves this process.
-      const { instructions, signers } = await build();
-      const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
+      const [{ instructions, signers }, { blockhash, lastValidBlockHeight }] = await Promise.all([
+        build(),
+        connection.getLatestBlockhash(deps.commitment),
+      ]);
       const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
         memoInstruction(`cyxwiz ${memo}`, authority.publicKey),
         ...instructions,
       );
-      tx.sign(authority, ...signers.filter((s) => !s.publicKey.equals(authority.publicKey)));
-      const signature = b58.decode(tx.signature!);
-      const bytes = tx.serialize();
+      const signed = signTransaction(tx, [authority, ...signers]);
+      const signature = b58.decode(signed.signatures[0]);
+      const bytes = signed.bytes;
       const recorded = await db
         .update(payments)
         .set({
@@ -239,7 +259,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const state = await awaitOutcome(signature, lastValidBlockHeight);
       if (state.kind === 'landed') {
         await deps.hooks?.afterConfirm?.(legs);
-        await markConfirmed(jobId, legs, signature, state.slot);
+        rows = await confirm(signature, state.slot);
         continue;
       }
       if (state.kind === 'failed') {
@@ -269,8 +289,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
 
   /** Instructions that create the job's escrow account when it does not exist yet. */
   async function escrowAccountSetup(jobId: string): Promise<TransactionInstruction[]> {
-    if (await escrowExists(jobId)) return [];
-    const rentLamports = await connection.getMinimumBalanceForRentExemption(ACCOUNT_SIZE);
+    const [exists, rentLamports] = await Promise.all([escrowExists(jobId), rentExemptionOnce()]);
+    if (exists) return [];
     return createEscrowAccountInstructions({ authority: authority.publicKey, jobId, mint: deps.mint, rentLamports });
   }
 
@@ -347,9 +367,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   async function escrow(input: { jobId: string; amount: string; payer: string; escrowTxHash?: string }): Promise<LegReceipt> {
     const amount = BigInt(input.amount);
     const to = escrowOf(input.jobId).toBase58();
-    const [existing] = await rowsOf(input.jobId, ['escrow']);
-    if (existing?.state === 'confirmed') return receipt(existing);
     if (input.escrowTxHash) {
+      const [existing] = await rowsOf(input.jobId, ['escrow']);
+      if (existing?.state === 'confirmed') return receipt(existing);
       const received = await verifyEscrowTransaction({ jobId: input.jobId, amount, payer: input.payer, signature: input.escrowTxHash });
       try {
         await db
@@ -369,7 +389,12 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       return receipt(row);
     }
     const payer = deps.payer;
-    if (!payer) throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
+    if (!payer) {
+      const [existing] = await rowsOf(input.jobId, ['escrow']);
+      if (existing?.state === 'confirmed') return receipt(existing);
+      throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
+    }
+    // Recording is a no-op when the leg exists; settle() returns it at once when it is already confirmed.
     await recordLeg(db, input.jobId, 'escrow', amount, payer.publicKey.toBase58(), to);
     const [row] = await settle(input.jobId, ['escrow'], legKey(input.jobId, 'escrow'), async () => ({
       instructions: [
