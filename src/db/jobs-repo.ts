@@ -19,10 +19,13 @@ export function priorityRank(priority: JobSpec['priority']): number {
   return { CRITICAL: 0, HIGH: 1, NORMAL: 2, LOW: 3 }[priority];
 }
 
-/** Inserts a job unless one with its id exists. Returns the stored row and whether this call created it. */
-export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: boolean; row: JobRow }> {
+/**
+ * Inserts a job with its first event ('submitted', seq 0) unless one with its id exists, in one statement.
+ * @returns whether this call created it; when it did not, the stored row.
+ */
+export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: true } | { created: false; row: JobRow }> {
   const { spec } = job;
-  const inserted = await db
+  const row = db
     .insert(jobs)
     .values({
       id: spec.jobId,
@@ -38,8 +41,12 @@ export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: boo
       paymentUnits: BigInt(spec.paymentUnits),
     })
     .onConflictDoNothing({ target: jobs.id })
-    .returning();
-  if (inserted.length > 0) return { created: true, row: inserted[0] };
+    .returning({ id: jobs.id });
+  // (Drizzle wraps each embedded query in parentheses.)
+  const result = await db.execute<{ created: boolean }>(sql`with j as ${row},
+    e as (insert into ${jobEvents} (job_id, seq, from_status, to_status, reason, actor) select id, 0, null, 'pending', 'submitted', 'client' from j)
+    select exists (select 1 from j) as created`);
+  if (result.rows[0]?.created) return { created: true };
   const [existing] = await db.select().from(jobs).where(eq(jobs.id, spec.jobId));
   return { created: false, row: existing };
 }
@@ -81,54 +88,54 @@ export interface Transition {
 }
 
 /**
- * Appends a job event and applies the state change to the job row, atomically and exactly once per seq.
+ * Appends a job event and applies the state change to the job row, atomically and exactly once per seq, in one
+ * statement (one round trip): the row changes only when the event row was inserted by this call.
  * @returns whether this call applied it (false: an earlier try already did).
  */
 export async function recordTransition(db: DbOrTx, t: Transition): Promise<boolean> {
-  return db.transaction(async (tx) => {
-    const inserted = await tx
-      .insert(jobEvents)
-      .values({
-        jobId: t.jobId,
-        seq: t.seq,
-        fromStatus: t.from,
-        toStatus: t.to,
-        reason: t.reason,
-        actor: t.actor,
-        nodeId: t.nodeId ?? null,
-        attempt: t.attempt,
-        data: t.data ?? {},
-      })
-      .onConflictDoNothing()
-      .returning({ id: jobEvents.id });
-    if (inserted.length === 0) return false;
-    const now = new Date();
-    await tx
-      .update(jobs)
-      .set({
-        status: t.to,
-        eventSeq: t.seq,
-        updatedAt: now,
-        ...(t.assignedNodeId !== undefined && { assignedNodeId: t.assignedNodeId }),
-        ...(t.attempts !== undefined && { attempts: t.attempts }),
-        ...(t.error !== undefined && { errorCode: t.error?.code ?? null, errorMessage: t.error?.message ?? null }),
-        ...(t.started && { startedAt: now }),
-        ...(t.ended && { endedAt: now }),
-        ...(t.to === 'completed' && { progress: 1 }),
-        // A new node starts the job from scratch: no progress of the previous one shows.
-        ...(t.to === 'assigned' && { progress: 0, currentEpoch: 0, metrics: {} }),
-        ...(t.excludeNode && { excludedNodes: sql`array_append(${jobs.excludedNodes}, ${t.excludeNode})` }),
-      })
-      .where(eq(jobs.id, t.jobId));
-    if (t.cancelOnNode) {
-      await tx
-        .insert(nodeJobCancels)
-        .values({ nodeId: t.cancelOnNode, jobId: t.jobId, reason: t.reason })
-        .onConflictDoNothing();
-    }
-    await tx.execute(sql`select pg_notify(${JOB_CHANGES_CHANNEL}, ${t.jobId})`);
-    return true;
-  });
+  const now = new Date();
+  const event = db
+    .insert(jobEvents)
+    .values({
+      jobId: t.jobId,
+      seq: t.seq,
+      fromStatus: t.from,
+      toStatus: t.to,
+      reason: t.reason,
+      actor: t.actor,
+      nodeId: t.nodeId ?? null,
+      attempt: t.attempt,
+      data: t.data ?? {},
+    })
+    .onConflictDoNothing()
+    .returning({ jobId: jobEvents.jobId });
+  const row = db
+    .update(jobs)
+    .set({
+      status: t.to,
+      eventSeq: t.seq,
+      updatedAt: now,
+      ...(t.assignedNodeId !== undefined && { assignedNodeId: t.assignedNodeId }),
+      ...(t.attempts !== undefined && { attempts: t.attempts }),
+      ...(t.error !== undefined && { errorCode: t.error?.code ?? null, errorMessage: t.error?.message ?? null }),
+      ...(t.started && { startedAt: now }),
+      ...(t.ended && { endedAt: now }),
+      ...(t.to === 'completed' && { progress: 1 }),
+      // A new node starts the job from scratch: no progress of the previous one shows.
+      ...(t.to === 'assigned' && { progress: 0, currentEpoch: 0, metrics: {} }),
+      ...(t.excludeNode && { excludedNodes: sql`array_append(${jobs.excludedNodes}, ${t.excludeNode})` }),
+    })
+    .where(sql`${jobs.id} = (select job_id from e)`)
+    .returning({ id: jobs.id });
+  // Data-modifying CTEs all run, from one snapshot, whether or not the outer query reads them.
+  const cancel = t.cancelOnNode
+    ? sql`, c as (insert into ${nodeJobCancels} (node_id, job_id, reason) select ${t.cancelOnNode}::text, job_id, ${t.reason}::text from e on conflict do nothing)`
+    : sql``;
+  const result = await db.execute<{ id: string }>(
+    // (Drizzle wraps each embedded query in parentheses.)
+    sql`with e as ${event}, u as ${row}${cancel} select id, pg_notify(${JOB_CHANGES_CHANNEL}, id) from u`,
+  );
+  return result.rows.length > 0;
 }
 
 export interface ProgressUpdate {
