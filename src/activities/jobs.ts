@@ -112,11 +112,14 @@ export function createJobActivities(deps: JobActivityDeps) {
     });
     const claimedByOthers: string[] = [];
     for (const pick of ranking.ranked.slice(0, CLAIM_TRIES)) {
+      // Counted before the claim's round trip, so matches ranking meanwhile in this process (a burst of
+      // submissions) see this job on the node and spread instead of all trying the same best node. A claim
+      // that fails stays counted only until the next refresh, which recounts the claims.
+      deps.nodes.noteClaim(pick.nodeId);
       if (!(await claimNode(deps.db, input.jobId, pick.nodeId))) {
         claimedByOthers.push(pick.nodeId);
         continue;
       }
-      deps.nodes.noteClaim(pick.nodeId);
       const node = await nodesRepo.getNode(deps.db, pick.nodeId);
       if (!node) continue;
       return {
