@@ -51,17 +51,35 @@ export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: tru
   return { created: false, row: existing };
 }
 
+/**
+ * The hot reads of a job, built once per database handle and run as named prepared statements: the API reads
+ * a job on every report and every change it streams.
+ */
+function preparedReads(db: DbOrTx) {
+  let reads = prepared.get(db);
+  if (!reads) {
+    reads = {
+      job: db
+        .select()
+        .from(jobs)
+        .where(and(eq(jobs.id, sql.placeholder('id')), isNull(jobs.deletedAt)))
+        .prepare('jobs_get'),
+      events: db.select().from(jobEvents).where(eq(jobEvents.jobId, sql.placeholder('id'))).orderBy(asc(jobEvents.seq)).prepare('job_events_get'),
+    };
+    prepared.set(db, reads);
+  }
+  return reads;
+}
+const prepared = new WeakMap<DbOrTx, { job: { execute(p: { id: string }): Promise<JobRow[]> }; events: { execute(p: { id: string }): Promise<JobEventRow[]> } }>();
+
 /** A job that has not been deleted. */
 export async function getJob(db: DbOrTx, id: string): Promise<JobRow | undefined> {
-  const [row] = await db
-    .select()
-    .from(jobs)
-    .where(and(eq(jobs.id, id), isNull(jobs.deletedAt)));
+  const [row] = await preparedReads(db).job.execute({ id });
   return row;
 }
 
 export async function getJobEvents(db: DbOrTx, id: string): Promise<JobEventRow[]> {
-  return db.select().from(jobEvents).where(eq(jobEvents.jobId, id)).orderBy(asc(jobEvents.seq));
+  return preparedReads(db).events.execute({ id });
 }
 
 export interface Transition {
