@@ -436,10 +436,20 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
       const s = splitPayment(escrowRow.amount, BigInt(deps.platformFeeBps));
       const nodeTo = wallet || `node:${input.nodeId}`;
-      const state = wallet ? 'pending' : 'owed';
-      await recordLeg(tx, input.jobId, 'release_node', s.node, escrowRow.toAccount, nodeTo, state);
-      await recordLeg(tx, input.jobId, 'release_platform', s.platform, escrowRow.toAccount, deps.treasury.toBase58(), state);
-      if (wallet) {
+      const state: 'pending' | 'owed' = wallet ? 'pending' : 'owed';
+      // Both legs in one statement; a leg already recorded stays as it is (idempotency key).
+      await tx
+        .insert(payments)
+        .values([
+          { leg: 'release_node' as const, amount: s.node, to: nodeTo },
+          { leg: 'release_platform' as const, amount: s.platform, to: deps.treasury.toBase58() },
+        ].map((l) => ({
+          jobId: input.jobId, leg: l.leg, amount: l.amount, fromAccount: escrowRow.toAccount, toAccount: l.to, state,
+          idempotencyKey: legKey(input.jobId, l.leg), memo: `cyxwiz ${legKey(input.jobId, l.leg)}`,
+        })))
+        .onConflictDoNothing();
+      const owed = legs.some((l) => (l.leg === 'release_node' || l.leg === 'release_platform') && l.state === 'owed');
+      if (wallet && owed) {
         // A node that registered its wallet after being owed: point the owed legs at it.
         await tx
           .update(payments)
