@@ -181,9 +181,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     legs: Leg[],
     memo: string,
     build: () => Promise<{ instructions: TransactionInstruction[]; signers: Keypair[] }>,
+    /** The legs' rows when the caller has just written them (saves the first read). */
+    known?: PaymentRow[],
   ): Promise<PaymentRow[]> {
     // Rows as last read or written; re-read only where another writer may have changed them.
-    let rows = await rowsOf(jobId, legs);
+    let rows = known?.length === legs.length ? known : await rowsOf(jobId, legs);
     const confirm = async (signature: string, slot: number | null): Promise<PaymentRow[]> => {
       const updated = await db
         .update(payments)
@@ -394,15 +396,36 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       if (existing?.state === 'confirmed') return receipt(existing);
       throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
     }
+    // The escrow account is looked up while the leg is recorded (used by the first attempt only; a later one
+    // looks again, the account may exist by then).
+    let setup: Promise<TransactionInstruction[]> | undefined = escrowAccountSetup(input.jobId);
+    setup.catch(() => undefined); // awaited below unless the leg turns out settled already
     // Recording is a no-op when the leg exists; settle() returns it at once when it is already confirmed.
-    await recordLeg(db, input.jobId, 'escrow', amount, payer.publicKey.toBase58(), to);
-    const [row] = await settle(input.jobId, ['escrow'], legKey(input.jobId, 'escrow'), async () => ({
-      instructions: [
-        ...(await escrowAccountSetup(input.jobId)),
-        createTransferCheckedInstruction(tokenAccountOf(payer.publicKey, deps.mint), deps.mint, escrowOf(input.jobId), payer.publicKey, amount, deps.decimals),
-      ],
-      signers: [payer],
-    }));
+    const recorded = await db
+      .insert(payments)
+      .values({
+        jobId: input.jobId, leg: 'escrow', amount, fromAccount: payer.publicKey.toBase58(), toAccount: to, state: 'pending',
+        idempotencyKey: legKey(input.jobId, 'escrow'), memo: `cyxwiz ${legKey(input.jobId, 'escrow')}`,
+      })
+      .onConflictDoNothing()
+      .returning();
+    const [row] = await settle(
+      input.jobId,
+      ['escrow'],
+      legKey(input.jobId, 'escrow'),
+      async () => {
+        const accountSetup = await (setup ?? escrowAccountSetup(input.jobId));
+        setup = undefined;
+        return {
+          instructions: [
+            ...accountSetup,
+            createTransferCheckedInstruction(tokenAccountOf(payer.publicKey, deps.mint), deps.mint, escrowOf(input.jobId), payer.publicKey, amount, deps.decimals),
+          ],
+          signers: [payer],
+        };
+      },
+      recorded,
+    );
     return receipt(row);
   }
 
