@@ -89,7 +89,8 @@ export function createJobActivities(deps: JobActivityDeps) {
    */
   async function matchNode(input: MatchInput): Promise<MatchResult> {
     // A retry of a match that already claimed a node (the activity died after the claim) gets that node.
-    const held = await heldClaim(deps.db, input.jobId);
+    // (The node cache refreshes meanwhile, when it is due.)
+    const [held] = await Promise.all([heldClaim(deps.db, input.jobId), deps.nodes.refresh()]);
     if (held && input.excludeNodeIds.includes(held)) await releaseClaims(deps.db, input.jobId);
     else if (held) {
       const node = await nodesRepo.getNode(deps.db, held);
@@ -100,7 +101,6 @@ export function createJobActivities(deps: JobActivityDeps) {
         };
       }
     }
-    await deps.nodes.refresh();
     const ranking = rankCandidates(deps.nodes.candidates(), {
       requiredDevice: input.requiredDevice,
       minMemory: input.estimatedMemory,
@@ -116,11 +116,12 @@ export function createJobActivities(deps: JobActivityDeps) {
       // submissions) see this job on the node and spread instead of all trying the same best node. A claim
       // that fails stays counted only until the next refresh, which recounts the claims.
       deps.nodes.noteClaim(pick.nodeId);
-      if (!(await claimNode(deps.db, input.jobId, pick.nodeId))) {
+      // The node's endpoint is read while the claim is taken (wasted only when the claim fails).
+      const [claimed, node] = await Promise.all([claimNode(deps.db, input.jobId, pick.nodeId), nodesRepo.getNode(deps.db, pick.nodeId)]);
+      if (!claimed) {
         claimedByOthers.push(pick.nodeId);
         continue;
       }
-      const node = await nodesRepo.getNode(deps.db, pick.nodeId);
       if (!node) continue;
       return {
         node: {
