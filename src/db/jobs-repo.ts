@@ -151,18 +151,19 @@ export interface ProgressUpdate {
  * @returns false when the node does not hold the job (the report is stale and must be rejected).
  */
 export async function updateProgress(db: DbOrTx, jobId: string, nodeId: string, p: ProgressUpdate): Promise<boolean> {
-  const updated = await db
-    .update(jobs)
-    .set({
-      updatedAt: new Date(),
-      ...(p.progress !== undefined && { progress: p.progress }),
-      ...(p.epoch !== undefined && { currentEpoch: p.epoch }),
-      ...(p.metrics !== undefined && { metrics: sql`${jobs.metrics} || ${JSON.stringify(p.metrics)}::jsonb` }),
-    })
-    .where(and(eq(jobs.id, jobId), eq(jobs.assignedNodeId, nodeId), inArray(jobs.status, ['assigned', 'running'])))
-    .returning({ id: jobs.id });
-  if (updated.length > 0) await db.execute(sql`select pg_notify(${JOB_CHANGES_CHANNEL}, ${jobId})`);
-  return updated.length > 0;
+  const sets = [sql`updated_at = ${new Date()}`];
+  if (p.progress !== undefined) sets.push(sql`progress = ${p.progress}`);
+  if (p.epoch !== undefined) sets.push(sql`current_epoch = ${p.epoch}`);
+  if (p.metrics !== undefined) sets.push(sql`metrics = metrics || ${JSON.stringify(p.metrics)}::jsonb`);
+  // The update and its notification in one statement (one round trip per report).
+  const result = await db.execute<{ id: string }>(sql`
+    with u as (
+      update jobs set ${sql.join(sets, sql`, `)}
+       where id = ${jobId} and assigned_node_id = ${nodeId} and status in ('assigned', 'running')
+      returning id
+    )
+    select id, pg_notify(${JOB_CHANGES_CHANNEL}, id) from u`);
+  return result.rows.length > 0;
 }
 
 export interface JobListQuery {
