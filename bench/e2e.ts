@@ -63,9 +63,10 @@ export interface E2EResult {
   history: { system?: { events: number; state_transitions: number }; twin?: { events: number; state_transitions: number } };
   /**
    * Where submit→assigned goes, from workflow histories of jobs of the latency runs (median ms per segment):
-   * submit → workflow started; started → escrow scheduled (first workflow task); escrow activity; escrow done →
-   * dispatch scheduled (workflow task + match local activity); dispatch activity; dispatch done → watch
-   * scheduled (workflow task + 'assigned' local activity); watch scheduled → the Engine sees the assignment.
+   * submit → workflow started; started → first workflow task started (pickup); that task, which runs the
+   * escrow beside the match, then dispatch and 'assigned' (all local activities) and schedules the watch; task
+   * completed → the Engine sees the assignment (negative when the Engine is told by the 'assigned' row's
+   * notification before the task completes).
    */
   assign_breakdown_ms: { system?: Record<string, number | null>; twin?: Record<string, number | null> };
   setup: string;
@@ -85,22 +86,16 @@ async function assignBreakdown(client: TemporalClient, t: JobTiming): Promise<Re
   const history = await client.workflow.getHandle(t.jobId).fetchHistory();
   const events = history.events ?? [];
   const started = ms(events[0]?.eventTime);
-  const scheduled = (name: string) => events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name);
-  const completed = (id: unknown) => events.find((e) => String(e.activityTaskCompletedEventAttributes?.scheduledEventId ?? '') === String(id));
-  const escrow = scheduled('escrow');
-  const dispatch = scheduled('dispatchToNode');
-  const watch = scheduled('watchNode');
-  if (!escrow || !dispatch || !watch) return undefined;
-  const escrowDone = completed(escrow.eventId);
-  const dispatchDone = completed(dispatch.eventId);
+  const taskStarted = events.find((e) => e.workflowTaskStartedEventAttributes);
+  const taskCompleted = events.find((e) => e.workflowTaskCompletedEventAttributes);
+  const watch = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'watchNode');
+  if (!taskStarted || !taskCompleted || !watch) return undefined;
   return {
     submit_to_started: started - t.scheduledAt,
-    first_task: ms(escrow.eventTime) - started,
-    escrow_activity: ms(escrowDone?.eventTime) - ms(escrow.eventTime),
-    match: ms(dispatch.eventTime) - ms(escrowDone?.eventTime),
-    dispatch_activity: ms(dispatchDone?.eventTime) - ms(dispatch.eventTime),
-    assigned_transition: ms(watch.eventTime) - ms(dispatchDone?.eventTime),
-    to_engine: t.assignedAt - ms(watch.eventTime),
+    first_task_pickup: ms(taskStarted.eventTime) - started,
+    // Escrow beside match, then dispatch and 'assigned' (local activities): the first task ends with the watch.
+    first_task: ms(taskCompleted.eventTime) - ms(taskStarted.eventTime),
+    to_engine: t.assignedAt - ms(taskCompleted.eventTime),
     total: t.assignedAt - t.scheduledAt,
   };
 }

@@ -16,7 +16,7 @@ import { twinAccepted, twinComplete, twinProgress, twinStatus, type TwinJobInput
 
 /**
  * The bare Temporal twin of jobWorkflow's happy path, with the same Temporal shape and none of our logic:
- * escrow (activity) → match (local) → dispatch (activity) → "assigned" (local) → watch (async activity,
+ * escrow (local) beside match (local) → dispatch (local) → "assigned" (local) → watch (async activity,
  * cancelled at the end) → accepted update → "running" (local) → 2 progress signals → complete update →
  * release claims (local) → release (activity) → outcome (local) → "completed" (local); the same search
  * attribute, memo and current-details upserts; the same timeouts and retry policies.
@@ -30,7 +30,11 @@ const money = proxyActivities<TwinActivities>({
   heartbeatTimeout: '15 seconds',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute' },
 });
-const dispatch = proxyActivities<TwinActivities>({
+const escrowMoney = proxyLocalActivities<TwinActivities>({
+  startToCloseTimeout: '3 minutes',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute' },
+});
+const dispatch = proxyLocalActivities<TwinActivities>({
   startToCloseTimeout: 7000,
   retry: { maximumAttempts: 2, initialInterval: '500 milliseconds' },
 });
@@ -81,11 +85,12 @@ export async function twinJobWorkflow(input: TwinJobInput): Promise<{ jobId: str
     return { paymentReleased: true, txRef: final!.txRef };
   });
 
-  await CancellationScope.nonCancellable(() => money.escrow({ jobId, amount: input.paymentUnits }));
+  const matching = CancellationScope.nonCancellable(() => registry.matchNode({ jobId }));
+  await CancellationScope.nonCancellable(() => escrowMoney.escrow({ jobId, amount: input.paymentUnits }));
   escrow = 'held';
-  publish();
+  details();
 
-  const match = await registry.matchNode({ jobId });
+  const match = await matching;
   await dispatch.dispatchToNode({ jobId, nodeId: match.node.nodeId });
   nodeId = match.node.nodeId;
   await transition('assigned');

@@ -130,12 +130,16 @@ export function createJobActivities(deps: JobActivityDeps) {
     });
     const claimedByOthers: string[] = [];
     for (const pick of ranking.ranked.slice(0, CLAIM_TRIES)) {
-      if (!(await claimNode(deps.db, input.jobId, pick.nodeId))) {
+      // Counted before the claim's round trip, so matches ranking meanwhile in this process (a burst of
+      // submissions) see this job on the node and spread instead of all trying the same best node. A claim
+      // that fails stays counted only until the next refresh, which recounts the claims.
+      deps.nodes.noteClaim(pick.nodeId);
+      // The node's endpoint is read while the claim is taken (wasted only when the claim fails).
+      const [claimed, node] = await Promise.all([claimNode(deps.db, input.jobId, pick.nodeId), nodesRepo.getNode(deps.db, pick.nodeId)]);
+      if (!claimed) {
         claimedByOthers.push(pick.nodeId);
         continue;
       }
-      deps.nodes.noteClaim(pick.nodeId);
-      const node = await nodesRepo.getNode(deps.db, pick.nodeId);
       if (!node) continue;
       const matched: MatchedNode = {
         nodeId: node.id,

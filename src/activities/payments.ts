@@ -3,16 +3,18 @@ import type { ChainSettlement, LegReceipt, ReleaseOutcome } from '../chain/settl
 
 export type { LegReceipt, ReleaseOutcome };
 
-
 /** How often a running payment activity tells Temporal it is alive. */
 const HEARTBEAT_EVERY_MS = 2000;
 
 /**
  * Runs `work` while heartbeating, so a worker that dies mid-settlement is noticed within the activity's
- * heartbeat timeout instead of its whole start-to-close timeout.
+ * heartbeat timeout instead of its whole start-to-close timeout. A local activity (the escrow) cannot
+ * heartbeat: its workflow task's timeout notices a dead worker.
  */
 export async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
-  const timer = setInterval(() => Context.current().heartbeat(), HEARTBEAT_EVERY_MS);
+  const context = Context.current();
+  if (context.info.isLocal) return work();
+  const timer = setInterval(() => context.heartbeat(), HEARTBEAT_EVERY_MS);
   try {
     return await work();
   } finally {

@@ -6,8 +6,8 @@ import {
   getAssociatedTokenAddressSync,
   TOKEN_PROGRAM_ID,
 } from '@solana/spl-token';
-import { PublicKey, SystemProgram, TransactionInstruction } from '@solana/web3.js';
-import { createHash } from 'node:crypto';
+import { type Keypair, PublicKey, SystemProgram, type Transaction, TransactionInstruction } from '@solana/web3.js';
+import { createHash, createPrivateKey, sign, type KeyObject } from 'node:crypto';
 
 export const MEMO_PROGRAM_ID = new PublicKey('MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr');
 
@@ -59,9 +59,20 @@ export function createEscrowAccountInstructions(p: {
   ];
 }
 
+/** Derived token accounts by wallet and mint: a derivation tries curve points in pure JS (~0.5 ms). */
+const tokenAccounts = new Map<string, PublicKey>();
+const TOKEN_ACCOUNT_CACHE_SIZE = 10_000;
+
 /** The wallet's token account for the mint (its associated token account). */
 export function tokenAccountOf(wallet: PublicKey, mint: PublicKey): PublicKey {
-  return getAssociatedTokenAddressSync(mint, wallet, true);
+  const key = wallet.toBuffer().toString('hex') + mint.toBuffer().toString('hex');
+  let account = tokenAccounts.get(key);
+  if (!account) {
+    account = getAssociatedTokenAddressSync(mint, wallet, true);
+    if (tokenAccounts.size >= TOKEN_ACCOUNT_CACHE_SIZE) tokenAccounts.clear();
+    tokenAccounts.set(key, account);
+  }
+  return account;
 }
 
 /** Pays `amount` smallest units into `wallet`'s token account, creating it if needed (fee payer pays rent). */
@@ -79,6 +90,40 @@ export function payToWallet(p: {
     createAssociatedTokenAccountIdempotentInstruction(p.feePayer, to, p.wallet, p.mint),
     createTransferCheckedInstruction(p.from, p.mint, to, p.fromOwner, p.amount, p.decimals),
   ];
+}
+
+/** PKCS#8 DER header of an Ed25519 private key; the 32-byte seed follows it. */
+const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
+const signingKeys = new WeakMap<Keypair, KeyObject>();
+
+function signingKey(keypair: Keypair): KeyObject {
+  let key = signingKeys.get(keypair);
+  if (!key) {
+    const seed = keypair.secretKey.subarray(0, 32);
+    key = createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+    signingKeys.set(keypair, key);
+  }
+  return key;
+}
+
+/**
+ * Signs a legacy transaction with node:crypto's Ed25519 (OpenSSL) rather than web3.js's pure-JS curve, compiling
+ * its message once. Ed25519 is deterministic, so the signatures are the same bytes web3.js would produce.
+ * @returns the wire bytes and the raw signatures, fee payer's first (its signature is the transaction id).
+ * @throws Error when a required signer is not among `signers`.
+ */
+export function signTransaction(tx: Transaction, signers: Keypair[]): { bytes: Buffer; signatures: Buffer[] } {
+  const message = tx.compileMessage();
+  const payload = message.serialize();
+  const required = message.accountKeys.slice(0, message.header.numRequiredSignatures);
+  const signatures = required.map((key) => {
+    const signer = signers.find((s) => s.publicKey.equals(key));
+    if (!signer) throw new Error(`missing signature of ${key.toBase58()}`);
+    return sign(null, payload, signingKey(signer));
+  });
+  // Wire format: compact-u16 signature count, the signatures, the message.
+  if (signatures.length > 127) throw new Error('too many signers');
+  return { bytes: Buffer.concat([Buffer.from([signatures.length]), ...signatures, payload]), signatures };
 }
 
 export { ACCOUNT_SIZE, TOKEN_PROGRAM_ID };

@@ -20,6 +20,7 @@ import {
   escrowAddress,
   memoInstruction,
   payToWallet,
+  signTransaction,
   tokenAccountOf,
 } from './instructions';
 
@@ -123,6 +124,13 @@ function permanentReason(err: unknown): string | undefined {
 export function createChainSettlement(deps: ChainSettlementDeps) {
   const { db, connection, authority } = deps;
   const pollMs = deps.pollMs ?? 250;
+  /** Rent for an escrow token account: a cluster constant, asked once (a failed ask is asked again). */
+  let rentExemption: Promise<number> | undefined;
+  const rentExemptionOnce = () =>
+    (rentExemption ??= connection.getMinimumBalanceForRentExemption(ACCOUNT_SIZE).catch((err) => {
+      rentExemption = undefined;
+      throw err;
+    }));
   const escrowOf = (jobId: string) => escrowAddress(authority.publicKey, jobId);
 
   async function rowsOf(jobId: string, legs: Leg[]): Promise<PaymentRow[]> {
@@ -191,9 +199,21 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     legs: Leg[],
     memo: string,
     build: () => Promise<{ instructions: TransactionInstruction[]; signers: Keypair[] }>,
+    /** The legs' rows when the caller has just written them (saves the first read). */
+    known?: PaymentRow[],
   ): Promise<PaymentRow[]> {
+    // Rows as last read or written; re-read only where another writer may have changed them.
+    let rows = known?.length === legs.length ? known : await rowsOf(jobId, legs);
+    const confirm = async (signature: string, slot: number | null): Promise<PaymentRow[]> => {
+      const updated = await db
+        .update(payments)
+        .set({ state: 'confirmed', slot, lastError: null, updatedAt: new Date() })
+        .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)))
+        .returning();
+      return updated.length === legs.length ? legs.map((l) => updated.find((r) => r.leg === l)!) : rowsOf(jobId, legs);
+    };
     for (let round = 0; round < 4; round++) {
-      const rows = await rowsOf(jobId, legs);
+      if (round > 0 && !rows.every((r) => r.state === 'confirmed')) rows = await rowsOf(jobId, legs);
       if (rows.length !== legs.length) throw nonRetryable(SettlementErrors.escrowMissing, `legs ${legs} of job ${jobId} are not recorded`);
       if (rows.every((r) => r.state === 'confirmed')) return rows;
       const current = rows[0];
@@ -204,7 +224,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           state = await awaitOutcome(current.txRef, current.lastValidBlockHeight);
         }
         if (state.kind === 'landed') {
-          await markConfirmed(jobId, legs, current.txRef, state.slot);
+          rows = await confirm(current.txRef, state.slot);
           continue;
         }
         if (state.kind === 'failed') {
@@ -217,15 +237,17 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
 
       // Sign a new attempt and record it before it leaves this process.
-      const { instructions, signers } = await build();
-      const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
+      const [{ instructions, signers }, { blockhash, lastValidBlockHeight }] = await Promise.all([
+        build(),
+        connection.getLatestBlockhash(deps.commitment),
+      ]);
       const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
         memoInstruction(`cyxwiz ${memo}`, authority.publicKey),
         ...instructions,
       );
-      tx.sign(authority, ...signers.filter((s) => !s.publicKey.equals(authority.publicKey)));
-      const signature = b58.decode(tx.signature!);
-      const bytes = tx.serialize();
+      const signed = signTransaction(tx, [authority, ...signers]);
+      const signature = b58.decode(signed.signatures[0]);
+      const bytes = signed.bytes;
       const recorded = await db
         .update(payments)
         .set({
@@ -257,7 +279,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const state = await awaitOutcome(signature, lastValidBlockHeight);
       if (state.kind === 'landed') {
         await deps.hooks?.afterConfirm?.(legs);
-        await markConfirmed(jobId, legs, signature, state.slot);
+        rows = await confirm(signature, state.slot);
         continue;
       }
       if (state.kind === 'failed') {
@@ -287,8 +309,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
 
   /** Instructions that create the job's escrow account when it does not exist yet. */
   async function escrowAccountSetup(jobId: string): Promise<TransactionInstruction[]> {
-    if (await escrowExists(jobId)) return [];
-    const rentLamports = await connection.getMinimumBalanceForRentExemption(ACCOUNT_SIZE);
+    const [exists, rentLamports] = await Promise.all([escrowExists(jobId), rentExemptionOnce()]);
+    if (exists) return [];
     return createEscrowAccountInstructions({ authority: authority.publicKey, jobId, mint: deps.mint, rentLamports });
   }
 
@@ -365,9 +387,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   async function escrow(input: { jobId: string; amount: string; payer: string; escrowTxHash?: string }): Promise<LegReceipt> {
     const amount = BigInt(input.amount);
     const to = escrowOf(input.jobId).toBase58();
-    const [existing] = await rowsOf(input.jobId, ['escrow']);
-    if (existing?.state === 'confirmed') return receipt(existing);
     if (input.escrowTxHash) {
+      const [existing] = await rowsOf(input.jobId, ['escrow']);
+      if (existing?.state === 'confirmed') return receipt(existing);
       const received = await verifyEscrowTransaction({ jobId: input.jobId, amount, payer: input.payer, signature: input.escrowTxHash });
       try {
         await db
@@ -387,15 +409,41 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       return receipt(row);
     }
     const payer = deps.payer;
-    if (!payer) throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
-    await recordLeg(db, input.jobId, 'escrow', amount, payer.publicKey.toBase58(), to);
-    const [row] = await settle(input.jobId, ['escrow'], legKey(input.jobId, 'escrow'), async () => ({
-      instructions: [
-        ...(await escrowAccountSetup(input.jobId)),
-        createTransferCheckedInstruction(tokenAccountOf(payer.publicKey, deps.mint), deps.mint, escrowOf(input.jobId), payer.publicKey, amount, deps.decimals),
-      ],
-      signers: [payer],
-    }));
+    if (!payer) {
+      const [existing] = await rowsOf(input.jobId, ['escrow']);
+      if (existing?.state === 'confirmed') return receipt(existing);
+      throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
+    }
+    // The escrow account is looked up while the leg is recorded (used by the first attempt only; a later one
+    // looks again, the account may exist by then).
+    let setup: Promise<TransactionInstruction[]> | undefined = escrowAccountSetup(input.jobId);
+    setup.catch(() => undefined); // awaited below unless the leg turns out settled already
+    // Recording is a no-op when the leg exists; settle() returns it at once when it is already confirmed.
+    const recorded = await db
+      .insert(payments)
+      .values({
+        jobId: input.jobId, leg: 'escrow', amount, fromAccount: payer.publicKey.toBase58(), toAccount: to, state: 'pending',
+        idempotencyKey: legKey(input.jobId, 'escrow'), memo: `cyxwiz ${legKey(input.jobId, 'escrow')}`,
+      })
+      .onConflictDoNothing()
+      .returning();
+    const [row] = await settle(
+      input.jobId,
+      ['escrow'],
+      legKey(input.jobId, 'escrow'),
+      async () => {
+        const accountSetup = await (setup ?? escrowAccountSetup(input.jobId));
+        setup = undefined;
+        return {
+          instructions: [
+            ...accountSetup,
+            createTransferCheckedInstruction(tokenAccountOf(payer.publicKey, deps.mint), deps.mint, escrowOf(input.jobId), payer.publicKey, amount, deps.decimals),
+          ],
+          signers: [payer],
+        };
+      },
+      recorded,
+    );
     return receipt(row);
   }
 
@@ -429,10 +477,20 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
       const s = splitPayment(escrowRow.amount, BigInt(deps.platformFeeBps));
       const nodeTo = wallet || `node:${input.nodeId}`;
-      const state = wallet ? 'pending' : 'owed';
-      await recordLeg(tx, input.jobId, 'release_node', s.node, escrowRow.toAccount, nodeTo, state);
-      await recordLeg(tx, input.jobId, 'release_platform', s.platform, escrowRow.toAccount, deps.treasury.toBase58(), state);
-      if (wallet) {
+      const state: 'pending' | 'owed' = wallet ? 'pending' : 'owed';
+      // Both legs in one statement; a leg already recorded stays as it is (idempotency key).
+      await tx
+        .insert(payments)
+        .values([
+          { leg: 'release_node' as const, amount: s.node, to: nodeTo },
+          { leg: 'release_platform' as const, amount: s.platform, to: deps.treasury.toBase58() },
+        ].map((l) => ({
+          jobId: input.jobId, leg: l.leg, amount: l.amount, fromAccount: escrowRow.toAccount, toAccount: l.to, state,
+          idempotencyKey: legKey(input.jobId, l.leg), memo: `cyxwiz ${legKey(input.jobId, l.leg)}`,
+        })))
+        .onConflictDoNothing();
+      const owed = legs.some((l) => (l.leg === 'release_node' || l.leg === 'release_platform') && l.state === 'owed');
+      if (wallet && owed) {
         // A node that registered its wallet after being owed: point the owed legs at it.
         await tx
           .update(payments)

@@ -1,7 +1,7 @@
 import { and, asc, count, desc, eq, inArray, isNull, or, sql } from 'drizzle-orm';
 import type { JobPhase, JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
-import { jobEvents, jobs, nodeJobCancels, payments } from './schema';
+import { jobEvents, jobs, payments } from './schema';
 
 export type JobRow = typeof jobs.$inferSelect;
 export type JobEventRow = typeof jobEvents.$inferSelect;
@@ -19,10 +19,13 @@ export function priorityRank(priority: JobSpec['priority']): number {
   return { CRITICAL: 0, HIGH: 1, NORMAL: 2, LOW: 3 }[priority];
 }
 
-/** Inserts a job unless one with its id exists. Returns the stored row and whether this call created it. */
-export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: boolean; row: JobRow }> {
+/**
+ * Inserts a job with its first event ('submitted', seq 0) unless one with its id exists, in one statement.
+ * @returns whether this call created it; when it did not, the stored row.
+ */
+export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: true } | { created: false; row: JobRow }> {
   const { spec } = job;
-  const inserted = await db
+  const row = db
     .insert(jobs)
     .values({
       id: spec.jobId,
@@ -38,23 +41,45 @@ export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: boo
       paymentUnits: BigInt(spec.paymentUnits),
     })
     .onConflictDoNothing({ target: jobs.id })
-    .returning();
-  if (inserted.length > 0) return { created: true, row: inserted[0] };
+    .returning({ id: jobs.id });
+  // (Drizzle wraps each embedded query in parentheses.)
+  const result = await db.execute<{ created: boolean }>(sql`with j as ${row},
+    e as (insert into ${jobEvents} (job_id, seq, from_status, to_status, reason, actor) select id, 0, null, 'pending', 'submitted', 'client' from j)
+    select exists (select 1 from j) as created`);
+  if (result.rows[0]?.created) return { created: true };
   const [existing] = await db.select().from(jobs).where(eq(jobs.id, spec.jobId));
   return { created: false, row: existing };
 }
 
+/**
+ * The hot reads of a job, built once per database handle and run as named prepared statements: the API reads
+ * a job on every report and every change it streams.
+ */
+function preparedReads(db: DbOrTx) {
+  let reads = prepared.get(db);
+  if (!reads) {
+    reads = {
+      job: db
+        .select()
+        .from(jobs)
+        .where(and(eq(jobs.id, sql.placeholder('id')), isNull(jobs.deletedAt)))
+        .prepare('jobs_get'),
+      events: db.select().from(jobEvents).where(eq(jobEvents.jobId, sql.placeholder('id'))).orderBy(asc(jobEvents.seq)).prepare('job_events_get'),
+    };
+    prepared.set(db, reads);
+  }
+  return reads;
+}
+const prepared = new WeakMap<DbOrTx, { job: { execute(p: { id: string }): Promise<JobRow[]> }; events: { execute(p: { id: string }): Promise<JobEventRow[]> } }>();
+
 /** A job that has not been deleted. */
 export async function getJob(db: DbOrTx, id: string): Promise<JobRow | undefined> {
-  const [row] = await db
-    .select()
-    .from(jobs)
-    .where(and(eq(jobs.id, id), isNull(jobs.deletedAt)));
+  const [row] = await preparedReads(db).job.execute({ id });
   return row;
 }
 
 export async function getJobEvents(db: DbOrTx, id: string): Promise<JobEventRow[]> {
-  return db.select().from(jobEvents).where(eq(jobEvents.jobId, id)).orderBy(asc(jobEvents.seq));
+  return preparedReads(db).events.execute({ id });
 }
 
 export interface Transition {
@@ -81,54 +106,38 @@ export interface Transition {
 }
 
 /**
- * Appends a job event and applies the state change to the job row, atomically and exactly once per seq.
+ * Appends a job event and applies the state change to the job row, atomically and exactly once per seq, in one
+ * statement (one round trip): the row changes only when the event row was inserted by this call.
  * @returns whether this call applied it (false: an earlier try already did).
  */
 export async function recordTransition(db: DbOrTx, t: Transition): Promise<boolean> {
-  return db.transaction(async (tx) => {
-    const inserted = await tx
-      .insert(jobEvents)
-      .values({
-        jobId: t.jobId,
-        seq: t.seq,
-        fromStatus: t.from,
-        toStatus: t.to,
-        reason: t.reason,
-        actor: t.actor,
-        nodeId: t.nodeId ?? null,
-        attempt: t.attempt,
-        data: t.data ?? {},
-      })
-      .onConflictDoNothing()
-      .returning({ id: jobEvents.id });
-    if (inserted.length === 0) return false;
-    const now = new Date();
-    await tx
-      .update(jobs)
-      .set({
-        status: t.to,
-        eventSeq: t.seq,
-        updatedAt: now,
-        ...(t.assignedNodeId !== undefined && { assignedNodeId: t.assignedNodeId }),
-        ...(t.attempts !== undefined && { attempts: t.attempts }),
-        ...(t.error !== undefined && { errorCode: t.error?.code ?? null, errorMessage: t.error?.message ?? null }),
-        ...(t.started && { startedAt: now }),
-        ...(t.ended && { endedAt: now }),
-        ...(t.to === 'completed' && { progress: 1 }),
-        // A new node starts the job from scratch: no progress of the previous one shows.
-        ...(t.to === 'assigned' && { progress: 0, currentEpoch: 0, metrics: {} }),
-        ...(t.excludeNode && { excludedNodes: sql`array_append(${jobs.excludedNodes}, ${t.excludeNode})` }),
-      })
-      .where(eq(jobs.id, t.jobId));
-    if (t.cancelOnNode) {
-      await tx
-        .insert(nodeJobCancels)
-        .values({ nodeId: t.cancelOnNode, jobId: t.jobId, reason: t.reason })
-        .onConflictDoNothing();
-    }
-    await tx.execute(sql`select pg_notify(${JOB_CHANGES_CHANNEL}, ${t.jobId})`);
-    return true;
-  });
+  const now = new Date();
+  // Hand-written rather than built from query builders: three of these run per job, and building the
+  // statement cost more CPU than running it.
+  const sets = [sql`status = ${t.to}`, sql`event_seq = ${t.seq}`, sql`updated_at = ${now}`];
+  if (t.assignedNodeId !== undefined) sets.push(sql`assigned_node_id = ${t.assignedNodeId}`);
+  if (t.attempts !== undefined) sets.push(sql`attempts = ${t.attempts}`);
+  if (t.error !== undefined) sets.push(sql`error_code = ${t.error?.code ?? null}`, sql`error_message = ${t.error?.message ?? null}`);
+  if (t.started) sets.push(sql`started_at = ${now}`);
+  if (t.ended) sets.push(sql`ended_at = ${now}`);
+  if (t.to === 'completed') sets.push(sql`progress = 1`);
+  // A new node starts the job from scratch: no progress of the previous one shows.
+  if (t.to === 'assigned') sets.push(sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`);
+  if (t.excludeNode) sets.push(sql`excluded_nodes = array_append(excluded_nodes, ${t.excludeNode}::text)`);
+  // Data-modifying CTEs all run, from one snapshot, whether or not the outer query reads them.
+  const cancel = t.cancelOnNode
+    ? sql`, c as (insert into node_job_cancels (node_id, job_id, reason) select ${t.cancelOnNode}::text, job_id, ${t.reason}::text from e on conflict do nothing)`
+    : sql``;
+  const result = await db.execute<{ id: string }>(sql`
+    with e as (
+      insert into job_events (job_id, seq, from_status, to_status, reason, actor, node_id, attempt, data)
+      values (${t.jobId}, ${t.seq}, ${t.from}, ${t.to}, ${t.reason}, ${t.actor}, ${t.nodeId ?? null}, ${t.attempt}, ${JSON.stringify(t.data ?? {})}::jsonb)
+      on conflict do nothing returning job_id
+    ), u as (
+      update jobs set ${sql.join(sets, sql`, `)} where id = (select job_id from e) returning id
+    )${cancel}
+    select id, pg_notify(${JOB_CHANGES_CHANNEL}, id) from u`);
+  return result.rows.length > 0;
 }
 
 export interface ProgressUpdate {
@@ -142,18 +151,19 @@ export interface ProgressUpdate {
  * @returns false when the node does not hold the job (the report is stale and must be rejected).
  */
 export async function updateProgress(db: DbOrTx, jobId: string, nodeId: string, p: ProgressUpdate): Promise<boolean> {
-  const updated = await db
-    .update(jobs)
-    .set({
-      updatedAt: new Date(),
-      ...(p.progress !== undefined && { progress: p.progress }),
-      ...(p.epoch !== undefined && { currentEpoch: p.epoch }),
-      ...(p.metrics !== undefined && { metrics: sql`${jobs.metrics} || ${JSON.stringify(p.metrics)}::jsonb` }),
-    })
-    .where(and(eq(jobs.id, jobId), eq(jobs.assignedNodeId, nodeId), inArray(jobs.status, ['assigned', 'running'])))
-    .returning({ id: jobs.id });
-  if (updated.length > 0) await db.execute(sql`select pg_notify(${JOB_CHANGES_CHANNEL}, ${jobId})`);
-  return updated.length > 0;
+  const sets = [sql`updated_at = ${new Date()}`];
+  if (p.progress !== undefined) sets.push(sql`progress = ${p.progress}`);
+  if (p.epoch !== undefined) sets.push(sql`current_epoch = ${p.epoch}`);
+  if (p.metrics !== undefined) sets.push(sql`metrics = metrics || ${JSON.stringify(p.metrics)}::jsonb`);
+  // The update and its notification in one statement (one round trip per report).
+  const result = await db.execute<{ id: string }>(sql`
+    with u as (
+      update jobs set ${sql.join(sets, sql`, `)}
+       where id = ${jobId} and assigned_node_id = ${nodeId} and status in ('assigned', 'running')
+      returning id
+    )
+    select id, pg_notify(${JOB_CHANGES_CHANNEL}, id) from u`);
+  return result.rows.length > 0;
 }
 
 export interface JobListQuery {

@@ -105,14 +105,33 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
     return update(() => handle(jobId).executeUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel' }));
   }
 
+  // Each heartbeat is a write to the workflow's state on the Temporal server. Like the SDK's own heartbeat
+  // throttling, at most one per watch per tenth of its timeout is sent: a chatty node (a report per second,
+  // every heartbeat) costs Temporal no more than that, and a silent node is still noticed on time.
+  const aliveEveryMs = Math.max(1, Math.floor(deps.options.heartbeatTimeoutMs / 10));
+  /** When each watch (job id/attempt) was last told, oldest first. */
+  const lastAlive = new Map<string, number>();
+
   /**
    * Tells the watch over the job's current attempt that its node is alive. Misses are harmless: the
    * watch may not have started yet or may have ended.
    */
   async function nodeAlive(jobId: string, attempt: number, details: Record<string, unknown>): Promise<void> {
+    const key = `${jobId}/${attempt}`;
+    const now = Date.now();
+    const last = lastAlive.get(key);
+    if (last !== undefined && now - last < aliveEveryMs) return;
+    lastAlive.delete(key);
+    lastAlive.set(key, now);
+    for (const [k, at] of lastAlive) {
+      if (now - at < aliveEveryMs) break;
+      lastAlive.delete(k);
+    }
     try {
       await client.activity.heartbeat({ workflowId: jobId, activityId: watchActivityId(attempt) }, details);
     } catch (err) {
+      // Not told: the next sign of life tries again.
+      if (lastAlive.get(key) === now) lastAlive.delete(key);
       if (err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError) return;
       throw err;
     }

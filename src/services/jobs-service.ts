@@ -53,31 +53,19 @@ export function createJobService(deps: JobServiceDeps) {
    */
   async function submit(spec: JobSpec): Promise<{ jobId: string; created: boolean }> {
     const hash = configHash(spec);
-    const known = await jobsRepo.getJob(db, spec.jobId);
-    if (spec.escrowTxHash && !known) {
+    // The payer's escrow transaction is checked for a new job only (one round trip saved for the others).
+    if (spec.escrowTxHash && !(await jobsRepo.getJob(db, spec.jobId))) {
       if (!spec.paymentAddress) throw new ValidationError('config.payment_address', 'is required with config.escrow_tx_hash (the payer)');
       await deps.verifyEscrow({ jobId: spec.jobId, amount: BigInt(spec.paymentUnits), payer: spec.paymentAddress, signature: spec.escrowTxHash });
     }
-    const { created, row } = await db.transaction(async (tx) => {
-      const result = await jobsRepo.insertJob(tx, { spec, configHash: hash });
-      if (result.created) {
-        await tx.insert(jobEvents).values({
-          jobId: spec.jobId,
-          seq: 0,
-          fromStatus: null,
-          toStatus: 'pending',
-          reason: 'submitted',
-          actor: 'client',
-        });
-      }
-      return result;
-    });
-    if (!created && row.configHash !== hash) {
-      throw new ConflictError(`job_id ${spec.jobId} already exists with a different config`);
+    const inserted = await jobsRepo.insertJob(db, { spec, configHash: hash });
+    const created = inserted.created;
+    if (!inserted.created) {
+      if (inserted.row.configHash !== hash) throw new ConflictError(`job_id ${spec.jobId} already exists with a different config`);
+      if (inserted.row.deletedAt) throw new ConflictError(`job_id ${spec.jobId} was used by a job that has been deleted`);
     }
-    if (row.deletedAt) throw new ConflictError(`job_id ${spec.jobId} was used by a job that has been deleted`);
     try {
-      await workflows.start(row.config);
+      await workflows.start(inserted.created ? spec : inserted.row.config);
     } catch (err) {
       // Temporal refused this job for good: keep nothing of it. (When Temporal is only unreachable, the job
       // stays recorded and the worker's sweep starts it once Temporal is back.)

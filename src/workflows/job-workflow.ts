@@ -10,15 +10,16 @@ import {
   proxyLocalActivities,
   setCurrentDetails,
   setHandler,
+  TemporalFailure,
   TimeoutFailure,
   upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
   allHandlersFinished,
 } from '@temporalio/workflow';
-import { TimeoutType } from '@temporalio/common';
+import { TimeoutType, type RetryPolicy } from '@temporalio/common';
 import type { createDispatchActivities } from '../activities/dispatch';
-import type { createJobActivities, MatchedNode } from '../activities/jobs';
+import type { createJobActivities, MatchedNode, MatchResult } from '../activities/jobs';
 import type { createPaymentActivities } from '../activities/payments';
 import type { Transition } from '../db/jobs-repo';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
@@ -99,16 +100,28 @@ const registry = proxyLocalActivities<JobActivities>({
   retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
 });
 
+const moneyRetry: RetryPolicy = {
+  initialInterval: '1 second',
+  backoffCoefficient: 2,
+  maximumInterval: '1 minute',
+  nonRetryableErrorTypes: PAYMENT_NON_RETRYABLE,
+};
+
 const money = proxyActivities<PaymentActivities>({
   // A settlement attempt waits for its confirmation (CHAIN_CONFIRM_TIMEOUT_MS) and heartbeats meanwhile.
   startToCloseTimeout: '3 minutes',
   heartbeatTimeout: '15 seconds',
-  retry: {
-    initialInterval: '1 second',
-    backoffCoefficient: 2,
-    maximumInterval: '1 minute',
-    nonRetryableErrorTypes: PAYMENT_NON_RETRYABLE,
-  },
+  retry: moneyRetry,
+});
+
+/**
+ * The escrow runs as a local activity so that it can run beside the first match in the job's first workflow
+ * task: a scheduled activity only leaves with the task's completion, which waits for the match. Exactly once
+ * all the same (a re-run after a crash finds the leg's row), and a dead worker surfaces as the task's timeout.
+ */
+const escrowMoney = proxyLocalActivities<PaymentActivities>({
+  startToCloseTimeout: '3 minutes',
+  retry: moneyRetry,
 });
 
 /** An owed payment is retried at least this often even without a wallet registration signal. */
@@ -143,8 +156,11 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   let nodesChanged = false;
   let walletRegistered = false;
   let final: { phase: JobWorkflowResult['phase']; txRef: string } | undefined;
+  /** A match claimed node capacity that no assignment holds yet: whoever ends the job gives it back. */
+  let unassignedClaim = false;
 
-  const dispatch = proxyActivities<DispatchActivities>({
+  // Local, like the match and the transitions: offer and 'assigned' complete in the task that matched.
+  const dispatch = proxyLocalActivities<DispatchActivities>({
     startToCloseTimeout: options.assignTimeoutMs + 2000,
     retry: { maximumAttempts: 2, initialInterval: '500 milliseconds' },
   });
@@ -301,19 +317,13 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
 
   // ---- steps ----------------------------------------------------------------------------------
   /** Matches and assigns until a node accepts the job, or the job is cancelled. */
-  async function place(): Promise<void> {
+  async function place(first?: MatchResult): Promise<void> {
     let heldBack = 0;
     for (;;) {
-      if (cancelRequest) return;
+      if (cancelRequest) return; // the main loop refunds and gives back a claim
       nodesChanged = false;
-      const match = await registry.matchNode({
-        jobId,
-        requiredDevice: spec.requiredDevice,
-        estimatedMemory: spec.estimatedMemory,
-        excludeNodeIds: [...s.failedNodes, ...s.refusedNodes],
-        paymentUnits: spec.paymentUnits,
-        estimatedDuration: spec.estimatedDuration,
-      });
+      const match = first ?? (await findNode());
+      first = undefined;
       if (match.node) {
         const refusal = await offer(match.node);
         if (!refusal) {
@@ -329,11 +339,13 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
             attempts: s.attempt,
             data: { endpoint: match.node.endpoint, match: match.explanation, refusedBy: s.refusedNodes },
           });
+          unassignedClaim = false;
           upsertMemo({ match: { nodeId: match.node.nodeId, attempt: s.attempt, ...match.explanation } });
           s.refusedNodes = [];
           return;
         }
         await registry.releaseNode({ jobId });
+        unassignedClaim = false;
         s.refusedNodes.push(match.node.nodeId);
         s.lastReason = refusal;
         details();
@@ -357,13 +369,28 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     }
   }
 
+  /** Matches the job and claims capacity on the best node that is free (see matchNode). */
+  async function findNode(): Promise<MatchResult> {
+    const match = await registry.matchNode({
+      jobId,
+      requiredDevice: spec.requiredDevice,
+      estimatedMemory: spec.estimatedMemory,
+      excludeNodeIds: [...s.failedNodes, ...s.refusedNodes],
+      paymentUnits: spec.paymentUnits,
+      estimatedDuration: spec.estimatedDuration,
+    });
+    if (match.node) unassignedClaim = true;
+    return match;
+  }
+
   /** Offers the job to a node. @returns why it was not taken, or undefined when accepted. */
   async function offer(node: MatchedNode): Promise<string | undefined> {
     try {
       const result = await dispatch.dispatchToNode({ jobId, nodeId: node.nodeId, assignEndpoint: node.assignEndpoint, spec });
       return result.accepted ? undefined : `node ${node.nodeId} refused: ${result.reason}`;
     } catch (err) {
-      if (err instanceof ActivityFailure) return `node ${node.nodeId} unreachable: ${err.cause?.message ?? err.message}`;
+      const cause = activityCause(err);
+      if (cause) return `node ${node.nodeId} unreachable: ${cause.message}`;
       throw err;
     }
   }
@@ -478,7 +505,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     stopNode: string | null,
     excludeNode?: string,
   ): Promise<void> {
-    if (stopNode) await registry.releaseNode({ jobId });
+    if (stopNode || unassignedClaim) await registry.releaseNode({ jobId });
+    unassignedClaim = false;
     const receipt = s.escrow === 'held' ? await moneyStep(() => money.refund({ jobId })) : undefined;
     if (receipt) s.escrow = 'refunded';
     await transition(phase, reason, actor, {
@@ -491,34 +519,48 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     final = { phase, txRef: receipt?.txRef ?? '' };
   }
 
-  /** Escrows the payment; a refusal no retry can fix (no funds, a bad escrow transaction) fails the job. */
-  async function lockEscrow(): Promise<void> {
+  /**
+   * Escrows the payment while the first match runs. No node is offered the job before the money is held; a
+   * refusal no retry can fix (no funds, a bad escrow transaction) gives back what the match claimed and fails
+   * the job. @returns the first match when the escrow is held.
+   */
+  async function escrowWhileMatching(): Promise<MatchResult | undefined> {
+    // Not cancellable: whatever happens next must know whether it claimed a node.
+    const match = CancellationScope.nonCancellable(() => findNode());
+    let refusal: string | undefined;
     try {
       await moneyStep(() =>
-        money.escrow({ jobId, amount: spec.paymentUnits, payer: spec.paymentAddress, escrowTxHash: spec.escrowTxHash || undefined }),
+        escrowMoney.escrow({ jobId, amount: spec.paymentUnits, payer: spec.paymentAddress, escrowTxHash: spec.escrowTxHash || undefined }),
       );
       s.escrow = 'held';
-      publish();
+      details(); // the search attributes follow with the next transition, in this same task
     } catch (err) {
-      const cause = err instanceof ActivityFailure ? err.cause : undefined;
+      const cause = activityCause(err);
       const permanent = cause instanceof ApplicationFailure && (cause.nonRetryable || PAYMENT_NON_RETRYABLE.includes(cause.type ?? ''));
       if (!permanent) throw err;
-      s.error = { code: 402, message: `escrow refused: ${cause.message}` };
-      await transition('failed', s.error.message, 'workflow', { ended: true, error: s.error });
-      final = { phase: 'failed', txRef: '' };
+      refusal = cause.message;
     }
+    const first = await match;
+    if (refusal === undefined) return first;
+    if (unassignedClaim) await registry.releaseNode({ jobId });
+    unassignedClaim = false;
+    s.error = { code: 402, message: `escrow refused: ${refusal}` };
+    await transition('failed', s.error.message, 'workflow', { ended: true, error: s.error });
+    final = { phase: 'failed', txRef: '' };
+    return undefined;
   }
 
   // ---- the script -----------------------------------------------------------------------------
   try {
-    if (s.escrow === 'none' && s.phase === 'pending') await lockEscrow();
+    let first = s.escrow === 'none' && s.phase === 'pending' ? await escrowWhileMatching() : undefined;
     while (!isTerminal(s.phase)) {
       if (cancelRequest) {
         await refundAndEnd('cancelled', `cancelled: ${cancelRequest.reason}`, 'client', s.nodeId);
         break;
       }
-      if (s.phase === 'pending' || s.phase === 'queued') await place();
+      if (s.phase === 'pending' || s.phase === 'queued') await place(first);
       else await supervise();
+      first = undefined;
     }
   } catch (err) {
     if (!isCancellation(err)) throw err;
@@ -538,6 +580,16 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     reason: s.lastReason,
     txRef: final?.txRef ?? '',
   };
+}
+
+/**
+ * Why an activity failed: the cause of an ActivityFailure, or the failure itself, as a local activity's
+ * failure reaches the workflow unwrapped. Undefined for cancellations and anything else.
+ */
+function activityCause(err: unknown): TemporalFailure | undefined {
+  if (isCancellation(err)) return undefined;
+  if (err instanceof ActivityFailure) return err.cause instanceof TemporalFailure ? err.cause : err;
+  return err instanceof ApplicationFailure || err instanceof TimeoutFailure ? err : undefined;
 }
 
 function queueNote(e: { eligible: number; rejectedCounts: Record<string, number>; claimedByOthers: string[]; queuePosition?: number }): string {
