@@ -299,16 +299,17 @@ export async function createJobTestEnv(cliPath: string): Promise<{ env: TestWork
 }
 
 let queueCounter = 0;
-export function uniqueTaskQueue(label: string): string {
+export function uniqueTaskQueue(label: string, prefix = 'jobs'): string {
   queueCounter += 1;
-  return `jobs-${label.replace(/[^a-z0-9]+/gi, '-').slice(0, 40)}-${process.pid}-${queueCounter}-${Date.now().toString(36)}`;
+  return `${prefix}-${label.replace(/[^a-z0-9]+/gi, '-').slice(0, 40)}-${process.pid}-${queueCounter}-${Date.now().toString(36)}`;
 }
 
+/** A worker of the bundled workflows with a fake world's activities (a FakeCluster, or the reservation harness's). */
 export async function createJobWorker(
   env: TestWorkflowEnvironment,
   bundle: WorkflowBundleWithSourceMap,
   taskQueue: string,
-  cluster: FakeCluster,
+  cluster: { activities: object },
 ): Promise<Worker> {
   return Worker.create({
     connection: env.nativeConnection,
@@ -323,7 +324,7 @@ export async function createJobWorker(
  * Runs `body` while `worker` polls, then shuts the worker down; the cluster's gates are opened first so an
  * activity held at one cannot keep the worker (and the test) from ending.
  */
-export async function runWorkerUntil<T>(worker: Worker, cluster: FakeCluster, body: () => Promise<T>): Promise<T> {
+export async function runWorkerUntil<T>(worker: Worker, cluster: { openGates(): void }, body: () => Promise<T>): Promise<T> {
   return worker.runUntil(async () => {
     try {
       return await body();

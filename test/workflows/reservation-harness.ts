@@ -14,8 +14,6 @@ import {
   type WorkflowHandleWithFirstExecutionRunId,
 } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import { Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { createReservationActivities, PotOutcome, ReservationEnd } from '../../src/activities/reservations';
 import type { LegReceipt } from '../../src/chain/settlement';
 import { splitPayment } from '../../src/domain/money';
@@ -27,7 +25,7 @@ import {
   type ReservationOptions,
   type ReservationSpec,
 } from '../../src/workflows/reservation-workflow';
-import { Gate, sleep, type EscrowRefusalType } from './job-harness';
+import { createJobWorker, Gate, runWorkerUntil, sleep, uniqueTaskQueue, type EscrowRefusalType } from './job-harness';
 
 export type ReservationActivities = ReturnType<typeof createReservationActivities>;
 export type ReservationHandle = WorkflowHandleWithFirstExecutionRunId<typeof reservationWorkflow>;
@@ -213,37 +211,8 @@ export class FakeReservationWorld {
   };
 }
 
-let queueCounter = 0;
-export function uniqueReservationQueue(label: string): string {
-  queueCounter += 1;
-  return `reservations-${label.replace(/[^a-z0-9]+/gi, '-').slice(0, 40)}-${process.pid}-${queueCounter}-${Date.now().toString(36)}`;
-}
-
-export async function createReservationWorker(
-  env: TestWorkflowEnvironment,
-  bundle: WorkflowBundleWithSourceMap,
-  taskQueue: string,
-  world: FakeReservationWorld,
-): Promise<Worker> {
-  return Worker.create({
-    connection: env.nativeConnection,
-    namespace: env.namespace ?? 'default',
-    taskQueue,
-    workflowBundle: bundle,
-    activities: world.activities,
-  });
-}
-
-/** Runs `body` while `worker` polls, then shuts the worker down, opening the world's gates first. */
-export async function runReservationWorkerUntil<T>(worker: Worker, world: FakeReservationWorld, body: () => Promise<T>): Promise<T> {
-  return worker.runUntil(async () => {
-    try {
-      return await body();
-    } finally {
-      world.openGates();
-    }
-  });
-}
+export const uniqueReservationQueue = (label: string) => uniqueTaskQueue(label, 'reservations');
+export { createJobWorker as createReservationWorker, runWorkerUntil as runReservationWorkerUntil };
 
 /** Starts a reservation workflow as ReserveNode does (src/services/reservation-service.ts): the id is the reservation's. */
 export async function startReservation(
