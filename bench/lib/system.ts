@@ -1,6 +1,5 @@
-import * as grpc from '@grpc/grpc-js';
-import { service as healthService } from 'grpc-health-check';
 import { getFreePort } from '../../src/infra/process';
+import { grpcServing, restHealthy } from '../../src/infra/probes';
 import type { Infra } from './infra';
 import { Child } from './proc';
 import { sleep } from './util';
@@ -20,30 +19,6 @@ export interface BenchSystem {
   stop(): Promise<void>;
 }
 
-async function grpcServing(address: string): Promise<boolean> {
-  const Health = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
-  const client = new Health(address, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
-    Check(req: { service: string }, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: { status: string | number }) => void): void;
-  };
-  try {
-    const res = await new Promise<{ status: string | number }>((resolve, reject) =>
-      client.Check({ service: '' }, { deadline: Date.now() + 1000 }, (err, r) => (err ? reject(err) : resolve(r))),
-    );
-    return res.status === 'SERVING' || res.status === 1;
-  } catch {
-    return false;
-  } finally {
-    client.close();
-  }
-}
-
-async function restHealthy(url: string): Promise<boolean> {
-  try {
-    return (await fetch(`${url}/api/health`, { signal: AbortSignal.timeout(2000) })).status === 200;
-  } catch {
-    return false;
-  }
-}
 
 export async function startBenchSystem(infra: Infra, opts: { name: string; env?: Record<string, string>; nodeArgs?: string[] }): Promise<BenchSystem> {
   const databaseUrl = await infra.createDatabase(opts.name);

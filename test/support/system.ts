@@ -1,10 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import { service as healthService } from 'grpc-health-check';
 import { Client } from 'pg';
 import { getFreePort } from '../../src/infra/process';
+import { grpcServing, restHealthy } from '../../src/infra/probes';
 import { createTestDatabase, dropTestDatabase, testChainEnv, testTemporalAddress, testTemporalNamespace } from './env';
 
 /**
@@ -188,31 +187,6 @@ function printOutputOnFailure(system: RunningSystem, label: string): () => void 
   };
 }
 
-async function grpcHealthServing(address: string): Promise<boolean> {
-  const Health = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
-  const client = new Health(address, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
-    Check(req: { service: string }, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: { status: string | number }) => void): void;
-  };
-  try {
-    const res = await new Promise<{ status: string | number }>((resolve, reject) =>
-      client.Check({ service: '' }, { deadline: Date.now() + 1000 }, (err, r) => (err ? reject(err) : resolve(r))),
-    );
-    return res.status === 'SERVING' || res.status === 1;
-  } catch {
-    return false;
-  } finally {
-    client.close();
-  }
-}
-
-async function restHealthy(url: string): Promise<boolean> {
-  try {
-    const res = await fetch(`${url}/api/health`, { signal: AbortSignal.timeout(2000) });
-    return res.status === 200;
-  } catch {
-    return false;
-  }
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -291,7 +265,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<RunningSyst
 
   async function startApi(): Promise<void> {
     procs.api.start();
-    await awaitReady(procs.api, 'API', async () => (await grpcHealthServing(grpcAddress)) && (await restHealthy(restUrl)));
+    await awaitReady(procs.api, 'API', async () => (await grpcServing(grpcAddress)) && (await restHealthy(restUrl)));
   }
 
   let client: Client | undefined;
