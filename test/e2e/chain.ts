@@ -1,5 +1,11 @@
-import { createTransferCheckedInstruction, getAccount, TokenAccountNotFoundError } from '@solana/spl-token';
-import { Connection, Keypair, PublicKey, Transaction } from '@solana/web3.js';
+import {
+  createApproveCheckedInstruction,
+  createAssociatedTokenAccountIdempotentInstruction,
+  createTransferCheckedInstruction,
+  getAccount,
+  TokenAccountNotFoundError,
+} from '@solana/spl-token';
+import { Connection, Keypair, LAMPORTS_PER_SOL, PublicKey, Transaction } from '@solana/web3.js';
 import { escrowAddress, MEMO_PROGRAM_ID, tokenAccountOf } from '../../src/chain/instructions';
 import { loadKeypair } from '../../src/chain/keys';
 import { testChainSetup, testSolanaRpcUrl } from '../support/env';
@@ -100,7 +106,31 @@ export function testChain() {
   /** A demo wallet of the local ledger (e.g. 'engine'), loaded from its key file. */
   const demoWallet = (name: string) => loadKeypair(`demo ${name} wallet`, { file: setup.keyFiles.demo[name] });
 
-  return { connection, mint, decimals: setup.decimals, authority, treasury, payer, ata, escrowAccount, accountBalance, balances, tokenMoves, memos, transfer, demoWallet };
+  /**
+   * A new user wallet holding `units` CYXWIZ (from the demo node wallet) that lets the escrow authority move
+   * `allowance` of them (an SPL approve), as a user does once before reserving nodes.
+   */
+  async function approvingWallet(units: bigint, allowance = units): Promise<Keypair> {
+    const user = Keypair.generate();
+    await connection.requestAirdrop(user.publicKey, LAMPORTS_PER_SOL);
+    const funder = demoWallet('node');
+    const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash('confirmed');
+    const tx = new Transaction({ feePayer: funder.publicKey, blockhash, lastValidBlockHeight }).add(
+      createAssociatedTokenAccountIdempotentInstruction(funder.publicKey, ata(user.publicKey), user.publicKey, mint),
+      createTransferCheckedInstruction(ata(funder.publicKey), mint, ata(user.publicKey), funder.publicKey, units, setup.decimals),
+      createApproveCheckedInstruction(ata(user.publicKey), mint, authority, user.publicKey, allowance, setup.decimals),
+    );
+    tx.sign(funder, user);
+    const signature = await connection.sendRawTransaction(tx.serialize());
+    await eventually('the user wallet to be funded', async () => {
+      const status = (await connection.getSignatureStatuses([signature])).value[0];
+      if (status?.err) throw new Error(`funding failed: ${JSON.stringify(status.err)}`);
+      return status?.confirmationStatus === 'confirmed' || status?.confirmationStatus === 'finalized';
+    });
+    return user;
+  }
+
+  return { connection, mint, decimals: setup.decimals, authority, treasury, payer, ata, escrowAccount, accountBalance, balances, tokenMoves, memos, transfer, demoWallet, approvingWallet };
 }
 
 export type TestChain = ReturnType<typeof testChain>;

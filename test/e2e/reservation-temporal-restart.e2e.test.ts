@@ -1,5 +1,3 @@
-import { createApproveCheckedInstruction, createAssociatedTokenAccountIdempotentInstruction, createTransferCheckedInstruction } from '@solana/spl-token';
-import { Keypair, LAMPORTS_PER_SOL, Transaction } from '@solana/web3.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -51,22 +49,7 @@ test('the reservation, its timer and its money survive a restart of the Temporal
   const engine = protocolClient('JobReservationService', system!.grpcAddress);
   try {
     const node = await nodes.start({ name: 'restart-node' });
-    const user = Keypair.generate();
-    await chain.connection.requestAirdrop(user.publicKey, LAMPORTS_PER_SOL);
-    const funder = chain.demoWallet('node');
-    const units = 100n * 10n ** 9n;
-    const { blockhash, lastValidBlockHeight } = await chain.connection.getLatestBlockhash('confirmed');
-    const tx = new Transaction({ feePayer: funder.publicKey, blockhash, lastValidBlockHeight }).add(
-      createAssociatedTokenAccountIdempotentInstruction(funder.publicKey, chain.ata(user.publicKey), user.publicKey, chain.mint),
-      createTransferCheckedInstruction(chain.ata(funder.publicKey), chain.mint, chain.ata(user.publicKey), funder.publicKey, units, chain.decimals),
-      createApproveCheckedInstruction(chain.ata(user.publicKey), chain.mint, chain.authority, user.publicKey, units, chain.decimals),
-    );
-    tx.sign(funder, user);
-    const signature = await chain.connection.sendRawTransaction(tx.serialize());
-    await eventually('the user wallet to be funded', async () => {
-      const status = (await chain.connection.getSignatureStatuses([signature])).value[0];
-      return status?.confirmationStatus === 'confirmed' || status?.confirmationStatus === 'finalized';
-    });
+    const user = await chain.approvingWallet(100n * 10n ** 9n);
 
     const reply = await engine.call('ReserveNode', { node_id: node.nodeId, user_wallet: user.publicKey.toBase58(), duration_minutes: 20 }, { deadlineMs: 30_000 });
     expect(reply).toMatchObject({ status: S.SUCCESS });

@@ -1,5 +1,4 @@
-import { createApproveCheckedInstruction, createAssociatedTokenAccountIdempotentInstruction, createTransferCheckedInstruction } from '@solana/spl-token';
-import { Keypair, LAMPORTS_PER_SOL, Transaction, type PublicKey } from '@solana/web3.js';
+import { Keypair, type PublicKey } from '@solana/web3.js';
 import { splitPayment } from '../../src/domain/money';
 import { costOfSeconds, reservationCost, unitsPerHour } from '../../src/domain/reservation';
 import { verifyP2PToken } from '../../src/services/p2p-token';
@@ -44,25 +43,7 @@ afterAll(async () => {
 });
 
 /** A user wallet holding `units` CYXWIZ that lets the escrow authority move `allowance` of them (SPL approve). */
-async function userWallet(units: bigint, allowance = units): Promise<Keypair> {
-  const user = Keypair.generate();
-  await chain.connection.requestAirdrop(user.publicKey, LAMPORTS_PER_SOL);
-  const funder = chain.demoWallet('node');
-  const { blockhash, lastValidBlockHeight } = await chain.connection.getLatestBlockhash('confirmed');
-  const tx = new Transaction({ feePayer: funder.publicKey, blockhash, lastValidBlockHeight }).add(
-    createAssociatedTokenAccountIdempotentInstruction(funder.publicKey, chain.ata(user.publicKey), user.publicKey, chain.mint),
-    createTransferCheckedInstruction(chain.ata(funder.publicKey), chain.mint, chain.ata(user.publicKey), funder.publicKey, units, DECIMALS),
-    createApproveCheckedInstruction(chain.ata(user.publicKey), chain.mint, chain.authority, user.publicKey, allowance, DECIMALS),
-  );
-  tx.sign(funder, user);
-  const signature = await chain.connection.sendRawTransaction(tx.serialize());
-  await eventually('the wallet to be funded', async () => {
-    const status = (await chain.connection.getSignatureStatuses([signature])).value[0];
-    if (status?.err) throw new Error(`funding failed: ${JSON.stringify(status.err)}`);
-    return status?.confirmationStatus === 'confirmed' || status?.confirmationStatus === 'finalized';
-  });
-  return user;
-}
+const userWallet = (units: bigint, allowance = units) => chain.approvingWallet(units, allowance);
 
 const reserve = (nodeId: string, wallet: string, minutes: number) =>
   engine.call('ReserveNode', { node_id: nodeId, user_wallet: wallet, duration_minutes: minutes, job_config: { model_definition: '{}', dataset_uri: 'remote://engine' } }, { deadlineMs: 30_000 });
