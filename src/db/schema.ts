@@ -319,8 +319,9 @@ export const reservations = pgTable(
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
   (t) => [
-    // At most one live reservation per node, whatever races.
-    uniqueIndex('reservations_live_node_idx').on(t.nodeId).where(sql`${t.status} in ('pending', 'active', 'completing')`),
+    // At most one reservation holding a node, whatever races. One that is settling ('completing') has given its
+    // node back already, so the next reservation may take it.
+    uniqueIndex('reservations_live_node_idx').on(t.nodeId).where(sql`${t.status} in ('pending', 'active')`),
     index('reservations_wallet_idx').on(t.userWallet, t.createdAt),
     index('reservations_status_idx').on(t.status, t.endAt),
   ],

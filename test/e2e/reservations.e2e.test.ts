@@ -139,6 +139,10 @@ test("the shipping Engine's sequence: reserve, heartbeat, connect with the token
   expect(await getReservation(id)).toMatchObject({ status: R.CANCELLED });
   await eventually('the node to be listed again', () => listedOnline(node.nodeId));
   expect(await engine.call('GetActiveReservations', { user_wallet: wallet })).toMatchObject({ reservations: [] });
+  // The next user can reserve it at once.
+  const next = await reserve(node.nodeId, other.publicKey.toBase58(), 10);
+  expect(next).toMatchObject({ status: S.SUCCESS });
+  expect(await engine.call('ReleaseReservation', { reservation_id: next.reservation_id, reason: 'done' }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS });
 
   // Operators see it: the workflow carries the reservation's search attributes (REST shows the row).
   const rest = await restGet(sys(), `/api/reservations/${id}`);

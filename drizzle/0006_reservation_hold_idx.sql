@@ -1,0 +1,2 @@
+DROP INDEX "reservations_live_node_idx";--> statement-breakpoint
+CREATE UNIQUE INDEX "reservations_live_node_idx" ON "reservations" USING btree ("node_id") WHERE "reservations"."status" in ('pending', 'active');
