@@ -7,21 +7,11 @@ import type { DeviceCapsSpec } from '../src/domain/node';
 import { computeScore, listPricePerHour } from '../src/domain/pricing';
 import { CandidateTable, memoryByType, rankCandidates, type Candidate, type MatchCriteria } from '../src/domain/scoring';
 import { log, mean, quantile, round } from './lib/util';
+import { seededRandom } from '../test/support/random';
 
 const GiB = 2 ** 30;
 const REGIONS = ['us-east', 'us-west', 'eu-west', 'eu-central', 'ap-south', 'ap-northeast', 'sa-east', 'af-south', 'me-central', 'oc-east', 'local', ''];
 
-/** Deterministic PRNG (mulberry32), so every run scores the same network. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const pick = <T>(rnd: () => number, xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
 
@@ -68,7 +58,7 @@ export interface SyntheticNode {
  * ~8 % offline, ~1 % banned (plus ~1 % whose ban has expired).
  */
 export function syntheticNetwork(n: number, seed = 42): SyntheticNode[] {
-  const rnd = prng(seed);
+  const rnd = seededRandom(seed);
   const nodes: SyntheticNode[] = [];
   const now = Date.now();
   for (let i = 0; i < n; i++) {
@@ -130,7 +120,7 @@ export function toCandidates(nodes: readonly SyntheticNode[]): Candidate[] {
  * job's budget), half add region preferences/limits and a price cap as the scoring supports.
  */
 export function jobMix(count: number, nodeIds: readonly string[], seed = 7): MatchCriteria[] {
-  const rnd = prng(seed);
+  const rnd = seededRandom(seed);
   const out: MatchCriteria[] = [];
   for (let i = 0; i < count; i++) {
     const roll = rnd();

@@ -28,6 +28,9 @@ import { startLocalLedger, type LocalLedger } from '../../src/chain/local-ledger
 import { createChainSettlement, type ChainCommitment, type ChainSettlementDeps, type SettlementHooks } from '../../src/chain/settlement';
 import type { Db } from '../../src/db/client';
 import { nodes } from '../../src/db/schema';
+import { seededRandom } from './random';
+
+export { seededRandom };
 
 const b58 = getBase58Decoder();
 
@@ -261,18 +264,6 @@ export interface RpcProxy {
   injected: Record<Fault['kind'], number>;
   setFaults(plan: (call: ProxiedCall) => Fault): void;
   stop(): Promise<void>;
-}
-
-/** A small seeded PRNG (mulberry32), so a failing fault schedule can be replayed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Faults drawn at random: each request fails with probability `rate`, spread over the kinds given. */

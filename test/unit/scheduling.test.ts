@@ -2,6 +2,7 @@ import { nodeHealth } from '../../src/domain/health';
 import { estimateCostUnits, listPricePerHour, computeScore } from '../../src/domain/pricing';
 import { applyDelta, failureKind, REPUTATION_DELTAS } from '../../src/domain/reputation';
 import { CandidateTable, memoryByType, rankCandidates, rejectionReason, SCORE_WEIGHTS, type Candidate, type MatchCriteria } from '../../src/domain/scoring';
+import { seededRandom } from '../support/random';
 
 const GiB = 2 ** 30;
 const now = new Date('2026-11-27T12:00:00Z');
@@ -82,17 +83,6 @@ describe('match score', () => {
   });
 });
 
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('match score over a CandidateTable', () => {
   const REGIONS = ['eu-west', ' EU-West ', 'us-east', 'ap-south', ''];
@@ -145,7 +135,7 @@ describe('match score over a CandidateTable', () => {
   }
 
   it('ranks, explains and counts exactly as over Candidate objects, on random networks and jobs', () => {
-    const rnd = prng(2026);
+    const rnd = seededRandom(2026);
     for (let round = 0; round < 40; round++) {
       const nodes = randomNodes(rnd, 1 + Math.floor(rnd() * 400));
       const table = CandidateTable.of(nodes);
@@ -161,7 +151,7 @@ describe('match score over a CandidateTable', () => {
   });
 
   it('passes over exactly the nodes rejectionReason rejects, budgets down to the micro-token', () => {
-    const rnd = prng(7);
+    const rnd = seededRandom(7);
     const nodes = randomNodes(rnd, 3000);
     const table = CandidateTable.of(nodes);
     for (let j = 0; j < 40; j++) {
@@ -177,7 +167,7 @@ describe('match score over a CandidateTable', () => {
   });
 
   it('keeps rows in place through updates, growth and removal', () => {
-    const nodes = randomNodes(prng(3), 3000);
+    const nodes = randomNodes(seededRandom(3), 3000);
     const table = new CandidateTable(4);
     for (const c of nodes) table.push(c);
     expect(() => table.push(nodes[0])).toThrow(/already/);

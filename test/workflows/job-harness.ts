@@ -386,17 +386,27 @@ export async function waitForStatus(
   }
 }
 
+/** A running heartbeat loop on one activity (see heartbeatActivity). */
+export interface Heartbeats {
+  stop(): void;
+  beats(): number;
+  /** When the last heartbeat was accepted (ms since the epoch; 0 before the first). */
+  lastBeatAt(): number;
+}
+
 /**
- * Heartbeats the watch activity of one attempt by id, as the API's nodeAlive does, until stopped.
- * Misses (watch not started yet, between runs, ended) are ignored like the API ignores them.
+ * Heartbeats an async-completed activity by id every `everyMs`, as the API's nodeAlive does, until stopped.
+ * Misses (the activity not started yet, between runs, ended) are ignored like the API ignores them.
  */
-export function keepAlive(client: Client, jobId: string, attempt: number, everyMs = 200): { stop(): void; beats(): number } {
+export function heartbeatActivity(client: Client, id: { workflowId: string; activityId: string }, everyMs: number, details: () => object): Heartbeats {
   let beats = 0;
+  let lastBeatAt = 0;
   let stopped = false;
   const beat = async () => {
     try {
-      await client.activity.heartbeat({ workflowId: jobId, activityId: watchActivityId(attempt) }, { beat: beats });
+      await client.activity.heartbeat(id, details());
       beats += 1;
+      lastBeatAt = Date.now();
     } catch (err) {
       if (!(err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError)) throw err;
     }
@@ -411,7 +421,14 @@ export function keepAlive(client: Client, jobId: string, attempt: number, everyM
       clearInterval(timer);
     },
     beats: () => beats,
+    lastBeatAt: () => lastBeatAt,
   };
+}
+
+/** Heartbeats the watch activity of one attempt of a job. */
+export function keepAlive(client: Client, jobId: string, attempt: number, everyMs = 200): Heartbeats {
+  let n = 0;
+  return heartbeatActivity(client, { workflowId: jobId, activityId: watchActivityId(attempt) }, everyMs, () => ({ beat: n++ }));
 }
 
 export type HistoryEvent = temporal.api.history.v1.IHistoryEvent;

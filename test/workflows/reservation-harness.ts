@@ -6,8 +6,6 @@
  */
 import { CompleteAsyncError } from '@temporalio/activity';
 import {
-  ActivityCancelledError,
-  ActivityNotFoundError,
   WorkflowIdConflictPolicy,
   WorkflowIdReusePolicy,
   type Client,
@@ -25,7 +23,7 @@ import {
   type ReservationOptions,
   type ReservationSpec,
 } from '../../src/workflows/reservation-workflow';
-import { createJobWorker, Gate, runWorkerUntil, sleep, uniqueTaskQueue, type EscrowRefusalType } from './job-harness';
+import { createJobWorker, Gate, heartbeatActivity, runWorkerUntil, sleep, uniqueTaskQueue, type EscrowRefusalType, type Heartbeats } from './job-harness';
 
 export type ReservationActivities = ReturnType<typeof createReservationActivities>;
 export type ReservationHandle = WorkflowHandleWithFirstExecutionRunId<typeof reservationWorkflow>;
@@ -254,33 +252,7 @@ export async function waitForReservation(
   }
 }
 
-/**
- * Heartbeats the reservation's watch activity by id, as the API's nodeAlive does for every beat of the node,
- * until stopped. Misses (watch not started yet, ended) are ignored as the API ignores them.
- */
-export function keepReservedNodeAlive(client: Client, reservationId: string, everyMs = 200): { stop(): void; beats(): number; lastBeatAt(): number } {
-  let beats = 0;
-  let lastBeatAt = 0;
-  let stopped = false;
-  const beat = async () => {
-    try {
-      await client.activity.heartbeat({ workflowId: reservationId, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat', at: Date.now() });
-      beats += 1;
-      lastBeatAt = Date.now();
-    } catch (err) {
-      if (!(err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError)) throw err;
-    }
-  };
-  const timer = setInterval(() => {
-    if (!stopped) void beat().catch(() => undefined);
-  }, everyMs);
-  void beat().catch(() => undefined);
-  return {
-    stop: () => {
-      stopped = true;
-      clearInterval(timer);
-    },
-    beats: () => beats,
-    lastBeatAt: () => lastBeatAt,
-  };
+/** Heartbeats the reservation's watch activity, as the API does for every beat of the node (with its `at`). */
+export function keepReservedNodeAlive(client: Client, reservationId: string, everyMs = 200): Heartbeats {
+  return heartbeatActivity(client, { workflowId: reservationId, activityId: RESERVATION_WATCH_ID }, everyMs, () => ({ source: 'heartbeat', at: Date.now() }));
 }

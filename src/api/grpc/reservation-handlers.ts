@@ -5,6 +5,7 @@ import { RESERVATION_STATUS_CODE } from '../../domain/reservation';
 import { unitsToTokens } from '../../domain/money';
 import type { ReservationWithNode } from '../../db/reservations-repo';
 import type { ReservationService } from '../../services/reservation-service';
+import type { ReleaseReceipt } from '../../workflows/reservation-messages';
 import { toProtocolFailure } from './errors';
 import { statusAndError, summarize, unary } from './unary';
 
@@ -204,34 +205,37 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     ReportReservationEndFromEngine: unary<{ reservation_id: string }, object>(
       log,
       'ReportReservationEndFromEngine',
-      async (req) => {
-        const r = await svc.reportEnd({ reservationId: req.reservation_id, from: 'engine' });
-        if (!r.settled) return { status: StatusCode.SUCCESS, payment_released: false, amount_paid: '0', payment_tx_hash: '', message: `waiting for the ${r.waitingFor} to report the end` };
-        return {
-          status: StatusCode.SUCCESS,
-          payment_released: !r.settled.owed && r.settled.paid !== '0',
-          amount_paid: r.settled.paid,
-          payment_tx_hash: r.settled.paymentTx,
-          message: `reservation ${r.settled.status}`,
-        };
-      },
+      async (req) => endReply(await svc.reportEnd({ reservationId: req.reservation_id, from: 'engine' }), 'amount_paid', (r) => r.paid),
       statusAndError,
     ),
     ReportReservationEndFromNode: unary<{ reservation_id: string; node_id: string }, object>(
       log,
       'ReportReservationEndFromNode',
-      async (req) => {
-        const r = await svc.reportEnd({ reservationId: req.reservation_id, from: 'node', nodeId: req.node_id });
-        if (!r.settled) return { status: StatusCode.SUCCESS, payment_released: false, amount_received: '0', payment_tx_hash: '', message: `waiting for the ${r.waitingFor} to report the end` };
-        return {
-          status: StatusCode.SUCCESS,
-          payment_released: !r.settled.owed && r.settled.nodeAmount !== '0',
-          amount_received: r.settled.nodeAmount,
-          payment_tx_hash: r.settled.paymentTx,
-          message: `reservation ${r.settled.status}`,
-        };
-      },
+      async (req) =>
+        endReply(await svc.reportEnd({ reservationId: req.reservation_id, from: 'node', nodeId: req.node_id }), 'amount_received', (r) => r.nodeAmount),
       statusAndError,
     ),
+  };
+}
+
+/**
+ * Reply of ReportReservationEndFrom{Engine,Node}: waiting for the other side, or what the settlement moved —
+ * to the Engine the amount paid, to the node its share.
+ */
+function endReply(
+  r: Awaited<ReturnType<ReservationService['reportEnd']>>,
+  amountField: 'amount_paid' | 'amount_received',
+  amountOf: (receipt: ReleaseReceipt) => string,
+) {
+  if (!r.settled) {
+    return { status: StatusCode.SUCCESS, payment_released: false, [amountField]: '0', payment_tx_hash: '', message: `waiting for the ${r.waitingFor} to report the end` };
+  }
+  const amount = amountOf(r.settled);
+  return {
+    status: StatusCode.SUCCESS,
+    payment_released: !r.settled.owed && amount !== '0',
+    [amountField]: amount,
+    payment_tx_hash: r.settled.paymentTx,
+    message: `reservation ${r.settled.status}`,
   };
 }
