@@ -1,12 +1,11 @@
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Connection as SolanaConnection } from '@solana/web3.js';
 import { Client } from 'pg';
 import { ensureLocalChain, type LocalChainSetup } from '../../src/chain/bootstrap';
 import { startLocalLedger } from '../../src/chain/local-ledger';
 import { startEmbeddedPostgres } from '../../src/infra/embedded-postgres';
-import { getFreePort, isProcessAlive } from '../../src/infra/process';
+import { getFreePort, ownedTempDir } from '../../src/infra/process';
 import { ensureTemporalCli } from '../../src/infra/temporal-cli';
 import { startTemporalDevServer } from '../../src/infra/temporal-dev-server';
 import { SEARCH_ATTRIBUTE_TYPES } from '../../src/workflows/search-attributes';
@@ -40,28 +39,10 @@ export interface InfraOptions {
  * Everything started is stopped by `stop()` (and by the infra watchdogs if this process dies).
  */
 const TMP_PREFIX = 'cyxwiz-bench-';
-const OWNER_FILE = 'owner.pid';
 
-/** A run killed hard cannot remove its directory (its servers die with their watchdogs); the next run does. */
-function removeDirsOfDeadRuns(): void {
-  for (const name of fs.readdirSync(os.tmpdir())) {
-    if (!name.startsWith(TMP_PREFIX)) continue;
-    const dir = path.join(os.tmpdir(), name);
-    try {
-      const owner = Number(fs.readFileSync(path.join(dir, OWNER_FILE), 'utf8'));
-      if (owner > 0 && !isProcessAlive(owner)) fs.rmSync(dir, { recursive: true, force: true });
-    } catch {
-      // not ours, or being created right now
-    }
-  }
-}
 
 export async function startInfra(opts: InfraOptions): Promise<Infra> {
-  removeDirsOfDeadRuns();
-  const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), TMP_PREFIX));
-  fs.writeFileSync(path.join(tmpDir, OWNER_FILE), String(process.pid));
-  // Postgres runs as the `postgres` OS user when we are root; mkdtemp's 0700 would lock it out.
-  fs.chmodSync(tmpDir, 0o755);
+  const tmpDir = ownedTempDir(TMP_PREFIX);
   const stops: { name: string; stop: () => Promise<void> }[] = [];
   const stop = async () => {
     const results = await Promise.allSettled(stops.splice(0).reverse().map((s) => s.stop()));

@@ -1,5 +1,8 @@
 import { spawn } from 'node:child_process';
 import net from 'node:net';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
 /** Log sink used by the infra helpers; `undefined` means quiet. */
 export type InfraLogger = (msg: string) => void;
@@ -179,4 +182,28 @@ export function guardChildProcess(pid: number, signal: NodeJS.Signals, graceMs =
       if (watchdog.pid !== undefined) trySignal(watchdog.pid, 'SIGKILL');
     },
   };
+}
+
+const OWNER_FILE = 'owner.pid';
+
+/**
+ * A temp directory `<tmpdir>/<prefix>XXXX` owned by this process, readable by the `postgres` OS user (embedded
+ * Postgres runs as that user when we are root; mkdtemp's 0700 would lock it out). Directories of earlier runs
+ * whose owner died without cleaning up (killed hard; their servers die with their watchdogs) are removed first.
+ */
+export function ownedTempDir(prefix: string): string {
+  for (const name of fs.readdirSync(os.tmpdir())) {
+    if (!name.startsWith(prefix)) continue;
+    const dir = path.join(os.tmpdir(), name);
+    try {
+      const owner = Number(fs.readFileSync(path.join(dir, OWNER_FILE), 'utf8'));
+      if (owner > 0 && !isProcessAlive(owner)) fs.rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // not ours, or being created right now
+    }
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  fs.chmodSync(dir, 0o755);
+  fs.writeFileSync(path.join(dir, OWNER_FILE), String(process.pid));
+  return dir;
 }

@@ -1,12 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Connection } from '@temporalio/client';
 import { Client } from 'pg';
 import { startEmbeddedPostgres } from '../../src/infra/embedded-postgres';
-import { getFreePort, isProcessAlive, type InfraLogger } from '../../src/infra/process';
+import { getFreePort, ownedTempDir, type InfraLogger } from '../../src/infra/process';
 import { ensureSearchAttributes } from '../../src/infra/search-attributes';
 import { ensureTemporalCli, findTemporalTestServer } from '../../src/infra/temporal-cli';
 import { startTemporalDevServer } from '../../src/infra/temporal-dev-server';
@@ -30,7 +29,6 @@ const STATE_KEY = Symbol.for('cyxwiz.test-infra');
 
 /** Per-run temp directories; each holds the pid of the jest process that owns it. */
 const TMP_PREFIX = 'cyxwiz-test-';
-const OWNER_FILE = 'owner.pid';
 
 interface InfraState {
   runId: string;
@@ -51,19 +49,6 @@ function say(msg: string): void {
   process.stderr.write(`[test-infra] ${msg}\n`);
 }
 
-/** A run killed with SIGKILL cannot clean up (its servers are stopped by their watchdogs); the next run removes its files. */
-function removeDirsOfDeadRuns(): void {
-  for (const name of fs.readdirSync(os.tmpdir())) {
-    if (!name.startsWith(TMP_PREFIX)) continue;
-    const dir = path.join(os.tmpdir(), name);
-    try {
-      const owner = Number(fs.readFileSync(path.join(dir, OWNER_FILE), 'utf8'));
-      if (owner > 0 && !isProcessAlive(owner)) fs.rmSync(dir, { recursive: true, force: true });
-    } catch {
-      // not ours, or being created right now
-    }
-  }
-}
 
 /**
  * The values of a jest CLI option such as `--selectProjects a b` / `--selectProjects=a` (undefined when absent).
@@ -102,16 +87,12 @@ function seconds(ms: number): string {
  */
 export default async function globalSetup(): Promise<void> {
   const started = performance.now();
-  removeDirsOfDeadRuns();
   const state: InfraState = {
     runId: randomBytes(3).toString('hex'),
-    tmpDir: fs.mkdtempSync(path.join(os.tmpdir(), TMP_PREFIX)),
+    tmpDir: ownedTempDir(TMP_PREFIX),
     stops: [],
     published: [],
   };
-  // Postgres runs as the `postgres` OS user when we are root; mkdtemp's 0700 would lock it out.
-  fs.chmodSync(state.tmpDir, 0o755);
-  fs.writeFileSync(path.join(state.tmpDir, OWNER_FILE), String(process.pid));
   (globalThis as GlobalWithState)[STATE_KEY] = state;
 
   try {
