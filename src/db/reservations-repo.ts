@@ -1,6 +1,6 @@
 import { and, desc, eq, gt, inArray, lt, or, sql } from 'drizzle-orm';
 import { ConflictError, NotFoundError } from '../domain/errors';
-import { LIVE_STATUSES, type ReservationStatus } from '../domain/reservation';
+import { HOLDING_STATUSES } from '../domain/reservation';
 import type { Db, DbOrTx } from './client';
 import { nodes, payments, reservations } from './schema';
 
@@ -111,7 +111,7 @@ export async function activeForWallet(db: DbOrTx, wallet: string, now: Date): Pr
     .select({ r: reservations, ip: nodes.ipAddress, port: nodes.port, wallet: nodes.walletAddress })
     .from(reservations)
     .leftJoin(nodes, eq(nodes.id, reservations.nodeId))
-    .where(and(eq(reservations.userWallet, wallet), inArray(reservations.status, ['pending', 'active']), gt(reservations.endAt, now)))
+    .where(and(eq(reservations.userWallet, wallet), inArray(reservations.status, HOLDING_STATUSES), gt(reservations.endAt, now)))
     .orderBy(desc(reservations.createdAt));
   return rows.map(withNode);
 }
@@ -123,7 +123,7 @@ export async function listReservations(
 ): Promise<{ rows: ReservationWithNode[]; total: number }> {
   const filter = and(
     q.wallet ? eq(reservations.userWallet, q.wallet) : undefined,
-    q.activeOnly ? inArray(reservations.status, ['pending', 'active']) : undefined,
+    q.activeOnly ? inArray(reservations.status, HOLDING_STATUSES) : undefined,
   );
   const page = and(
     filter,
@@ -148,13 +148,11 @@ export async function listReservations(
  * Active reservations on any of these nodes (the heartbeat hub keeps their node watches alive). Reads the few
  * active reservations by the status index and intersects in memory: a batch can hold 100,000 node ids.
  */
-export async function liveOnNodes(db: DbOrTx, nodeIds: Iterable<string>): Promise<{ id: string; nodeId: string }[]> {
+export async function liveOnNodes(db: DbOrTx, beating: ReadonlySet<string>): Promise<{ id: string; nodeId: string }[]> {
   const active = await db
     .select({ id: reservations.id, nodeId: reservations.nodeId })
     .from(reservations)
     .where(eq(reservations.status, 'active'));
-  if (active.length === 0) return [];
-  const beating = nodeIds instanceof Set ? (nodeIds as Set<string>) : new Set(nodeIds);
   return active.filter((r) => beating.has(r.nodeId));
 }
 
@@ -183,7 +181,7 @@ export async function engineHeartbeat(
       ...(hb.jobId && { currentJobId: hb.jobId }),
       updatedAt: hb.at,
     })
-    .where(and(eq(reservations.id, id), inArray(reservations.status, LIVE_STATUSES as ReservationStatus[])))
+    .where(and(eq(reservations.id, id), inArray(reservations.status, HOLDING_STATUSES)))
     .returning();
   return row;
 }

@@ -75,8 +75,8 @@ export function allocateOverPots(pots: readonly bigint[], earned: bigint): bigin
 export const potId = (reservationId: string, extension: number) => (extension === 0 ? reservationId : `${reservationId}/ext-${extension}`);
 
 /** Statuses in which the reservation holds its node. */
-export const LIVE_STATUSES: readonly ReservationStatus[] = ['pending', 'active', 'completing'];
-export const isLive = (s: ReservationStatus) => LIVE_STATUSES.includes(s);
+export const HOLDING_STATUSES: ReservationStatus[] = ['pending', 'active'];
+export const isHolding = (s: ReservationStatus) => HOLDING_STATUSES.includes(s);
 
 /** reservation.proto ReservationStatus numbers. */
 export const RESERVATION_STATUS_CODE: Record<ReservationStatus, number> = {

@@ -7,7 +7,7 @@ export interface HeartbeatHubDeps {
   db: Db;
   workflows: JobWorkflowGateway;
   /** Keeps the node watches of reservations on beating nodes alive. */
-  reservations?: { nodesAlive(nodeIds: Iterable<string>): Promise<void> };
+  reservations?: { nodesAlive(nodeIds: ReadonlySet<string>): Promise<void> };
   flushMs: number;
   offlineAfterMs: number;
   metricsSampleMs: number;

@@ -25,7 +25,7 @@ import {
 import { unitsToTokenString } from '../domain/money';
 import {
   EXTEND_HINT_MINUTES,
-  isLive,
+  isHolding,
   MAX_MINUTES,
   MIN_MINUTES,
   reservationCost,
@@ -98,8 +98,8 @@ export function createReservationService(deps: ReservationServiceDeps) {
 
   /** Seconds until the end; 0 once the reservation is over. */
   const remainingS = (r: repo.ReservationRow) =>
-    r.status === 'pending' || r.status === 'active' ? Math.max(0, Math.floor((r.endAt.getTime() - now()) / 1000)) : 0;
-  const isOver = (r: repo.ReservationRow) => !isLive(r.status) || r.status === 'completing' || r.endAt.getTime() <= now();
+    isHolding(r.status) ? Math.max(0, Math.floor((r.endAt.getTime() - now()) / 1000)) : 0;
+  const isOver = (r: repo.ReservationRow) => !isHolding(r.status) || r.endAt.getTime() <= now();
   const engineConnected = (r: repo.ReservationRow) =>
     r.engineLastHeartbeat !== null && now() - r.engineLastHeartbeat.getTime() < deps.engineTimeoutMs;
 
@@ -342,7 +342,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
   }
 
   /** The heartbeat hub's batch: these nodes are alive, so are their reservations' watches. */
-  async function nodesAlive(nodeIds: Iterable<string>): Promise<void> {
+  async function nodesAlive(nodeIds: ReadonlySet<string>): Promise<void> {
     const live = await repo.liveOnNodes(db, nodeIds);
     await Promise.all(live.map((r) => nodeAlive(r.id)));
   }
