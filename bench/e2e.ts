@@ -110,11 +110,13 @@ export class E2EBench {
     private readonly infra: Infra,
     private readonly sys: BenchSystem,
     private readonly o: E2EOptions,
+    /** Node flags of the twin worker (the bench's --profile gives it the system's). */
+    private readonly twinNodeArgs?: string[],
   ) {}
 
   async start(): Promise<void> {
     this.driver = new Child({ name: 'driver', entry: 'bench/procs/driver.ts', ipc: true });
-    this.twin = new Child({ name: 'twin-worker', entry: 'bench/twin/worker.ts', args: [this.infra.temporalAddress, 'bench-twin'] });
+    this.twin = new Child({ name: 'twin-worker', entry: 'bench/twin/worker.ts', args: [this.infra.temporalAddress, 'bench-twin'], nodeArgs: this.twinNodeArgs });
     await Promise.all([
       this.driver.waitForMessage((m) => m?.ready, 60_000, 'ready message'),
       this.twin.waitForLine((l) => l.includes('twin worker running'), 120_000, 'twin worker start'),

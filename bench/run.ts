@@ -69,6 +69,8 @@ async function main(): Promise<void> {
   log(`machine: ${machine.nproc} CPUs (${machine.cpu_model}), ${machine.mem_total_gib} GiB, Node ${machine.node}, load average ${machine.loadavg_at_start.join(' ')}`);
 
   const q = args.quick;
+  // --cpu-prof for the API, the worker and the twin's worker.
+  const profileArgs = args.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${args.profileDir}`] : undefined;
   const cfg = {
     matching: { warmup10k: 300, iter10k: q ? 500 : 3000, warmup100k: 40, iter100k: q ? 100 : 400 },
     heartbeats: { ids: q ? 5000 : 20_000, procs: 2, concurrency: 64, channels: 8, pairs: q ? 1 : 3, warmupMs: 2000, measureMs: q ? 5000 : 10_000, client: args.hbClient },
@@ -151,8 +153,7 @@ async function main(): Promise<void> {
 
     if (args.only.has('heartbeats') || args.only.has('e2e') || args.only.has('loss')) {
       await section('system start', async () => {
-        const nodeArgs = args.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${args.profileDir}`] : undefined;
-        sys = await startBenchSystem(inf, { name: 'bench_system', nodeArgs });
+        sys = await startBenchSystem(inf, { name: 'bench_system', nodeArgs: profileArgs });
         log(`system: gRPC ${sys.grpcAddress}, REST ${sys.restUrl}, API pid ${sys.api.pid}, worker pid ${sys.worker.pid}`);
       });
     }
@@ -165,7 +166,7 @@ async function main(): Promise<void> {
     }
 
     if (system && (args.only.has('e2e') || args.only.has('loss'))) {
-      const bench = new E2EBench(inf, system, cfg.e2e);
+      const bench = new E2EBench(inf, system, cfg.e2e, profileArgs);
       e2eBench = bench;
       await section('e2e setup', () => bench.start());
       if (args.only.has('e2e')) await section('e2e', async () => void (e2e = await bench.capacityAndLatency()));
