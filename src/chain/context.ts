@@ -2,6 +2,7 @@ import { getMint } from '@solana/spl-token';
 import { Connection, Keypair, PublicKey } from '@solana/web3.js';
 import type { Config } from '../config';
 import { loadKeypair } from './keys';
+import { rpcFetch } from './rpc-transport';
 import type { ChainCommitment } from './settlement';
 
 /** Everything the server needs to move CYXWIZ on one cluster. Keys are held here and never logged. */
@@ -50,7 +51,11 @@ export async function openChain(config: Config, opts: { rpcUrl: string; demoKeys
       if (key && demo.has(key.toBase58())) throw new ChainConfigError(`refusing to run on mainnet-beta with the demo ${name} key of a local ledger`);
     }
   }
-  const connection = new Connection(opts.rpcUrl, { commitment: c.commitment, disableRetryOnRateLimit: false });
+  const connection = new Connection(opts.rpcUrl, {
+    commitment: c.commitment,
+    disableRetryOnRateLimit: false,
+    fetch: rpcFetch as unknown as typeof fetch,
+  });
   const mintInfo = await getMint(connection, mint, c.commitment);
   if (mintInfo.decimals !== config.payments.tokenDecimals) {
     throw new ChainConfigError(`mint ${mint.toBase58()} has ${mintInfo.decimals} decimals but TOKEN_DECIMALS is ${config.payments.tokenDecimals}`);

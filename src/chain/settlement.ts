@@ -11,6 +11,7 @@ import {
 import { createTransferCheckedInstruction, unpackAccount } from '@solana/spl-token';
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
+import { preparedStatement } from '../db/prepared';
 import { nodes, payments } from '../db/schema';
 import { splitPayment } from '../domain/money';
 import { PaymentFailures } from '../domain/payments';
@@ -121,6 +122,11 @@ function permanentReason(err: unknown): string | undefined {
  * still valid → the same bytes are sent again (a duplicate cannot land twice); expired and never landed →
  * only then is a new transaction signed. Release and refund exclude each other through a row lock.
  */
+// Read several times by every settlement.
+const paymentsOfJob = preparedStatement((db) =>
+  db.select().from(payments).where(eq(payments.jobId, sql.placeholder('jobId'))).prepare('payments_of_job'),
+);
+
 export function createChainSettlement(deps: ChainSettlementDeps) {
   const { db, connection, authority } = deps;
   const pollMs = deps.pollMs ?? 250;
@@ -133,8 +139,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     }));
   const escrowOf = (jobId: string) => escrowAddress(authority.publicKey, jobId);
 
+  /** The job's rows of these legs, in the order asked (a job has a handful of rows: all are read). */
   async function rowsOf(jobId: string, legs: Leg[]): Promise<PaymentRow[]> {
-    const rows = await db.select().from(payments).where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs)));
+    const rows = await paymentsOfJob(db).execute({ jobId });
     return legs.map((l) => rows.find((r) => r.leg === l)).filter((r): r is PaymentRow => !!r);
   }
 

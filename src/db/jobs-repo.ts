@@ -1,6 +1,7 @@
 import { and, asc, count, desc, eq, inArray, isNull, or, sql } from 'drizzle-orm';
 import type { JobPhase, JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
+import { preparedStatement } from './prepared';
 import { jobEvents, jobs, payments } from './schema';
 
 export type JobRow = typeof jobs.$inferSelect;
@@ -51,35 +52,26 @@ export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: tru
   return { created: false, row: existing };
 }
 
-/**
- * The hot reads of a job, built once per database handle and run as named prepared statements: the API reads
- * a job on every report and every change it streams.
- */
-function preparedReads(db: DbOrTx) {
-  let reads = prepared.get(db);
-  if (!reads) {
-    reads = {
-      job: db
-        .select()
-        .from(jobs)
-        .where(and(eq(jobs.id, sql.placeholder('id')), isNull(jobs.deletedAt)))
-        .prepare('jobs_get'),
-      events: db.select().from(jobEvents).where(eq(jobEvents.jobId, sql.placeholder('id'))).orderBy(asc(jobEvents.seq)).prepare('job_events_get'),
-    };
-    prepared.set(db, reads);
-  }
-  return reads;
-}
-const prepared = new WeakMap<DbOrTx, { job: { execute(p: { id: string }): Promise<JobRow[]> }; events: { execute(p: { id: string }): Promise<JobEventRow[]> } }>();
+// The API reads a job on every report and every change it streams.
+const jobById = preparedStatement((db) =>
+  db
+    .select()
+    .from(jobs)
+    .where(and(eq(jobs.id, sql.placeholder('id')), isNull(jobs.deletedAt)))
+    .prepare('jobs_get'),
+);
+const eventsOfJob = preparedStatement((db) =>
+  db.select().from(jobEvents).where(eq(jobEvents.jobId, sql.placeholder('id'))).orderBy(asc(jobEvents.seq)).prepare('job_events_get'),
+);
 
 /** A job that has not been deleted. */
 export async function getJob(db: DbOrTx, id: string): Promise<JobRow | undefined> {
-  const [row] = await preparedReads(db).job.execute({ id });
+  const [row] = await jobById(db).execute({ id });
   return row;
 }
 
 export async function getJobEvents(db: DbOrTx, id: string): Promise<JobEventRow[]> {
-  return preparedReads(db).events.execute({ id });
+  return eventsOfJob(db).execute({ id });
 }
 
 export interface Transition {
@@ -215,13 +207,19 @@ export async function activeJobsOnNodes(
 const PRIORITY_ORDER = sql`case ${jobs.priority} when 'CRITICAL' then 0 when 'HIGH' then 1 when 'NORMAL' then 2 else 3 end`;
 
 /** Jobs waiting for a node, most urgent first. */
-export async function queuedJobIds(db: DbOrTx, limit: number): Promise<string[]> {
-  const rows = await db
+// Asked each time a job gives back node capacity.
+const queuedIds = preparedStatement((db) =>
+  db
     .select({ id: jobs.id })
     .from(jobs)
     .where(eq(jobs.status, 'queued'))
     .orderBy(PRIORITY_ORDER, asc(jobs.createdAt))
-    .limit(limit);
+    .limit(sql.placeholder('limit'))
+    .prepare('jobs_queued_ids'),
+);
+
+export async function queuedJobIds(db: DbOrTx, limit: number): Promise<string[]> {
+  const rows = await queuedIds(db).execute({ limit });
   return rows.map((r) => r.id);
 }
 

@@ -1,6 +1,7 @@
 import { count, eq, gt, sql } from 'drizzle-orm';
 import { CandidateTable } from '../domain/scoring';
 import type { Db } from './client';
+import { preparedStatement } from './prepared';
 import { nodeClaims, nodes } from './schema';
 
 /** Rows changed within this long before a refresh began are read again by the next one (commits racing the read). */
@@ -238,9 +239,13 @@ export async function claimNode(db: Db, jobId: string, nodeId: string): Promise<
   });
 }
 
+const claimOfJob = preparedStatement((db) =>
+  db.select({ nodeId: nodeClaims.nodeId }).from(nodeClaims).where(eq(nodeClaims.jobId, sql.placeholder('jobId'))).limit(1).prepare('node_claims_of_job'),
+);
+
 /** The node the job holds a claim on, if any. */
 export async function heldClaim(db: Db, jobId: string): Promise<string | undefined> {
-  const [row] = await db.select({ nodeId: nodeClaims.nodeId }).from(nodeClaims).where(eq(nodeClaims.jobId, jobId)).limit(1);
+  const [row] = await claimOfJob(db).execute({ jobId });
   return row?.nodeId;
 }
 

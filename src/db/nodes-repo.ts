@@ -3,6 +3,7 @@ import type { DeviceType } from '../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
 import { computeScore, listPricePerHour } from '../domain/pricing';
 import type { Db, DbOrTx } from './client';
+import { preparedStatement } from './prepared';
 import { applyDelta, BAN_HOURS, BAN_THRESHOLD, type ReputationEvent } from '../domain/reputation';
 import { jobEvents, nodeClaims, nodeJobCancels, nodeMetrics, nodes, reputationEvents, type NodeProfile } from './schema';
 
@@ -100,8 +101,11 @@ export async function ensureNode(db: DbOrTx, id: string): Promise<boolean> {
   return inserted.length > 0;
 }
 
+// Read for every match, report and status the Engine asks for.
+const nodeById = preparedStatement((db) => db.select().from(nodes).where(eq(nodes.id, sql.placeholder('id'))).prepare('nodes_get'));
+
 export async function getNode(db: DbOrTx, id: string): Promise<NodeRow | undefined> {
-  const [row] = await db.select().from(nodes).where(eq(nodes.id, id));
+  const [row] = await nodeById(db).execute({ id });
   return row;
 }
 
