@@ -2,25 +2,23 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { ensureSearchAttributes } from '../infra/search-attributes';
 import { SEARCH_ATTRIBUTE_TYPES } from '../workflows/search-attributes';
-import { and, eq, lt } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { createDispatchActivities } from '../activities/dispatch';
 import { createJobActivities } from '../activities/jobs';
 import { createPaymentActivities } from '../activities/payments';
 import { createReservationActivities } from '../activities/reservations';
-import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, WorkflowNotFoundError, type Client as TemporalClient } from '@temporalio/client';
+import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client as TemporalClient } from '@temporalio/client';
 import type { ChainContext } from '../chain/context';
 import { reconcileLedger } from '../chain/reconcile';
 import type { Config } from '../config';
 import { settlementFor } from './chain-setup';
 import { reconcileLedgerWorkflow } from '../workflows/reconcile-workflow';
 import { installTemporalRuntime } from './temporal-runtime';
-import { openDatabase, type Db } from '../db/client';
-import { jobs, reservations } from '../db/schema';
-import * as reservationsRepo from '../db/reservations-repo';
+import { openDatabase } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import { createNodeCache } from '../db/node-cache';
 import { createJobWorkflowGateway } from '../services/job-workflows';
+import { createOrphanSweep } from '../services/orphan-sweep';
 import { jobWorkflowOptions } from './workflow-options';
 
 export interface RunningWorker {
@@ -32,7 +30,7 @@ export interface RunningWorker {
 /** Id of the schedule that runs the ledger-vs-chain reconciliation. */
 export const RECONCILE_SCHEDULE_ID = 'cyxwiz-reconcile-ledger';
 
-/** How often the worker looks for jobs recorded while Temporal was unreachable. */
+/** How often the worker finishes what a stopped API left half-done (see createOrphanSweep), and after how long. */
 const ORPHAN_SWEEP_MS = 30_000;
 
 /** Composition root of the worker process: runs job workflows and their activities. */
@@ -92,12 +90,7 @@ export async function startWorker(
 
   await ensureReconcileSchedule(client, config);
 
-  const sweep = async () => {
-    for (const spec of await orphanedJobs(database.db)) {
-      await gateway.start(spec).catch((err) => log.warn({ jobId: spec.jobId, err: String(err) }, 'could not start recorded job'));
-    }
-    await releaseOrphanedHolds(client, database.db, log);
-  };
+  const { sweep } = createOrphanSweep({ db: database.db, client, gateway, log, olderThanMs: ORPHAN_SWEEP_MS });
   const timer = setInterval(() => void sweep().catch((err) => log.warn({ err: String(err) }, 'orphan sweep failed')), ORPHAN_SWEEP_MS);
   timer.unref();
 
@@ -118,44 +111,6 @@ export async function startWorker(
       await done;
     },
   };
-}
-
-/**
- * Jobs still pending a while after submission: SubmitJob recorded them but could not start their workflow
- * (Temporal down, API crash in between). Starting is idempotent, so each is simply started (again).
- */
-async function orphanedJobs(db: Db) {
-  const rows = await db
-    .select({ config: jobs.config })
-    .from(jobs)
-    .where(and(eq(jobs.status, 'pending'), lt(jobs.createdAt, new Date(Date.now() - ORPHAN_SWEEP_MS))))
-    .limit(500);
-  return rows.map((r) => r.config);
-}
-
-/**
- * Reservations whose ReserveNode died between taking the node and starting the workflow (API crash, Temporal
- * down): nothing was escrowed, so the hold is given back and the row says why. One with a workflow is left
- * alone (its workflow owns it, even while its escrow is still pending).
- */
-async function releaseOrphanedHolds(client: TemporalClient, db: Db, log: Logger): Promise<void> {
-  const stale = await db
-    .select({ id: reservations.id, nodeId: reservations.nodeId })
-    .from(reservations)
-    .where(and(eq(reservations.status, 'pending'), lt(reservations.createdAt, new Date(Date.now() - ORPHAN_SWEEP_MS))))
-    .limit(100);
-  for (const r of stale) {
-    try {
-      await client.workflow.getHandle(r.id).describe();
-    } catch (err) {
-      if (!(err instanceof WorkflowNotFoundError)) continue;
-      await db.transaction(async (tx) => {
-        await reservationsRepo.updateReservation(tx, r.id, { status: 'failed', endReason: 'never started: the server stopped before its workflow began; nothing was escrowed', endedAt: new Date() });
-        await reservationsRepo.releaseHold(tx, r.id, r.nodeId);
-      });
-      log.warn({ reservationId: r.id, nodeId: r.nodeId }, 'released the node of a reservation that never started');
-    }
-  }
 }
 
 /** Creates the reconciliation schedule once; an existing one is left as operators may have tuned it. */

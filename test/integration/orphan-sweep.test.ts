@@ -1,0 +1,124 @@
+import { randomUUID } from 'node:crypto';
+import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import pino from 'pino';
+import * as jobsRepo from '../../src/db/jobs-repo';
+import * as nodesRepo from '../../src/db/nodes-repo';
+import * as reservationsRepo from '../../src/db/reservations-repo';
+import type { NodeRegistration } from '../../src/db/nodes-repo';
+import type { JobSpec } from '../../src/domain/job';
+import { createJobWorkflowGateway } from '../../src/services/job-workflows';
+import { createOrphanSweep, NEVER_STARTED_REASON } from '../../src/services/orphan-sweep';
+import { freshDatabase } from '../support/db';
+import { testTemporalAddress, testTemporalNamespace } from '../support/env';
+
+const GiB = 2 ** 30;
+const SWEEP_AFTER_MS = 30_000;
+
+const registration: NodeRegistration = {
+  name: 'n', cpuCores: 8, ramTotal: 32 * GiB, ramAvailable: 16 * GiB, devices: [], ipAddress: '10.0.0.1', port: 50052,
+  region: 'eu', walletAddress: '',
+  profile: { version: '1', supportedFormats: [], maxModelSize: 0, supportsTerminalAccess: false, availableRuntimes: [], stakedAmount: 0 },
+} as unknown as NodeRegistration;
+
+const spec = (jobId: string): JobSpec => ({
+  jobId, jobType: 'TRAINING', priority: 'NORMAL', modelDefinition: '', hyperparameters: {}, datasetUri: 'x', batchSize: 1,
+  epochs: 1, requiredDevice: 'CPU', estimatedMemory: 0, estimatedDuration: 0, paymentUnits: '10', paymentAddress: '',
+  escrowTxHash: '', reservationDurationMinutes: 0,
+});
+
+/**
+ * What an API process leaves half-done when it stops between writing a row and starting its workflow: the
+ * worker's sweep finishes it, on real Postgres and the real Temporal server (no worker polls the task queue,
+ * so a started workflow just waits there).
+ */
+describe('orphan sweep (real Postgres and Temporal)', () => {
+  let database: Awaited<ReturnType<typeof freshDatabase>>;
+  let connection: Connection;
+  let client: Client;
+  const taskQueue = `orphans-${randomUUID()}`;
+  const started: string[] = [];
+
+  beforeAll(async () => {
+    database = await freshDatabase();
+    connection = await Connection.connect({ address: testTemporalAddress() });
+    client = new Client({ connection, namespace: testTemporalNamespace() });
+  });
+  afterAll(async () => {
+    await Promise.all(started.map((id) => client.workflow.getHandle(id).terminate('test over').catch(() => undefined)));
+    await connection.close();
+    await database.drop();
+  });
+
+  function sweeper(nowMs: () => number) {
+    const gateway = createJobWorkflowGateway({
+      client,
+      taskQueue,
+      options: { heartbeatTimeoutMs: 30_000, maxAttempts: 3, maxRuntimeMs: 3600_000, requeueIntervalMs: 30_000, assignTimeoutMs: 5000, historyEventLimit: 10_000 },
+      tokenDecimals: 9,
+    });
+    return createOrphanSweep({ db: database.db, client, gateway, log: pino({ level: 'silent' }), olderThanMs: SWEEP_AFTER_MS, now: nowMs });
+  }
+
+  async function holdFor(reservationId: string, nodeId: string) {
+    await nodesRepo.upsertNode(database.db, nodeId, registration);
+    const now = new Date();
+    return reservationsRepo.holdNode(database.db, {
+      id: reservationId, nodeId, userWallet: 'w', minutes: 60, pricePerHourUnits: 100n, escrowUnits: 100n, jobConfig: {},
+      minuteMs: 60_000, onlineSince: new Date(now.getTime() - 30_000), now,
+    });
+  }
+
+  const workflowExists = async (id: string) =>
+    client.workflow.getHandle(id).describe().then(
+      () => true,
+      (err) => {
+        if (err instanceof WorkflowNotFoundError) return false;
+        throw err;
+      },
+    );
+
+  it('gives back the node of a reservation whose workflow never started, and says why', async () => {
+    const id = `res-${randomUUID()}`;
+    const nodeId = `node-${randomUUID()}`;
+    await holdFor(id, nodeId);
+
+    await sweeper(() => Date.now()).sweep(); // too young: ReserveNode may still be starting it
+    expect((await reservationsRepo.getReservation(database.db, id))?.status).toBe('pending');
+    expect((await nodesRepo.getNode(database.db, nodeId))?.reservedBy).toBe(id);
+
+    await sweeper(() => Date.now() + SWEEP_AFTER_MS + 1000).sweep();
+    const after = await reservationsRepo.getReservation(database.db, id);
+    expect(after).toMatchObject({ status: 'failed', endReason: NEVER_STARTED_REASON });
+    expect(after?.endedAt).toBeInstanceOf(Date);
+    expect((await nodesRepo.getNode(database.db, nodeId))?.reservedBy).toBeNull();
+    expect(await workflowExists(id)).toBe(false);
+  });
+
+  it('leaves alone a pending reservation whose workflow exists (its escrow may still be on its way)', async () => {
+    const id = `res-${randomUUID()}`;
+    const nodeId = `node-${randomUUID()}`;
+    await holdFor(id, nodeId);
+    await client.workflow.start('reservationWorkflow', { workflowId: id, taskQueue, args: [] });
+    started.push(id);
+
+    await sweeper(() => Date.now() + SWEEP_AFTER_MS + 1000).sweep();
+    expect((await reservationsRepo.getReservation(database.db, id))?.status).toBe('pending');
+    expect((await nodesRepo.getNode(database.db, nodeId))?.reservedBy).toBe(id);
+  });
+
+  it('starts the workflow of a job recorded while Temporal was unreachable, once', async () => {
+    const jobId = `job-${randomUUID()}`;
+    await jobsRepo.insertJob(database.db, { spec: spec(jobId), configHash: 'h' });
+    started.push(jobId);
+
+    await sweeper(() => Date.now()).sweep();
+    expect(await workflowExists(jobId)).toBe(false);
+
+    const later = sweeper(() => Date.now() + SWEEP_AFTER_MS + 1000);
+    await later.sweep();
+    const first = await client.workflow.getHandle(jobId).describe();
+    expect(first.taskQueue).toBe(taskQueue);
+    await later.sweep(); // still pending (no worker here): starting again is a no-op
+    expect((await client.workflow.getHandle(jobId).describe()).runId).toBe(first.runId);
+  });
+});
