@@ -6,6 +6,7 @@ import {
   PublicKey,
   SendTransactionError,
   Transaction,
+  type BlockhashWithExpiryBlockHeight,
   type TransactionInstruction,
 } from '@solana/web3.js';
 import { createTransferCheckedInstruction, unpackAccount } from '@solana/spl-token';
@@ -90,6 +91,8 @@ export interface ChainSettlementDeps {
   /** How long one activity attempt waits for a confirmation before letting Temporal retry. */
   confirmTimeoutMs: number;
   pollMs?: number;
+  /** How long one asked blockhash is reused for new transactions; default 1 s (see latestBlockhash). */
+  blockhashReuseMs?: number;
   hooks?: SettlementHooks;
 }
 
@@ -113,6 +116,11 @@ function permanentReason(err: unknown): string | undefined {
   return undefined;
 }
 
+// Read several times by every settlement.
+const paymentsOfJob = preparedStatement((db) =>
+  db.select().from(payments).where(eq(payments.jobId, sql.placeholder('jobId'))).prepare('payments_of_job'),
+);
+
 /**
  * Escrow, release and refund as Solana transactions, each exactly once whatever fails.
  *
@@ -122,14 +130,10 @@ function permanentReason(err: unknown): string | undefined {
  * still valid → the same bytes are sent again (a duplicate cannot land twice); expired and never landed →
  * only then is a new transaction signed. Release and refund exclude each other through a row lock.
  */
-// Read several times by every settlement.
-const paymentsOfJob = preparedStatement((db) =>
-  db.select().from(payments).where(eq(payments.jobId, sql.placeholder('jobId'))).prepare('payments_of_job'),
-);
-
 export function createChainSettlement(deps: ChainSettlementDeps) {
   const { db, connection, authority } = deps;
   const pollMs = deps.pollMs ?? 250;
+  const blockhashReuseMs = deps.blockhashReuseMs ?? 1000;
   /** Rent for an escrow token account: a cluster constant, asked once (a failed ask is asked again). */
   let rentExemption: Promise<number> | undefined;
   const rentExemptionOnce = () =>
@@ -138,6 +142,28 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       throw err;
     }));
   const escrowOf = (jobId: string) => escrowAddress(authority.publicKey, jobId);
+
+  /**
+   * The latest blockhash, asked of the cluster at most once per `blockhashReuseMs`: the transactions signed in
+   * that time share it (a blockhash stays valid for 150 blocks, about a minute on a real cluster). Forgotten
+   * as soon as an attempt expires or a send fails, so a retry never signs with a blockhash that let it down.
+   */
+  let recentBlockhash: { askedAt: number; value: Promise<BlockhashWithExpiryBlockHeight> } | undefined;
+  function latestBlockhash(): Promise<BlockhashWithExpiryBlockHeight> {
+    const now = Date.now();
+    if (!recentBlockhash || now - recentBlockhash.askedAt >= blockhashReuseMs || now < recentBlockhash.askedAt) {
+      const value = connection.getLatestBlockhash(deps.commitment);
+      const asked = { askedAt: now, value };
+      recentBlockhash = asked;
+      value.catch(() => {
+        if (recentBlockhash === asked) recentBlockhash = undefined;
+      });
+    }
+    return recentBlockhash.value;
+  }
+  const forgetBlockhash = () => {
+    recentBlockhash = undefined;
+  };
 
   /** The job's rows of these legs, in the order asked (a job has a handful of rows: all are read). */
   async function rowsOf(jobId: string, legs: Leg[]): Promise<PaymentRow[]> {
@@ -175,7 +201,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       return reached ? { kind: 'landed', slot: status.slot } : { kind: 'pending' };
     }
     const height = await connection.getBlockHeight(deps.commitment);
-    return height > lastValidBlockHeight ? { kind: 'expired' } : { kind: 'pending' };
+    if (height <= lastValidBlockHeight) return { kind: 'pending' };
+    forgetBlockhash();
+    return { kind: 'expired' };
   }
 
   /** Polls until the attempt lands, expires, or this activity attempt's patience ends. */
@@ -205,7 +233,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     jobId: string,
     legs: Leg[],
     memo: string,
-    build: () => Promise<{ instructions: TransactionInstruction[]; signers: Keypair[] }>,
+    /** The transaction's instructions, from the legs' rows as settle() has just read them (in `legs` order). */
+    build: (rows: PaymentRow[]) => Promise<{ instructions: TransactionInstruction[]; signers: Keypair[] }>,
     /** The legs' rows when the caller has just written them (saves the first read). */
     known?: PaymentRow[],
   ): Promise<PaymentRow[]> {
@@ -245,8 +274,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
 
       // Sign a new attempt and record it before it leaves this process.
       const [{ instructions, signers }, { blockhash, lastValidBlockHeight }] = await Promise.all([
-        build(),
-        connection.getLatestBlockhash(deps.commitment),
+        build(rows),
+        latestBlockhash(),
       ]);
       const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
         memoInstruction(`cyxwiz ${memo}`, authority.publicKey),
@@ -274,8 +303,14 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       try {
         await send(bytes);
       } catch (err) {
-        const reason = permanentReason(err);
+        forgetBlockhash();
         // A refused preflight never reaches the chain: the attempt can be forgotten safely.
+        if (/Blockhash not found/i.test(String((err as Error)?.message))) {
+          // Signed with a blockhash the cluster no longer (or not yet) knows: sign again with a fresh one.
+          await abandonAttempt(jobId, legs, signature, 'the cluster did not know its blockhash');
+          continue;
+        }
+        const reason = permanentReason(err);
         if (reason) {
           await abandonAttempt(jobId, legs, signature, reason, 'failed');
           throw nonRetryable(reason === 'insufficient funds' ? SettlementErrors.insufficientFunds : SettlementErrors.transactionFailed, `${memo}: ${reason}`);
@@ -512,8 +547,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     });
     if (!wallet) return { owed: true, nodeAmount: split.node.toString(), platformAmount: split.platform.toString() };
     const escrowAccount = escrowOf(input.jobId);
-    const rows = await settle(input.jobId, ['release_node', 'release_platform'], legKey(input.jobId, 'release'), async () => {
-      const [nodeLeg, platformLeg] = await rowsOf(input.jobId, ['release_node', 'release_platform']);
+    const rows = await settle(input.jobId, ['release_node', 'release_platform'], legKey(input.jobId, 'release'), async ([nodeLeg, platformLeg]) => {
       const common = { feePayer: authority.publicKey, from: escrowAccount, fromOwner: authority.publicKey, mint: deps.mint, decimals: deps.decimals };
       return {
         instructions: [
@@ -537,8 +571,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
       await recordLeg(tx, input.jobId, 'refund', escrowRow.amount, escrowRow.toAccount, escrowRow.fromAccount);
     });
-    const [row] = await settle(input.jobId, ['refund'], legKey(input.jobId, 'refund'), async () => {
-      const [leg] = await rowsOf(input.jobId, ['refund']);
+    const [row] = await settle(input.jobId, ['refund'], legKey(input.jobId, 'refund'), async ([leg]) => {
       return {
         instructions: payToWallet({
           feePayer: authority.publicKey,
@@ -655,8 +688,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const sent = open.filter((r) => r.state === 'sent');
       const group = sent.length > 0 ? sent.filter((r) => r.txRef === sent[0].txRef) : open;
       const groupLegs = group.map((r) => r.leg);
-      await settle(input.potId, groupLegs, `${input.potId}/${groupLegs.join('+')}`, async () => {
-        const rows = await rowsOf(input.potId, groupLegs);
+      await settle(input.potId, groupLegs, `${input.potId}/${groupLegs.join('+')}`, async (rows) => {
         return {
           instructions: rows.flatMap((r) =>
             r.amount > 0n

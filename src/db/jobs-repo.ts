@@ -114,7 +114,7 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
   if (t.ended) sets.push(sql`ended_at = ${now}`);
   if (t.to === 'completed') sets.push(sql`progress = 1`);
   // A new node starts the job from scratch: no progress of the previous one shows.
-  if (t.to === 'assigned') sets.push(sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`);
+  if (t.to === 'assigned') sets.push(sql`assigned_at = ${now}`, sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`);
   if (t.excludeNode) sets.push(sql`excluded_nodes = array_append(excluded_nodes, ${t.excludeNode}::text)`);
   // Data-modifying CTEs all run, from one snapshot, whether or not the outer query reads them.
   const cancel = t.cancelOnNode
@@ -195,13 +195,13 @@ export async function softDeleteFinishedJob(db: DbOrTx, id: string): Promise<boo
 export async function activeJobsOnNodes(
   db: DbOrTx,
   nodeIds: string[],
-): Promise<{ id: string; nodeId: string; attempts: number }[]> {
+): Promise<{ id: string; nodeId: string; attempts: number; assignedAt: Date | null }[]> {
   if (nodeIds.length === 0) return [];
   const rows = await db
-    .select({ id: jobs.id, nodeId: jobs.assignedNodeId, attempts: jobs.attempts })
+    .select({ id: jobs.id, nodeId: jobs.assignedNodeId, attempts: jobs.attempts, assignedAt: jobs.assignedAt })
     .from(jobs)
     .where(and(inArray(jobs.assignedNodeId, nodeIds), inArray(jobs.status, ['assigned', 'running'])));
-  return rows.map((r) => ({ id: r.id, nodeId: r.nodeId as string, attempts: r.attempts }));
+  return rows.map((r) => ({ id: r.id, nodeId: r.nodeId as string, attempts: r.attempts, assignedAt: r.assignedAt }));
 }
 
 const PRIORITY_ORDER = sql`case ${jobs.priority} when 'CRITICAL' then 0 when 'HIGH' then 1 when 'NORMAL' then 2 else 3 end`;

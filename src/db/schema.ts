@@ -138,6 +138,8 @@ export const jobs = pgTable(
     eventSeq: integer('event_seq').notNull().default(0),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
+    /** When the current attempt was assigned (its node watch starts after this). */
+    assignedAt: ts('assigned_at'),
     startedAt: ts('started_at'),
     endedAt: ts('ended_at'),
     deletedAt: ts('deleted_at'),

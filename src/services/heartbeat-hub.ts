@@ -78,7 +78,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       await Promise.all(
         held.map((j) =>
           workflows
-            .nodeAlive(j.id, j.attempts, { source: 'heartbeat', nodeId: j.nodeId, at: at.toISOString() })
+            .nodeAlive(j.id, j.attempts, { source: 'heartbeat', nodeId: j.nodeId, at: at.toISOString() }, j.assignedAt)
             .catch((err) => log.warn({ jobId: j.id, err: String(err) }, 'could not pass node liveness to the job')),
         ),
       );

@@ -109,16 +109,23 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   // throttling, at most one per watch per tenth of its timeout is sent: a chatty node (a report per second,
   // every heartbeat) costs Temporal no more than that, and a silent node is still noticed on time.
   const aliveEveryMs = Math.max(1, Math.floor(deps.options.heartbeatTimeoutMs / 10));
+  // A watch starts after its attempt's assignment and times out only a whole heartbeat timeout after its
+  // start: in the first third of that, no sign of life needs passing on. Most short jobs then cost no
+  // heartbeat at all, and the node's next signs still reach the watch with two thirds of the timeout to spare.
+  const quietAfterAssignMs = Math.floor(deps.options.heartbeatTimeoutMs / 3);
   /** When each watch (job id/attempt) was last told, oldest first. */
   const lastAlive = new Map<string, number>();
 
   /**
    * Tells the watch over the job's current attempt that its node is alive. Misses are harmless: the
    * watch may not have started yet or may have ended.
+   * @param assignedAt when the attempt was assigned (the jobs row's assigned_at), if known
    */
-  async function nodeAlive(jobId: string, attempt: number, details: Record<string, unknown>): Promise<void> {
+  async function nodeAlive(jobId: string, attempt: number, details: Record<string, unknown>, assignedAt?: Date | null): Promise<void> {
     const key = `${jobId}/${attempt}`;
     const now = Date.now();
+    const sinceAssigned = assignedAt ? now - assignedAt.getTime() : -1;
+    if (sinceAssigned >= 0 && sinceAssigned < quietAfterAssignMs) return;
     const last = lastAlive.get(key);
     if (last !== undefined && now - last < aliveEveryMs) return;
     lastAlive.delete(key);

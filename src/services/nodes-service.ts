@@ -90,7 +90,7 @@ export function createNodeService(deps: NodeServiceDeps) {
   }
 
   function alive(job: jobsRepo.JobRow, nodeId: string, source: string): Promise<void> {
-    return workflows.nodeAlive(job.id, job.attempts, { source, nodeId, at: new Date().toISOString() });
+    return workflows.nodeAlive(job.id, job.attempts, { source, nodeId, at: new Date().toISOString() }, job.assignedAt);
   }
 
   /** NotifyJobAccepted: the node started the job for its Engine. */

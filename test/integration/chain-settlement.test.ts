@@ -254,6 +254,27 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
     expect(await legRow(jobId, 'release_node')).toMatchObject({ state: 'confirmed', toAccount: wallet.toBase58() });
   });
 
+  test('a blockhash that expired moments after it was asked (a lagging or restarted cluster) is signed again at once, and pays once', async () => {
+    // A settlement that keeps reusing its blockhash, so the second escrow is sure to sign with the stale one.
+    const reusing = settlementOn(chain, database.db, { rpcUrl: proxy.url, blockhashReuseMs: 3600_000 });
+    const escrowWith = async (amount: bigint) => {
+      const jobId = newJobId('stale-blockhash');
+      return { jobId, receipt: await reusing.escrow({ jobId, amount: amount.toString(), payer: chain.payer.publicKey.toBase58() }) };
+    };
+    const first = await escrowWith(1_000_000n);
+    chain.ledger.advance(200); // the cluster moves past that blockhash
+    const sentBefore = proxy.sent.length;
+    const { jobId, receipt } = await escrowWith(2_000_000n);
+
+    const row = await legRow(jobId, 'escrow');
+    expect(row).toMatchObject({ state: 'confirmed', sendAttempts: 2, txRef: receipt.txRef, lastError: null });
+    const tried = proxy.sent.slice(sentBefore).filter((s) => memoOf(s.bytes)?.includes(jobId));
+    expect(tried).toHaveLength(2); // refused in preflight, then signed again with a fresh blockhash
+    expect(tried[1].signature).toBe(receipt.txRef);
+    expect(await balanceOf(escrowOf(jobId))).toBe(2_000_000n);
+    expect(await balanceOf(escrowOf(first.jobId))).toBe(1_000_000n);
+  });
+
   test('a payer without enough tokens fails for good with InsufficientFunds and nothing moves', async () => {
     const poor = await fundedWallet(chain, 5n);
     const poorSettlement = settlementOn(chain, database.db, { rpcUrl: proxy.url, payer: poor });

@@ -105,7 +105,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const { heartbeats, calls } = services();
     await database.db.insert(jobs).values({
       id: 'held', status: 'running', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('held'),
-      configHash: 'h', paymentUnits: 10n, assignedNodeId: 'node_1700000000', attempts: 2,
+      configHash: 'h', paymentUnits: 10n, assignedNodeId: 'node_1700000000', attempts: 2, assignedAt: new Date(clock - 60_000),
     });
     clock += 1000;
     expect(await heartbeats.beat('node_1700000000', { ramAvailable: 8 * GiB, ramTotal: 32 * GiB })).toEqual([]);
@@ -119,7 +119,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(metrics).toHaveLength(1);
     expect(metrics[0].memoryUsage).toBeCloseTo(0.75);
     expect(calls.filter((c) => c.method === 'nodeAlive')).toEqual([
-      { method: 'nodeAlive', args: ['held', 2, expect.objectContaining({ source: 'heartbeat', nodeId: 'node_1700000000' })] },
+      { method: 'nodeAlive', args: ['held', 2, expect.objectContaining({ source: 'heartbeat', nodeId: 'node_1700000000' }), new Date(clock - 61_000)] },
     ]);
   });
 

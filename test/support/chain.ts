@@ -116,6 +116,7 @@ export function settlementOn(
     platformFeeBps: opts.platformFeeBps ?? 1000,
     confirmTimeoutMs: opts.confirmTimeoutMs ?? 5_000,
     pollMs: opts.pollMs ?? 20,
+    blockhashReuseMs: opts.blockhashReuseMs,
     hooks: opts.hooks,
   });
 }
