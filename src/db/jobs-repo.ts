@@ -140,22 +140,29 @@ export interface ProgressUpdate {
 
 /**
  * Stores a node's progress report, only while that node holds the job and the job is active.
- * @returns false when the node does not hold the job (the report is stale and must be rejected).
+ * @returns the job's attempt, or undefined when the node does not hold the job (the report is stale and must be
+ * rejected).
  */
-export async function updateProgress(db: DbOrTx, jobId: string, nodeId: string, p: ProgressUpdate): Promise<boolean> {
+export async function updateProgress(
+  db: DbOrTx,
+  jobId: string,
+  nodeId: string,
+  p: ProgressUpdate,
+): Promise<{ id: string; attempts: number; assignedAt: Date | null } | undefined> {
   const sets = [sql`updated_at = ${new Date()}`];
   if (p.progress !== undefined) sets.push(sql`progress = ${p.progress}`);
   if (p.epoch !== undefined) sets.push(sql`current_epoch = ${p.epoch}`);
   if (p.metrics !== undefined) sets.push(sql`metrics = metrics || ${JSON.stringify(p.metrics)}::jsonb`);
   // The update and its notification in one statement (one round trip per report).
-  const result = await db.execute<{ id: string }>(sql`
+  const result = await db.execute<{ id: string; attempts: number; assigned_at: string | Date | null }>(sql`
     with u as (
       update jobs set ${sql.join(sets, sql`, `)}
        where id = ${jobId} and assigned_node_id = ${nodeId} and status in ('assigned', 'running')
-      returning id
+      returning id, attempts, assigned_at
     )
-    select id, pg_notify(${JOB_CHANGES_CHANNEL}, id) from u`);
-  return result.rows.length > 0;
+    select id, attempts, assigned_at, pg_notify(${JOB_CHANGES_CHANNEL}, id) from u`);
+  const [row] = result.rows;
+  return row && { id: row.id, attempts: row.attempts, assignedAt: row.assigned_at === null ? null : new Date(row.assigned_at) };
 }
 
 export interface JobListQuery {

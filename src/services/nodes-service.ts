@@ -81,15 +81,15 @@ export function createNodeService(deps: NodeServiceDeps) {
    * The job as held by this node, for a report about it.
    * @throws NotFoundError (unknown job), ForbiddenError (another node holds it), ConflictError (finished).
    */
-  async function heldJob(nodeId: string, jobId: string): Promise<jobsRepo.JobRow> {
-    const job = await jobsRepo.getJob(db, jobId);
+  async function heldJob(nodeId: string, jobId: string, read?: jobsRepo.JobRow): Promise<jobsRepo.JobRow> {
+    const job = read ?? (await jobsRepo.getJob(db, jobId));
     if (!job) throw new NotFoundError('job', jobId);
     if (isTerminal(job.status)) throw new ConflictError(`job ${jobId} has already finished (${job.status})`);
     if (job.assignedNodeId !== nodeId) throw new ForbiddenError(`node ${nodeId} does not hold job ${jobId}`);
     return job;
   }
 
-  function alive(job: jobsRepo.JobRow, nodeId: string, source: string): Promise<void> {
+  function alive(job: Pick<jobsRepo.JobRow, 'id' | 'attempts' | 'assignedAt'>, nodeId: string, source: string): Promise<void> {
     return workflows.nodeAlive(job.id, job.attempts, { source, nodeId, at: new Date().toISOString() }, job.assignedAt);
   }
 
@@ -105,8 +105,10 @@ export function createNodeService(deps: NodeServiceDeps) {
    * @throws NotFoundError, ForbiddenError, ConflictError as heldJob.
    */
   async function progress(r: ProgressReport): Promise<void> {
-    const job = await heldJob(r.nodeId, r.jobId);
-    if (!(await jobsRepo.updateProgress(db, r.jobId, r.nodeId, r))) {
+    // Stored only while this node holds the job; only a refused report reads the job to say why.
+    const job = await jobsRepo.updateProgress(db, r.jobId, r.nodeId, r);
+    if (!job) {
+      await heldJob(r.nodeId, r.jobId);
       throw new ForbiddenError(`node ${r.nodeId} does not hold job ${r.jobId}`);
     }
     await alive(job, r.nodeId, 'progress');
@@ -129,7 +131,7 @@ export function createNodeService(deps: NodeServiceDeps) {
       const txRef = await jobsRepo.releaseTxRef(db, jobId);
       return { paymentReleased: !!txRef, txRef: txRef ?? '' };
     }
-    await heldJob(nodeId, jobId);
+    await heldJob(nodeId, jobId, job);
     if (result.finalMetrics && Object.keys(result.finalMetrics).length > 0) {
       await jobsRepo.updateProgress(db, jobId, nodeId, { metrics: result.finalMetrics });
     }
