@@ -109,10 +109,8 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   // throttling, at most one per watch per tenth of its timeout is sent: a chatty node (a report per second,
   // every heartbeat) costs Temporal no more than that, and a silent node is still noticed on time.
   const aliveEveryMs = Math.max(1, Math.floor(deps.options.heartbeatTimeoutMs / 10));
-  // A watch starts after its attempt's assignment and times out only a whole heartbeat timeout after its
-  // start: in the first third of that, no sign of life needs passing on. Most short jobs then cost no
-  // heartbeat at all, and the node's next signs still reach the watch with two thirds of the timeout to spare.
-  const quietAfterAssignMs = Math.floor(deps.options.heartbeatTimeoutMs / 3);
+  // A watch starts after its attempt's assignment, so the assignment counts as its first heartbeat: the same
+  // tenth of the timeout passes before a sign of life is passed on. A job shorter than that costs no heartbeat.
   /** When each watch (job id/attempt) was last told, oldest first. */
   const lastAlive = new Map<string, number>();
 
@@ -124,10 +122,9 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   async function nodeAlive(jobId: string, attempt: number, details: Record<string, unknown>, assignedAt?: Date | null): Promise<void> {
     const key = `${jobId}/${attempt}`;
     const now = Date.now();
-    const sinceAssigned = assignedAt ? now - assignedAt.getTime() : -1;
-    if (sinceAssigned >= 0 && sinceAssigned < quietAfterAssignMs) return;
-    const last = lastAlive.get(key);
-    if (last !== undefined && now - last < aliveEveryMs) return;
+    const assigned = assignedAt && assignedAt.getTime() <= now ? assignedAt.getTime() : undefined;
+    const last = Math.max(lastAlive.get(key) ?? -Infinity, assigned ?? -Infinity);
+    if (now - last < aliveEveryMs) return;
     lastAlive.delete(key);
     lastAlive.set(key, now);
     for (const [k, at] of lastAlive) {
