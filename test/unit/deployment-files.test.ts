@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
 import { loadConfig } from '../../src/config';
+import { DEV_SERVER_DYNAMIC_CONFIG } from '../../src/infra/temporal-dev-server';
 
 const root = path.resolve(__dirname, '../..');
 const read = (f: string) => readFileSync(path.join(root, f), 'utf8');
@@ -36,6 +37,15 @@ describe('docker-compose.yml', () => {
       );
       expect(() => loadConfig(env)).not.toThrow();
     }
+  });
+
+  it('gives its Temporal server the dynamic config the embedded dev server gets', () => {
+    const temporal = compose.services.temporal;
+    const mount = (temporal.volumes as string[]).find((v) => v.startsWith('./deploy/temporal-dynamicconfig.yaml:'));
+    expect(mount).toBeDefined();
+    expect(`/etc/temporal/${temporal.environment.DYNAMIC_CONFIG_FILE_PATH}`).toBe(mount!.split(':')[1]);
+    const file = parse(read('deploy/temporal-dynamicconfig.yaml')) as Record<string, { value: unknown }[]>;
+    expect(Object.fromEntries(Object.entries(file).map(([key, values]) => [key, values[0].value]))).toEqual(DEV_SERVER_DYNAMIC_CONFIG);
   });
 
   it('builds from a Dockerfile that ships the protos and migrations the code loads', () => {
