@@ -172,12 +172,13 @@ export async function markStaleNodesOffline(db: DbOrTx, before: Date): Promise<s
  * (node, job, event): the event row is the evidence, and a retried activity finds it and changes nothing.
  * The attempt's time on the node — from the job's latest 'assigned' event there to now — is added to its
  * compute_ms in the same transaction, so exactly once as well (only this node's attempt counts).
- * @returns the reputation after the event (unchanged on a retry).
+ * @returns the reputation after the event, by how much this call changed it, and whether it recorded the event
+ * (false on a retry: nothing changed); undefined for an unknown node.
  */
 export async function recordReputationEvent(
   db: Db,
   e: { nodeId: string; jobId: string; kind: ReputationEvent; reason: string; now?: Date },
-): Promise<number | undefined> {
+): Promise<{ reputation: number; change: number; recorded: boolean } | undefined> {
   return db.transaction(async (tx) => {
     const [node] = await tx.select().from(nodes).where(eq(nodes.id, e.nodeId)).for('update');
     if (!node) return undefined;
@@ -196,7 +197,7 @@ export async function recordReputationEvent(
       .values({ nodeId: e.nodeId, jobId: e.jobId, kind: e.kind, delta: after - node.reputation, reputationAfter: after, reason: e.reason, at: now })
       .onConflictDoNothing()
       .returning({ id: reputationEvents.id });
-    if (inserted.length === 0) return node.reputation;
+    if (inserted.length === 0) return { reputation: node.reputation, change: 0, recorded: false };
     const [assigned] = await tx
       .select({ at: jobEvents.at })
       .from(jobEvents)
@@ -227,7 +228,7 @@ export async function recordReputationEvent(
         bannedUntil,
       }).onConflictDoNothing();
     }
-    return after;
+    return { reputation: after, change: after - node.reputation, recorded: true };
   });
 }
 

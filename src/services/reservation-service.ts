@@ -8,11 +8,9 @@ import {
   WorkflowUpdateFailedError,
   type Client,
 } from '@temporalio/client';
-import { and, eq } from 'drizzle-orm';
 import type { Db } from '../db/client';
 import * as nodesRepo from '../db/nodes-repo';
 import * as repo from '../db/reservations-repo';
-import { reputationEvents } from '../db/schema';
 import {
   ConflictError,
   ForbiddenError,
@@ -296,24 +294,19 @@ export function createReservationService(deps: ReservationServiceDeps) {
     if (req.nodeId !== r.nodeId) throw new ForbiddenError(`node ${req.nodeId} does not hold reservation ${r.id}`);
     const evidence = `${r.id}/${req.jobId || r.id}`;
     const kind = req.success ? 'job_completed' : 'job_failed';
-    const before = await nodesRepo.getNode(db, r.nodeId);
-    const [seen] = await db
-      .select({ id: reputationEvents.id })
-      .from(reputationEvents)
-      .where(and(eq(reputationEvents.nodeId, r.nodeId), eq(reputationEvents.jobId, evidence), eq(reputationEvents.kind, kind)));
-    const after = await nodesRepo.recordReputationEvent(db, {
+    // The reputation event is the evidence: a repeated report finds it, and counts nothing again.
+    const outcome = await nodesRepo.recordReputationEvent(db, {
       nodeId: r.nodeId,
       jobId: evidence,
       kind,
       reason: `${req.success ? 'completed' : 'failed'} job ${req.jobId || r.id} in reservation ${r.id}`,
     });
     let jobs = r.jobsCompleted;
-    if (!seen) {
+    if (outcome?.recorded) {
       jobs += 1;
       await repo.updateReservation(db, r.id, { jobsCompleted: jobs, trainingActive: false, currentJobId: '' });
     }
-    const reputation = after ?? before?.reputation ?? 0;
-    return { reputation, change: seen ? 0 : reputation - (before?.reputation ?? reputation), jobs };
+    return { reputation: outcome?.reputation ?? 0, change: outcome?.change ?? 0, jobs };
   }
 
   /** ConfirmJobComplete (deprecated by the original): counts the job; the money moves when the reservation ends. */

@@ -245,8 +245,17 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
   it('moves reputation by the documented amounts, once per job and event, and bans a node that falls too low', async () => {
     const rep = async () => (await database.db.select().from(nodes).where(eq(nodes.id, 'small')))[0];
     const start = (await rep()).reputation;
-    expect(await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: 'j-ok', kind: 'job_completed', reason: 'done' })).toBeCloseTo(start + 0.02);
-    expect(await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: 'j-ok', kind: 'job_completed', reason: 'done' })).toBeCloseTo(start + 0.02);
+    const first = await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: 'j-ok', kind: 'job_completed', reason: 'done' });
+    expect(first?.reputation).toBeCloseTo(start + 0.02);
+    expect(first?.change).toBeCloseTo(0.02);
+    expect(first?.recorded).toBe(true);
+    // The same event again (a retried activity): nothing changes, and the answer says so.
+    expect(await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: 'j-ok', kind: 'job_completed', reason: 'done' })).toEqual({
+      reputation: first?.reputation,
+      change: 0,
+      recorded: false,
+    });
+    expect(await nodesRepo.recordReputationEvent(database.db, { nodeId: 'nobody', jobId: 'j-ok', kind: 'job_completed', reason: 'done' })).toBeUndefined();
     for (let i = 0; i < 4; i++) await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: `lost-${i}`, kind: 'node_lost', reason: 'node lost' });
     const after = await rep();
     expect(after.reputation).toBeCloseTo(start + 0.02 - 0.4);
