@@ -2,7 +2,7 @@ import { and, desc, eq, gt, inArray, lt, or, sql } from 'drizzle-orm';
 import { ConflictError, NotFoundError } from '../domain/errors';
 import { HOLDING_STATUSES } from '../domain/reservation';
 import type { Db, DbOrTx } from './client';
-import { nodes, payments, reservations } from './schema';
+import { nodes, payments, reservationJobs, reservations } from './schema';
 
 export type ReservationRow = typeof reservations.$inferSelect;
 
@@ -103,6 +103,33 @@ const withNode = (row: { r: ReservationRow; ip: string | null; port: number | nu
 
 export async function updateReservation(db: DbOrTx, id: string, set: Partial<Omit<ReservationRow, 'id'>>): Promise<void> {
   await db.update(reservations).set({ ...set, updatedAt: new Date() }).where(eq(reservations.id, id));
+}
+
+/**
+ * Counts a job of the reservation in its jobs_completed, once per job id whoever reports it and however often;
+ * a job counted now also ends the training shown on the reservation.
+ * @returns the reservation's count after the report, and whether this report added the job.
+ */
+export async function countJob(
+  db: DbOrTx,
+  r: { reservationId: string; jobId: string; reportedBy: 'node' | 'engine'; success: boolean },
+): Promise<{ jobs: number; counted: boolean }> {
+  const result = await db.execute<{ jobs: number; counted: boolean }>(sql`
+    with added as (
+      insert into ${reservationJobs} (reservation_id, job_id, reported_by, success)
+      values (${r.reservationId}, ${r.jobId}, ${r.reportedBy}, ${r.success})
+      on conflict do nothing
+      returning job_id
+    ), counted as (
+      update ${reservations}
+         set jobs_completed = jobs_completed + 1, training_active = false, current_job_id = '', updated_at = now()
+       where id = ${r.reservationId} and exists (select 1 from added)
+      returning jobs_completed
+    )
+    select coalesce((select jobs_completed from counted), (select jobs_completed from ${reservations} where id = ${r.reservationId}))::int as jobs,
+           exists (select 1 from counted) as counted`);
+  const [row] = result.rows;
+  return { jobs: row?.jobs ?? 0, counted: row?.counted ?? false };
 }
 
 /** A wallet's reservations that hold their node and have not reached their end. */

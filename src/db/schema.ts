@@ -328,3 +328,22 @@ export const reservations = pgTable(
     index('reservations_status_idx').on(t.status, t.endAt),
   ],
 );
+
+/**
+ * The jobs counted in a reservation's jobs_completed, once each whoever reports them (the node's
+ * ReportJobCompleteFromNode, the Engine's ConfirmJobComplete) and however often.
+ */
+export const reservationJobs = pgTable(
+  'reservation_jobs',
+  {
+    reservationId: text('reservation_id')
+      .notNull()
+      .references(() => reservations.id),
+    jobId: text('job_id').notNull(),
+    /** Who reported it first: 'node' or 'engine'. */
+    reportedBy: text('reported_by').notNull(),
+    success: boolean('success').notNull(),
+    at: ts('at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.reservationId, t.jobId] })],
+);

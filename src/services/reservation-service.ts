@@ -301,18 +301,17 @@ export function createReservationService(deps: ReservationServiceDeps) {
       kind,
       reason: `${req.success ? 'completed' : 'failed'} job ${req.jobId || r.id} in reservation ${r.id}`,
     });
-    let jobs = r.jobsCompleted;
-    if (outcome?.recorded) {
-      jobs += 1;
-      await repo.updateReservation(db, r.id, { jobsCompleted: jobs, trainingActive: false, currentJobId: '' });
-    }
+    const { jobs } = await repo.countJob(db, { reservationId: r.id, jobId: req.jobId || r.id, reportedBy: 'node', success: req.success });
     return { reputation: outcome?.reputation ?? 0, change: outcome?.change ?? 0, jobs };
   }
 
-  /** ConfirmJobComplete (deprecated by the original): counts the job; the money moves when the reservation ends. */
-  async function confirmJobComplete(req: { reservationId: string; success: boolean }) {
+  /**
+   * ConfirmJobComplete (deprecated by the original): counts a successful job once (a job the node reported
+   * already counts); the money moves when the reservation ends.
+   */
+  async function confirmJobComplete(req: { reservationId: string; jobId: string; success: boolean }) {
     const r = await find(req.reservationId);
-    if (req.success) await repo.updateReservation(db, r.id, { jobsCompleted: r.jobsCompleted + 1 });
+    if (req.success) await repo.countJob(db, { reservationId: r.id, jobId: req.jobId || r.id, reportedBy: 'engine', success: true });
     return r;
   }
 

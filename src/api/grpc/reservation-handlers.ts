@@ -70,11 +70,11 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       },
       (f) => ({ status: f.status, error: f.error }),
     ),
-    ConfirmJobComplete: unary<{ reservation_id: string; success: boolean }, object>(
+    ConfirmJobComplete: unary<{ reservation_id: string; job_id: string; success: boolean }, object>(
       log,
       'ConfirmJobComplete',
       async (req) => {
-        await svc.confirmJobComplete({ reservationId: req.reservation_id, success: req.success });
+        await svc.confirmJobComplete({ reservationId: req.reservation_id, jobId: req.job_id, success: req.success });
         // Money moves when the reservation ends (ReleaseReservation or its end), never per job.
         return { status: StatusCode.SUCCESS, payment_released: false, payment_tx_hash: '' };
       },
