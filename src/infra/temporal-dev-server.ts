@@ -51,7 +51,8 @@ const STOP_GRACE_MS = 10_000;
  * updates) at most 20 times a second each by default. As soon as a few dozen workflows are busy, each new task
  * then waits for the next read, about 25 ms on average and 50 ms at worst, before a worker can pick it up;
  * measured here with a worker and 8 workflow starts a second, a first workflow task's pickup went from 25 ms
- * (p50) to 2 ms. Clusters in production are tuned by their operators the same way (README, Operations).
+ * (p50) to 2 ms. A cluster needs the same (README, *Operating it*; deploy/temporal-dynamicconfig.yaml is the
+ * docker-compose cluster's copy, checked against this one).
  */
 export const DEV_SERVER_DYNAMIC_CONFIG: Readonly<Record<string, unknown>> = {
   'history.transferProcessorMaxPollRPS': 1000,
