@@ -114,7 +114,7 @@ export async function countJob(
   db: DbOrTx,
   r: { reservationId: string; jobId: string; reportedBy: 'node' | 'engine'; success: boolean },
 ): Promise<{ jobs: number; counted: boolean }> {
-  const result = await db.execute<{ jobs: number; counted: boolean }>(sql`
+  const result = await db.execute<{ jobs: number | null }>(sql`
     with added as (
       insert into ${reservationJobs} (reservation_id, job_id, reported_by, success)
       values (${r.reservationId}, ${r.jobId}, ${r.reportedBy}, ${r.success})
@@ -126,10 +126,12 @@ export async function countJob(
        where id = ${r.reservationId} and exists (select 1 from added)
       returning jobs_completed
     )
-    select coalesce((select jobs_completed from counted), (select jobs_completed from ${reservations} where id = ${r.reservationId}))::int as jobs,
-           exists (select 1 from counted) as counted`);
-  const [row] = result.rows;
-  return { jobs: row?.jobs ?? 0, counted: row?.counted ?? false };
+    select (select jobs_completed from counted) as jobs`);
+  const jobs = result.rows[0]?.jobs;
+  if (jobs !== null && jobs !== undefined) return { jobs, counted: true };
+  // Counted before (perhaps by a report racing this one, whose count this statement's snapshot may predate).
+  const [row] = await db.select({ jobs: reservations.jobsCompleted }).from(reservations).where(eq(reservations.id, r.reservationId));
+  return { jobs: row?.jobs ?? 0, counted: false };
 }
 
 /** A wallet's reservations that hold their node and have not reached their end. */

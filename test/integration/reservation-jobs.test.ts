@@ -42,6 +42,7 @@ describe('reservation job counts (real Postgres)', () => {
     expect(await count('a', 'node')).toEqual({ jobs: 1, counted: false });
     const racing = await Promise.all(Array.from({ length: 8 }, (_, i) => count('b', i % 2 ? 'node' : 'engine')));
     expect(racing.filter((r) => r.counted)).toHaveLength(1);
+    expect(racing.map((r) => r.jobs)).toEqual(racing.map(() => 2)); // every answer after the count, racing or not
     expect((await reservationsRepo.getReservation(database.db, id))?.jobsCompleted).toBe(2);
     expect(await reservationsRepo.countJob(database.db, { reservationId: 'no-such-reservation', jobId: 'a', reportedBy: 'node', success: true }).catch((e: Error) => e.message)).toMatch(/foreign key|reservation_jobs/);
   });
