@@ -2,6 +2,7 @@ import { Client as TemporalClient, Connection } from '@temporalio/client';
 import { Client } from 'pg';
 import type { Infra } from './lib/infra';
 import { Child } from './lib/proc';
+import type { JobTiming } from './procs/driver';
 import type { BenchSystem } from './lib/system';
 import { CpuMeter, log, median, quantile, round, sleep } from './lib/util';
 
@@ -16,14 +17,6 @@ export interface E2EOptions {
   /** Open-loop latency run at half the measured capacity. */
   latencyMs: number;
   lossSamples: number;
-}
-
-interface JobTiming {
-  jobId: string;
-  scheduledAt: number;
-  assignedAt: number;
-  nodeAssignAt?: number;
-  doneAt: number;
 }
 
 interface RunResult {

@@ -209,7 +209,8 @@ function watchForAssignment(jobId: string, timeoutMs: number): { assigned: Promi
   return { assigned, close };
 }
 
-interface JobTiming {
+/** One job's moments as the driver saw them (bench/e2e.ts reads them over IPC). */
+export interface JobTiming {
   jobId: string;
   /** When the job was due (open loop) or submitted (closed loop), epoch ms. */
   scheduledAt: number;

@@ -10,7 +10,7 @@ import {
   WorkflowUpdateFailedError,
   type Client,
 } from '@temporalio/client';
-import { ConflictError, ForbiddenError, UnavailableError, ValidationError } from '../domain/errors';
+import { ConflictError, ForbiddenError, ValidationError } from '../domain/errors';
 import type { JobSpec } from '../domain/job';
 import { unitsToTokenString } from '../domain/money';
 import { jobWorkflow, type JobWorkflowOptions } from '../workflows/job-workflow';
@@ -30,6 +30,7 @@ import {
   type SettlementReceipt,
 } from '../workflows/messages';
 import { JobSearchAttributes as SA } from '../workflows/search-attributes';
+import { temporalUnavailable } from './temporal-errors';
 
 export interface JobWorkflowGatewayDeps {
   client: Client;
@@ -169,10 +170,7 @@ function translate(err: unknown): Error {
   }
   if (err instanceof WorkflowNotFoundError) return new ConflictError(`the job's workflow is not running: ${err.message}`);
   if (isGrpcServiceError(err) && err.code === GRPC_INVALID_ARGUMENT) return new ValidationError('config', err.details || err.message);
-  if (isGrpcServiceError(err) || (err as Error)?.name === 'ServiceError' || (err as Error)?.name === 'TransportError') {
-    return new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
-  }
-  return err as Error;
+  return temporalUnavailable(err) ?? (err as Error);
 }
 
 function summary(spec: JobSpec, decimals: number): string {

@@ -3,7 +3,6 @@ import {
   ActivityCancelledError,
   ActivityNotFoundError,
   ApplicationFailure,
-  isGrpcServiceError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
   type Client,
@@ -11,6 +10,7 @@ import {
 import type { Db } from '../db/client';
 import * as nodesRepo from '../db/nodes-repo';
 import * as repo from '../db/reservations-repo';
+import { temporalUnavailable } from './temporal-errors';
 import {
   ConflictError,
   ForbiddenError,
@@ -420,8 +420,5 @@ function translate(err: unknown): Error {
     return new ConflictError(cause?.message ?? err.message);
   }
   if (err instanceof WorkflowNotFoundError) return new GoneError(`the reservation's workflow is not running: ${err.message}`);
-  if (isGrpcServiceError(err) || (err as Error)?.name === 'ServiceError' || (err as Error)?.name === 'TransportError') {
-    return new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
-  }
-  return err as Error;
+  return temporalUnavailable(err) ?? (err as Error);
 }

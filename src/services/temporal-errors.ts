@@ -1,0 +1,10 @@
+import { isGrpcServiceError } from '@temporalio/client';
+import { UnavailableError } from '../domain/errors';
+
+/** A failure to reach Temporal (its service or the transport) as an UnavailableError (503); undefined for others. */
+export function temporalUnavailable(err: unknown): UnavailableError | undefined {
+  if (isGrpcServiceError(err) || (err as Error)?.name === 'ServiceError' || (err as Error)?.name === 'TransportError') {
+    return new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
+  }
+  return undefined;
+}
