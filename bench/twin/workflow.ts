@@ -17,7 +17,7 @@ import { twinAccepted, twinComplete, twinProgress, twinStatus, type TwinJobInput
 /**
  * The bare Temporal twin of jobWorkflow's happy path, with the same Temporal shape and none of our logic:
  * escrow (local) beside match (local) → dispatch (local) → "assigned" (local) → watch (async activity,
- * cancelled at the end) → accepted update → "running" (local) → 2 progress signals → complete update →
+ * cancelled at the end) → accepted update → "running" (local) → a progress signal → complete update →
  * release claims (local) → release (activity) → outcome (local) → "completed" (local); the same search
  * attribute, memo and current-details upserts; the same timeouts and retry policies.
  */

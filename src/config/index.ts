@@ -29,6 +29,11 @@ const schema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** A running job whose node is silent this long is treated as lost. */
   JOB_HEARTBEAT_TIMEOUT_S: positiveInt.default(30),
+  /**
+   * A job's workflow hears its node's progress reports at most this often per attempt (the first report
+   * always; 0 = every report). Postgres stores every report.
+   */
+  JOB_PROGRESS_SIGNAL_INTERVAL_S: z.coerce.number().int().min(0).default(10),
   /** Assignments a job may use (a node lost or failing the job uses one) before it fails and is refunded. */
   JOB_MAX_ATTEMPTS: positiveInt.default(3),
   /** Longest a single attempt may run on a node before it counts as failed. */
@@ -109,6 +114,7 @@ export interface Config {
     readonly maxAttempts: number;
     readonly maxRuntimeMs: number;
     readonly requeueIntervalMs: number;
+    readonly progressSignalIntervalMs: number;
   };
   readonly nodes: {
     readonly assignTimeoutMs: number;
@@ -179,6 +185,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxAttempts: e.JOB_MAX_ATTEMPTS,
       maxRuntimeMs: e.JOB_MAX_RUNTIME_S * 1000,
       requeueIntervalMs: e.JOB_REQUEUE_INTERVAL_S * 1000,
+      progressSignalIntervalMs: e.JOB_PROGRESS_SIGNAL_INTERVAL_S * 1000,
     },
     nodes: {
       assignTimeoutMs: e.NODE_ASSIGN_TIMEOUT_MS,

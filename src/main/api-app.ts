@@ -46,6 +46,7 @@ export async function startApi(
     taskQueue: config.temporal.taskQueue,
     options: jobWorkflowOptions(config),
     tokenDecimals: config.payments.tokenDecimals,
+    progressSignalIntervalMs: config.jobs.progressSignalIntervalMs,
   });
   const reservations = createReservationService({
     db: database.db,

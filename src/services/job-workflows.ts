@@ -30,6 +30,7 @@ import {
   type SettlementReceipt,
 } from '../workflows/messages';
 import { JobSearchAttributes as SA } from '../workflows/search-attributes';
+import { keyedThrottle } from './keyed-throttle';
 import { temporalUnavailable } from './temporal-errors';
 
 export interface JobWorkflowGatewayDeps {
@@ -37,6 +38,8 @@ export interface JobWorkflowGatewayDeps {
   taskQueue: string;
   options: JobWorkflowOptions;
   tokenDecimals: number;
+  /** Progress reports of one attempt reach its workflow at most this often (the first always). Default 10 s. */
+  progressSignalIntervalMs?: number;
 }
 
 /**
@@ -82,10 +85,28 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
     await Promise.all(jobIds.map((id) => handle(id).signal(walletRegisteredSignal).catch(() => undefined)));
   }
 
-  async function progress(jobId: string, p: NodeProgress): Promise<void> {
-    await handle(jobId).signal(progressSignal, p).catch((err) => {
+  // A progress report is a workflow task and four history events. The node's copy in Postgres is what
+  // GetJobStatus, StreamJobUpdates and REST read; the workflow's copy (its status query and the Web UI's
+  // details) needs the first report of an attempt (the node started) and then one per interval, so a node
+  // reporting every epoch of a long job does not fill the job's history.
+  const progressThrottle = keyedThrottle(deps.progressSignalIntervalMs ?? 10_000);
+
+  /**
+   * Passes a node's progress on the job's current attempt to its workflow: the first report of the attempt,
+   * then at most one per `progressSignalIntervalMs`.
+   * @returns whether the workflow was told
+   */
+  async function progress(jobId: string, attempt: number, p: NodeProgress): Promise<boolean> {
+    const key = `${jobId}/${attempt}`;
+    const now = Date.now();
+    if (!progressThrottle.pass(key, now)) return false;
+    try {
+      await handle(jobId).signal(progressSignal, p);
+      return true;
+    } catch (err) {
+      progressThrottle.undo(key, now);
       throw translate(err);
-    });
+    }
   }
 
   async function accepted(jobId: string, nodeId: string): Promise<{ acknowledged: boolean }> {
@@ -109,11 +130,9 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   // Each heartbeat is a write to the workflow's state on the Temporal server. Like the SDK's own heartbeat
   // throttling, at most one per watch per tenth of its timeout is sent: a chatty node (a report per second,
   // every heartbeat) costs Temporal no more than that, and a silent node is still noticed on time.
-  const aliveEveryMs = Math.max(1, Math.floor(deps.options.heartbeatTimeoutMs / 10));
   // A watch starts after its attempt's assignment, so the assignment counts as its first heartbeat: the same
   // tenth of the timeout passes before a sign of life is passed on. A job shorter than that costs no heartbeat.
-  /** When each watch (job id/attempt) was last told, oldest first. */
-  const lastAlive = new Map<string, number>();
+  const aliveThrottle = keyedThrottle(Math.max(1, Math.floor(deps.options.heartbeatTimeoutMs / 10)));
 
   /**
    * Tells the watch over the job's current attempt that its node is alive. Misses are harmless: the
@@ -123,20 +142,12 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   async function nodeAlive(jobId: string, attempt: number, details: Record<string, unknown>, assignedAt?: Date | null): Promise<void> {
     const key = `${jobId}/${attempt}`;
     const now = Date.now();
-    const assigned = assignedAt && assignedAt.getTime() <= now ? assignedAt.getTime() : undefined;
-    const last = Math.max(lastAlive.get(key) ?? -Infinity, assigned ?? -Infinity);
-    if (now - last < aliveEveryMs) return;
-    lastAlive.delete(key);
-    lastAlive.set(key, now);
-    for (const [k, at] of lastAlive) {
-      if (now - at < aliveEveryMs) break;
-      lastAlive.delete(k);
-    }
+    if (!aliveThrottle.pass(key, now, assignedAt?.getTime())) return;
     try {
       await client.activity.heartbeat({ workflowId: jobId, activityId: watchActivityId(attempt) }, details);
     } catch (err) {
       // Not told: the next sign of life tries again.
-      if (lastAlive.get(key) === now) lastAlive.delete(key);
+      aliveThrottle.undo(key, now);
       if (err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError) return;
       throw err;
     }

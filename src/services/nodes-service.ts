@@ -101,7 +101,7 @@ export function createNodeService(deps: NodeServiceDeps) {
   }
 
   /**
-   * Stores a progress report and passes it to the job.
+   * Stores a progress report and passes it to the job's workflow (throttled there: Postgres has every report).
    * @throws NotFoundError, ForbiddenError, ConflictError as heldJob.
    */
   async function progress(r: ProgressReport): Promise<void> {
@@ -112,7 +112,7 @@ export function createNodeService(deps: NodeServiceDeps) {
       throw new ForbiddenError(`node ${r.nodeId} does not hold job ${r.jobId}`);
     }
     await alive(job, r.nodeId, 'progress');
-    await workflows.progress(r.jobId, { nodeId: r.nodeId, progress: r.progress, epoch: r.epoch });
+    await workflows.progress(r.jobId, job.attempts, { nodeId: r.nodeId, progress: r.progress, epoch: r.epoch });
   }
 
   /**

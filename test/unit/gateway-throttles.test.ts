@@ -1,9 +1,14 @@
-import { ActivityNotFoundError, type Client } from '@temporalio/client';
+import { ActivityNotFoundError, WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { ConflictError } from '../../src/domain/errors';
 import { createJobWorkflowGateway } from '../../src/services/job-workflows';
 
-/** The gateway's nodeAlive over a Temporal client that only records the activity heartbeats it is asked for. */
-function gatewayWithClock(heartbeatTimeoutMs: number) {
+/**
+ * The gateway over a Temporal client that only records the activity heartbeats and workflow signals it is
+ * asked for (or fails them with `failWith`).
+ */
+function gatewayWithClock(heartbeatTimeoutMs: number, progressSignalIntervalMs?: number) {
   const sent: { workflowId: string; activityId: string; details: unknown }[] = [];
+  const signals: { workflowId: string; name: string; arg: unknown }[] = [];
   let fail: Error | undefined;
   const client = {
     activity: {
@@ -12,14 +17,23 @@ function gatewayWithClock(heartbeatTimeoutMs: number) {
         sent.push({ ...id, details });
       },
     },
+    workflow: {
+      getHandle: (workflowId: string) => ({
+        signal: async (def: { name: string }, arg: unknown) => {
+          if (fail) throw fail;
+          signals.push({ workflowId, name: def.name, arg });
+        },
+      }),
+    },
   } as unknown as Client;
   const gateway = createJobWorkflowGateway({
     client,
     taskQueue: 'q',
     options: { heartbeatTimeoutMs, maxAttempts: 3, maxRuntimeMs: 3600_000, requeueIntervalMs: 30_000, assignTimeoutMs: 5000, historyEventLimit: 10_000 },
     tokenDecimals: 9,
+    progressSignalIntervalMs,
   });
-  return { gateway, sent, failWith: (err: Error | undefined) => (fail = err) };
+  return { gateway, sent, signals, failWith: (err: Error | undefined) => (fail = err) };
 }
 
 describe('nodeAlive: passing a node\'s signs of life to the watch over its job', () => {
@@ -74,5 +88,50 @@ describe('nodeAlive: passing a node\'s signs of life to the watch over its job',
     const { gateway, failWith } = gatewayWithClock(30_000);
     failWith(new ActivityNotFoundError('not found'));
     await expect(gateway.nodeAlive('job-7', 1, {})).resolves.toBeUndefined();
+  });
+});
+
+describe('progress: passing a node\'s progress reports to its job\'s workflow', () => {
+  let now = 1_800_000_000_000;
+  beforeEach(() => jest.spyOn(Date, 'now').mockImplementation(() => now));
+  afterEach(() => jest.restoreAllMocks());
+  const report = (progress: number) => ({ nodeId: 'node-1', progress, epoch: Math.round(progress * 10) });
+
+  it('passes the first report of an attempt at once, then at most one per interval', async () => {
+    const { gateway, signals } = gatewayWithClock(30_000, 10_000);
+    const told: boolean[] = [];
+    for (let t = 0; t <= 21_000; t += 1000) {
+      told.push(await gateway.progress('job-1', 1, report(t / 100_000)));
+      now += 1000;
+    }
+    // 22 reports over 21 s: the first, then one each 10 s
+    expect(signals.map((s) => s.arg)).toEqual([report(0), report(0.1), report(0.2)]);
+    expect(told.filter(Boolean)).toHaveLength(3);
+    expect(new Set(signals.map((s) => s.name))).toEqual(new Set(['progress']));
+  });
+
+  it('passes the first report of a new attempt at once (the new node started)', async () => {
+    const { gateway, signals } = gatewayWithClock(30_000, 10_000);
+    await gateway.progress('job-2', 1, report(0.5));
+    now += 100;
+    await gateway.progress('job-2', 2, report(0.1));
+    await gateway.progress('job-3', 1, report(0.2));
+    expect(signals.map((s) => [s.workflowId, s.arg])).toEqual([['job-2', report(0.5)], ['job-2', report(0.1)], ['job-3', report(0.2)]]);
+  });
+
+  it('passes every report with an interval of 0', async () => {
+    const { gateway, signals } = gatewayWithClock(30_000, 0);
+    for (const p of [0.1, 0.2, 0.3]) await gateway.progress('job-4', 1, report(p));
+    expect(signals).toHaveLength(3);
+  });
+
+  it('passes the next report when one could not be delivered, and says why it could not', async () => {
+    const { gateway, signals, failWith } = gatewayWithClock(30_000, 10_000);
+    failWith(new WorkflowNotFoundError('gone', 'job-5', undefined));
+    await expect(gateway.progress('job-5', 1, report(0.1))).rejects.toThrow(ConflictError);
+    failWith(undefined);
+    now += 100;
+    await expect(gateway.progress('job-5', 1, report(0.2))).resolves.toBe(true);
+    expect(signals.map((s) => s.arg)).toEqual([report(0.2)]);
   });
 });

@@ -1,0 +1,29 @@
+/**
+ * Lets at most one call per key through per `everyMs`. Memory stays bounded by the keys passed within the
+ * last `everyMs`: entries are kept oldest first and dropped once they can no longer hold anything back.
+ */
+export function keyedThrottle(everyMs: number) {
+  const passed = new Map<string, number>();
+
+  return {
+    /**
+     * Whether a call for `key` may pass at `now`; if it may, it counts as passed from then on.
+     * @param since a moment that counts as an earlier pass (ignored when it is after `now`)
+     */
+    pass(key: string, now: number, since?: number): boolean {
+      const before = since !== undefined && since <= now ? since : -Infinity;
+      if (now - Math.max(passed.get(key) ?? -Infinity, before) < everyMs) return false;
+      passed.delete(key);
+      passed.set(key, now);
+      for (const [k, at] of passed) {
+        if (now - at < everyMs) break;
+        passed.delete(k);
+      }
+      return true;
+    },
+    /** Takes back the pass of `key` at `at` (the call it let through did not happen), so the next one passes. */
+    undo(key: string, at: number): void {
+      if (passed.get(key) === at) passed.delete(key);
+    },
+  };
+}
