@@ -209,34 +209,10 @@ export type NodeCache = ReturnType<typeof createNodeCache>;
  * @returns whether the job holds a claim on the node.
  */
 export async function claimNode(db: Db, jobId: string, nodeId: string): Promise<boolean> {
-  return db.transaction(async (tx) => {
-    // Lock first, count after: under READ COMMITTED each statement reads a fresh snapshot, so the count below
-    // sees every claim committed by whoever held the lock before us (one statement would count from a
-    // snapshot taken before the lock wait and could overfill the node).
-    const locked = await tx.execute(sql`select id from nodes where id = ${nodeId} for update`);
-    if (locked.rows.length === 0) return false;
-    const result = await tx.execute<{ node_id: string }>(sql`
-      with node as (
-        select id, capacity, device_types, max_device_memory, ram_total from nodes where id = ${nodeId} and reserved_by is null
-      ), me as (
-        select priority_rank, created_at from jobs where id = ${jobId}
-      )
-      insert into node_claims (node_id, job_id)
-      select node.id, ${jobId} from node, me
-       where (select count(*) from node_claims c where c.node_id = node.id and c.job_id <> ${jobId}) < node.capacity
-         and not exists (
-           select 1 from jobs q
-            where q.status = 'queued' and q.id <> ${jobId}
-              and (q.priority_rank, q.created_at, q.id) < (me.priority_rank, me.created_at, ${jobId})
-              and not (node.id = any(q.excluded_nodes))
-              and (q.required_device in ('UNKNOWN', 'CPU') or q.required_device = any(node.device_types))
-              and q.estimated_memory <= greatest(node.max_device_memory, case when q.required_device in ('UNKNOWN', 'CPU') then node.ram_total else 0 end)
-              and not exists (select 1 from node_claims held where held.job_id = q.id)
-         )
-      on conflict (node_id, job_id) do update set claimed_at = node_claims.claimed_at
-      returning node_id`);
-    return result.rows.length > 0;
-  });
+  // One round trip: claim_node (migration 0009) locks the node's row, then counts and inserts, so the count
+  // sees every claim committed by whoever held the lock before, and the lock is held only while it runs.
+  const result = await db.execute<{ claimed: boolean }>(sql`select claim_node(${jobId}, ${nodeId}) as claimed`);
+  return result.rows[0]?.claimed === true;
 }
 
 const claimOfJob = preparedStatement((db) =>
