@@ -74,6 +74,16 @@ export async function getJobEvents(db: DbOrTx, id: string): Promise<JobEventRow[
   return eventsOfJob(db).execute({ id });
 }
 
+const lastEventOfJob = preparedStatement((db) =>
+  db.select().from(jobEvents).where(eq(jobEvents.jobId, sql.placeholder('id'))).orderBy(desc(jobEvents.seq)).limit(1).prepare('job_events_last'),
+);
+
+/** The job's latest event (what StreamJobUpdates logs with each change). */
+export async function lastJobEvent(db: DbOrTx, id: string): Promise<JobEventRow | undefined> {
+  const [row] = await lastEventOfJob(db).execute({ id });
+  return row;
+}
+
 export interface Transition {
   jobId: string;
   /** Per-job sequence number chosen by the workflow; a retried transition with the same seq is a no-op. */

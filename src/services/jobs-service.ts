@@ -136,7 +136,16 @@ export function createJobService(deps: JobServiceDeps) {
     if (!(await jobsRepo.softDeleteFinishedJob(db, jobId))) throw new NotFoundError('job', jobId);
   }
 
-  return { submit, get, status, cancel, list, remove, events: (jobId: string) => jobsRepo.getJobEvents(db, jobId) };
+  return {
+    submit,
+    get,
+    status,
+    cancel,
+    list,
+    remove,
+    events: (jobId: string) => jobsRepo.getJobEvents(db, jobId),
+    lastEvent: (jobId: string) => jobsRepo.lastJobEvent(db, jobId),
+  };
 }
 
 export type JobService = ReturnType<typeof createJobService>;

@@ -151,8 +151,7 @@ export function createJobHandlers(deps: JobHandlerDeps) {
           const key = JSON.stringify([status.status, status.progress, status.current_node_id, status.current_epoch, status.metrics, job.eventSeq]);
           if (key !== last) {
             last = key;
-            const events = await jobs.events(jobId);
-            const latest = events[events.length - 1];
+            const latest = await jobs.lastEvent(jobId);
             call.write({ job_id: jobId, status, live_metrics: job.metrics, log_message: latest ? `${latest.toStatus}: ${latest.reason}` : '' });
           }
           if (isTerminal(job.status)) end(unsubscribe);
