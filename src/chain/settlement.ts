@@ -521,7 +521,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const nodeTo = wallet || `node:${input.nodeId}`;
       const state: 'pending' | 'owed' = wallet ? 'pending' : 'owed';
       // Both legs in one statement; a leg already recorded stays as it is (idempotency key).
-      await tx
+      const inserted = await tx
         .insert(payments)
         .values([
           { leg: 'release_node' as const, amount: s.node, to: nodeTo },
@@ -530,7 +530,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           jobId: input.jobId, leg: l.leg, amount: l.amount, fromAccount: escrowRow.toAccount, toAccount: l.to, state,
           idempotencyKey: legKey(input.jobId, l.leg), memo: `cyxwiz ${legKey(input.jobId, l.leg)}`,
         })))
-        .onConflictDoNothing();
+        .onConflictDoNothing()
+        .returning();
       const owed = legs.some((l) => (l.leg === 'release_node' || l.leg === 'release_platform') && l.state === 'owed');
       if (wallet && owed) {
         // A node that registered its wallet after being owed: point the owed legs at it.
@@ -543,7 +544,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           .set({ state: 'pending', updatedAt: new Date() })
           .where(and(eq(payments.jobId, input.jobId), eq(payments.leg, 'release_platform'), eq(payments.state, 'owed')));
       }
-      return s;
+      // Both legs new: settle() starts from these rows instead of reading them again.
+      const known = inserted.length === 2 ? (['release_node', 'release_platform'] as const).map((l) => inserted.find((r) => r.leg === l)!) : undefined;
+      return { ...s, known };
     });
     if (!wallet) return { owed: true, nodeAmount: split.node.toString(), platformAmount: split.platform.toString() };
     const escrowAccount = escrowOf(input.jobId);
@@ -556,7 +559,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         ],
         signers: [],
       };
-    });
+    }, split.known);
     return { owed: false, node: receipt(rows[0]), platform: receipt(rows[1]) };
   }
 
