@@ -43,3 +43,42 @@ export function estimateCostUnits(pricePerHour: number, durationSeconds: number,
   const denominator = 1_000_000n * 3600n;
   return (numerator + denominator - 1n) / denominator;
 }
+
+/**
+ * Minutes one epoch over 10,000 samples takes, by model family: the original server's per-model base (§4.8 of the
+ * protocol notes) × 10, its minutes per unit of cost. Other models take DEFAULT_MINUTES_PER_EPOCH.
+ */
+export const MINUTES_PER_EPOCH: Readonly<Record<string, number>> = {
+  MNIST: 1,
+  SimpleNN: 1,
+  'ResNet-18': 10,
+  'VGG-16': 10,
+  'ResNet-50': 100,
+  'GPT-2': 100,
+  'GPT-3': 500,
+  'BERT-Large': 500,
+};
+export const DEFAULT_MINUTES_PER_EPOCH = 5;
+
+/**
+ * How long a training job is expected to run, for an estimate before any node is chosen:
+ *
+ *   seconds = minutes_per_epoch(model) × max(dataset_size / 10,000, 0.1) × max(epochs, 1) × 60
+ */
+export function estimateTrainingSeconds(modelType: string, datasetSize: number, epochs: number) {
+  const minutesPerEpoch = MINUTES_PER_EPOCH[modelType] ?? DEFAULT_MINUTES_PER_EPOCH;
+  const datasetFactor = Math.max(datasetSize / 10_000, 0.1);
+  const epochCount = Math.max(epochs, 1);
+  return { seconds: Math.ceil(minutesPerEpoch * datasetFactor * epochCount * 60), minutesPerEpoch, datasetFactor, epochs: epochCount };
+}
+
+/**
+ * WalletService.EstimateJobCost's node tiers, as the device a job of that tier asks for; '' is basic. Each has
+ * the hardware whose list price stands in when no node of the tier is available to price from.
+ */
+export const NODE_TIERS = {
+  basic: { device: 'CPU', reference: { devices: [], cpuCores: 8 } },
+  premium: { device: 'OPENCL', reference: { devices: [{ deviceType: 'OPENCL', vramTotal: 8 * GiB, memoryTotal: 0 }], cpuCores: 8 } },
+  enterprise: { device: 'CUDA', reference: { devices: [{ deviceType: 'CUDA', vramTotal: 24 * GiB, memoryTotal: 0 }], cpuCores: 16 } },
+} as const satisfies Record<string, { device: DeviceType; reference: Parameters<typeof listPricePerHour>[0] }>;
+export type NodeTier = keyof typeof NODE_TIERS;

@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { loadProtocol } from '../../src/protocol/load';
+import { protocolClient } from '../support/grpc-clients';
 import { useSystem } from '../support/system';
 import type { SimNode } from '../support/sim-node';
 import { DEVICE_CPU, DEVICE_CUDA, eventually, GiB, nodePool } from './helpers';
@@ -109,6 +110,32 @@ test('FindNodes as the Engine sends it honours device, VRAM and reputation, and 
   expect(trusted).toMatchObject({ nodes: [], total_matching: 0, error: null });
   const percent = await engine.call('FindNodes', { required_device: DEVICE_CUDA, min_reputation: 40, max_results: 50 });
   expect(percent.error).toMatchObject({ code: 400 });
+});
+
+test('EstimateJobCost prices with the cost formula, at the mean price of the tier\'s available nodes', async () => {
+  const wallet = protocolClient('WalletService', sys().grpcAddress);
+  try {
+    // enterprise = CUDA: the two CUDA nodes price at 0.41 and 0.73 CYXWIZ/h, mean 0.57. MNIST, 10,000 samples,
+    // 3 epochs: 3 min of run time, charged at the 10-minute minimum: ceil(0.57 × 10^9 × 600 / 3600) units.
+    const cuda = await wallet.call('EstimateJobCost', { model_type: 'MNIST', epochs: 3, dataset_size: 10_000, node_tier: 'enterprise' });
+    expect(cuda).toMatchObject({ status: 1, estimated_cost: 0.095, estimated_time_minutes: 3 });
+    expect(cuda.breakdown).toContain('95000000 units');
+    expect(cuda.breakdown).toContain('the mean of 2 available enterprise (CUDA) nodes');
+
+    // premium = OpenCL: none registered, so the list price of the reference 8 GiB card (0.23 CYXWIZ/h).
+    // ResNet-50, 20,000 samples, 2 epochs: 100 × 2 × 2 = 400 min.
+    const opencl = await wallet.call('EstimateJobCost', { model_type: 'ResNet-50', epochs: 2, dataset_size: 20_000, node_tier: 'premium' });
+    expect(opencl).toMatchObject({ status: 1, estimated_time_minutes: 400 });
+    expect(opencl.breakdown).toContain('1533333334 units');
+    expect(opencl.breakdown).toContain('reference premium (OPENCL) node');
+
+    const bad = await wallet.call('EstimateJobCost', { model_type: 'MNIST', epochs: 1, dataset_size: 1, node_tier: 'gold' });
+    expect(bad).toMatchObject({ estimated_cost: 0 });
+    expect(bad.status).not.toBe(1);
+    expect(bad.message).toMatch(/node_tier/);
+  } finally {
+    wallet.close();
+  }
 });
 
 test('GetNodeInfo describes one node; an unknown id is Error 404', async () => {

@@ -1,5 +1,6 @@
 import { nodeHealth } from '../../src/domain/health';
-import { estimateCostUnits, listPricePerHour, computeScore } from '../../src/domain/pricing';
+import { estimateCostUnits, estimateTrainingSeconds, listPricePerHour, computeScore, NODE_TIERS } from '../../src/domain/pricing';
+import { createCostEstimator } from '../../src/services/cost-estimate';
 import { applyDelta, failureKind, REPUTATION_DELTAS } from '../../src/domain/reputation';
 import { CandidateTable, memoryByType, rankCandidates, rejectionReason, SCORE_WEIGHTS, type Candidate, type MatchCriteria } from '../../src/domain/scoring';
 import { seededRandom } from '../support/random';
@@ -204,6 +205,44 @@ describe('prices and cost', () => {
     expect(estimateCostUnits(0.123456, 7200, 9)).toBe(246_912_000n);
     expect(estimateCostUnits(0, 3600, 9)).toBe(0n);
     expect(() => estimateCostUnits(Number.NaN, 1, 9)).toThrow(RangeError);
+  });
+
+  it('estimates a training run from model, dataset and epochs, and prices tiers with no node at their reference hardware', () => {
+    expect(estimateTrainingSeconds('MNIST', 10_000, 3)).toEqual({ seconds: 180, minutesPerEpoch: 1, datasetFactor: 1, epochs: 3 });
+    expect(estimateTrainingSeconds('GPT-3', 50_000, 2).seconds).toBe(500 * 5 * 2 * 60);
+    // unknown models take the default; tiny datasets count as a tenth; no epochs count as one
+    expect(estimateTrainingSeconds('my-model', 10, 0)).toEqual({ seconds: 30, minutesPerEpoch: 5, datasetFactor: 0.1, epochs: 1 });
+    expect(listPricePerHour(NODE_TIERS.basic.reference)).toBeCloseTo(0.09);
+    expect(listPricePerHour(NODE_TIERS.premium.reference)).toBeCloseTo(0.23);
+    expect(listPricePerHour(NODE_TIERS.enterprise.reference)).toBeCloseTo(0.73);
+  });
+});
+
+describe('EstimateJobCost', () => {
+  const market = (avg: number, total: number) => ({
+    find: jest.fn(async () => ({ nodes: [], totalMatching: total, avgPricePerHour: avg, minPricePerHour: avg, maxPricePerHour: avg })),
+  });
+
+  it('charges the run time at the mean price of the available nodes of the tier, with estimateCostUnits', async () => {
+    const discovery = market(0.5, 4);
+    const e = await createCostEstimator({ discovery, tokenDecimals: 9 }).estimate({ modelType: 'ResNet-18', epochs: 6, datasetSize: 10_000, nodeTier: 'Enterprise' });
+    expect(discovery.find).toHaveBeenCalledWith(expect.objectContaining({ device: 'CUDA' }));
+    expect(e).toMatchObject({ units: estimateCostUnits(0.5, 3600, 9), tokens: 0.5, minutes: 60, tier: 'enterprise', pricePerHour: 0.5, pricedFrom: 4 });
+  });
+
+  it('falls back to the reference list price, and reads an empty tier as basic', async () => {
+    const e = await createCostEstimator({ discovery: market(0, 0), tokenDecimals: 6 }).estimate({ modelType: '', epochs: 1, datasetSize: 0, nodeTier: '' });
+    expect(e).toMatchObject({ tier: 'basic', pricedFrom: 0, units: estimateCostUnits(0.09, 30, 6) });
+    expect(e.breakdown).toMatch(/reference basic \(CPU\) node/);
+  });
+
+  it('names the field it refuses', async () => {
+    const estimator = createCostEstimator({ discovery: market(1, 1), tokenDecimals: 9 });
+    const ask = (over: object) => estimator.estimate({ modelType: 'MNIST', epochs: 1, datasetSize: 1, nodeTier: 'basic', ...over });
+    await expect(ask({ nodeTier: 'gold' })).rejects.toMatchObject({ field: 'node_tier' });
+    await expect(ask({ nodeTier: 'toString' })).rejects.toMatchObject({ field: 'node_tier' });
+    await expect(ask({ epochs: -1 })).rejects.toMatchObject({ field: 'epochs' });
+    await expect(ask({ datasetSize: -5 })).rejects.toMatchObject({ field: 'dataset_size' });
   });
 });
 

@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { loadProtocol } from '../../protocol/load';
+import { createCostEstimator } from '../../services/cost-estimate';
 import type { DiscoveryService } from '../../services/discovery-service';
 import { createDiscoveryHandlers } from './discovery-handlers';
 import { createJobHandlers, type JobHandlerDeps } from './job-handlers';
@@ -43,7 +44,7 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   server.addService(protocol.JobStatusService.service, nodeHandlers.jobStatus as unknown as grpc.UntypedServiceImplementation);
   server.addService(
     protocol.WalletService.service,
-    createWalletHandlers({ wallets: deps.wallets, log: deps.log }) as unknown as grpc.UntypedServiceImplementation,
+    createWalletHandlers({ wallets: deps.wallets, estimator: createCostEstimator({ discovery: deps.discovery, tokenDecimals: deps.tokenDecimals }), log: deps.log }) as unknown as grpc.UntypedServiceImplementation,
   );
   server.addService(
     protocol.JobReservationService.service,

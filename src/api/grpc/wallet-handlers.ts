@@ -1,19 +1,16 @@
 import type { Logger } from 'pino';
 import { ValidationError } from '../../domain/errors';
 import { StatusCode } from '../../domain/job';
+import type { CostEstimator } from '../../services/cost-estimate';
 import { walletAddress, type WalletService } from '../../services/wallet-service';
 import { unary } from './unary';
 
 const DEFAULT_HISTORY = 20;
 const MAX_HISTORY = 500;
 
-/** Legacy estimate (§4.7 of the protocol notes) until the scheduler's cost model replaces it. */
-const MODEL_BASE: Record<string, number> = { MNIST: 0.1, SimpleNN: 0.1, 'ResNet-18': 1, 'VGG-16': 1, 'ResNet-50': 10, 'GPT-2': 10, 'GPT-3': 50, 'BERT-Large': 50 };
-const TIER: Record<string, number> = { basic: 1, premium: 1.5, enterprise: 2 };
-
 /** WalletService: wallet.proto replies carry `status` and a `message` (they have no Error field). */
-export function createWalletHandlers(deps: { wallets: WalletService; log: Logger }) {
-  const { wallets, log } = deps;
+export function createWalletHandlers(deps: { wallets: WalletService; estimator: CostEstimator; log: Logger }) {
+  const { wallets, estimator, log } = deps;
   const failed = (f: { status: number; error: { message: string } }) => ({ status: f.status, message: f.error.message });
 
   return {
@@ -55,20 +52,8 @@ export function createWalletHandlers(deps: { wallets: WalletService; log: Logger
       log,
       'EstimateJobCost',
       async (req) => {
-        if (req.epochs < 0) throw new ValidationError('epochs', 'must not be negative');
-        if (req.dataset_size < 0) throw new ValidationError('dataset_size', 'must not be negative');
-        const base = MODEL_BASE[req.model_type] ?? 0.5;
-        const data = Math.max(req.dataset_size / 10_000, 0.1);
-        const epochs = Math.max(req.epochs, 1);
-        const tier = TIER[req.node_tier] ?? 1;
-        const cost = base * data * epochs * tier;
-        return {
-          status: StatusCode.SUCCESS,
-          message: '',
-          estimated_cost: cost,
-          estimated_time_minutes: cost * 10,
-          breakdown: `base ${base} (${req.model_type || 'default'}) × dataset ${data} × epochs ${epochs} × tier ${tier} = ${cost} CYXWIZ`,
-        };
+        const e = await estimator.estimate({ modelType: req.model_type, epochs: req.epochs, datasetSize: req.dataset_size, nodeTier: req.node_tier });
+        return { status: StatusCode.SUCCESS, message: '', estimated_cost: e.tokens, estimated_time_minutes: e.minutes, breakdown: e.breakdown };
       },
       (f) => ({ ...failed(f), estimated_cost: 0, estimated_time_minutes: 0, breakdown: '' }),
     ),
