@@ -185,7 +185,8 @@ export async function recordReputationEvent(
     const after = applyDelta(node.reputation, e.kind);
     const now = e.now ?? new Date();
     let bannedUntil: Date | null = null;
-    if (after < BAN_THRESHOLD && !(node.bannedUntil && node.bannedUntil > now)) {
+    // Only a loss of reputation bans: a node still below the threshold when its ban expires works its way back up.
+    if (after < BAN_THRESHOLD && after < node.reputation && !(node.bannedUntil && node.bannedUntil > now)) {
       const [{ bans }] = await tx
         .select({ bans: count() })
         .from(reputationEvents)

@@ -166,7 +166,10 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   });
 
   // ---- messages -------------------------------------------------------------------------------
-  const holds = (nodeId: string) => s.nodeId === nodeId && (s.phase === 'assigned' || s.phase === 'running');
+  // Set while a failed or lost attempt is wound down (its node still recorded until the job is queued again):
+  // that node's reports are refused from the moment the attempt is given up, not only once the job moved on.
+  let givingUpAttempt = false;
+  const holds = (nodeId: string) => !givingUpAttempt && s.nodeId === nodeId && (s.phase === 'assigned' || s.phase === 'running');
   const assertHolder = (nodeId: string) => {
     if (!holds(nodeId)) {
       throw ApplicationFailure.create({ type: JobRejections.notHolder, message: `node ${nodeId} does not hold job ${jobId}` });
@@ -328,6 +331,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         const refusal = await offer(match.node);
         if (!refusal) {
           s.attempt += 1;
+          givingUpAttempt = false;
           s.attemptStartedAt = Date.now();
           s.nodeId = match.node.nodeId;
           s.nodeStarted = false;
@@ -480,6 +484,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   }
 
   async function attemptFailed(nodeId: string, reason: string, actor: string): Promise<void> {
+    givingUpAttempt = true;
     s.failedNodes.push(nodeId);
     await registry.releaseNode({ jobId });
     await registry.recordNodeOutcome({ nodeId, outcome: 'failed', jobId, reason });

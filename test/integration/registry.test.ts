@@ -265,6 +265,16 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const history = await nodesRepo.reputationHistory(database.db, 'small');
     expect(history.map((h) => h.kind)).toEqual(expect.arrayContaining(['job_completed', 'node_lost', 'ban']));
     expect(history.find((h) => h.kind === 'job_completed')).toMatchObject({ jobId: 'j-ok', delta: expect.closeTo(0.02) });
+
+    // The ban expires with the node still below the threshold: a completed job moves it up and bans nothing ...
+    await database.db.update(nodes).set({ bannedUntil: new Date(Date.now() - 1000) }).where(eq(nodes.id, 'small'));
+    await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: 'j-back', kind: 'job_completed', reason: 'done' });
+    expect((await rep()).bannedUntil!.getTime()).toBeLessThan(Date.now());
+    // ... while another loss bans it again, for longer (the second ban)
+    await nodesRepo.recordReputationEvent(database.db, { nodeId: 'small', jobId: 'lost-again', kind: 'node_lost', reason: 'node lost' });
+    expect((await rep()).bannedUntil!.getTime()).toBeGreaterThan(Date.now() + 47 * 3600_000);
+    const bans = (await nodesRepo.reputationHistory(database.db, 'small')).filter((h) => h.kind === 'ban');
+    expect(bans.map((b) => b.jobId).sort()).toEqual(['lost-3', 'lost-again']);
   });
   it('adds heartbeat gaps up to the offline timeout to the node\'s online time, and nothing for the time it was away', async () => {
     const { heartbeats } = services();

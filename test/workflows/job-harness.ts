@@ -112,6 +112,8 @@ export class FakeCluster {
   releaseGate: Gate | undefined;
   refundGate: Gate | undefined;
   escrowGate: Gate | undefined;
+  /** Held while set: recordNodeOutcome logs `node-outcome:waiting` and waits for the gate. */
+  outcomeGate: Gate | undefined;
 
   /**
    * Set: the escrow is refused for good, as the settlement refuses a payer without funds (InsufficientFunds) or a
@@ -150,7 +152,7 @@ export class FakeCluster {
    * test that fails while an activity waits at a gate would otherwise hang until jest's timeout.
    */
   openGates(): void {
-    for (const gate of [this.releaseGate, this.refundGate, this.escrowGate]) gate?.open();
+    for (const gate of [this.releaseGate, this.refundGate, this.escrowGate, this.outcomeGate]) gate?.open();
   }
 
   hasLeg(leg: LegReceipt['leg']): boolean {
@@ -180,6 +182,10 @@ export class FakeCluster {
       throw new CompleteAsyncError();
     },
     recordNodeOutcome: async (input: { nodeId: string; outcome: 'completed' | 'failed'; jobId: string; reason: string }): Promise<void> => {
+      if (this.outcomeGate) {
+        this.timeline.push('node-outcome:waiting');
+        await this.outcomeGate.opened;
+      }
       this.nodeOutcomes.push({ nodeId: input.nodeId, outcome: input.outcome });
     },
     escrow: async (input: { jobId: string; amount: string; payer: string; escrowTxHash?: string }): Promise<LegReceipt> => {

@@ -277,6 +277,37 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('a lost node\'s report is refused from the moment its attempt is given up, while the job is still being requeued', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b']);
+    const jobId = newJobId('lost-race');
+    const options = { ...FAST_OPTIONS, heartbeatTimeoutMs: 1500 };
+    cluster.outcomeGate = new Gate();
+
+    await withWorker('lost-race', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
+      // node-a goes silent; the workflow gives the attempt up and records the loss, which waits at the gate. The
+      // workflow task running that local activity is heartbeated (completed and continued) after ~80 % of its
+      // 10 s timeout, and the reports that arrived meanwhile are validated then, with node-a still recorded.
+      await waitUntil(() => cluster.timeline.includes('node-outcome:waiting'), 10_000, 'the loss to be recorded');
+      await Promise.all([
+        expectUpdateRejected(handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] }), JobRejections.notHolder, 20_000),
+        expectUpdateRejected(handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] }), JobRejections.notHolder, 20_000),
+      ]);
+      expect((await handle.query(jobStatusQuery)).nodeId).toBe('node-a');
+      cluster.outcomeGate!.open();
+
+      await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-b', 10_000, 'reassignment');
+      const alive = keepAlive(client, jobId, 2);
+      try {
+        expect(await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-b' }] })).toMatchObject({ paymentReleased: true });
+      } finally {
+        alive.stop();
+      }
+      expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-b' }]);
+    });
+  });
+
   test('attempts exhausted (every node silent) → failed and refunded once, never paid', async () => {
     const cluster = new FakeCluster(['node-a', 'node-b', 'node-c']);
     const jobId = newJobId('exhausted');
