@@ -135,7 +135,7 @@ export function createJobActivities(deps: JobActivityDeps) {
       // that fails stays counted only until the next refresh, which recounts the claims.
       deps.nodes.noteClaim(pick.nodeId);
       // The node's endpoint is read while the claim is taken (wasted only when the claim fails).
-      const [claimed, node] = await Promise.all([claimNode(deps.db, input.jobId, pick.nodeId), nodesRepo.getNode(deps.db, pick.nodeId)]);
+      const [claimed, node] = await Promise.all([claimNode(deps.db, input.jobId, pick.nodeId, deps.tokenDecimals), nodesRepo.getNode(deps.db, pick.nodeId)]);
       if (!claimed) {
         claimedByOthers.push(pick.nodeId);
         continue;

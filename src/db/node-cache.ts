@@ -208,10 +208,10 @@ export type NodeCache = ReturnType<typeof createNodeCache>;
  * the queue (higher priority, or as urgent and older) is waiting for a node like it. Idempotent per job.
  * @returns whether the job holds a claim on the node.
  */
-export async function claimNode(db: Db, jobId: string, nodeId: string): Promise<boolean> {
+export async function claimNode(db: Db, jobId: string, nodeId: string, tokenDecimals: number): Promise<boolean> {
   // One round trip: claim_node (migration 0009) locks the node's row, then counts and inserts, so the count
   // sees every claim committed by whoever held the lock before, and the lock is held only while it runs.
-  const result = await db.execute<{ claimed: boolean }>(sql`select claim_node(${jobId}, ${nodeId}) as claimed`);
+  const result = await db.execute<{ claimed: boolean }>(sql`select claim_node(${jobId}, ${nodeId}, ${tokenDecimals}::int) as claimed`);
   return result.rows[0]?.claimed === true;
 }
 

@@ -180,7 +180,7 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
       for (let i = 0; i < rows.length; i += 1000) await database.db.insert(nodeClaims).values(rows.slice(i, i + 1000));
     } else {
       for (const [i, p] of placed.entries()) {
-        if (claimed(p)) expect(await claimNode(database.db, jobIds[i], p.node)).toBe(true);
+        if (claimed(p)) expect(await claimNode(database.db, jobIds[i], p.node, 9)).toBe(true);
       }
     }
     // Claimed while waiting (as matching claims), then on to where the job is now.
@@ -617,10 +617,10 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
 
     it('agrees with claimNode: a claim refused on a node discovery shows full, taken on one it shows free', async () => {
       await database.db.insert(jobs).values(jobRow('another', null, 'pending'));
-      expect(await claimNode(database.db, 'another', 'full')).toBe(false);
-      expect(await claimNode(database.db, 'another', 'matched')).toBe(false);
+      expect(await claimNode(database.db, 'another', 'full', 9)).toBe(false);
+      expect(await claimNode(database.db, 'another', 'matched', 9)).toBe(false);
       expect((await nodeCounts(database.db, new Date(Date.now() - OFFLINE_AFTER_MS))).busy).toBe(3);
-      expect(await claimNode(database.db, 'another', 'stale-row')).toBe(true);
+      expect(await claimNode(database.db, 'another', 'stale-row', 9)).toBe(true);
       expect(ids(await find({ sort_by: SORT.AVAILABILITY }))).toEqual(['half', 'idle']);
       expect(ids(await list({ sort_by: SORT.AVAILABILITY }))).toEqual(['half', 'idle', 'full', 'matched', 'stale-row']);
       expect(await nodeCounts(database.db, new Date(Date.now() - OFFLINE_AFTER_MS))).toEqual({ total: 5, online: 5, busy: 4 });

@@ -215,13 +215,47 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await ask('early-normal')).node?.nodeId).toBe('big');
   });
 
+  it('is not held back by a job ahead that could not take the node anyway (its budget, its device memory)', async () => {
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
+    await database.db.delete(nodeClaims);
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    // 'big' (one 8 GiB CUDA card, 32 GiB of RAM) costs 0.41 CYXWIZ/h: an hour is 410,000,000 units
+    const hour = { estimatedDuration: 3600 };
+    await job('broke', { status: 'queued', priority: 'CRITICAL', priorityRank: 0, paymentUnits: 1000n, config: spec('broke', { ...hour, paymentUnits: '1000' }), createdAt: new Date(clock - 9000) });
+    await job('too-big', { status: 'queued', priority: 'HIGH', priorityRank: 1, estimatedMemory: 16 * GiB, createdAt: new Date(clock - 8000) });
+    await job('later', { status: 'queued', paymentUnits: 410_000_000n, config: spec('later', { ...hour, paymentUnits: '410000000' }) });
+    const ask = (jobId: string) => acts.matchNode({ jobId, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000', 'small'], paymentUnits: '410000000', estimatedDuration: 3600 });
+    expect((await ask('later')).node?.nodeId).toBe('big');
+
+    // A job ahead that can pay for the node does hold it back.
+    await acts.releaseNode({ jobId: 'later' });
+    await database.db.update(jobs).set({ paymentUnits: 410_000_000n, config: spec('broke', { ...hour, paymentUnits: '410000000' }) }).where(eq(jobs.id, 'broke'));
+    expect((await ask('later')).node).toBeNull();
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.id, ['broke', 'too-big', 'later']));
+  });
+
+  it('counts a node\'s memory for a job by the device type the job requires, as matching does', async () => {
+    const card = (deviceType: string, vram: number, memory = 0) => ({ deviceType, vramTotal: vram, memoryTotal: memory });
+    const memory = async (devices: object[], ram: number, device: string) =>
+      (await database.pool.query('select node_device_memory($1::jsonb, $2::bigint, $3) as m', [JSON.stringify(devices), ram, device])).rows[0].m;
+    const box = [card('CUDA', 8 * GiB), card('OPENCL', 0, 24 * GiB)];
+    expect(Number(await memory(box, 16 * GiB, 'CUDA'))).toBe(8 * GiB);
+    expect(Number(await memory(box, 16 * GiB, 'OPENCL'))).toBe(24 * GiB);
+    expect(Number(await memory(box, 16 * GiB, 'CPU'))).toBe(16 * GiB);
+    expect(Number(await memory(box, 16 * GiB, 'UNKNOWN'))).toBe(24 * GiB);
+    expect(await memory(box, 16 * GiB, 'METAL')).toBeNull();
+    expect(await memory([card('CUDA', 8 * GiB)], 0, 'CPU')).toBeNull();
+    expect(Number(await memory([card('CPU', 0, 4 * GiB)], 0, 'CPU'))).toBe(4 * GiB);
+  });
+
   it('never puts more concurrent claims on a node than its capacity', async () => {
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
     await database.db.delete(nodeClaims);
     const ids = Array.from({ length: 12 }, (_, i) => `race-${i}`);
     for (const id of ids) await job(id);
     // 'big' has capacity 1: of twelve jobs claiming it at once, exactly one holds it
-    const won = await Promise.all(ids.map((id) => claimNode(database.db, id, 'big')));
+    const won = await Promise.all(ids.map((id) => claimNode(database.db, id, 'big', 9)));
     expect(won.filter(Boolean)).toHaveLength(1);
     expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.nodeId, 'big'))).toHaveLength(1);
 
@@ -232,7 +266,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
       await holder.query('begin');
       await holder.query(`select id from nodes where id = 'big' for update`);
       await holder.query(`insert into node_claims (node_id, job_id) values ('big', 'race-0')`);
-      const waiting = claimNode(database.db, 'race-1', 'big');
+      const waiting = claimNode(database.db, 'race-1', 'big', 9);
       await new Promise((r) => setTimeout(r, 300));
       await holder.query('commit');
       expect(await waiting).toBe(false);
