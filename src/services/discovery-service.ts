@@ -62,7 +62,10 @@ export interface ListNodesQuery {
   minPricePerHour?: number;
   maxPricePerHour?: number;
   sort: DiscoverySort;
-  /** Reverses the sort's natural direction (price ascending; performance, reputation, availability descending). */
+  /**
+   * sort_descending: true is descending whatever the key; false (proto3's default, also "not set") is the key's
+   * natural direction: price cheapest first, performance, reputation and availability best first.
+   */
   descending: boolean;
 }
 
@@ -168,7 +171,8 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
       maxPricePerHour: positive(q.maxPricePerHour),
     };
     const live = liveness();
-    const sort = { key: q.sort, reversed: q.descending };
+    // Only price runs ascending by nature: descending reverses it and leaves the others as they are.
+    const sort = { key: q.sort, reversed: q.descending && q.sort === 'price' };
     const [rows, stats] = await Promise.all([
       // One row more than the page tells whether another page follows.
       discoveryRepo.discoverNodes(db, { filter, sort, after, limit: limit + 1, live }),

@@ -431,9 +431,12 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
         // Free capacity: b-us 2; online, unbanned, idle nodes 1 (by heartbeat); busy, banned and silent nodes 0.
         ['availability', SORT.AVAILABILITY, ['b-us', 'a-eu', 'e-ban-over', 'h-opencl', 'i-cpu', 'j-ramonly', 'k-bigcpu', 'l-perjob', 'm-noram', 'c-busy', 'd-banned', 'g-offline', 'f-stale']],
       ];
-      it.each(orders)('sort_by %s, and sort_descending reverses it exactly', async (_name, sortBy, expected) => {
+      // sort_descending is descending for every key: it reverses price (cheapest first by default) exactly and
+      // leaves the others, best (highest) first by default, as they are.
+      const descendingOf = (sortBy: number, expected: string[]) => (sortBy === SORT.PRICE ? [...expected].reverse() : expected);
+      it.each(orders)('sort_by %s, and sort_descending puts the highest first', async (_name, sortBy, expected) => {
         expect(ids(await list({ sort_by: sortBy }))).toEqual(expected);
-        expect(ids(await list({ sort_by: sortBy, sort_descending: true }))).toEqual([...expected].reverse());
+        expect(ids(await list({ sort_by: sortBy, sort_descending: true }))).toEqual(descendingOf(sortBy, expected));
       });
 
       it('pages with an opaque token through every node exactly once, in every order and direction', async () => {
@@ -451,7 +454,7 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
               pages += 1;
             } while (token);
             expect(pages).toBe(4);
-            expect(seen).toEqual(descending ? [...expected].reverse() : expected);
+            expect(seen).toEqual(descending ? descendingOf(sortBy, expected) : expected);
           }
         }
       });
@@ -610,7 +613,7 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
     it('sorts fully claimed nodes last by availability, however fresh their heartbeat, and still shows them online', async () => {
       const res = await list({ sort_by: SORT.AVAILABILITY });
       expect(ids(res)).toEqual(['stale-row', 'half', 'idle', 'full', 'matched']);
-      expect(ids(await list({ sort_by: SORT.AVAILABILITY, sort_descending: true }))).toEqual(['matched', 'full', 'idle', 'half', 'stale-row']);
+      expect(ids(await list({ sort_by: SORT.AVAILABILITY, sort_descending: true }))).toEqual(['stale-row', 'half', 'idle', 'full', 'matched']);
       expect(res.nodes.every((n: { is_online: boolean }) => n.is_online)).toBe(true);
       expect(ids(await list({ online_only: true, sort_by: SORT.AVAILABILITY }))).toEqual(['stale-row', 'half', 'idle', 'full', 'matched']);
     });
@@ -709,7 +712,7 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
       const expected = [...rows].sort(keyed[sortBy]).map((r) => r.id);
       expect(new Set(expected).size).toBe(N);
       expect(await pageThrough({ sort_by: sortBy }, 97)).toEqual(expected);
-      expect(await pageThrough({ sort_by: sortBy, sort_descending: true }, 97)).toEqual([...expected].reverse());
+      expect(await pageThrough({ sort_by: sortBy, sort_descending: true }, 97)).toEqual(sortBy === SORT.PRICE ? [...expected].reverse() : expected);
     });
 
     it('pages a filtered listing (online CUDA nodes) the same way', async () => {
