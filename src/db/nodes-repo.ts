@@ -1,4 +1,5 @@
 import { and, asc, count, desc, eq, gte, lte, sql } from 'drizzle-orm';
+import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { DeviceType } from '../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
 import { computeScore, listPricePerHour } from '../domain/pricing';
@@ -244,13 +245,29 @@ export async function insertMetrics(db: DbOrTx, rows: MetricRow[]): Promise<void
   if (rows.length > 0) await db.insert(nodeMetrics).values(rows);
 }
 
-export async function getMetrics(db: DbOrTx, nodeId: string, from: Date, to: Date, limit = 10_000) {
+/**
+ * The node's samples from `from` to `to`, oldest first, at most `maxPoints` of them: a longer range is divided
+ * into equal buckets (whole seconds) and each bucket's samples are averaged, so the whole range is always covered.
+ */
+export async function getMetrics(db: DbOrTx, nodeId: string, from: Date, to: Date, maxPoints = 10_000) {
+  const bucketS = Math.max(1, Math.ceil((to.getTime() - from.getTime()) / 1000 / maxPoints));
+  // Inlined (a computed integer), so the select, group by and order by are one expression to Postgres.
+  const width = sql.raw(String(bucketS));
+  const bucket = sql`floor(extract(epoch from ${nodeMetrics.at}) / ${width})`;
+  const avg = (column: AnyPgColumn) => sql<number>`avg(${column})::float8`;
   return db
-    .select()
+    .select({
+      at: sql<Date>`to_timestamp(${bucket} * ${width})`.mapWith((v: string | Date) => new Date(v)),
+      cpuUsage: avg(nodeMetrics.cpuUsage),
+      gpuUsage: avg(nodeMetrics.gpuUsage),
+      memoryUsage: avg(nodeMetrics.memoryUsage),
+      networkThroughput: avg(nodeMetrics.networkThroughput),
+      powerConsumption: avg(nodeMetrics.powerConsumption),
+    })
     .from(nodeMetrics)
     .where(and(eq(nodeMetrics.nodeId, nodeId), gte(nodeMetrics.at, from), lte(nodeMetrics.at, to)))
-    .orderBy(asc(nodeMetrics.at))
-    .limit(limit);
+    .groupBy(bucket)
+    .orderBy(bucket);
 }
 
 export async function pruneMetrics(db: DbOrTx, before: Date): Promise<void> {

@@ -134,6 +134,12 @@ describe('every RPC with bad input answers OK with STATUS_FAILED and Error{400} 
     expect(res.error.message).toMatch(/^start_time:/);
     expect(res.metrics).toEqual([]);
   });
+
+  test('GetNodeMetrics with an end_time past the year 9999 is a 400 naming end_time', async () => {
+    const res = await nodeApi.call('GetNodeMetrics', { node_id: node.nodeId, start_time: '1000', end_time: '900000000000000' });
+    expect(res.error).toMatchObject({ code: 400 });
+    expect(res.error.message).toMatch(/^end_time:/);
+  });
 });
 
 describe('unknown ids give 404 in an OK reply, and write nothing', () => {

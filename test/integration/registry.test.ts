@@ -149,6 +149,28 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await heartbeats.beat('node_1700000000')).toEqual(['held']);
   });
 
+  it('returns a node\'s metric samples over a range, averaged into at most maxPoints buckets that cover all of it', async () => {
+    const t0 = Math.floor(clock / 60_000) * 60_000 - 100 * 60_000;
+    await database.db.insert(nodeMetrics).values(
+      Array.from({ length: 100 }, (_, i) => ({ nodeId: 'metric-node', at: new Date(t0 + i * 60_000), memoryUsage: i / 100 })),
+    );
+    const from = new Date(t0);
+    const to = new Date(t0 + 99 * 60_000);
+    const all = await nodesRepo.getMetrics(database.db, 'metric-node', from, to);
+    expect(all).toHaveLength(100);
+    expect(all[0]).toMatchObject({ at: from, memoryUsage: 0, cpuUsage: 0 });
+    expect(all[99]).toMatchObject({ at: to, memoryUsage: 0.99 });
+    // 99 minutes in at most 10 points: 595 s buckets, the newest sample still counted
+    const coarse = await nodesRepo.getMetrics(database.db, 'metric-node', from, to, 10);
+    expect(coarse.length).toBeGreaterThanOrEqual(10);
+    expect(coarse.length).toBeLessThanOrEqual(11);
+    const mean = coarse.reduce((sum, p) => sum + p.memoryUsage, 0) / coarse.length;
+    expect(mean).toBeGreaterThan(0.3);
+    expect(coarse.at(-1)!.memoryUsage).toBeGreaterThan(0.9);
+    expect(coarse.at(-1)!.at.getTime()).toBeLessThanOrEqual(to.getTime());
+    expect(coarse.map((p) => p.at.getTime())).toEqual([...coarse.map((p) => p.at.getTime())].sort((a, b) => a - b));
+  });
+
   it('records each transition once per sequence number', async () => {
     const t = { jobId: 'waiting', seq: 1, from: 'queued' as const, to: 'assigned' as const, reason: 'r', actor: 'workflow', attempt: 1, assignedNodeId: 'x', attempts: 1 };
     expect(await jobsRepo.recordTransition(database.db, t)).toBe(true);

@@ -22,6 +22,15 @@ export interface NodeHandlerDeps {
 }
 
 const DEFAULT_METRICS_WINDOW_S = 3600;
+/** The last second of the year 9999: later instants are not dates Postgres (or a client) can hold. */
+const MAX_UNIX_S = 253_402_300_799;
+
+/** A unix time in seconds from the wire, 0 when unset. */
+function unixSeconds(value: Parameters<typeof int64>[0], field: string): number {
+  const s = int64(value, field);
+  if (s > MAX_UNIX_S) throw new ValidationError(field, `is after the year 9999 (${s} s)`);
+  return s;
+}
 
 /** A node's verdict on its job, from a StatusCode it reports. */
 function verdict(status: number): 'completed' | 'failed' | 'progress' {
@@ -125,8 +134,8 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
     async (req) => {
       const nodeId = requireId(req.node_id, 'node_id');
       const nowS = Math.floor(Date.now() / 1000);
-      const end = int64(req.end_time, 'end_time') || nowS;
-      const start = int64(req.start_time, 'start_time') || end - DEFAULT_METRICS_WINDOW_S;
+      const end = unixSeconds(req.end_time, 'end_time') || nowS;
+      const start = unixSeconds(req.start_time, 'start_time') || end - DEFAULT_METRICS_WINDOW_S;
       if (start > end) throw new ValidationError('start_time', 'must not be after end_time');
       const rows = await nodes.metrics(nodeId, new Date(start * 1000), new Date(end * 1000));
       return {
