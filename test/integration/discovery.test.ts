@@ -370,6 +370,7 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
         ['negative stake', { min_stake: -5 }, 'min_stake'],
         ['negative max_results', { max_results: -1 }, 'max_results'],
         ['negative min_memory', { min_memory: '-1' }, 'min_memory'],
+        ['an empty allowed region', { allowed_regions: ['eu-west', ' '] }, 'allowed_regions\\[1\\]'],
       ])('refuses %s with Error 400 naming the field', async (_name, req, field) => {
         const res = await find(req);
         expect(res.error).toMatchObject({ code: 400 });
@@ -466,6 +467,7 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
           [{ filter_device: 9 }, 'filter_device'],
           [{ sort_by: 4 }, 'sort_by'],
           [{ max_price_per_hour: -0.5 }, 'max_price_per_hour'],
+          [{ min_price_per_hour: 0.8, max_price_per_hour: 0.5 }, 'min_price_per_hour'],
         ];
         for (const [req, field] of cases) {
           const { res, md } = await api.call('ListNodes', req);

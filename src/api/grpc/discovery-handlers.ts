@@ -76,7 +76,20 @@ function count(value: number, field: string): number {
 function regions(values: string[] | undefined, field: string): string[] {
   const list = values ?? [];
   if (list.length > MAX_REGIONS) throw new ValidationError(field, `has more than ${MAX_REGIONS} entries`);
-  return list.map((r, i) => optionalText(r, `${field}[${i}]`, 128));
+  return list.map((r, i) => {
+    const region = optionalText(r, `${field}[${i}]`, 128);
+    if (!region.trim()) throw new ValidationError(`${field}[${i}]`, 'is empty');
+    return region;
+  });
+}
+
+/** A price range: absent (0) ends are open; a minimum above the maximum matches nothing and is refused. */
+function priceRange(min: number, max: number) {
+  const range = { minPricePerHour: bound(min, 'min_price_per_hour'), maxPricePerHour: bound(max, 'max_price_per_hour') };
+  if (range.minPricePerHour && range.maxPricePerHour && range.minPricePerHour > range.maxPricePerHour) {
+    throw new ValidationError('min_price_per_hour', `${range.minPricePerHour} is above max_price_per_hour ${range.maxPricePerHour}`);
+  }
+  return range;
 }
 
 const unixSeconds = (d: Date) => String(Math.floor(d.getTime() / 1000));
@@ -207,8 +220,7 @@ export function createDiscoveryHandlers(deps: DiscoveryHandlerDeps) {
           onlineOnly: !!req.online_only,
           device: deviceTypeOf(req.filter_device, 'filter_device'),
           region: optionalText(req.filter_region, 'filter_region', 128),
-          minPricePerHour: bound(req.min_price_per_hour, 'min_price_per_hour'),
-          maxPricePerHour: bound(req.max_price_per_hour, 'max_price_per_hour'),
+          ...priceRange(req.min_price_per_hour, req.max_price_per_hour),
           sort: sortBy(req.sort_by, 'sort_by'),
           descending: !!req.sort_descending,
         });
@@ -252,6 +264,7 @@ export function createDiscoveryHandlers(deps: DiscoveryHandlerDeps) {
         minComputeScore: bound(req.min_compute_score, 'min_compute_score'),
         minStake: bound(req.min_stake, 'min_stake'),
         preferredRegion: optionalText(req.preferred_region, 'preferred_region', 128),
+        // A region in both lists is blocked (the deny list wins).
         allowedRegions: regions(req.allowed_regions, 'allowed_regions'),
         blockedRegions: regions(req.blocked_regions, 'blocked_regions'),
         maxPricePerHour: bound(req.max_price_per_hour, 'max_price_per_hour'),
