@@ -37,7 +37,7 @@ export interface NodeFilter {
   maxPricePerHour?: number;
   /** RAM, bytes. */
   minRam?: number;
-  /** Memory of one device (VRAM for GPUs), bytes: a device of `device`'s type when given, else any device. */
+  /** Memory of one device (VRAM for GPUs), bytes: a device of `device`'s type when given, else any accelerator (not a CPU device). */
   minDeviceMemory?: number;
   minReputation?: number;
   minComputeScore?: number;
@@ -148,13 +148,15 @@ function hasDevice(device: Exclude<DeviceType, 'UNKNOWN'>): SQL {
  * A jsonpath over nodes.devices, passed as a parameter (an enum name and an integer, nothing from the
  * client's text); jsonpath is much cheaper per row than expanding the array in a subquery.
  */
-function deviceWithMemory(type: Exclude<DeviceType, 'UNKNOWN'>, bytes: number): SQL {
-  const path = `$[*] ? (@.deviceType == "${type}" && ((@.vramTotal > 0 && @.vramTotal >= ${bytes}) || (!(@.vramTotal > 0) && @.memoryTotal >= ${bytes})))`;
+function deviceWithMemory(type: Exclude<DeviceType, 'UNKNOWN'> | 'accelerator', bytes: number): SQL {
+  const kind = type === 'accelerator' ? '@.deviceType != "CPU" && @.deviceType != "UNKNOWN"' : `@.deviceType == "${type}"`;
+  const path = `$[*] ? (${kind} && ((@.vramTotal > 0 && @.vramTotal >= ${bytes}) || (!(@.vramTotal > 0) && @.memoryTotal >= ${bytes})))`;
   return sql`${nodes.devices} @? ${path}::jsonpath`;
 }
 
 function deviceMemoryAtLeast(bytes: number, device: NodeFilter['device']): SQL {
-  if (!device) return gte(nodes.maxDeviceMemory, bytes);
+  // min_vram without a device type: the memory of an accelerator (GPU), not of a CPU device.
+  if (!device) return and(gte(nodes.maxDeviceMemory, bytes), deviceWithMemory('accelerator', bytes))!;
   // A CPU job's memory is RAM unless the node reports a CPU device with more.
   if (device === 'CPU') return sql`(${nodes.ramTotal} >= ${bytes} or ${deviceWithMemory('CPU', bytes)})`;
   // The plain column first: it rules most nodes out before the per-device check.

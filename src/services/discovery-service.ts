@@ -80,7 +80,7 @@ export interface FindNodesQuery {
   device: DeviceType;
   /** RAM, bytes. */
   minRam?: number;
-  /** Memory of one device of the required type (any device when none is required), bytes. */
+  /** Memory of one device of the required type (of any accelerator when none is required), bytes. */
   minDeviceMemory?: number;
   /** 0..1. */
   minReputation?: number;

@@ -301,7 +301,8 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
         ['min_memory is RAM', { min_memory: String(48 * GiB) }, ['i-cpu', 'k-bigcpu', 'b-us']],
         // k-bigcpu's 128 GiB are on its CPU; its CUDA device has 4 GiB.
         ['min_vram on a device of the required type', { required_device: DEVICE.CUDA, min_vram: String(16 * GiB) }, ['e-ban-over', 'b-us']],
-        ['min_vram without a device type: any device', { min_vram: String(100 * GiB) }, ['k-bigcpu']],
+        // min_vram is an accelerator's memory: k-bigcpu's 128 GiB CPU device and i-cpu's 64 GiB do not count
+        ['min_vram without a device type: any accelerator', { min_vram: String(12 * GiB) }, ['m-noram', 'e-ban-over', 'b-us']],
         ['min_vram for CPU: RAM or a CPU device', { required_device: DEVICE.CPU, min_vram: String(100 * GiB) }, ['k-bigcpu']],
         ['min_reputation 0..1', { min_reputation: 0.7 }, ['a-eu', 'e-ban-over']],
         ['min_compute_score', { min_compute_score: 1000 }, ['k-bigcpu', 'e-ban-over', 'b-us']],
