@@ -5,8 +5,9 @@
  * |------------|--------------------|----------------------------------------------------------------------|
  * | healthy    | < 15 s             | matched                                                              |
  * | suspect    | 15 s – offline age | matched (one beat late is common), shown to operators                |
- * | unhealthy  | offline age – 3×   | not matched; its jobs' watches time out after JOB_HEARTBEAT_TIMEOUT_S |
- * | lost       | ≥ 3 × offline age  | not matched; its jobs have been reassigned, it is marked offline      |
+ * | unhealthy  | offline age – 3×   | not matched, marked offline; its jobs are reassigned as their watches |
+ * |            |                    | time out (JOB_HEARTBEAT_TIMEOUT_S after its last sign of life)        |
+ * | lost       | ≥ 3 × offline age  | gone for good as far as scheduling knows: every job it held has moved |
  *
  * "offline age" is NODE_OFFLINE_AFTER_S (30 s by default).
  */
