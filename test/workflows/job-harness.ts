@@ -12,7 +12,7 @@ import {
   type Client,
   type WorkflowHandleWithFirstExecutionRunId,
 } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, type Duration } from '@temporalio/common';
 import type { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
@@ -350,10 +350,13 @@ export async function startJob(
   spec: JobSpec,
   options: JobWorkflowOptions,
   resume?: JobState,
+  /** A workflow task timeout other than the server's default (10 s). */
+  workflowTaskTimeout?: Duration,
 ): Promise<JobHandle> {
   return client.workflow.start(jobWorkflow, {
     workflowId: spec.jobId,
     taskQueue,
+    ...(workflowTaskTimeout && { workflowTaskTimeout }),
     args: [{ spec, options, ...(resume && { resume }) }],
     workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
     workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,

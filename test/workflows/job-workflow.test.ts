@@ -16,7 +16,7 @@ import {
   WorkflowUpdateFailedError,
   type Client,
 } from '@temporalio/client';
-import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure, type Duration } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
@@ -80,7 +80,7 @@ afterAll(async () => {
 
 interface JobCtx {
   client: Client;
-  start(spec: JobSpec, options: JobWorkflowOptions, resume?: JobState): Promise<JobHandle>;
+  start(spec: JobSpec, options: JobWorkflowOptions, resume?: JobState, workflowTaskTimeout?: Duration): Promise<JobHandle>;
 }
 
 /** Runs `body` while a worker with `cluster`'s activities polls a task queue of its own. */
@@ -89,8 +89,8 @@ async function withWorker(label: string, cluster: FakeCluster, body: (ctx: JobCt
   const worker = await createJobWorker(env, bundle, taskQueue, cluster);
   const ctx: JobCtx = {
     client: env.client,
-    start: async (spec, options, resume) => {
-      const handle = await startJob(env.client, taskQueue, spec, options, resume);
+    start: async (spec, options, resume, workflowTaskTimeout) => {
+      const handle = await startJob(env.client, taskQueue, spec, options, resume, workflowTaskTimeout);
       handles.push(handle);
       return handle;
     },
@@ -284,15 +284,16 @@ describe('jobWorkflow', () => {
     cluster.outcomeGate = new Gate();
 
     await withWorker('lost-race', cluster, async ({ client, start }) => {
-      const handle = await start(jobSpec(jobId), options);
+      // A 2 s workflow task timeout: the task running a long local activity is heartbeated (completed and
+      // continued) after ~80 % of it, and the messages that arrived meanwhile are delivered then.
+      const handle = await start(jobSpec(jobId), options, undefined, '2 seconds');
       await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
       // node-a goes silent; the workflow gives the attempt up and records the loss, which waits at the gate. The
-      // workflow task running that local activity is heartbeated (completed and continued) after ~80 % of its
-      // 10 s timeout, and the reports that arrived meanwhile are validated then, with node-a still recorded.
+      // reports node-a sends meanwhile are validated at the next heartbeat of that task, node-a still recorded.
       await waitUntil(() => cluster.timeline.includes('node-outcome:waiting'), 10_000, 'the loss to be recorded');
       await Promise.all([
-        expectUpdateRejected(handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] }), JobRejections.notHolder, 20_000),
-        expectUpdateRejected(handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] }), JobRejections.notHolder, 20_000),
+        expectUpdateRejected(handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] }), JobRejections.notHolder, 10_000),
+        expectUpdateRejected(handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] }), JobRejections.notHolder, 10_000),
       ]);
       expect((await handle.query(jobStatusQuery)).nodeId).toBe('node-a');
       cluster.outcomeGate!.open();
