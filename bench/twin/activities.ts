@@ -8,7 +8,8 @@ export const twinActivities = {
   async escrow(input: { jobId: string; amount: string }) {
     return { leg: 'escrow', amount: input.amount, to: 'escrow', txRef: `escrow-${input.jobId}` };
   },
-  async dispatchToNode(_input: { jobId: string; nodeId: string }) {
+  /** The offer and the 'assigned' record in one, as jobWorkflow's assignToNode. */
+  async assignToNode(_input: { jobId: string; nodeId: string; seq: number }) {
     return { accepted: true as const };
   },
   /** Completes asynchronously like watchNode: the workflow cancels it when the attempt ends. */

@@ -16,7 +16,7 @@ import { twinAccepted, twinComplete, twinProgress, twinStatus, type TwinJobInput
 
 /**
  * The bare Temporal twin of jobWorkflow's happy path, with the same Temporal shape and none of our logic:
- * escrow (local) beside match (local) → dispatch (local) → "assigned" (local) → watch (async activity,
+ * escrow (local) beside match (local) → offer and "assigned" (one local) → watch (async activity,
  * cancelled at the end) → accepted update → "running" (local) → a progress signal → complete update →
  * release claims (local) → release (activity) → outcome (local) → "completed" (local); the same search
  * attribute, memo and current-details upserts; the same timeouts and retry policies.
@@ -91,9 +91,11 @@ export async function twinJobWorkflow(input: TwinJobInput): Promise<{ jobId: str
   details();
 
   const match = await matching;
-  await dispatch.dispatchToNode({ jobId, nodeId: match.node.nodeId });
+  seq += 1;
+  await dispatch.assignToNode({ jobId, nodeId: match.node.nodeId, seq });
   nodeId = match.node.nodeId;
-  await transition('assigned');
+  phase = 'assigned';
+  publish();
   upsertMemo({ match: { nodeId, attempt: 1, ...match.explanation } });
 
   const watch = proxyActivities<TwinActivities>({

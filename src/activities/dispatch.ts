@@ -5,6 +5,7 @@ import { DEVICE_TYPES, JOB_TYPES, PRIORITIES, StatusCode } from '../domain/job';
 import { unitsToTokens } from '../domain/money';
 import { loadProtocol } from '../protocol/load';
 import type { AssignJobRequest, AssignJobResponse, JobConfig } from '../protocol/types';
+import type { Transition } from '../db/jobs-repo';
 
 export interface DispatchDeps {
   timeoutMs: number;
@@ -105,4 +106,23 @@ export function createDispatchActivities(deps: DispatchDeps) {
   }
 
   return { activities: { dispatchToNode }, close };
+}
+
+/**
+ * Offers the job to the node and, when it accepts, records the assignment: one local activity, so the workflow's
+ * first task takes one round less between a match and "assigned". A retry after the record failed offers the job
+ * again: a node holds an offered job by its id (a shipping node keeps the latest offer), and the record is
+ * idempotent per sequence number.
+ */
+export function createAssignActivity(deps: {
+  dispatchToNode(input: DispatchInput): Promise<DispatchResult>;
+  recordTransition(t: Transition): Promise<void>;
+}) {
+  async function assignToNode(input: DispatchInput & { assigned: Transition }): Promise<DispatchResult> {
+    const { assigned, ...offer } = input;
+    const result = await deps.dispatchToNode(offer);
+    if (result.accepted) await deps.recordTransition(assigned);
+    return result;
+  }
+  return { assignToNode };
 }

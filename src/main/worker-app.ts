@@ -3,7 +3,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import { ensureSearchAttributes } from '../infra/search-attributes';
 import { SEARCH_ATTRIBUTE_TYPES } from '../workflows/search-attributes';
 import type { Logger } from 'pino';
-import { createDispatchActivities } from '../activities/dispatch';
+import { createAssignActivity, createDispatchActivities } from '../activities/dispatch';
 import { createJobActivities } from '../activities/jobs';
 import { createPaymentActivities } from '../activities/payments';
 import { createReservationActivities } from '../activities/reservations';
@@ -57,14 +57,15 @@ export async function startWorker(
     offlineAfterMs: config.nodes.offlineAfterMs,
     onError: (err) => log.warn({ err: String(err) }, 'node cache refresh failed'),
   });
+  const jobActivities = createJobActivities({
+    db: database.db,
+    nodes: nodeCache,
+    assignPortOffset: config.nodes.assignPortOffset,
+    tokenDecimals: config.payments.tokenDecimals,
+    wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
+  });
   const activities = {
-    ...createJobActivities({
-      db: database.db,
-      nodes: nodeCache,
-      assignPortOffset: config.nodes.assignPortOffset,
-      tokenDecimals: config.payments.tokenDecimals,
-      wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
-    }),
+    ...jobActivities,
     ...createPaymentActivities({ settlement }),
     ...createReservationActivities({
       db: database.db,
@@ -72,6 +73,7 @@ export async function startWorker(
       wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
     }),
     ...dispatch.activities,
+    ...createAssignActivity({ dispatchToNode: dispatch.activities.dispatchToNode, recordTransition: jobActivities.recordTransition }),
     reconcilePayments: () =>
       reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 }),
   };

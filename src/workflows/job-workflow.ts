@@ -16,9 +16,10 @@ import {
   upsertSearchAttributes,
   workflowInfo,
   allHandlersFinished,
+  patched,
 } from '@temporalio/workflow';
 import { TimeoutType, type RetryPolicy } from '@temporalio/common';
-import type { createDispatchActivities } from '../activities/dispatch';
+import type { createAssignActivity, createDispatchActivities } from '../activities/dispatch';
 import type { createJobActivities, MatchedNode, MatchResult } from '../activities/jobs';
 import type { createPaymentActivities } from '../activities/payments';
 import type { Transition } from '../db/jobs-repo';
@@ -41,7 +42,7 @@ import { JobSearchAttributes as SA } from './search-attributes';
 
 type JobActivities = ReturnType<typeof createJobActivities>;
 type PaymentActivities = ReturnType<typeof createPaymentActivities>;
-type DispatchActivities = ReturnType<typeof createDispatchActivities>['activities'];
+type DispatchActivities = ReturnType<typeof createDispatchActivities>['activities'] & ReturnType<typeof createAssignActivity>;
 
 /** Settings fixed when a job starts, so a config change never alters a running job's replay. */
 export interface JobWorkflowOptions {
@@ -126,6 +127,9 @@ const escrowMoney = proxyLocalActivities<PaymentActivities>({
 
 /** An owed payment is retried at least this often even without a wallet registration signal. */
 const OWED_RECHECK = '1 hour';
+
+/** Patch: a match's offer and its 'assigned' record are one local activity (assignToNode), not two. */
+const ASSIGN_IN_ONE_ACTIVITY = 'assign-in-one-activity';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -279,27 +283,26 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     details();
   }
 
-  async function transition(
-    to: JobPhase,
-    reason: string,
-    actor: string,
-    extra: Omit<Transition, 'jobId' | 'seq' | 'from' | 'to' | 'reason' | 'actor' | 'attempt'> = {},
-  ): Promise<void> {
-    s.seq += 1;
-    await registry.recordTransition({
-      jobId,
-      seq: s.seq,
-      from: s.phase,
-      to,
-      reason,
-      actor,
-      attempt: s.attempt,
-      nodeId: s.nodeId,
-      ...extra,
-    });
-    s.phase = to;
-    s.lastReason = reason;
+  type TransitionExtra = Omit<Transition, 'jobId' | 'seq' | 'from' | 'to' | 'reason' | 'actor' | 'attempt'>;
+
+  /** The next state change's record (the next sequence number), for the attempt and node given or current. */
+  function nextTransition(to: JobPhase, reason: string, actor: string, extra: TransitionExtra = {}, attempt = s.attempt, nodeId = s.nodeId): Transition {
+    return { jobId, seq: s.seq + 1, from: s.phase, to, reason, actor, attempt, nodeId, ...extra };
+  }
+
+  /** Takes a recorded state change into the workflow's state. */
+  function applyTransition(t: Transition): void {
+    s.seq = t.seq;
+    s.phase = t.to;
+    s.lastReason = t.reason;
     publish();
+  }
+
+  async function transition(to: JobPhase, reason: string, actor: string, extra: TransitionExtra = {}): Promise<void> {
+    const t = nextTransition(to, reason, actor, extra);
+    s.seq = t.seq;
+    await registry.recordTransition(t);
+    applyTransition(t);
   }
 
   const historyTooLong = () =>
@@ -328,21 +331,36 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       const match = first ?? (await findNode());
       first = undefined;
       if (match.node) {
-        const refusal = await offer(match.node);
+        const node = match.node;
+        const attempt = s.attempt + 1;
+        const assignment = () =>
+          nextTransition(
+            'assigned',
+            `assigned to node ${node.nodeId} (attempt ${attempt}/${options.maxAttempts})`,
+            'workflow',
+            { assignedNodeId: node.nodeId, attempts: attempt, data: { endpoint: node.endpoint, match: match.explanation, refusedBy: s.refusedNodes } },
+            attempt,
+            node.nodeId,
+          );
+        // Offer and record in one local activity (runs started before this patch offer, then record).
+        const assigned = patched(ASSIGN_IN_ONE_ACTIVITY) ? assignment() : undefined;
+        const refusal = await offer(node, assigned);
         if (!refusal) {
-          s.attempt += 1;
+          s.attempt = attempt;
           givingUpAttempt = false;
           s.attemptStartedAt = Date.now();
-          s.nodeId = match.node.nodeId;
+          s.nodeId = node.nodeId;
           s.nodeStarted = false;
           s.progress = 0;
           s.epoch = 0;
           outcome = undefined;
-          await transition('assigned', `assigned to node ${match.node.nodeId} (attempt ${s.attempt}/${options.maxAttempts})`, 'workflow', {
-            assignedNodeId: match.node.nodeId,
-            attempts: s.attempt,
-            data: { endpoint: match.node.endpoint, match: match.explanation, refusedBy: s.refusedNodes },
-          });
+          if (assigned) applyTransition(assigned);
+          else {
+            const t = assignment();
+            s.seq = t.seq;
+            await registry.recordTransition(t);
+            applyTransition(t);
+          }
           unassignedClaim = false;
           upsertMemo({ match: { nodeId: match.node.nodeId, attempt: s.attempt, ...match.explanation } });
           s.refusedNodes = [];
@@ -388,9 +406,11 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   }
 
   /** Offers the job to a node. @returns why it was not taken, or undefined when accepted. */
-  async function offer(node: MatchedNode): Promise<string | undefined> {
+  /** Offers the job to the node (and records `assigned` with it when given). @returns why the node did not take it. */
+  async function offer(node: MatchedNode, assigned?: Transition): Promise<string | undefined> {
     try {
-      const result = await dispatch.dispatchToNode({ jobId, nodeId: node.nodeId, assignEndpoint: node.assignEndpoint, spec });
+      const input = { jobId, nodeId: node.nodeId, assignEndpoint: node.assignEndpoint, spec };
+      const result = assigned ? await dispatch.assignToNode({ ...input, assigned }) : await dispatch.dispatchToNode(input);
       return result.accepted ? undefined : `node ${node.nodeId} refused: ${result.reason}`;
     } catch (err) {
       const cause = activityCause(err);

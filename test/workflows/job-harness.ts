@@ -16,7 +16,7 @@ import { ApplicationFailure, type Duration } from '@temporalio/common';
 import type { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import type { createDispatchActivities, DispatchInput, DispatchResult } from '../../src/activities/dispatch';
+import { createAssignActivity, type createDispatchActivities, type DispatchInput, type DispatchResult } from '../../src/activities/dispatch';
 import type { createJobActivities, MatchedNode, MatchInput, MatchResult } from '../../src/activities/jobs';
 import type { createPaymentActivities, LegReceipt, ReleaseOutcome } from '../../src/activities/payments';
 import type { Transition } from '../../src/db/jobs-repo';
@@ -29,7 +29,8 @@ import { JobSearchAttributes } from '../../src/workflows/search-attributes';
 /** Every activity the job workflow calls, with the production signatures. */
 export type JobWorkflowActivities = ReturnType<typeof createJobActivities> &
   ReturnType<typeof createPaymentActivities> &
-  ReturnType<typeof createDispatchActivities>['activities'];
+  ReturnType<typeof createDispatchActivities>['activities'] &
+  ReturnType<typeof createAssignActivity>;
 
 export type JobHandle = WorkflowHandleWithFirstExecutionRunId<typeof jobWorkflow>;
 
@@ -254,6 +255,9 @@ export class FakeCluster {
       if (this.dispatchBehaviour.get(input.nodeId) === 'refuse') return { accepted: false, reason: 'busy with another job', code: 409 };
       return { accepted: true };
     },
+    // The production composition over the two fakes above.
+    assignToNode: (input) =>
+      createAssignActivity({ dispatchToNode: this.activities.dispatchToNode, recordTransition: this.activities.recordTransition }).assignToNode(input),
   };
 }
 
