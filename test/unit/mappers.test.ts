@@ -1,3 +1,4 @@
+import { latestMatch } from '../../src/api/rest/app';
 import { peerIp, toJobSpec, toJobStatus, toNodeRegistration } from '../../src/api/grpc/mappers';
 import { toProtocolFailure } from '../../src/api/grpc/errors';
 import { toAssignedJobConfig } from '../../src/activities/dispatch';
@@ -168,5 +169,21 @@ describe('toProtocolFailure', () => {
     expect(toProtocolFailure(new ConflictError('done')).failure.error.code).toBe(409);
     expect(toProtocolFailure(new UnavailableError('down')).failure).toMatchObject({ status: 2, error: { code: 503 } });
     expect(toProtocolFailure(new Error('boom'))).toEqual({ failure: { status: 2, error: { code: 500, message: 'internal server error' } }, unexpected: true });
+  });
+});
+
+describe('REST GET /api/jobs/:id match', () => {
+  const first = { ranked: [{ nodeId: 'a' }] };
+  const second = { ranked: [{ nodeId: 'b' }] };
+
+  it('is the latest match among the events', () => {
+    expect(latestMatch([{ toStatus: 'assigned', data: { match: first } }, { toStatus: 'running', data: {} }])).toBe(first);
+    expect(latestMatch([{ toStatus: 'assigned', data: { match: first } }, { toStatus: 'queued', data: { lostNode: 'a' } }, { toStatus: 'assigned', data: { match: second } }])).toBe(second);
+  });
+
+  it('is none once the job went back to the queue, until it is matched again', () => {
+    expect(latestMatch([{ toStatus: 'assigned', data: { match: first } }, { toStatus: 'running' }, { toStatus: 'queued', data: { lostNode: 'a' } }])).toBeNull();
+    expect(latestMatch([{ toStatus: 'pending', data: null }])).toBeNull();
+    expect(latestMatch([])).toBeNull();
   });
 });

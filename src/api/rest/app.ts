@@ -19,7 +19,8 @@ export interface RestDeps {
   stats(): Promise<{ nodes: { total: number; online: number; offline: number; busy: number }; jobs: Record<JobPhase, number> }>;
   jobs: {
     get(id: string): Promise<JobRow>;
-    events(id: string): Promise<unknown[]>;
+    /** The job's events, oldest first. */
+    events(id: string): Promise<{ toStatus: string; data?: unknown }[]>;
     payments(id: string): Promise<unknown[]>;
     /** Jobs ahead of this one in the queue. */
     queuePosition(id: string): Promise<number>;
@@ -164,9 +165,7 @@ export function createRestApp(deps: RestDeps) {
       deps.jobs.payments(job.id),
       waiting ? deps.jobs.queuePosition(job.id) : Promise.resolve(null),
     ]);
-    // The latest match: the ranked candidates with their score parts, and why the others were passed over.
-    const match = [...events].reverse().find((e) => (e as { data?: { match?: unknown } }).data?.match) as { data: { match: unknown } } | undefined;
-    res.json({ ...jobJson(job), queuePosition: ahead, match: match?.data.match ?? null, config: job.config, events, payments });
+    res.json({ ...jobJson(job), queuePosition: ahead, match: latestMatch(events), config: job.config, events, payments });
   });
 
   app.get('/api/jobs/:id/payments', async (req, res) => {
@@ -226,4 +225,18 @@ export function createRestApp(deps: RestDeps) {
   });
 
   return app;
+}
+
+/**
+ * The match behind the job's current placement or wait: the ranked candidates with their score parts, and why
+ * the others were passed over. A job sent back to the queue (its node lost or failing) has none until it is
+ * matched again; the workflow's memo has the explanation of each later look.
+ */
+export function latestMatch(events: { toStatus: string; data?: unknown }[]): unknown {
+  for (let i = events.length - 1; i >= 0; i--) {
+    const match = (events[i].data as { match?: unknown } | null | undefined)?.match;
+    if (match) return match;
+    if (events[i].toStatus === 'queued') return null;
+  }
+  return null;
 }
