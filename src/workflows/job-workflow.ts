@@ -138,6 +138,9 @@ const ASSIGN_IN_ONE_ACTIVITY = 'assign-in-one-activity';
 export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowResult> {
   const { spec, options } = input;
   const jobId = spec.jobId;
+  // Asked once, first thing in a run: a patch asked right after local activities return could be answered
+  // differently on replay when a workflow task ended between their start and their markers.
+  const assignInOneActivity = patched(ASSIGN_IN_ONE_ACTIVITY);
   const s: JobState = input.resume ?? {
     phase: 'pending',
     attempt: 0,
@@ -343,7 +346,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
             node.nodeId,
           );
         // Offer and record in one local activity (runs started before this patch offer, then record).
-        const assigned = patched(ASSIGN_IN_ONE_ACTIVITY) ? assignment() : undefined;
+        const assigned = assignInOneActivity ? assignment() : undefined;
         const refusal = await offer(node, assigned);
         if (!refusal) {
           s.attempt = attempt;

@@ -15,7 +15,7 @@ import {
 import { ApplicationFailure, type Duration } from '@temporalio/common';
 import type { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkerOptions, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { createAssignActivity, type createDispatchActivities, type DispatchInput, type DispatchResult } from '../../src/activities/dispatch';
 import type { createJobActivities, MatchedNode, MatchInput, MatchResult } from '../../src/activities/jobs';
 import type { createPaymentActivities, LegReceipt, ReleaseOutcome } from '../../src/activities/payments';
@@ -320,6 +320,8 @@ export async function createJobWorker(
   bundle: WorkflowBundleWithSourceMap,
   taskQueue: string,
   cluster: { activities: object },
+  /** E.g. `{ maxCachedWorkflows: 0 }`: every workflow task is then replayed from the history. */
+  workerOptions: Partial<WorkerOptions> = {},
 ): Promise<Worker> {
   return Worker.create({
     connection: env.nativeConnection,
@@ -327,6 +329,7 @@ export async function createJobWorker(
     taskQueue,
     workflowBundle: bundle,
     activities: cluster.activities,
+    ...workerOptions,
   });
 }
 

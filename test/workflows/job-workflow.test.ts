@@ -19,7 +19,7 @@ import {
 import { ApplicationFailure, CancelledFailure, type Duration } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { WorkerOptions, WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { JobSpec } from '../../src/domain/job';
 import { PaymentFailures } from '../../src/domain/payments';
 import type { JobState, JobWorkflowOptions } from '../../src/workflows/job-workflow';
@@ -84,9 +84,14 @@ interface JobCtx {
 }
 
 /** Runs `body` while a worker with `cluster`'s activities polls a task queue of its own. */
-async function withWorker(label: string, cluster: FakeCluster, body: (ctx: JobCtx) => Promise<void>): Promise<void> {
+async function withWorker(
+  label: string,
+  cluster: FakeCluster,
+  body: (ctx: JobCtx) => Promise<void>,
+  workerOptions: Partial<WorkerOptions> = {},
+): Promise<void> {
   const taskQueue = uniqueTaskQueue(label);
-  const worker = await createJobWorker(env, bundle, taskQueue, cluster);
+  const worker = await createJobWorker(env, bundle, taskQueue, cluster, workerOptions);
   const ctx: JobCtx = {
     client: env.client,
     start: async (spec, options, resume, workflowTaskTimeout) => {
@@ -307,6 +312,35 @@ describe('jobWorkflow', () => {
       }
       expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-b' }]);
     });
+  });
+
+  test('replayed from its history at every workflow task (no workflow cache), a job is placed, lost, placed again and paid', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b']);
+    const jobId = newJobId('no-cache');
+    const options = { ...FAST_OPTIONS, heartbeatTimeoutMs: 1500 };
+
+    await withWorker(
+      'no-cache',
+      cluster,
+      async ({ client, start }) => {
+        const handle = await start(jobSpec(jobId), options);
+        await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
+        await waitForStatus(handle, (v) => v.phase === 'assigned' && v.attempt === 2, 10_000, 'reassignment');
+        const alive = keepAlive(client, jobId, 2);
+        try {
+          await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-b' }] });
+          await handle.signal(progressSignal, { nodeId: 'node-b', progress: 0.5, epoch: 1 });
+          expect(await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-b' }] })).toMatchObject({ paymentReleased: true });
+        } finally {
+          alive.stop();
+        }
+        expect(await handle.result()).toMatchObject({ phase: 'completed', attempts: 2, nodeId: 'node-b' });
+        const [run] = await runHistories(client, jobId, handle.firstExecutionRunId);
+        expect(run!.events.filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)).toEqual([]);
+        expect(cluster.transitions.map((t) => t.to)).toEqual(['assigned', 'queued', 'assigned', 'running', 'completed']);
+      },
+      { maxCachedWorkflows: 0 },
+    );
   });
 
   test('attempts exhausted (every node silent) → failed and refunded once, never paid', async () => {
