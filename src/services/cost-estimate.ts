@@ -50,7 +50,8 @@ export function createCostEstimator(deps: { discovery: Pick<DiscoveryService, 'f
       sort: 'price',
     });
     const pricedFrom = market.totalMatching;
-    const pricePerHour = pricedFrom > 0 ? market.avgPricePerHour : listPricePerHour(reference);
+    // To the micro-token, as estimateCostUnits charges it (a mean of prices is rarely a round number).
+    const pricePerHour = Math.round((pricedFrom > 0 ? market.avgPricePerHour : listPricePerHour(reference)) * 1e6) / 1e6;
     const units = estimateCostUnits(pricePerHour, run.seconds, deps.tokenDecimals);
     const d = deps.tokenDecimals;
     const breakdown = [
