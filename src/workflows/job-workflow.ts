@@ -336,17 +336,10 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       if (match.node) {
         const node = match.node;
         const attempt = s.attempt + 1;
-        const assignment = () =>
-          nextTransition(
-            'assigned',
-            `assigned to node ${node.nodeId} (attempt ${attempt}/${options.maxAttempts})`,
-            'workflow',
-            { assignedNodeId: node.nodeId, attempts: attempt, data: { endpoint: node.endpoint, match: match.explanation, refusedBy: s.refusedNodes } },
-            attempt,
-            node.nodeId,
-          );
+        const reason = `assigned to node ${node.nodeId} (attempt ${attempt}/${options.maxAttempts})`;
+        const extra = { assignedNodeId: node.nodeId, attempts: attempt, data: { endpoint: node.endpoint, match: match.explanation, refusedBy: s.refusedNodes } };
         // Offer and record in one local activity (runs started before this patch offer, then record).
-        const assigned = assignInOneActivity ? assignment() : undefined;
+        const assigned = assignInOneActivity ? nextTransition('assigned', reason, 'workflow', extra, attempt, node.nodeId) : undefined;
         const refusal = await offer(node, assigned);
         if (!refusal) {
           s.attempt = attempt;
@@ -358,12 +351,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
           s.epoch = 0;
           outcome = undefined;
           if (assigned) applyTransition(assigned);
-          else {
-            const t = assignment();
-            s.seq = t.seq;
-            await registry.recordTransition(t);
-            applyTransition(t);
-          }
+          else await transition('assigned', reason, 'workflow', extra);
           unassignedClaim = false;
           upsertMemo({ match: { nodeId: match.node.nodeId, attempt: s.attempt, ...match.explanation } });
           s.refusedNodes = [];
