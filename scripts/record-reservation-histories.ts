@@ -16,8 +16,8 @@ import type { Client } from '@temporalio/client';
 import { ensureTemporalCli } from '../src/infra/temporal-cli';
 import type { ReservationOptions } from '../src/workflows/reservation-workflow';
 import { walletRegisteredSignal } from '../src/workflows/messages';
-import { extendReservationUpdate, releaseReservationUpdate, reservationReadyUpdate } from '../src/workflows/reservation-messages';
-import { createJobTestEnv, sleep, waitUntil } from '../test/workflows/job-harness';
+import { extendReservationUpdate, releaseReservationUpdate, reservationReadyUpdate, withdrawReservationUpdate } from '../src/workflows/reservation-messages';
+import { createJobTestEnv, Gate, sleep, waitUntil } from '../test/workflows/job-harness';
 import {
   createReservationWorker,
   FAST_RESERVATION_OPTIONS,
@@ -40,6 +40,8 @@ interface Scenario {
   drive(ctx: { client: Client; handle: ReservationHandle; id: string; world: FakeReservationWorld }): Promise<void>;
   /** Whether the run ends cancelled (an operator's cancel) rather than with a receipt. */
   cancelled?: boolean;
+  /** The first escrow waits at a gate (world.escrowGate) until the scenario opens it. */
+  holdEscrow?: boolean;
 }
 
 /** Heartbeats the node's watch while `body` runs, as the API does while the node beats. */
@@ -119,11 +121,23 @@ const scenarios: Record<string, Scenario> = {
       });
     },
   },
+  /** ReserveNode gave up waiting while the escrow was in flight: the node is given back, the escrow refunded whole. */
+  withdrawn: {
+    minutes: 30,
+    holdEscrow: true,
+    async drive({ handle, world }) {
+      await waitUntil(() => world.escrowCalls.length === 1, 10_000, 'the escrow to start');
+      await handle.executeUpdate(withdrawReservationUpdate, { args: [{ reason: 'withdrawn: the escrow was not confirmed within 25 s' }] });
+      world.escrowGate!.open();
+      await handle.result();
+    },
+  },
 };
 
 async function record(env: Awaited<ReturnType<typeof createJobTestEnv>>, name: string): Promise<string> {
   const scenario = scenarios[name]!;
   const world = new FakeReservationWorld({ nodeWallets: scenario.nodeWallet === false ? [] : ['node-a'] });
+  if (scenario.holdEscrow) world.escrowGate = new Gate();
   const taskQueue = uniqueReservationQueue(`record-${name}`);
   const id = reservationReplayId(name);
   const worker = await createReservationWorker(env.env, env.bundle, taskQueue, world);

@@ -14,6 +14,7 @@ import { estimateCostUnits } from './pricing';
  * | released early, policy `full`      | everything escrowed (the default: the Engine promises "no refund for early checkout", and the node turned other work away for the whole term) |
  * | released early, policy `prorated`  | ceil(units_per_hour × seconds used / 3600), at most everything escrowed |
  * | node lost mid-reservation          | the same for the time until its last sign of life; the user gets the unused time back and the node a recorded `node_lost` reputation penalty |
+ * | withdrawn before it started        | nothing: ReserveNode gave up waiting for the escrow and answered with an error, so whatever reaches the escrow goes back whole |
  *
  * The Engine heartbeats every 30 s; one silent for `engineTimeoutMs` (60 s) is shown as disconnected and the
  * reservation runs on until its end: the node is still held for the user, who can reconnect.
@@ -34,7 +35,7 @@ export type EarlyReleasePolicy = 'full' | 'prorated';
 export const EARLY_RELEASE_POLICIES: readonly EarlyReleasePolicy[] = ['full', 'prorated'];
 
 /** Why a reservation ended, which decides what the node earns. */
-export type EndKind = 'expired' | 'released' | 'node_lost';
+export type EndKind = 'expired' | 'released' | 'node_lost' | 'withdrawn';
 
 /** The node's hourly price in smallest units (the cost formula for one hour, rounded up to a unit). */
 export function unitsPerHour(pricePerHour: number, decimals: number): bigint {
@@ -55,6 +56,7 @@ export const reservationCost = (perHour: bigint, minutes: number): bigint => cos
  * `usedSeconds` is the time from the start to the end (release) or to the node's last sign of life (loss).
  */
 export function earnedUnits(p: { kind: EndKind; policy: EarlyReleasePolicy; escrowed: bigint; perHour: bigint; usedSeconds: number }): bigint {
+  if (p.kind === 'withdrawn') return 0n;
   if (p.kind === 'expired') return p.escrowed;
   if (p.kind === 'released' && p.policy === 'full') return p.escrowed;
   const cost = costOfSeconds(p.perHour, p.usedSeconds);

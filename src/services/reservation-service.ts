@@ -35,6 +35,8 @@ import {
   releaseReservationUpdate,
   reservationReadyUpdate,
   ReservationRejections,
+  withdrawReservationUpdate,
+  type ReadyResult,
   type ReleaseReceipt,
 } from '../workflows/reservation-messages';
 import { RESERVATION_WATCH_ID, reservationWorkflow, type ReservationOptions } from '../workflows/reservation-workflow';
@@ -169,22 +171,30 @@ export function createReservationService(deps: ReservationServiceDeps) {
       throw new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
     }
     const ready = await waitReady(id);
-    if (!ready.ok) throw new PaymentRequiredError(ready.message);
+    if (!ready.ok) throw ready.code === 503 ? new UnavailableError(ready.message) : new PaymentRequiredError(ready.message);
     const reservation = await find(id);
     const t = token(reservation);
     return { reservation, token: t.token, tokenExpires: t.expiresAt, escrowUnits: ready.escrowUnits, pricePerHour: node.pricePerHour };
   }
 
-  async function waitReady(id: string) {
+  /**
+   * Waits up to escrowWaitMs for the first escrow. When it is not confirmed by then, the reservation is
+   * withdrawn (unless it landed in the meantime), so an error answer never leaves the Engine holding a
+   * reservation, or paying for one, that it was told failed.
+   */
+  async function waitReady(id: string): Promise<ReadyResult> {
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new UnavailableError(`the escrow of reservation ${id} is not confirmed after ${Math.round(deps.escrowWaitMs / 1000)} s; it goes on (GetActiveReservations shows it once active)`)),
-        deps.escrowWaitMs,
-      );
+    const timedOut = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), deps.escrowWaitMs);
     });
     try {
-      return await Promise.race([handle(id).executeUpdate(reservationReadyUpdate), timeout]);
+      const first = await Promise.race([handle(id).executeUpdate(reservationReadyUpdate), timedOut]);
+      if (first !== 'timeout') return first;
+      const waited = deps.escrowWaitMs < 1000 ? `${deps.escrowWaitMs} ms` : `${Math.round(deps.escrowWaitMs / 1000)} s`;
+      const reason =
+        `withdrawn: the escrow was not confirmed within ${waited}; the node is free again and anything that ` +
+        'reaches the escrow is refunded whole';
+      return await handle(id).executeUpdate(withdrawReservationUpdate, { args: [{ reason }] });
     } catch (err) {
       if (err instanceof WorkflowUpdateFailedError || err instanceof WorkflowNotFoundError) {
         // The workflow finished before it could answer: its row says how.

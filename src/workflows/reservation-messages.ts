@@ -23,7 +23,10 @@ export interface ReservationView {
   lastReason: string;
 }
 
-/** ReserveNode waits on this: resolves once the first escrow is on chain, or with why it is not. */
+/**
+ * ReserveNode waits on this: resolves once the first escrow is on chain, or with why it is not (402: the escrow
+ * was refused; 503: the reservation was withdrawn before its escrow was confirmed).
+ */
 export type ReadyResult =
   | { ok: true; startAt: number; endAt: number; escrowAccount: string; escrowUnits: string; escrowTx: string }
   | { ok: false; code: number; message: string };
@@ -49,6 +52,12 @@ export interface ReleaseReceipt {
 }
 
 export const reservationReadyUpdate = defineUpdate<ReadyResult>('ready');
+/**
+ * ReserveNode gave up waiting for the first escrow and is about to answer with an error. Answers how the
+ * reservation stands at that moment: ready (the escrow landed first, so the reservation goes on), refused, or
+ * withdrawn — the node is given back at once and whatever reaches the escrow later is refunded whole.
+ */
+export const withdrawReservationUpdate = defineUpdate<ReadyResult, [{ reason: string }]>('withdraw');
 export const extendReservationUpdate = defineUpdate<ExtendResult, [{ minutes: number }]>('extend');
 export const releaseReservationUpdate = defineUpdate<ReleaseReceipt, [{ reason: string; by: 'engine' | 'node' | 'both' | 'operator' }]>('release');
 export const reservationQuery = defineQuery<ReservationView>('reservation');

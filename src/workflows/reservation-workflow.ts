@@ -35,6 +35,7 @@ import {
   reservationReadyUpdate,
   ReservationRejections,
   type ReadyResult,
+  withdrawReservationUpdate,
   type ReleaseReceipt,
   type ReservationView,
 } from './reservation-messages';
@@ -114,6 +115,10 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   let receipt: ReleaseReceipt | undefined;
   let lastReason = 'reserved';
   let walletRegistered = false;
+  /** The first escrow has come back (landed or refused): from then on the reservation can no longer be withdrawn. */
+  let firstEscrowDone = false;
+  /** Why ReserveNode withdrew the reservation before its escrow was confirmed. */
+  let withdrawn: string | undefined;
 
   // ---- messages -------------------------------------------------------------------------------
   const ended = () => receipt !== undefined || release !== undefined || (ready !== undefined && !ready.ok);
@@ -124,6 +129,21 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     walletRegistered = true;
   });
   setHandler(reservationReadyUpdate, async () => {
+    await condition(() => ready !== undefined);
+    return ready!;
+  });
+  setHandler(withdrawReservationUpdate, async ({ reason }) => {
+    // Decided in one step: once the first escrow has come back, the reservation stands (or fails) as the script
+    // decides; before that it is withdrawn, and the script refunds whatever the escrow in flight brings in.
+    if (!firstEscrowDone) {
+      withdrawn = reason || 'withdrawn before its escrow was confirmed';
+      ready = { ok: false, code: 503, message: withdrawn };
+      status = 'cancelled';
+      lastReason = withdrawn;
+      publish();
+      // The node is free for another reservation now, not once the escrow in flight has settled.
+      await store.endHold({ id, nodeId: spec.nodeId, status, reason: withdrawn });
+    }
     await condition(() => ready !== undefined);
     return ready!;
   });
@@ -319,6 +339,14 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   // ---- the script -----------------------------------------------------------------------------
   const first: Pot = { potId: id, units: spec.escrowUnits, minutes: spec.minutes };
   const escrow = await escrowPot(first);
+  firstEscrowDone = true;
+  if (withdrawn !== undefined && typeof escrow !== 'string') {
+    // Withdrawn while its escrow was in flight, and the escrow landed after all: it all goes back.
+    pots.push(first);
+    await settle({ kind: 'withdrawn', reason: withdrawn, lastAliveAt: 0 }, options.earlyRelease);
+    await condition(allHandlersFinished);
+    return receipt!;
+  }
   if (typeof escrow === 'string') {
     status = 'failed';
     lastReason = escrow;

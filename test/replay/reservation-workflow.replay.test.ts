@@ -47,6 +47,7 @@ test('the recorded scenarios are all there', () => {
     'node-lost.json',
     'owed.json',
     'released.json',
+    'withdrawn.json',
   ]);
 });
 

@@ -35,6 +35,8 @@ describe('reservation money', () => {
     ['released', 'prorated', 600_000n],
     ['node_lost', 'full', 600_000n],
     ['node_lost', 'prorated', 600_000n],
+    ['withdrawn', 'full', 0n],
+    ['withdrawn', 'prorated', 0n],
   ] as const)('%s with policy %s earns %s', (kind, policy, earned) => {
     expect(earnedUnits({ ...base, kind, policy })).toBe(earned);
   });

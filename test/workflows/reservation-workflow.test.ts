@@ -19,6 +19,7 @@ import {
   reservationQuery,
   reservationReadyUpdate,
   ReservationRejections,
+  withdrawReservationUpdate,
   type ReleaseReceipt,
 } from '../../src/workflows/reservation-messages';
 import type { ReservationOptions, ReservationSpec } from '../../src/workflows/reservation-workflow';
@@ -514,6 +515,86 @@ describe('reservationWorkflow', () => {
       expect(await release).toMatchObject({ status: 'failed', paid: '0', refunded: '0' });
       expect(await handle.result()).toMatchObject({ status: 'failed' });
       expect(world.settleCalls).toEqual([]);
+    });
+  });
+
+  describe('withdrawn by ReserveNode (its escrow not confirmed in time)', () => {
+    const reason = 'withdrawn: the escrow was not confirmed within 25 s';
+
+    test('while the escrow is in flight → 503 at once, the node given back; the escrow that lands later is refunded whole', async () => {
+      const world = new FakeReservationWorld();
+      world.escrowGate = new Gate();
+      const id = newId('withdrawn');
+      const spec = reservationSpec(id, { minutes: 30 });
+
+      await withWorker('withdrawn', world, async ({ start }) => {
+        const handle = await start(spec);
+        await waitUntil(() => world.escrowCalls.length === 1, 5000, 'the escrow to start');
+        // Answered while the escrow is still held at its gate: ReserveNode does not wait for the chain.
+        expect(await handle.executeUpdate(withdrawReservationUpdate, { args: [{ reason }] })).toEqual({ ok: false, code: 503, message: reason });
+        expect(world.calls('endHold')).toEqual([{ id, nodeId: 'node-a', status: 'cancelled', reason }]);
+        expect(await handle.executeUpdate(reservationReadyUpdate)).toEqual({ ok: false, code: 503, message: reason });
+        await expect(handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] })).rejects.toBeInstanceOf(WorkflowUpdateFailedError);
+
+        world.escrowGate!.open();
+        const receipt = await handle.result();
+        expect(receipt).toEqual({ status: 'cancelled', timeUsedSeconds: 0, paid: '0', nodeAmount: '0', refunded: spec.escrowUnits, paymentTx: '', refundTx: `ledger:${id}/refund`, owed: false });
+        expect(world.legsOf(id)).toEqual(['escrow', 'refund']);
+        expect(world.settleCalls).toEqual([{ potId: id, nodeId: 'node-a', payUnits: '0' }]);
+        // Never active: no start, no watch over the node.
+        expect(world.calls('activateReservation')).toEqual([]);
+        expect(world.watchCalls).toEqual([]);
+        expect(world.calls('finishReservation')).toEqual([
+          expect.objectContaining({ id, status: 'cancelled', reason, timeUsedSeconds: 0, paid: '0', refunded: spec.escrowUnits }),
+        ]);
+      });
+    });
+
+    test('policy full does not bill a withdrawn reservation: nothing is paid to the node', async () => {
+      const world = new FakeReservationWorld();
+      world.escrowGate = new Gate();
+      const id = newId('withdrawn-full');
+
+      await withWorker('withdrawn-full', world, async ({ start }) => {
+        const handle = await start(reservationSpec(id), { earlyRelease: 'full' });
+        await waitUntil(() => world.escrowCalls.length === 1, 5000, 'the escrow to start');
+        await handle.executeUpdate(withdrawReservationUpdate, { args: [{ reason }] });
+        world.escrowGate!.open();
+        expect(await handle.result()).toMatchObject({ status: 'cancelled', paid: '0', refunded: escrowOf(10).toString() });
+      });
+    });
+
+    test('after the escrow landed → the reservation stands: the withdrawal answers ready and changes nothing', async () => {
+      const world = new FakeReservationWorld();
+      const id = newId('withdraw-late');
+
+      await withWorker('withdraw-late', world, async ({ start }) => {
+        const handle = await start(reservationSpec(id));
+        const ready = await handle.executeUpdate(reservationReadyUpdate);
+        expect(ready.ok).toBe(true);
+        expect(await handle.executeUpdate(withdrawReservationUpdate, { args: [{ reason }] })).toEqual(ready);
+        expect(world.calls('endHold')).toEqual([]);
+        expect(await handle.query(reservationQuery)).toMatchObject({ status: 'active' });
+        await handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'done', by: 'engine' }], updateId: 'release' });
+        expect(await handle.result()).toMatchObject({ status: 'cancelled' });
+      });
+    });
+
+    test('the escrow refused after the withdrawal → failed as refused, nothing settled', async () => {
+      const world = new FakeReservationWorld();
+      world.escrowGate = new Gate();
+      world.escrowRefusal = { type: PaymentFailures.insufficientFunds, message: 'no allowance' };
+      const id = newId('withdrawn-refused');
+
+      await withWorker('withdrawn-refused', world, async ({ start }) => {
+        const handle = await start(reservationSpec(id));
+        await waitUntil(() => world.escrowCalls.length === 1, 5000, 'the escrow to start');
+        await handle.executeUpdate(withdrawReservationUpdate, { args: [{ reason }] });
+        world.escrowGate!.open();
+        expect(await handle.result()).toMatchObject({ status: 'failed', paid: '0', refunded: '0' });
+        expect(world.settleCalls).toEqual([]);
+        expect(world.ledger).toEqual([]);
+      });
     });
   });
 
