@@ -39,6 +39,7 @@ import { HISTORIES_DIR as OUT_DIR, PREVIOUS_DIR, replayWorkflowId } from '../tes
 interface Scenario {
   nodes: string[];
   options?: Partial<typeof FAST_OPTIONS>;
+  spec?: Parameters<typeof jobSpec>[1];
   /** Sets the fakes up before the job starts (a node without a wallet, a refused escrow). */
   setup?(cluster: FakeCluster): void;
   /** Drives the job to its end (as nodes and clients would). */
@@ -140,6 +141,22 @@ const scenarios: Record<string, Scenario> = {
     },
   },
   /** Progress reports push the history past its limit: the run continues as new, then completes. */
+  /** A node that accepts and never reports its end, as shipping nodes do: completed at the end of its expected run. */
+  'unreported-end': {
+    nodes: ['node-a'],
+    options: { unreportedEndGraceMs: 600 },
+    spec: { estimatedDuration: 1 },
+    async drive({ env, handle, jobId }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await handle.result();
+      } finally {
+        alive.stop();
+      }
+    },
+  },
   'continued-as-new': {
     nodes: ['node-a'],
     options: { historyEventLimit: 40 },
@@ -168,7 +185,7 @@ async function record(env: TestWorkflowEnvironment, bundle: WorkflowBundleWithSo
   const worker = await createJobWorker(env, bundle, taskQueue, cluster);
   const written: string[] = [];
   await runWorkerUntil(worker, cluster, async () => {
-    const handle = await startJob(env.client, taskQueue, jobSpec(jobId), { ...FAST_OPTIONS, ...scenario.options });
+    const handle = await startJob(env.client, taskQueue, jobSpec(jobId, scenario.spec), { ...FAST_OPTIONS, ...scenario.options });
     await scenario.drive({ env, handle, jobId, cluster });
     const result = await handle.result();
     const runs = await runHistories(env.client, jobId, handle.firstExecutionRunId);

@@ -7,6 +7,7 @@ import {
   proxyLocalActivities,
   setCurrentDetails,
   setHandler,
+  sleep,
   upsertMemo,
   upsertSearchAttributes,
 } from '@temporalio/workflow';
@@ -17,7 +18,7 @@ import { twinAccepted, twinComplete, twinProgress, twinStatus, type TwinJobInput
 /**
  * The bare Temporal twin of jobWorkflow's happy path, with the same Temporal shape and none of our logic:
  * escrow (local) beside match (local) → offer and "assigned" (one local) → watch (async activity,
- * cancelled at the end) → accepted update → "running" (local) → a progress signal → complete update →
+ * cancelled at the end; a timer for a node that never reports, cancelled too) → accepted update → "running" (local) → a progress signal → complete update →
  * release claims (local) → release (activity) → outcome (local) → "completed" (local); the same search
  * attribute, memo and current-details upserts; the same timeouts and retry policies.
  */
@@ -111,12 +112,20 @@ export async function twinJobWorkflow(input: TwinJobInput): Promise<{ jobId: str
     () => (watchEnded = true),
     () => (watchEnded = true),
   );
+  // jobWorkflow's end-by timer for nodes that never report (its default: 10 minutes' run plus 10 minutes' grace).
+  const endByScope = new CancellationScope();
+  let endByPassed = false;
+  endByScope.run(() => sleep(20 * 60_000)).then(
+    () => (endByPassed = true),
+    () => undefined,
+  );
   for (;;) {
     await condition(() => outcome !== undefined || watchEnded || (nodeStarted && phase === 'assigned'));
     if (outcome || watchEnded) break;
     await transition('running');
   }
   if (!watchEnded) scope.cancel();
+  if (!endByPassed) endByScope.cancel();
 
   await registry.releaseNode({ jobId });
   const released = await CancellationScope.nonCancellable(() => money.release({ jobId, nodeId: nodeId! }));

@@ -38,6 +38,12 @@ const schema = z.object({
   JOB_MAX_ATTEMPTS: positiveInt.default(3),
   /** Longest a single attempt may run on a node before it counts as failed. */
   JOB_MAX_RUNTIME_S: positiveInt.default(7 * 24 * 3600),
+  /**
+   * Shipping nodes and Engines never report a job's end: an attempt whose node sent no progress report ends
+   * this long after its expected run time (estimated_duration, else 10 minutes) — completed and paid when the
+   * node accepted the job, failed and refunded when it never started. 0 = wait for a report until JOB_MAX_RUNTIME_S.
+   */
+  JOB_UNREPORTED_END_GRACE_S: z.coerce.number().int().min(0).default(600),
   /** A queued job re-checks for fitting nodes this often even without a registration event. */
   JOB_REQUEUE_INTERVAL_S: positiveInt.default(30),
   /** Deadline of one NodeService.AssignJob call to a node. */
@@ -115,6 +121,7 @@ export interface Config {
     readonly maxRuntimeMs: number;
     readonly requeueIntervalMs: number;
     readonly progressSignalIntervalMs: number;
+    readonly unreportedEndGraceMs: number;
   };
   readonly nodes: {
     readonly assignTimeoutMs: number;
@@ -186,6 +193,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxRuntimeMs: e.JOB_MAX_RUNTIME_S * 1000,
       requeueIntervalMs: e.JOB_REQUEUE_INTERVAL_S * 1000,
       progressSignalIntervalMs: e.JOB_PROGRESS_SIGNAL_INTERVAL_S * 1000,
+      unreportedEndGraceMs: e.JOB_UNREPORTED_END_GRACE_S * 1000,
     },
     nodes: {
       assignTimeoutMs: e.NODE_ASSIGN_TIMEOUT_MS,

@@ -11,6 +11,7 @@ export function jobWorkflowOptions(config: Config): JobWorkflowOptions {
     requeueIntervalMs: config.jobs.requeueIntervalMs,
     assignTimeoutMs: config.nodes.assignTimeoutMs,
     historyEventLimit: 10_000,
+    unreportedEndGraceMs: config.jobs.unreportedEndGraceMs,
   };
 }
 

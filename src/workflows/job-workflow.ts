@@ -10,6 +10,7 @@ import {
   proxyLocalActivities,
   setCurrentDetails,
   setHandler,
+  sleep,
   TemporalFailure,
   TimeoutFailure,
   upsertMemo,
@@ -53,7 +54,17 @@ export interface JobWorkflowOptions {
   assignTimeoutMs: number;
   /** Continue-as-new once a run's history is this long (Temporal's hard limit is 51,200 events). */
   historyEventLimit: number;
+  /**
+   * Shipping nodes and Engines never report a job's end (CYXWIZ-PROTOCOL.md §6.2). An attempt whose node has
+   * sent no progress report is ended this long after its expected run time (estimated_duration, else
+   * DEFAULT_EXPECTED_RUN_S): completed when the node accepted it, else failed and refunded. 0 or absent (jobs
+   * started before this option existed): wait for a report until maxRuntimeMs.
+   */
+  unreportedEndGraceMs?: number;
 }
+
+/** The expected run time of a job submitted without estimated_duration: the 10 minutes a job is charged at least. */
+export const DEFAULT_EXPECTED_RUN_S = 600;
 
 /** Everything a run carries over to the next one through continue-as-new. */
 export interface JobState {
@@ -65,6 +76,8 @@ export interface JobState {
   failedNodes: string[];
   refusedNodes: string[];
   nodeStarted: boolean;
+  /** The node has sent a progress report in this attempt: it reports, so its end is awaited, not assumed. */
+  reported?: boolean;
   progress: number;
   epoch: number;
   escrow: JobView['escrow'];
@@ -198,6 +211,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     s.progress = p.progress ?? s.progress;
     s.epoch = p.epoch ?? s.epoch;
     s.nodeStarted = true;
+    s.reported = true;
     details();
   });
   setHandler(
@@ -347,6 +361,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
           s.attemptStartedAt = Date.now();
           s.nodeId = node.nodeId;
           s.nodeStarted = false;
+          s.reported = false;
           s.progress = 0;
           s.epoch = 0;
           outcome = undefined;
@@ -427,6 +442,17 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       () => (watchEnded = { error: undefined }),
       (error) => (watchEnded = { error }),
     );
+    // One timer per attempt for a node that never reports (see unreportedEndAt).
+    const endBy = unreportedEndAt();
+    const endByScope = new CancellationScope();
+    let endByPassed = false;
+    if (endBy !== undefined) {
+      endByScope.run(() => sleep(Math.max(1, endBy - Date.now()))).then(
+        () => (endByPassed = true),
+        () => undefined,
+      );
+    }
+    const unreported = () => endByPassed && !s.reported;
 
     for (;;) {
       await condition(
@@ -435,6 +461,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
           cancelRequest !== undefined ||
           watchEnded !== undefined ||
           (s.nodeStarted && s.phase === 'assigned') ||
+          unreported() ||
           historyTooLong(),
       );
       if (outcome || cancelRequest || watchEnded) break;
@@ -442,24 +469,46 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         await transition('running', `node ${nodeId} started the job`, `node:${nodeId}`, { started: true });
         continue;
       }
+      if (unreported()) break;
       scope.cancel();
+      endByScope.cancel();
       await continueWithFreshHistory();
     }
     if (!watchEnded) scope.cancel();
+    if (endBy !== undefined && !endByPassed) endByScope.cancel();
 
     if (cancelRequest && outcome?.kind !== 'completed') return; // the main loop refunds
     if (outcome?.kind === 'completed') return settleCompleted(nodeId);
     if (outcome?.kind === 'failed') return attemptFailed(nodeId, `node reported failure: ${outcome.message}`, `node:${nodeId}`);
-    return attemptFailed(nodeId, describeWatchEnd(watchEnded?.error, options), 'workflow');
+    if (watchEnded) return attemptFailed(nodeId, describeWatchEnd(watchEnded.error, options), 'workflow');
+    // Nothing reported by the end of the expected run, the node alive throughout.
+    const waited = `its expected ${Math.round((endBy! - s.attemptStartedAt) / 1000)} s run time and grace`;
+    if (s.phase === 'running') return settleCompleted(nodeId, { how: `no end reported within ${waited}`, actor: 'workflow' });
+    s.error = { code: 408, message: `node ${nodeId} never started the job within ${waited}: the Engine did not connect to it` };
+    return refundAndEnd('failed', s.error.message, 'workflow', nodeId);
   }
 
-  async function settleCompleted(nodeId: string): Promise<void> {
+  /**
+   * When an attempt whose node sends no progress reports ends by itself: its expected run time plus the grace
+   * after it was assigned. Undefined when that is off, or reaches past the attempt's maximum run time anyway.
+   */
+  function unreportedEndAt(): number | undefined {
+    const grace = options.unreportedEndGraceMs;
+    if (!grace || s.reported) return undefined;
+    const expectedMs = (spec.estimatedDuration > 0 ? spec.estimatedDuration : DEFAULT_EXPECTED_RUN_S) * 1000;
+    if (expectedMs + grace >= options.maxRuntimeMs) return undefined;
+    return s.attemptStartedAt + expectedMs + grace;
+  }
+
+  /** Pays the node 90/10 for the completed job (or records what it is owed) and ends the job completed. */
+  async function settleCompleted(nodeId: string, end: { how: string; actor: string } = { how: '', actor: `node:${nodeId}` }): Promise<void> {
     await registry.releaseNode({ jobId });
     const outcome = await moneyStep(() => money.release({ jobId, nodeId }));
-    await registry.recordNodeOutcome({ nodeId, outcome: 'completed', jobId, reason: 'completed the job' });
+    await registry.recordNodeOutcome({ nodeId, outcome: 'completed', jobId, reason: end.how ? `completed the job (${end.how})` : 'completed the job' });
+    const done = end.how ? `completed on node ${nodeId} (${end.how})` : `completed on node ${nodeId}`;
     if (outcome.owed) {
       s.escrow = 'owed';
-      await transition('completed', `completed on node ${nodeId}; its ${outcome.nodeAmount} units are owed until it registers a wallet`, `node:${nodeId}`, {
+      await transition('completed', `${done}; its ${outcome.nodeAmount} units are owed until it registers a wallet`, end.actor, {
         ended: true,
         error: null,
         data: { owed: outcome },
@@ -468,7 +517,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       return;
     }
     s.escrow = 'released';
-    await transition('completed', `completed on node ${nodeId}; paid ${outcome.node.amount} to the node, ${outcome.platform.amount} to the platform`, `node:${nodeId}`, {
+    await transition('completed', `${done}; paid ${outcome.node.amount} to the node, ${outcome.platform.amount} to the platform`, end.actor, {
       ended: true,
       error: null,
       data: { release: outcome },

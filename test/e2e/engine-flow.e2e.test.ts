@@ -18,6 +18,7 @@ import {
   submitJob,
   unfittable,
   waitForAssignment,
+  waitForStatus,
   within,
   type ProtocolClient,
 } from './helpers';
@@ -26,7 +27,8 @@ import {
 const SHIPPING_P2P_SECRET = 'your-super-secret-jwt-key-change-in-production';
 const uid = () => randomBytes(4).toString('hex');
 
-const sys = useSystem({ name: 'engine-flow' });
+// A job whose node never reports ends 1 s after its expected run (estimated_duration); the tests' jobs expect 600 s.
+const sys = useSystem({ name: 'engine-flow', env: { JOB_UNREPORTED_END_GRACE_S: 1 } });
 const nodes = nodePool(sys);
 let engine: ProtocolClient;
 let nodeA: SimNode;
@@ -191,6 +193,44 @@ test('an Engine job travels SubmitJob → assignment → P2P token → node repo
   // Each transfer names the job and leg it settles, so the chain alone tells what it was for.
   expect(await chain.memos(legs.escrow.txRef)).toEqual([`cyxwiz ${jobId}/escrow`]);
   expect(await chain.memos(completion.payment_tx_hash)).toEqual([`cyxwiz ${jobId}/release`]);
+});
+
+describe('the shipping node and Engine never report the end of a job (CYXWIZ-PROTOCOL §6.2)', () => {
+  test('accepted over P2P and then silent: completed at the end of its expected run, the node paid 90/10', async () => {
+    const jobId = `silent-${uid()}`;
+    const before = await chain.balances({ a: chain.ata(nodeA.wallet), b: chain.ata(nodeB.wallet), treasury: chain.ata(chain.treasury) });
+    await submitJob(engine, jobConfig({ job_id: jobId, estimated_duration: '2' }));
+    const { node_assignment } = await waitForAssignment(engine, jobId);
+    const holder = holderOf(node_assignment.node_id)!;
+    // The node's P2P service tells the server it took the job from the Engine; nothing else ever comes.
+    expect(await holder.accepted(jobId)).toMatchObject({ status: S.SUCCESS });
+
+    const done = await waitForStatus(engine, jobId, (st) => st.status === S.SUCCESS, 'the job to complete by time', 20_000);
+    expect(done.status.progress).toBe(1);
+    const job = (await restGet(sys(), `/api/jobs/${jobId}`)).body;
+    expect(job).toMatchObject({ status: 'completed' });
+    const legs = await paymentLegs(sys(), jobId);
+    expect(legs.release_node).toMatchObject({ amount: '1350000000', state: 'confirmed' });
+    const after = await chain.balances({ a: chain.ata(nodeA.wallet), b: chain.ata(nodeB.wallet), treasury: chain.ata(chain.treasury) });
+    const paid = holder === nodeA ? after.a - before.a : after.b - before.b;
+    expect(paid).toBe(1_350_000_000n);
+    expect(after.treasury - before.treasury).toBe(150_000_000n);
+    expect(JSON.stringify(job)).toContain('no end reported within its expected 3 s run time and grace');
+  });
+
+  test('assigned but never taken up by the Engine: failed and refunded whole, the node told to let it go', async () => {
+    const jobId = `untaken-${uid()}`;
+    const payerBefore = await chain.accountBalance(chain.ata(chain.payer));
+    await submitJob(engine, jobConfig({ job_id: jobId, estimated_duration: '1' }));
+    const { node_assignment } = await waitForAssignment(engine, jobId);
+    const holder = holderOf(node_assignment.node_id)!;
+
+    const failed = await waitForStatus(engine, jobId, (st) => st.status === S.FAILED, 'the job to fail by time', 20_000);
+    expect(failed.status.error).toMatchObject({ code: 408, message: expect.stringContaining('the Engine did not connect') });
+    expect(await chain.accountBalance(chain.ata(chain.payer))).toBe(payerBefore);
+    expect(Object.keys(await paymentLegs(sys(), jobId)).sort()).toEqual(['escrow', 'refund']);
+    await eventually('the stop order in a heartbeat reply', () => holder.cancelOrders.has(jobId), 15_000);
+  });
 });
 
 test('SubmitJob without a job_id gets a server-chosen id; cancelling it on its node refunds and tells the node to stop', async () => {

@@ -45,6 +45,7 @@ test('the recorded scenarios are all there', () => {
     'happy.json',
     'node-lost-reassigned.json',
     'owed.json',
+    'unreported-end.json',
   ]);
 });
 

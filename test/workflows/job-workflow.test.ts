@@ -689,6 +689,95 @@ describe('jobWorkflow', () => {
     });
   });
 
+  describe('a node that never reports its end (shipping nodes and Engines, CYXWIZ-PROTOCOL §6.2)', () => {
+    // Expected run 1 s (estimated_duration) + 0.6 s of grace after the assignment.
+    const options = { ...FAST_OPTIONS, unreportedEndGraceMs: 600 };
+    const spec = (jobId: string) => jobSpec(jobId, { estimatedDuration: 1 });
+
+    test('accepted, alive, silent about the end → completed and paid at the end of its expected run and grace', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      const jobId = newJobId('unreported');
+      await withWorker('unreported', cluster, async ({ client, start }) => {
+        const handle = await start(spec(jobId), options);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+        const alive = keepAlive(client, jobId, 1);
+        try {
+          await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+          const result = await handle.result();
+          expect(result).toMatchObject({ phase: 'completed', nodeId: 'node-a', txRef: `ledger:${jobId}/release_node` });
+          expect(result.reason).toContain('no end reported within its expected 2 s run time and grace');
+        } finally {
+          alive.stop();
+        }
+        expect(cluster.transitions.map((t) => t.to)).toEqual(['assigned', 'running', 'completed']);
+        expect(cluster.transitions[2]).toMatchObject({ actor: 'workflow', ended: true });
+        expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-a' }]);
+        expect(cluster.refundCalls).toEqual([]);
+        expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'completed' }]);
+      });
+    });
+
+    test('never accepted (the Engine did not connect) → failed with 408 and refunded; the node is not penalized', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      const jobId = newJobId('never-started');
+      await withWorker('never-started', cluster, async ({ client, start }) => {
+        const handle = await start(spec(jobId), options);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+        const alive = keepAlive(client, jobId, 1);
+        try {
+          expect(await handle.result()).toMatchObject({ phase: 'failed', attempts: 1, txRef: `ledger:${jobId}/refund` });
+        } finally {
+          alive.stop();
+        }
+        const ended = cluster.transitions.at(-1)!;
+        expect(ended).toMatchObject({ to: 'failed', actor: 'workflow', cancelOnNode: 'node-a', error: { code: 408 } });
+        expect(ended.reason).toContain('the Engine did not connect');
+        expect(cluster.refundCalls).toEqual([{ jobId }]);
+        expect(cluster.releaseCalls).toEqual([]);
+        expect(cluster.nodeOutcomes).toEqual([]);
+      });
+    });
+
+    test('a node that reports progress is waited for: its end is not assumed, its completion report ends the job', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      const jobId = newJobId('reporting');
+      await withWorker('reporting', cluster, async ({ client, start }) => {
+        const handle = await start(spec(jobId), options);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+        const alive = keepAlive(client, jobId, 1);
+        try {
+          await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+          await handle.signal(progressSignal, { nodeId: 'node-a', progress: 0.1, epoch: 1 });
+          await sleep(2500); // past the expected run and grace
+          expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'running', attempt: 1, nodeId: 'node-a' });
+          await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] });
+        } finally {
+          alive.stop();
+        }
+        expect(await handle.result()).toMatchObject({ phase: 'completed', reason: expect.not.stringContaining('no end reported') });
+        expect(cluster.transitions.at(-1)).toMatchObject({ actor: 'node:node-a' });
+      });
+    });
+
+    test('off (jobs started without the option, as before it existed): a silent node holds the job until its maximum run time', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      const jobId = newJobId('unreported-off');
+      await withWorker('unreported-off', cluster, async ({ client, start }) => {
+        const handle = await start(spec(jobId), FAST_OPTIONS);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+        const alive = keepAlive(client, jobId, 1);
+        try {
+          await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+          await sleep(2500);
+          expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'running' });
+          await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+        } finally {
+          alive.stop();
+        }
+      });
+    });
+  });
+
   describe('maximum run time of an attempt', () => {
     /** Keeps node-a alive and reporting until the attempt on it ends or `forMs` passes; returns the status then. */
     async function runBusyNode(client: Client, handle: JobHandle, jobId: string, forMs: number) {
