@@ -43,15 +43,19 @@ export function createReservationActivities(deps: ReservationActivityDeps) {
     return heartbeating(() => settlement.settlePot(input));
   }
 
-  /** The escrow is on chain: the reservation starts now and runs `minutes`. */
-  async function activateReservation(input: { id: string; startAt: number; endAt: number; escrowAccount: string; fundedBy: string }): Promise<void> {
-    await repo.updateReservation(db, input.id, {
-      status: 'active',
+  /**
+   * The escrow is on chain: the reservation starts now and runs `minutes` — if it is still pending. A
+   * reservation ReserveNode gave up on (its start looked failed, so it released the node and recorded the
+   * failure) is not revived: @returns activated false, and the workflow refunds it.
+   */
+  async function activateReservation(input: { id: string; startAt: number; endAt: number; escrowAccount: string; fundedBy: string }): Promise<{ activated: boolean }> {
+    const activated = await repo.activatePending(db, input.id, {
       startAt: new Date(input.startAt),
       endAt: new Date(input.endAt),
       escrowAccount: input.escrowAccount,
       fundedBy: input.fundedBy,
     });
+    return { activated };
   }
 
   /** An extension's escrow is on chain: the reservation runs longer. */

@@ -97,6 +97,20 @@ export interface ChainSettlementDeps {
 }
 
 const b58 = getBase58Decoder();
+
+/**
+ * The node's registered wallet when it can be paid: a Solana address, else '' (the node is owed until it
+ * registers one). Registration refuses anything else; this guards rows written before it did, so a bad address
+ * never leaves a payment retrying forever.
+ */
+function payableWallet(wallet: string | null | undefined): string {
+  if (!wallet) return '';
+  try {
+    return new PublicKey(wallet).toBase58() === wallet ? wallet : '';
+  } catch {
+    return '';
+  }
+}
 const nonRetryable = (type: string, message: string) => ApplicationFailure.create({ type, message, nonRetryable: true });
 const retryable = (message: string) => ApplicationFailure.create({ type: 'SettlementPending', message });
 export const legKey = (jobId: string, leg: Leg | 'release') => `${jobId}/${leg}`;
@@ -188,20 +202,28 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
   }
 
+  /** The attempt's status when the cluster knows the signature. */
+  async function signatureStatus(signature: string): Promise<ChainState | undefined> {
+    const { value } = await connection.getSignatureStatuses([signature], { searchTransactionHistory: true });
+    const status = value[0];
+    if (!status) return undefined;
+    if (status.err) return { kind: 'failed', err: JSON.stringify(status.err) };
+    const level = status.confirmationStatus ?? 'processed';
+    const reached = deps.commitment === 'finalized' ? level === 'finalized' : deps.commitment === 'confirmed' ? level !== 'processed' : true;
+    return reached ? { kind: 'landed', slot: status.slot } : { kind: 'pending' };
+  }
+
   type ChainState = { kind: 'landed'; slot: number } | { kind: 'failed'; err: string } | { kind: 'pending' } | { kind: 'expired' };
 
   /** What the chain says about a recorded attempt. */
   async function chainState(signature: string, lastValidBlockHeight: number): Promise<ChainState> {
-    const { value } = await connection.getSignatureStatuses([signature], { searchTransactionHistory: true });
-    const status = value[0];
-    if (status) {
-      if (status.err) return { kind: 'failed', err: JSON.stringify(status.err) };
-      const level = status.confirmationStatus ?? 'processed';
-      const reached = deps.commitment === 'finalized' ? level === 'finalized' : deps.commitment === 'confirmed' ? level !== 'processed' : true;
-      return reached ? { kind: 'landed', slot: status.slot } : { kind: 'pending' };
-    }
+    const status = await signatureStatus(signature);
+    if (status) return status;
     const height = await connection.getBlockHeight(deps.commitment);
     if (height <= lastValidBlockHeight) return { kind: 'pending' };
+    // Past its last valid block: asked again, since it may have landed between the first read and the height.
+    const late = await signatureStatus(signature);
+    if (late) return late;
     forgetBlockhash();
     return { kind: 'expired' };
   }
@@ -512,7 +534,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    */
   async function release(input: { jobId: string; nodeId: string }): Promise<ReleaseOutcome> {
     const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
-    const wallet = node?.wallet ?? '';
+    const wallet = payableWallet(node?.wallet);
     const split = await withEscrowLock(input.jobId, async (tx, escrowRow, legs) => {
       if (legs.some((l) => l.leg === 'refund')) {
         throw nonRetryable(SettlementErrors.alreadySettled, `escrow of job ${input.jobId} was refunded`);
@@ -660,7 +682,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    */
   async function settlePot(input: { potId: string; nodeId: string; payUnits: string }): Promise<PotOutcome> {
     const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
-    const wallet = node?.wallet ?? '';
+    const wallet = payableWallet(node?.wallet);
     const legs: Leg[] = ['release_node', 'release_platform', 'refund'];
     await withEscrowLock(input.potId, async (tx, escrowRow, recorded) => {
       if (!recorded.some((l) => legs.includes(l.leg))) {

@@ -101,6 +101,20 @@ const withNode = (row: { r: ReservationRow; ip: string | null; port: number | nu
   nodeWallet: row.wallet ?? '',
 });
 
+/** Makes a pending reservation active. @returns false when it is no longer pending. */
+export async function activatePending(
+  db: DbOrTx,
+  id: string,
+  set: Pick<ReservationRow, 'startAt' | 'endAt' | 'escrowAccount' | 'fundedBy'>,
+): Promise<boolean> {
+  const rows = await db
+    .update(reservations)
+    .set({ ...set, status: 'active', updatedAt: new Date() })
+    .where(and(eq(reservations.id, id), eq(reservations.status, 'pending')))
+    .returning({ id: reservations.id });
+  return rows.length > 0;
+}
+
 export async function updateReservation(db: DbOrTx, id: string, set: Partial<Omit<ReservationRow, 'id'>>): Promise<void> {
   await db.update(reservations).set({ ...set, updatedAt: new Date() }).where(eq(reservations.id, id));
 }

@@ -187,20 +187,23 @@ export function createReservationService(deps: ReservationServiceDeps) {
     const timedOut = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), deps.escrowWaitMs);
     });
+    const withdraw = (reason: string) => handle(id).executeUpdate(withdrawReservationUpdate, { args: [{ reason }] });
     try {
       const first = await Promise.race([handle(id).executeUpdate(reservationReadyUpdate), timedOut]);
       if (first !== 'timeout') return first;
       const waited = deps.escrowWaitMs < 1000 ? `${deps.escrowWaitMs} ms` : `${Math.round(deps.escrowWaitMs / 1000)} s`;
-      const reason =
-        `withdrawn: the escrow was not confirmed within ${waited}; the node is free again and anything that ` +
-        'reaches the escrow is refunded whole';
-      return await handle(id).executeUpdate(withdrawReservationUpdate, { args: [{ reason }] });
+      return await withdraw(
+        `withdrawn: the escrow was not confirmed within ${waited}; the node is free again and anything that reaches the escrow is refunded whole`,
+      );
     } catch (err) {
       if (err instanceof WorkflowUpdateFailedError || err instanceof WorkflowNotFoundError) {
         // The workflow finished before it could answer: its row says how.
         const row = await find(id);
         return { ok: false as const, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` };
       }
+      // Not answered (Temporal unreachable for a moment): an error reply must not leave the reservation going on.
+      const outcome = await withdraw(`withdrawn: ReserveNode could not wait for the escrow (${(err as Error).message})`).catch(() => undefined);
+      if (outcome) return outcome;
       throw translate(err);
     } finally {
       clearTimeout(timer);

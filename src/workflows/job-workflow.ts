@@ -226,7 +226,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     completeUpdate,
     async (report) => {
       outcome ??= { kind: 'completed', report };
-      await condition(() => final !== undefined);
+      // Answered with how the job ended, also when an operator's cancel came meanwhile.
+      await CancellationScope.nonCancellable(() => condition(() => final !== undefined));
       const paid = final!.phase === 'completed' && final!.txRef !== '';
       return { paymentReleased: paid, txRef: paid ? final!.txRef : '' };
     },
@@ -250,7 +251,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     cancelUpdate,
     async ({ reason }) => {
       cancelRequest ??= { reason: reason || 'cancelled by the client' };
-      await condition(() => final !== undefined);
+      await CancellationScope.nonCancellable(() => condition(() => final !== undefined));
       const refunded = final!.phase !== 'completed' && final!.txRef !== '';
       return { refundIssued: refunded, txRef: refunded ? final!.txRef : '' };
     },
@@ -500,8 +501,16 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     return s.attemptStartedAt + expectedMs + grace;
   }
 
-  /** Pays the node 90/10 for the completed job (or records what it is owed) and ends the job completed. */
-  async function settleCompleted(nodeId: string, end: { how: string; actor: string } = { how: '', actor: `node:${nodeId}` }): Promise<void> {
+  /**
+   * Pays the node 90/10 for the completed job (or records what it is owed) and ends the job completed. Not
+   * cancellable once begun: an operator's cancel meanwhile must not leave the money paid but the job unrecorded
+   * (nor try to refund an escrow that was just released).
+   */
+  function settleCompleted(nodeId: string, end: { how: string; actor: string } = { how: '', actor: `node:${nodeId}` }): Promise<void> {
+    return CancellationScope.nonCancellable(() => settleCompletedNow(nodeId, end));
+  }
+
+  async function settleCompletedNow(nodeId: string, end: { how: string; actor: string }): Promise<void> {
     await registry.releaseNode({ jobId });
     const outcome = await moneyStep(() => money.release({ jobId, nodeId }));
     await registry.recordNodeOutcome({ nodeId, outcome: 'completed', jobId, reason: end.how ? `completed the job (${end.how})` : 'completed the job' });
@@ -635,8 +644,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     );
     throw err;
   }
-  if (s.escrow === 'owed' && s.nodeId) await payOwed(s.nodeId);
-  await condition(allHandlersFinished);
+  // The node earned what it is owed: waiting for its wallet is not cancellable (an operator can still terminate).
+  if (s.escrow === 'owed' && s.nodeId) await CancellationScope.nonCancellable(() => payOwed(s.nodeId!));
+  await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
   return {
     jobId,
     phase: s.phase as JobWorkflowResult['phase'],

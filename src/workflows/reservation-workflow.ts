@@ -82,8 +82,12 @@ const money = proxyActivities<ReservationActivities>({
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', nonRetryableErrorTypes: PAYMENT_NON_RETRYABLE },
 });
 
-/** An owed payment is retried at least this often even without a wallet registration signal. */
-const OWED_RECHECK = '1 hour';
+/**
+ * An owed payment is retried after an hour even without a wallet registration signal, then ever less often (up to
+ * weekly), so a node that never registers a wallet does not grow the history without end.
+ */
+const OWED_RECHECK_MS = 3_600_000;
+const OWED_RECHECK_MAX_MS = 7 * 24 * 3_600_000;
 
 interface Pot {
   potId: string;
@@ -185,7 +189,8 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     releaseReservationUpdate,
     async (request) => {
       release ??= request;
-      await condition(() => receipt !== undefined);
+      // Answered with the settlement, also when an operator's cancel came meanwhile.
+      await CancellationScope.nonCancellable(() => condition(() => receipt !== undefined));
       return receipt!;
     },
     {
@@ -291,7 +296,8 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       publish();
       return shares;
     });
-    if (receipt?.owed) await payOwed(end.reason, endedAt, shares);
+    // The node earned its share: waiting for its wallet is not cancellable (an operator can still terminate).
+    if (receipt?.owed) await CancellationScope.nonCancellable(() => payOwed(end.reason, endedAt, shares));
   }
 
   async function settlePots(shares: string[]): Promise<PotOutcome[]> {
@@ -324,8 +330,9 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
 
   /** The node has no wallet yet: its share waits until it registers one. */
   async function payOwed(reason: string, endedAt: number, shares: string[]): Promise<void> {
+    let recheckMs = OWED_RECHECK_MS;
     while (receipt?.owed) {
-      await condition(() => walletRegistered, OWED_RECHECK);
+      if (!(await condition(() => walletRegistered, recheckMs))) recheckMs = Math.min(recheckMs * 2, OWED_RECHECK_MAX_MS);
       walletRegistered = false;
       receipt = summarize(receipt.status, receipt.timeUsedSeconds, await settlePots(shares));
       if (!receipt.owed) {
@@ -351,8 +358,11 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     status = 'failed';
     lastReason = escrow;
     receipt = { status, timeUsedSeconds: 0, paid: '0', nodeAmount: '0', refunded: '0', paymentTx: '', refundTx: '', owed: false };
-    await store.endHold({ id, nodeId: spec.nodeId, status, reason: escrow });
-    await store.finishReservation({ id, nodeId: spec.nodeId, status, reason: escrow, endedAt: Date.now(), ...receiptFields(receipt) });
+    // Recorded even when an operator's cancel came meanwhile: otherwise the node would stay held.
+    await CancellationScope.nonCancellable(async () => {
+      await store.endHold({ id, nodeId: spec.nodeId, status, reason: escrow });
+      await store.finishReservation({ id, nodeId: spec.nodeId, status, reason: escrow, endedAt: Date.now(), ...receiptFields(receipt!) });
+    });
     ready = { ok: false, code: 402, message: escrow };
     publish();
     await condition(allHandlersFinished);
@@ -363,13 +373,20 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   endAt = startAt + spec.minutes * options.minuteMs;
   // From here the pot holds money: a cancel (even one that came while the escrow was in flight) must settle it.
   try {
-    await store.activateReservation({ id, startAt, endAt, escrowAccount: escrow.to, fundedBy: escrow.fundedBy });
-    status = 'active';
-    lastReason = `escrowed ${first.units} units from ${escrow.fundedBy}`;
-    ready = { ok: true, startAt, endAt, escrowAccount: escrow.to, escrowUnits: first.units, escrowTx: escrow.txRef };
-    publish();
-    const end = await hold();
-    await settle(end, options.earlyRelease);
+    const activation = await store.activateReservation({ id, startAt, endAt, escrowAccount: escrow.to, fundedBy: escrow.fundedBy });
+    if (activation?.activated === false) {
+      // ReserveNode gave it up before the escrow landed (its start looked failed; the node was given back).
+      const reason = 'withdrawn: ReserveNode gave it up before its escrow landed';
+      ready = { ok: false, code: 503, message: reason };
+      await settle({ kind: 'withdrawn', reason, lastAliveAt: startAt }, options.earlyRelease);
+    } else {
+      status = 'active';
+      lastReason = `escrowed ${first.units} units from ${escrow.fundedBy}`;
+      ready = { ok: true, startAt, endAt, escrowAccount: escrow.to, escrowUnits: first.units, escrowTx: escrow.txRef };
+      publish();
+      const end = await hold();
+      await settle(end, options.earlyRelease);
+    }
   } catch (err) {
     if (!isCancellation(err) || receipt) throw err;
     // Cancelled from Temporal itself (Web UI, CLI): the user pays for the time used, no more.

@@ -254,6 +254,19 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
     expect(await legRow(jobId, 'release_node')).toMatchObject({ state: 'confirmed', toAccount: wallet.toBase58() });
   });
 
+  test('a node whose stored wallet is not a Solana address is owed, not retried forever; a valid wallet then pays it', async () => {
+    const { jobId } = await escrowed(5_000n);
+    const nodeId = `node-${jobId}`;
+    await insertNode(database.db, nodeId, '0x52908400098527886E0F7030069857D2E4169EE7');
+    expect(await settlement.release({ jobId, nodeId })).toEqual({ owed: true, nodeAmount: '4500', platformAmount: '500' });
+    expect(await legRow(jobId, 'release_node')).toMatchObject({ state: 'owed', toAccount: `node:${nodeId}` });
+
+    const wallet = Keypair.generate().publicKey;
+    await insertNode(database.db, nodeId, wallet.toBase58());
+    expect(await settlement.release({ jobId, nodeId })).toMatchObject({ owed: false, node: { amount: '4500', to: wallet.toBase58() } });
+    expect(await balanceOf(escrowOf(jobId))).toBe(0n);
+  });
+
   test('a blockhash that expired moments after it was asked (a lagging or restarted cluster) is signed again at once, and pays once', async () => {
     // A settlement that keeps reusing its blockhash, so the second escrow is sure to sign with the stale one.
     const reusing = settlementOn(chain, database.db, { rpcUrl: proxy.url, blockhashReuseMs: 3600_000 });

@@ -124,6 +124,15 @@ describe('toNodeRegistration', () => {
     expect(fieldOf(() => toNodeRegistration(info({ ram_total: '-1' }), 'x'))).toBe('info.ram_total');
   });
 
+  it('takes no wallet (owed until it registers one) or a Solana address, nothing else: a bad one could never be paid', () => {
+    const wallet = 'So11111111111111111111111111111111111111112';
+    expect(toNodeRegistration(info({ wallet_address: wallet }), 'x').reg.walletAddress).toBe(wallet);
+    expect(toNodeRegistration(info({ wallet_address: '' }), 'x').reg.walletAddress).toBe('');
+    for (const bad of ['0x52908400098527886E0F7030069857D2E4169EE7', 'not-a-wallet', `${wallet}1`]) {
+      expect(fieldOf(() => toNodeRegistration(info({ wallet_address: bad }), 'x'))).toBe('info.wallet_address');
+    }
+  });
+
   it('reads grpc-js peer strings', () => {
     expect(peerIp('ipv4:127.0.0.1:5555')).toBe('127.0.0.1');
     expect(peerIp('ipv6:[::1]:5555')).toBe('::1');

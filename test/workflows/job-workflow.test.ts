@@ -848,6 +848,33 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('cancelled by an operator (Temporal cancel) while the completion is being paid → the job completes, paid once, nothing refunded', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    cluster.releaseGate = new Gate();
+    const jobId = newJobId('operator-cancel-paying');
+
+    await withWorker('operator-cancel-paying', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        const completion = handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] });
+        await waitUntil(() => cluster.releaseCalls.length === 1, 5000, 'release to start');
+        await handle.cancel();
+        await sleep(300);
+        cluster.releaseGate!.open();
+        expect(await completion).toMatchObject({ paymentReleased: true });
+      } finally {
+        alive.stop();
+      }
+      expect(await handle.result()).toMatchObject({ phase: 'completed', txRef: `ledger:${jobId}/release_node` });
+      expect(cluster.transitions.at(-1)).toMatchObject({ to: 'completed', ended: true });
+      expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'completed' }]);
+      expect(cluster.refundCalls).toEqual([]);
+      expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'release_node', 'release_platform']);
+    });
+  });
+
   test('cancelled by an operator (Temporal cancel) while the escrow is in flight → the escrow is still refunded', async () => {
     const cluster = new FakeCluster(['node-a']);
     cluster.escrowGate = new Gate();

@@ -102,6 +102,8 @@ export class FakeReservationWorld {
   /** Held while set: settleReservationPot waits for the gate before touching the ledger. */
   settleGate: Gate | undefined;
   escrowGate: Gate | undefined;
+  /** Set: the reservation row is no longer pending when the escrow lands (ReserveNode gave it up), so it is not activated. */
+  givenUp = false;
   /** Set: every escrow from now on is refused for good (a non-retryable ApplicationFailure of this type). */
   escrowRefusal: { type: EscrowRefusalType; message: string } | undefined;
 
@@ -196,7 +198,10 @@ export class FakeReservationWorld {
       this.timeline.push(`settle:${pot.potId}:${outcome.owed ? 'owed' : 'done'}`);
       return outcome;
     },
-    activateReservation: async (input) => this.log({ name: 'activateReservation', input }),
+    activateReservation: async (input) => {
+      this.log({ name: 'activateReservation', input });
+      return { activated: !this.givenUp };
+    },
     recordExtension: async (input) => this.log({ name: 'recordExtension', input }),
     endHold: async (input) => this.log({ name: 'endHold', input }),
     finishReservation: async (input) => this.log({ name: 'finishReservation', input }),

@@ -580,6 +580,21 @@ describe('reservationWorkflow', () => {
       });
     });
 
+    test('given up by ReserveNode before it could withdraw it (its start looked failed) → not revived when the escrow lands: refunded whole', async () => {
+      const world = new FakeReservationWorld();
+      world.givenUp = true;
+      const id = newId('given-up');
+      const spec = reservationSpec(id, { minutes: 20 });
+
+      await withWorker('given-up', world, async ({ start }) => {
+        const handle = await start(spec);
+        expect(await handle.result()).toMatchObject({ status: 'cancelled', paid: '0', refunded: spec.escrowUnits });
+        expect(world.legsOf(id)).toEqual(['escrow', 'refund']);
+        expect(world.watchCalls).toEqual([]);
+        expect(world.calls('finishReservation')).toEqual([expect.objectContaining({ status: 'cancelled', reason: expect.stringContaining('gave it up') })]);
+      });
+    });
+
     test('the escrow refused after the withdrawal → failed as refused, nothing settled', async () => {
       const world = new FakeReservationWorld();
       world.escrowGate = new Gate();
@@ -731,6 +746,24 @@ describe('reservationWorkflow', () => {
         expect(world.legsOf(`${id}/ext-1`)).toEqual(['escrow', 'refund']);
         const [finish] = world.calls('finishReservation');
         expect(finish).toMatchObject({ status: 'cancelled', refunded: (escrowOf(30) + escrowOf(20) - BigInt(finish!.paid)).toString() });
+      });
+    });
+
+    test('while a refused escrow is in flight → recorded as failed all the same, the node given back', async () => {
+      const world = new FakeReservationWorld();
+      world.escrowGate = new Gate();
+      world.escrowRefusal = { type: PaymentFailures.insufficientFunds, message: 'no allowance' };
+      const id = newId('operator-cancel-refused');
+
+      await withWorker('operator-cancel-refused', world, async ({ start }) => {
+        const handle = await start(reservationSpec(id));
+        await waitUntil(() => world.escrowCalls.length === 1, 5000, 'the escrow to start');
+        await handle.cancel();
+        await sleep(300);
+        world.escrowGate!.open();
+        await handle.result().catch(() => undefined);
+        expect(world.calls('endHold')).toEqual([{ id, nodeId: 'node-a', status: 'failed', reason: 'escrow refused: no allowance' }]);
+        expect(world.calls('finishReservation')).toEqual([expect.objectContaining({ status: 'failed', paid: '0', refunded: '0' })]);
       });
     });
 

@@ -13,6 +13,7 @@ import {
 import { tokensToUnits } from '../../domain/money';
 import type { DeviceCapsSpec } from '../../domain/node';
 import type { DeviceCaps, Int64, JobConfig, JobStatus, NodeInfo } from '../../protocol/types';
+import { walletAddress } from '../../services/wallet-service';
 
 const MAX_TEXT = 4096;
 /** A model graph or script travels in every workflow payload; Temporal refuses payloads over 2 MB. */
@@ -34,6 +35,13 @@ export function optionalText(value: string | undefined, field: string, max = MAX
 export function requireText(value: string | undefined, field: string, max = MAX_TEXT): string {
   const v = optionalText(value, field, max);
   if (!v) throw new ValidationError(field, 'is required');
+  return v;
+}
+
+/** A wallet to be paid at: empty (none: its payments are owed until it registers one) or a Solana address. */
+export function optionalWallet(value: string | undefined, field: string): string {
+  const v = optionalText(value, field, 128);
+  if (v && walletAddress(v, field).toBase58() !== v) throw new ValidationError(field, 'is not a base58 Solana address');
   return v;
 }
 
@@ -178,7 +186,7 @@ export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: st
       ipAddress,
       port: info.port || DEFAULT_NODE_PORT,
       region: optionalText(info.region, 'info.region', 128),
-      walletAddress: optionalText(info.wallet_address, 'info.wallet_address', 128),
+      walletAddress: optionalWallet(info.wallet_address, 'info.wallet_address'),
       pricing: announcedPricing(info.pricing),
       profile: {
         version: v ? `${v.major}.${v.minor}.${v.patch}${v.build ? `+${v.build}` : ''}` : '',
