@@ -169,6 +169,9 @@ function conditions(f: NodeFilter, e: Expressions): SQL | undefined {
     f.onlineOnly || f.availableOnly ? e.online : undefined,
     // A reserved node is live but not on offer: online-only listings (the Engine's browse list) leave it out.
     f.onlineOnly || f.availableOnly ? sql`not ${e.reserved}` : undefined,
+    // A bare record (a heartbeat from an id this server did not know) has no endpoint until the node registers:
+    // nothing can reach or reserve it, so it is not on offer.
+    f.onlineOnly || f.availableOnly ? sql`${nodes.port} > 0` : undefined,
     f.availableOnly ? sql`not ${e.banned} and ${e.activeJobs} < ${nodes.capacity}` : undefined,
     f.device ? hasDevice(f.device) : undefined,
     f.region !== undefined ? sql`${lowerRegion} = ${f.region}` : undefined,

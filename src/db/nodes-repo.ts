@@ -245,6 +245,34 @@ export async function insertMetrics(db: DbOrTx, rows: MetricRow[]): Promise<void
   if (rows.length > 0) await db.insert(nodeMetrics).values(rows);
 }
 
+/** What a heartbeat tells about a node's memory; a total of null means "the registered one". */
+export interface MetricSample {
+  nodeId: string;
+  at: Date;
+  ramAvailable: number | null;
+  ramTotal: number | null;
+}
+
+/**
+ * Writes one node_metrics row per sample, in one statement: memory_usage = 1 − available / total (clamped to
+ * 0..1), the total taken from the node's registration when the sample has none; 0 when either is unknown.
+ */
+export async function insertSamples(db: DbOrTx, samples: MetricSample[]): Promise<void> {
+  if (samples.length === 0) return;
+  const ids = samples.map((s) => s.nodeId);
+  const ats = samples.map((s) => s.at.toISOString());
+  const available = samples.map((s) => s.ramAvailable);
+  const totals = samples.map((s) => s.ramTotal);
+  await db.execute(sql`
+    insert into ${nodeMetrics} (node_id, at, memory_usage)
+    select b.node_id, b.at,
+           case when b.ram_available is null or coalesce(b.ram_total, n.ram_total, 0) <= 0 then 0
+                else least(1, greatest(0, 1 - b.ram_available / coalesce(b.ram_total, n.ram_total))) end
+    from unnest(${sql.param(ids)}::text[], ${sql.param(ats)}::timestamptz[], ${sql.param(available)}::float8[], ${sql.param(totals)}::float8[])
+           as b(node_id, at, ram_available, ram_total)
+    left join ${nodes} n on n.id = b.node_id`);
+}
+
 /**
  * The node's samples from `from` to `to`, oldest first, at most `maxPoints` of them: a longer range is divided
  * into equal buckets (whole seconds) and each bucket's samples are averaged, so the whole range is always covered.

@@ -73,7 +73,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     if (batch.size > 0) {
       const beats = [...batch].map(([nodeId, b]) => ({ nodeId, at: b.at, ramAvailable: b.ramAvailable }));
       const back = await nodesRepo.applyHeartbeats(db, beats, new Date(at.getTime() - deps.offlineAfterMs));
-      await nodesRepo.insertMetrics(db, sample(batch, at.getTime()));
+      await nodesRepo.insertSamples(db, sample(batch, at.getTime()));
       const held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
       await Promise.all(
         held.map((j) =>
@@ -100,15 +100,16 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     }
   }
 
-  /** One node_metrics row per node per sample period. */
-  function sample(batch: Map<string, PendingBeat>, nowMs: number): nodesRepo.MetricRow[] {
-    const rows: nodesRepo.MetricRow[] = [];
+  /**
+   * One node_metrics sample per node per sample period. Memory in use is 1 − available / total, with the total
+   * the beat carries or, when it carries none (the shipping node sends only ram_available), the registered one.
+   */
+  function sample(batch: Map<string, PendingBeat>, nowMs: number): nodesRepo.MetricSample[] {
+    const rows: nodesRepo.MetricSample[] = [];
     for (const [nodeId, b] of batch) {
       if (nowMs - (lastSample.get(nodeId) ?? 0) < deps.metricsSampleMs) continue;
       lastSample.set(nodeId, nowMs);
-      const memoryUsage =
-        b.ramTotal && b.ramAvailable !== undefined ? Math.min(1, Math.max(0, 1 - b.ramAvailable / b.ramTotal)) : 0;
-      rows.push({ nodeId, at: b.at, memoryUsage });
+      rows.push({ nodeId, at: b.at, ramAvailable: b.ramAvailable ?? null, ramTotal: b.ramTotal || null });
     }
     return rows;
   }

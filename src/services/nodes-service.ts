@@ -2,8 +2,10 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
+import * as reservationsRepo from '../db/reservations-repo';
 import { ConflictError, ForbiddenError, NotFoundError } from '../domain/errors';
 import { isTerminal } from '../domain/job';
+import { isHolding } from '../domain/reservation';
 import type { HeartbeatHub } from './heartbeat-hub';
 import type { JobWorkflowGateway } from './job-workflows';
 
@@ -81,8 +83,8 @@ export function createNodeService(deps: NodeServiceDeps) {
    * The job as held by this node, for a report about it.
    * @throws NotFoundError (unknown job), ForbiddenError (another node holds it), ConflictError (finished).
    */
-  async function heldJob(nodeId: string, jobId: string, read?: jobsRepo.JobRow): Promise<jobsRepo.JobRow> {
-    const job = read ?? (await jobsRepo.getJob(db, jobId));
+  async function heldJob(nodeId: string, jobId: string, read?: jobsRepo.JobRow | null): Promise<jobsRepo.JobRow> {
+    const job = read === undefined ? await jobsRepo.getJob(db, jobId) : read;
     if (!job) throw new NotFoundError('job', jobId);
     if (isTerminal(job.status)) throw new ConflictError(`job ${jobId} has already finished (${job.status})`);
     if (job.assignedNodeId !== nodeId) throw new ForbiddenError(`node ${nodeId} does not hold job ${jobId}`);
@@ -93,9 +95,21 @@ export function createNodeService(deps: NodeServiceDeps) {
     return workflows.nodeAlive(job.id, job.attempts, { source, nodeId, at: new Date().toISOString() }, job.assignedAt);
   }
 
-  /** NotifyJobAccepted: the node started the job for its Engine. */
+  /**
+   * NotifyJobAccepted: the node started the job for its Engine. In the reservation flow the job id is the
+   * reservation's (the Engine sends its jobs to the node it reserved): acknowledged while that node holds it.
+   */
   async function accepted(nodeId: string, jobId: string): Promise<void> {
-    const job = await heldJob(nodeId, jobId);
+    const read = await jobsRepo.getJob(db, jobId);
+    if (!read) {
+      const reservation = await reservationsRepo.getReservation(db, jobId);
+      if (reservation) {
+        if (reservation.nodeId !== nodeId) throw new ForbiddenError(`node ${nodeId} does not hold reservation ${jobId}`);
+        if (!isHolding(reservation.status)) throw new ConflictError(`reservation ${jobId} has ended (${reservation.status})`);
+        return;
+      }
+    }
+    const job = await heldJob(nodeId, jobId, read ?? null);
     await alive(job, nodeId, 'accepted');
     await workflows.accepted(jobId, nodeId);
   }

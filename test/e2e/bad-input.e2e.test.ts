@@ -98,13 +98,6 @@ const validationCases: Case[] = [
     () => ({ node_id: node.nodeId, job_id: heldJobId, status: { job_id: heldJobId, status: S.IN_PROGRESS, progress: -0.5 } }),
     'status.progress',
   ],
-  [
-    'ReportProgress with a NaN metric',
-    () => nodeApi,
-    'ReportProgress',
-    () => ({ node_id: node.nodeId, job_id: heldJobId, status: { job_id: heldJobId, status: S.IN_PROGRESS, progress: 0.5, metrics: { loss: NaN } } }),
-    'status.metrics.loss',
-  ],
   ['ReportCompletion with an empty node_id', () => nodeApi, 'ReportCompletion', () => ({ node_id: '', job_id: heldJobId }), 'node_id'],
   [
     'UpdateJobStatus with progress 1.5',

@@ -109,6 +109,8 @@ test("the shipping Engine's sequence: reserve, heartbeat, connect with the token
 
   // The Engine starts heartbeating right after ReserveNode.
   await engine.call('EngineHeartbeat', { reservation_id: id, job_id: id, training_active: false, job_progress: 0, current_metrics: {} });
+  // The Engine's P2P SendJob carries the reservation id as its job id: the node's NotifyJobAccepted is acknowledged.
+  expect(await node.accepted(id)).toMatchObject({ status: S.SUCCESS, acknowledged: true });
   const active = await engine.call('GetActiveReservations', { user_wallet: wallet });
   expect(active.reservations).toEqual([expect.objectContaining({ reservation_id: id, node_id: node.nodeId, engine_connected: true, status: R.ACTIVE })]);
 

@@ -662,6 +662,24 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
     });
   });
 
+  describe('a bare record (a heartbeat from an id the server did not know)', () => {
+    const t0 = Date.now();
+    beforeAll(async () => {
+      await reset([{ id: 'registered' }, { id: 'bare' }], [], t0);
+      // As ensureNode leaves it until the node registers again: no endpoint, no hardware, no price.
+      await database.db
+        .update(nodes)
+        .set({ ipAddress: '', port: 0, devices: [], deviceTypes: [], maxDeviceMemory: 0, pricePerHour: 0 })
+        .where(inArray(nodes.id, ['bare']));
+    });
+
+    it('is alive but not on offer: online-only ListNodes and FindNodes leave it out (it would list first, at price 0)', async () => {
+      expect(ids(await list())).toEqual(['bare', 'registered']);
+      expect(ids(await list({ online_only: true }))).toEqual(['registered']);
+      expect(ids(await find())).toEqual(['registered']);
+    });
+  });
+
   /** Many nodes with many equal keys: paging must neither repeat nor skip one. */
   describe('paging a larger network', () => {
     const t0 = Date.now();

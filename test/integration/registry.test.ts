@@ -121,6 +121,13 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(calls.filter((c) => c.method === 'nodeAlive')).toEqual([
       { method: 'nodeAlive', args: ['held', 2, expect.objectContaining({ source: 'heartbeat', nodeId: 'node_1700000000' }), new Date(clock - 61_000)] },
     ]);
+
+    // The shipping node's heartbeat carries ram_available only: the registered total (32 GiB) stands in.
+    clock += 60_000;
+    await heartbeats.beat('node_1700000000', { ramAvailable: 24 * GiB, ramTotal: 0 });
+    await heartbeats.flush();
+    const series = await database.db.select().from(nodeMetrics).where(eq(nodeMetrics.nodeId, 'node_1700000000')).orderBy(nodeMetrics.at);
+    expect(series.map((m) => m.memoryUsage)).toEqual([expect.closeTo(0.75, 6), expect.closeTo(0.25, 6)]);
   });
 
   it('recreates a minimal record for an unknown node id instead of failing', async () => {

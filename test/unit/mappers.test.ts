@@ -1,5 +1,5 @@
 import { latestMatch } from '../../src/api/rest/app';
-import { peerIp, toJobSpec, toJobStatus, toNodeRegistration } from '../../src/api/grpc/mappers';
+import { metricsValue, peerIp, toJobSpec, toJobStatus, toNodeRegistration } from '../../src/api/grpc/mappers';
 import { toProtocolFailure } from '../../src/api/grpc/errors';
 import { toAssignedJobConfig } from '../../src/activities/dispatch';
 import { ConflictError, NotFoundError, UnavailableError, ValidationError } from '../../src/domain/errors';
@@ -137,6 +137,14 @@ describe('toNodeRegistration', () => {
     expect(peerIp('ipv4:127.0.0.1:5555')).toBe('127.0.0.1');
     expect(peerIp('ipv6:[::1]:5555')).toBe('::1');
     expect(peerIp('10.1.2.3:80')).toBe('10.1.2.3');
+  });
+});
+
+describe('metricsValue', () => {
+  it('keeps finite values and leaves out NaN and infinities: a diverged training still reports (and completes)', () => {
+    expect(metricsValue({ loss: NaN, accuracy: 0.5, lr: Infinity, step: -Infinity }, 'final_metrics')).toEqual({ accuracy: 0.5 });
+    expect(metricsValue(undefined, 'metrics')).toEqual({});
+    expect(fieldOf(() => metricsValue({ ['x'.repeat(300)]: 1 }, 'metrics'))).toBe('metrics');
   });
 });
 

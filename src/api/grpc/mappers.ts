@@ -222,12 +222,15 @@ export function progressValue(value: number, field: string): number {
   return value;
 }
 
-/** Metrics must be finite numbers. @throws ValidationError */
+/**
+ * A report's metrics, without the values that are not finite numbers: a training that diverged reports a NaN
+ * loss, and its report (its completion above all) must still count; JSON cannot hold NaN, so those are left out.
+ */
 export function metricsValue(metrics: Record<string, number> | undefined, field: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(metrics ?? {})) {
-    if (!Number.isFinite(v)) throw new ValidationError(`${field}.${k}`, 'must be a finite number');
-    out[k] = v;
+    optionalText(k, field, 256);
+    if (Number.isFinite(v)) out[k] = v;
   }
   return out;
 }
