@@ -305,12 +305,13 @@ export function createReservationService(deps: ReservationServiceDeps) {
     const r = await find(req.reservationId);
     if (!req.nodeId) throw new ValidationError('node_id', 'is required');
     if (req.nodeId !== r.nodeId) throw new ForbiddenError(`node ${req.nodeId} does not hold reservation ${r.id}`);
-    const evidence = `${r.id}/${req.jobId || r.id}`;
+    if (r.status === 'pending' || !r.startAt) throw new ConflictError(`reservation ${r.id} never started`);
     const kind = req.success ? 'job_completed' : 'job_failed';
-    // The reputation event is the evidence: a repeated report finds it, and counts nothing again.
+    // The reputation event is the evidence, one per reservation and outcome: a repeated report finds it and
+    // counts nothing again, and job ids (the node's to choose) cannot move the score more than that.
     const outcome = await nodesRepo.recordReputationEvent(db, {
       nodeId: r.nodeId,
-      jobId: evidence,
+      jobId: r.id,
       kind,
       reason: `${req.success ? 'completed' : 'failed'} job ${req.jobId || r.id} in reservation ${r.id}`,
     });

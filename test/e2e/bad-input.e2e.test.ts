@@ -8,6 +8,7 @@ const nodes = nodePool(sys);
 let engine: ProtocolClient;
 let nodeApi: ProtocolClient;
 let jobStatusApi: ProtocolClient;
+let reservationApi: ProtocolClient;
 let node: SimNode;
 /** A real job held by `node`, so node reports about it reach validation past the lookup. */
 let heldJobId: string;
@@ -16,13 +17,14 @@ beforeAll(async () => {
   engine = protocolClient('JobService', sys().grpcAddress);
   nodeApi = protocolClient('NodeService', sys().grpcAddress);
   jobStatusApi = protocolClient('JobStatusService', sys().grpcAddress);
+  reservationApi = protocolClient('JobReservationService', sys().grpcAddress);
   node = await nodes.start({ name: 'validating-node' });
   heldJobId = await submitJob(engine, jobConfig());
   await waitForAssignment(engine, heldJobId);
 });
 
 afterAll(async () => {
-  for (const c of [engine, nodeApi, jobStatusApi]) c?.close();
+  for (const c of [engine, nodeApi, jobStatusApi, reservationApi]) c?.close();
   await nodes.stopAll();
 });
 
@@ -106,6 +108,12 @@ const validationCases: Case[] = [
     () => ({ node_id: node.nodeId, job_id: heldJobId, status: S.IN_PROGRESS, progress: 1.5 }),
     'progress',
   ],
+  // Ids reach Postgres and Temporal: a NUL or a path is refused naming the field, not answered with a 500.
+  ['EngineHeartbeat with a NUL in reservation_id', () => reservationApi, 'EngineHeartbeat', () => ({ reservation_id: 'a\u0000b', job_id: '' }), 'reservation_id'],
+  ['EngineHeartbeat with job_id "../x"', () => reservationApi, 'EngineHeartbeat', () => ({ reservation_id: 'some-reservation', job_id: '../x' }), 'job_id'],
+  ['GetReservation with reservation_id "a b"', () => reservationApi, 'GetReservation', () => ({ reservation_id: 'a b' }), 'reservation_id'],
+  ['ReleaseReservation with a 2000-character reason', () => reservationApi, 'ReleaseReservation', () => ({ reservation_id: 'some-reservation', reason: 'x'.repeat(2000) }), 'reason'],
+  ['ReportJobCompleteFromNode with a NUL in node_id', () => reservationApi, 'ReportJobCompleteFromNode', () => ({ reservation_id: 'some-reservation', job_id: 'j', node_id: 'n\u0000' }), 'node_id'],
 ];
 
 describe('every RPC with bad input answers OK with STATUS_FAILED and Error{400} naming the field, and writes nothing', () => {

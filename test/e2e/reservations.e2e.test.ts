@@ -348,7 +348,9 @@ test('the node and Engine reports: job completions move reputation once each, an
   expect(first).toMatchObject({ status: S.SUCCESS, jobs_in_reservation: 1, reputation_change: expect.closeTo(0.02, 6), new_reputation: expect.closeTo(0.52, 6) });
   // The same report again (a retry) changes nothing.
   expect(await report(node.nodeId, id)).toMatchObject({ status: S.SUCCESS, jobs_in_reservation: 1, reputation_change: 0 });
-  expect(await report(node.nodeId, `${id}-2`)).toMatchObject({ status: S.SUCCESS, jobs_in_reservation: 2 });
+  // Another job of the same reservation counts, but moves the reputation no further: job ids are the node's to
+  // choose, so one reservation moves it once per outcome.
+  expect(await report(node.nodeId, `${id}-2`)).toMatchObject({ status: S.SUCCESS, jobs_in_reservation: 2, reputation_change: 0 });
   // The Engine's (deprecated) confirmation counts a job once, and not one the node reported already.
   const confirm = (jobId: string, success = true) => engine.call('ConfirmJobComplete', { reservation_id: id, job_id: jobId, success });
   expect(await confirm(id)).toMatchObject({ status: S.SUCCESS, payment_released: false });
@@ -358,6 +360,9 @@ test('the node and Engine reports: job completions move reputation once each, an
   expect(await confirm(`${id}-4`, false)).toMatchObject({ status: S.SUCCESS });
   expect(await report(node.nodeId, `${id}-3`)).toMatchObject({ status: S.SUCCESS, jobs_in_reservation: 3 });
   expect(await getReservation(id)).toMatchObject({ jobs_completed: 3, user_wallet: wallet, node_wallet: node.wallet, node_endpoint: reply.node_endpoint });
+  // A failure moves it once too.
+  expect(await report(node.nodeId, `${id}-9`, false)).toMatchObject({ status: S.SUCCESS, reputation_change: expect.closeTo(-0.05, 6) });
+  expect(await report(node.nodeId, `${id}-10`, false)).toMatchObject({ status: S.SUCCESS, reputation_change: 0 });
 
   // Progress as a fraction or a percentage is kept as a fraction; a negative one is refused naming the field.
   const beat = (progress: number) => engine.call('EngineHeartbeat', { reservation_id: id, job_id: id, training_active: true, job_progress: progress, current_metrics: {} });

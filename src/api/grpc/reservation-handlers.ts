@@ -7,9 +7,13 @@ import type { ReservationWithNode } from '../../db/reservations-repo';
 import type { ReservationService } from '../../services/reservation-service';
 import type { ReleaseReceipt } from '../../workflows/reservation-messages';
 import { toProtocolFailure } from './errors';
+import { optionalText, requireId } from './mappers';
 import { statusAndError, summarize, unary } from './unary';
 
 type Metrics = Record<string, number>;
+const reservationId = (value: string | undefined) => requireId(value, 'reservation_id');
+/** A job id where one may be absent (the Engine's heartbeat before it sends a job). */
+const optionalId = (value: string | undefined, field: string) => (value ? requireId(value, field) : '');
 const seconds = (d: Date | null | undefined) => (d ? Math.floor(d.getTime() / 1000).toString() : '0');
 
 /**
@@ -48,7 +52,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       'ReserveNode',
       async (req) => {
         const done = await svc.reserve({
-          nodeId: req.node_id,
+          nodeId: requireId(req.node_id, 'node_id'),
           userWallet: req.user_wallet,
           durationMinutes: req.duration_minutes,
           jobConfig: req.job_config ? { model_definition: req.job_config.model_definition, dataset_uri: req.job_config.dataset_uri } : {},
@@ -74,7 +78,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       log,
       'ConfirmJobComplete',
       async (req) => {
-        await svc.confirmJobComplete({ reservationId: req.reservation_id, jobId: req.job_id, success: req.success });
+        await svc.confirmJobComplete({ reservationId: reservationId(req.reservation_id), jobId: optionalId(req.job_id, 'job_id'), success: req.success });
         // Money moves when the reservation ends (ReleaseReservation or its end), never per job.
         return { status: StatusCode.SUCCESS, payment_released: false, payment_tx_hash: '' };
       },
@@ -84,7 +88,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       log,
       'ExtendReservation',
       async (req) => {
-        const r = await svc.extend({ reservationId: req.reservation_id, additionalMinutes: req.additional_minutes });
+        const r = await svc.extend({ reservationId: reservationId(req.reservation_id), additionalMinutes: req.additional_minutes });
         return {
           status: StatusCode.SUCCESS,
           new_expires: String(Math.floor(r.endAt / 1000)),
@@ -98,7 +102,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       log,
       'ReleaseReservation',
       async (req) => {
-        const r = await svc.release({ reservationId: req.reservation_id, reason: req.reason, by: 'engine' });
+        const r = await svc.release({ reservationId: reservationId(req.reservation_id), reason: optionalText(req.reason, 'reason', 1024), by: 'engine' });
         return {
           status: StatusCode.SUCCESS,
           time_used_seconds: String(r.timeUsedSeconds),
@@ -113,7 +117,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     GetReservation: unary<{ reservation_id: string }, object>(
       log,
       'GetReservation',
-      async (req) => ({ status: StatusCode.SUCCESS, reservation: info(await svc.get(req.reservation_id)) }),
+      async (req) => ({ status: StatusCode.SUCCESS, reservation: info(await svc.get(reservationId(req.reservation_id))) }),
       statusAndError,
     ),
     // ListReservationsResponse has no status or error field: a bad request is a gRPC INVALID_ARGUMENT naming the field.
@@ -136,8 +140,8 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       'EngineHeartbeat',
       async (req) => {
         const r = await svc.engineHeartbeat({
-          reservationId: req.reservation_id,
-          jobId: req.job_id,
+          reservationId: reservationId(req.reservation_id),
+          jobId: optionalId(req.job_id, 'job_id'),
           trainingActive: req.training_active,
           progress: req.job_progress,
           metrics: req.current_metrics,
@@ -175,7 +179,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       log,
       'GetReconnectionToken',
       async (req) => {
-        const g = await svc.reconnect({ reservationId: req.reservation_id, userWallet: req.user_wallet });
+        const g = await svc.reconnect({ reservationId: reservationId(req.reservation_id), userWallet: req.user_wallet });
         return {
           status: StatusCode.SUCCESS,
           p2p_auth_token: g.token,
@@ -191,7 +195,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       log,
       'ReportJobCompleteFromNode',
       async (req) => {
-        const r = await svc.nodeJobComplete({ reservationId: req.reservation_id, jobId: req.job_id, nodeId: req.node_id, success: req.success });
+        const r = await svc.nodeJobComplete({ reservationId: reservationId(req.reservation_id), jobId: optionalId(req.job_id, 'job_id'), nodeId: requireId(req.node_id, 'node_id'), success: req.success });
         return {
           status: StatusCode.SUCCESS,
           new_reputation: r.reputation,
@@ -205,14 +209,14 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     ReportReservationEndFromEngine: unary<{ reservation_id: string }, object>(
       log,
       'ReportReservationEndFromEngine',
-      async (req) => endReply(await svc.reportEnd({ reservationId: req.reservation_id, from: 'engine' }), 'amount_paid', (r) => r.paid),
+      async (req) => endReply(await svc.reportEnd({ reservationId: reservationId(req.reservation_id), from: 'engine' }), 'amount_paid', (r) => r.paid),
       statusAndError,
     ),
     ReportReservationEndFromNode: unary<{ reservation_id: string; node_id: string }, object>(
       log,
       'ReportReservationEndFromNode',
       async (req) =>
-        endReply(await svc.reportEnd({ reservationId: req.reservation_id, from: 'node', nodeId: req.node_id }), 'amount_received', (r) => r.nodeAmount),
+        endReply(await svc.reportEnd({ reservationId: reservationId(req.reservation_id), from: 'node', nodeId: requireId(req.node_id, 'node_id') }), 'amount_received', (r) => r.nodeAmount),
       statusAndError,
     ),
   };
