@@ -68,11 +68,17 @@ const schema = z.object({
   RESERVATION_NODE_TIMEOUT_S: positiveInt.default(30),
   /** Length of one reserved minute in ms: 60000, shorter only for tests and demos (billing scales with it). */
   RESERVATION_MINUTE_MS: z.coerce.number().int().min(100).max(60_000).default(60_000),
-  /** How long ReserveNode waits for its escrow to confirm before answering 503 (the Engine's deadline is 30 s). */
+  /** How long ReserveNode waits for its escrow to confirm before it withdraws the reservation and answers 503. */
   RESERVATION_ESCROW_WAIT_MS: positiveInt.default(25_000),
   /** HS256 secret of the P2P tokens nodes verify; must equal the nodes' --p2p-secret. */
   P2P_JWT_SECRET: z.string().min(1).default(SHIPPING_NODE_P2P_SECRET),
   P2P_TOKEN_TTL_S: positiveInt.default(3600),
+  /**
+   * HS256 secret of the users' bearer tokens (the CyxWiz website's login JWT). Set: every gRPC call but node
+   * discovery, NotifyJobAccepted and health needs `authorization: Bearer <token>` (UNAUTHENTICATED otherwise), as
+   * the original server required. Empty (the default, for the embedded setup): no authentication.
+   */
+  AUTH_JWT_SECRET: z.string().default(''),
   /** Platform share of a completed job's escrow, in basis points (1000 = 10 %). */
   PLATFORM_FEE_BPS: z.coerce.number().int().min(0).max(10_000).default(1000),
   /** Decimals of the CYXWIZ mint: payment amounts are integers in 10^-decimals tokens. */
@@ -132,6 +138,8 @@ export interface Config {
     readonly metricsRetentionMs: number;
   };
   readonly p2p: { readonly secret: string; readonly tokenTtlS: number };
+  /** HS256 secret users' bearer tokens are checked with; '' = no authentication. */
+  readonly authJwtSecret: string;
   readonly reservations: {
     readonly earlyRelease: 'full' | 'prorated';
     readonly engineTimeoutMs: number;
@@ -204,6 +212,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       metricsRetentionMs: e.NODE_METRICS_RETENTION_H * 3600 * 1000,
     },
     p2p: { secret: e.P2P_JWT_SECRET, tokenTtlS: e.P2P_TOKEN_TTL_S },
+    authJwtSecret: e.AUTH_JWT_SECRET,
     reservations: {
       earlyRelease: e.RESERVATION_EARLY_RELEASE,
       engineTimeoutMs: e.RESERVATION_ENGINE_TIMEOUT_S * 1000,

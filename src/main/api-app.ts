@@ -89,7 +89,7 @@ export async function startApi(
   const nodes = createNodeService({ db: database.db, workflows, heartbeats, reservations, offlineAfterMs: config.nodes.offlineAfterMs, log });
   const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });
 
-  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, reservations, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }) });
+  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, reservations, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }), authJwtSecret: config.authJwtSecret });
   const grpcPort = await grpcServer.listen(config.grpc.host, config.grpc.port);
   heartbeats.start();
 

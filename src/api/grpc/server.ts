@@ -1,4 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
+import { bearerAuth } from './auth';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { loadProtocol } from '../../protocol/load';
@@ -19,6 +20,8 @@ export interface GrpcServerDeps extends JobHandlerDeps {
   wallets: WalletService;
   reservations: ReservationService;
   log: Logger;
+  /** HS256 secret of users' bearer tokens: set, every call but the open ones needs one (see auth.ts). */
+  authJwtSecret?: string;
 }
 
 export const SERVED_SERVICES = [
@@ -33,7 +36,10 @@ export const SERVED_SERVICES = [
 /** The gRPC server of package cyxwiz.protocol, plain HTTP/2 as the shipping clients speak it, with grpc.health.v1. */
 export function createGrpcServer(deps: GrpcServerDeps) {
   const protocol = loadProtocol();
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    interceptors: deps.authJwtSecret ? [bearerAuth(deps.authJwtSecret)] : [],
+  });
   const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log });
   server.addService(protocol.JobService.service, createJobHandlers(deps) as unknown as grpc.UntypedServiceImplementation);
   server.addService(protocol.NodeService.service, nodeHandlers.node as unknown as grpc.UntypedServiceImplementation);

@@ -1,0 +1,43 @@
+import * as grpc from '@grpc/grpc-js';
+import { verifyUserToken } from '../../services/user-token';
+
+/**
+ * Calls that need no user token: node discovery (the original left it open, the Engine browses before login),
+ * NotifyJobAccepted (the shipping node sends it without a header) and the gRPC health service.
+ */
+const OPEN_METHODS = [/^\/cyxwiz\.protocol\.NodeDiscoveryService\//, /^\/cyxwiz\.protocol\.NodeService\/NotifyJobAccepted$/, /^\/grpc\.health\.v1\.Health\//];
+
+export const isOpenMethod = (path: string) => OPEN_METHODS.some((re) => re.test(path));
+
+/** Why a call's metadata does not authenticate it, or undefined when it does. */
+export function authProblem(secret: string, metadata: grpc.Metadata, nowS?: number): string | undefined {
+  const header = metadata.get('authorization')[0];
+  if (typeof header !== 'string' || !header) return 'missing authorization: Bearer <token>';
+  const match = /^Bearer\s+(\S+)$/i.exec(header.trim());
+  if (!match) return 'authorization must be "Bearer <token>"';
+  try {
+    verifyUserToken(secret, match[1], nowS);
+    return undefined;
+  } catch (err) {
+    return `invalid token: ${(err as Error).message}`;
+  }
+}
+
+/**
+ * A server interceptor that requires `authorization: Bearer <HS256 JWT signed with secret>` on every call but
+ * the open ones, as the original server did; others end with UNAUTHENTICATED before reaching a handler.
+ */
+export function bearerAuth(secret: string): grpc.ServerInterceptor {
+  return (methodDescriptor, call) => {
+    if (isOpenMethod(methodDescriptor.path)) return new grpc.ServerInterceptingCall(call);
+    const listener = new grpc.ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        const problem = authProblem(secret, metadata);
+        if (problem) call.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: problem, metadata: new grpc.Metadata() });
+        else next(metadata);
+      })
+      .build();
+    const responder = new grpc.ResponderBuilder().withStart((next) => next(listener)).build();
+    return new grpc.ServerInterceptingCall(call, responder);
+  };
+}

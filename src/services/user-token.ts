@@ -1,0 +1,35 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+
+/** What a verified user token says; only the standard claims are read. */
+export interface UserClaims {
+  sub?: string;
+  exp?: number;
+  iat?: number;
+  [claim: string]: unknown;
+}
+
+/**
+ * Verifies a user's bearer token, as the CyxWiz website's login issues it (HS256 JWT, CYXWIZ-PROTOCOL.md §0):
+ * the signature with `secret`, the algorithm, and `exp` when present (the original server never checked it).
+ * @returns the claims. @throws Error saying what is wrong.
+ */
+export function verifyUserToken(secret: string, token: string, nowS = Math.floor(Date.now() / 1000)): UserClaims {
+  const parts = token.split('.');
+  if (parts.length !== 3 || parts.some((p) => !p)) throw new Error('malformed token');
+  const [head, body, signature] = parts;
+  const expected = createHmac('sha256', secret).update(`${head}.${body}`).digest();
+  const given = Buffer.from(signature, 'base64url');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw new Error('bad signature');
+  let header: { alg?: unknown };
+  let claims: UserClaims;
+  try {
+    header = JSON.parse(Buffer.from(head, 'base64url').toString('utf8')) as { alg?: unknown };
+    claims = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as UserClaims;
+  } catch {
+    throw new Error('malformed token');
+  }
+  if (header.alg !== 'HS256') throw new Error(`unexpected alg ${String(header.alg)}`);
+  if (claims === null || typeof claims !== 'object') throw new Error('malformed token');
+  if (claims.exp !== undefined && !(typeof claims.exp === 'number' && claims.exp > nowS)) throw new Error('expired');
+  return claims;
+}

@@ -1,0 +1,73 @@
+import { createHmac } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
+import { protocolClient } from '../support/grpc-clients';
+import { useSystem } from '../support/system';
+import { S, type ProtocolClient } from './helpers';
+
+/*
+ * With AUTH_JWT_SECRET set, the server asks for the users' bearer token as the original did (CYXWIZ-PROTOCOL.md
+ * §0): every service but node discovery, NotifyJobAccepted and health.
+ */
+const SECRET = 'website-login-secret';
+const sys = useSystem({ name: 'auth', env: { AUTH_JWT_SECRET: SECRET } });
+
+const b64 = (v: object) => Buffer.from(JSON.stringify(v)).toString('base64url');
+function token(claims: object, secret = SECRET): string {
+  const signing = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${signing}.${createHmac('sha256', secret).update(signing).digest('base64url')}`;
+}
+const bearer = (t: string) => {
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${t}`);
+  return md;
+};
+const nowS = () => Math.floor(Date.now() / 1000);
+
+let nodeApi: ProtocolClient;
+let jobs: ProtocolClient;
+let discovery: ProtocolClient;
+
+beforeAll(() => {
+  nodeApi = protocolClient('NodeService', sys().grpcAddress);
+  jobs = protocolClient('JobService', sys().grpcAddress);
+  discovery = protocolClient('NodeDiscoveryService', sys().grpcAddress);
+});
+
+afterAll(() => {
+  for (const c of [nodeApi, jobs, discovery]) c?.close();
+});
+
+const registration = {
+  info: { node_id: 'node_auth_1', name: 'auth node', cpu_cores: 8, ram_total: String(16 * 2 ** 30), ip_address: '127.0.0.1', port: 50052, devices: [] },
+  authentication_token: '',
+};
+
+test('a call without a valid bearer token ends UNAUTHENTICATED before it reaches the server, and changes nothing', async () => {
+  for (const metadata of [undefined, bearer(token({ sub: 'u' }, 'another-secret')), bearer(token({ sub: 'u', exp: nowS() - 1 }))]) {
+    await expect(nodeApi.call('RegisterNode', registration, { metadata })).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+    await expect(jobs.call('GetJobStatus', { job_id: 'any' }, { metadata })).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+  }
+  await expect(jobs.call('GetJobStatus', { job_id: 'any' })).rejects.toMatchObject({ details: 'missing authorization: Bearer <token>' });
+  expect(await sys().query('select id from nodes where id = $1', ['node_auth_1'])).toEqual([]);
+});
+
+test('with a valid token the call goes through; discovery, NotifyJobAccepted and health need none', async () => {
+  const md = () => bearer(token({ sub: 'user-1', exp: nowS() + 3600 }));
+  expect(await nodeApi.call('RegisterNode', registration, { metadata: md() })).toMatchObject({ status: S.SUCCESS, node_id: 'node_auth_1' });
+  expect(await jobs.call('GetJobStatus', { job_id: 'no-such-job' }, { metadata: md() })).toMatchObject({ error: { code: 404 } });
+
+  expect((await discovery.call('ListNodes', { page_size: 10 })).nodes.map((n: { node_id: string }) => n.node_id)).toContain('node_auth_1');
+  // The shipping node sends NotifyJobAccepted without a header: it is answered (here: no such job).
+  expect(await nodeApi.call('NotifyJobAccepted', { node_id: 'node_auth_1', job_id: 'no-such-job' })).toMatchObject({ status: S.FAILED, error: { code: 404 } });
+  const Health = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
+  const health = new Health(sys().grpcAddress, grpc.credentials.createInsecure()) as any;
+  try {
+    const res = await new Promise<any>((resolve, reject) =>
+      health.Check({ service: '' }, { deadline: Date.now() + 5000 }, (err: unknown, r: unknown) => (err ? reject(err) : resolve(r))),
+    );
+    expect(res.status).toBe('SERVING');
+  } finally {
+    health.close();
+  }
+});

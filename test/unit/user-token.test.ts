@@ -1,0 +1,55 @@
+import { createHmac } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { authProblem, isOpenMethod } from '../../src/api/grpc/auth';
+import { verifyUserToken } from '../../src/services/user-token';
+
+const SECRET = 'website-login-secret';
+const b64 = (v: object | string) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+
+/** An HS256 JWT as the CyxWiz website's login issues one. */
+function jwt(claims: object, secret = SECRET, header: object = { alg: 'HS256', typ: 'JWT' }): string {
+  const signing = `${b64(header)}.${b64(claims)}`;
+  return `${signing}.${createHmac('sha256', secret).update(signing).digest('base64url')}`;
+}
+
+const NOW = 1_800_000_000;
+
+describe('verifyUserToken', () => {
+  it('returns the claims of a token signed with the secret, with or without an expiry', () => {
+    expect(verifyUserToken(SECRET, jwt({ sub: 'user-1', exp: NOW + 60 }), NOW)).toMatchObject({ sub: 'user-1' });
+    expect(verifyUserToken(SECRET, jwt({ sub: 'user-1' }), NOW)).toMatchObject({ sub: 'user-1' });
+  });
+
+  it.each([
+    ['another secret', jwt({ sub: 'u' }, 'other'), 'bad signature'],
+    ['expired', jwt({ sub: 'u', exp: NOW }), 'expired'],
+    ['alg none', jwt({ sub: 'u' }, SECRET, { alg: 'none' }), 'unexpected alg none'],
+    ['two parts', 'a.b', 'malformed token'],
+    ['a body that is not JSON', (() => { const s = `${b64({ alg: 'HS256' })}.${b64('not json')}`; return `${s}.${createHmac('sha256', SECRET).update(s).digest('base64url')}`; })(), 'malformed token'],
+  ])('refuses %s', (_name, token, why) => {
+    expect(() => verifyUserToken(SECRET, token, NOW)).toThrow(why);
+  });
+});
+
+describe('bearer authentication of gRPC calls', () => {
+  const md = (value?: string) => {
+    const m = new grpc.Metadata();
+    if (value !== undefined) m.set('authorization', value);
+    return m;
+  };
+
+  it('says what is missing or wrong, and nothing for a good token', () => {
+    expect(authProblem(SECRET, md())).toBe('missing authorization: Bearer <token>');
+    expect(authProblem(SECRET, md('Basic abc'))).toBe('authorization must be "Bearer <token>"');
+    expect(authProblem(SECRET, md(`Bearer ${jwt({ sub: 'u' }, 'other')}`))).toBe('invalid token: bad signature');
+    expect(authProblem(SECRET, md(`Bearer ${jwt({ sub: 'u', exp: NOW + 5 })}`), NOW)).toBeUndefined();
+  });
+
+  it('leaves discovery, NotifyJobAccepted (the node sends no header) and health open', () => {
+    expect(isOpenMethod('/cyxwiz.protocol.NodeDiscoveryService/ListNodes')).toBe(true);
+    expect(isOpenMethod('/cyxwiz.protocol.NodeService/NotifyJobAccepted')).toBe(true);
+    expect(isOpenMethod('/grpc.health.v1.Health/Check')).toBe(true);
+    expect(isOpenMethod('/cyxwiz.protocol.NodeService/Heartbeat')).toBe(false);
+    expect(isOpenMethod('/cyxwiz.protocol.JobReservationService/ReserveNode')).toBe(false);
+  });
+});
