@@ -13,7 +13,8 @@ import { createTransferCheckedInstruction, unpackAccount } from '@solana/spl-tok
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
-import { nodes, payments } from '../db/schema';
+import { jobs, nodes, payments } from '../db/schema';
+import { ConflictError } from '../domain/errors';
 import { splitPayment } from '../domain/money';
 import { PaymentFailures } from '../domain/payments';
 import {
@@ -114,6 +115,12 @@ function payableWallet(wallet: string | null | undefined): string {
 const nonRetryable = (type: string, message: string) => ApplicationFailure.create({ type, message, nonRetryable: true });
 const retryable = (message: string) => ApplicationFailure.create({ type: 'SettlementPending', message });
 export const legKey = (jobId: string, leg: Leg | 'release') => `${jobId}/${leg}`;
+/**
+ * The ledger id of a reclaim: its legs (the payer's transfer as 'escrow', the way back as 'refund') are rows of
+ * their own, apart from the job's. Its money sits in the job's escrow account, not one of its own.
+ */
+export const reclaimId = (jobId: string, signature: string) => `${jobId}/reclaim/${signature}`;
+export const isReclaimId = (id: string) => id.includes('/reclaim/');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -410,6 +417,15 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    * @throws non-retryable EscrowRejected with the reason.
    */
   async function verifyEscrowTransaction(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<bigint> {
+    return (await payerTransfer(p)).received;
+  }
+
+  /**
+   * What `signature` moved into this job's escrow account, and how much of it came from `payer` (at least
+   * `amount` of each, else refused).
+   * @throws non-retryable EscrowRejected with the reason.
+   */
+  async function payerTransfer(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<{ received: bigint; fromPayer: bigint }> {
     const reject = (why: string) => nonRetryable(SettlementErrors.escrowRejected, `escrow_tx_hash ${p.signature}: ${why}`);
     const tx = await connection.getTransaction(p.signature, {
       commitment: deps.commitment === 'processed' ? 'confirmed' : deps.commitment,
@@ -431,17 +447,77 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const received = delta(escrowIndex);
     if (!received?.mint || received.mint !== deps.mint.toBase58()) throw reject(`moves mint ${received?.mint ?? 'none'}, not ${deps.mint.toBase58()}`);
     if (received.change < p.amount) throw reject(`moved ${received.change} units into the escrow, the job needs ${p.amount}`);
-    const paid = keys.some((_, i) => {
+    const fromPayer = keys.reduce((sum, _, i) => {
       const d = delta(i, p.payer);
-      return d?.mint === deps.mint.toBase58() && d.change <= -p.amount;
-    });
-    if (!paid) throw reject(`the units did not come from payment_address ${p.payer}`);
+      return d?.mint === deps.mint.toBase58() && d.change < 0n ? sum - d.change : sum;
+    }, 0n);
+    if (fromPayer < p.amount) throw reject(`the units did not come from payment_address ${p.payer}`);
     const [used] = await db
       .select({ jobId: payments.jobId })
       .from(payments)
       .where(and(eq(payments.leg, 'escrow'), eq(payments.txRef, p.signature)));
     if (used && used.jobId !== p.jobId) throw reject(`already used for job ${used.jobId}`);
-    return received.change;
+    return { received: received.change, fromPayer };
+  }
+
+  /**
+   * Gives a payer back the tokens one of their transfers put into a job's escrow account when no job holds
+   * them: the job was refused (or never submitted), or the transfer was one too many. The transfer is bound
+   * to the reclaim like an escrow to its job (the same unique index), so it funds either a job or one reclaim,
+   * never both; the refund is a leg settled exactly once, to `payer`'s token account. Idempotent: asked again
+   * it finishes (or returns) the same refund.
+   * @throws ConflictError when a job holds the transfer, or the job of this escrow account is still running;
+   *   non-retryable EscrowRejected when the transfer does not show the payer paying into this escrow account.
+   */
+  async function reclaimTransfer(input: { jobId: string; payer: string; signature: string }): Promise<LegReceipt> {
+    const id = reclaimId(input.jobId, input.signature);
+    const [done] = await rowsOf(id, ['refund']);
+    if (!done) {
+      const [bound] = await db
+        .select({ jobId: payments.jobId })
+        .from(payments)
+        .where(and(eq(payments.leg, 'escrow'), eq(payments.txRef, input.signature)));
+      if (bound && bound.jobId !== id) throw new ConflictError(`transaction ${input.signature} funds job ${bound.jobId}: its money follows that job`);
+      const [job] = await db.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, input.jobId));
+      if (job && !['completed', 'failed', 'cancelled'].includes(job.status)) {
+        throw new ConflictError(`job ${input.jobId} is ${job.status}: its escrow account is in use until it ends`);
+      }
+      const { received, fromPayer } = await payerTransfer({ jobId: input.jobId, amount: 1n, payer: input.payer, signature: input.signature });
+      const amount = received < fromPayer ? received : fromPayer;
+      const held = await escrowBalance(input.jobId);
+      if (held < amount) throw new ConflictError(`the escrow account of ${input.jobId} holds ${held} units, less than the ${amount} to give back`);
+      const escrowAccount = escrowOf(input.jobId).toBase58();
+      try {
+        await db.transaction(async (tx) => {
+          await tx
+            .insert(payments)
+            .values({
+              jobId: id, leg: 'escrow', amount, fromAccount: input.payer, toAccount: escrowAccount, state: 'confirmed',
+              idempotencyKey: legKey(id, 'escrow'), txRef: input.signature, memo: 'paid by the payer, no job holds it',
+            })
+            .onConflictDoNothing({ target: payments.idempotencyKey });
+          await recordLeg(tx, id, 'refund', amount, escrowAccount, input.payer);
+        });
+      } catch (err) {
+        if (/payments_escrow_tx_idx/.test(String((err as Error & { cause?: Error }).cause?.message ?? (err as Error).message))) {
+          throw new ConflictError(`transaction ${input.signature} was just taken up by a job`);
+        }
+        throw err;
+      }
+    }
+    const [row] = await settle(id, ['refund'], legKey(id, 'refund'), async ([leg]) => ({
+      instructions: payToWallet({
+        feePayer: authority.publicKey,
+        from: escrowOf(input.jobId),
+        fromOwner: authority.publicKey,
+        wallet: new PublicKey(leg.toAccount),
+        mint: deps.mint,
+        decimals: deps.decimals,
+        amount: leg.amount,
+      }),
+      signers: [],
+    }));
+    return receipt(row);
   }
 
   /**
@@ -755,7 +831,22 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return Buffer.from(account.data).readBigUInt64LE(64);
   }
 
-  return { escrow, release, refund, escrowPot, settlePot, openEscrowAccount, escrowBalance, verifyEscrowTransaction, escrowAddress: escrowOf, chainState, rowsOf, abandonAttempt, markConfirmed };
+  return {
+    escrow,
+    release,
+    refund,
+    escrowPot,
+    settlePot,
+    openEscrowAccount,
+    escrowBalance,
+    verifyEscrowTransaction,
+    reclaimTransfer,
+    escrowAddress: escrowOf,
+    chainState,
+    rowsOf,
+    abandonAttempt,
+    markConfirmed,
+  };
 }
 
 export type ChainSettlement = ReturnType<typeof createChainSettlement>;

@@ -12,10 +12,11 @@ import * as reservationsRepo from '../db/reservations-repo';
 import { sql } from 'drizzle-orm';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
+import { SettlementErrors } from '../chain/settlement';
 import { NotFoundError, ValidationError } from '../domain/errors';
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
-import { createWalletService } from '../services/wallet-service';
+import { createWalletService, walletAddress } from '../services/wallet-service';
 import { createHeartbeatHub } from '../services/heartbeat-hub';
 import { createJobChangeFeed } from '../services/job-change-feed';
 import { createJobWorkflowGateway } from '../services/job-workflows';
@@ -134,6 +135,16 @@ export async function startApi(
         mint: env.chain.mint.toBase58(),
         decimals: env.chain.decimals,
       }),
+      reclaim: async (jobId, transfer) => {
+        const payer = walletAddress(transfer.paymentAddress, 'paymentAddress').toBase58();
+        try {
+          const leg = await settlement.reclaimTransfer({ jobId, payer, signature: transfer.escrowTxHash });
+          return { amount: leg.amount, to: leg.to, txRef: leg.txRef };
+        } catch (err) {
+          if (err instanceof ApplicationFailure && err.type === SettlementErrors.escrowRejected) throw new ValidationError('escrowTxHash', err.message);
+          throw err;
+        }
+      },
     },
     stats: async () => {
       const onlineSince = new Date(Date.now() - config.nodes.offlineAfterMs);

@@ -289,6 +289,31 @@ describe('a payer who pays the escrow account directly (config.escrow_tx_hash)',
       await expectRefused(jobId, signature, /moved 1999999999 units into the escrow, the job needs 2000000000/);
     });
 
+    test('the refused payer takes the transfer back over REST: POST /api/escrows/:jobId/reclaim, once', async () => {
+      const jobId = `reclaim-${uid()}`;
+      const escrowAccount = await openEscrow(jobId);
+      const before = await chain.accountBalance(chain.ata(payerAddress));
+      const signature = await chain.transfer(payerWallet, [{ account: escrowAccount, amount: 1_999_999_999n }]);
+      await expectRefused(jobId, signature, /moved 1999999999 units/);
+
+      const reclaim = (body: object) => restPost(sys(), `/api/escrows/${jobId}/reclaim`, body);
+      expect(await reclaim({ escrowTxHash: signature })).toMatchObject({ status: 400, body: { error: { field: 'paymentAddress' } } });
+      expect(await reclaim({ escrowTxHash: 'nope', paymentAddress: payerAddress })).toMatchObject({ status: 400, body: { error: { field: 'escrowTxHash' } } });
+      const back = await reclaim({ escrowTxHash: signature, paymentAddress: payerAddress });
+      expect(back).toMatchObject({ status: 200, body: { jobId, refund: { amount: '1999999999', to: payerAddress } } });
+      expect(await chain.balances({ payer: chain.ata(payerAddress), escrow: escrowAccount })).toEqual({ payer: before, escrow: 0n });
+      expect(await chain.memos(back.body.refund.txRef)).toEqual([`cyxwiz ${jobId}/reclaim/${signature}/refund`]);
+      expect((await reclaim({ escrowTxHash: signature, paymentAddress: payerAddress })).body.refund).toEqual(back.body.refund);
+      // The payer's history shows the transfer and its way back.
+      payerLegs.escrowTx.push(signature);
+      payerLegs.refundTx.push(back.body.refund.txRef);
+
+      // The transfer that funds a job stays with the job while it runs.
+      expect(payerLegs.escrowTx.length).toBeGreaterThan(0);
+      const [funded] = await sys().query<{ job_id: string }>(`select job_id from payments where leg = 'escrow' and tx_ref = $1`, [payerLegs.escrowTx[0]]);
+      expect((await restPost(sys(), `/api/escrows/${funded.job_id}/reclaim`, { escrowTxHash: payerLegs.escrowTx[0], paymentAddress: payerAddress })).status).toBe(409);
+    });
+
     test("a transaction that paid another job's escrow account", async () => {
       expect(payerLegs.escrowTx.length).toBeGreaterThan(0);
       const jobId = `bad-other-${uid()}`;

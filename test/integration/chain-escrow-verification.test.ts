@@ -205,6 +205,57 @@ describe('payer-paid escrow: verification of escrow_tx_hash on chain', () => {
     await expectRejected(jobId, 1_000n, claimed, signature, new RegExp(`did not come from payment_address ${claimed.toBase58()}`));
   });
 
+  describe('reclaim: the payer takes back a transfer no job holds', () => {
+    test('a refused submission (paid too little): the transfer comes back whole, once, however often it is asked', async () => {
+      const jobId = newJobId('reclaim-short');
+      const address = await settlement.openEscrowAccount(jobId);
+      const payerAta = ataOf(engine.publicKey, chain.mint);
+      const before = await balanceOf(payerAta);
+      const signature = await pay(engine, address, 999n);
+      await expectRejected(jobId, 1_000n, engine.publicKey, signature, /moved 999 units/);
+
+      const refund = await settlement.reclaimTransfer({ jobId, payer: engine.publicKey.toBase58(), signature });
+      expect(refund).toMatchObject({ leg: 'refund', amount: '999', to: engine.publicKey.toBase58() });
+      expect(await balanceOf(payerAta)).toBe(before);
+      expect(await balanceOf(address)).toBe(0n);
+      // Asked again: the same refund, nothing moves.
+      expect(await settlement.reclaimTransfer({ jobId, payer: engine.publicKey.toBase58(), signature })).toEqual(refund);
+      expect(await balanceOf(payerAta)).toBe(before);
+      // The transfer is spent: no job can take it up now.
+      await expectRejected(jobId, 999n, engine.publicKey, signature, /already used for job .*\/reclaim\//);
+    });
+
+    test('a second transfer into a finished job\'s escrow account comes back; the job\'s own stays the job\'s', async () => {
+      const jobId = newJobId('reclaim-twice');
+      const address = await settlement.openEscrowAccount(jobId);
+      const first = await pay(engine, address, 1_000n);
+      const second = await pay(engine, address, 1_001n); // not 1,000: the same transfer twice would be one transaction
+      await settlement.escrow({ jobId, amount: '1000', payer: engine.publicKey.toBase58(), escrowTxHash: first });
+
+      // The transfer that funds the job is the job's.
+      await expect(settlement.reclaimTransfer({ jobId, payer: engine.publicKey.toBase58(), signature: first })).rejects.toMatchObject({
+        code: 409,
+        message: expect.stringContaining(`funds job ${jobId}`),
+      });
+      await settlement.refund({ jobId });
+      expect(await balanceOf(address)).toBe(1_001n);
+      expect(await settlement.reclaimTransfer({ jobId, payer: engine.publicKey.toBase58(), signature: second })).toMatchObject({ amount: '1001' });
+      expect(await balanceOf(address)).toBe(0n);
+    });
+
+    test('only the wallet that paid gets it back; a transfer into another account is not this escrow\'s', async () => {
+      const jobId = newJobId('reclaim-who');
+      const address = await settlement.openEscrowAccount(jobId);
+      const signature = await pay(engine, address, 500n);
+      const someoneElse = new PublicKey(chain.setup.demoWallets.node).toBase58();
+      const failure = await failureOf(settlement.reclaimTransfer({ jobId, payer: someoneElse, signature }));
+      expect(failure).toMatchObject({ type: 'EscrowRejected', message: expect.stringContaining('did not come from payment_address') });
+      const elsewhere = await failureOf(settlement.reclaimTransfer({ jobId: newJobId('reclaim-other'), payer: engine.publicKey.toBase58(), signature }));
+      expect(elsewhere.message).toContain("does not pay this job's escrow account");
+      expect(await balanceOf(address)).toBe(500n);
+    });
+  });
+
   test('without escrow_tx_hash a server with no payer account refuses (EscrowRejected)', async () => {
     const failure = await failureOf(settlement.escrow({ jobId: newJobId('no-payer'), amount: '1', payer: Keypair.generate().publicKey.toBase58() }));
     expect(failure).toMatchObject({ type: 'EscrowRejected', nonRetryable: true });

@@ -35,7 +35,11 @@ export interface RestDeps {
     /** The reservation with its payment legs (every pot). */
     get(id: string): Promise<unknown>;
   };
-  escrows: { open(jobId: string): Promise<{ jobId: string; escrowAccount: string; mint: string; decimals: number }> };
+  escrows: {
+    open(jobId: string): Promise<{ jobId: string; escrowAccount: string; mint: string; decimals: number }>;
+    /** Gives a payer back a transfer into the job's escrow account that no job holds. */
+    reclaim(jobId: string, transfer: { escrowTxHash: string; paymentAddress: string }): Promise<{ amount: string; to: string; txRef: string }>;
+  };
   version: string;
   startedAt: Date;
 }
@@ -201,11 +205,22 @@ export function createRestApp(deps: RestDeps) {
    * then submits with config.escrow_tx_hash. Idempotent.
    */
   app.post('/api/escrows/:jobId', async (req, res) => {
-    const jobId = req.params.jobId;
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(jobId)) {
-      throw new ValidationError('jobId', 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
-    }
-    res.json(await deps.escrows.open(jobId));
+    res.json(await deps.escrows.open(escrowJobId(req.params.jobId)));
+  });
+
+  /**
+   * Gives a payer back the tokens one of their transfers (`escrowTxHash`, from `paymentAddress`) put into this
+   * job's escrow account when no job holds them — the submission was refused, never made, or paid twice.
+   * Idempotent; 409 while the transfer funds a job or the job is still running.
+   */
+  app.post('/api/escrows/:jobId/reclaim', express.json({ limit: '4kb' }), async (req, res) => {
+    const jobId = escrowJobId(req.params.jobId);
+    const body = (req.body ?? {}) as { escrowTxHash?: unknown; paymentAddress?: unknown };
+    const escrowTxHash = typeof body.escrowTxHash === 'string' ? body.escrowTxHash.trim() : '';
+    if (!/^[1-9A-HJ-NP-Za-km-z]{86,88}$/.test(escrowTxHash)) throw new ValidationError('escrowTxHash', 'must be the base58 signature of your transfer');
+    const paymentAddress = typeof body.paymentAddress === 'string' ? body.paymentAddress.trim() : '';
+    if (!paymentAddress) throw new ValidationError('paymentAddress', 'is required (the wallet that paid)');
+    res.json({ jobId, refund: await deps.escrows.reclaim(jobId, { escrowTxHash, paymentAddress }) });
   });
 
   app.use((_req, res) => {
@@ -214,6 +229,10 @@ export function createRestApp(deps: RestDeps) {
 
   // The one error middleware: domain errors → HTTP.
   app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    if ((err as { type?: string } | null)?.type === 'entity.parse.failed') {
+      res.status(400).json({ error: { code: 400, message: 'body: is not valid JSON', field: 'body' } });
+      return;
+    }
     if (err instanceof DomainError) {
       res.status(err instanceof UnavailableError ? 503 : err.code).json({
         error: { code: err.code, message: err.message, ...(err instanceof ValidationError && { field: err.field }) },
@@ -225,6 +244,14 @@ export function createRestApp(deps: RestDeps) {
   });
 
   return app;
+}
+
+/** A job id in a route: 1-128 letters, digits, `_ . : -`. @throws ValidationError naming jobId */
+function escrowJobId(jobId: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(jobId)) {
+    throw new ValidationError('jobId', 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
+  }
+  return jobId;
 }
 
 /**
