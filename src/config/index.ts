@@ -70,6 +70,11 @@ const schema = z.object({
   RESERVATION_MINUTE_MS: z.coerce.number().int().min(100).max(60_000).default(60_000),
   /** How long ReserveNode waits for its escrow to confirm before it withdraws the reservation and answers 503. */
   RESERVATION_ESCROW_WAIT_MS: positiveInt.default(25_000),
+  /**
+   * How long ReleaseReservation waits for the settlement's transactions before it answers with the amounts
+   * decided (and no signatures yet); the settlement goes on (the Engine's deadline is 30 s).
+   */
+  RESERVATION_RELEASE_WAIT_MS: positiveInt.default(25_000),
   /** HS256 secret of the P2P tokens nodes verify; must equal the nodes' --p2p-secret. */
   P2P_JWT_SECRET: z.string().min(1).default(SHIPPING_NODE_P2P_SECRET),
   P2P_TOKEN_TTL_S: positiveInt.default(3600),
@@ -145,6 +150,7 @@ export interface Config {
     readonly engineTimeoutMs: number;
     readonly nodeTimeoutMs: number;
     readonly escrowWaitMs: number;
+    readonly releaseWaitMs: number;
     readonly minuteMs: number;
   };
   readonly payments: { readonly platformFeeBps: number; readonly tokenDecimals: number };
@@ -218,6 +224,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       engineTimeoutMs: e.RESERVATION_ENGINE_TIMEOUT_S * 1000,
       nodeTimeoutMs: e.RESERVATION_NODE_TIMEOUT_S * 1000,
       escrowWaitMs: e.RESERVATION_ESCROW_WAIT_MS,
+      releaseWaitMs: e.RESERVATION_RELEASE_WAIT_MS,
       minuteMs: e.RESERVATION_MINUTE_MS,
     },
     payments: { platformFeeBps: e.PLATFORM_FEE_BPS, tokenDecimals: e.TOKEN_DECIMALS },

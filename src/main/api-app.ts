@@ -59,6 +59,7 @@ export async function startApi(
     offlineAfterMs: config.nodes.offlineAfterMs,
     engineTimeoutMs: config.reservations.engineTimeoutMs,
     escrowWaitMs: config.reservations.escrowWaitMs,
+    releaseWaitMs: config.reservations.releaseWaitMs,
   });
   const heartbeats = createHeartbeatHub({
     db: database.db,

@@ -33,6 +33,7 @@ import {
 import {
   extendReservationUpdate,
   releaseReservationUpdate,
+  reservationQuery,
   reservationReadyUpdate,
   ReservationRejections,
   withdrawReservationUpdate,
@@ -58,6 +59,8 @@ export interface ReservationServiceDeps {
   engineTimeoutMs: number;
   /** How long ReserveNode waits for the escrow. */
   escrowWaitMs: number;
+  /** ReleaseReservation answers with the decided amounts after this long, while the settlement goes on. */
+  releaseWaitMs?: number;
   now?: () => number;
 }
 
@@ -271,18 +274,50 @@ export function createReservationService(deps: ReservationServiceDeps) {
   }
 
   /** ReleaseReservation (and the end reports): ends the reservation and settles; idempotent. */
-  async function release(req: { reservationId: string; reason: string; by: 'engine' | 'node' | 'both' | 'operator' }): Promise<ReleaseResult> {
+  async function release(req: {
+    reservationId: string;
+    reason: string;
+    by: 'engine' | 'node' | 'both' | 'operator';
+    /** Answer within the Engine's deadline: the decided amounts without signatures when the chain is slow. */
+    answerInTime?: boolean;
+  }): Promise<ReleaseResult> {
     const r = await find(req.reservationId);
     if (r.endedAt) return receiptOf(r);
     try {
       // A reservation still escrowing takes the release as soon as its term starts.
-      return await handle(r.id).executeUpdate(releaseReservationUpdate, { args: [{ reason: req.reason, by: req.by }], updateId: 'release' });
+      const settled = handle(r.id).executeUpdate(releaseReservationUpdate, { args: [{ reason: req.reason, by: req.by }], updateId: 'release' });
+      if (req.answerInTime && deps.releaseWaitMs) {
+        settled.catch(() => undefined); // awaited below unless the decided amounts answer first
+        const early = await decidedWithin(r.id, settled, deps.releaseWaitMs);
+        if (early) return early;
+      }
+      return await settled;
     } catch (err) {
       // Released already and the workflow has finished: the row has the settlement.
       const done = await find(r.id);
       if (done.endedAt) return receiptOf(done);
       throw translate(err);
     }
+  }
+
+  /**
+   * The settlement if it finishes within `ms`; else, once its amounts are decided (the transactions still on
+   * their way), those amounts without signatures. Undefined when neither is known by then.
+   */
+  async function decidedWithin(id: string, settled: Promise<ReleaseReceipt>, ms: number): Promise<ReleaseReceipt | undefined> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), ms);
+    });
+    try {
+      const done = await Promise.race([settled, late]);
+      if (done) return done;
+    } finally {
+      clearTimeout(timer);
+    }
+    const view = await handle(id).query(reservationQuery).catch(() => undefined);
+    if (!view?.settling) return undefined;
+    return { ...view.settling, nodeAmount: '', paymentTx: '', refundTx: '', owed: false };
   }
 
   /** ReportJobCompleteFromNode: a job in the reservation ended; its reputation change cites the reservation. */

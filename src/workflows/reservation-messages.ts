@@ -21,6 +21,8 @@ export interface ReservationView {
   escrowUnits: string;
   pots: { potId: string; units: string; minutes: number }[];
   lastReason: string;
+  /** Once the end is decided and its money is moving: what it settles to (smallest units). */
+  settling?: { status: ReservationStatus; timeUsedSeconds: number; paid: string; refunded: string };
 }
 
 /**

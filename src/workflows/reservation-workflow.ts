@@ -117,6 +117,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   let pendingMinutes = 0;
   let release: { reason: string; by: 'engine' | 'node' | 'both' | 'operator' } | undefined;
   let receipt: ReleaseReceipt | undefined;
+  let settling: ReservationView['settling'];
   let lastReason = 'reserved';
   let walletRegistered = false;
   /** The first escrow has come back (landed or refused): from then on the reservation can no longer be withdrawn. */
@@ -206,7 +207,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   }
 
   function view(): ReservationView {
-    return { id, status, nodeId: spec.nodeId, startAt, endAt, minutes, escrowUnits: escrowed().toString(), pots: [...pots], lastReason };
+    return { id, status, nodeId: spec.nodeId, startAt, endAt, minutes, escrowUnits: escrowed().toString(), pots: [...pots], lastReason, ...(settling && { settling }) };
   }
 
   function publish(): void {
@@ -289,6 +290,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       const usedSeconds = Math.ceil((usedMs * 60) / options.minuteMs);
       const earned = earnedUnits({ kind: end.kind, policy, escrowed: total, perHour, usedSeconds });
       const shares = allocateOverPots(pots.map((p) => BigInt(p.units)), earned).map((s) => s.toString());
+      settling = { status: finalStatus, timeUsedSeconds: usedSeconds, paid: earned.toString(), refunded: (total - earned).toString() };
       const outcomes = await settlePots(shares);
       receipt = summarize(finalStatus, usedSeconds, outcomes);
       status = finalStatus;

@@ -211,6 +211,25 @@ describe('reservationWorkflow', () => {
       });
     });
 
+    test('while the settlement is on its way, the query shows what it settles to (ReleaseReservation answers with it when the chain is slow)', async () => {
+      const world = new FakeReservationWorld();
+      world.settleGate = new Gate();
+      const id = newId('release-settling');
+      const spec = reservationSpec(id, { minutes: 30 });
+
+      await withWorker('release-settling', world, async ({ start }) => {
+        const handle = await start(spec, { earlyRelease: 'full' });
+        await handle.executeUpdate(reservationReadyUpdate);
+        expect((await handle.query(reservationQuery)).settling).toBeUndefined();
+        const receipt = handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'done', by: 'engine' }], updateId: 'release' });
+        await waitUntil(() => world.settleCalls.length === 1, 5000, 'the settlement to start');
+        const view = await handle.query(reservationQuery);
+        expect(view.settling).toEqual({ status: 'cancelled', timeUsedSeconds: expect.any(Number), paid: escrowOf(30).toString(), refunded: '0' });
+        world.settleGate!.open();
+        expect(await receipt).toMatchObject({ status: 'cancelled', paid: view.settling!.paid, timeUsedSeconds: view.settling!.timeUsedSeconds });
+      });
+    });
+
     test('policy prorated → the node earns ceil(perHour × billed seconds / 3600), the rest is refunded', async () => {
       const world = new FakeReservationWorld();
       const id = newId('release-prorated');

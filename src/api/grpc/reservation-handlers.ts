@@ -102,7 +102,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       log,
       'ReleaseReservation',
       async (req) => {
-        const r = await svc.release({ reservationId: reservationId(req.reservation_id), reason: optionalText(req.reason, 'reason', 1024), by: 'engine' });
+        const r = await svc.release({ reservationId: reservationId(req.reservation_id), reason: optionalText(req.reason, 'reason', 1024), by: 'engine', answerInTime: true });
         return {
           status: StatusCode.SUCCESS,
           time_used_seconds: String(r.timeUsedSeconds),

@@ -1,0 +1,54 @@
+import { reservationCost, unitsPerHour } from '../../src/domain/reservation';
+import { protocolClient } from '../support/grpc-clients';
+import { useSystem } from '../support/system';
+import { testChain, type TestChain } from './chain';
+import { eventually, nodePool, S, type ProtocolClient } from './helpers';
+
+/*
+ * ReleaseReservation answers within the Engine's 30 s deadline however slow the chain: after
+ * RESERVATION_RELEASE_WAIT_MS (1 ms here, so every settlement counts as slow) it answers with the amounts the
+ * release settles to and no signatures yet; asked again once settled, it answers with the signatures.
+ */
+const DECIMALS = 9;
+const R_CANCELLED = 6;
+
+const sys = useSystem({ name: 'reservation-release-slow', env: { RESERVATION_RELEASE_WAIT_MS: 1 } });
+const nodes = nodePool(sys);
+let engine: ProtocolClient;
+let discovery: ProtocolClient;
+let chain: TestChain;
+
+beforeAll(() => {
+  engine = protocolClient('JobReservationService', sys().grpcAddress);
+  discovery = protocolClient('NodeDiscoveryService', sys().grpcAddress);
+  chain = testChain();
+});
+
+afterAll(async () => {
+  engine?.close();
+  discovery?.close();
+  await nodes.stopAll();
+});
+
+test('a release answered before its transactions confirm: the decided amounts at once, the signatures when asked again', async () => {
+  const node = await nodes.start({ name: 'slow-release-node' });
+  const user = await chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
+  const wallet = user.publicKey.toBase58();
+  const info = await discovery.call('GetNodeInfo', { node_id: node.nodeId });
+  const escrow = reservationCost(unitsPerHour(info.info.pricing.price_per_hour, DECIMALS), 30);
+
+  const reserved = await engine.call('ReserveNode', { node_id: node.nodeId, user_wallet: wallet, duration_minutes: 30, job_config: { model_definition: '{}', dataset_uri: 'remote://engine' } }, { deadlineMs: 30_000 });
+  expect(reserved).toMatchObject({ status: S.SUCCESS });
+  const id = reserved.reservation_id;
+
+  // Default policy `full`: the whole escrow is paid, nothing refunded.
+  const first = await engine.call('ReleaseReservation', { reservation_id: id, reason: 'User requested release' });
+  expect(first).toMatchObject({ status: S.SUCCESS, payment_released: escrow.toString(), refund_amount: '0' });
+  expect(Number(first.time_used_seconds)).toBeGreaterThanOrEqual(0);
+
+  await eventually('the settlement to finish', async () => (await engine.call('GetReservation', { reservation_id: id })).reservation.status === R_CANCELLED, 30_000);
+  const again = await engine.call('ReleaseReservation', { reservation_id: id, reason: 'again' });
+  expect(again).toMatchObject({ status: S.SUCCESS, payment_released: escrow.toString(), refund_amount: '0', time_used_seconds: first.time_used_seconds });
+  expect(again.payment_tx_hash).not.toBe('');
+  expect(await chain.accountBalance(chain.escrowAccount(id))).toBe(0n);
+});
