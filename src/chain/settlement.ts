@@ -505,10 +505,15 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         throw err;
       }
     }
-    const [row] = await settle(id, ['refund'], legKey(id, 'refund'), async ([leg]) => ({
+    return settleRefund(id, input.jobId);
+  }
+
+  /** Sends the recorded refund leg of `ledgerId` to its payee out of `escrowJobId`'s escrow account, exactly once. */
+  async function settleRefund(ledgerId: string, escrowJobId: string): Promise<LegReceipt> {
+    const [row] = await settle(ledgerId, ['refund'], legKey(ledgerId, 'refund'), async ([leg]) => ({
       instructions: payToWallet({
         feePayer: authority.publicKey,
-        from: escrowOf(input.jobId),
+        from: escrowOf(escrowJobId),
         fromOwner: authority.publicKey,
         wallet: new PublicKey(leg.toAccount),
         mint: deps.mint,
@@ -672,21 +677,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
       await recordLeg(tx, input.jobId, 'refund', escrowRow.amount, escrowRow.toAccount, escrowRow.fromAccount);
     });
-    const [row] = await settle(input.jobId, ['refund'], legKey(input.jobId, 'refund'), async ([leg]) => {
-      return {
-        instructions: payToWallet({
-          feePayer: authority.publicKey,
-          from: escrowOf(input.jobId),
-          fromOwner: authority.publicKey,
-          wallet: new PublicKey(leg.toAccount),
-          mint: deps.mint,
-          decimals: deps.decimals,
-          amount: leg.amount,
-        }),
-        signers: [],
-      };
-    });
-    return receipt(row);
+    return settleRefund(input.jobId, input.jobId);
   }
 
   /**
