@@ -82,6 +82,9 @@ export interface ReconnectGrant {
 
 export type ReleaseResult = ReleaseReceipt;
 
+/** How long ReserveNode waits for a withdrawal to be answered (after its wait for the escrow). */
+const WITHDRAW_WAIT_MS = 4000;
+
 /**
  * Reservations of whole nodes (JobReservationService): validation, the node hold, the reservation's
  * workflow (money, timer, liveness) and what the Engine and the node ask of it. The rules and the money
@@ -180,36 +183,59 @@ export function createReservationService(deps: ReservationServiceDeps) {
     return { reservation, token: t.token, tokenExpires: t.expiresAt, escrowUnits: ready.escrowUnits, pricePerHour: node.pricePerHour };
   }
 
+  /** Resolves as `p` does, or rejects once `ms` pass without an answer. */
+  async function answeredWithin<T>(p: Promise<T>, ms: number): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new UnavailableError(`no answer from Temporal within ${ms} ms`)), ms);
+    });
+    try {
+      return await Promise.race([p, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /**
    * Waits up to escrowWaitMs for the first escrow. When it is not confirmed by then, the reservation is
    * withdrawn (unless it landed in the meantime), so an error answer never leaves the Engine holding a
    * reservation, or paying for one, that it was told failed.
    */
   async function waitReady(id: string): Promise<ReadyResult> {
+    // The workflow finished before it could answer: its row says how.
+    const finished = (err: unknown) => err instanceof WorkflowUpdateFailedError || err instanceof WorkflowNotFoundError;
+    const fromRow = async (): Promise<ReadyResult> => {
+      const row = await find(id);
+      return { ok: false, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` };
+    };
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), deps.escrowWaitMs);
     });
-    const withdraw = (reason: string) => handle(id).executeUpdate(withdrawReservationUpdate, { args: [{ reason }] });
+    let why: string;
+    let unanswered: unknown;
     try {
       const first = await Promise.race([handle(id).executeUpdate(reservationReadyUpdate), timedOut]);
       if (first !== 'timeout') return first;
       const waited = deps.escrowWaitMs < 1000 ? `${deps.escrowWaitMs} ms` : `${Math.round(deps.escrowWaitMs / 1000)} s`;
-      return await withdraw(
-        `withdrawn: the escrow was not confirmed within ${waited}; the node is free again and anything that reaches the escrow is refunded whole`,
-      );
+      why = `the escrow was not confirmed within ${waited}`;
     } catch (err) {
-      if (err instanceof WorkflowUpdateFailedError || err instanceof WorkflowNotFoundError) {
-        // The workflow finished before it could answer: its row says how.
-        const row = await find(id);
-        return { ok: false as const, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` };
-      }
+      if (finished(err)) return fromRow();
       // Not answered (Temporal unreachable for a moment): an error reply must not leave the reservation going on.
-      const outcome = await withdraw(`withdrawn: ReserveNode could not wait for the escrow (${(err as Error).message})`).catch(() => undefined);
-      if (outcome) return outcome;
-      throw translate(err);
+      why = `ReserveNode could not wait for the escrow (${(err as Error).message})`;
+      unanswered = err;
     } finally {
       clearTimeout(timer);
+    }
+    try {
+      // Bounded (the Engine's deadline is 30 s); unanswered, it may still reach the workflow and withdraw it later.
+      const update = handle(id).executeUpdate(withdrawReservationUpdate, {
+        args: [{ reason: `withdrawn: ${why}; the node is free again and anything that reaches the escrow is refunded whole` }],
+      });
+      return await answeredWithin(update, WITHDRAW_WAIT_MS);
+    } catch (err) {
+      if (finished(err)) return fromRow();
+      throw translate(unanswered ?? err);
     }
   }
 
@@ -320,7 +346,6 @@ export function createReservationService(deps: ReservationServiceDeps) {
     return { ...view.settling, nodeAmount: '', paymentTx: '', refundTx: '', owed: false };
   }
 
-  /** ReportJobCompleteFromNode: a job in the reservation ended; its reputation change cites the reservation. */
   /** The settlement as recorded (for a release asked again after the workflow finished). */
   async function receiptOf(r: repo.ReservationRow): Promise<ReleaseReceipt> {
     const legs = await repo.nodeLegs(db, r.id);
@@ -336,6 +361,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
     };
   }
 
+  /** ReportJobCompleteFromNode: a job in the reservation ended; its reputation change cites the reservation. */
   async function nodeJobComplete(req: { reservationId: string; jobId: string; nodeId: string; success: boolean }) {
     const r = await find(req.reservationId);
     if (!req.nodeId) throw new ValidationError('node_id', 'is required');
