@@ -1,4 +1,6 @@
 import { reservationCost, unitsPerHour } from '../../src/domain/reservation';
+import { startRpcProxy, type RpcProxy } from '../support/chain';
+import { testSolanaRpcUrl } from '../support/env';
 import { protocolClient } from '../support/grpc-clients';
 import { useSystem } from '../support/system';
 import { testChain, type TestChain } from './chain';
@@ -6,13 +8,27 @@ import { eventually, nodePool, S, type ProtocolClient } from './helpers';
 
 /*
  * ReleaseReservation answers within the Engine's 30 s deadline however slow the chain: after
- * RESERVATION_RELEASE_WAIT_MS (1 ms here, so every settlement counts as slow) it answers with the amounts the
- * release settles to and no signatures yet; asked again once settled, it answers with the signatures.
+ * RESERVATION_RELEASE_WAIT_MS (0.5 s here) it answers with the amounts the release settles to and no signatures
+ * yet; asked again once settled, it answers with the signatures. The system reaches the ledger through an RPC
+ * proxy that holds the settlement's transaction for 4 s.
  */
 const DECIMALS = 9;
 const R_CANCELLED = 6;
 
-const sys = useSystem({ name: 'reservation-release-slow', env: { RESERVATION_RELEASE_WAIT_MS: 1 } });
+// Filled in before the system starts (beforeAll runs in declaration order): the system's RPC URL is the proxy's.
+const env: Record<string, string | number> = { RESERVATION_RELEASE_WAIT_MS: 500 };
+let proxy: RpcProxy;
+let slowSends = false;
+beforeAll(async () => {
+  proxy = await startRpcProxy(testSolanaRpcUrl());
+  proxy.setFaults((call) => (slowSends && call.method === 'sendTransaction' ? { kind: 'delay', ms: 4000 } : { kind: 'pass' }));
+  env.SOLANA_RPC_URL = proxy.url;
+});
+afterAll(async () => {
+  await proxy?.stop();
+});
+
+const sys = useSystem({ name: 'reservation-release-slow', env });
 const nodes = nodePool(sys);
 let engine: ProtocolClient;
 let discovery: ProtocolClient;
@@ -41,9 +57,11 @@ test('a release answered before its transactions confirm: the decided amounts at
   expect(reserved).toMatchObject({ status: S.SUCCESS });
   const id = reserved.reservation_id;
 
-  // Default policy `full`: the whole escrow is paid, nothing refunded.
+  // Default policy `full`: the whole escrow is paid, nothing refunded. The chain now takes 4 s per transaction.
+  slowSends = true;
   const first = await engine.call('ReleaseReservation', { reservation_id: id, reason: 'User requested release' });
-  expect(first).toMatchObject({ status: S.SUCCESS, payment_released: escrow.toString(), refund_amount: '0' });
+  // Answered before the transaction confirmed: no signatures yet.
+  expect(first).toMatchObject({ status: S.SUCCESS, payment_released: escrow.toString(), refund_amount: '0', payment_tx_hash: '', refund_tx_hash: '' });
   expect(Number(first.time_used_seconds)).toBeGreaterThanOrEqual(0);
 
   await eventually('the settlement to finish', async () => (await engine.call('GetReservation', { reservation_id: id })).reservation.status === R_CANCELLED, 30_000);
