@@ -1,6 +1,8 @@
 import { TOKEN_PROGRAM_ID } from '@solana/spl-token';
-import { Keypair, PublicKey } from '@solana/web3.js';
+import { Keypair, PublicKey, type Connection } from '@solana/web3.js';
 import { escrowAddress, escrowSeed, memoInstruction, MEMO_PROGRAM_ID } from '../../src/chain/instructions';
+import { createChainSettlement } from '../../src/chain/settlement';
+import type { Db } from '../../src/db/client';
 import { loadConfig } from '../../src/config';
 import { ValidationError } from '../../src/domain/errors';
 import { jobIdAsUint64, walletAddress } from '../../src/services/wallet-service';
@@ -49,5 +51,50 @@ describe('chain configuration', () => {
     const c = loadConfig({ SOLANA_RPC_URL: 'https://api.devnet.solana.com', SOLANA_CLUSTER: 'devnet', ESCROW_AUTHORITY_KEYPAIR: '~/k.json' });
     expect(c.chain).toMatchObject({ rpcUrl: 'https://api.devnet.solana.com', cluster: 'devnet', escrowAuthority: { file: '~/k.json' } });
     expect(() => loadConfig({ SOLANA_COMMITMENT: 'max' })).toThrow(/SOLANA_COMMITMENT/);
+  });
+});
+
+describe('what the chain says about a recorded attempt', () => {
+  /** A settlement over an RPC that answers the statuses given, in turn, and the block height given. */
+  function settlementOver(statuses: (object | null)[], height: number) {
+    const asked: string[] = [];
+    const connection = {
+      getSignatureStatuses: async () => {
+        asked.push('status');
+        return { context: { slot: 1 }, value: [statuses.shift() ?? null] };
+      },
+      getBlockHeight: async () => {
+        asked.push('height');
+        return height;
+      },
+    } as unknown as Connection;
+    const settlement = createChainSettlement({
+      db: {} as Db,
+      connection,
+      commitment: 'confirmed',
+      mint: Keypair.generate().publicKey,
+      decimals: 9,
+      authority: Keypair.generate(),
+      treasury: Keypair.generate().publicKey,
+      platformFeeBps: 1000,
+      confirmTimeoutMs: 1000,
+    });
+    return { settlement, asked };
+  }
+  const landed = { slot: 7, confirmations: 1, err: null, confirmationStatus: 'confirmed' };
+
+  it('an attempt that lands between the status read and the height read counts as landed, not expired (never signed again)', async () => {
+    const { settlement, asked } = settlementOver([null, landed], 200);
+    expect(await settlement.chainState('sig', 150)).toEqual({ kind: 'landed', slot: 7 });
+    expect(asked).toEqual(['status', 'height', 'status']);
+  });
+
+  it('unknown past its last valid block on both reads: expired; unknown before it: pending; known: as the cluster says', async () => {
+    expect(await settlementOver([null, null], 200).settlement.chainState('sig', 150)).toEqual({ kind: 'expired' });
+    const pending = settlementOver([null], 100);
+    expect(await pending.settlement.chainState('sig', 150)).toEqual({ kind: 'pending' });
+    expect(pending.asked).toEqual(['status', 'height']);
+    expect(await settlementOver([landed], 999).settlement.chainState('sig', 150)).toEqual({ kind: 'landed', slot: 7 });
+    expect(await settlementOver([{ ...landed, err: { InstructionError: [0, 'x'] } }], 0).settlement.chainState('sig', 150)).toMatchObject({ kind: 'failed' });
   });
 });
