@@ -34,8 +34,8 @@ import {
   reservationQuery,
   reservationReadyUpdate,
   ReservationRejections,
-  type ReadyResult,
   withdrawReservationUpdate,
+  type ReadyResult,
   type ReleaseReceipt,
   type ReservationView,
 } from './reservation-messages';
