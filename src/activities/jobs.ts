@@ -172,7 +172,8 @@ export function createJobActivities(deps: JobActivityDeps) {
       nodeId: input.nodeId,
       jobId: input.jobId,
       kind: input.outcome === 'completed' ? 'job_completed' : failureKind(input.reason),
-      reason: input.reason,
+      // Postgres text cannot hold NUL: never a reason for this step to retry forever.
+      reason: input.reason.replace(/\u0000/g, ''),
     });
   }
 

@@ -218,6 +218,10 @@ const KEY_SHAPES: Record<DiscoverySort, ('number' | 'integer' | 'bigint')[]> = {
   availability: ['integer', 'bigint'],
 };
 
+const INT4_MAX = 2 ** 31 - 1;
+const INT8_MIN = -(2n ** 63n);
+const INT8_MAX = 2n ** 63n - 1n;
+
 /** Whether `keys` have the shape of a cursor of order `key` (a token from a client must be checked). */
 export function isCursorFor(key: DiscoverySort, keys: unknown[]): boolean {
   const shapes = KEY_SHAPES[key];
@@ -225,8 +229,8 @@ export function isCursorFor(key: DiscoverySort, keys: unknown[]): boolean {
     keys.length === shapes.length &&
     keys.every((v, i) =>
       shapes[i] === 'bigint'
-        ? typeof v === 'string' && /^-?\d{1,19}$/.test(v)
-        : typeof v === 'number' && (shapes[i] === 'integer' ? Number.isSafeInteger(v) : Number.isFinite(v)),
+        ? typeof v === 'string' && /^-?\d{1,19}$/.test(v) && BigInt(v) >= INT8_MIN && BigInt(v) <= INT8_MAX
+        : typeof v === 'number' && (shapes[i] === 'integer' ? Number.isInteger(v) && Math.abs(v) <= INT4_MAX : Number.isFinite(v)),
     )
   );
 }

@@ -101,6 +101,24 @@ const withNode = (row: { r: ReservationRow; ip: string | null; port: number | nu
   nodeWallet: row.wallet ?? '',
 });
 
+/**
+ * Gives up a reservation that is still pending (its escrow not confirmed): cancelled, its node given back. Its
+ * workflow then finds it no longer pending and refunds whatever its escrow brings in (activatePending).
+ * @returns false when it is no longer pending (active already, or ended).
+ */
+export async function abandonPending(db: Db, id: string, reason: string, now = new Date()): Promise<boolean> {
+  return db.transaction(async (tx) => {
+    const [row] = await tx
+      .update(reservations)
+      .set({ status: 'cancelled', endReason: reason, updatedAt: now })
+      .where(and(eq(reservations.id, id), eq(reservations.status, 'pending')))
+      .returning({ nodeId: reservations.nodeId });
+    if (!row) return false;
+    await releaseHold(tx, id, row.nodeId, now);
+    return true;
+  });
+}
+
 /** Makes a pending reservation active. @returns false when it is no longer pending. */
 export async function activatePending(
   db: DbOrTx,

@@ -227,14 +227,21 @@ export function createReservationService(deps: ReservationServiceDeps) {
     } finally {
       clearTimeout(timer);
     }
+    const reason = `withdrawn: ${why}; the node is free again and anything that reaches the escrow is refunded whole`;
     try {
-      // Bounded (the Engine's deadline is 30 s); unanswered, it may still reach the workflow and withdraw it later.
-      const update = handle(id).executeUpdate(withdrawReservationUpdate, {
-        args: [{ reason: `withdrawn: ${why}; the node is free again and anything that reaches the escrow is refunded whole` }],
-      });
+      // Bounded (the Engine's deadline is 30 s).
+      const update = handle(id).executeUpdate(withdrawReservationUpdate, { args: [{ reason }] });
       return await answeredWithin(update, WITHDRAW_WAIT_MS);
     } catch (err) {
       if (finished(err)) return fromRow();
+      // Unanswered (Temporal slow or away, or the escrow landed and its activation is slow): withdrawn in
+      // Postgres, where activation looks (only a pending reservation activates; the workflow refunds the rest).
+      if (await repo.abandonPending(db, id, reason, new Date(now()))) return { ok: false, code: 503, message: reason };
+      const row = await find(id);
+      if (row.status === 'active' && row.startAt && row.escrowAccount) {
+        return { ok: true, startAt: row.startAt.getTime(), endAt: row.endAt.getTime(), escrowAccount: row.escrowAccount, escrowUnits: row.escrowUnits.toString(), escrowTx: '' };
+      }
+      if (!isHolding(row.status)) return { ok: false, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` };
       throw translate(unanswered ?? err);
     }
   }
@@ -461,8 +468,10 @@ function progressFraction(p: number): number {
   return p > 1 ? p / 100 : p;
 }
 
+/** The Engine's metrics as stored: finite values under printable names of at most 128 characters, 100 at most. */
 function finiteMetrics(m: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(m ?? {}).filter(([, v]) => Number.isFinite(v)).slice(0, 100));
+  const printable = (k: string) => k.length <= 128 && !/[\u0000-\u001f\u007f]/.test(k);
+  return Object.fromEntries(Object.entries(m ?? {}).filter(([k, v]) => Number.isFinite(v) && printable(k)).slice(0, 100));
 }
 
 function encodeCursor(r: repo.ReservationRow): string {
@@ -473,7 +482,10 @@ function decodeCursor(token: string): { createdAt: Date; id: string } {
   try {
     const [at, id] = JSON.parse(Buffer.from(token, 'base64url').toString()) as [string, string];
     const createdAt = new Date(at);
-    if (typeof id !== 'string' || Number.isNaN(createdAt.getTime())) throw new Error('bad cursor');
+    const year = createdAt.getUTCFullYear();
+    if (typeof id !== 'string' || !/^[A-Za-z0-9-]{1,64}$/.test(id) || Number.isNaN(createdAt.getTime()) || year < 1970 || year > 9999) {
+      throw new Error('bad cursor');
+    }
     return { createdAt, id };
   } catch {
     throw new ValidationError('page_token', 'is not a token this server issued');

@@ -143,6 +143,11 @@ const OWED_RECHECK = '1 hour';
 
 /** Patch: a match's offer and its 'assigned' record are one local activity (assignToNode), not two. */
 const ASSIGN_IN_ONE_ACTIVITY = 'assign-in-one-activity';
+/**
+ * Patch: the per-attempt timer for a node that never reports its end (JobWorkflowOptions.unreportedEndGraceMs),
+ * and a queued job continuing as new whatever woke it (before, only after a quiet re-check).
+ */
+const UNREPORTED_END_TIMER = 'unreported-end-timer';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -154,6 +159,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   // Asked once, first thing in a run: a patch asked right after local activities return could be answered
   // differently on replay when a workflow task ended between their start and their markers.
   const assignInOneActivity = patched(ASSIGN_IN_ONE_ACTIVITY);
+  // The per-attempt timer for nodes that never report: also gated by the patch, so a job started with the option
+  // but run first by a worker without it (a skewed deploy) replays without the timer it never had.
+  const thisVersion = patched(UNREPORTED_END_TIMER);
   const s: JobState = input.resume ?? {
     phase: 'pending',
     attempt: 0,
@@ -345,6 +353,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     let heldBack = 0;
     for (;;) {
       if (cancelRequest) return; // the main loop refunds and gives back a claim
+      // Whatever woke it (a wake-up, the re-check timer, a refusal): a long wait goes on in a fresh history.
+      // Not with `first` in hand: that match has claimed a node. (Runs of the earlier version: after a quiet wait.)
+      if (thisVersion && !first && historyTooLong()) await continueWithFreshHistory();
       nodesChanged = false;
       const match = first ?? (await findNode());
       first = undefined;
@@ -373,6 +384,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
           s.refusedNodes = [];
           return;
         }
+        // The offer's local activity may have recorded `assigned` before it failed: never reuse that number.
+        if (assigned) s.seq = Math.max(s.seq, assigned.seq);
         await registry.releaseNode({ jobId });
         unassignedClaim = false;
         s.refusedNodes.push(match.node.nodeId);
@@ -394,7 +407,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       heldBack = match.explanation.claimedByOthers.length > 0 ? heldBack + 1 : 0;
       const wait = heldBack > 0 ? Math.min(options.requeueIntervalMs, 500 * 2 ** Math.min(heldBack, 10)) : options.requeueIntervalMs;
       await condition(() => nodesChanged || cancelRequest !== undefined, wait);
-      if (!nodesChanged && !cancelRequest && historyTooLong()) await continueWithFreshHistory();
+      if (!thisVersion && !nodesChanged && !cancelRequest && historyTooLong()) await continueWithFreshHistory();
     }
   }
 
@@ -484,7 +497,12 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     if (watchEnded) return attemptFailed(nodeId, describeWatchEnd(watchEnded.error, options), 'workflow');
     // Nothing reported by the end of the expected run, the node alive throughout.
     const waited = `its expected ${Math.round((endBy! - s.attemptStartedAt) / 1000)} s run time and grace`;
-    if (s.phase === 'running') return settleCompleted(nodeId, { how: `no end reported within ${waited}`, actor: 'workflow' });
+    if (s.phase === 'running') {
+      // Decided: from here the job is finishing as completed (a cancel is refused, a late report joins it).
+      outcome = { kind: 'completed', report: { nodeId } };
+      return settleCompleted(nodeId, { how: `no end reported within ${waited}`, actor: 'workflow' });
+    }
+    givingUpAttempt = true; // the node's reports are refused from here
     s.error = { code: 408, message: `node ${nodeId} never started the job within ${waited}: the Engine did not connect to it` };
     return refundAndEnd('failed', s.error.message, 'workflow', nodeId);
   }
@@ -495,7 +513,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
    */
   function unreportedEndAt(): number | undefined {
     const grace = options.unreportedEndGraceMs;
-    if (!grace || s.reported) return undefined;
+    if (!grace || !thisVersion || s.reported) return undefined;
     const expectedMs = (spec.estimatedDuration > 0 ? spec.estimatedDuration : DEFAULT_EXPECTED_RUN_S) * 1000;
     if (expectedMs + grace >= options.maxRuntimeMs) return undefined;
     return s.attemptStartedAt + expectedMs + grace;
@@ -548,7 +566,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         final = { phase: 'completed', txRef: outcome.node.txRef };
         return;
       }
-      if (historyTooLong()) await continueWithFreshHistory();
+      // A wallet registered meanwhile is acted on first (the flag does not travel to the next run).
+      if (historyTooLong() && !(thisVersion && walletRegistered)) await continueWithFreshHistory();
     }
   }
 

@@ -114,6 +114,17 @@ const validationCases: Case[] = [
   ['GetReservation with reservation_id "a b"', () => reservationApi, 'GetReservation', () => ({ reservation_id: 'a b' }), 'reservation_id'],
   ['ReleaseReservation with a 2000-character reason', () => reservationApi, 'ReleaseReservation', () => ({ reservation_id: 'some-reservation', reason: 'x'.repeat(2000) }), 'reason'],
   ['ReportJobCompleteFromNode with a NUL in node_id', () => reservationApi, 'ReportJobCompleteFromNode', () => ({ reservation_id: 'some-reservation', job_id: 'j', node_id: 'n\u0000' }), 'node_id'],
+  ['ReserveNode with a NUL in job_config.dataset_uri', () => reservationApi, 'ReserveNode', () => ({ node_id: node.nodeId, user_wallet: 'w', duration_minutes: 60, job_config: { dataset_uri: 'a\u0000' } }), 'job_config.dataset_uri'],
+  // One node's bad numbers must not fail the batch every node's heartbeat is written in.
+  ['Heartbeat with ram_available beyond int64', () => nodeApi, 'Heartbeat', () => ({ node_id: node.nodeId, current_status: { ram_available: '9223372036854775807' } }), 'current_status.ram_available'],
+  ['RegisterNode with price_per_hour 1e200', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '127.0.0.1', port: 50052, pricing: { price_per_hour: 1e200 } } }), 'info.pricing.price_per_hour'],
+  ['RegisterNode with a NUL in supported_formats', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '127.0.0.1', port: 50052, supported_formats: ['ONNX', 'x\u0000'] } }), 'info.supported_formats[1]'],
+  ['RegisterNode with port 65534 (AssignJob would go to 65537)', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '127.0.0.1', port: 65534 } }), 'info.port'],
+  // A failure reason with a NUL could never be written: refused before it changes anything.
+  ['ReportJobResult with a NUL in error_message', () => jobStatusApi, 'ReportJobResult', () => ({ node_id: node.nodeId, job_id: heldJobId, final_status: S.FAILED, error_message: 'x\u0000' }), 'error_message'],
+  ['ReportJobResult with final_status IN_PROGRESS', () => jobStatusApi, 'ReportJobResult', () => ({ node_id: node.nodeId, job_id: heldJobId, final_status: S.IN_PROGRESS }), 'final_status'],
+  ['ReportCompletion with result.status 99', () => nodeApi, 'ReportCompletion', () => ({ node_id: node.nodeId, job_id: heldJobId, result: { status: 99 } }), 'result.status'],
+  ['UpdateJobStatus with a NUL in log_message', () => jobStatusApi, 'UpdateJobStatus', () => ({ node_id: node.nodeId, job_id: heldJobId, status: S.IN_PROGRESS, progress: 0.5, log_message: 'a\u0000' }), 'log_message'],
 ];
 
 describe('every RPC with bad input answers OK with STATUS_FAILED and Error{400} naming the field, and writes nothing', () => {
@@ -140,6 +151,40 @@ describe('every RPC with bad input answers OK with STATUS_FAILED and Error{400} 
     const res = await nodeApi.call('GetNodeMetrics', { node_id: node.nodeId, start_time: '1000', end_time: '900000000000000' });
     expect(res.error).toMatchObject({ code: 400 });
     expect(res.error.message).toMatch(/^end_time:/);
+  });
+});
+
+describe('lists and REST routes refuse bad parameters naming them', () => {
+  test('ListJobs with a page token it did not issue: an empty page, the reason in the response metadata', async () => {
+    for (const token of ['!!!!', 'IA', 'not-a-token']) {
+      const { response, metadata } = await engine.callWithMetadata('ListJobs', { page_size: 10, page_token: token });
+      expect(response).toMatchObject({ jobs: [], total_count: 0 });
+      expect(metadata.get('x-cyxwiz-error-code')).toEqual(['400']);
+      expect(String(metadata.get('x-cyxwiz-error-message')[0])).toMatch(/^page_token: /);
+    }
+  });
+
+  test.each([
+    ['/api/jobs/%00x', 'id'],
+    ['/api/jobs?submitter=%00x', 'submitter'],
+    ['/api/jobs?limit=0x10', 'limit'],
+    ['/api/nodes/a%20b', 'id'],
+    ['/api/reservations?active=yes', 'active'],
+    ['/api/reservations/a%20b', 'id'],
+  ])('GET %s → 400 naming %s', async (path, field) => {
+    const res = await fetch(`${sys().restUrl}${path}`);
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ error: { code: 400, field } });
+  });
+
+  test('a malformed path is a 400 and a reclaim body that is not JSON a 400, one too large a 413', async () => {
+    expect((await fetch(`${sys().restUrl}/api/jobs/%ZZ`)).status).toBe(400);
+    const post = (body: string) =>
+      fetch(`${sys().restUrl}/api/escrows/some-job/reclaim`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const notJson = await post('{');
+    expect(notJson.status).toBe(400);
+    expect(await notJson.json()).toMatchObject({ error: { field: 'body' } });
+    expect((await post(JSON.stringify({ pad: 'x'.repeat(10_000) }))).status).toBe(413);
   });
 });
 

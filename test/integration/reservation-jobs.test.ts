@@ -34,6 +34,25 @@ describe('reservation job counts (real Postgres)', () => {
     return { id, nodeId };
   }
 
+  it('a pending reservation given up in Postgres gives its node back and is not activated when its escrow lands', async () => {
+    const { id, nodeId } = await reservation();
+    const held = async () => (await nodesRepo.getNode(database.db, nodeId))?.reservedBy;
+    expect(await held()).toBe(id);
+    expect(await reservationsRepo.abandonPending(database.db, id, 'withdrawn: no answer')).toBe(true);
+    expect(await reservationsRepo.getReservation(database.db, id)).toMatchObject({ status: 'cancelled', endReason: 'withdrawn: no answer' });
+    expect(await held()).toBeNull();
+    const now = new Date();
+    const activation = { startAt: now, endAt: new Date(now.getTime() + 60_000), escrowAccount: 'e', fundedBy: 'w' };
+    expect(await reservationsRepo.activatePending(database.db, id, activation)).toBe(false);
+    expect(await reservationsRepo.abandonPending(database.db, id, 'again')).toBe(false);
+
+    // An active one is not given up.
+    const other = await reservation();
+    expect(await reservationsRepo.activatePending(database.db, other.id, activation)).toBe(true);
+    expect(await reservationsRepo.abandonPending(database.db, other.id, 'too late')).toBe(false);
+    expect(await reservationsRepo.getReservation(database.db, other.id)).toMatchObject({ status: 'active' });
+  });
+
   it('counts a job once whoever reports it and however often, including reports at the same moment', async () => {
     const { id } = await reservation();
     const count = (jobId: string, reportedBy: 'node' | 'engine') => reservationsRepo.countJob(database.db, { reservationId: id, jobId, reportedBy, success: true });

@@ -571,6 +571,28 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('a queued job woken again and again (nodesChanged) still continues as new before its history grows long', async () => {
+    const cluster = new FakeCluster([]);
+    const jobId = newJobId('woken-often');
+    // The re-check timer never fires here: only the wake-ups move the loop.
+    const options = { ...FAST_OPTIONS, requeueIntervalMs: 60_000, historyEventLimit: 60 };
+
+    await withWorker('woken-often', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'queued');
+      for (let i = 0; i < 40 && (await handle.describe()).runId === handle.firstExecutionRunId; i++) {
+        await handle.signal(nodesChangedSignal);
+        await sleep(50);
+      }
+      expect((await handle.describe()).runId).not.toBe(handle.firstExecutionRunId);
+      // The next run still waits, with the same single escrow.
+      expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'queued', escrow: 'held' });
+      expect(cluster.escrowCalls).toHaveLength(1);
+      await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+      expect(cluster.refundCalls).toEqual([{ jobId }]);
+    });
+  });
+
   test('a node-reported failure (fail update) → reassigned to another node as attempt 2', async () => {
     const cluster = new FakeCluster(['node-a', 'node-b']);
     const jobId = newJobId('fail');
@@ -714,6 +736,28 @@ describe('jobWorkflow', () => {
         expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-a' }]);
         expect(cluster.refundCalls).toEqual([]);
         expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'completed' }]);
+      });
+    });
+
+    test('once the job completes by time, a cancel is refused as finished and the node is paid once', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      cluster.releaseGate = new Gate();
+      const jobId = newJobId('unreported-cancel');
+      await withWorker('unreported-cancel', cluster, async ({ client, start }) => {
+        const handle = await start(spec(jobId), options);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+        const alive = keepAlive(client, jobId, 1);
+        try {
+          await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+          await waitUntil(() => cluster.releaseCalls.length === 1, 10_000, 'the release by time');
+          await expectUpdateRejected(handle.executeUpdate(cancelUpdate, { args: [{ reason: 'too late' }] }), JobRejections.finished);
+          cluster.releaseGate!.open();
+          expect(await handle.result()).toMatchObject({ phase: 'completed' });
+        } finally {
+          alive.stop();
+        }
+        expect(cluster.refundCalls).toEqual([]);
+        expect(cluster.releaseCalls).toHaveLength(1);
       });
     });
 

@@ -5,7 +5,7 @@ import { DEVICE_TYPES } from '../../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../../domain/node';
 import type { DeviceCaps, NodeInfo, NodePricing, Version } from '../../protocol/types';
 import type { DiscoveredNode, DiscoveryService, DiscoverySort } from '../../services/discovery-service';
-import { toProtocolFailure, type ProtocolFailure } from './errors';
+import { sendRefusalMetadata, type ProtocolFailure } from './errors';
 import { deviceTypeOf, int64, optionalText, requireId } from './mappers';
 import { unary } from './unary';
 
@@ -234,11 +234,7 @@ export function createDiscoveryHandlers(deps: DiscoveryHandlerDeps) {
         };
       } catch (err) {
         // ListNodesResponse has no error field: the refusal travels as an empty page, its reason in metadata.
-        const { failure } = toProtocolFailure(err);
-        const md = new grpc.Metadata();
-        md.set('x-cyxwiz-error-code', String(failure.error.code));
-        md.set('x-cyxwiz-error-message', failure.error.message);
-        call.sendMetadata(md);
+        sendRefusalMetadata(call as grpc.ServerUnaryCall<unknown, unknown>, err);
         throw err;
       }
     },

@@ -1,3 +1,4 @@
+import { Metadata, type ServerUnaryCall } from '@grpc/grpc-js';
 import { DomainError, UnavailableError } from '../../domain/errors';
 import { StatusCode } from '../../domain/job';
 import type { ErrorMsg } from '../../protocol/types';
@@ -23,4 +24,16 @@ export function toProtocolFailure(err: unknown): { failure: ProtocolFailure; une
     failure: { status: StatusCode.ERROR, error: { code: 500, message: 'internal server error' } },
     unexpected: true,
   };
+}
+
+/**
+ * For replies without an error field (ListNodes, ListJobs): a refusal is an empty page, and its reason travels
+ * as the response metadata `x-cyxwiz-error-code` and `x-cyxwiz-error-message`.
+ */
+export function sendRefusalMetadata(call: ServerUnaryCall<unknown, unknown>, err: unknown): void {
+  const { failure } = toProtocolFailure(err);
+  const md = new Metadata();
+  md.set('x-cyxwiz-error-code', String(failure.error.code));
+  md.set('x-cyxwiz-error-message', failure.error.message);
+  call.sendMetadata(md);
 }

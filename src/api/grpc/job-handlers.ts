@@ -12,7 +12,7 @@ import type {
 } from '../../protocol/types';
 import type { JobChangeFeed } from '../../services/job-change-feed';
 import type { JobService } from '../../services/jobs-service';
-import { toProtocolFailure } from './errors';
+import { sendRefusalMetadata, toProtocolFailure } from './errors';
 import { optionalText, requireId, toJobSpec, toJobStatus } from './mappers';
 import { statusAndError, summarize, unary } from './unary';
 
@@ -28,9 +28,10 @@ const MAX_PAGE_SIZE = 1000;
 
 function decodePageToken(token: string): number {
   if (!token) return 0;
-  const offset = Number(Buffer.from(token, 'base64url').toString());
-  if (!Number.isSafeInteger(offset) || offset < 0) throw new ValidationError('page_token', 'is not a token this server issued');
-  return offset;
+  const text = Buffer.from(token, 'base64url').toString();
+  // Only what encodePageToken writes: digits, encoded back to the very same token.
+  if (!/^\d{1,15}$/.test(text) || encodePageToken(Number(text)) !== token) throw new ValidationError('page_token', 'is not a token this server issued');
+  return Number(text);
 }
 
 const encodePageToken = (offset: number) => Buffer.from(String(offset)).toString('base64url');
@@ -97,27 +98,36 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     statusAndError,
   );
 
+  async function listJobs(req: ListJobsRequest) {
+    if (req.page_size < 0) throw new ValidationError('page_size', 'must not be negative');
+    if (req.filter_type < 0 || req.filter_type >= JOB_TYPES.length) {
+      throw new ValidationError('filter_type', `has no value ${req.filter_type}`);
+    }
+    const phases = statusCodeToPhases(req.filter_status);
+    if (phases && phases.length === 0) throw new ValidationError('filter_status', `has no value ${req.filter_status}`);
+    const limit = Math.min(req.page_size || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
+    const offset = decodePageToken(req.page_token);
+    const { rows, total } = await jobs.list({
+      submitter: optionalText(req.user_id, 'user_id', 128) || undefined,
+      jobType: req.filter_type ? JOB_TYPES[req.filter_type] : undefined,
+      phases,
+      limit,
+      offset,
+    });
+    const next = offset + rows.length;
+    return { jobs: rows.map(toJobStatus), next_page_token: next < total ? encodePageToken(next) : '', total_count: total };
+  }
+
   const ListJobs = unary<ListJobsRequest, object>(
     log,
     'ListJobs',
-    async (req) => {
-      if (req.page_size < 0) throw new ValidationError('page_size', 'must not be negative');
-      if (req.filter_type < 0 || req.filter_type >= JOB_TYPES.length) {
-        throw new ValidationError('filter_type', `has no value ${req.filter_type}`);
+    async (req, call) => {
+      try {
+        return await listJobs(req);
+      } catch (err) {
+        sendRefusalMetadata(call as grpc.ServerUnaryCall<unknown, unknown>, err);
+        throw err;
       }
-      const phases = statusCodeToPhases(req.filter_status);
-      if (phases && phases.length === 0) throw new ValidationError('filter_status', `has no value ${req.filter_status}`);
-      const limit = Math.min(req.page_size || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
-      const offset = decodePageToken(req.page_token);
-      const { rows, total } = await jobs.list({
-        submitter: optionalText(req.user_id, 'user_id', 128) || undefined,
-        jobType: req.filter_type ? JOB_TYPES[req.filter_type] : undefined,
-        phases,
-        limit,
-        offset,
-      });
-      const next = offset + rows.length;
-      return { jobs: rows.map(toJobStatus), next_page_token: next < total ? encodePageToken(next) : '', total_count: total };
     },
     // ListJobsResponse has no error field: a refused request is an empty page.
     () => ({ jobs: [], next_page_token: '', total_count: 0 }),

@@ -115,12 +115,12 @@ function signature(value: string | undefined, field: string): string {
   return v;
 }
 
-function modelDefinition(value: string | undefined): string {
+export function modelDefinition(value: string | undefined, field = 'config.model_definition'): string {
   const v = value ?? '';
   if (Buffer.byteLength(v) > MAX_MODEL_DEFINITION) {
-    throw new ValidationError('config.model_definition', `is larger than ${MAX_MODEL_DEFINITION} bytes`);
+    throw new ValidationError(field, `is larger than ${MAX_MODEL_DEFINITION} bytes`);
   }
-  if (v.includes('\u0000')) throw new ValidationError('config.model_definition', 'contains NUL characters');
+  if (v.includes('\u0000')) throw new ValidationError(field, 'contains NUL characters');
   return v;
 }
 
@@ -167,8 +167,9 @@ function toDevice(d: DeviceCaps, field: string): DeviceCapsSpec {
  */
 export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: string): { claimedId: string; reg: NodeRegistration } {
   if (!info) throw new ValidationError('info', 'is required');
-  if (!Number.isInteger(info.port) || info.port < 0 || info.port > 65535) {
-    throw new ValidationError('info.port', 'must be a TCP port (0-65535)');
+  // AssignJob goes to the registered port + 3 (NODE_ASSIGN_PORT_OFFSET), which must be a port too.
+  if (!Number.isInteger(info.port) || info.port < 0 || info.port > 65532) {
+    throw new ValidationError('info.port', 'must be a TCP port (0-65532: AssignJob goes to port + 3)');
   }
   if (info.cpu_cores < 0) throw new ValidationError('info.cpu_cores', 'must not be negative');
   const ipAddress = optionalText(info.ip_address, 'info.ip_address', 255) || peerIp;
@@ -189,11 +190,11 @@ export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: st
       walletAddress: optionalWallet(info.wallet_address, 'info.wallet_address'),
       pricing: announcedPricing(info.pricing),
       profile: {
-        version: v ? `${v.major}.${v.minor}.${v.patch}${v.build ? `+${v.build}` : ''}` : '',
-        supportedFormats: info.supported_formats ?? [],
+        version: v ? `${v.major}.${v.minor}.${v.patch}${v.build ? `+${optionalText(v.build, 'info.version.build', 128)}` : ''}` : '',
+        supportedFormats: names(info.supported_formats, 'info.supported_formats'),
         maxModelSize: int64(info.max_model_size, 'info.max_model_size'),
         supportsTerminalAccess: !!info.supports_terminal_access,
-        availableRuntimes: info.available_runtimes ?? [],
+        availableRuntimes: names(info.available_runtimes, 'info.available_runtimes'),
         stakedAmount: Number.isFinite(info.staked_amount) ? info.staked_amount : 0,
       },
     },
@@ -201,10 +202,21 @@ export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: st
 }
 
 /** A node's announced NodePricing, when it announced a usable hourly price. @throws ValidationError */
+/** The highest hourly price a node may announce, in whole CYXWIZ (far above any real one; keeps sums and means finite). */
+export const MAX_PRICE_PER_HOUR = 1_000_000;
+
 function announcedPricing(pricing: NodeInfo['pricing']): (Record<string, unknown> & { price_per_hour: number }) | undefined {
   if (!pricing || !(pricing.price_per_hour > 0)) return undefined;
   if (!Number.isFinite(pricing.price_per_hour)) throw new ValidationError('info.pricing.price_per_hour', 'must be a finite number');
+  if (pricing.price_per_hour > MAX_PRICE_PER_HOUR) throw new ValidationError('info.pricing.price_per_hour', `must be at most ${MAX_PRICE_PER_HOUR} CYXWIZ per hour`);
   return { ...pricing, price_per_hour: pricing.price_per_hour };
+}
+
+/** A short list of short names (formats, runtimes): at most 64 of at most 128 characters each. */
+function names(values: string[] | undefined, field: string): string[] {
+  const list = values ?? [];
+  if (list.length > 64) throw new ValidationError(field, 'has more than 64 entries');
+  return list.map((v, i) => optionalText(v, `${field}[${i}]`, 128));
 }
 
 /** The caller's IP from a grpc-js peer string ("ipv4:1.2.3.4:5678", "ipv6:[::1]:5678", "1.2.3.4:5678"). */

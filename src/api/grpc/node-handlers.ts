@@ -39,6 +39,17 @@ function verdict(status: number): 'completed' | 'failed' | 'progress' {
   return 'progress';
 }
 
+/** A StatusCode a node reports; `final` ones must say how the job ended. @throws ValidationError */
+function reportedStatus(status: number | undefined, field: string, final = false): number {
+  const v = status ?? StatusCode.UNKNOWN;
+  if (!Number.isInteger(v) || v < StatusCode.UNKNOWN || v > StatusCode.CANCELLED) throw new ValidationError(field, `has no value ${v}`);
+  if (final && verdict(v) === 'progress') throw new ValidationError(field, `must say how the job ended (SUCCESS, COMPLETED, FAILED, ERROR or CANCELLED), got ${v}`);
+  return v;
+}
+
+/** A node's free-text message (a failure's reason, a log line): bounded, no control characters. */
+const nodeMessage = (value: string | undefined, field: string) => optionalText(value, field, 4096);
+
 /** NodeService (as served by the central server) and JobStatusService: what nodes call. */
 export function createNodeHandlers(deps: NodeHandlerDeps) {
   const { nodes, log } = deps;
@@ -61,7 +72,8 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
     async (req) => {
       const nodeId = requireId(req.node_id, 'node_id');
       const s = req.current_status;
-      const jobsToCancel = await nodes.heartbeat(nodeId, s ? { ramAvailable: Number(s.ram_available), ramTotal: Number(s.ram_total) } : undefined);
+      const ram = s && { ramAvailable: int64(s.ram_available, 'current_status.ram_available'), ramTotal: int64(s.ram_total, 'current_status.ram_total') };
+      const jobsToCancel = await nodes.heartbeat(nodeId, ram || undefined);
       return { status: StatusCode.SUCCESS, keep_alive: true, jobs_to_cancel: jobsToCancel };
     },
     // keep_alive stays true: a shipping node treats false as a failed heartbeat and drops its pending jobs.
@@ -101,7 +113,8 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const metrics = { ...metricsValue(s?.metrics, 'status.metrics'), ...metricsValue(req.current_metrics, 'current_metrics') };
       const progress = s ? progressValue(s.progress, 'status.progress') : undefined;
       const epoch = s && s.current_epoch >= 0 ? s.current_epoch : undefined;
-      const outcome = await report(nodeId, jobId, s?.status ?? StatusCode.IN_PROGRESS, progress, epoch, metrics, s?.error?.message ?? '');
+      const status = s ? reportedStatus(s.status, 'status.status') : StatusCode.IN_PROGRESS;
+      const outcome = await report(nodeId, jobId, status, progress, epoch, metrics, nodeMessage(s?.error?.message, 'status.error.message'));
       return { status: StatusCode.SUCCESS, continue_job: outcome.kind === 'progress' };
     },
     (f) => ({ ...statusAndError(f), continue_job: false }),
@@ -114,8 +127,10 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const nodeId = requireId(req.node_id, 'node_id');
       const jobId = requireId(req.job_id, 'job_id');
       const r = req.result;
-      if (r && r.status !== StatusCode.UNKNOWN && verdict(r.status) === 'failed') {
-        await nodes.failed(nodeId, jobId, `node reported status ${r.status}`);
+      // Unset (0) means completed: the call itself is the completion report.
+      const resultStatus = r && r.status !== StatusCode.UNKNOWN ? reportedStatus(r.status, 'result.status', true) : StatusCode.SUCCESS;
+      if (verdict(resultStatus) === 'failed') {
+        await nodes.failed(nodeId, jobId, `node reported status ${resultStatus}`);
         return { status: StatusCode.SUCCESS, payment_released: false, payment_tx_hash: '' };
       }
       const receipt = await nodes.completed(nodeId, jobId, {
@@ -164,11 +179,11 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const outcome = await report(
         nodeId,
         jobId,
-        req.status,
+        reportedStatus(req.status, 'status'),
         progressValue(req.progress, 'progress'),
         req.current_epoch >= 0 ? req.current_epoch : undefined,
         metricsValue(req.metrics, 'metrics'),
-        req.log_message,
+        nodeMessage(req.log_message, 'log_message'),
       );
       return { status: StatusCode.SUCCESS, should_continue: outcome.kind === 'progress' };
     },
@@ -182,14 +197,16 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const nodeId = requireId(req.node_id, 'node_id');
       const jobId = requireId(req.job_id, 'job_id');
       const metrics = metricsValue(req.final_metrics, 'final_metrics');
-      if (verdict(req.final_status) === 'completed') {
+      const finalStatus = reportedStatus(req.final_status, 'final_status', true);
+      const message = nodeMessage(req.error_message, 'error_message');
+      if (verdict(finalStatus) === 'completed') {
         await nodes.completed(nodeId, jobId, {
           finalMetrics: metrics,
           modelWeightsUri: optionalText(req.model_weights_uri, 'model_weights_uri'),
           modelWeightsHash: optionalText(req.model_weights_hash, 'model_weights_hash', 256),
         });
       } else {
-        await nodes.failed(nodeId, jobId, req.error_message || `node reported status ${req.final_status}`);
+        await nodes.failed(nodeId, jobId, message || `node reported status ${finalStatus}`);
       }
       return { status: StatusCode.SUCCESS };
     },

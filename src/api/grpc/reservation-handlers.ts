@@ -7,7 +7,7 @@ import type { ReservationWithNode } from '../../db/reservations-repo';
 import type { ReservationService } from '../../services/reservation-service';
 import type { ReleaseReceipt } from '../../workflows/reservation-messages';
 import { toProtocolFailure } from './errors';
-import { optionalText, requireId } from './mappers';
+import { modelDefinition, optionalText, requireId } from './mappers';
 import { statusAndError, summarize, unary } from './unary';
 
 type Metrics = Record<string, number>;
@@ -55,7 +55,12 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
           nodeId: requireId(req.node_id, 'node_id'),
           userWallet: req.user_wallet,
           durationMinutes: req.duration_minutes,
-          jobConfig: req.job_config ? { model_definition: req.job_config.model_definition, dataset_uri: req.job_config.dataset_uri } : {},
+          jobConfig: req.job_config
+            ? {
+                model_definition: modelDefinition(req.job_config.model_definition as string | undefined, 'job_config.model_definition'),
+                dataset_uri: optionalText(req.job_config.dataset_uri as string | undefined, 'job_config.dataset_uri', 2048),
+              }
+            : {},
         });
         const r = done.reservation;
         return {

@@ -107,9 +107,32 @@ const replacer = (_k: string, v: unknown) => (typeof v === 'bigint' ? v.toString
 
 function intParam(value: unknown, name: string, def: number, max: number): number {
   if (value === undefined || value === '') return def;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new ValidationError(name, 'must be a non-negative integer');
-  return Math.min(n, max);
+  if (typeof value !== 'string' || !/^\d{1,15}$/.test(value)) throw new ValidationError(name, 'must be a non-negative integer');
+  return Math.min(Number(value), max);
+}
+
+/** An optional query text: one value, at most 128 printable characters. */
+function textParam(value: unknown, name: string): string | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (typeof value !== 'string' || value.length > 128 || /[\u0000-\u001f\u007f]/.test(value)) {
+    throw new ValidationError(name, 'must be one value of at most 128 printable characters');
+  }
+  return value;
+}
+
+/** A boolean query flag: true, false or absent. */
+function flagParam(value: unknown, name: string): boolean {
+  if (value === undefined || value === '' || value === 'false') return false;
+  if (value === 'true') return true;
+  throw new ValidationError(name, 'must be true or false');
+}
+
+/** An id in a route: 1-128 letters, digits, `_ . : -` (job, node and reservation ids). @throws ValidationError */
+function idParam(value: string, name: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(value)) {
+    throw new ValidationError(name, 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
+  }
+  return value;
 }
 
 /** The operators' REST API: health, stats and read access to jobs. */
@@ -153,7 +176,7 @@ export function createRestApp(deps: RestDeps) {
     const limit = intParam(req.query.limit, 'limit', 50, 500);
     const offset = intParam(req.query.offset, 'offset', 0, Number.MAX_SAFE_INTEGER);
     const { rows, total } = await deps.jobs.list({
-      submitter: typeof req.query.submitter === 'string' ? req.query.submitter : undefined,
+      submitter: textParam(req.query.submitter, 'submitter'),
       phases: status ? [status as JobPhase] : undefined,
       limit,
       offset,
@@ -162,7 +185,7 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/jobs/:id', async (req, res) => {
-    const job = await deps.jobs.get(req.params.id);
+    const job = await deps.jobs.get(idParam(req.params.id, 'id'));
     const waiting = job.status === 'pending' || job.status === 'queued';
     const [events, payments, ahead] = await Promise.all([
       deps.jobs.events(job.id),
@@ -173,7 +196,7 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/jobs/:id/payments', async (req, res) => {
-    const job = await deps.jobs.get(req.params.id);
+    const job = await deps.jobs.get(idParam(req.params.id, 'id'));
     res.json({ jobId: job.id, payments: await deps.jobs.payments(job.id) });
   });
 
@@ -185,19 +208,19 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/nodes/:id', async (req, res) => {
-    res.json(await deps.nodes.get(req.params.id));
+    res.json(await deps.nodes.get(idParam(req.params.id, 'id')));
   });
 
   app.get('/api/reservations', async (req, res) => {
     const pageSize = intParam(req.query.limit, 'limit', 50, 500);
-    const wallet = typeof req.query.wallet === 'string' && req.query.wallet ? req.query.wallet : undefined;
-    const activeOnly = req.query.active === 'true';
-    const pageToken = typeof req.query.pageToken === 'string' ? req.query.pageToken : '';
+    const wallet = textParam(req.query.wallet, 'wallet');
+    const activeOnly = flagParam(req.query.active, 'active');
+    const pageToken = textParam(req.query.pageToken, 'pageToken') ?? '';
     res.json(await deps.reservations.list({ wallet, activeOnly, pageSize, pageToken }));
   });
 
   app.get('/api/reservations/:id', async (req, res) => {
-    res.json(await deps.reservations.get(req.params.id));
+    res.json(await deps.reservations.get(idParam(req.params.id, 'id')));
   });
 
   /**
@@ -205,7 +228,7 @@ export function createRestApp(deps: RestDeps) {
    * then submits with config.escrow_tx_hash. Idempotent.
    */
   app.post('/api/escrows/:jobId', async (req, res) => {
-    res.json(await deps.escrows.open(escrowJobId(req.params.jobId)));
+    res.json(await deps.escrows.open(idParam(req.params.jobId, 'jobId')));
   });
 
   /**
@@ -214,7 +237,7 @@ export function createRestApp(deps: RestDeps) {
    * Idempotent; 409 while the transfer funds a job or the job is still running.
    */
   app.post('/api/escrows/:jobId/reclaim', express.json({ limit: '4kb' }), async (req, res) => {
-    const jobId = escrowJobId(req.params.jobId);
+    const jobId = idParam(req.params.jobId, 'jobId');
     const body = (req.body ?? {}) as { escrowTxHash?: unknown; paymentAddress?: unknown };
     const escrowTxHash = typeof body.escrowTxHash === 'string' ? body.escrowTxHash.trim() : '';
     if (!/^[1-9A-HJ-NP-Za-km-z]{86,88}$/.test(escrowTxHash)) throw new ValidationError('escrowTxHash', 'must be the base58 signature of your transfer');
@@ -229,8 +252,11 @@ export function createRestApp(deps: RestDeps) {
 
   // The one error middleware: domain errors → HTTP.
   app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    if ((err as { type?: string } | null)?.type === 'entity.parse.failed') {
-      res.status(400).json({ error: { code: 400, message: 'body: is not valid JSON', field: 'body' } });
+    // The body parser's and the router's own refusals (bad JSON, a body too large, a malformed path): their status.
+    const status = (err as { status?: unknown; statusCode?: unknown } | null)?.status ?? (err as { statusCode?: unknown } | null)?.statusCode;
+    if (!(err instanceof DomainError) && typeof status === 'number' && status >= 400 && status < 500) {
+      const message = (err as { type?: string }).type === 'entity.parse.failed' ? 'body: is not valid JSON' : String((err as Error).message);
+      res.status(status).json({ error: { code: status, message, ...(status === 400 && { field: 'body' }) } });
       return;
     }
     if (err instanceof DomainError) {
@@ -244,14 +270,6 @@ export function createRestApp(deps: RestDeps) {
   });
 
   return app;
-}
-
-/** A job id in a route: 1-128 letters, digits, `_ . : -`. @throws ValidationError naming jobId */
-function escrowJobId(jobId: string): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(jobId)) {
-    throw new ValidationError('jobId', 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
-  }
-  return jobId;
 }
 
 /**
