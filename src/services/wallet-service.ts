@@ -54,8 +54,8 @@ export function createWalletService(deps: { db: Db; chain: ChainContext }) {
   }
 
   async function history(address: string, limit: number, offset: number) {
-    walletAddress(address);
-    const { rows, total } = await jobsRepo.walletPayments(deps.db, address, limit, offset);
+    const wallet = walletAddress(address).toBase58();
+    const { rows, total } = await jobsRepo.walletPayments(deps.db, wallet, limit, offset);
     return {
       total,
       transactions: rows.map((r) => ({
