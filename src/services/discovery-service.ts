@@ -2,6 +2,7 @@ import type { Db } from '../db/client';
 import * as discoveryRepo from '../db/discovery-repo';
 import type { Cursor, DiscoverySort, Liveness, NodeFilter } from '../db/discovery-repo';
 import { NotFoundError, ValidationError } from '../domain/errors';
+import { isId } from '../domain/ids';
 import type { DeviceType } from '../domain/job';
 import { nodeStats, type NodeStats } from '../domain/node-stats';
 
@@ -129,7 +130,7 @@ function decodePageToken(token: string, sort: DiscoverySort, descending: boolean
   }
   if (!Array.isArray(parsed) || parsed.length !== 5 || parsed[0] !== TOKEN_VERSION) throw invalid();
   const [, sortCode, reversed, keys, id] = parsed as [unknown, unknown, unknown, unknown, unknown];
-  if (!Array.isArray(keys) || typeof id !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(id)) throw invalid();
+  if (!Array.isArray(keys) || typeof id !== 'string' || !isId(id)) throw invalid();
   if (sortCode !== SORT_CODES[sort] || reversed !== (descending ? 1 : 0)) {
     throw new ValidationError('page_token', 'belongs to another sort order; start again without a token');
   }

@@ -4,6 +4,7 @@ import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import * as reservationsRepo from '../db/reservations-repo';
 import { ConflictError, ForbiddenError, NotFoundError } from '../domain/errors';
+import { isId } from '../domain/ids';
 import { isTerminal } from '../domain/job';
 import { isHolding } from '../domain/reservation';
 import type { HeartbeatHub } from './heartbeat-hub';
@@ -20,8 +21,6 @@ export interface NodeServiceDeps {
   log: { warn(obj: object, msg: string): void };
 }
 
-/** Ids a node may bring (its persisted or local id): printable, short, no whitespace. */
-const ADOPTABLE_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
 export interface ProgressReport {
   nodeId: string;
@@ -48,7 +47,7 @@ export function createNodeService(deps: NodeServiceDeps) {
       port: reg.port,
     });
     if (existing) await refuseTakeover(existing, reg);
-    const nodeId = existing ?? (ADOPTABLE_ID.test(claimedId) ? claimedId : randomUUID());
+    const nodeId = existing ?? (isId(claimedId) ? claimedId : randomUUID());
     await nodesRepo.upsertNode(db, nodeId, reg);
     heartbeats.remember(nodeId);
     if (reg.walletAddress) {

@@ -82,6 +82,22 @@ export interface ReconnectGrant {
 
 export type ReleaseResult = ReleaseReceipt;
 
+/** What `within` resolves to when the promise has not settled in time. */
+const LATE = Symbol('late');
+
+/** Settles as `p` does, or resolves to LATE once `ms` pass first (`p` goes on). */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof LATE> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<typeof LATE>((resolve) => {
+    timer = setTimeout(() => resolve(LATE), ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** How long ReserveNode waits for a withdrawal to be answered (after its wait for the escrow). */
 const WITHDRAW_WAIT_MS = 4000;
 
@@ -183,19 +199,6 @@ export function createReservationService(deps: ReservationServiceDeps) {
     return { reservation, token: t.token, tokenExpires: t.expiresAt, escrowUnits: ready.escrowUnits, pricePerHour: node.pricePerHour };
   }
 
-  /** Resolves as `p` does, or rejects once `ms` pass without an answer. */
-  async function answeredWithin<T>(p: Promise<T>, ms: number): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new UnavailableError(`no answer from Temporal within ${ms} ms`)), ms);
-    });
-    try {
-      return await Promise.race([p, late]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   /**
    * Waits up to escrowWaitMs for the first escrow. When it is not confirmed by then, the reservation is
    * withdrawn (unless it landed in the meantime), so an error answer never leaves the Engine holding a
@@ -204,19 +207,13 @@ export function createReservationService(deps: ReservationServiceDeps) {
   async function waitReady(id: string): Promise<ReadyResult> {
     // The workflow finished before it could answer: its row says how.
     const finished = (err: unknown) => err instanceof WorkflowUpdateFailedError || err instanceof WorkflowNotFoundError;
-    const fromRow = async (): Promise<ReadyResult> => {
-      const row = await find(id);
-      return { ok: false, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` };
-    };
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), deps.escrowWaitMs);
-    });
+    const ended = (row: repo.ReservationRow): ReadyResult => ({ ok: false, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` });
+    const fromRow = async () => ended(await find(id));
     let why: string;
     let unanswered: unknown;
     try {
-      const first = await Promise.race([handle(id).executeUpdate(reservationReadyUpdate), timedOut]);
-      if (first !== 'timeout') return first;
+      const first = await within(handle(id).executeUpdate(reservationReadyUpdate), deps.escrowWaitMs);
+      if (first !== LATE) return first;
       const waited = deps.escrowWaitMs < 1000 ? `${deps.escrowWaitMs} ms` : `${Math.round(deps.escrowWaitMs / 1000)} s`;
       why = `the escrow was not confirmed within ${waited}`;
     } catch (err) {
@@ -224,14 +221,13 @@ export function createReservationService(deps: ReservationServiceDeps) {
       // Not answered (Temporal unreachable for a moment): an error reply must not leave the reservation going on.
       why = `ReserveNode could not wait for the escrow (${(err as Error).message})`;
       unanswered = err;
-    } finally {
-      clearTimeout(timer);
     }
     const reason = `withdrawn: ${why}; the node is free again and anything that reaches the escrow is refunded whole`;
     try {
       // Bounded (the Engine's deadline is 30 s).
-      const update = handle(id).executeUpdate(withdrawReservationUpdate, { args: [{ reason }] });
-      return await answeredWithin(update, WITHDRAW_WAIT_MS);
+      const withdrawn = await within(handle(id).executeUpdate(withdrawReservationUpdate, { args: [{ reason }] }), WITHDRAW_WAIT_MS);
+      if (withdrawn === LATE) throw new UnavailableError(`no answer from Temporal within ${WITHDRAW_WAIT_MS} ms`);
+      return withdrawn;
     } catch (err) {
       if (finished(err)) return fromRow();
       // Unanswered (Temporal slow or away, or the escrow landed and its activation is slow): withdrawn in
@@ -241,7 +237,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
       if (row.status === 'active' && row.startAt && row.escrowAccount) {
         return { ok: true, startAt: row.startAt.getTime(), endAt: row.endAt.getTime(), escrowAccount: row.escrowAccount, escrowUnits: row.escrowUnits.toString(), escrowTx: '' };
       }
-      if (!isHolding(row.status)) return { ok: false, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` };
+      if (!isHolding(row.status)) return ended(row);
       throw translate(unanswered ?? err);
     }
   }
@@ -338,16 +334,8 @@ export function createReservationService(deps: ReservationServiceDeps) {
    * their way), those amounts without signatures. Undefined when neither is known by then.
    */
   async function decidedWithin(id: string, settled: Promise<ReleaseReceipt>, ms: number): Promise<ReleaseReceipt | undefined> {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<undefined>((resolve) => {
-      timer = setTimeout(() => resolve(undefined), ms);
-    });
-    try {
-      const done = await Promise.race([settled, late]);
-      if (done) return done;
-    } finally {
-      clearTimeout(timer);
-    }
+    const done = await within(settled, ms);
+    if (done !== LATE) return done;
     const view = await handle(id).query(reservationQuery).catch(() => undefined);
     if (!view?.settling) return undefined;
     return { ...view.settling, nodeAmount: '', paymentTx: '', refundTx: '', owed: false };

@@ -1,10 +1,8 @@
-import { reservationCost, unitsPerHour } from '../../src/domain/reservation';
 import { startRpcProxy, type RpcProxy } from '../support/chain';
 import { testSolanaRpcUrl } from '../support/env';
-import { protocolClient } from '../support/grpc-clients';
 import { useSystem } from '../support/system';
-import { testChain, type TestChain } from './chain';
-import { eventually, nodePool, S, type ProtocolClient } from './helpers';
+import { eventually, S } from './helpers';
+import { reservationRig } from './reservation-rig';
 
 /*
  * ReleaseReservation answers within the Engine's 30 s deadline however slow the chain: after
@@ -12,7 +10,6 @@ import { eventually, nodePool, S, type ProtocolClient } from './helpers';
  * yet; asked again once settled, it answers with the signatures. The system reaches the ledger through an RPC
  * proxy that holds the settlement's transaction for 4 s.
  */
-const DECIMALS = 9;
 const R_CANCELLED = 6;
 
 // Filled in before the system starts (beforeAll runs in declaration order): the system's RPC URL is the proxy's.
@@ -29,44 +26,29 @@ afterAll(async () => {
 });
 
 const sys = useSystem({ name: 'reservation-release-slow', env });
-const nodes = nodePool(sys);
-let engine: ProtocolClient;
-let discovery: ProtocolClient;
-let chain: TestChain;
-
-beforeAll(() => {
-  engine = protocolClient('JobReservationService', sys().grpcAddress);
-  discovery = protocolClient('NodeDiscoveryService', sys().grpcAddress);
-  chain = testChain();
-});
-
-afterAll(async () => {
-  engine?.close();
-  discovery?.close();
-  await nodes.stopAll();
-});
+const rig = reservationRig(sys);
+const { nodes } = rig;
 
 test('a release answered before its transactions confirm: the decided amounts at once, the signatures when asked again', async () => {
   const node = await nodes.start({ name: 'slow-release-node' });
-  const user = await chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
+  const user = await rig.chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
   const wallet = user.publicKey.toBase58();
-  const info = await discovery.call('GetNodeInfo', { node_id: node.nodeId });
-  const escrow = reservationCost(unitsPerHour(info.info.pricing.price_per_hour, DECIMALS), 30);
+  const { escrow } = await rig.expectedEscrow(node.nodeId, 30);
 
-  const reserved = await engine.call('ReserveNode', { node_id: node.nodeId, user_wallet: wallet, duration_minutes: 30, job_config: { model_definition: '{}', dataset_uri: 'remote://engine' } }, { deadlineMs: 30_000 });
+  const reserved = await rig.reserve(node.nodeId, wallet, 30);
   expect(reserved).toMatchObject({ status: S.SUCCESS });
   const id = reserved.reservation_id;
 
   // Default policy `full`: the whole escrow is paid, nothing refunded. The chain now takes 4 s per transaction.
   slowSends = true;
-  const first = await engine.call('ReleaseReservation', { reservation_id: id, reason: 'User requested release' });
+  const first = await rig.engine.call('ReleaseReservation', { reservation_id: id, reason: 'User requested release' });
   // Answered before the transaction confirmed: no signatures yet.
   expect(first).toMatchObject({ status: S.SUCCESS, payment_released: escrow.toString(), refund_amount: '0', payment_tx_hash: '', refund_tx_hash: '' });
   expect(Number(first.time_used_seconds)).toBeGreaterThanOrEqual(0);
 
-  await eventually('the settlement to finish', async () => (await engine.call('GetReservation', { reservation_id: id })).reservation.status === R_CANCELLED, 30_000);
-  const again = await engine.call('ReleaseReservation', { reservation_id: id, reason: 'again' });
+  await eventually('the settlement to finish', async () => (await rig.engine.call('GetReservation', { reservation_id: id })).reservation.status === R_CANCELLED, 30_000);
+  const again = await rig.engine.call('ReleaseReservation', { reservation_id: id, reason: 'again' });
   expect(again).toMatchObject({ status: S.SUCCESS, payment_released: escrow.toString(), refund_amount: '0', time_used_seconds: first.time_used_seconds });
   expect(again.payment_tx_hash).not.toBe('');
-  expect(await chain.accountBalance(chain.escrowAccount(id))).toBe(0n);
+  expect(await rig.chain.accountBalance(rig.chain.escrowAccount(id))).toBe(0n);
 });

@@ -1,8 +1,6 @@
-import { reservationCost, unitsPerHour } from '../../src/domain/reservation';
-import { protocolClient } from '../support/grpc-clients';
 import { useSystem } from '../support/system';
-import { testChain, type TestChain } from './chain';
-import { eventually, nodePool, restGet, S, type ProtocolClient } from './helpers';
+import { eventually, restGet, S } from './helpers';
+import { reservationRig } from './reservation-rig';
 
 /*
  * ReserveNode waits RESERVATION_ESCROW_WAIT_MS for the escrow, then answers. Here that wait is 1 ms, so every
@@ -11,44 +9,24 @@ import { eventually, nodePool, restGet, S, type ProtocolClient } from './helpers
  */
 
 const R_CANCELLED = 6;
-const DECIMALS = 9;
 
 const sys = useSystem({ name: 'reservation-withdraw', env: { RESERVATION_ESCROW_WAIT_MS: 1 } });
-const nodes = nodePool(sys);
-let engine: ProtocolClient;
-let discovery: ProtocolClient;
-let chain: TestChain;
-
-beforeAll(() => {
-  engine = protocolClient('JobReservationService', sys().grpcAddress);
-  discovery = protocolClient('NodeDiscoveryService', sys().grpcAddress);
-  chain = testChain();
-});
-
-afterAll(async () => {
-  engine?.close();
-  discovery?.close();
-  await nodes.stopAll();
-});
+const rig = reservationRig(sys);
+const { nodes } = rig;
 
 test('an escrow not confirmed in time: 503, the reservation withdrawn, the node free again, the escrow refunded whole', async () => {
   const node = await nodes.start({ name: 'slow-escrow-node' });
-  const user = await chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
+  const user = await rig.chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
   const wallet = user.publicKey.toBase58();
-  const info = await discovery.call('GetNodeInfo', { node_id: node.nodeId });
-  const escrow = reservationCost(unitsPerHour(info.info.pricing.price_per_hour, DECIMALS), 60);
-  const before = await chain.accountBalance(chain.ata(user.publicKey));
+  const { escrow } = await rig.expectedEscrow(node.nodeId, 60);
+  const before = await rig.chain.accountBalance(rig.chain.ata(user.publicKey));
 
-  const reply = await engine.call(
-    'ReserveNode',
-    { node_id: node.nodeId, user_wallet: wallet, duration_minutes: 60, job_config: { model_definition: '{}', dataset_uri: 'remote://engine' } },
-    { deadlineMs: 30_000 },
-  );
+  const reply = await rig.reserve(node.nodeId, wallet, 60);
   expect(reply).toMatchObject({ status: S.ERROR, error: { code: 503, message: expect.stringContaining('withdrawn') } });
 
   // Not the Engine's: no active reservation to reconnect to, and the node can be reserved again at once.
-  expect(await engine.call('GetActiveReservations', { user_wallet: wallet })).toMatchObject({ status: S.SUCCESS, reservations: [] });
-  const [row] = (await engine.call('ListReservations', { user_id: wallet, page_size: 10 })).reservations;
+  expect(await rig.engine.call('GetActiveReservations', { user_wallet: wallet })).toMatchObject({ status: S.SUCCESS, reservations: [] });
+  const [row] = (await rig.engine.call('ListReservations', { user_id: wallet, page_size: 10 })).reservations;
   const id: string = row.reservation_id;
   expect((await sys().query<{ reserved_by: string | null }>('select reserved_by from nodes where id = $1', [node.nodeId]))[0].reserved_by).toBeNull();
 
@@ -58,9 +36,9 @@ test('an escrow not confirmed in time: 503, the reservation withdrawn, the node 
     return r.refundTx ? r : undefined;
   }, 30_000);
   expect(ended).toMatchObject({ status: 'cancelled', paidUnits: '0', refundUnits: escrow.toString(), endReason: expect.stringContaining('withdrawn') });
-  expect((await engine.call('GetReservation', { reservation_id: id })).reservation).toMatchObject({ status: R_CANCELLED });
-  expect(await chain.accountBalance(chain.escrowAccount(id))).toBe(0n);
-  expect(await chain.accountBalance(chain.ata(user.publicKey))).toBe(before);
+  expect((await rig.engine.call('GetReservation', { reservation_id: id })).reservation).toMatchObject({ status: R_CANCELLED });
+  expect(await rig.chain.accountBalance(rig.chain.escrowAccount(id))).toBe(0n);
+  expect(await rig.chain.accountBalance(rig.chain.ata(user.publicKey))).toBe(before);
   const legs = (await sys().query<{ leg: string; amount: string; state: string }>(
     'select leg, amount::text, state from payments where job_id = $1 order by id',
     [id],

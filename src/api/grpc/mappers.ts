@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { JobRow } from '../../db/jobs-repo';
 import type { NodeRegistration } from '../../db/nodes-repo';
 import { ValidationError } from '../../domain/errors';
+import { isId } from '../../domain/ids';
 import {
   DEVICE_TYPES,
   JOB_TYPES,
@@ -20,8 +21,6 @@ const MAX_TEXT = 4096;
 const MAX_MODEL_DEFINITION = 1024 * 1024;
 /** Control characters other than tab and newlines (Postgres text cannot hold NUL at all). */
 const CONTROL = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
-/** Ids: printable, no whitespace. */
-const ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 /** A shipping node listens for P2P on 50052 (and is registered with it); 0 means "the default". */
 export const DEFAULT_NODE_PORT = 50052;
 
@@ -48,7 +47,7 @@ export function optionalWallet(value: string | undefined, field: string): string
 /** An id of a job or node: 1-128 letters, digits, `_ . : -`, starting with a letter or digit. */
 export function requireId(value: string | undefined, field: string): string {
   const v = requireText(value, field, 128);
-  if (!ID.test(v)) throw new ValidationError(field, 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
+  if (!isId(v)) throw new ValidationError(field, 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
   return v;
 }
 

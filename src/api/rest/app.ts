@@ -6,6 +6,7 @@ import type { JobRow } from '../../db/jobs-repo';
 import type { NodeRow } from '../../db/nodes-repo';
 import { nodeHealth } from '../../domain/health';
 import { nodeStats } from '../../domain/node-stats';
+import { requireId } from '../grpc/mappers';
 import { summarize } from '../grpc/unary';
 
 export interface HealthCheck {
@@ -127,14 +128,6 @@ function flagParam(value: unknown, name: string): boolean {
   throw new ValidationError(name, 'must be true or false');
 }
 
-/** An id in a route: 1-128 letters, digits, `_ . : -` (job, node and reservation ids). @throws ValidationError */
-function idParam(value: string, name: string): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(value)) {
-    throw new ValidationError(name, 'must be 1-128 letters, digits, _ . : - (starting with a letter or digit)');
-  }
-  return value;
-}
-
 /** The operators' REST API: health, stats and read access to jobs. */
 export function createRestApp(deps: RestDeps) {
   const app = express();
@@ -185,7 +178,7 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/jobs/:id', async (req, res) => {
-    const job = await deps.jobs.get(idParam(req.params.id, 'id'));
+    const job = await deps.jobs.get(requireId(req.params.id, 'id'));
     const waiting = job.status === 'pending' || job.status === 'queued';
     const [events, payments, ahead] = await Promise.all([
       deps.jobs.events(job.id),
@@ -196,7 +189,7 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/jobs/:id/payments', async (req, res) => {
-    const job = await deps.jobs.get(idParam(req.params.id, 'id'));
+    const job = await deps.jobs.get(requireId(req.params.id, 'id'));
     res.json({ jobId: job.id, payments: await deps.jobs.payments(job.id) });
   });
 
@@ -208,7 +201,7 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/nodes/:id', async (req, res) => {
-    res.json(await deps.nodes.get(idParam(req.params.id, 'id')));
+    res.json(await deps.nodes.get(requireId(req.params.id, 'id')));
   });
 
   app.get('/api/reservations', async (req, res) => {
@@ -220,7 +213,7 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/reservations/:id', async (req, res) => {
-    res.json(await deps.reservations.get(idParam(req.params.id, 'id')));
+    res.json(await deps.reservations.get(requireId(req.params.id, 'id')));
   });
 
   /**
@@ -228,7 +221,7 @@ export function createRestApp(deps: RestDeps) {
    * then submits with config.escrow_tx_hash. Idempotent.
    */
   app.post('/api/escrows/:jobId', async (req, res) => {
-    res.json(await deps.escrows.open(idParam(req.params.jobId, 'jobId')));
+    res.json(await deps.escrows.open(requireId(req.params.jobId, 'jobId')));
   });
 
   /**
@@ -237,7 +230,7 @@ export function createRestApp(deps: RestDeps) {
    * Idempotent; 409 while the transfer funds a job or the job is still running.
    */
   app.post('/api/escrows/:jobId/reclaim', express.json({ limit: '4kb' }), async (req, res) => {
-    const jobId = idParam(req.params.jobId, 'jobId');
+    const jobId = requireId(req.params.jobId, 'jobId');
     const body = (req.body ?? {}) as { escrowTxHash?: unknown; paymentAddress?: unknown };
     const escrowTxHash = typeof body.escrowTxHash === 'string' ? body.escrowTxHash.trim() : '';
     if (!/^[1-9A-HJ-NP-Za-km-z]{86,88}$/.test(escrowTxHash)) throw new ValidationError('escrowTxHash', 'must be the base58 signature of your transfer');
