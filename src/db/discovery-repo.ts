@@ -63,7 +63,7 @@ export interface SortOrder {
 
 /** Position after a row in a sort order: its key values and id. */
 export interface Cursor {
-  keys: (number | string)[];
+  keys: number[];
   id: string;
 }
 
@@ -132,9 +132,7 @@ function expressions(live: Liveness, aj: ActiveJobs) {
   const activeJobs = sql<number>`${aj.activeJobs}`;
   /** Jobs the node could take now: capacity − claims when live, not banned and not reserved, else 0. */
   const freeCapacity = sql<number>`(case when ${online} and not ${banned} and not ${reserved} then greatest(${nodes.capacity} - ${activeJobs}, 0) else 0 end)`;
-  /** last_heartbeat in microseconds since the epoch: exact, so it can travel in a cursor. */
-  const heartbeatMicros = sql<string>`(extract(epoch from ${nodes.lastHeartbeat}) * 1000000)::bigint`;
-  return { online, banned, reserved, activeJobs, freeCapacity, heartbeatMicros };
+  return { online, banned, reserved, activeJobs, freeCapacity };
 }
 type Expressions = ReturnType<typeof expressions>;
 
@@ -191,7 +189,7 @@ function conditions(f: NodeFilter, e: Expressions): SQL | undefined {
 }
 
 /** Key expressions of an order and their SQL types, most significant first; the node id breaks ties after them. */
-function sortKeys(key: DiscoverySort, e: Expressions): { expr: SQL; type: 'float8' | 'int' | 'bigint' }[] {
+function sortKeys(key: DiscoverySort, e: Expressions): { expr: SQL; type: 'float8' | 'int' }[] {
   switch (key) {
     case 'price':
       return [{ expr: sql`${nodes.pricePerHour}`, type: 'float8' }];
@@ -200,43 +198,38 @@ function sortKeys(key: DiscoverySort, e: Expressions): { expr: SQL; type: 'float
     case 'reputation':
       return [{ expr: sql`${nodes.reputation}`, type: 'float8' }];
     case 'availability':
-      return [
-        { expr: e.freeCapacity, type: 'int' },
-        { expr: e.heartbeatMicros, type: 'bigint' },
-      ];
+      // Free capacity, then the id: no key that moves with every heartbeat, or a page boundary would skip
+      // every node that beat since the previous page was read.
+      return [{ expr: e.freeCapacity, type: 'int' }];
   }
 }
 
 /** Price is cheapest first; performance, reputation and availability are best first. */
 const naturallyAscending = (key: DiscoverySort) => key === 'price';
 
-/** Cursor key values of an order, as JSON carries them (bigint as a decimal string). */
-const KEY_SHAPES: Record<DiscoverySort, ('number' | 'integer' | 'bigint')[]> = {
+/** Cursor key values of an order, as JSON carries them. */
+const KEY_SHAPES: Record<DiscoverySort, ('number' | 'integer')[]> = {
   price: ['number'],
   performance: ['number'],
   reputation: ['number'],
-  availability: ['integer', 'bigint'],
+  availability: ['integer'],
 };
 
 const INT4_MAX = 2 ** 31 - 1;
-const INT8_MIN = -(2n ** 63n);
-const INT8_MAX = 2n ** 63n - 1n;
 
 /** Whether `keys` have the shape of a cursor of order `key` (a token from a client must be checked). */
 export function isCursorFor(key: DiscoverySort, keys: unknown[]): boolean {
   const shapes = KEY_SHAPES[key];
   return (
     keys.length === shapes.length &&
-    keys.every((v, i) =>
-      shapes[i] === 'bigint'
-        ? typeof v === 'string' && /^-?\d{1,19}$/.test(v) && BigInt(v) >= INT8_MIN && BigInt(v) <= INT8_MAX
-        : typeof v === 'number' && (shapes[i] === 'integer' ? Number.isInteger(v) && Math.abs(v) <= INT4_MAX : Number.isFinite(v)),
+    keys.every(
+      (v, i) => typeof v === 'number' && (shapes[i] === 'integer' ? Number.isInteger(v) && Math.abs(v) <= INT4_MAX : Number.isFinite(v)),
     )
   );
 }
 
 /**
- * The nodes matching `filter` as narrow rows — id, price, preferred-region flag and the sort keys k0, k1 —
+ * The nodes matching `filter` as narrow rows — id, price, preferred-region flag and the sort key k0 —
  * so that ordering and counting never carry whole rows (devices, profile, pricing).
  */
 function narrowMatches(db: DbOrTx, filter: NodeFilter, sort: SortOrder, live: Liveness, after?: Cursor) {
@@ -252,7 +245,6 @@ function narrowMatches(db: DbOrTx, filter: NodeFilter, sort: SortOrder, live: Li
       price: sql<number>`${nodes.pricePerHour}`.as('price'),
       regionMatch: regionMatch.as('region_match'),
       k0: keys[0].expr.as('k0'),
-      k1: (keys[1]?.expr ?? sql`null::int`).as('k1'),
     })
     .from(nodes)
     .$dynamic();
@@ -283,7 +275,6 @@ function orderOfNarrow(sort: SortOrder, table?: string): SQL[] {
   return [
     ...(sort.preferredRegion ? [sql`${column('region_match')} desc`] : []),
     sql`${column('k0')} ${direction}`,
-    ...(KEY_SHAPES[sort.key].length > 1 ? [sql`${column('k1')} ${direction}`] : []),
     sql`${column('id')} ${direction}`,
   ];
 }
@@ -301,14 +292,14 @@ export async function discoverNodes(
     .limit(q.limit)
     .as('page');
   const rows = await db
-    .select({ node: nodes, online: isOnline(q.live), k0: sql<number>`${page.k0}::float8`, k1: sql<string | null>`${page.k1}::text` })
+    .select({ node: nodes, online: isOnline(q.live), k0: sql<number>`${page.k0}::float8` })
     .from(page)
     .innerJoin(nodes, eq(nodes.id, page.id))
     .orderBy(...orderOfNarrow(q.sort, 'page'));
   return rows.map((r) => ({
     ...r.node,
     online: r.online,
-    cursor: { keys: KEY_SHAPES[q.sort.key].length > 1 ? [r.k0, r.k1 ?? '0'] : [r.k0], id: r.node.id },
+    cursor: { keys: [r.k0], id: r.node.id },
   }));
 }
 
@@ -356,8 +347,9 @@ export async function listStats(db: DbOrTx, filter: NodeFilter, live: Liveness):
     .select({
       total: sql<number>`count(*) filter (where ${match})::int`,
       online: sql<number>`count(*) filter (where ${match} and ${e.online})::int`,
-      networkAvgPrice: sql<number>`coalesce(avg(${nodes.pricePerHour}) filter (where ${e.online}), 0)::float8`,
-      networkTotalCompute: sql<number>`coalesce(sum(${nodes.computeScore}) filter (where ${e.online}), 0)::float8`,
+      // Registered nodes only: a bare record (port 0, from a heartbeat of an unknown id) offers nothing.
+      networkAvgPrice: sql<number>`coalesce(avg(${nodes.pricePerHour}) filter (where ${e.online} and ${nodes.port} > 0), 0)::float8`,
+      networkTotalCompute: sql<number>`coalesce(sum(${nodes.computeScore}) filter (where ${e.online} and ${nodes.port} > 0), 0)::float8`,
     })
     .from(nodes)
     .$dynamic();

@@ -135,7 +135,7 @@ function decodePageToken(token: string, sort: DiscoverySort, descending: boolean
     throw new ValidationError('page_token', 'belongs to another sort order; start again without a token');
   }
   if (!discoveryRepo.isCursorFor(sort, keys)) throw invalid();
-  return { keys: keys as (number | string)[], id };
+  return { keys: keys as number[], id };
 }
 
 const lower = (s: string) => s.trim().toLowerCase();

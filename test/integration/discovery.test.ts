@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
-import { inArray, sql } from 'drizzle-orm';
+import { eq, inArray, sql } from 'drizzle-orm';
 import pino from 'pino';
 import { createDiscoveryHandlers } from '../../src/api/grpc/discovery-handlers';
 import { claimNode } from '../../src/db/node-cache';
@@ -348,8 +348,9 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
       it.each([
         ['performance: compute score, best first', SORT.PERFORMANCE, ['b-us', 'k-bigcpu', 'e-ban-over', 'l-perjob', 'a-eu', 'm-noram', 'i-cpu', 'h-opencl', 'j-ramonly']],
         ['reputation, best first', SORT.REPUTATION, ['a-eu', 'e-ban-over', 'b-us', 'm-noram', 'l-perjob', 'k-bigcpu', 'j-ramonly', 'h-opencl', 'i-cpu']],
-        // b-us has 2 of 3 slots free; the others 1 of 1, most recently heard first.
-        ['availability: free capacity, then the latest heartbeat', SORT.AVAILABILITY, ['b-us', 'a-eu', 'e-ban-over', 'h-opencl', 'i-cpu', 'j-ramonly', 'k-bigcpu', 'l-perjob', 'm-noram']],
+        // b-us has 2 of 3 slots free; the others 1 of 1, by id in the order's direction (never by heartbeat,
+        // which moves while a client pages).
+        ['availability: free capacity, then the id', SORT.AVAILABILITY, ['b-us', 'm-noram', 'l-perjob', 'k-bigcpu', 'j-ramonly', 'i-cpu', 'h-opencl', 'e-ban-over', 'a-eu']],
       ])('sort_by %s', async (_name, sortBy, expected) => {
         expect(ids(await find({ sort_by: sortBy }))).toEqual(expected);
       });
@@ -430,8 +431,8 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
         ['price', SORT.PRICE, byPrice(all)],
         ['performance', SORT.PERFORMANCE, [...all].sort((x, y) => byId.get(y)!.computeScore! - byId.get(x)!.computeScore! || (x < y ? 1 : -1))],
         ['reputation', SORT.REPUTATION, [...all].sort((x, y) => byId.get(y)!.reputation! - byId.get(x)!.reputation! || (x < y ? 1 : -1))],
-        // Free capacity: b-us 2; online, unbanned, idle nodes 1 (by heartbeat); busy, banned and silent nodes 0.
-        ['availability', SORT.AVAILABILITY, ['b-us', 'a-eu', 'e-ban-over', 'h-opencl', 'i-cpu', 'j-ramonly', 'k-bigcpu', 'l-perjob', 'm-noram', 'c-busy', 'd-banned', 'g-offline', 'f-stale']],
+        // Free capacity: b-us 2; online, unbanned, idle nodes 1; busy, banned and silent nodes 0; ties by id.
+        ['availability', SORT.AVAILABILITY, ['b-us', 'm-noram', 'l-perjob', 'k-bigcpu', 'j-ramonly', 'i-cpu', 'h-opencl', 'e-ban-over', 'a-eu', 'g-offline', 'f-stale', 'd-banned', 'c-busy']],
       ];
       // sort_descending is descending for every key: it reverses price (cheapest first by default) exactly and
       // leaves the others, best (highest) first by default, as they are.
@@ -609,16 +610,16 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
 
     it('leaves a node whose capacity is fully claimed out of FindNodes, and counts partly claimed nodes as available', async () => {
       const res = await find({ sort_by: SORT.AVAILABILITY });
-      expect(ids(res)).toEqual(['stale-row', 'half', 'idle']);
+      expect(ids(res)).toEqual(['stale-row', 'idle', 'half']);
       expect(res.total_matching).toBe(3);
     });
 
-    it('sorts fully claimed nodes last by availability, however fresh their heartbeat, and still shows them online', async () => {
+    it('sorts fully claimed nodes last by availability, however fresh their heartbeat, ties by id, and still shows them online', async () => {
       const res = await list({ sort_by: SORT.AVAILABILITY });
-      expect(ids(res)).toEqual(['stale-row', 'half', 'idle', 'full', 'matched']);
-      expect(ids(await list({ sort_by: SORT.AVAILABILITY, sort_descending: true }))).toEqual(['stale-row', 'half', 'idle', 'full', 'matched']);
+      expect(ids(res)).toEqual(['stale-row', 'idle', 'half', 'matched', 'full']);
+      expect(ids(await list({ sort_by: SORT.AVAILABILITY, sort_descending: true }))).toEqual(['stale-row', 'idle', 'half', 'matched', 'full']);
       expect(res.nodes.every((n: { is_online: boolean }) => n.is_online)).toBe(true);
-      expect(ids(await list({ online_only: true, sort_by: SORT.AVAILABILITY }))).toEqual(['stale-row', 'half', 'idle', 'full', 'matched']);
+      expect(ids(await list({ online_only: true, sort_by: SORT.AVAILABILITY }))).toEqual(['stale-row', 'idle', 'half', 'matched', 'full']);
     });
 
     it('agrees with claimNode: a claim refused on a node discovery shows full, taken on one it shows free', async () => {
@@ -627,8 +628,8 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
       expect(await claimNode(database.db, 'another', 'matched', 9)).toBe(false);
       expect((await nodeCounts(database.db, new Date(Date.now() - OFFLINE_AFTER_MS))).busy).toBe(3);
       expect(await claimNode(database.db, 'another', 'stale-row', 9)).toBe(true);
-      expect(ids(await find({ sort_by: SORT.AVAILABILITY }))).toEqual(['half', 'idle']);
-      expect(ids(await list({ sort_by: SORT.AVAILABILITY }))).toEqual(['half', 'idle', 'full', 'matched', 'stale-row']);
+      expect(ids(await find({ sort_by: SORT.AVAILABILITY }))).toEqual(['idle', 'half']);
+      expect(ids(await list({ sort_by: SORT.AVAILABILITY }))).toEqual(['idle', 'half', 'stale-row', 'matched', 'full']);
       expect(await nodeCounts(database.db, new Date(Date.now() - OFFLINE_AFTER_MS))).toEqual({ total: 5, online: 5, busy: 4 });
     });
   });
@@ -708,7 +709,7 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
       [SORT.PRICE]: (a, b) => cmp(a.pricePerHour!, b.pricePerHour!) || (a.id < b.id ? -1 : 1),
       [SORT.PERFORMANCE]: (a, b) => cmp(b.computeScore!, a.computeScore!) || (a.id < b.id ? 1 : -1),
       [SORT.REPUTATION]: (a, b) => cmp(b.reputation!, a.reputation!) || (a.id < b.id ? 1 : -1),
-      [SORT.AVAILABILITY]: (a, b) => cmp(free(b), free(a)) || cmp(b.lastHeartbeat!.getTime(), a.lastHeartbeat!.getTime()) || (a.id < b.id ? 1 : -1),
+      [SORT.AVAILABILITY]: (a, b) => cmp(free(b), free(a)) || (a.id < b.id ? 1 : -1),
     };
 
     beforeAll(() => reset(seeds, active, t0));
@@ -734,6 +735,28 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
       expect(new Set(expected).size).toBe(N);
       expect(await pageThrough({ sort_by: sortBy }, 97)).toEqual(expected);
       expect(await pageThrough({ sort_by: sortBy, sort_descending: true }, 97)).toEqual(sortBy === SORT.PRICE ? [...expected].reverse() : expected);
+    });
+
+    it('sort_by availability: a node that heartbeats while a client pages is neither skipped nor repeated', async () => {
+      const expected = [...rows].sort(keyed[SORT.AVAILABILITY]).map((r) => r.id);
+      const first = await list({ sort_by: SORT.AVAILABILITY, page_size: 97 });
+      // Every live node not listed yet beats now (fresher than any on the first page).
+      const rest = rows.filter((r) => isOnline(r) && !ids(first).includes(r.id)).map((r) => r.id);
+      await database.db.update(nodes).set({ lastHeartbeat: new Date(t0 + 1000) }).where(inArray(nodes.id, rest));
+      try {
+        const seen = [...ids(first)];
+        let token = first.next_page_token;
+        while (token) {
+          const res = await list({ sort_by: SORT.AVAILABILITY, page_size: 97, page_token: token });
+          seen.push(...ids(res));
+          token = res.next_page_token;
+        }
+        expect(seen).toEqual(expected);
+      } finally {
+        for (const r of rows.filter((row) => rest.includes(row.id))) {
+          await database.db.update(nodes).set({ lastHeartbeat: r.lastHeartbeat }).where(eq(nodes.id, r.id));
+        }
+      }
     });
 
     it('pages a filtered listing (online CUDA nodes) the same way', async () => {

@@ -133,6 +133,16 @@ describe('toNodeRegistration', () => {
     }
   });
 
+  it('keeps announced pricing whole, also without an hourly price (the list price is charged), and refuses a bad price', () => {
+    const perJob = { billing_model: 2, price_per_hour: 0, price_per_job_base: 5, free_tier_available: true } as unknown as NodeInfo['pricing'];
+    expect(toNodeRegistration(info({ pricing: perJob }), 'x').reg.pricing).toMatchObject({ billing_model: 2, price_per_job_base: 5, free_tier_available: true, price_per_hour: 0 });
+    expect(toNodeRegistration(info(), 'x').reg.pricing).toBeUndefined();
+    for (const price of [-1, Number.NaN, Number.POSITIVE_INFINITY, 2e6]) {
+      const bad = { billing_model: 0, price_per_hour: price } as unknown as NodeInfo['pricing'];
+      expect(fieldOf(() => toNodeRegistration(info({ pricing: bad }), 'x'))).toBe('info.pricing.price_per_hour');
+    }
+  });
+
   it('reads grpc-js peer strings', () => {
     expect(peerIp('ipv4:127.0.0.1:5555')).toBe('127.0.0.1');
     expect(peerIp('ipv6:[::1]:5555')).toBe('::1');

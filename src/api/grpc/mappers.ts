@@ -200,15 +200,20 @@ export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: st
   };
 }
 
-/** A node's announced NodePricing, when it announced a usable hourly price. @throws ValidationError */
 /** The highest hourly price a node may announce, in whole CYXWIZ (far above any real one; keeps sums and means finite). */
 export const MAX_PRICE_PER_HOUR = 1_000_000;
 
+/**
+ * A node's announced NodePricing, kept whole when announced (its billing model, free tier and other terms count
+ * in discovery even without an hourly price; a price_per_hour of 0 means the list price is charged).
+ * @throws ValidationError
+ */
 function announcedPricing(pricing: NodeInfo['pricing']): (Record<string, unknown> & { price_per_hour: number }) | undefined {
-  if (!pricing || !(pricing.price_per_hour > 0)) return undefined;
-  if (!Number.isFinite(pricing.price_per_hour)) throw new ValidationError('info.pricing.price_per_hour', 'must be a finite number');
-  if (pricing.price_per_hour > MAX_PRICE_PER_HOUR) throw new ValidationError('info.pricing.price_per_hour', `must be at most ${MAX_PRICE_PER_HOUR} CYXWIZ per hour`);
-  return { ...pricing, price_per_hour: pricing.price_per_hour };
+  if (!pricing) return undefined;
+  const perHour = pricing.price_per_hour ?? 0;
+  if (!Number.isFinite(perHour) || perHour < 0) throw new ValidationError('info.pricing.price_per_hour', 'must be a finite number, 0 or more');
+  if (perHour > MAX_PRICE_PER_HOUR) throw new ValidationError('info.pricing.price_per_hour', `must be at most ${MAX_PRICE_PER_HOUR} CYXWIZ per hour`);
+  return { ...pricing, price_per_hour: perHour };
 }
 
 /** A short list of short names (formats, runtimes): at most 64 of at most 128 characters each. */
