@@ -14,6 +14,8 @@ export interface JobActivityDeps {
   /** NodeService.AssignJob listens on the registered port + this offset. */
   assignPortOffset: number;
   tokenDecimals: number;
+  /** A job's watch times out after this long without a sign of life (JOB_HEARTBEAT_TIMEOUT_S). */
+  heartbeatTimeoutMs: number;
   /** Wakes queued jobs (capacity was given back). */
   wakeQueued(): Promise<void>;
   now?: () => Date;
@@ -168,12 +170,16 @@ export function createJobActivities(deps: JobActivityDeps) {
 
   /** Counts a finished attempt in the node's record. */
   async function recordNodeOutcome(input: { nodeId: string; outcome: 'completed' | 'failed'; jobId: string; reason: string }): Promise<void> {
+    const now = (deps.now ?? (() => new Date()))();
     await nodesRepo.recordReputationEvent(deps.db, {
       nodeId: input.nodeId,
       jobId: input.jobId,
       kind: input.outcome === 'completed' ? 'job_completed' : failureKind(input.reason),
       // Postgres text cannot hold NUL: never a reason for this step to retry forever.
       reason: input.reason.replace(/\u0000/g, ''),
+      now,
+      // A heartbeat written within the watch's timeout: the node was beating, the server did not pass it on.
+      beatAfterExcuses: new Date(now.getTime() - deps.heartbeatTimeoutMs),
     });
   }
 

@@ -13,6 +13,8 @@ export interface ReservationActivityDeps {
   settlement: ChainSettlement;
   /** Wakes queued jobs (a node came free). */
   wakeQueued(): Promise<void>;
+  /** A reservation's node watch times out after this long without a sign of life. */
+  nodeHeartbeatTimeoutMs: number;
 }
 
 /** What the workflow records when a reservation ends. */
@@ -94,9 +96,20 @@ export function createReservationActivities(deps: ReservationActivityDeps) {
     });
   }
 
-  /** The node went silent mid-reservation: a recorded reputation penalty that cites the reservation. */
+  /**
+   * The node went silent mid-reservation: a recorded reputation penalty that cites the reservation (none when
+   * its heartbeats kept reaching the server: then the silence was the server's).
+   */
   async function penalizeLostNode(input: { id: string; nodeId: string; reason: string }): Promise<void> {
-    await nodesRepo.recordReputationEvent(db, { nodeId: input.nodeId, jobId: input.id, kind: 'node_lost', reason: input.reason });
+    const now = new Date();
+    await nodesRepo.recordReputationEvent(db, {
+      nodeId: input.nodeId,
+      jobId: input.id,
+      kind: 'node_lost',
+      reason: input.reason,
+      now,
+      beatAfterExcuses: new Date(now.getTime() - deps.nodeHeartbeatTimeoutMs),
+    });
   }
 
   /**

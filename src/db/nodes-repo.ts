@@ -178,12 +178,26 @@ export async function markStaleNodesOffline(db: DbOrTx, before: Date): Promise<s
  */
 export async function recordReputationEvent(
   db: Db,
-  e: { nodeId: string; jobId: string; kind: ReputationEvent; reason: string; now?: Date },
+  e: {
+    nodeId: string;
+    jobId: string;
+    kind: ReputationEvent;
+    reason: string;
+    now?: Date;
+    /**
+     * For node_lost: a node whose last heartbeat reached Postgres after this moment was not silent, the server
+     * was (its liveness never reached the job's watch: an API, Postgres or Temporal outage). The loss is still
+     * recorded, citing the job, but costs the node nothing.
+     */
+    beatAfterExcuses?: Date;
+  },
 ): Promise<{ reputation: number; change: number; recorded: boolean } | undefined> {
   return db.transaction(async (tx) => {
     const [node] = await tx.select().from(nodes).where(eq(nodes.id, e.nodeId)).for('update');
     if (!node) return undefined;
-    const after = applyDelta(node.reputation, e.kind);
+    const excused = e.kind === 'node_lost' && e.beatAfterExcuses !== undefined && node.lastHeartbeat > e.beatAfterExcuses;
+    const reason = excused ? `${e.reason}; not the node's fault: its heartbeats reached the server until ${node.lastHeartbeat.toISOString()}` : e.reason;
+    const after = excused ? node.reputation : applyDelta(node.reputation, e.kind);
     const now = e.now ?? new Date();
     let bannedUntil: Date | null = null;
     // Only a loss of reputation bans: a node still below the threshold when its ban expires works its way back up.
@@ -196,7 +210,7 @@ export async function recordReputationEvent(
     }
     const inserted = await tx
       .insert(reputationEvents)
-      .values({ nodeId: e.nodeId, jobId: e.jobId, kind: e.kind, delta: after - node.reputation, reputationAfter: after, reason: e.reason, at: now })
+      .values({ nodeId: e.nodeId, jobId: e.jobId, kind: e.kind, delta: after - node.reputation, reputationAfter: after, reason, at: now })
       .onConflictDoNothing()
       .returning({ id: reputationEvents.id });
     if (inserted.length === 0) return { reputation: node.reputation, change: 0, recorded: false };
@@ -215,7 +229,7 @@ export async function recordReputationEvent(
         ...(attemptMs > 0 && { computeMs: sql`${nodes.computeMs} + ${attemptMs}` }),
         ...(e.kind === 'job_completed'
           ? { totalJobsCompleted: sql`${nodes.totalJobsCompleted} + 1` }
-          : { totalJobsFailed: sql`${nodes.totalJobsFailed} + 1` }),
+          : !excused && { totalJobsFailed: sql`${nodes.totalJobsFailed} + 1` }),
         ...(bannedUntil && { bannedUntil }),
       })
       .where(eq(nodes.id, e.nodeId));
@@ -281,11 +295,13 @@ export async function getMetrics(db: DbOrTx, nodeId: string, from: Date, to: Dat
   const bucketS = Math.max(1, Math.ceil((to.getTime() - from.getTime()) / 1000 / maxPoints));
   // Inlined (a computed integer), so the select, group by and order by are one expression to Postgres.
   const width = sql.raw(String(bucketS));
-  const bucket = sql`floor(extract(epoch from ${nodeMetrics.at}) / ${width})`;
+  // Buckets start at `from`, so no point is stamped before it.
+  const origin = sql.raw(String(from.getTime() / 1000));
+  const bucket = sql`floor((extract(epoch from ${nodeMetrics.at}) - ${origin}) / ${width})`;
   const avg = (column: AnyPgColumn) => sql<number>`avg(${column})::float8`;
   return db
     .select({
-      at: sql<Date>`to_timestamp(${bucket} * ${width})`.mapWith((v: string | Date) => new Date(v)),
+      at: sql<Date>`to_timestamp(${origin} + ${bucket} * ${width})`.mapWith((v: string | Date) => new Date(v)),
       cpuUsage: avg(nodeMetrics.cpuUsage),
       gpuUsage: avg(nodeMetrics.gpuUsage),
       memoryUsage: avg(nodeMetrics.memoryUsage),
@@ -298,8 +314,15 @@ export async function getMetrics(db: DbOrTx, nodeId: string, from: Date, to: Dat
     .orderBy(bucket);
 }
 
-export async function pruneMetrics(db: DbOrTx, before: Date): Promise<void> {
-  await db.delete(nodeMetrics).where(lte(nodeMetrics.at, before));
+/**
+ * Deletes at most `limit` samples taken at or before `before` (oldest rows first by the BRIN index on `at`), so
+ * that no statement holds a large delete; call again while it returns `limit`. @returns the rows deleted.
+ */
+export async function pruneMetrics(db: DbOrTx, before: Date, limit = 10_000): Promise<number> {
+  const result = await db.execute(sql`
+    delete from ${nodeMetrics} where id = any(array(
+      select id from ${nodeMetrics} where ${nodeMetrics.at} <= ${before.toISOString()}::timestamptz limit ${limit}))`);
+  return result.rowCount ?? 0;
 }
 
 /** Every pending stop order, by node. */
@@ -315,11 +338,14 @@ export async function pruneCancels(db: DbOrTx, before: Date): Promise<void> {
   await db.delete(nodeJobCancels).where(lte(nodeJobCancels.createdAt, before));
 }
 
-/** Nodes for operators, newest heartbeat first, with their active jobs (capacity claims, as matching counts them). */
+/**
+ * Nodes for operators, by id (an order heartbeats do not move, so consecutive pages neither repeat nor skip a
+ * node), with their active jobs (capacity claims, as matching counts them).
+ */
 export async function listNodes(db: DbOrTx, limit: number, offset: number) {
   const activeJobs = sql<number>`(select count(*)::int from ${nodeClaims} c where c.node_id = ${nodes.id})`;
   const [rows, [{ total }]] = await Promise.all([
-    db.select({ node: nodes, activeJobs }).from(nodes).orderBy(desc(nodes.lastHeartbeat), asc(nodes.id)).limit(limit).offset(offset),
+    db.select({ node: nodes, activeJobs }).from(nodes).orderBy(asc(nodes.id)).limit(limit).offset(offset),
     db.select({ total: count() }).from(nodes),
   ]);
   return { rows, total };

@@ -102,7 +102,8 @@ export const nodes = pgTable(
     index('nodes_heartbeat_idx').on(t.lastHeartbeat),
     // The node cache reloads the rows whose capabilities changed since its last refresh, every second.
     index('nodes_updated_idx').on(t.updatedAt),
-    index('nodes_region_idx').on(t.region),
+    // Region filters compare lower(region).
+    index('nodes_region_lower_idx').on(sql`lower(${t.region})`),
     index('nodes_price_idx').on(t.pricePerHour),
     index('nodes_reserved_idx').on(t.reservedBy).where(sql`${t.reservedBy} is not null`),
     check('nodes_reputation_range', sql`${t.reputation} >= 0 and ${t.reputation} <= 1`),
@@ -227,7 +228,8 @@ export const nodeMetrics = pgTable(
     networkThroughput: doublePrecision('network_throughput').notNull().default(0),
     powerConsumption: doublePrecision('power_consumption').notNull().default(0),
   },
-  (t) => [index('node_metrics_node_at_idx').on(t.nodeId, t.at)],
+  // BRIN on `at` (rows arrive in time order): retention deletes by time without reading the table.
+  (t) => [index('node_metrics_node_at_idx').on(t.nodeId, t.at), index('node_metrics_at_brin').using('brin', t.at)],
 );
 
 /** Jobs a node must stop (cancelled, or reassigned away after it was lost); returned in Heartbeat replies. */

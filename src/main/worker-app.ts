@@ -62,6 +62,7 @@ export async function startWorker(
     nodes: nodeCache,
     assignPortOffset: config.nodes.assignPortOffset,
     tokenDecimals: config.payments.tokenDecimals,
+    heartbeatTimeoutMs: config.jobs.heartbeatTimeoutMs,
     wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
   });
   const activities = {
@@ -71,6 +72,7 @@ export async function startWorker(
       db: database.db,
       settlement,
       wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
+      nodeHeartbeatTimeoutMs: config.reservations.nodeTimeoutMs,
     }),
     ...dispatch.activities,
     ...createAssignActivity({ dispatchToNode: dispatch.activities.dispatchToNode, recordTransition: jobActivities.recordTransition }),

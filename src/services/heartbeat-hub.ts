@@ -26,6 +26,9 @@ interface PendingBeat {
 const CANCEL_ORDER_TTL_MS = 10 * 60_000;
 /** Housekeeping (offline sweep, pruning) runs at most this often. */
 const HOUSEKEEPING_MS = 10_000;
+/** Liveness passed to workflows: calls at once, and how long one may take before it is given up. */
+const LIVENESS_CONCURRENCY = 64;
+const LIVENESS_DEADLINE_MS = 5_000;
 
 /**
  * Absorbs node heartbeats. A heartbeat is answered from memory at once; every `flushMs` the batch is
@@ -33,6 +36,12 @@ const HOUSEKEEPING_MS = 10_000;
  * the beating nodes hold and the reservations holding them (a heartbeat on each one's watch activity, so a
  * silent node times the watch out).
  * No disk write and no Temporal call happens per heartbeat.
+ *
+ * What a server-side outage does not do: a batch Postgres refused stays pending for the next flush (a node's
+ * newer beat wins), so no beat is lost; at most one periodic flush runs at a time, and a Temporal call gives up
+ * after LIVENESS_DEADLINE_MS, so a slow Temporal cannot hold back the Postgres writes; and the offline sweep
+ * waits until the hub has written beats without a gap for a whole `offlineAfterMs` (after a start or a failed
+ * flush, nodes that beat meanwhile would otherwise be swept offline before their beat is written).
  */
 export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   const { db, workflows, log } = deps;
@@ -42,8 +51,12 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   const lastSample = new Map<string, number>();
   let cancelOrders = new Map<string, string[]>();
   let lastHousekeeping = 0;
+  /** Since when every flush has written its beats (undefined after a failure, until the next success). */
+  let writingSince: number | undefined;
   let timer: NodeJS.Timeout | undefined;
   let flushing: Promise<void> = Promise.resolve();
+  let flushesInFlight = 0;
+  let pruning: Promise<void> | undefined;
 
   /**
    * Records a heartbeat. A node id the server does not know gets a minimal record instead of a failure:
@@ -72,15 +85,22 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     const at = new Date(now());
     if (batch.size > 0) {
       const beats = [...batch].map(([nodeId, b]) => ({ nodeId, at: b.at, ramAvailable: b.ramAvailable }));
-      const back = await nodesRepo.applyHeartbeats(db, beats, new Date(at.getTime() - deps.offlineAfterMs));
+      let back: string[];
+      try {
+        back = await nodesRepo.applyHeartbeats(db, beats, new Date(at.getTime() - deps.offlineAfterMs));
+      } catch (err) {
+        // Kept for the next flush; a beat that came in meanwhile is newer and stays.
+        for (const [nodeId, b] of batch) if (!pending.has(nodeId)) pending.set(nodeId, b);
+        writingSince = undefined;
+        throw err;
+      }
+      writingSince ??= at.getTime();
       await nodesRepo.insertSamples(db, sample(batch, at.getTime()));
       const held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
-      await Promise.all(
-        held.map((j) =>
-          workflows
-            .nodeAlive(j.id, j.attempts, { source: 'heartbeat', nodeId: j.nodeId, at: at.toISOString() }, j.assignedAt)
-            .catch((err) => log.warn({ jobId: j.id, err: String(err) }, 'could not pass node liveness to the job')),
-        ),
+      await inBatches(held, LIVENESS_CONCURRENCY, (j) =>
+        workflows
+          .nodeAlive(j.id, j.attempts, { source: 'heartbeat', nodeId: j.nodeId, at: at.toISOString() }, j.assignedAt, LIVENESS_DEADLINE_MS)
+          .catch((err) => log.warn({ jobId: j.id, err: String(err) }, 'could not pass node liveness to the job')),
       );
       await deps.reservations
         ?.nodesAlive(new Set(batch.keys()))
@@ -89,14 +109,29 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         log.info({ nodes: back }, 'nodes back online');
         await workflows.nodesChanged(await jobsRepo.queuedJobIds(db, 500));
       }
+    } else {
+      writingSince ??= at.getTime();
     }
     cancelOrders = await nodesRepo.pendingCancels(db);
     if (at.getTime() - lastHousekeeping >= HOUSEKEEPING_MS) {
       lastHousekeeping = at.getTime();
-      const offline = await nodesRepo.markStaleNodesOffline(db, new Date(at.getTime() - deps.offlineAfterMs));
-      if (offline.length > 0) log.info({ nodes: offline }, 'nodes offline: no heartbeat');
+      if (writingSince !== undefined && at.getTime() - writingSince >= deps.offlineAfterMs) {
+        const offline = await nodesRepo.markStaleNodesOffline(db, new Date(at.getTime() - deps.offlineAfterMs));
+        if (offline.length > 0) log.info({ nodes: offline }, 'nodes offline: no heartbeat');
+      }
       await nodesRepo.pruneCancels(db, new Date(at.getTime() - CANCEL_ORDER_TTL_MS));
-      await nodesRepo.pruneMetrics(db, new Date(at.getTime() - deps.metricsRetentionMs));
+      pruning ??= pruneMetrics(new Date(at.getTime() - deps.metricsRetentionMs)).finally(() => (pruning = undefined));
+    }
+  }
+
+  /** Deletes expired samples in small statements, beside the flushes (never holding one up). */
+  async function pruneMetrics(before: Date): Promise<void> {
+    try {
+      while ((await nodesRepo.pruneMetrics(db, before, PRUNE_BATCH)) === PRUNE_BATCH && timer) {
+        // More to delete: go on, one bounded statement at a time, while the hub runs.
+      }
+    } catch (err) {
+      log.warn({ err: String(err) }, 'could not prune node metrics');
     }
   }
 
@@ -116,12 +151,17 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
 
   /** Writes what is pending now (serialised with the periodic flush). */
   function flush(): Promise<void> {
-    flushing = flushing.then(flushOnce).catch((err) => log.error({ err: String(err) }, 'heartbeat flush failed'));
+    flushesInFlight += 1;
+    flushing = flushing
+      .then(flushOnce)
+      .catch((err) => log.error({ err: String(err) }, 'heartbeat flush failed'))
+      .finally(() => (flushesInFlight -= 1));
     return flushing;
   }
 
   function start(): void {
-    timer ??= setInterval(() => void flush(), deps.flushMs);
+    // A tick while a flush still runs is skipped: its beats wait in `pending` for the next one.
+    timer ??= setInterval(() => void (flushesInFlight === 0 && flush()), deps.flushMs);
     timer.unref();
   }
 
@@ -129,9 +169,22 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     if (timer) clearInterval(timer);
     timer = undefined;
     await flush();
+    await pruning;
   }
 
   return { beat, remember, flush, start, stop };
+}
+
+/** Samples deleted per statement when pruning. */
+const PRUNE_BATCH = 10_000;
+
+/** Runs `task` over `items`, at most `limit` at a time. */
+async function inBatches<T>(items: T[], limit: number, task: (item: T) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) await task(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
 }
 
 export type HeartbeatHub = ReturnType<typeof createHeartbeatHub>;

@@ -138,13 +138,15 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
    * Tells the watch over the job's current attempt that its node is alive. Misses are harmless: the
    * watch may not have started yet or may have ended.
    * @param assignedAt when the attempt was assigned (the jobs row's assigned_at), if known
+   * @param deadlineMs how long the call may take (retries included) before it is given up
    */
-  async function nodeAlive(jobId: string, attempt: number, details: Record<string, unknown>, assignedAt?: Date | null): Promise<void> {
+  async function nodeAlive(jobId: string, attempt: number, details: Record<string, unknown>, assignedAt?: Date | null, deadlineMs?: number): Promise<void> {
     const key = `${jobId}/${attempt}`;
     const now = Date.now();
     if (!aliveThrottle.pass(key, now, assignedAt?.getTime())) return;
     try {
-      await client.activity.heartbeat({ workflowId: jobId, activityId: watchActivityId(attempt) }, details);
+      const send = () => client.activity.heartbeat({ workflowId: jobId, activityId: watchActivityId(attempt) }, details);
+      await (deadlineMs === undefined ? send() : client.connection.withDeadline(now + deadlineMs, send));
     } catch (err) {
       // Not told: the next sign of life tries again.
       aliveThrottle.undo(key, now);

@@ -119,7 +119,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(metrics).toHaveLength(1);
     expect(metrics[0].memoryUsage).toBeCloseTo(0.75);
     expect(calls.filter((c) => c.method === 'nodeAlive')).toEqual([
-      { method: 'nodeAlive', args: ['held', 2, expect.objectContaining({ source: 'heartbeat', nodeId: 'node_1700000000' }), new Date(clock - 61_000)] },
+      { method: 'nodeAlive', args: ['held', 2, expect.objectContaining({ source: 'heartbeat', nodeId: 'node_1700000000' }), new Date(clock - 61_000), 5000] },
     ]);
 
     // The shipping node's heartbeat carries ram_available only: the registered total (32 GiB) stands in.
@@ -147,6 +147,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
       jobId: 'held', seq: 1, from: 'running', to: 'queued', reason: 'node lost', actor: 'workflow', attempt: 2,
       assignedNodeId: null, cancelOnNode: 'node_1700000000',
     });
+    await heartbeats.flush(); // the hub writes from now on
     clock += 120_000; // silent for two minutes
     await heartbeats.flush(); // sweeps it offline
     expect((await database.db.select().from(nodes).where(eq(nodes.id, 'node_1700000000')))[0].status).toBe('offline');
@@ -154,6 +155,70 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await heartbeats.flush();
     expect(calls.find((c) => c.method === 'nodesChanged')?.args[0]).toEqual(expect.arrayContaining(['waiting', 'held']));
     expect(await heartbeats.beat('node_1700000000')).toEqual(['held']);
+  });
+
+  it('costs a lost node nothing when its heartbeats kept reaching the server (the silence was the server\'s), and records it', async () => {
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    await nodesRepo.upsertNode(database.db, 'beating', registration({ ipAddress: '10.8.0.1' }));
+    const node = async () => (await nodesRepo.getNode(database.db, 'beating'))!;
+    const before = await node();
+    await database.db.update(nodes).set({ lastHeartbeat: new Date(clock - 5_000) }).where(eq(nodes.id, 'beating'));
+    await acts.recordNodeOutcome({ nodeId: 'beating', jobId: 'relay-gap', outcome: 'failed', reason: 'node lost: silent for 30 s' });
+    expect(await node()).toMatchObject({ reputation: before.reputation, totalJobsFailed: before.totalJobsFailed });
+    const [excused] = await nodesRepo.reputationHistory(database.db, 'beating');
+    expect(excused).toMatchObject({ jobId: 'relay-gap', kind: 'node_lost', delta: 0, reason: expect.stringContaining("not the node's fault") });
+
+    await database.db.update(nodes).set({ lastHeartbeat: new Date(clock - 40_000) }).where(eq(nodes.id, 'beating'));
+    await acts.recordNodeOutcome({ nodeId: 'beating', jobId: 'really-lost', outcome: 'failed', reason: 'node lost: silent for 30 s' });
+    expect((await node()).reputation).toBeCloseTo(before.reputation - 0.1, 6);
+    expect((await node()).totalJobsFailed).toBe(before.totalJobsFailed + 1);
+  });
+
+  it('keeps a batch Postgres refused for the next flush, and sweeps nodes offline only after writing beats for a whole timeout', async () => {
+    let failing = false;
+    const flaky = new Proxy(database.db, {
+      get(target, prop, receiver) {
+        if (prop === 'execute' && failing) return () => Promise.reject(new Error('connection refused'));
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const hub = createHeartbeatHub({
+      db: flaky, workflows: recordingGateway().gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,
+      metricsRetentionMs: 3600_000, log, now: () => clock,
+    });
+    for (const [id, ip] of [['restart-a', '10.9.0.1'], ['restart-b', '10.9.0.2']]) {
+      await nodesRepo.upsertNode(database.db, id, registration({ ipAddress: ip }));
+      await database.db.update(nodes).set({ lastHeartbeat: new Date(clock - 25_000) }).where(eq(nodes.id, id));
+    }
+    const node = async (id: string) => (await nodesRepo.getNode(database.db, id))!;
+
+    // A restarted API: a's beat arrives before the first flush, b's (10 s apart as always) after it.
+    await hub.beat('restart-a');
+    await hub.flush();
+    clock += 10_000; // b's last written beat is now 35 s old, but b is beating
+    await hub.flush();
+    expect((await node('restart-b')).status).toBe('online');
+    await hub.beat('restart-b');
+    await hub.flush();
+    expect((await node('restart-b')).lastHeartbeat.getTime()).toBe(clock);
+
+    // Postgres refuses a flush: the beat is written by the next one, and no sweep runs on the gap it leaves.
+    clock += 10_000;
+    const beatAt = clock;
+    await hub.beat('restart-a');
+    failing = true;
+    await hub.flush();
+    failing = false;
+    expect((await node('restart-a')).lastHeartbeat.getTime()).toBeLessThan(beatAt);
+    clock += 25_000; // b's written beat is 35 s old again; the hub has written nothing for 25 s
+    await hub.flush();
+    expect((await node('restart-a')).lastHeartbeat.getTime()).toBe(beatAt);
+    expect((await node('restart-b')).status).toBe('online');
+    clock += 30_000; // now writing without a gap for 30 s: b, silent for 65 s, is swept offline
+    await hub.flush();
+    expect((await node('restart-b')).status).toBe('offline');
   });
 
   it('returns a node\'s metric samples over a range, averaged into at most maxPoints buckets that cover all of it', async () => {
@@ -169,8 +234,12 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(all[99]).toMatchObject({ at: to, memoryUsage: 0.99 });
     // 99 minutes in at most 10 points: 595 s buckets, the newest sample still counted
     const coarse = await nodesRepo.getMetrics(database.db, 'metric-node', from, to, 10);
-    expect(coarse.length).toBeGreaterThanOrEqual(10);
-    expect(coarse.length).toBeLessThanOrEqual(11);
+    // buckets start at `from`: none stamped before it, and no more than asked for
+    expect(coarse).toHaveLength(10);
+    expect(coarse[0].at).toEqual(from);
+    const offset = await nodesRepo.getMetrics(database.db, 'metric-node', new Date(t0 + 7_000), to, 10);
+    expect(offset.length).toBeLessThanOrEqual(10);
+    expect(offset[0].at).toEqual(new Date(t0 + 7_000));
     const mean = coarse.reduce((sum, p) => sum + p.memoryUsage, 0) / coarse.length;
     expect(mean).toBeGreaterThan(0.3);
     expect(coarse.at(-1)!.memoryUsage).toBeGreaterThan(0.9);
@@ -195,7 +264,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('matches the best-scoring fitting online node, never an excluded one, and explains the others', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
     const { nodeService, heartbeats } = services();
     // jobs of the earlier tests are done: none waits ahead of the ones below
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
@@ -229,7 +298,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('gives free capacity to the most urgent waiting job first, oldest first within a priority', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
     await job('urgent', { status: 'queued', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 5000) });
     await job('early-normal', { status: 'queued', createdAt: new Date(clock - 5000) });
     await job('late-normal', { status: 'queued', createdAt: new Date(clock + 1000) });
@@ -248,7 +317,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
     await database.db.delete(nodeClaims);
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
     // 'big' (one 8 GiB CUDA card, 32 GiB of RAM) costs 0.41 CYXWIZ/h: an hour is 410,000,000 units
     const hour = { estimatedDuration: 3600 };
     await job('broke', { status: 'queued', priority: 'CRITICAL', priorityRank: 0, paymentUnits: 1000n, config: spec('broke', { ...hour, paymentUnits: '1000' }), createdAt: new Date(clock - 9000) });
@@ -427,7 +496,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
   // Last in this file: it moves the clock, so earlier nodes look silent from here on.
   it('keeps the node cache current in the background; a match that places a job runs no refresh', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, refreshEveryMs: 20, livenessEveryMs: 100 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
     const { nodeService, heartbeats } = services();
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
     await database.db.delete(nodeClaims);
