@@ -6,7 +6,7 @@ import * as nodesRepo from '../db/nodes-repo';
 import type { DeviceType } from '../domain/job';
 import { failureKind } from '../domain/reputation';
 import { rankCandidates, type Ranked, type Rejected } from '../domain/scoring';
-import { claimNode, heldClaim, queuePosition, releaseClaims, type NodeCache } from '../db/node-cache';
+import { claimNode, heldClaim, markWaiting, releaseClaims, type NodeCache } from '../db/node-cache';
 
 export interface JobActivityDeps {
   db: Db;
@@ -115,7 +115,7 @@ export function createJobActivities(deps: JobActivityDeps) {
     }
     const { node, ranking, claimedByOthers } = attempt;
     const explanation: MatchExplanation = { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers };
-    if (!node) explanation.queuePosition = await queuePosition(deps.db, input.jobId);
+    if (!node) explanation.queuePosition = await markWaiting(deps.db, input.jobId);
     return { node, explanation };
   }
 

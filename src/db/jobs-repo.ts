@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, inArray, isNull, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, inArray, isNotNull, isNull, or, sql } from 'drizzle-orm';
 import type { JobPhase, JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
 import { preparedStatement } from './prepared';
@@ -124,7 +124,9 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
   if (t.ended) sets.push(sql`ended_at = ${now}`);
   if (t.to === 'completed') sets.push(sql`progress = 1`);
   // A new node starts the job from scratch: no progress of the previous one shows.
-  if (t.to === 'assigned') sets.push(sql`assigned_at = ${now}`, sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`);
+  if (t.to === 'assigned') {
+    sets.push(sql`assigned_at = ${now}`, sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`, sql`waiting_since = null`);
+  }
   if (t.excludeNode) sets.push(sql`excluded_nodes = array_append(excluded_nodes, ${t.excludeNode}::text)`);
   // Data-modifying CTEs all run, from one snapshot, whether or not the outer query reads them.
   const cancel = t.cancelOnNode
@@ -221,16 +223,16 @@ export async function activeJobsOnNodes(
   return rows.map((r) => ({ id: r.id, nodeId: r.nodeId as string, attempts: r.attempts, assignedAt: r.assignedAt }));
 }
 
-const PRIORITY_ORDER = sql`case ${jobs.priority} when 'CRITICAL' then 0 when 'HIGH' then 1 when 'NORMAL' then 2 else 3 end`;
-
-/** Jobs waiting for a node, most urgent first. */
-// Asked each time a job gives back node capacity.
+/**
+ * Jobs waiting for a node (queued, or pending after a match found none while its escrow is on its way), most
+ * urgent first. Asked each time a job gives back node capacity.
+ */
 const queuedIds = preparedStatement((db) =>
   db
     .select({ id: jobs.id })
     .from(jobs)
-    .where(eq(jobs.status, 'queued'))
-    .orderBy(PRIORITY_ORDER, asc(jobs.createdAt))
+    .where(or(eq(jobs.status, 'queued'), and(eq(jobs.status, 'pending'), isNotNull(jobs.waitingSince))))
+    .orderBy(asc(jobs.priorityRank), asc(jobs.createdAt))
     .limit(sql.placeholder('limit'))
     .prepare('jobs_queued_ids'),
 );

@@ -230,11 +230,30 @@ export async function releaseClaims(db: Db, jobId: string): Promise<void> {
   await db.execute(sql`delete from node_claims where job_id = ${jobId}`);
 }
 
-/** Where a waiting job stands: how many jobs are ahead of it in the queue. */
+/** Jobs that wait for a node: queued, or pending (escrow on its way) after a match found none. */
+const WAITING = sql`(q.status = 'queued' or (q.status = 'pending' and q.waiting_since is not null))`;
+
+/**
+ * Where a waiting job stands: how many waiting jobs are ahead of it (priority, then age), whatever nodes they
+ * need; whether one of them holds this job back depends on the node (see claim_node).
+ */
 export async function queuePosition(db: Db, jobId: string): Promise<number> {
   const result = await db.execute<{ ahead: number }>(sql`
     select count(*)::int as ahead from jobs q, jobs me
-     where me.id = ${jobId} and q.id <> me.id and q.status in ('pending', 'queued')
+     where me.id = ${jobId} and q.id <> me.id and ${WAITING}
+       and (q.priority_rank, q.created_at, q.id) < (me.priority_rank, me.created_at, me.id)`);
+  return result.rows[0]?.ahead ?? 0;
+}
+
+/**
+ * Records that a match found no node for the job (it waits from now, unless it already did: a job whose
+ * escrow is still on its way is woken, and holds its place, from this moment) and @returns its queue position.
+ */
+export async function markWaiting(db: Db, jobId: string): Promise<number> {
+  const result = await db.execute<{ ahead: number }>(sql`
+    with mark as (update jobs set waiting_since = coalesce(waiting_since, now()) where id = ${jobId})
+    select count(*)::int as ahead from jobs q, jobs me
+     where me.id = ${jobId} and q.id <> me.id and ${WAITING}
        and (q.priority_rank, q.created_at, q.id) < (me.priority_rank, me.created_at, me.id)`);
   return result.rows[0]?.ahead ?? 0;
 }

@@ -292,7 +292,8 @@ export async function insertSamples(db: DbOrTx, samples: MetricSample[]): Promis
  * into equal buckets (whole seconds) and each bucket's samples are averaged, so the whole range is always covered.
  */
 export async function getMetrics(db: DbOrTx, nodeId: string, from: Date, to: Date, maxPoints = 10_000) {
-  const bucketS = Math.max(1, Math.ceil((to.getTime() - from.getTime()) / 1000 / maxPoints));
+  // Whole seconds, wider than range / maxPoints: the buckets from `from` through `to` (inclusive) are at most maxPoints.
+  const bucketS = Math.floor((to.getTime() - from.getTime()) / 1000 / maxPoints) + 1;
   // Inlined (a computed integer), so the select, group by and order by are one expression to Postgres.
   const width = sql.raw(String(bucketS));
   // Buckets start at `from`, so no point is stamped before it.

@@ -137,6 +137,12 @@ export const jobs = pgTable(
     errorMessage: text('error_message'),
     /** Highest job_events.seq written, so the workflow's event numbering survives retries. */
     eventSeq: integer('event_seq').notNull().default(0),
+    /**
+     * When a match first found no node for the job (null until then, and again once it is assigned). A job
+     * still pending (its escrow on its way) with this set already waits: wake-ups reach it and it is ahead
+     * of later jobs, like a queued one.
+     */
+    waitingSince: ts('waiting_since'),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
     /** When the current attempt was assigned (its node watch starts after this). */

@@ -26,6 +26,9 @@ export function computeScore(node: { devices: Pick<DeviceCapsSpec, 'deviceType' 
   return Math.round(node.cpuCores * 10 + (node.ramTotal / GiB) * 5 + accel);
 }
 
+/** The least time a job is costed at, whatever its estimated duration (none: this). */
+export const MINIMUM_BILLED_S = 600;
+
 /**
  * The cost of running a job, in the token's smallest units: the node's hourly price × the job's estimated
  * hours (at least `minimumMinutes`), rounded up to a whole unit. One formula for SubmitJob checks, FindNodes
@@ -33,7 +36,7 @@ export function computeScore(node: { devices: Pick<DeviceCapsSpec, 'deviceType' 
  *
  *   cost = ceil(price_per_hour × 10^decimals × max(duration_s, minimum_minutes × 60) / 3600)
  */
-export function estimateCostUnits(pricePerHour: number, durationSeconds: number, decimals: number, minimumMinutes = 10): bigint {
+export function estimateCostUnits(pricePerHour: number, durationSeconds: number, decimals: number, minimumMinutes = MINIMUM_BILLED_S / 60): bigint {
   if (!(pricePerHour >= 0) || !Number.isFinite(pricePerHour)) throw new RangeError('price must be a finite non-negative number');
   const seconds = Math.max(durationSeconds, minimumMinutes * 60);
   // micro-tokens per hour as an integer keeps the arithmetic exact for 6-decimal prices

@@ -1,6 +1,6 @@
 import { DEVICE_TYPES, type DeviceType } from './job';
 import { fitsJob, type DeviceCapsSpec } from './node';
-import { estimateCostUnits } from './pricing';
+import { estimateCostUnits, MINIMUM_BILLED_S } from './pricing';
 
 /** What matching knows about a node. */
 export interface Candidate {
@@ -90,9 +90,10 @@ export function rejectionReason(c: Candidate, m: MatchCriteria): string | undefi
   if (m.maxPricePerHour !== undefined && m.maxPricePerHour > 0 && c.pricePerHour > m.maxPricePerHour) {
     return `price ${c.pricePerHour}/h above ${m.maxPricePerHour}/h`;
   }
-  if (m.budget && m.budget.durationSeconds > 0) {
+  if (m.budget) {
     const cost = estimateCostUnits(c.pricePerHour, m.budget.durationSeconds, m.budget.decimals);
-    if (cost > m.budget.units) return `over budget (${cost} units for ${m.budget.durationSeconds} s, the job pays ${m.budget.units})`;
+    const billed = Math.max(m.budget.durationSeconds, MINIMUM_BILLED_S);
+    if (cost > m.budget.units) return `over budget (${cost} units for ${billed} s, the job pays ${m.budget.units})`;
   }
   return undefined;
 }
@@ -114,7 +115,7 @@ export interface Ranking {
  * CEILING_SLACK above it never does; only prices in between need the exact (bigint) check.
  */
 function budgetCeiling(budget: NonNullable<MatchCriteria['budget']>): number {
-  return (Number(budget.units) * 3600) / (Math.ceil(Math.max(budget.durationSeconds, 600)) * 10 ** budget.decimals);
+  return (Number(budget.units) * 3600) / (Math.ceil(Math.max(budget.durationSeconds, MINIMUM_BILLED_S)) * 10 ** budget.decimals);
 }
 const CEILING_SLACK = 1e-6;
 
@@ -129,7 +130,7 @@ function fastCheck(m: MatchCriteria): (c: Candidate) => string | undefined {
   const blocked = m.blockedRegions?.length ? new Set(m.blockedRegions.map((r) => r.trim().toLowerCase())) : undefined;
   const allowed = m.allowedRegions?.length ? new Set(m.allowedRegions.map((r) => r.trim().toLowerCase())) : undefined;
   const maxPrice = m.maxPricePerHour !== undefined && m.maxPricePerHour > 0 ? m.maxPricePerHour : Infinity;
-  const budget = m.budget && m.budget.durationSeconds > 0 ? m.budget : undefined;
+  const budget = m.budget;
   const ceiling = budget ? budgetCeiling(budget) : Infinity;
   return (c) => {
     if (m.excludeNodeIds.has(c.id)) return 'already failed this job';
@@ -425,7 +426,7 @@ function rankTable(t: CandidateTable, m: MatchCriteria, limits: { top?: number; 
     regionPart[r] = preferred ? (key === preferred ? 1 : 0) : 0.5;
   }
 
-  const budget = m.budget && m.budget.durationSeconds > 0 ? m.budget : undefined;
+  const budget = m.budget;
   const ceiling = budget ? budgetCeiling(budget) : Infinity;
   const job: FilterJob = {
     now: m.now.getTime(),

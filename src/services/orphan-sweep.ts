@@ -1,7 +1,9 @@
 import { WorkflowNotFoundError, type Client as TemporalClient } from '@temporalio/client';
-import { and, eq, lt } from 'drizzle-orm';
+import { and, eq, inArray, lt, notInArray } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../db/client';
+import * as jobsRepo from '../db/jobs-repo';
+import { releaseClaims } from '../db/node-cache';
 import * as reservationsRepo from '../db/reservations-repo';
 import { jobs, reservations } from '../db/schema';
 import type { JobWorkflowGateway } from './job-workflows';
@@ -16,16 +18,20 @@ export interface OrphanSweepDeps {
   now?: () => number;
 }
 
+/** How far back the sweep looks for job workflows closed outside the server. */
+const ABANDONED_LOOKBACK_MS = 24 * 3600_000;
+
 /** Why a reservation released by the sweep ended, as its row and GetReservation show it. */
 export const NEVER_STARTED_REASON = 'never started: the server stopped before its workflow began; nothing was escrowed';
 
 /**
  * Finds what an API process left half-done when it stopped between writing a row and starting its workflow
- * (a crash, Temporal unreachable), and finishes it:
+ * (a crash, Temporal unreachable), and jobs whose workflow was closed outside the server, and finishes them:
  * - a job still pending is started (starting is idempotent: workflow id = job id);
  * - a reservation still pending with no workflow gives its node back and fails with {@link NEVER_STARTED_REASON}.
  *   Nothing was escrowed for it. One with a workflow is left alone: its workflow owns it, even while its
- *   escrow is pending.
+ *   escrow is pending;
+ * - a job whose workflow was terminated, timed out or failed is failed, naming why (see endAbandonedJobs).
  */
 export function createOrphanSweep(deps: OrphanSweepDeps) {
   const { db, log } = deps;
@@ -63,11 +69,47 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
     }
   }
 
-  /** One pass over both. */
+  /**
+   * A job workflow closed by something other than its own code (an operator's terminate in the Web UI, a run
+   * timeout, a workflow bug) leaves its row unfinished: a queued one would hold back every job behind it for
+   * good, an assigned one its node's capacity. Such a job is failed here, naming why, and its claims go back.
+   * Its escrow is not touched (whether it moved is the dead workflow's to know): the reason says so.
+   */
+  async function endAbandonedJobs(): Promise<void> {
+    const since = new Date(now() - ABANDONED_LOOKBACK_MS).toISOString();
+    const closed = new Map<string, string>();
+    const query =
+      `WorkflowType = 'jobWorkflow' AND CloseTime > '${since}' AND ` +
+      `(ExecutionStatus = 'Terminated' OR ExecutionStatus = 'TimedOut' OR ExecutionStatus = 'Failed')`;
+    for await (const wf of deps.client.workflow.list({ query, pageSize: 500 })) {
+      closed.set(wf.workflowId, wf.status.name);
+      if (closed.size >= 1000) break;
+    }
+    if (closed.size === 0) return;
+    const open = await db
+      .select({ id: jobs.id, status: jobs.status, eventSeq: jobs.eventSeq, attempts: jobs.attempts, nodeId: jobs.assignedNodeId })
+      .from(jobs)
+      .where(and(inArray(jobs.id, [...closed.keys()]), notInArray(jobs.status, ['completed', 'failed', 'cancelled'])));
+    for (const job of open) {
+      const how = closed.get(job.id)!.toLowerCase().replace('_', ' ');
+      const reason =
+        `its workflow was ${how} outside the server; any escrow it held is still in the job's escrow account ` +
+        `(see its payments in GET /api/jobs/${job.id}) for an operator to settle`;
+      await jobsRepo.recordTransition(db, {
+        jobId: job.id, seq: job.eventSeq + 1, from: job.status, to: 'failed', reason, actor: 'sweep', attempt: job.attempts,
+        assignedNodeId: null, error: { code: 500, message: reason }, ended: true, cancelOnNode: job.nodeId ?? undefined,
+      });
+      await releaseClaims(db, job.id);
+      log.warn({ jobId: job.id, workflow: how }, 'failed a job whose workflow was closed outside the server');
+    }
+  }
+
+  /** One pass over all three. */
   async function sweep(): Promise<void> {
     const before = new Date(now() - deps.olderThanMs);
     await startRecordedJobs(before);
     await releaseOrphanedHolds(before);
+    await endAbandonedJobs();
   }
 
   return { sweep };

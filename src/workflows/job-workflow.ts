@@ -356,7 +356,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       // Whatever woke it (a wake-up, the re-check timer, a refusal): a long wait goes on in a fresh history.
       // Not with `first` in hand: that match has claimed a node. (Runs of the earlier version: after a quiet wait.)
       if (thisVersion && !first && historyTooLong()) await continueWithFreshHistory();
-      nodesChanged = false;
+      // A wake-up that came while the first match (beside the escrow) was on its way stays set: the job
+      // looks again at once instead of waiting for the next one.
+      if (!first) nodesChanged = false;
       const match = first ?? (await findNode());
       first = undefined;
       if (match.node) {
@@ -413,19 +415,21 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
 
   /** Matches the job and claims capacity on the best node that is free (see matchNode). */
   async function findNode(): Promise<MatchResult> {
-    const match = await registry.matchNode({
-      jobId,
-      requiredDevice: spec.requiredDevice,
-      estimatedMemory: spec.estimatedMemory,
-      excludeNodeIds: [...s.failedNodes, ...s.refusedNodes],
-      paymentUnits: spec.paymentUnits,
-      estimatedDuration: spec.estimatedDuration,
-    });
+    // Not cancellable: a claim the activity took must be known, so that it is given back.
+    const match = await CancellationScope.nonCancellable(() =>
+      registry.matchNode({
+        jobId,
+        requiredDevice: spec.requiredDevice,
+        estimatedMemory: spec.estimatedMemory,
+        excludeNodeIds: [...s.failedNodes, ...s.refusedNodes],
+        paymentUnits: spec.paymentUnits,
+        estimatedDuration: spec.estimatedDuration,
+      }),
+    );
     if (match.node) unassignedClaim = true;
     return match;
   }
 
-  /** Offers the job to a node. @returns why it was not taken, or undefined when accepted. */
   /** Offers the job to the node (and records `assigned` with it when given). @returns why the node did not take it. */
   async function offer(node: MatchedNode, assigned?: Transition): Promise<string | undefined> {
     try {
@@ -618,8 +622,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
    * the job. @returns the first match when the escrow is held.
    */
   async function escrowWhileMatching(): Promise<MatchResult | undefined> {
-    // Not cancellable: whatever happens next must know whether it claimed a node.
-    const match = CancellationScope.nonCancellable(() => findNode());
+    // Not cancellable (findNode): whatever happens next must know whether it claimed a node.
+    const match = findNode();
     let refusal: string | undefined;
     try {
       await moneyStep(() =>

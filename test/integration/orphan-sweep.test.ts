@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { eq } from 'drizzle-orm';
 import pino from 'pino';
 import * as jobsRepo from '../../src/db/jobs-repo';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as reservationsRepo from '../../src/db/reservations-repo';
 import type { NodeRegistration } from '../../src/db/nodes-repo';
+import { nodeClaims } from '../../src/db/schema';
 import type { JobSpec } from '../../src/domain/job';
 import { createJobWorkflowGateway } from '../../src/services/job-workflows';
 import { createOrphanSweep, NEVER_STARTED_REASON } from '../../src/services/orphan-sweep';
@@ -120,5 +122,29 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     expect(first.taskQueue).toBe(taskQueue);
     await later.sweep(); // still pending (no worker here): starting again is a no-op
     expect((await client.workflow.getHandle(jobId).describe()).runId).toBe(first.runId);
+  });
+
+  it('fails a queued job whose workflow was terminated outside the server, naming why, and gives its claim back', async () => {
+    const jobId = `job-${randomUUID()}`;
+    const nodeId = `node-${randomUUID()}`;
+    await nodesRepo.upsertNode(database.db, nodeId, registration);
+    await jobsRepo.insertJob(database.db, { spec: spec(jobId), configHash: 'h' });
+    await jobsRepo.recordTransition(database.db, { jobId, seq: 1, from: 'pending', to: 'queued', reason: 'waiting', actor: 'workflow', attempt: 0 });
+    await database.db.insert(nodeClaims).values({ nodeId, jobId });
+    await client.workflow.start('jobWorkflow', { workflowId: jobId, taskQueue, args: [] });
+    await client.workflow.getHandle(jobId).terminate('operator clean-up');
+
+    const deadline = Date.now() + 15_000; // the list of closed workflows may lag a moment
+    let job = await jobsRepo.getJob(database.db, jobId);
+    while (job?.status !== 'failed' && Date.now() < deadline) {
+      await sweeper(() => Date.now()).sweep();
+      job = await jobsRepo.getJob(database.db, jobId);
+      if (job?.status !== 'failed') await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(job).toMatchObject({ status: 'failed', errorMessage: expect.stringContaining('its workflow was terminated outside the server') });
+    expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.jobId, jobId))).toEqual([]);
+    const seq = job!.eventSeq;
+    await sweeper(() => Date.now()).sweep(); // ended: left alone
+    expect((await jobsRepo.getJob(database.db, jobId))!.eventSeq).toBe(seq);
   });
 });

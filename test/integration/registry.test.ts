@@ -258,7 +258,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
   async function job(id: string, over: Partial<typeof jobs.$inferInsert> = {}) {
     await database.db.insert(jobs).values({
       id, status: 'pending', jobType: 'TRAINING', priority: 'NORMAL', priorityRank: 2, requiredDevice: 'CUDA',
-      estimatedMemory: 4 * GiB, config: spec(id), configHash: 'h', paymentUnits: 10n, createdAt: new Date(clock), ...over,
+      estimatedMemory: 4 * GiB, config: spec(id), configHash: 'h', paymentUnits: 10n ** 12n, createdAt: new Date(clock), ...over,
     });
   }
 
@@ -288,7 +288,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const full = await acts.matchNode({ jobId: 'm2', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] });
     expect(full.node).toBeNull();
     expect(full.explanation.rejectedCounts['at capacity']).toBe(1);
-    expect(full.explanation.queuePosition).toBe(1); // m1 was submitted at the same instant but sorts first
+    expect(full.explanation.queuePosition).toBe(0); // m1, ahead of it, holds a node: it waits for none
     await acts.releaseNode({ jobId: 'm1' });
     expect((await acts.matchNode({ jobId: 'm2', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] })).node?.nodeId).toBe('big');
     await acts.releaseNode({ jobId: 'm2' });
@@ -331,6 +331,52 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await database.db.update(jobs).set({ paymentUnits: 410_000_000n, config: spec('broke', { ...hour, paymentUnits: '410000000' }) }).where(eq(jobs.id, 'broke'));
     expect((await ask('later')).node).toBeNull();
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.id, ['broke', 'too-big', 'later']));
+  });
+
+  it('lets a pending job whose first match found nothing wait like a queued one: woken, ahead of later jobs, counted in positions', async () => {
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
+    await database.db.delete(nodeClaims);
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const ask = (jobId: string) => acts.matchNode({ jobId, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000', 'small'] });
+    await job('holder', { status: 'assigned' });
+    expect((await ask('holder')).node?.nodeId).toBe('big'); // the only fitting node is taken
+    await job('in-escrow', { status: 'pending', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 2000) });
+    await job('queued-low', { status: 'queued', priority: 'LOW', priorityRank: 3, createdAt: new Date(clock - 60_000) });
+    expect(await jobsRepo.queuedJobIds(database.db, 10)).toEqual(['queued-low']); // pending, it has not looked yet
+
+    const miss = await ask('in-escrow');
+    expect(miss.node).toBeNull();
+    expect(miss.explanation.queuePosition).toBe(0);
+    expect((await jobsRepo.getJob(database.db, 'in-escrow'))!.waitingSince).toBeInstanceOf(Date);
+    expect(await jobsRepo.queuedJobIds(database.db, 10)).toEqual(['in-escrow', 'queued-low']);
+    expect((await ask('queued-low')).explanation.queuePosition).toBe(1);
+
+    // The node comes free while in-escrow's escrow is still on its way: the older LOW job may not take it.
+    await acts.releaseNode({ jobId: 'holder' });
+    expect((await ask('queued-low')).node).toBeNull();
+    expect((await ask('in-escrow')).node?.nodeId).toBe('big');
+    await jobsRepo.recordTransition(database.db, { jobId: 'in-escrow', seq: 1, from: 'pending', to: 'assigned', reason: 'r', actor: 'workflow', attempt: 1, assignedNodeId: 'big' });
+    expect((await jobsRepo.getJob(database.db, 'in-escrow'))!.waitingSince).toBeNull();
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.id, ['holder', 'in-escrow', 'queued-low']));
+    await database.db.delete(nodeClaims);
+  });
+
+  it('costs a job without an estimated duration at the 10-minute minimum, in matching and in claim_node', async () => {
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
+    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    // 'big' costs 0.41 CYXWIZ/h: 10 minutes are 68,333,334 units
+    const ask = (jobId: string, paymentUnits: string) =>
+      acts.matchNode({ jobId, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000', 'small'], paymentUnits, estimatedDuration: 0 });
+    await job('cheap', { status: 'pending', paymentUnits: 68_333_333n });
+    const refused = await ask('cheap', '68333333');
+    expect(refused.node).toBeNull();
+    expect(refused.explanation.rejected).toEqual(expect.arrayContaining([{ nodeId: 'big', reason: expect.stringMatching(/over budget \(68333334 units for 600 s/) }]));
+    // Waiting, it holds nobody back from a node it can never afford.
+    await job('enough', { status: 'pending', paymentUnits: 68_333_334n, createdAt: new Date(clock + 1000) });
+    expect((await ask('enough', '68333334')).node?.nodeId).toBe('big');
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.id, ['cheap', 'enough']));
+    await database.db.delete(nodeClaims);
   });
 
   it('counts a node\'s memory for a job by the device type the job requires, as matching does', async () => {

@@ -571,6 +571,27 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('a wake-up while the escrow is on its way, after the first match found nothing, is not lost: the job looks again at once', async () => {
+    const cluster = new FakeCluster([]);
+    cluster.escrowGate = new Gate();
+    const jobId = newJobId('woken-in-escrow');
+    const options = { ...FAST_OPTIONS, requeueIntervalMs: 60_000 };
+
+    await withWorker('woken-in-escrow', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitUntil(() => cluster.matchCalls.length === 1 && cluster.escrowCalls.length === 1, 5000, 'first match and escrow');
+      await sleep(300); // the first match has answered: no node
+      cluster.register('node-a');
+      await handle.signal(nodesChangedSignal); // as the API wakes a pending job that waits (waiting_since)
+      cluster.escrowGate!.open();
+      const view = await waitForStatus(handle, (v) => v.phase === 'assigned', 5000, 'assignment right after the escrow');
+      expect(view).toMatchObject({ nodeId: 'node-a', attempt: 1 });
+      expect(cluster.matchCalls).toHaveLength(2); // far below requeueIntervalMs: no timer in between
+      expect(phases(cluster)).toEqual(['queued', 'assigned']);
+      await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+    });
+  });
+
   test('a queued job woken again and again (nodesChanged) still continues as new before its history grows long', async () => {
     const cluster = new FakeCluster([]);
     const jobId = newJobId('woken-often');
