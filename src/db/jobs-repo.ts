@@ -123,7 +123,9 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
   if (t.started) sets.push(sql`started_at = ${now}`);
   if (t.ended) sets.push(sql`ended_at = ${now}`);
   if (t.to === 'completed') sets.push(sql`progress = 1`);
-  // A new node starts the job from scratch: no progress of the previous one shows.
+  // A new node starts the job from scratch: no progress of the previous one shows, from the moment the job
+  // goes back to the queue (a lost node's late report, stored while its attempt was being given up, included).
+  if (t.to === 'queued') sets.push(sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`);
   if (t.to === 'assigned') {
     sets.push(sql`assigned_at = ${now}`, sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`, sql`waiting_since = null`);
   }

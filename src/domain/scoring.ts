@@ -78,7 +78,7 @@ const regionEq = (a: string, b: string) => a.trim().toLowerCase() === b.trim().t
 
 /** Why a node cannot take the job, or undefined when it can. */
 export function rejectionReason(c: Candidate, m: MatchCriteria): string | undefined {
-  if (m.excludeNodeIds.has(c.id)) return 'already failed this job';
+  if (m.excludeNodeIds.has(c.id)) return 'failed or refused this job';
   if (!c.online) return 'offline';
   if (c.reservedBy) return `reserved (reservation ${c.reservedBy})`;
   if (c.bannedUntil && c.bannedUntil > m.now) return `banned until ${c.bannedUntil.toISOString()}`;
@@ -133,7 +133,7 @@ function fastCheck(m: MatchCriteria): (c: Candidate) => string | undefined {
   const budget = m.budget;
   const ceiling = budget ? budgetCeiling(budget) : Infinity;
   return (c) => {
-    if (m.excludeNodeIds.has(c.id)) return 'already failed this job';
+    if (m.excludeNodeIds.has(c.id)) return 'failed or refused this job';
     if (!c.online) return 'offline';
     if (c.reservedBy) return 'reserved';
     if (c.bannedUntil && c.bannedUntil.getTime() > now) return 'banned';
@@ -399,7 +399,7 @@ const K_NOT_ALLOWED = 9;
 const K_PRICE = 10;
 const K_BUDGET = 11;
 /** Names as counted in rejectedCounts; K_NO_DEVICE's is filled per match. */
-const KIND_NAMES = ['', 'already failed this job', 'offline', 'reserved', 'banned', 'at capacity', '', 'not enough memory', 'region blocked', 'region not allowed', 'price above limit', 'over budget'];
+const KIND_NAMES = ['', 'failed or refused this job', 'offline', 'reserved', 'banned', 'at capacity', '', 'not enough memory', 'region blocked', 'region not allowed', 'price above limit', 'over budget'];
 
 /**
  * rankCandidates over a CandidateTable: the same filters in the same order, the same kinds, scores, top-K and

@@ -696,7 +696,7 @@ function queueNote(e: { eligible: number; rejectedCounts: Record<string, number>
     .join(', ');
   return [
     e.queuePosition !== undefined ? `${e.queuePosition} ahead in the queue` : '',
-    e.claimedByOthers.length ? `${e.claimedByOthers.length} held for jobs ahead` : '',
+    e.claimedByOthers.length ? `${e.claimedByOthers.length} held for jobs ahead or filled meanwhile` : '',
     passed ? `passed over: ${passed}` : 'no nodes registered',
   ]
     .filter(Boolean)

@@ -253,6 +253,10 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await jobsRepo.recordTransition(database.db, t)).toBe(false);
     expect(await database.db.select().from(jobEvents).where(eq(jobEvents.jobId, 'waiting'))).toHaveLength(1);
     expect((await jobsRepo.getJob(database.db, 'waiting'))).toMatchObject({ status: 'assigned', attempts: 1, assignedNodeId: 'x', eventSeq: 1 });
+    // Back to the queue: the lost node's progress, stored while its attempt was given up, no longer shows.
+    await jobsRepo.updateProgress(database.db, 'waiting', 'x', { progress: 0.7, epoch: 7, metrics: { loss: 0.3 } });
+    await jobsRepo.recordTransition(database.db, { ...t, seq: 2, from: 'assigned', to: 'queued', assignedNodeId: null });
+    expect((await jobsRepo.getJob(database.db, 'waiting'))).toMatchObject({ status: 'queued', progress: 0, currentEpoch: 0, metrics: {} });
   });
 
   async function job(id: string, over: Partial<typeof jobs.$inferInsert> = {}) {
@@ -278,7 +282,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(m.explanation.ranked[0]).toMatchObject({ nodeId: 'big', parts: { reputation: 0.5, load: 1 } });
     expect(m.explanation.rejected).toEqual(
       expect.arrayContaining([
-        { nodeId: 'node_1700000000', reason: 'already failed this job' },
+        { nodeId: 'node_1700000000', reason: 'failed or refused this job' },
         { nodeId: 'small', reason: expect.stringMatching(/needs 4294967296 bytes on a CUDA device/) },
       ]),
     );

@@ -40,7 +40,7 @@ describe('match score', () => {
 
   it('says why each ineligible node is passed over', () => {
     const m = criteria({ excludeNodeIds: new Set(['failed']), blockedRegions: ['us-east'], allowedRegions: ['eu-west', 'us-east'], maxPricePerHour: 1 });
-    expect(rejectionReason(node('failed'), m)).toBe('already failed this job');
+    expect(rejectionReason(node('failed'), m)).toBe('failed or refused this job');
     expect(rejectionReason(node('off', { online: false }), m)).toBe('offline');
     expect(rejectionReason(node('ban', { bannedUntil: new Date(now.getTime() + 1000) }), m)).toMatch(/^banned until/);
     expect(rejectionReason(node('expired-ban', { bannedUntil: new Date(now.getTime() - 1000) }), m)).toBeUndefined();
