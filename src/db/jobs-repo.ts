@@ -13,6 +13,8 @@ export const JOB_CHANGES_CHANNEL = 'job_changes';
 export interface NewJob {
   spec: JobSpec;
   configHash: string;
+  /** The submitting user (AUTH_JWT_SECRET set). */
+  owner?: string;
 }
 
 /** Queue order of a priority: CRITICAL 0 … LOW 3. */
@@ -39,6 +41,7 @@ export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: tru
       config: spec,
       configHash: job.configHash,
       submitter: spec.paymentAddress,
+      owner: job.owner ?? null,
       paymentUnits: BigInt(spec.paymentUnits),
     })
     .onConflictDoNothing({ target: jobs.id })

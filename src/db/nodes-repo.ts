@@ -71,18 +71,23 @@ function derived(r: NodeRegistration) {
   };
 }
 
-/** Creates or refreshes a node from its registration; it is online from now. */
-export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration): Promise<NodeRow> {
+/** Creates or refreshes a node from its registration; it is online from now. `owner`: the registering user (auth on). */
+export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, owner?: string): Promise<NodeRow> {
   const now = new Date();
   const { pricing: _announced, ...fields } = r;
-  const values = { ...fields, ...derived(r), status: 'online', lastHeartbeat: now, updatedAt: now };
+  const values = { ...fields, ...derived(r), owner: owner ?? null, status: 'online', lastHeartbeat: now, updatedAt: now };
   const [row] = await db
     .insert(nodes)
     .values({ id, ...values })
     .onConflictDoUpdate({
       target: nodes.id,
       // An empty wallet is proto3's "not sent" (shipping nodes always send ""): keep the one registered.
-      set: { ...values, walletAddress: sql`coalesce(nullif(excluded.wallet_address, ''), ${nodes.walletAddress})` },
+      // An owner, once set, stays (the service refuses another user's registration before this).
+      set: {
+        ...values,
+        walletAddress: sql`coalesce(nullif(excluded.wallet_address, ''), ${nodes.walletAddress})`,
+        owner: sql`coalesce(${nodes.owner}, excluded.owner)`,
+      },
     })
     .returning();
   return row;

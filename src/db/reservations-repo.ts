@@ -16,6 +16,8 @@ export interface NewHold {
   id: string;
   nodeId: string;
   userWallet: string;
+  /** The reserving user (auth on). */
+  owner?: string;
   minutes: number;
   pricePerHourUnits: bigint;
   escrowUnits: bigint;
@@ -58,6 +60,7 @@ export async function holdNode(db: Db, h: NewHold): Promise<ReservationRow> {
           id: h.id,
           nodeId: h.nodeId,
           userWallet: h.userWallet,
+          owner: h.owner ?? null,
           status: 'pending',
           durationMinutes: h.minutes,
           pricePerHourUnits: h.pricePerHourUnits,

@@ -57,6 +57,8 @@ export const nodes = pgTable(
     port: integer('port').notNull().default(0),
     region: text('region').notNull().default(''),
     walletAddress: text('wallet_address').notNull().default(''),
+    /** The user (the verified token's `sub`) it belongs to, when AUTH_JWT_SECRET is set; others are refused. */
+    owner: text('owner'),
     reputation: doublePrecision('reputation').notNull().default(0.5),
     /** What the hardware can do (cores, RAM, accelerators), independent of reputation. */
     computeScore: doublePrecision('compute_score').notNull().default(0),
@@ -127,6 +129,8 @@ export const jobs = pgTable(
     /** Hash of the submitted config: a second SubmitJob with the same id must carry the same job. */
     configHash: text('config_hash').notNull(),
     submitter: text('submitter').notNull().default(''),
+    /** The user (the verified token's `sub`) it belongs to, when AUTH_JWT_SECRET is set; others are refused. */
+    owner: text('owner'),
     paymentUnits: bigint('payment_units', { mode: 'bigint' }).notNull(),
     assignedNodeId: text('assigned_node_id'),
     attempts: integer('attempts').notNull().default(0),
@@ -295,6 +299,8 @@ export const reservations = pgTable(
     id: text('id').primaryKey(),
     nodeId: text('node_id').notNull(),
     userWallet: text('user_wallet').notNull(),
+    /** The user (the verified token's `sub`) it belongs to, when AUTH_JWT_SECRET is set; others are refused. */
+    owner: text('owner'),
     status: reservationStatus('status').notNull().default('pending'),
     /** Minutes bought so far (the first duration plus every extension). */
     durationMinutes: integer('duration_minutes').notNull(),

@@ -49,3 +49,12 @@ export class PaymentRequiredError extends DomainError {
 export class GoneError extends DomainError {
   readonly code = 410;
 }
+
+/**
+ * Refuses a caller that is not the owner: both known (AUTH_JWT_SECRET set, the row has an owner) and different.
+ * Without auth, or for a row made without it, anyone may act, as with the original server.
+ * @throws ForbiddenError
+ */
+export function requireOwner(owner: string | null | undefined, caller: string | undefined, what: string): void {
+  if (caller !== undefined && owner && owner !== caller) throw new ForbiddenError(`${what} belongs to another user`);
+}

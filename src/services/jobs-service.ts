@@ -4,7 +4,7 @@ import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import { eq } from 'drizzle-orm';
 import { jobEvents, jobs } from '../db/schema';
-import { ConflictError, NotFoundError, UnavailableError, ValidationError } from '../domain/errors';
+import { ConflictError, NotFoundError, requireOwner, UnavailableError, ValidationError } from '../domain/errors';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
 import type { JobWorkflowGateway } from './job-workflows';
 import { signP2PToken } from './p2p-token';
@@ -51,16 +51,17 @@ export function createJobService(deps: JobServiceDeps) {
    * no-op that returns the same job; with a different config it is a conflict.
    * @throws ConflictError, UnavailableError (Temporal down: the job stays recorded and starts on retry).
    */
-  async function submit(spec: JobSpec): Promise<{ jobId: string; created: boolean }> {
+  async function submit(spec: JobSpec, caller?: string): Promise<{ jobId: string; created: boolean }> {
     const hash = configHash(spec);
     // The payer's escrow transaction is checked for a new job only (one round trip saved for the others).
     if (spec.escrowTxHash && !(await jobsRepo.getJob(db, spec.jobId))) {
       if (!spec.paymentAddress) throw new ValidationError('config.payment_address', 'is required with config.escrow_tx_hash (the payer)');
       await deps.verifyEscrow({ jobId: spec.jobId, amount: BigInt(spec.paymentUnits), payer: spec.paymentAddress, signature: spec.escrowTxHash });
     }
-    const inserted = await jobsRepo.insertJob(db, { spec, configHash: hash });
+    const inserted = await jobsRepo.insertJob(db, { spec, configHash: hash, owner: caller });
     const created = inserted.created;
     if (!inserted.created) {
+      requireOwner(inserted.row.owner, caller, `job ${spec.jobId}`);
       if (inserted.row.configHash !== hash) throw new ConflictError(`job_id ${spec.jobId} already exists with a different config`);
       if (inserted.row.deletedAt) throw new ConflictError(`job_id ${spec.jobId} was used by a job that has been deleted`);
     }
@@ -116,8 +117,9 @@ export function createJobService(deps: JobServiceDeps) {
    * Cancels an unfinished job; resolves once the escrow is refunded.
    * @throws NotFoundError; ConflictError when the job has finished.
    */
-  async function cancel(jobId: string, reason: string): Promise<{ refundIssued: boolean; txRef: string }> {
+  async function cancel(jobId: string, reason: string, caller?: string): Promise<{ refundIssued: boolean; txRef: string }> {
     const job = await get(jobId);
+    requireOwner(job.owner, caller, `job ${jobId}`);
     if (isTerminal(job.status)) throw new ConflictError(`job ${jobId} has already finished (${job.status})`);
     return workflows.cancel(jobId, reason);
   }
@@ -130,8 +132,9 @@ export function createJobService(deps: JobServiceDeps) {
    * Deletes a finished job from listings (its events and payments stay for audit).
    * @throws NotFoundError; ConflictError while the job is active.
    */
-  async function remove(jobId: string): Promise<void> {
+  async function remove(jobId: string, caller?: string): Promise<void> {
     const job = await get(jobId);
+    requireOwner(job.owner, caller, `job ${jobId}`);
     if (!isTerminal(job.status)) throw new ConflictError(`job ${jobId} is ${job.status}: cancel it before deleting it`);
     if (!(await jobsRepo.softDeleteFinishedJob(db, jobId))) throw new NotFoundError('job', jobId);
   }

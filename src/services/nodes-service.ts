@@ -3,7 +3,7 @@ import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import * as reservationsRepo from '../db/reservations-repo';
-import { ConflictError, ForbiddenError, NotFoundError } from '../domain/errors';
+import { ConflictError, ForbiddenError, NotFoundError, requireOwner } from '../domain/errors';
 import { isId } from '../domain/ids';
 import { isTerminal } from '../domain/job';
 import { isHolding } from '../domain/reservation';
@@ -39,16 +39,16 @@ export function createNodeService(deps: NodeServiceDeps) {
    * the id it holds if we know it, else the one registered with its wallet or endpoint. A new node keeps
    * the id it brings when that id is free, so its P2P service and the server agree from the first run.
    */
-  async function register(claimedId: string, reg: nodesRepo.NodeRegistration): Promise<{ nodeId: string; created: boolean }> {
+  async function register(claimedId: string, reg: nodesRepo.NodeRegistration, caller?: string): Promise<{ nodeId: string; created: boolean }> {
     const existing = await nodesRepo.findRegisteredNode(db, {
       nodeId: claimedId,
       walletAddress: reg.walletAddress,
       ipAddress: reg.ipAddress,
       port: reg.port,
     });
-    if (existing) await refuseTakeover(existing, reg);
+    if (existing) await refuseTakeover(existing, reg, caller);
     const nodeId = existing ?? (isId(claimedId) ? claimedId : randomUUID());
-    await nodesRepo.upsertNode(db, nodeId, reg);
+    await nodesRepo.upsertNode(db, nodeId, reg, caller);
     heartbeats.remember(nodeId);
     if (reg.walletAddress) {
       const owed = await jobsRepo.jobsOwingNode(db, nodeId);
@@ -64,18 +64,30 @@ export function createNodeService(deps: NodeServiceDeps) {
   }
 
   /**
-   * Registrations are not authenticated (the protocol's node JWT comes from the website, which this server
-   * does not see), so a registration may not take over a node that is alive elsewhere: an online node keeps
-   * its endpoint, and with it its wallet and its jobs, until it has been silent for the offline timeout.
-   * @throws ConflictError
+   * Without auth a registration proves nothing, so it may not take over a node that is alive elsewhere: an
+   * online node keeps its endpoint, and with it its wallet and its jobs, until it has been silent for the
+   * offline timeout. With auth (AUTH_JWT_SECRET), only the user who registered the node may register it again.
+   * @throws ConflictError, ForbiddenError
    */
-  async function refuseTakeover(nodeId: string, reg: nodesRepo.NodeRegistration): Promise<void> {
+  async function refuseTakeover(nodeId: string, reg: nodesRepo.NodeRegistration, caller: string | undefined): Promise<void> {
     const node = await nodesRepo.getNode(db, nodeId);
+    // With auth on, a node belongs to the user who registered it first: nobody else re-registers it (its
+    // wallet, and with it the payments it is owed), online or not.
+    requireOwner(node?.owner, caller, `node ${nodeId}`);
     if (!node || (node.ipAddress === reg.ipAddress && node.port === reg.port) || node.port === 0) return;
     const alive = node.status === 'online' && Date.now() - node.lastHeartbeat.getTime() < deps.offlineAfterMs;
     if (alive) {
       throw new ConflictError(`node ${nodeId} is online at ${node.ipAddress}:${node.port}; it cannot register from ${reg.ipAddress}:${reg.port}`);
     }
+  }
+
+  /**
+   * Refuses a report about the node from a user who does not own it (auth on; see requireOwner).
+   * @throws ForbiddenError
+   */
+  async function requireNodeOwner(nodeId: string, caller: string | undefined): Promise<void> {
+    if (caller === undefined) return;
+    requireOwner((await nodesRepo.getNode(db, nodeId))?.owner, caller, `node ${nodeId}`);
   }
 
   /**
@@ -169,7 +181,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     return !!job && job.assignedNodeId === nodeId && !isTerminal(job.status);
   }
 
-  return { register, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
+  return { register, requireNodeOwner, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
 }
 
 export type NodeService = ReturnType<typeof createNodeService>;

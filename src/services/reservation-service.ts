@@ -14,6 +14,7 @@ import { temporalUnavailable } from './temporal-errors';
 import {
   ConflictError,
   ForbiddenError,
+  requireOwner,
   GoneError,
   NotFoundError,
   PaymentRequiredError,
@@ -139,7 +140,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
    * ReserveNode: holds the node, escrows the term's price on chain, and returns the P2P token. Nothing is
    * escrowed for a request that fails validation or finds the node unavailable.
    */
-  async function reserve(req: { nodeId: string; userWallet: string; durationMinutes: number; jobConfig: Record<string, unknown> }): Promise<Reserved> {
+  async function reserve(req: { nodeId: string; userWallet: string; durationMinutes: number; jobConfig: Record<string, unknown>; caller?: string }): Promise<Reserved> {
     if (!req.nodeId) throw new ValidationError('node_id', 'is required');
     const wallet = walletAddress(req.userWallet, 'user_wallet').toBase58();
     if (!Number.isInteger(req.durationMinutes) || req.durationMinutes < MIN_MINUTES || req.durationMinutes > MAX_MINUTES) {
@@ -156,6 +157,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
       id,
       nodeId: node.id,
       userWallet: wallet,
+      owner: req.caller,
       minutes: req.durationMinutes,
       pricePerHourUnits: perHour,
       escrowUnits,
@@ -278,8 +280,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
   }
 
   /** GetReconnectionToken: a fresh P2P token for the reservation's owner. */
-  async function reconnect(req: { reservationId: string; userWallet: string }): Promise<ReconnectGrant> {
+  async function reconnect(req: { reservationId: string; userWallet: string; caller?: string }): Promise<ReconnectGrant> {
     const r = await find(req.reservationId);
+    requireOwner(r.owner, req.caller, `reservation ${r.id}`);
     if (!req.userWallet) throw new ValidationError('user_wallet', 'is required');
     if (req.userWallet !== r.userWallet) throw new ForbiddenError(`user_wallet does not own reservation ${r.id}`);
     if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
@@ -289,8 +292,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
   }
 
   /** ExtendReservation: escrows the extra minutes, then moves the end. */
-  async function extend(req: { reservationId: string; additionalMinutes: number }) {
+  async function extend(req: { reservationId: string; additionalMinutes: number; caller?: string }) {
     const r = await find(req.reservationId);
+    requireOwner(r.owner, req.caller, `reservation ${r.id}`);
     if (!Number.isInteger(req.additionalMinutes) || req.additionalMinutes < 1 || req.additionalMinutes > MAX_MINUTES) {
       throw new ValidationError('additional_minutes', `must be a whole number from 1 to ${MAX_MINUTES}`);
     }
@@ -309,8 +313,11 @@ export function createReservationService(deps: ReservationServiceDeps) {
     by: 'engine' | 'node' | 'both' | 'operator';
     /** Answer within the Engine's deadline: the decided amounts without signatures when the chain is slow. */
     answerInTime?: boolean;
+    /** The user releasing it (auth on): only its owner may. */
+    caller?: string;
   }): Promise<ReleaseResult> {
     const r = await find(req.reservationId);
+    requireOwner(r.owner, req.caller, `reservation ${r.id}`);
     if (r.endedAt) return receiptOf(r);
     try {
       // A reservation still escrowing takes the release as soon as its term starts.
@@ -357,10 +364,11 @@ export function createReservationService(deps: ReservationServiceDeps) {
   }
 
   /** ReportJobCompleteFromNode: a job in the reservation ended; its reputation change cites the reservation. */
-  async function nodeJobComplete(req: { reservationId: string; jobId: string; nodeId: string; success: boolean }) {
+  async function nodeJobComplete(req: { reservationId: string; jobId: string; nodeId: string; success: boolean; caller?: string }) {
     const r = await find(req.reservationId);
     if (!req.nodeId) throw new ValidationError('node_id', 'is required');
     if (req.nodeId !== r.nodeId) throw new ForbiddenError(`node ${req.nodeId} does not hold reservation ${r.id}`);
+    await requireNodeOwner(r.nodeId, req.caller);
     if (r.status === 'pending' || !r.startAt) throw new ConflictError(`reservation ${r.id} never started`);
     const kind = req.success ? 'job_completed' : 'job_failed';
     // The reputation event is the evidence, one per reservation and outcome: a repeated report finds it and
@@ -379,8 +387,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
    * ConfirmJobComplete (deprecated by the original): counts a successful job once (a job the node reported
    * already counts); the money moves when the reservation ends.
    */
-  async function confirmJobComplete(req: { reservationId: string; jobId: string; success: boolean }) {
+  async function confirmJobComplete(req: { reservationId: string; jobId: string; success: boolean; caller?: string }) {
     const r = await find(req.reservationId);
+    requireOwner(r.owner, req.caller, `reservation ${r.id}`);
     if (req.success) await repo.countJob(db, { reservationId: r.id, jobId: req.jobId || r.id, reportedBy: 'engine', success: true });
     return r;
   }
@@ -389,11 +398,14 @@ export function createReservationService(deps: ReservationServiceDeps) {
    * ReportReservationEndFromEngine / FromNode: each side says it is done; when both have, the reservation is
    * released (as an early release if time is left) and settled.
    */
-  async function reportEnd(req: { reservationId: string; from: 'engine' | 'node'; nodeId?: string }) {
+  async function reportEnd(req: { reservationId: string; from: 'engine' | 'node'; nodeId?: string; caller?: string }) {
     const r = await find(req.reservationId);
     if (req.from === 'node') {
       if (!req.nodeId) throw new ValidationError('node_id', 'is required');
       if (req.nodeId !== r.nodeId) throw new ForbiddenError(`node ${req.nodeId} does not hold reservation ${r.id}`);
+      await requireNodeOwner(r.nodeId, req.caller);
+    } else {
+      requireOwner(r.owner, req.caller, `reservation ${r.id}`);
     }
     if (r.endedAt) return { settled: await receiptOf(r), waitingFor: undefined };
     await repo.updateReservation(db, r.id, req.from === 'engine' ? { engineReportedEnd: true } : { nodeReportedEnd: true });
@@ -401,6 +413,12 @@ export function createReservationService(deps: ReservationServiceDeps) {
     if (!both) return { settled: undefined, waitingFor: req.from === 'engine' ? ('node' as const) : ('engine' as const) };
     const receipt = await release({ reservationId: r.id, reason: 'both the Engine and the node reported the end', by: 'both' });
     return { settled: receipt, waitingFor: undefined };
+  }
+
+  /** Refuses a node's report from a user who does not own the node (auth on). @throws ForbiddenError */
+  async function requireNodeOwner(nodeId: string, caller: string | undefined): Promise<void> {
+    if (caller === undefined) return;
+    requireOwner((await nodesRepo.getNode(db, nodeId))?.owner, caller, `node ${nodeId}`);
   }
 
   /** The heartbeat hub's batch: these nodes are alive, so are their reservations' watches. */

@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { protocolClient } from '../support/grpc-clients';
 import { useSystem } from '../support/system';
-import { S, type ProtocolClient } from './helpers';
+import { S, unfittable, type ProtocolClient } from './helpers';
 
 /*
  * With AUTH_JWT_SECRET set, the server asks for the users' bearer token as the original did (CYXWIZ-PROTOCOL.md
@@ -70,4 +70,36 @@ test('with a valid token the call goes through; discovery, NotifyJobAccepted and
   } finally {
     health.close();
   }
+});
+
+test('a user acts only on what is theirs: another user cannot re-register their node, report for it, or cancel their job', async () => {
+  const as = (sub: string) => bearer(token({ sub, exp: nowS() + 3600 }));
+  const owned = { ...registration, info: { ...registration.info, node_id: 'node_auth_owned', ip_address: '127.0.0.2', wallet_address: 'So11111111111111111111111111111111111111112' } };
+  expect(await nodeApi.call('RegisterNode', owned, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS, node_id: 'node_auth_owned' });
+
+  // Another user's registration of that node (its wallet, and with it what the node is owed) is refused.
+  const takeover = { ...owned, info: { ...owned.info, wallet_address: 'SysvarC1ock11111111111111111111111111111111' } };
+  expect(await nodeApi.call('RegisterNode', takeover, { metadata: as('someone-else') })).toMatchObject({
+    status: S.FAILED,
+    error: { code: 403, message: expect.stringContaining('node node_auth_owned belongs to another user') },
+  });
+  expect(await sys().query('select wallet_address, owner from nodes where id = $1', ['node_auth_owned'])).toEqual([
+    { wallet_address: 'So11111111111111111111111111111111111111112', owner: 'owner-1' },
+  ]);
+  expect(await nodeApi.call('RegisterNode', owned, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS });
+
+  // Reports about the node come from its owner only (here the owner's is refused further on: it holds no such job).
+  const report = { node_id: 'node_auth_owned', job_id: 'no-such-job', status: { job_id: 'no-such-job', status: S.IN_PROGRESS, progress: 0.5 } };
+  expect(await nodeApi.call('ReportProgress', report, { metadata: as('someone-else') })).toMatchObject({ error: { code: 403 } });
+  expect(await nodeApi.call('ReportProgress', report, { metadata: as('owner-1') })).toMatchObject({ error: { code: 404 } });
+
+  // A job is cancelled (and refunded) by the user who submitted it, no one else.
+  const submitted = await jobs.call('SubmitJob', { config: unfittable({ job_id: 'job-auth-owned' }) }, { metadata: as('owner-1') });
+  expect(submitted).toMatchObject({ status: S.SUCCESS, job_id: 'job-auth-owned' });
+  expect(await jobs.call('CancelJob', { job_id: 'job-auth-owned', reason: 'not mine' }, { metadata: as('someone-else') })).toMatchObject({
+    error: { code: 403, message: expect.stringContaining('job job-auth-owned belongs to another user') },
+  });
+  // The same job id submitted by someone else is not theirs either.
+  expect(await jobs.call('SubmitJob', { config: unfittable({ job_id: 'job-auth-owned' }) }, { metadata: as('someone-else') })).toMatchObject({ error: { code: 403 } });
+  expect(await jobs.call('CancelJob', { job_id: 'job-auth-owned', reason: 'mine' }, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS });
 });

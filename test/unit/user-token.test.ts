@@ -1,6 +1,7 @@
 import { createHmac } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { authProblem, isOpenMethod } from '../../src/api/grpc/auth';
+import { authProblem, callerOf, isOpenMethod } from '../../src/api/grpc/auth';
+import { ForbiddenError, requireOwner } from '../../src/domain/errors';
 import { verifyUserToken } from '../../src/services/user-token';
 
 const SECRET = 'website-login-secret';
@@ -51,5 +52,31 @@ describe('bearer authentication of gRPC calls', () => {
     expect(isOpenMethod('/grpc.health.v1.Health/Check')).toBe(true);
     expect(isOpenMethod('/cyxwiz.protocol.NodeService/Heartbeat')).toBe(false);
     expect(isOpenMethod('/cyxwiz.protocol.JobReservationService/ReserveNode')).toBe(false);
+  });
+});
+
+describe('callerOf and requireOwner', () => {
+  const call = (header?: string) => {
+    const metadata = new grpc.Metadata();
+    if (header) metadata.set('authorization', header);
+    return { metadata };
+  };
+
+  it('names the verified user behind a call, and nobody when auth is off or the token does not verify', () => {
+    const caller = callerOf(SECRET);
+    expect(caller(call(`Bearer ${jwt({ sub: 'user-1' })}`))).toBe('user-1');
+    expect(caller(call(`Bearer ${jwt({ iat: 1 })}`))).toBe(''); // verified, but no sub: owns nothing
+    expect(caller(call(`Bearer ${jwt({ sub: 'user-1' }, 'forged')}`))).toBeUndefined();
+    expect(caller(call())).toBeUndefined();
+    // Auth off: the interceptor checks nothing, so a token proves nothing.
+    expect(callerOf('')(call(`Bearer ${jwt({ sub: 'user-1' })}`))).toBeUndefined();
+  });
+
+  it('refuses a known caller acting on what another user owns, and nothing else', () => {
+    expect(() => requireOwner('user-1', 'user-2', 'job j')).toThrow(new ForbiddenError('job j belongs to another user'));
+    expect(() => requireOwner('user-1', '', 'job j')).toThrow(ForbiddenError);
+    for (const [owner, caller] of [['user-1', 'user-1'], ['user-1', undefined], [null, 'user-2'], ['', 'user-2']] as const) {
+      expect(() => requireOwner(owner, caller, 'job j')).not.toThrow();
+    }
   });
 });

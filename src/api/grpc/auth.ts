@@ -41,3 +41,26 @@ export function bearerAuth(secret: string): grpc.ServerInterceptor {
     return new grpc.ServerInterceptingCall(call, responder);
   };
 }
+
+/** Who made a call: the verified token's `sub` ('' when it has none), undefined when auth is off or no token came. */
+export type CallerOf = (call: { metadata: grpc.Metadata }) => string | undefined;
+
+/**
+ * The caller of a call as the services see it, to refuse acting on what another user owns (`requireOwner`).
+ * Undefined when auth is off (the interceptor checks nothing, so a token proves nothing) or the call carried no
+ * valid token (the open methods).
+ */
+export function callerOf(secret: string | undefined): CallerOf {
+  if (!secret) return () => undefined;
+  return ({ metadata }) => {
+    const header = metadata.get('authorization')[0];
+    const match = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header.trim()) : null;
+    if (!match) return undefined;
+    try {
+      const { sub } = verifyUserToken(secret, match[1]);
+      return typeof sub === 'string' ? sub : '';
+    } catch {
+      return undefined;
+    }
+  };
+}

@@ -12,6 +12,7 @@ import type {
 } from '../../protocol/types';
 import type { JobChangeFeed } from '../../services/job-change-feed';
 import type { JobService } from '../../services/jobs-service';
+import type { CallerOf } from './auth';
 import { sendRefusalMetadata, toProtocolFailure } from './errors';
 import { optionalText, requireId, toJobSpec, toJobStatus } from './mappers';
 import { statusAndError, summarize, unary } from './unary';
@@ -21,6 +22,8 @@ export interface JobHandlerDeps {
   feed: JobChangeFeed;
   tokenDecimals: number;
   log: Logger;
+  /** The verified user behind a call (auth on), who may act only on their own jobs. */
+  caller?: CallerOf;
 }
 
 const DEFAULT_PAGE_SIZE = 100;
@@ -39,13 +42,14 @@ const encodePageToken = (offset: number) => Buffer.from(String(offset)).toString
 /** JobService: the Engine's legacy job flow. */
 export function createJobHandlers(deps: JobHandlerDeps) {
   const { jobs, log } = deps;
+  const caller = deps.caller ?? (() => undefined);
 
   const SubmitJob = unary<SubmitJobRequest, object>(
     log,
     'SubmitJob',
-    async (req) => {
+    async (req, call) => {
       const spec = toJobSpec(req.config, deps.tokenDecimals);
-      const { jobId } = await jobs.submit(spec);
+      const { jobId } = await jobs.submit(spec, caller(call));
       return { job_id: jobId, status: StatusCode.SUCCESS, estimated_start_time: String(Math.floor(Date.now() / 1000)) };
     },
     (f) => ({ job_id: '', ...statusAndError(f) }),
@@ -76,7 +80,7 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     async (req, call) => {
       const jobId = requireId(req.job_id, 'job_id');
       const reason = optionalText(req.reason, 'reason', 1024);
-      const { refundIssued, txRef } = await jobs.cancel(jobId, reason);
+      const { refundIssued, txRef } = await jobs.cancel(jobId, reason, caller(call));
       // CancelJobResponse has no field for it: the refund's transaction signature travels as metadata.
       if (txRef) {
         const md = new grpc.Metadata();
@@ -91,8 +95,8 @@ export function createJobHandlers(deps: JobHandlerDeps) {
   const DeleteJob = unary<DeleteJobRequest, object>(
     log,
     'DeleteJob',
-    async (req) => {
-      await jobs.remove(requireId(req.job_id, 'job_id'));
+    async (req, call) => {
+      await jobs.remove(requireId(req.job_id, 'job_id'), caller(call));
       return { status: StatusCode.SUCCESS };
     },
     statusAndError,

@@ -14,11 +14,14 @@ import type {
 } from '../../protocol/types';
 import type { NodeService } from '../../services/nodes-service';
 import { int64, metricsValue, optionalText, peerIp, progressValue, requireId, toNodeRegistration } from './mappers';
+import type { CallerOf } from './auth';
 import { statusAndError, unary } from './unary';
 
 export interface NodeHandlerDeps {
   nodes: NodeService;
   log: Logger;
+  /** The verified user behind a call (auth on): only a node's owner registers it again or reports for it. */
+  caller?: CallerOf;
 }
 
 const DEFAULT_METRICS_WINDOW_S = 3600;
@@ -53,13 +56,14 @@ const nodeMessage = (value: string | undefined, field: string) => optionalText(v
 /** NodeService (as served by the central server) and JobStatusService: what nodes call. */
 export function createNodeHandlers(deps: NodeHandlerDeps) {
   const { nodes, log } = deps;
+  const caller = deps.caller ?? (() => undefined);
 
   const RegisterNode = unary<RegisterNodeRequest, object>(
     log,
     'RegisterNode',
     async (req, call) => {
       const { claimedId, reg } = toNodeRegistration(req.info, peerIp(call.getPeer()));
-      const { nodeId, created } = await nodes.register(claimedId, reg);
+      const { nodeId, created } = await nodes.register(claimedId, reg, caller(call));
       log.info({ nodeId, created, endpoint: `${reg.ipAddress}:${reg.port}`, devices: reg.devices.length }, 'node registered');
       return { status: StatusCode.SUCCESS, node_id: nodeId, session_token: `session_${nodeId}` };
     },
@@ -106,9 +110,10 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
   const ReportProgress = unary<ReportProgressRequest, object>(
     log,
     'ReportProgress',
-    async (req) => {
+    async (req, call) => {
       const nodeId = requireId(req.node_id, 'node_id');
       const jobId = requireId(req.job_id, 'job_id');
+      await nodes.requireNodeOwner(nodeId, caller(call));
       const s = req.status;
       const metrics = { ...metricsValue(s?.metrics, 'status.metrics'), ...metricsValue(req.current_metrics, 'current_metrics') };
       const progress = s ? progressValue(s.progress, 'status.progress') : undefined;
@@ -123,9 +128,10 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
   const ReportCompletion = unary<ReportCompletionRequest, object>(
     log,
     'ReportCompletion',
-    async (req) => {
+    async (req, call) => {
       const nodeId = requireId(req.node_id, 'node_id');
       const jobId = requireId(req.job_id, 'job_id');
+      await nodes.requireNodeOwner(nodeId, caller(call));
       const r = req.result;
       // Unset (0) means completed: the call itself is the completion report.
       const resultStatus = r && r.status !== StatusCode.UNKNOWN ? reportedStatus(r.status, 'result.status', true) : StatusCode.SUCCESS;
@@ -173,9 +179,10 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
   const UpdateJobStatus = unary<UpdateJobStatusRequest, object>(
     log,
     'UpdateJobStatus',
-    async (req) => {
+    async (req, call) => {
       const nodeId = requireId(req.node_id, 'node_id');
       const jobId = requireId(req.job_id, 'job_id');
+      await nodes.requireNodeOwner(nodeId, caller(call));
       const outcome = await report(
         nodeId,
         jobId,
@@ -193,9 +200,10 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
   const ReportJobResult = unary<ReportJobResultRequest, object>(
     log,
     'ReportJobResult',
-    async (req) => {
+    async (req, call) => {
       const nodeId = requireId(req.node_id, 'node_id');
       const jobId = requireId(req.job_id, 'job_id');
+      await nodes.requireNodeOwner(nodeId, caller(call));
       const metrics = metricsValue(req.final_metrics, 'final_metrics');
       const finalStatus = reportedStatus(req.final_status, 'final_status', true);
       const message = nodeMessage(req.error_message, 'error_message');

@@ -6,6 +6,7 @@ import { unitsToTokens } from '../../domain/money';
 import type { ReservationWithNode } from '../../db/reservations-repo';
 import type { ReservationService } from '../../services/reservation-service';
 import type { ReleaseReceipt } from '../../workflows/reservation-messages';
+import type { CallerOf } from './auth';
 import { toProtocolFailure } from './errors';
 import { modelDefinition, optionalText, requireId } from './mappers';
 import { statusAndError, summarize, unary } from './unary';
@@ -21,13 +22,15 @@ const seconds = (d: Date | null | undefined) => (d ? Math.floor(d.getTime() / 10
  * `status` and, on failure, `Error{code, message}` (field 15 in ReserveNodeResponse, 10 elsewhere); amounts are
  * integers in the token's smallest units, as decimal strings on the int64 fields.
  */
-export function createReservationHandlers(deps: { reservations: ReservationService; tokenDecimals: number; log: Logger }) {
+export function createReservationHandlers(deps: { reservations: ReservationService; tokenDecimals: number; log: Logger; caller?: CallerOf }) {
   const { reservations: svc, log } = deps;
+  /** The verified user behind a call (auth on): only a reservation's owner acts on it, only a node's owner reports for it. */
+  const caller = deps.caller ?? (() => undefined);
 
   function info(r: ReservationWithNode) {
     return {
       reservation_id: r.id,
-      user_id: r.userWallet,
+      user_id: r.owner || r.userWallet,
       user_wallet: r.userWallet,
       node_id: r.nodeId,
       node_wallet: r.nodeWallet,
@@ -50,8 +53,9 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     ReserveNode: unary<{ node_id: string; user_wallet: string; duration_minutes: number; job_config: Record<string, unknown> | null }, object>(
       log,
       'ReserveNode',
-      async (req) => {
+      async (req, call) => {
         const done = await svc.reserve({
+          caller: caller(call),
           nodeId: requireId(req.node_id, 'node_id'),
           userWallet: req.user_wallet,
           durationMinutes: req.duration_minutes,
@@ -82,8 +86,8 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     ConfirmJobComplete: unary<{ reservation_id: string; job_id: string; success: boolean }, object>(
       log,
       'ConfirmJobComplete',
-      async (req) => {
-        await svc.confirmJobComplete({ reservationId: reservationId(req.reservation_id), jobId: optionalId(req.job_id, 'job_id'), success: req.success });
+      async (req, call) => {
+        await svc.confirmJobComplete({ reservationId: reservationId(req.reservation_id), jobId: optionalId(req.job_id, 'job_id'), success: req.success, caller: caller(call) });
         // Money moves when the reservation ends (ReleaseReservation or its end), never per job.
         return { status: StatusCode.SUCCESS, payment_released: false, payment_tx_hash: '' };
       },
@@ -92,8 +96,8 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     ExtendReservation: unary<{ reservation_id: string; additional_minutes: number }, object>(
       log,
       'ExtendReservation',
-      async (req) => {
-        const r = await svc.extend({ reservationId: reservationId(req.reservation_id), additionalMinutes: req.additional_minutes });
+      async (req, call) => {
+        const r = await svc.extend({ reservationId: reservationId(req.reservation_id), additionalMinutes: req.additional_minutes, caller: caller(call) });
         return {
           status: StatusCode.SUCCESS,
           new_expires: String(Math.floor(r.endAt / 1000)),
@@ -106,8 +110,8 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     ReleaseReservation: unary<{ reservation_id: string; reason: string }, object>(
       log,
       'ReleaseReservation',
-      async (req) => {
-        const r = await svc.release({ reservationId: reservationId(req.reservation_id), reason: optionalText(req.reason, 'reason', 1024), by: 'engine', answerInTime: true });
+      async (req, call) => {
+        const r = await svc.release({ reservationId: reservationId(req.reservation_id), reason: optionalText(req.reason, 'reason', 1024), by: 'engine', answerInTime: true, caller: caller(call) });
         return {
           status: StatusCode.SUCCESS,
           time_used_seconds: String(r.timeUsedSeconds),
@@ -183,8 +187,8 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     GetReconnectionToken: unary<{ reservation_id: string; user_wallet: string }, object>(
       log,
       'GetReconnectionToken',
-      async (req) => {
-        const g = await svc.reconnect({ reservationId: reservationId(req.reservation_id), userWallet: req.user_wallet });
+      async (req, call) => {
+        const g = await svc.reconnect({ reservationId: reservationId(req.reservation_id), userWallet: req.user_wallet, caller: caller(call) });
         return {
           status: StatusCode.SUCCESS,
           p2p_auth_token: g.token,
@@ -199,8 +203,8 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     ReportJobCompleteFromNode: unary<{ reservation_id: string; job_id: string; node_id: string; success: boolean }, object>(
       log,
       'ReportJobCompleteFromNode',
-      async (req) => {
-        const r = await svc.nodeJobComplete({ reservationId: reservationId(req.reservation_id), jobId: optionalId(req.job_id, 'job_id'), nodeId: requireId(req.node_id, 'node_id'), success: req.success });
+      async (req, call) => {
+        const r = await svc.nodeJobComplete({ reservationId: reservationId(req.reservation_id), jobId: optionalId(req.job_id, 'job_id'), nodeId: requireId(req.node_id, 'node_id'), success: req.success, caller: caller(call) });
         return {
           status: StatusCode.SUCCESS,
           new_reputation: r.reputation,
@@ -214,14 +218,14 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     ReportReservationEndFromEngine: unary<{ reservation_id: string }, object>(
       log,
       'ReportReservationEndFromEngine',
-      async (req) => endReply(await svc.reportEnd({ reservationId: reservationId(req.reservation_id), from: 'engine' }), 'amount_paid', (r) => r.paid),
+      async (req, call) => endReply(await svc.reportEnd({ reservationId: reservationId(req.reservation_id), from: 'engine', caller: caller(call) }), 'amount_paid', (r) => r.paid),
       statusAndError,
     ),
     ReportReservationEndFromNode: unary<{ reservation_id: string; node_id: string }, object>(
       log,
       'ReportReservationEndFromNode',
-      async (req) =>
-        endReply(await svc.reportEnd({ reservationId: reservationId(req.reservation_id), from: 'node', nodeId: requireId(req.node_id, 'node_id') }), 'amount_received', (r) => r.nodeAmount),
+      async (req, call) =>
+        endReply(await svc.reportEnd({ reservationId: reservationId(req.reservation_id), from: 'node', nodeId: requireId(req.node_id, 'node_id'), caller: caller(call) }), 'amount_received', (r) => r.nodeAmount),
       statusAndError,
     ),
   };

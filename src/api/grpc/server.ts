@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { bearerAuth } from './auth';
+import { bearerAuth, callerOf } from './auth';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { loadProtocol } from '../../protocol/load';
@@ -40,8 +40,9 @@ export function createGrpcServer(deps: GrpcServerDeps) {
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
     interceptors: deps.authJwtSecret ? [bearerAuth(deps.authJwtSecret)] : [],
   });
-  const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log });
-  server.addService(protocol.JobService.service, createJobHandlers(deps) as unknown as grpc.UntypedServiceImplementation);
+  const caller = callerOf(deps.authJwtSecret);
+  const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log, caller });
+  server.addService(protocol.JobService.service, createJobHandlers({ ...deps, caller }) as unknown as grpc.UntypedServiceImplementation);
   server.addService(protocol.NodeService.service, nodeHandlers.node as unknown as grpc.UntypedServiceImplementation);
   server.addService(
     protocol.NodeDiscoveryService.service,
@@ -54,7 +55,7 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   );
   server.addService(
     protocol.JobReservationService.service,
-    createReservationHandlers({ reservations: deps.reservations, tokenDecimals: deps.tokenDecimals, log: deps.log }) as unknown as grpc.UntypedServiceImplementation,
+    createReservationHandlers({ reservations: deps.reservations, tokenDecimals: deps.tokenDecimals, log: deps.log, caller }) as unknown as grpc.UntypedServiceImplementation,
   );
   const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...SERVED_SERVICES.map((s) => [s, 'SERVING'])]));
   health.addToServer(server);
