@@ -16,8 +16,8 @@ export interface JobActivityDeps {
   tokenDecimals: number;
   /** A job's watch times out after this long without a sign of life (JOB_HEARTBEAT_TIMEOUT_S). */
   heartbeatTimeoutMs: number;
-  /** Wakes queued jobs (capacity was given back). */
-  wakeQueued(): Promise<void>;
+  /** Wakes waiting jobs that could use these nodes (capacity was given back on them). */
+  wakeQueued(nodeIds: string[]): Promise<void>;
   now?: () => Date;
 }
 
@@ -155,8 +155,8 @@ export function createJobActivities(deps: JobActivityDeps) {
 
   /** Gives back the node capacity the job holds and lets waiting jobs try for it. */
   async function releaseNode(input: { jobId: string }): Promise<void> {
-    await releaseClaims(deps.db, input.jobId);
-    await deps.wakeQueued();
+    const freed = await releaseClaims(deps.db, input.jobId);
+    if (freed.length > 0) await deps.wakeQueued(freed);
   }
 
   /**

@@ -11,8 +11,8 @@ export type { PotOutcome };
 export interface ReservationActivityDeps {
   db: Db;
   settlement: ChainSettlement;
-  /** Wakes queued jobs (a node came free). */
-  wakeQueued(): Promise<void>;
+  /** Wakes waiting jobs that could use these nodes (they came free). */
+  wakeQueued(nodeIds: string[]): Promise<void>;
   /** A reservation's node watch times out after this long without a sign of life. */
   nodeHeartbeatTimeoutMs: number;
 }
@@ -76,7 +76,7 @@ export function createReservationActivities(deps: ReservationActivityDeps) {
       await repo.updateReservation(tx, input.id, { status: input.status, endReason: input.reason });
       await repo.releaseHold(tx, input.id, input.nodeId);
     });
-    await deps.wakeQueued();
+    await deps.wakeQueued([input.nodeId]);
   }
 
   /** Records how the reservation ended and what moved. */

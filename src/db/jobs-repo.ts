@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, inArray, isNotNull, isNull, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, inArray, isNull, or, sql } from 'drizzle-orm';
 import type { JobPhase, JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
 import { preparedStatement } from './prepared';
@@ -229,23 +229,24 @@ export async function activeJobsOnNodes(
 }
 
 /**
- * Jobs waiting for a node (queued, or pending after a match found none while its escrow is on its way), most
- * urgent first. Asked each time a job gives back node capacity.
+ * Waiting jobs (queued, or pending after a match found none: job_is_waiting) that could run on one of these
+ * nodes (job_wants_node: not excluded, the memory for their device, a price their escrow covers), most urgent
+ * first, at most `limit`: the ones to wake when the nodes register, come back or give capacity back. Waking only
+ * these keeps a long queue's workflows from a signal for every node that frees up anywhere.
  */
-const queuedIds = preparedStatement((db) =>
-  db
-    .select({ id: jobs.id })
-    .from(jobs)
-    .where(or(eq(jobs.status, 'queued'), and(eq(jobs.status, 'pending'), isNotNull(jobs.waitingSince))))
-    .orderBy(asc(jobs.priorityRank), asc(jobs.createdAt))
-    .limit(sql.placeholder('limit'))
-    .prepare('jobs_queued_ids'),
-);
-
-export async function queuedJobIds(db: DbOrTx, limit: number): Promise<string[]> {
-  const rows = await queuedIds(db).execute({ limit });
-  return rows.map((r) => r.id);
+export async function waitingJobsFor(db: DbOrTx, nodeIds: readonly string[], decimals: number, limit: number): Promise<string[]> {
+  if (nodeIds.length === 0) return [];
+  const result = await db.execute<{ id: string }>(sql`
+    select q.id from jobs q
+     where job_is_waiting(q)
+       and exists (select 1 from nodes n where n.id = any(${sql.param([...nodeIds])}::text[]) and n.port > 0 and job_wants_node(q, n, ${decimals}::int))
+     order by q.priority_rank, q.created_at, q.id
+     limit ${limit}`);
+  return result.rows.map((r) => r.id);
 }
+
+/** How many waiting jobs to wake for `nodes` nodes that changed: a few per node (the first takes it). */
+export const wakeLimit = (nodes: number) => Math.min(500, 8 * nodes);
 
 export async function jobCountsByStatus(db: DbOrTx): Promise<Record<JobPhase, number>> {
   const rows = await db

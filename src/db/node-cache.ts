@@ -225,13 +225,12 @@ export async function heldClaim(db: Db, jobId: string): Promise<string | undefin
   return row?.nodeId;
 }
 
-/** Gives back whatever capacity the job holds (its attempt ended, or the node refused it). */
-export async function releaseClaims(db: Db, jobId: string): Promise<void> {
-  await db.execute(sql`delete from node_claims where job_id = ${jobId}`);
+/** Gives back whatever capacity the job holds (its attempt ended, or the node refused it). @returns the nodes freed. */
+export async function releaseClaims(db: Db, jobId: string): Promise<string[]> {
+  const result = await db.execute<{ node_id: string }>(sql`delete from node_claims where job_id = ${jobId} returning node_id`);
+  return result.rows.map((r) => r.node_id);
 }
 
-/** Jobs that wait for a node: queued, or pending (escrow on its way) after a match found none. */
-const WAITING = sql`(q.status = 'queued' or (q.status = 'pending' and q.waiting_since is not null))`;
 
 /**
  * Where a waiting job stands: how many waiting jobs are ahead of it (priority, then age), whatever nodes they
@@ -240,7 +239,7 @@ const WAITING = sql`(q.status = 'queued' or (q.status = 'pending' and q.waiting_
 export async function queuePosition(db: Db, jobId: string): Promise<number> {
   const result = await db.execute<{ ahead: number }>(sql`
     select count(*)::int as ahead from jobs q, jobs me
-     where me.id = ${jobId} and q.id <> me.id and ${WAITING}
+     where me.id = ${jobId} and q.id <> me.id and job_is_waiting(q)
        and (q.priority_rank, q.created_at, q.id) < (me.priority_rank, me.created_at, me.id)`);
   return result.rows[0]?.ahead ?? 0;
 }
@@ -253,7 +252,7 @@ export async function markWaiting(db: Db, jobId: string): Promise<number> {
   const result = await db.execute<{ ahead: number }>(sql`
     with mark as (update jobs set waiting_since = coalesce(waiting_since, now()) where id = ${jobId})
     select count(*)::int as ahead from jobs q, jobs me
-     where me.id = ${jobId} and q.id <> me.id and ${WAITING}
+     where me.id = ${jobId} and q.id <> me.id and job_is_waiting(q)
        and (q.priority_rank, q.created_at, q.id) < (me.priority_rank, me.created_at, me.id)`);
   return result.rows[0]?.ahead ?? 0;
 }

@@ -69,6 +69,7 @@ export async function startApi(
     offlineAfterMs: config.nodes.offlineAfterMs,
     metricsSampleMs: config.nodes.metricsSampleMs,
     metricsRetentionMs: config.nodes.metricsRetentionMs,
+    tokenDecimals: config.payments.tokenDecimals,
     log: log.child({ component: 'heartbeats' }),
   });
   const feed = createJobChangeFeed({ databaseUrl: env.databaseUrl, log });
@@ -88,7 +89,15 @@ export async function startApi(
     },
   });
   const wallets = createWalletService({ db: database.db, chain: env.chain });
-  const nodes = createNodeService({ db: database.db, workflows, heartbeats, reservations, offlineAfterMs: config.nodes.offlineAfterMs, log });
+  const nodes = createNodeService({
+    db: database.db,
+    workflows,
+    heartbeats,
+    reservations,
+    offlineAfterMs: config.nodes.offlineAfterMs,
+    tokenDecimals: config.payments.tokenDecimals,
+    log,
+  });
   const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });
 
   const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, reservations, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }), authJwtSecret: config.authJwtSecret });

@@ -57,13 +57,15 @@ export async function startWorker(
     offlineAfterMs: config.nodes.offlineAfterMs,
     onError: (err) => log.warn({ err: String(err) }, 'node cache refresh failed'),
   });
+  const wakeQueued = async (nodeIds: string[]) =>
+    gateway.nodesChanged(await jobsRepo.waitingJobsFor(database.db, nodeIds, config.payments.tokenDecimals, jobsRepo.wakeLimit(nodeIds.length)));
   const jobActivities = createJobActivities({
     db: database.db,
     nodes: nodeCache,
     assignPortOffset: config.nodes.assignPortOffset,
     tokenDecimals: config.payments.tokenDecimals,
     heartbeatTimeoutMs: config.jobs.heartbeatTimeoutMs,
-    wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
+    wakeQueued,
   });
   const activities = {
     ...jobActivities,
@@ -71,7 +73,7 @@ export async function startWorker(
     ...createReservationActivities({
       db: database.db,
       settlement,
-      wakeQueued: async () => gateway.nodesChanged(await jobsRepo.queuedJobIds(database.db, 500)),
+      wakeQueued,
       nodeHeartbeatTimeoutMs: config.reservations.nodeTimeoutMs,
     }),
     ...dispatch.activities,

@@ -12,6 +12,8 @@ export interface HeartbeatHubDeps {
   offlineAfterMs: number;
   metricsSampleMs: number;
   metricsRetentionMs: number;
+  /** The token's decimals: a waiting job is woken for a node whose price its escrow covers. */
+  tokenDecimals: number;
   log: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void; error(obj: object, msg: string): void };
   now?: () => number;
 }
@@ -107,7 +109,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         .catch((err) => log.warn({ err: String(err) }, 'could not pass node liveness to reservations'));
       if (back.length > 0) {
         log.info({ nodes: back }, 'nodes back online');
-        await workflows.nodesChanged(await jobsRepo.queuedJobIds(db, 500));
+        await workflows.nodesChanged(await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals, jobsRepo.wakeLimit(back.length)));
       }
     } else {
       writingSince ??= at.getTime();

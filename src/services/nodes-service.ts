@@ -18,6 +18,8 @@ export interface NodeServiceDeps {
   reservations?: { walletRegistered(nodeId: string): Promise<void> };
   /** A node is alive while its last heartbeat is younger than this. */
   offlineAfterMs: number;
+  /** The token's decimals: a waiting job is woken for a node whose price its escrow covers. */
+  tokenDecimals: number;
   log: { warn(obj: object, msg: string): void };
 }
 
@@ -55,9 +57,9 @@ export function createNodeService(deps: NodeServiceDeps) {
       if (owed.length > 0) await workflows.walletRegistered(owed);
       await deps.reservations?.walletRegistered(nodeId);
     }
-    // Queued jobs may fit this node now.
+    // Waiting jobs may fit this node now.
     void jobsRepo
-      .queuedJobIds(db, 500)
+      .waitingJobsFor(db, [nodeId], deps.tokenDecimals, jobsRepo.wakeLimit(1))
       .then((ids) => workflows.nodesChanged(ids))
       .catch((err) => deps.log.warn({ err: String(err) }, 'could not wake queued jobs'));
     return { nodeId, created: !existing };

@@ -73,10 +73,15 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const { calls, gateway } = recordingGateway();
     const heartbeats = createHeartbeatHub({
       db: database.db, workflows: gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,
-      metricsRetentionMs: 3600_000, log, now: () => clock,
+      metricsRetentionMs: 3600_000, tokenDecimals: 9, log, now: () => clock,
     });
-    const nodeService = createNodeService({ db: database.db, workflows: gateway, heartbeats, offlineAfterMs: 30_000, log });
+    const nodeService = createNodeService({ db: database.db, workflows: gateway, heartbeats, offlineAfterMs: 30_000, tokenDecimals: 9, log });
     return { calls, heartbeats, nodeService };
+  }
+
+  /** The job activities over `cache`, on the test's clock. */
+  function jobActivities(cache: ReturnType<typeof createNodeCache>, wakeQueued: (nodeIds: string[]) => Promise<void> = async () => undefined) {
+    return createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued, now: () => new Date(clock) });
   }
 
   it('gives the same node the same id by its own id, its wallet or its endpoint, and adopts a new node\'s id', async () => {
@@ -141,8 +146,9 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const { heartbeats, calls } = services();
     await database.db.insert(jobs).values({
       id: 'waiting', status: 'queued', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('waiting'),
-      configHash: 'h', paymentUnits: 10n,
+      configHash: 'h', paymentUnits: 10n ** 12n,
     });
+    await database.db.update(jobs).set({ paymentUnits: 10n ** 12n }).where(eq(jobs.id, 'held')); // woken: it can pay for the node
     await jobsRepo.recordTransition(database.db, {
       jobId: 'held', seq: 1, from: 'running', to: 'queued', reason: 'node lost', actor: 'workflow', attempt: 2,
       assignedNodeId: null, cancelOnNode: 'node_1700000000',
@@ -159,7 +165,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('costs a lost node nothing when its heartbeats kept reaching the server (the silence was the server\'s), and records it', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = jobActivities(cache);
     await nodesRepo.upsertNode(database.db, 'beating', registration({ ipAddress: '10.8.0.1' }));
     const node = async () => (await nodesRepo.getNode(database.db, 'beating'))!;
     const before = await node();
@@ -186,7 +192,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     });
     const hub = createHeartbeatHub({
       db: flaky, workflows: recordingGateway().gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,
-      metricsRetentionMs: 3600_000, log, now: () => clock,
+      metricsRetentionMs: 3600_000, tokenDecimals: 9, log, now: () => clock,
     });
     for (const [id, ip] of [['restart-a', '10.9.0.1'], ['restart-b', '10.9.0.2']]) {
       await nodesRepo.upsertNode(database.db, id, registration({ ipAddress: ip }));
@@ -268,7 +274,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('matches the best-scoring fitting online node, never an excluded one, and explains the others', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = jobActivities(cache);
     const { nodeService, heartbeats } = services();
     // jobs of the earlier tests are done: none waits ahead of the ones below
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
@@ -302,7 +308,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('gives free capacity to the most urgent waiting job first, oldest first within a priority', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = jobActivities(cache);
     await job('urgent', { status: 'queued', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 5000) });
     await job('early-normal', { status: 'queued', createdAt: new Date(clock - 5000) });
     await job('late-normal', { status: 'queued', createdAt: new Date(clock + 1000) });
@@ -321,7 +327,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
     await database.db.delete(nodeClaims);
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = jobActivities(cache);
     // 'big' (one 8 GiB CUDA card, 32 GiB of RAM) costs 0.41 CYXWIZ/h: an hour is 410,000,000 units
     const hour = { estimatedDuration: 3600 };
     await job('broke', { status: 'queued', priority: 'CRITICAL', priorityRank: 0, paymentUnits: 1000n, config: spec('broke', { ...hour, paymentUnits: '1000' }), createdAt: new Date(clock - 9000) });
@@ -341,23 +347,27 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
     await database.db.delete(nodeClaims);
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const woken: string[][] = [];
+    const acts = jobActivities(cache, async (nodeIds) => void woken.push(nodeIds));
     const ask = (jobId: string) => acts.matchNode({ jobId, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000', 'small'] });
     await job('holder', { status: 'assigned' });
     expect((await ask('holder')).node?.nodeId).toBe('big'); // the only fitting node is taken
     await job('in-escrow', { status: 'pending', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 2000) });
     await job('queued-low', { status: 'queued', priority: 'LOW', priorityRank: 3, createdAt: new Date(clock - 60_000) });
-    expect(await jobsRepo.queuedJobIds(database.db, 10)).toEqual(['queued-low']); // pending, it has not looked yet
+    const wakeFor = (nodeId: string) => jobsRepo.waitingJobsFor(database.db, [nodeId], 9, 10);
+    expect(await wakeFor('big')).toEqual(['queued-low']); // pending, it has not looked yet
 
     const miss = await ask('in-escrow');
     expect(miss.node).toBeNull();
     expect(miss.explanation.queuePosition).toBe(0);
     expect((await jobsRepo.getJob(database.db, 'in-escrow'))!.waitingSince).toBeInstanceOf(Date);
-    expect(await jobsRepo.queuedJobIds(database.db, 10)).toEqual(['in-escrow', 'queued-low']);
+    expect(await wakeFor('big')).toEqual(['in-escrow', 'queued-low']);
+    expect(await wakeFor('small')).toEqual([]); // its 2 GiB card fits neither
     expect((await ask('queued-low')).explanation.queuePosition).toBe(1);
 
     // The node comes free while in-escrow's escrow is still on its way: the older LOW job may not take it.
     await acts.releaseNode({ jobId: 'holder' });
+    expect(woken).toEqual([['big']]); // the freed node, for the waiting jobs it fits (wakeFor)
     expect((await ask('queued-low')).node).toBeNull();
     expect((await ask('in-escrow')).node?.nodeId).toBe('big');
     await jobsRepo.recordTransition(database.db, { jobId: 'in-escrow', seq: 1, from: 'pending', to: 'assigned', reason: 'r', actor: 'workflow', attempt: 1, assignedNodeId: 'big' });
@@ -368,7 +378,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('costs a job without an estimated duration at the 10-minute minimum, in matching and in claim_node', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = jobActivities(cache);
     // 'big' costs 0.41 CYXWIZ/h: 10 minutes are 68,333,334 units
     const ask = (jobId: string, paymentUnits: string) =>
       acts.matchNode({ jobId, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000', 'small'], paymentUnits, estimatedDuration: 0 });
@@ -546,7 +556,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
   // Last in this file: it moves the clock, so earlier nodes look silent from here on.
   it('keeps the node cache current in the background; a match that places a job runs no refresh', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000, refreshEveryMs: 20, livenessEveryMs: 100 });
-    const acts = createJobActivities({ db: database.db, nodes: cache, assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, now: () => new Date(clock) });
+    const acts = jobActivities(cache);
     const { nodeService, heartbeats } = services();
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
     await database.db.delete(nodeClaims);
