@@ -117,11 +117,21 @@ export function createDispatchActivities(deps: DispatchDeps) {
 export function createAssignActivity(deps: {
   dispatchToNode(input: DispatchInput): Promise<DispatchResult>;
   recordTransition(t: Transition): Promise<void>;
+  /** Notes on the job that the node did not take it (see jobs.refused_nodes); optional for tests without a registry. */
+  recordRefusal?(jobId: string, nodeId: string): Promise<void>;
 }) {
   async function assignToNode(input: DispatchInput & { assigned: Transition }): Promise<DispatchResult> {
     const { assigned, ...offer } = input;
-    const result = await deps.dispatchToNode(offer);
+    let result: DispatchResult;
+    try {
+      result = await deps.dispatchToNode(offer);
+    } catch (err) {
+      // Unreachable: the workflow counts it as a refusal once the retries give up (an assignment clears it).
+      await deps.recordRefusal?.(offer.jobId, offer.nodeId).catch(() => undefined);
+      throw err;
+    }
     if (result.accepted) await deps.recordTransition(assigned);
+    else await deps.recordRefusal?.(offer.jobId, offer.nodeId);
     return result;
   }
   return { assignToNode };

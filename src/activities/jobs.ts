@@ -4,7 +4,7 @@ import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import type { DeviceType } from '../domain/job';
-import { failureKind } from '../domain/reputation';
+import { excusedIfBeatAfter, failureKind } from '../domain/reputation';
 import { rankCandidates, type Ranked, type Rejected } from '../domain/scoring';
 import { claimNode, heldClaim, markWaiting, releaseClaims, type NodeCache } from '../db/node-cache';
 
@@ -178,8 +178,7 @@ export function createJobActivities(deps: JobActivityDeps) {
       // Postgres text cannot hold NUL: never a reason for this step to retry forever.
       reason: input.reason.replace(/\u0000/g, ''),
       now,
-      // A heartbeat written within the watch's timeout: the node was beating, the server did not pass it on.
-      beatAfterExcuses: new Date(now.getTime() - deps.heartbeatTimeoutMs),
+      beatAfterExcuses: excusedIfBeatAfter(now, deps.heartbeatTimeoutMs),
     });
   }
 

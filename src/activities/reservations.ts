@@ -1,6 +1,7 @@
 import { CompleteAsyncError } from '@temporalio/activity';
 import type { ChainSettlement, LegReceipt, PotOutcome } from '../chain/settlement';
 import type { Db } from '../db/client';
+import { excusedIfBeatAfter } from '../domain/reputation';
 import * as nodesRepo from '../db/nodes-repo';
 import * as repo from '../db/reservations-repo';
 import { heartbeating } from './payments';
@@ -108,7 +109,7 @@ export function createReservationActivities(deps: ReservationActivityDeps) {
       kind: 'node_lost',
       reason: input.reason,
       now,
-      beatAfterExcuses: new Date(now.getTime() - deps.nodeHeartbeatTimeoutMs),
+      beatAfterExcuses: excusedIfBeatAfter(now, deps.nodeHeartbeatTimeoutMs),
     });
   }
 

@@ -130,7 +130,14 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
   // goes back to the queue (a lost node's late report, stored while its attempt was being given up, included).
   if (t.to === 'queued') sets.push(sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`);
   if (t.to === 'assigned') {
-    sets.push(sql`assigned_at = ${now}`, sql`progress = 0`, sql`current_epoch = 0`, sql`metrics = '{}'::jsonb`, sql`waiting_since = null`);
+    sets.push(
+      sql`assigned_at = ${now}`,
+      sql`progress = 0`,
+      sql`current_epoch = 0`,
+      sql`metrics = '{}'::jsonb`,
+      sql`waiting_since = null`,
+      sql`refused_nodes = '{}'::text[]`,
+    );
   }
   if (t.excludeNode) sets.push(sql`excluded_nodes = array_append(excluded_nodes, ${t.excludeNode}::text)`);
   // Data-modifying CTEs all run, from one snapshot, whether or not the outer query reads them.
@@ -243,6 +250,13 @@ export async function waitingJobsFor(db: DbOrTx, nodeIds: readonly string[], dec
      order by q.priority_rank, q.created_at, q.id
      limit ${limit}`);
   return result.rows.map((r) => r.id);
+}
+
+/** Notes that a node did not take the job (refused or unreachable); cleared by its next assignment. */
+export async function recordRefusal(db: DbOrTx, jobId: string, nodeId: string): Promise<void> {
+  await db.execute(sql`
+    update jobs set refused_nodes = array_append(refused_nodes, ${nodeId}::text)
+     where id = ${jobId} and not (${nodeId}::text = any(refused_nodes))`);
 }
 
 /** How many waiting jobs to wake for `nodes` nodes that changed: a few per node (the first takes it). */

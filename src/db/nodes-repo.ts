@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gte, lte, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, gte, isNull, lte, or, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { DeviceType } from '../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
@@ -31,17 +31,20 @@ export interface NodeRegistration {
  */
 export async function findRegisteredNode(
   db: DbOrTx,
-  key: { nodeId: string; walletAddress: string; ipAddress: string; port: number },
+  key: { nodeId: string; walletAddress: string; ipAddress: string; port: number; owner?: string },
 ): Promise<string | undefined> {
   if (key.nodeId) {
     const [byId] = await db.select({ id: nodes.id }).from(nodes).where(eq(nodes.id, key.nodeId));
     if (byId) return byId.id;
   }
+  // By wallet or endpoint only among the caller's nodes (and unowned ones) when it is known: nodes of other
+  // users share LAN addresses and the shipping port, and are not this node.
+  const mine = key.owner === undefined ? undefined : or(isNull(nodes.owner), eq(nodes.owner, key.owner));
   if (key.walletAddress) {
     const [byWallet] = await db
       .select({ id: nodes.id })
       .from(nodes)
-      .where(eq(nodes.walletAddress, key.walletAddress))
+      .where(and(eq(nodes.walletAddress, key.walletAddress), mine))
       .orderBy(desc(nodes.lastHeartbeat))
       .limit(1);
     if (byWallet) return byWallet.id;
@@ -50,7 +53,7 @@ export async function findRegisteredNode(
     const [byEndpoint] = await db
       .select({ id: nodes.id })
       .from(nodes)
-      .where(and(eq(nodes.ipAddress, key.ipAddress), eq(nodes.port, key.port)))
+      .where(and(eq(nodes.ipAddress, key.ipAddress), eq(nodes.port, key.port), mine))
       .orderBy(desc(nodes.lastHeartbeat))
       .limit(1);
     if (byEndpoint) return byEndpoint.id;
@@ -95,13 +98,14 @@ export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, ow
 
 /**
  * Creates a bare record for a node that heartbeats with an id the server does not know (shipping nodes
- * never re-register on their own). It matches nothing until it registers its hardware again.
+ * never re-register on their own). It matches nothing until it registers its hardware again. `owner`: the
+ * beating user (auth on), so that nobody else registers the id meanwhile.
  * @returns whether a record was created.
  */
-export async function ensureNode(db: DbOrTx, id: string): Promise<boolean> {
+export async function ensureNode(db: DbOrTx, id: string, owner?: string): Promise<boolean> {
   const inserted = await db
     .insert(nodes)
-    .values({ id, name: `node-${id.slice(0, 8)}` })
+    .values({ id, name: `node-${id.slice(0, 8)}`, owner: owner ?? null })
     .onConflictDoNothing()
     .returning({ id: nodes.id });
   return inserted.length > 0;

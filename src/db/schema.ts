@@ -123,6 +123,11 @@ export const jobs = pgTable(
     priorityRank: integer('priority_rank').notNull().default(2),
     /** Nodes that failed or lost this job: it never goes back to them. */
     excludedNodes: text('excluded_nodes').array().notNull().default(sql`'{}'::text[]`),
+    /**
+     * Nodes that refused the job (or could not be reached) since its last assignment. The job offers them again
+     * after a wait, but while it waits it holds none of them back from the jobs behind it (job_wants_node).
+     */
+    refusedNodes: text('refused_nodes').array().notNull().default(sql`'{}'::text[]`),
     requiredDevice: text('required_device').notNull(),
     estimatedMemory: bigint('estimated_memory', { mode: 'number' }).notNull().default(0),
     config: jsonb('config').$type<JobSpec>().notNull(),

@@ -28,3 +28,13 @@ export function failureKind(reason: string): ReputationEvent {
 export function applyDelta(reputation: number, event: ReputationEvent): number {
   return Math.round(Math.min(1, Math.max(0, reputation + REPUTATION_DELTAS[event])) * 1e6) / 1e6;
 }
+
+/**
+ * For a node lost mid-job (its watch timed out, `heartbeatTimeoutMs` after the last sign of life passed on): a
+ * stored heartbeat newer than this shows the node was beating and the server failed to pass it on. The window
+ * leaves out what passing liveness on may lag the stored beats by (the gateway's throttle, a tenth of the
+ * timeout, and two seconds of flushing), so a node that really went silent is never excused.
+ */
+export function excusedIfBeatAfter(now: Date, heartbeatTimeoutMs: number): Date {
+  return new Date(now.getTime() - (heartbeatTimeoutMs * 0.9 - 2000));
+}

@@ -77,7 +77,11 @@ export async function startWorker(
       nodeHeartbeatTimeoutMs: config.reservations.nodeTimeoutMs,
     }),
     ...dispatch.activities,
-    ...createAssignActivity({ dispatchToNode: dispatch.activities.dispatchToNode, recordTransition: jobActivities.recordTransition }),
+    ...createAssignActivity({
+      dispatchToNode: dispatch.activities.dispatchToNode,
+      recordTransition: jobActivities.recordTransition,
+      recordRefusal: (jobId, nodeId) => jobsRepo.recordRefusal(database.db, jobId, nodeId),
+    }),
     reconcilePayments: () =>
       reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 }),
   };

@@ -40,8 +40,9 @@ const LIVENESS_DEADLINE_MS = 5_000;
  * No disk write and no Temporal call happens per heartbeat.
  *
  * What a server-side outage does not do: a batch Postgres refused stays pending for the next flush (a node's
- * newer beat wins), so no beat is lost; at most one periodic flush runs at a time, and a Temporal call gives up
- * after LIVENESS_DEADLINE_MS, so a slow Temporal cannot hold back the Postgres writes; and the offline sweep
+ * newer beat wins), so no beat is lost; at most one periodic write runs at a time, and the Temporal calls run
+ * beside the writes (passLiveness; each gives up after LIVENESS_DEADLINE_MS), so a slow Temporal cannot hold
+ * back the Postgres writes; and the offline sweep
  * waits until the hub has written beats without a gap for a whole `offlineAfterMs` (after a start or a failed
  * flush, nodes that beat meanwhile would otherwise be swept offline before their beat is written).
  */
@@ -59,15 +60,18 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   let flushing: Promise<void> = Promise.resolve();
   let flushesInFlight = 0;
   let pruning: Promise<void> | undefined;
+  /** The liveness pass running, and the work merged for the next one. */
+  let liveness: Promise<void> | undefined;
+  let nextLiveness: { held: Map<string, HeldJob & { at: Date }>; nodeIds: Set<string>; wake: Set<string> } | undefined;
 
   /**
    * Records a heartbeat. A node id the server does not know gets a minimal record instead of a failure:
    * shipping nodes never re-register by themselves.
    * @returns the jobs the node must stop.
    */
-  async function beat(nodeId: string, status?: { ramAvailable?: number; ramTotal?: number }): Promise<string[]> {
+  async function beat(nodeId: string, status?: { ramAvailable?: number; ramTotal?: number }, caller?: string): Promise<string[]> {
     if (!known.has(nodeId)) {
-      if (await nodesRepo.ensureNode(db, nodeId)) {
+      if (await nodesRepo.ensureNode(db, nodeId, caller)) {
         log.warn({ nodeId }, 'heartbeat from an unknown node: created a minimal record; it matches no job until it registers');
       }
       known.add(nodeId);
@@ -99,18 +103,9 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       writingSince ??= at.getTime();
       await nodesRepo.insertSamples(db, sample(batch, at.getTime()));
       const held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
-      await inBatches(held, LIVENESS_CONCURRENCY, (j) =>
-        workflows
-          .nodeAlive(j.id, j.attempts, { source: 'heartbeat', nodeId: j.nodeId, at: at.toISOString() }, j.assignedAt, LIVENESS_DEADLINE_MS)
-          .catch((err) => log.warn({ jobId: j.id, err: String(err) }, 'could not pass node liveness to the job')),
-      );
-      await deps.reservations
-        ?.nodesAlive(new Set(batch.keys()))
-        .catch((err) => log.warn({ err: String(err) }, 'could not pass node liveness to reservations'));
-      if (back.length > 0) {
-        log.info({ nodes: back }, 'nodes back online');
-        await workflows.nodesChanged(await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals, jobsRepo.wakeLimit(back.length)));
-      }
+      if (back.length > 0) log.info({ nodes: back }, 'nodes back online');
+      const wake = back.length > 0 ? await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals, jobsRepo.wakeLimit(back.length)) : [];
+      passLiveness({ at, held, nodeIds: new Set(batch.keys()), wake: new Set(wake) });
     } else {
       writingSince ??= at.getTime();
     }
@@ -123,6 +118,36 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       }
       await nodesRepo.pruneCancels(db, new Date(at.getTime() - CANCEL_ORDER_TTL_MS));
       pruning ??= pruneMetrics(new Date(at.getTime() - deps.metricsRetentionMs)).finally(() => (pruning = undefined));
+    }
+  }
+
+  /**
+   * Passes liveness to Temporal (job watches, reservation watches, wake-ups) beside the writes: a slow Temporal
+   * delays only this. One pass runs at a time; what comes in meanwhile is merged into the next (a job's newest
+   * sign of life wins), so the work waiting is bounded by the jobs and nodes there are.
+   */
+  function passLiveness(work: LivenessWork): void {
+    if (nextLiveness) {
+      for (const j of work.held) nextLiveness.held.set(j.id, { ...j, at: work.at });
+      for (const id of work.nodeIds) nextLiveness.nodeIds.add(id);
+      for (const id of work.wake) nextLiveness.wake.add(id);
+    } else {
+      nextLiveness = { held: new Map(work.held.map((j) => [j.id, { ...j, at: work.at }])), nodeIds: work.nodeIds, wake: work.wake };
+    }
+    liveness ??= drainLiveness().finally(() => (liveness = undefined));
+  }
+
+  async function drainLiveness(): Promise<void> {
+    while (nextLiveness) {
+      const { held, nodeIds, wake } = nextLiveness;
+      nextLiveness = undefined;
+      await inBatches([...held.values()], LIVENESS_CONCURRENCY, (j) =>
+        workflows
+          .nodeAlive(j.id, j.attempts, { source: 'heartbeat', nodeId: j.nodeId, at: j.at.toISOString() }, j.assignedAt, LIVENESS_DEADLINE_MS)
+          .catch((err) => log.warn({ jobId: j.id, err: String(err) }, 'could not pass node liveness to the job')),
+      );
+      await deps.reservations?.nodesAlive(nodeIds).catch((err) => log.warn({ err: String(err) }, 'could not pass node liveness to reservations'));
+      if (wake.size > 0) await workflows.nodesChanged([...wake]).catch((err) => log.warn({ err: String(err) }, 'could not wake waiting jobs'));
     }
   }
 
@@ -151,8 +176,8 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     return rows;
   }
 
-  /** Writes what is pending now (serialised with the periodic flush). */
-  function flush(): Promise<void> {
+  /** Writes what is pending now (serialised with the periodic flush); the liveness it passes on may follow. */
+  function write(): Promise<void> {
     flushesInFlight += 1;
     flushing = flushing
       .then(flushOnce)
@@ -161,9 +186,15 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     return flushing;
   }
 
+  /** Writes what is pending now and passes its liveness on, both done when this resolves. */
+  async function flush(): Promise<void> {
+    await write();
+    await liveness;
+  }
+
   function start(): void {
-    // A tick while a flush still runs is skipped: its beats wait in `pending` for the next one.
-    timer ??= setInterval(() => void (flushesInFlight === 0 && flush()), deps.flushMs);
+    // A tick while a write still runs is skipped: its beats wait in `pending` for the next one.
+    timer ??= setInterval(() => void (flushesInFlight === 0 && write()), deps.flushMs);
     timer.unref();
   }
 
@@ -175,6 +206,16 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   }
 
   return { beat, remember, flush, start, stop };
+}
+
+type HeldJob = Awaited<ReturnType<typeof jobsRepo.activeJobsOnNodes>>[number];
+
+/** Liveness one write passes on: the jobs held by the nodes that beat, those nodes, the waiting jobs to wake. */
+interface LivenessWork {
+  at: Date;
+  held: HeldJob[];
+  nodeIds: Set<string>;
+  wake: Set<string>;
 }
 
 /** Samples deleted per statement when pruning. */

@@ -47,6 +47,7 @@ export function createNodeService(deps: NodeServiceDeps) {
       walletAddress: reg.walletAddress,
       ipAddress: reg.ipAddress,
       port: reg.port,
+      owner: caller,
     });
     if (existing) await refuseTakeover(existing, reg, caller);
     const nodeId = existing ?? (isId(claimedId) ? claimedId : randomUUID());

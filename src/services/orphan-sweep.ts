@@ -77,21 +77,26 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
    */
   async function endAbandonedJobs(): Promise<void> {
     const since = new Date(now() - ABANDONED_LOOKBACK_MS).toISOString();
-    const closed = new Map<string, string>();
+    const closed = new Set<string>();
     const query =
       `WorkflowType = 'jobWorkflow' AND CloseTime > '${since}' AND ` +
       `(ExecutionStatus = 'Terminated' OR ExecutionStatus = 'TimedOut' OR ExecutionStatus = 'Failed')`;
-    for await (const wf of deps.client.workflow.list({ query, pageSize: 500 })) {
-      closed.set(wf.workflowId, wf.status.name);
-      if (closed.size >= 1000) break;
-    }
-    if (closed.size === 0) return;
+    for await (const wf of deps.client.workflow.list({ query, pageSize: 500 })) closed.add(wf.workflowId);
+    const ids = [...closed];
+    for (let i = 0; i < ids.length; i += 500) await endAbandoned(ids.slice(i, i + 500));
+  }
+
+  /** Of these job ids (each with a closed run), fails the ones whose row is unfinished and whose latest run is closed. */
+  async function endAbandoned(ids: string[]): Promise<void> {
     const open = await db
       .select({ id: jobs.id, status: jobs.status, eventSeq: jobs.eventSeq, attempts: jobs.attempts, nodeId: jobs.assignedNodeId })
       .from(jobs)
-      .where(and(inArray(jobs.id, [...closed.keys()]), notInArray(jobs.status, ['completed', 'failed', 'cancelled'])));
+      .where(and(inArray(jobs.id, ids), notInArray(jobs.status, ['completed', 'failed', 'cancelled'])));
     for (const job of open) {
-      const how = closed.get(job.id)!.toLowerCase().replace('_', ' ');
+      // The closed run may not be the job's last: a Reset in the Web UI terminates a run and starts another.
+      const latest = await deps.client.workflow.getHandle(job.id).describe().catch(() => undefined);
+      if (!latest || !['TERMINATED', 'TIMED_OUT', 'FAILED'].includes(latest.status.name)) continue;
+      const how = latest.status.name.toLowerCase().replace('_', ' ');
       const reason =
         `its workflow was ${how} outside the server; any escrow it held is still in the job's escrow account ` +
         `(see its payments in GET /api/jobs/${job.id}) for an operator to settle`;

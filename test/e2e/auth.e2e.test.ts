@@ -87,6 +87,9 @@ test('a user acts only on what is theirs: another user cannot re-register their 
     { wallet_address: 'So11111111111111111111111111111111111111112', owner: 'owner-1' },
   ]);
   expect(await nodeApi.call('RegisterNode', owned, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS });
+  // Another user's own node at the same LAN address and shipping port (and no wallet) is a node of its own.
+  const neighbour = { ...owned, info: { ...owned.info, node_id: 'node_auth_neighbour', wallet_address: '' } };
+  expect(await nodeApi.call('RegisterNode', neighbour, { metadata: as('someone-else') })).toMatchObject({ status: S.SUCCESS, node_id: 'node_auth_neighbour' });
 
   // Reports about the node come from its owner only (here the owner's is refused further on: it holds no such job).
   const report = { node_id: 'node_auth_owned', job_id: 'no-such-job', status: { job_id: 'no-such-job', status: S.IN_PROGRESS, progress: 0.5 } };

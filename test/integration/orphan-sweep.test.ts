@@ -147,4 +147,21 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     await sweeper(() => Date.now()).sweep(); // ended: left alone
     expect((await jobsRepo.getJob(database.db, jobId))!.eventSeq).toBe(seq);
   });
+
+  it('leaves alone a job whose terminated run was followed by another (a Reset in the Web UI)', async () => {
+    const jobId = `job-${randomUUID()}`;
+    await jobsRepo.insertJob(database.db, { spec: spec(jobId), configHash: 'h' });
+    await jobsRepo.recordTransition(database.db, { jobId, seq: 1, from: 'pending', to: 'queued', reason: 'waiting', actor: 'workflow', attempt: 0 });
+    await client.workflow.start('jobWorkflow', { workflowId: jobId, taskQueue, args: [] });
+    await client.workflow.getHandle(jobId).terminate('reset');
+    await client.workflow.start('jobWorkflow', { workflowId: jobId, taskQueue, args: [], workflowIdReusePolicy: 'ALLOW_DUPLICATE' });
+    started.push(jobId);
+    // Until the closed run shows in the list, and a moment after: the job stays as its running run has it.
+    const deadline = Date.now() + 3000;
+    while (Date.now() < deadline) {
+      await sweeper(() => Date.now()).sweep();
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect((await jobsRepo.getJob(database.db, jobId))?.status).toBe('queued');
+  });
 });

@@ -227,6 +227,39 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await node('restart-b')).status).toBe('offline');
   });
 
+  it('keeps writing heartbeats while Temporal hangs: liveness is passed on beside the writes', async () => {
+    const { gateway } = recordingGateway();
+    let release!: () => void;
+    const hanging = new Promise<void>((resolve) => (release = resolve));
+    let calls = 0;
+    const hub = createHeartbeatHub({
+      db: database.db, workflows: { ...gateway, nodeAlive: () => ((calls += 1), hanging) }, flushMs: 20, offlineAfterMs: 30_000,
+      metricsSampleMs: 60_000, metricsRetentionMs: 3600_000, tokenDecimals: 9, log,
+    });
+    await nodesRepo.upsertNode(database.db, 'busy-beater', registration({ ipAddress: '10.6.0.1' }));
+    await database.db.insert(jobs).values({
+      id: 'kept-alive', status: 'running', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('kept-alive'),
+      configHash: 'h', paymentUnits: 10n, assignedNodeId: 'busy-beater', attempts: 1,
+    });
+    const lastBeat = async () => (await nodesRepo.getNode(database.db, 'busy-beater'))!.lastHeartbeat.getTime();
+    hub.start();
+    try {
+      for (let i = 0; i < 3; i++) {
+        const before = Date.now();
+        await new Promise((r) => setTimeout(r, 5));
+        await hub.beat('busy-beater');
+        const deadline = Date.now() + 5000;
+        while ((await lastBeat()) < before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        expect(await lastBeat()).toBeGreaterThanOrEqual(before);
+      }
+      expect(calls).toBe(1); // the first pass still hangs; the later beats wait, merged, for the next one
+    } finally {
+      release();
+      await hub.stop();
+      await database.db.update(jobs).set({ status: 'cancelled' }).where(eq(jobs.id, 'kept-alive'));
+    }
+  });
+
   it('returns a node\'s metric samples over a range, averaged into at most maxPoints buckets that cover all of it', async () => {
     const t0 = Math.floor(clock / 60_000) * 60_000 - 100 * 60_000;
     await database.db.insert(nodeMetrics).values(
@@ -373,6 +406,27 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await jobsRepo.recordTransition(database.db, { jobId: 'in-escrow', seq: 1, from: 'pending', to: 'assigned', reason: 'r', actor: 'workflow', attempt: 1, assignedNodeId: 'big' });
     expect((await jobsRepo.getJob(database.db, 'in-escrow'))!.waitingSince).toBeNull();
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.id, ['holder', 'in-escrow', 'queued-low']));
+    await database.db.delete(nodeClaims);
+  });
+
+  it('holds nobody back from a node that refused it while it waits, and forgets the refusal at its next assignment', async () => {
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
+    await database.db.delete(nodeClaims);
+    const acts = jobActivities(createNodeCache({ db: database.db, offlineAfterMs: 30_000 }));
+    const ask = (jobId: string) => acts.matchNode({ jobId, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000', 'small'] });
+    await job('refused-high', { status: 'queued', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock - 10_000) });
+    await job('behind', { status: 'queued' });
+    expect((await ask('behind')).node).toBeNull(); // 'big' is held for refused-high
+
+    await jobsRepo.recordRefusal(database.db, 'refused-high', 'big');
+    await jobsRepo.recordRefusal(database.db, 'refused-high', 'big');
+    expect((await jobsRepo.getJob(database.db, 'refused-high'))!.refusedNodes).toEqual(['big']);
+    expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9, 10)).toEqual(['behind']);
+    expect((await ask('behind')).node?.nodeId).toBe('big');
+
+    await jobsRepo.recordTransition(database.db, { jobId: 'refused-high', seq: 1, from: 'queued', to: 'assigned', reason: 'r', actor: 'workflow', attempt: 1, assignedNodeId: 'big' });
+    expect((await jobsRepo.getJob(database.db, 'refused-high'))!.refusedNodes).toEqual([]);
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.id, ['refused-high', 'behind']));
     await database.db.delete(nodeClaims);
   });
 
