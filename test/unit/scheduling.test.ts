@@ -1,3 +1,4 @@
+import { createAssignActivity, type DispatchResult } from '../../src/activities/dispatch';
 import { nodeHealth } from '../../src/domain/health';
 import { estimateCostUnits, estimateTrainingSeconds, listPricePerHour, computeScore, NODE_TIERS } from '../../src/domain/pricing';
 import { createCostEstimator } from '../../src/services/cost-estimate';
@@ -269,5 +270,23 @@ describe('node health', () => {
     expect(nodeHealth(at(20), now, 30_000)).toBe('suspect');
     expect(nodeHealth(at(45), now, 30_000)).toBe('unhealthy');
     expect(nodeHealth(at(120), now, 30_000)).toBe('lost');
+  });
+});
+
+describe('assignToNode', () => {
+  const input = { jobId: 'j1', nodeId: 'n1', assignEndpoint: '10.0.0.1:50055', spec: {} as never, assigned: { jobId: 'j1' } as never };
+
+  it('records the assignment when the node takes the job, and a refusal (or an unreachable node) when it does not', async () => {
+    const calls: string[] = [];
+    const activity = (dispatch: () => Promise<DispatchResult>) =>
+      createAssignActivity({
+        dispatchToNode: dispatch,
+        recordTransition: async () => void calls.push('assigned'),
+        recordRefusal: async (jobId, nodeId) => void calls.push(`refused ${jobId} ${nodeId}`),
+      }).assignToNode;
+    await activity(async () => ({ accepted: true }))(input);
+    await activity(async () => ({ accepted: false, reason: 'busy', code: 503 }))(input);
+    await expect(activity(async () => Promise.reject(new Error('unreachable')))(input)).rejects.toThrow('unreachable');
+    expect(calls).toEqual(['assigned', 'refused j1 n1', 'refused j1 n1']);
   });
 });
