@@ -63,7 +63,7 @@ export function createReservationActivities(deps: ReservationActivityDeps) {
 
   /** An extension's escrow is on chain: the reservation runs longer. */
   async function recordExtension(input: { id: string; extensions: number; minutes: number; escrowUnits: string; endAt: number }): Promise<void> {
-    await repo.updateReservation(db, input.id, {
+    await repo.recordExtension(db, input.id, {
       extensions: input.extensions,
       durationMinutes: input.minutes,
       escrowUnits: BigInt(input.escrowUnits),

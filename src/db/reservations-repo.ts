@@ -141,6 +141,34 @@ export async function updateReservation(db: DbOrTx, id: string, set: Partial<Omi
 }
 
 /**
+ * Records an extension's new term, unless a later one is recorded already (two extensions finishing together,
+ * or a retry, must not write an older end over a newer one).
+ */
+export async function recordExtension(
+  db: DbOrTx,
+  id: string,
+  e: { extensions: number; durationMinutes: number; escrowUnits: bigint; endAt: Date },
+): Promise<void> {
+  await db
+    .update(reservations)
+    .set({ ...e, updatedAt: new Date() })
+    .where(and(eq(reservations.id, id), lt(reservations.extensions, e.extensions)));
+}
+
+/**
+ * Marks that one side (the Engine or the node) reported the reservation's end, in one statement.
+ * @returns whether both sides have now reported it (exactly one of two racing reports sees both).
+ */
+export async function reportEnd(db: DbOrTx, id: string, side: 'engine' | 'node'): Promise<boolean> {
+  const [row] = await db
+    .update(reservations)
+    .set(side === 'engine' ? { engineReportedEnd: true, updatedAt: new Date() } : { nodeReportedEnd: true, updatedAt: new Date() })
+    .where(eq(reservations.id, id))
+    .returning({ engine: reservations.engineReportedEnd, node: reservations.nodeReportedEnd });
+  return !!row && row.engine && row.node;
+}
+
+/**
  * Counts a job of the reservation in its jobs_completed, once per job id whoever reports it and however often;
  * a job counted now also ends the training shown on the reservation.
  * @returns the reservation's count after the report, and whether this report added the job.

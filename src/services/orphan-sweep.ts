@@ -31,7 +31,8 @@ export const NEVER_STARTED_REASON = 'never started: the server stopped before it
  * - a reservation still pending with no workflow gives its node back and fails with {@link NEVER_STARTED_REASON}.
  *   Nothing was escrowed for it. One with a workflow is left alone: its workflow owns it, even while its
  *   escrow is pending;
- * - a job whose workflow was terminated, timed out or failed is failed, naming why (see endAbandonedJobs).
+ * - a job or reservation whose workflow was terminated, timed out or failed is failed, naming why (see
+ *   endAbandoned).
  */
 export function createOrphanSweep(deps: OrphanSweepDeps) {
   const { db, log } = deps;
@@ -70,36 +71,47 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
   }
 
   /**
-   * A job workflow closed by something other than its own code (an operator's terminate in the Web UI, a run
-   * timeout, a workflow bug) leaves its row unfinished: a queued one would hold back every job behind it for
-   * good, an assigned one its node's capacity. Such a job is failed here, naming why, and its claims go back.
-   * Its escrow is not touched (whether it moved is the dead workflow's to know): the reason says so.
+   * A job or reservation workflow closed by something other than its own code (an operator's terminate in the
+   * Web UI, a run timeout, a workflow bug) leaves its row unfinished: a queued job would hold back every job
+   * behind it for good, an assigned one its node's capacity, a reservation its whole node. Such a row is failed
+   * here, naming why, and its claims or its node's hold go back. Its escrow is not touched (whether money moved
+   * is the dead workflow's to know): the reason says so.
    */
-  async function endAbandonedJobs(): Promise<void> {
+  async function endAbandoned(): Promise<void> {
     const since = new Date(now() - ABANDONED_LOOKBACK_MS).toISOString();
-    const closed = new Set<string>();
+    const closed = { jobWorkflow: new Set<string>(), reservationWorkflow: new Set<string>() };
     const query =
-      `WorkflowType = 'jobWorkflow' AND CloseTime > '${since}' AND ` +
+      `(WorkflowType = 'jobWorkflow' OR WorkflowType = 'reservationWorkflow') AND CloseTime > '${since}' AND ` +
       `(ExecutionStatus = 'Terminated' OR ExecutionStatus = 'TimedOut' OR ExecutionStatus = 'Failed')`;
-    for await (const wf of deps.client.workflow.list({ query, pageSize: 500 })) closed.add(wf.workflowId);
-    const ids = [...closed];
-    for (let i = 0; i < ids.length; i += 500) await endAbandoned(ids.slice(i, i + 500));
+    for await (const wf of deps.client.workflow.list({ query, pageSize: 500 })) {
+      closed[wf.type as keyof typeof closed]?.add(wf.workflowId);
+    }
+    const jobIds = [...closed.jobWorkflow];
+    for (let i = 0; i < jobIds.length; i += 500) await endAbandonedJobs(jobIds.slice(i, i + 500));
+    const reservationIds = [...closed.reservationWorkflow];
+    for (let i = 0; i < reservationIds.length; i += 500) await endAbandonedReservations(reservationIds.slice(i, i + 500));
   }
 
-  /** Of these job ids (each with a closed run), fails the ones whose row is unfinished and whose latest run is closed. */
-  async function endAbandoned(ids: string[]): Promise<void> {
+  /** How the latest run of a workflow ended, when it is closed outside the server (not after a Reset: then it runs). */
+  async function closedOutside(id: string): Promise<string | undefined> {
+    const latest = await deps.client.workflow.getHandle(id).describe().catch(() => undefined);
+    if (!latest || !['TERMINATED', 'TIMED_OUT', 'FAILED'].includes(latest.status.name)) return undefined;
+    return latest.status.name.toLowerCase().replace('_', ' ');
+  }
+
+  const abandonedReason = (how: string, escrowAt: string) =>
+    `its workflow was ${how} outside the server; any escrow it held is still in its escrow account ` +
+    `(see its payments in ${escrowAt}) for an operator to settle`;
+
+  async function endAbandonedJobs(ids: string[]): Promise<void> {
     const open = await db
       .select({ id: jobs.id, status: jobs.status, eventSeq: jobs.eventSeq, attempts: jobs.attempts, nodeId: jobs.assignedNodeId })
       .from(jobs)
       .where(and(inArray(jobs.id, ids), notInArray(jobs.status, ['completed', 'failed', 'cancelled'])));
     for (const job of open) {
-      // The closed run may not be the job's last: a Reset in the Web UI terminates a run and starts another.
-      const latest = await deps.client.workflow.getHandle(job.id).describe().catch(() => undefined);
-      if (!latest || !['TERMINATED', 'TIMED_OUT', 'FAILED'].includes(latest.status.name)) continue;
-      const how = latest.status.name.toLowerCase().replace('_', ' ');
-      const reason =
-        `its workflow was ${how} outside the server; any escrow it held is still in the job's escrow account ` +
-        `(see its payments in GET /api/jobs/${job.id}) for an operator to settle`;
+      const how = await closedOutside(job.id);
+      if (!how) continue;
+      const reason = abandonedReason(how, `GET /api/jobs/${job.id}`);
       await jobsRepo.recordTransition(db, {
         jobId: job.id, seq: job.eventSeq + 1, from: job.status, to: 'failed', reason, actor: 'sweep', attempt: job.attempts,
         assignedNodeId: null, error: { code: 500, message: reason }, ended: true, cancelOnNode: job.nodeId ?? undefined,
@@ -109,12 +121,29 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
     }
   }
 
+  async function endAbandonedReservations(ids: string[]): Promise<void> {
+    const open = await db
+      .select({ id: reservations.id, nodeId: reservations.nodeId })
+      .from(reservations)
+      .where(and(inArray(reservations.id, ids), inArray(reservations.status, ['pending', 'active', 'completing'])));
+    for (const r of open) {
+      const how = await closedOutside(r.id);
+      if (!how) continue;
+      await db.transaction(async (tx) => {
+        const endReason = abandonedReason(how, `GET /api/reservations/${r.id}`);
+        await reservationsRepo.updateReservation(tx, r.id, { status: 'failed', endReason, endedAt: new Date(now()) });
+        await reservationsRepo.releaseHold(tx, r.id, r.nodeId);
+      });
+      log.warn({ reservationId: r.id, nodeId: r.nodeId, workflow: how }, 'failed a reservation whose workflow was closed outside the server');
+    }
+  }
+
   /** One pass over all three. */
   async function sweep(): Promise<void> {
     const before = new Date(now() - deps.olderThanMs);
     await startRecordedJobs(before);
     await releaseOrphanedHolds(before);
-    await endAbandonedJobs();
+    await endAbandoned();
   }
 
   return { sweep };

@@ -101,6 +101,8 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof LATE> {
 
 /** How long ReserveNode waits for a withdrawal to be answered (after its wait for the escrow). */
 const WITHDRAW_WAIT_MS = 4000;
+/** Kept between the last answer ReserveNode can give and the caller's deadline (the reply's way back). */
+const DEADLINE_MARGIN_MS = 1000;
 
 /**
  * Reservations of whole nodes (JobReservationService): validation, the node hold, the reservation's
@@ -140,7 +142,15 @@ export function createReservationService(deps: ReservationServiceDeps) {
    * ReserveNode: holds the node, escrows the term's price on chain, and returns the P2P token. Nothing is
    * escrowed for a request that fails validation or finds the node unavailable.
    */
-  async function reserve(req: { nodeId: string; userWallet: string; durationMinutes: number; jobConfig: Record<string, unknown>; caller?: string }): Promise<Reserved> {
+  async function reserve(req: {
+    nodeId: string;
+    userWallet: string;
+    durationMinutes: number;
+    jobConfig: Record<string, unknown>;
+    caller?: string;
+    /** When the caller stops waiting (epoch ms; the gRPC deadline): the answer must come before it. */
+    deadline?: number;
+  }): Promise<Reserved> {
     if (!req.nodeId) throw new ValidationError('node_id', 'is required');
     const wallet = walletAddress(req.userWallet, 'user_wallet').toBase58();
     if (!Number.isInteger(req.durationMinutes) || req.durationMinutes < MIN_MINUTES || req.durationMinutes > MAX_MINUTES) {
@@ -194,7 +204,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
       await repo.updateReservation(db, id, { status: 'failed', endReason: `could not start: ${(err as Error).message}`, endedAt: new Date(now()) });
       throw new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
     }
-    const ready = await waitReady(id);
+    // The escrow wait ends in time for a withdrawal to be answered before the caller gives up.
+    const untilDeadline = req.deadline === undefined ? Infinity : req.deadline - now() - WITHDRAW_WAIT_MS - DEADLINE_MARGIN_MS;
+    const ready = await waitReady(id, Math.max(0, Math.min(deps.escrowWaitMs, untilDeadline)));
     if (!ready.ok) throw ready.code === 503 ? new UnavailableError(ready.message) : new PaymentRequiredError(ready.message);
     const reservation = await find(id);
     const t = token(reservation);
@@ -202,11 +214,11 @@ export function createReservationService(deps: ReservationServiceDeps) {
   }
 
   /**
-   * Waits up to escrowWaitMs for the first escrow. When it is not confirmed by then, the reservation is
-   * withdrawn (unless it landed in the meantime), so an error answer never leaves the Engine holding a
-   * reservation, or paying for one, that it was told failed.
+   * Waits up to `waitMs` (escrowWaitMs, less when the caller's deadline is nearer) for the first escrow. When it
+   * is not confirmed by then, the reservation is withdrawn (unless it landed in the meantime), so an error answer
+   * never leaves the Engine holding a reservation, or paying for one, that it was told failed.
    */
-  async function waitReady(id: string): Promise<ReadyResult> {
+  async function waitReady(id: string, waitMs: number): Promise<ReadyResult> {
     // The workflow finished before it could answer: its row says how.
     const finished = (err: unknown) => err instanceof WorkflowUpdateFailedError || err instanceof WorkflowNotFoundError;
     const ended = (row: repo.ReservationRow): ReadyResult => ({ ok: false, code: 402, message: row.endReason ?? `reservation ${id} is ${row.status}` });
@@ -214,9 +226,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
     let why: string;
     let unanswered: unknown;
     try {
-      const first = await within(handle(id).executeUpdate(reservationReadyUpdate), deps.escrowWaitMs);
+      const first = await within(handle(id).executeUpdate(reservationReadyUpdate), waitMs);
       if (first !== LATE) return first;
-      const waited = deps.escrowWaitMs < 1000 ? `${deps.escrowWaitMs} ms` : `${Math.round(deps.escrowWaitMs / 1000)} s`;
+      const waited = waitMs < 1000 ? `${waitMs} ms` : `${Math.round(waitMs / 1000)} s`;
       why = `the escrow was not confirmed within ${waited}`;
     } catch (err) {
       if (finished(err)) return fromRow();
@@ -408,8 +420,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
       requireOwner(r.owner, req.caller, `reservation ${r.id}`);
     }
     if (r.endedAt) return { settled: await receiptOf(r), waitingFor: undefined };
-    await repo.updateReservation(db, r.id, req.from === 'engine' ? { engineReportedEnd: true } : { nodeReportedEnd: true });
-    const both = req.from === 'engine' ? r.nodeReportedEnd : r.engineReportedEnd;
+    const both = await repo.reportEnd(db, r.id, req.from);
     if (!both) return { settled: undefined, waitingFor: req.from === 'engine' ? ('node' as const) : ('engine' as const) };
     const receipt = await release({ reservationId: r.id, reason: 'both the Engine and the node reported the end', by: 'both' });
     return { settled: receipt, waitingFor: undefined };

@@ -43,6 +43,9 @@ import { JobSearchAttributes as SA } from './search-attributes';
 
 type ReservationActivities = ReturnType<typeof createReservationActivities>;
 
+/** Extensions refused for want of funds after which a reservation takes no more. */
+const MAX_REFUSED_EXTENSIONS = 5;
+
 export interface ReservationSpec {
   reservationId: string;
   nodeId: string;
@@ -115,6 +118,8 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   let nextPot = 1;
   let extending = 0;
   let pendingMinutes = 0;
+  /** Extensions whose escrow was refused: after MAX_REFUSED_EXTENSIONS more are refused outright (see below). */
+  let refusedExtensions = 0;
   let release: { reason: string; by: 'engine' | 'node' | 'both' | 'operator' } | undefined;
   let receipt: ReleaseReceipt | undefined;
   let settling: ReservationView['settling'];
@@ -161,7 +166,10 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       pendingMinutes += extra;
       try {
         const escrow = await escrowPot(pot);
-        if (typeof escrow === 'string') throw reject(ReservationRejections.escrowRefused, escrow);
+        if (typeof escrow === 'string') {
+          refusedExtensions += 1;
+          throw reject(ReservationRejections.escrowRefused, escrow);
+        }
         pots.push(pot);
         minutes += extra;
         endAt += extra * options.minuteMs;
@@ -179,6 +187,11 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
         if (ended() || status !== 'active') throw reject(ReservationRejections.ended, `reservation ${id} is ${status === 'pending' ? 'not active yet' : 'over'}`);
         if (!Number.isInteger(extra) || extra < 1 || extra > MAX_MINUTES) {
           throw reject(ReservationRejections.invalid, `additional_minutes: must be a whole number from 1 to ${MAX_MINUTES}`);
+        }
+        // Each refused extension costs history (its escrow attempt) and one of the workflow's updates; a client
+        // retrying one without funds must not use them up (the release is an update too).
+        if (refusedExtensions >= MAX_REFUSED_EXTENSIONS) {
+          throw reject(ReservationRejections.escrowRefused, `${refusedExtensions} extensions of reservation ${id} were refused for want of funds: no more are taken`);
         }
         if (minutes + pendingMinutes + extra > MAX_TOTAL_MINUTES) {
           throw reject(ReservationRejections.invalid, `additional_minutes: a reservation runs at most ${MAX_TOTAL_MINUTES} minutes in all (${minutes + pendingMinutes} booked)`);

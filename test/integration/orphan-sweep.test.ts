@@ -148,6 +148,25 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     expect((await jobsRepo.getJob(database.db, jobId))!.eventSeq).toBe(seq);
   });
 
+  it('fails a reservation whose workflow was terminated outside the server, and gives its node back', async () => {
+    const id = `res-${randomUUID()}`;
+    const nodeId = `node-${randomUUID()}`;
+    await holdFor(id, nodeId);
+    await reservationsRepo.updateReservation(database.db, id, { status: 'active' });
+    await client.workflow.start('reservationWorkflow', { workflowId: id, taskQueue, args: [] });
+    await client.workflow.getHandle(id).terminate('operator clean-up');
+
+    const deadline = Date.now() + 15_000;
+    let row = await reservationsRepo.getReservation(database.db, id);
+    while (row?.status !== 'failed' && Date.now() < deadline) {
+      await sweeper(() => Date.now()).sweep();
+      row = await reservationsRepo.getReservation(database.db, id);
+      if (row?.status !== 'failed') await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(row).toMatchObject({ status: 'failed', endReason: expect.stringContaining('its workflow was terminated outside the server') });
+    expect((await nodesRepo.getNode(database.db, nodeId))?.reservedBy).toBeNull();
+  });
+
   it('leaves alone a job whose terminated run was followed by another (a Reset in the Web UI)', async () => {
     const jobId = `job-${randomUUID()}`;
     await jobsRepo.insertJob(database.db, { spec: spec(jobId), configHash: 'h' });

@@ -384,6 +384,26 @@ describe('reservationWorkflow', () => {
       });
     });
 
+    test('after 5 extensions refused for want of funds, more are refused outright: no escrow attempt, no history, and the release still goes through', async () => {
+      const world = new FakeReservationWorld();
+      const id = newId('extend-broke');
+
+      await withWorker('extend-broke', world, async ({ start }) => {
+        const handle = await start(reservationSpec(id));
+        await handle.executeUpdate(reservationReadyUpdate);
+        world.escrowRefusal = { type: PaymentFailures.insufficientFunds, message: 'allowance too small' };
+        const extend = () => handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 5 }] });
+        for (let i = 0; i < 5; i++) await expectUpdateRejected(extend(), ReservationRejections.escrowRefused);
+        const events = (await handle.fetchHistory()).events?.length ?? 0;
+        const capped = await expectUpdateRejected(extend(), ReservationRejections.escrowRefused);
+        expect(capped.message).toContain('5 extensions of reservation');
+        expect(world.escrowCalls).toHaveLength(6); // the first escrow and the 5 refused extensions
+        expect((await handle.fetchHistory()).events?.length ?? 0).toBe(events);
+        await handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'done', by: 'engine' }], updateId: 'release' });
+        await handle.result();
+      });
+    });
+
     test('refused while the first escrow is pending and after a release (ReservationEnded)', async () => {
       const world = new FakeReservationWorld();
       world.escrowGate = new Gate();

@@ -54,8 +54,10 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       log,
       'ReserveNode',
       async (req, call) => {
+        const deadline = call.getDeadline();
         const done = await svc.reserve({
           caller: caller(call),
+          deadline: deadline instanceof Date ? deadline.getTime() : Number.isFinite(deadline) ? deadline : undefined,
           nodeId: requireId(req.node_id, 'node_id'),
           userWallet: req.user_wallet,
           durationMinutes: req.duration_minutes,
