@@ -121,6 +121,13 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   /** Extensions whose escrow was refused: after MAX_REFUSED_EXTENSIONS more are refused outright (see below). */
   let refusedExtensions = 0;
   let release: { reason: string; by: 'engine' | 'node' | 'both' | 'operator' } | undefined;
+  /** When the release came (workflow time): the term is billed up to it, not up to when settling could start. */
+  let releasedAt: number | undefined;
+  const requestRelease = (r: NonNullable<typeof release>) => {
+    if (release) return;
+    release = r;
+    releasedAt = Date.now();
+  };
   let receipt: ReleaseReceipt | undefined;
   let settling: ReservationView['settling'];
   let lastReason = 'reserved';
@@ -202,7 +209,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   setHandler(
     releaseReservationUpdate,
     async (request) => {
-      release ??= request;
+      requestRelease(request);
       // Answered with the settlement, also when an operator's cancel came meanwhile.
       await CancellationScope.nonCancellable(() => condition(() => receipt !== undefined));
       return receipt!;
@@ -288,7 +295,10 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     const finalStatus: ReservationStatus =
       end.kind === 'expired' ? 'expired' : end.kind === 'node_lost' ? 'failed' : release?.by === 'both' ? 'completed' : 'cancelled';
     const endedAt = Date.now();
-    const usedMs = Math.max(0, Math.min(end.kind === 'node_lost' ? end.lastAliveAt : endedAt, endAt) - startAt);
+    // Used up to the node's last sign of life, the release (a release waiting behind an extension's escrow, or a
+    // worker that was down, bills no time it did not use), or now.
+    const usedUntil = end.kind === 'node_lost' ? end.lastAliveAt : end.kind === 'released' ? (releasedAt ?? endedAt) : endedAt;
+    const usedMs = Math.max(0, Math.min(usedUntil, endAt) - startAt);
     // Once decided, the end is settled and recorded as decided: a cancel arriving meanwhile (an operator's) must not
     // leave the money moved but the reservation unrecorded, nor settle it a second time under another policy.
     const shares = await CancellationScope.nonCancellable(async () => {
@@ -405,7 +415,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   } catch (err) {
     if (!isCancellation(err) || receipt) throw err;
     // Cancelled from Temporal itself (Web UI, CLI): the user pays for the time used, no more.
-    release ??= { reason: 'cancelled by an operator', by: 'operator' };
+    requestRelease({ reason: 'cancelled by an operator', by: 'operator' });
     await CancellationScope.nonCancellable(async () => {
       // An extension paying right now adds a pot that must be settled too (as a release waits for it in hold()).
       await condition(() => extending === 0);

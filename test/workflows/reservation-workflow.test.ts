@@ -277,6 +277,34 @@ describe('reservationWorkflow', () => {
       });
     });
 
+    test('policy prorated bills up to the release, not the time it waited behind an extension\'s escrow', async () => {
+      const world = new FakeReservationWorld();
+      const id = newId('release-behind-extension');
+      const minuteMs = 200;
+
+      await withWorker('release-behind-extension', world, async ({ client, start }) => {
+        const handle = await start(reservationSpec(id, { minutes: 30 }), { earlyRelease: 'prorated', minuteMs });
+        const alive = keepReservedNodeAlive(client, id);
+        try {
+          await handle.executeUpdate(reservationReadyUpdate);
+          const readyAt = Date.now();
+          world.escrowGate = new Gate();
+          const extension = handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
+          await waitUntil(() => world.escrowCalls.length === 2, 5000, 'the extension escrow to start');
+          const released = handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: '', by: 'engine' }], updateId: 'release' });
+          const releasedAfterMs = Date.now() - readyAt;
+          await sleep(1500); // the settlement waits for the extension's escrow (7.5 reserved minutes here)
+          world.escrowGate.open();
+          await extension;
+          const receipt = await released;
+          // Billed to the release (plus the moment its update took to arrive), not to the end of the wait.
+          expect(receipt.timeUsedSeconds).toBeLessThan(billedSeconds(releasedAfterMs + 500, minuteMs));
+        } finally {
+          alive.stop();
+        }
+      });
+    });
+
     test('the release is idempotent: the same update id twice, and again after the workflow finished, give one receipt and settle once', async () => {
       const world = new FakeReservationWorld();
       world.settleGate = new Gate();
