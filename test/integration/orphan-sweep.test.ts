@@ -70,6 +70,17 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     });
   }
 
+  /** Sweeps until `done` holds for what `read` returns (the list of closed workflows may lag a moment), for up to 15 s. */
+  async function sweepUntil<T>(read: () => Promise<T>, done: (value: T) => boolean): Promise<T> {
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      await sweeper(() => Date.now()).sweep();
+      const value = await read();
+      if (done(value) || Date.now() > deadline) return value;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
   const workflowExists = async (id: string) =>
     client.workflow.getHandle(id).describe().then(
       () => true,
@@ -134,13 +145,7 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     await client.workflow.start('jobWorkflow', { workflowId: jobId, taskQueue, args: [] });
     await client.workflow.getHandle(jobId).terminate('operator clean-up');
 
-    const deadline = Date.now() + 15_000; // the list of closed workflows may lag a moment
-    let job = await jobsRepo.getJob(database.db, jobId);
-    while (job?.status !== 'failed' && Date.now() < deadline) {
-      await sweeper(() => Date.now()).sweep();
-      job = await jobsRepo.getJob(database.db, jobId);
-      if (job?.status !== 'failed') await new Promise((r) => setTimeout(r, 200));
-    }
+    const job = await sweepUntil(() => jobsRepo.getJob(database.db, jobId), (j) => j?.status === 'failed');
     expect(job).toMatchObject({ status: 'failed', errorMessage: expect.stringContaining('its workflow was terminated outside the server') });
     expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.jobId, jobId))).toEqual([]);
     const seq = job!.eventSeq;
@@ -156,13 +161,7 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     await client.workflow.start('reservationWorkflow', { workflowId: id, taskQueue, args: [] });
     await client.workflow.getHandle(id).terminate('operator clean-up');
 
-    const deadline = Date.now() + 15_000;
-    let row = await reservationsRepo.getReservation(database.db, id);
-    while (row?.status !== 'failed' && Date.now() < deadline) {
-      await sweeper(() => Date.now()).sweep();
-      row = await reservationsRepo.getReservation(database.db, id);
-      if (row?.status !== 'failed') await new Promise((r) => setTimeout(r, 200));
-    }
+    const row = await sweepUntil(() => reservationsRepo.getReservation(database.db, id), (r) => r?.status === 'failed');
     expect(row).toMatchObject({ status: 'failed', endReason: expect.stringContaining('its workflow was terminated outside the server') });
     expect((await nodesRepo.getNode(database.db, nodeId))?.reservedBy).toBeNull();
   });
