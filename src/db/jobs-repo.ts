@@ -243,14 +243,25 @@ export async function activeJobsOnNodes(
  */
 export async function waitingJobsFor(db: DbOrTx, nodeIds: readonly string[], decimals: number, limit: number): Promise<string[]> {
   if (nodeIds.length === 0) return [];
-  const result = await db.execute<{ id: string }>(sql`
-    select q.id from jobs q
-     where job_is_waiting(q)
-       and exists (select 1 from nodes n where n.id = any(${sql.param([...nodeIds])}::text[]) and n.port > 0 and job_wants_node(q, n, ${decimals}::int))
-     order by q.priority_rank, q.created_at, q.id
-     limit ${limit}`);
-  return result.rows.map((r) => r.id);
+  const rows = await waitingFor(db).execute({ nodeIds: [...nodeIds], decimals, limit });
+  return rows.map((r) => r.id);
 }
+
+// Asked each time a job gives back node capacity: prepared.
+const waitingFor = preparedStatement((db) =>
+  db
+    .select({ id: jobs.id })
+    .from(jobs)
+    .where(
+      sql`job_is_waiting(${jobs}) and exists (
+        select 1 from nodes n
+         where n.id = any(${sql.placeholder('nodeIds')}::text[]) and n.port > 0
+           and job_wants_node(${jobs}, n, ${sql.placeholder('decimals')}::int))`,
+    )
+    .orderBy(asc(jobs.priorityRank), asc(jobs.createdAt), asc(jobs.id))
+    .limit(sql.placeholder('limit'))
+    .prepare('jobs_waiting_for_nodes'),
+);
 
 /** Notes that a node did not take the job (refused or unreachable); cleared by its next assignment. */
 export async function recordRefusal(db: DbOrTx, jobId: string, nodeId: string): Promise<void> {
