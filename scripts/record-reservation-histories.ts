@@ -109,6 +109,25 @@ const scenarios: Record<string, Scenario> = {
       await handle.signal(walletRegisteredSignal);
     },
   },
+  /**
+   * Extended, then released early (prorated) to a node without a wallet: the first pot's share is owed, the
+   * extension's (nothing earned) is refunded whole; each re-check settles only the owed pot (patch owed-pots-only).
+   */
+  'owed-extended': {
+    minutes: 30,
+    nodeWallet: false,
+    options: { earlyRelease: 'prorated' },
+    async drive({ handle, world }) {
+      await handle.executeUpdate(reservationReadyUpdate);
+      await handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
+      await handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'done', by: 'engine' }], updateId: 'release' });
+      await handle.signal(walletRegisteredSignal);
+      await waitUntil(() => world.settleCalls.length === 3, 10_000, 'the re-check of the owed pot');
+      world.registerWallet('node-a');
+      await handle.signal(walletRegisteredSignal);
+      await handle.result();
+    },
+  },
   /** Cancelled from Temporal by an operator while active: settled prorated, the run ends cancelled. */
   cancelled: {
     minutes: 30,

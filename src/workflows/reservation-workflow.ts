@@ -5,6 +5,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  patched,
   proxyActivities,
   proxyLocalActivities,
   setCurrentDetails,
@@ -42,6 +43,9 @@ import {
 import { JobSearchAttributes as SA } from './search-attributes';
 
 type ReservationActivities = ReturnType<typeof createReservationActivities>;
+
+/** Patch: an owed payment's re-check settles only the pots still owed. */
+export const OWED_POTS_ONLY = 'owed-pots-only';
 
 /** Extensions refused for want of funds after which a reservation takes no more. */
 const MAX_REFUSED_EXTENSIONS = 5;
@@ -107,6 +111,9 @@ interface Pot {
  */
 export async function reservationWorkflow(input: ReservationWorkflowInput): Promise<ReleaseReceipt> {
   const { spec, options } = input;
+  // Asked once, at the start of a run (the answer must not depend on where a workflow task ended): runs started
+  // before this patch re-settle every pot at each re-check of an owed payment.
+  const owedPotsOnly = patched(OWED_POTS_ONLY);
   const id = spec.reservationId;
   const perHour = BigInt(spec.perHourUnits);
   let status: ReservationStatus = 'pending';
@@ -301,7 +308,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     const usedMs = Math.max(0, Math.min(usedUntil, endAt) - startAt);
     // Once decided, the end is settled and recorded as decided: a cancel arriving meanwhile (an operator's) must not
     // leave the money moved but the reservation unrecorded, nor settle it a second time under another policy.
-    const shares = await CancellationScope.nonCancellable(async () => {
+    const settled = await CancellationScope.nonCancellable(async () => {
       status = 'completing';
       lastReason = end.reason;
       publish();
@@ -319,17 +326,20 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       status = finalStatus;
       await store.finishReservation({ id, nodeId: spec.nodeId, status, reason: end.reason, endedAt, ...receiptFields(receipt) });
       publish();
-      return shares;
+      return { shares, outcomes };
     });
     // The node earned its share: waiting for its wallet is not cancellable (an operator can still terminate).
-    if (receipt?.owed) await CancellationScope.nonCancellable(() => payOwed(end.reason, endedAt, shares));
+    if (receipt?.owed) await CancellationScope.nonCancellable(() => payOwed(end.reason, endedAt, settled.shares, settled.outcomes));
   }
 
-  async function settlePots(shares: string[]): Promise<PotOutcome[]> {
+  /** Settles the pots (those `again` picks, keeping the others' `previous` outcomes), in pot order. */
+  async function settlePots(shares: string[], again?: (i: number) => boolean, previous?: PotOutcome[]): Promise<PotOutcome[]> {
     const outcomes: PotOutcome[] = [];
     for (let i = 0; i < pots.length; i++) {
       outcomes.push(
-        await CancellationScope.nonCancellable(() => money.settleReservationPot({ potId: pots[i].potId, nodeId: spec.nodeId, payUnits: shares[i] })),
+        again && previous && !again(i)
+          ? previous[i]
+          : await CancellationScope.nonCancellable(() => money.settleReservationPot({ potId: pots[i].potId, nodeId: spec.nodeId, payUnits: shares[i] })),
       );
     }
     return outcomes;
@@ -354,12 +364,17 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   }
 
   /** The node has no wallet yet: its share waits until it registers one. */
-  async function payOwed(reason: string, endedAt: number, shares: string[]): Promise<void> {
+  async function payOwed(reason: string, endedAt: number, shares: string[], settledOutcomes: PotOutcome[]): Promise<void> {
     let recheckMs = OWED_RECHECK_MS;
+    let outcomes = settledOutcomes;
     while (receipt?.owed) {
       if (!(await condition(() => walletRegistered, recheckMs))) recheckMs = Math.min(recheckMs * 2, OWED_RECHECK_MAX_MS);
       walletRegistered = false;
-      receipt = summarize(receipt.status, receipt.timeUsedSeconds, await settlePots(shares));
+      // Only the pots still owed (a reservation of many short extensions has many pots, and each re-check would
+      // otherwise settle them all again), unless this run started before that patch.
+      const prior = outcomes;
+      outcomes = owedPotsOnly ? await settlePots(shares, (i) => prior[i].owed, prior) : await settlePots(shares);
+      receipt = summarize(receipt.status, receipt.timeUsedSeconds, outcomes);
       if (!receipt.owed) {
         lastReason = `owed payment released to node ${spec.nodeId}`;
         await store.finishReservation({ id, nodeId: spec.nodeId, status, reason, endedAt, ...receiptFields(receipt) });

@@ -45,6 +45,7 @@ test('the recorded scenarios are all there', () => {
     'expired.json',
     'extended.json',
     'node-lost.json',
+    'owed-extended.json',
     'owed.json',
     'released.json',
     'withdrawn.json',

@@ -680,6 +680,27 @@ describe('reservationWorkflow', () => {
     });
   });
 
+  test('owed with several pots: a re-check settles only the pots still owed, not the ones already refunded', async () => {
+    const world = new FakeReservationWorld({ nodeWallets: [] });
+    const id = newId('owed-pots');
+
+    await withWorker('owed-pots', world, async ({ start }) => {
+      const handle = await start(reservationSpec(id, { minutes: 30 }), { earlyRelease: 'prorated' });
+      await handle.executeUpdate(reservationReadyUpdate);
+      await handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
+      const receipt = await handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'done', by: 'engine' }], updateId: 'release' });
+      expect(receipt.owed).toBe(true);
+      // Released at once: the node earned a little of the first pot; the extension's pot is refunded whole.
+      expect(world.settleOutcomes.map((o) => o.owed)).toEqual([true, false]);
+      await handle.signal(walletRegisteredSignal);
+      await waitUntil(() => world.settleCalls.length === 3, 5000, 'the re-check');
+      world.registerWallet('node-a');
+      await handle.signal(walletRegisteredSignal);
+      expect(await handle.result()).toMatchObject({ owed: false, paymentTx: `ledger:${id}/release_node` });
+      expect(world.settleCalls.map((c) => c.potId)).toEqual([id, `${id}/ext-1`, id, id]);
+    });
+  });
+
   test('owed: a node without a wallet → receipt owed, the workflow waits; walletRegistered once it has one → paid once', async () => {
     const world = new FakeReservationWorld({ nodeWallets: [] });
     const id = newId('owed');
