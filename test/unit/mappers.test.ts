@@ -204,8 +204,12 @@ describe('REST GET /api/jobs/:id match', () => {
   const second = { ranked: [{ nodeId: 'b' }] };
 
   it('is the latest match among the events', () => {
-    expect(latestMatch([{ toStatus: 'assigned', data: { match: first } }, { toStatus: 'running', data: {} }])).toBe(first);
-    expect(latestMatch([{ toStatus: 'assigned', data: { match: first } }, { toStatus: 'queued', data: { lostNode: 'a' } }, { toStatus: 'assigned', data: { match: second } }])).toBe(second);
+    expect(latestMatch([{ toStatus: 'assigned', data: { match: first } }, { toStatus: 'running', data: {} }])).toEqual(first);
+    expect(latestMatch([{ toStatus: 'assigned', data: { match: first } }, { toStatus: 'queued', data: { lostNode: 'a' } }, { toStatus: 'assigned', data: { match: second } }])).toEqual(second);
+  });
+
+  it('leaves out the queue position the look saw: the job\'s own queuePosition is the live one', () => {
+    expect(latestMatch([{ toStatus: 'queued', data: { match: { ...first, queuePosition: 7 } } }])).toEqual(first);
   });
 
   it('is none once the job went back to the queue, until it is matched again', () => {

@@ -267,13 +267,17 @@ export function createRestApp(deps: RestDeps) {
 
 /**
  * The match behind the job's current placement or wait: the ranked candidates with their score parts, and why
- * the others were passed over. A job sent back to the queue (its node lost or failing) has none until it is
- * matched again; the workflow's memo has the explanation of each later look.
+ * the others were passed over (for a waiting job, its first look; the workflow's memo has each later one, and the
+ * job's own `queuePosition` is the live one, so the look's is left out). A job sent back to the queue (its node
+ * lost or failing) has none until it is matched again.
  */
 export function latestMatch(events: { toStatus: string; data?: unknown }[]): unknown {
   for (let i = events.length - 1; i >= 0; i--) {
-    const match = (events[i].data as { match?: unknown } | null | undefined)?.match;
-    if (match) return match;
+    const match = (events[i].data as { match?: Record<string, unknown> } | null | undefined)?.match;
+    if (match) {
+      const { queuePosition: _atTheLook, ...rest } = match;
+      return rest;
+    }
     if (events[i].toStatus === 'queued') return null;
   }
   return null;
