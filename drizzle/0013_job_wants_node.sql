@@ -16,7 +16,8 @@ LANGUAGE sql STABLE AS $$
   SELECT q.status = 'queued' OR (q.status = 'pending' AND q.waiting_since IS NOT NULL)
 $$;
 --> statement-breakpoint
--- claim_node as in 0011, its rule of who is ahead written with the two functions above.
+-- claim_node as in 0009, with 0011's waiting jobs and the 10-minute minimum cost, its rule of who is ahead written
+-- with the two functions above.
 CREATE OR REPLACE FUNCTION claim_node(p_job_id text, p_node_id text, p_decimals integer) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -111,7 +111,7 @@ const scenarios: Record<string, Scenario> = {
   },
   /**
    * Extended, then released early (prorated) to a node without a wallet: the first pot's share is owed, the
-   * extension's (nothing earned) is refunded whole; each re-check settles only the owed pot (patch owed-pots-only).
+   * extension's (nothing earned) is refunded whole; each re-check settles only the owed pot (patch settlement-v2).
    */
   'owed-extended': {
     minutes: 30,

@@ -123,14 +123,19 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
 
   async function endAbandonedReservations(ids: string[]): Promise<void> {
     const open = await db
-      .select({ id: reservations.id, nodeId: reservations.nodeId })
+      .select({ id: reservations.id, nodeId: reservations.nodeId, status: reservations.status, endReason: reservations.endReason })
       .from(reservations)
       .where(and(inArray(reservations.id, ids), inArray(reservations.status, ['pending', 'active', 'completing'])));
     for (const r of open) {
       const how = await closedOutside(r.id);
       if (!how) continue;
       await db.transaction(async (tx) => {
-        const endReason = abandonedReason(how, `GET /api/reservations/${r.id}`);
+        // Stopped while settling (a settlement the chain refused for good): some pots may be settled already.
+        const endReason =
+          r.status === 'completing'
+            ? `its workflow was ${how} outside the server while settling (${r.endReason ?? 'ended'}); what moved is in its payment legs ` +
+              `(GET /api/reservations/${r.id}), an operator settles the rest`
+            : abandonedReason(how, `GET /api/reservations/${r.id}`);
         await reservationsRepo.updateReservation(tx, r.id, { status: 'failed', endReason, endedAt: new Date(now()) });
         await reservationsRepo.releaseHold(tx, r.id, r.nodeId);
       });

@@ -103,6 +103,8 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof LATE> {
 const WITHDRAW_WAIT_MS = 4000;
 /** Kept between the last answer ReserveNode can give and the caller's deadline (the reply's way back). */
 const DEADLINE_MARGIN_MS = 1000;
+/** The least escrow wait worth starting a reservation for (a shorter deadline is refused before anything is held). */
+const MIN_ESCROW_WAIT_MS = 1000;
 
 /**
  * Reservations of whole nodes (JobReservationService): validation, the node hold, the reservation's
@@ -156,6 +158,12 @@ export function createReservationService(deps: ReservationServiceDeps) {
     if (!Number.isInteger(req.durationMinutes) || req.durationMinutes < MIN_MINUTES || req.durationMinutes > MAX_MINUTES) {
       throw new ValidationError('duration_minutes', `must be from ${MIN_MINUTES} to ${MAX_MINUTES} minutes, got ${req.durationMinutes}`);
     }
+    // The escrow wait ends in time for a withdrawal to be answered before the caller gives up; with too little time
+    // for any wait, nothing is held or escrowed.
+    const untilDeadline = req.deadline === undefined ? Infinity : req.deadline - now() - WITHDRAW_WAIT_MS - DEADLINE_MARGIN_MS;
+    if (untilDeadline < MIN_ESCROW_WAIT_MS) {
+      throw new UnavailableError(`the call's deadline leaves no time to escrow: ReserveNode needs at least ${(WITHDRAW_WAIT_MS + DEADLINE_MARGIN_MS + MIN_ESCROW_WAIT_MS) / 1000} s`);
+    }
     const node = await nodesRepo.getNode(db, req.nodeId);
     if (!node) throw new NotFoundError('node', req.nodeId);
     const perHour = unitsPerHour(node.pricePerHour, deps.tokenDecimals);
@@ -204,9 +212,8 @@ export function createReservationService(deps: ReservationServiceDeps) {
       await repo.updateReservation(db, id, { status: 'failed', endReason: `could not start: ${(err as Error).message}`, endedAt: new Date(now()) });
       throw new UnavailableError(`Temporal unavailable: ${(err as Error).message}`);
     }
-    // The escrow wait ends in time for a withdrawal to be answered before the caller gives up.
-    const untilDeadline = req.deadline === undefined ? Infinity : req.deadline - now() - WITHDRAW_WAIT_MS - DEADLINE_MARGIN_MS;
-    const ready = await waitReady(id, Math.max(0, Math.min(deps.escrowWaitMs, untilDeadline)));
+    const leftForEscrow = req.deadline === undefined ? Infinity : req.deadline - now() - WITHDRAW_WAIT_MS - DEADLINE_MARGIN_MS;
+    const ready = await waitReady(id, Math.max(0, Math.min(deps.escrowWaitMs, leftForEscrow)));
     if (!ready.ok) throw ready.code === 503 ? new UnavailableError(ready.message) : new PaymentRequiredError(ready.message);
     const reservation = await find(id);
     const t = token(reservation);

@@ -44,11 +44,15 @@ import { JobSearchAttributes as SA } from './search-attributes';
 
 type ReservationActivities = ReturnType<typeof createReservationActivities>;
 
-/** Patch: an owed payment's re-check settles only the pots still owed. */
-export const OWED_POTS_ONLY = 'owed-pots-only';
+/**
+ * Patch: the settlement as of this version — time used runs to the moment the release arrived, and an owed
+ * payment's re-check settles only the pots still owed.
+ */
+export const SETTLEMENT_V2 = 'settlement-v2';
 
-/** Extensions refused for want of funds after which a reservation takes no more. */
+/** Extensions refused for want of funds after which a reservation takes one more only per REFUSAL_COOLDOWN_MS. */
 const MAX_REFUSED_EXTENSIONS = 5;
+const REFUSAL_COOLDOWN_MS = 10 * 60_000;
 
 export interface ReservationSpec {
   reservationId: string;
@@ -112,8 +116,9 @@ interface Pot {
 export async function reservationWorkflow(input: ReservationWorkflowInput): Promise<ReleaseReceipt> {
   const { spec, options } = input;
   // Asked once, at the start of a run (the answer must not depend on where a workflow task ended): runs started
-  // before this patch re-settle every pot at each re-check of an owed payment.
-  const owedPotsOnly = patched(OWED_POTS_ONLY);
+  // before this patch bill early releases to when settling began, and re-settle every pot at each re-check of an
+  // owed payment.
+  const settlementV2 = patched(SETTLEMENT_V2);
   const id = spec.reservationId;
   const perHour = BigInt(spec.perHourUnits);
   let status: ReservationStatus = 'pending';
@@ -125,8 +130,9 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   let nextPot = 1;
   let extending = 0;
   let pendingMinutes = 0;
-  /** Extensions whose escrow was refused: after MAX_REFUSED_EXTENSIONS more are refused outright (see below). */
+  /** Extensions whose escrow was refused, and when the last was: see the extension's validator. */
   let refusedExtensions = 0;
+  let lastRefusalAt = 0;
   let release: { reason: string; by: 'engine' | 'node' | 'both' | 'operator' } | undefined;
   /** When the release came (workflow time): the term is billed up to it, not up to when settling could start. */
   let releasedAt: number | undefined;
@@ -182,6 +188,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
         const escrow = await escrowPot(pot);
         if (typeof escrow === 'string') {
           refusedExtensions += 1;
+          lastRefusalAt = Date.now();
           throw reject(ReservationRejections.escrowRefused, escrow);
         }
         pots.push(pot);
@@ -204,8 +211,14 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
         }
         // Each refused extension costs history (its escrow attempt) and one of the workflow's updates; a client
         // retrying one without funds must not use them up (the release is an update too).
-        if (refusedExtensions >= MAX_REFUSED_EXTENSIONS) {
-          throw reject(ReservationRejections.escrowRefused, `${refusedExtensions} extensions of reservation ${id} were refused for want of funds: no more are taken`);
+        if (refusedExtensions > 0 && extending > 0) {
+          throw reject(ReservationRejections.escrowRefused, `an extension of reservation ${id} is still being escrowed after earlier refusals: try again once it is answered`);
+        }
+        if (refusedExtensions >= MAX_REFUSED_EXTENSIONS && Date.now() - lastRefusalAt < REFUSAL_COOLDOWN_MS) {
+          throw reject(
+            ReservationRejections.escrowRefused,
+            `${refusedExtensions} extensions of reservation ${id} were refused for want of funds: the next is taken ${Math.round(REFUSAL_COOLDOWN_MS / 60_000)} min after the last refusal`,
+          );
         }
         if (minutes + pendingMinutes + extra > MAX_TOTAL_MINUTES) {
           throw reject(ReservationRejections.invalid, `additional_minutes: a reservation runs at most ${MAX_TOTAL_MINUTES} minutes in all (${minutes + pendingMinutes} booked)`);
@@ -304,7 +317,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     const endedAt = Date.now();
     // Used up to the node's last sign of life, the release (a release waiting behind an extension's escrow, or a
     // worker that was down, bills no time it did not use), or now.
-    const usedUntil = end.kind === 'node_lost' ? end.lastAliveAt : end.kind === 'released' ? (releasedAt ?? endedAt) : endedAt;
+    const usedUntil = end.kind === 'node_lost' ? end.lastAliveAt : end.kind === 'released' && settlementV2 ? (releasedAt ?? endedAt) : endedAt;
     const usedMs = Math.max(0, Math.min(usedUntil, endAt) - startAt);
     // Once decided, the end is settled and recorded as decided: a cancel arriving meanwhile (an operator's) must not
     // leave the money moved but the reservation unrecorded, nor settle it a second time under another policy.
@@ -373,7 +386,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       // Only the pots still owed (a reservation of many short extensions has many pots, and each re-check would
       // otherwise settle them all again), unless this run started before that patch.
       const prior = outcomes;
-      outcomes = owedPotsOnly ? await settlePots(shares, (i) => prior[i].owed, prior) : await settlePots(shares);
+      outcomes = settlementV2 ? await settlePots(shares, (i) => prior[i].owed, prior) : await settlePots(shares);
       receipt = summarize(receipt.status, receipt.timeUsedSeconds, outcomes);
       if (!receipt.owed) {
         lastReason = `owed payment released to node ${spec.nodeId}`;

@@ -75,3 +75,17 @@ test('ReserveNode answers within the caller\'s deadline on a slow chain: the res
     slowSends = false;
   }
 });
+
+test('ReserveNode with a deadline too short to escrow in is refused before anything is held or escrowed', async () => {
+  const node = await nodes.start({ name: 'short-deadline-node' });
+  const user = await rig.chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
+  const wallet = user.publicKey.toBase58();
+  const reply = await rig.engine.call(
+    'ReserveNode',
+    { node_id: node.nodeId, user_wallet: wallet, duration_minutes: 30, job_config: { model_definition: '{}', dataset_uri: 'remote://engine' } },
+    { deadlineMs: 4000 },
+  );
+  expect(reply).toMatchObject({ status: S.ERROR, error: { code: 503, message: expect.stringContaining('deadline leaves no time to escrow') } });
+  expect(await sys().query('select id from reservations where node_id = $1', [node.nodeId])).toEqual([]);
+  expect((await sys().query<{ reserved_by: string | null }>('select reserved_by from nodes where id = $1', [node.nodeId]))[0].reserved_by).toBeNull();
+});

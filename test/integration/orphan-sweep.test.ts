@@ -166,6 +166,18 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     expect((await nodesRepo.getNode(database.db, nodeId))?.reservedBy).toBeNull();
   });
 
+  it('says so when the reservation was stopped while settling: what moved is in its payment legs', async () => {
+    const id = `res-${randomUUID()}`;
+    const nodeId = `node-${randomUUID()}`;
+    await holdFor(id, nodeId);
+    await reservationsRepo.updateReservation(database.db, id, { status: 'completing', endReason: 'released by the engine: done' });
+    await client.workflow.start('reservationWorkflow', { workflowId: id, taskQueue, args: [] });
+    await client.workflow.getHandle(id).terminate('settlement failed');
+
+    const row = await sweepUntil(() => reservationsRepo.getReservation(database.db, id), (r) => r?.status === 'failed');
+    expect(row?.endReason).toMatch(/^its workflow was terminated outside the server while settling \(released by the engine: done\); what moved is in its payment legs/);
+  });
+
   it('leaves alone a job whose terminated run was followed by another (a Reset in the Web UI)', async () => {
     const jobId = `job-${randomUUID()}`;
     await jobsRepo.insertJob(database.db, { spec: spec(jobId), configHash: 'h' });

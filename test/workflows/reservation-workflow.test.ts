@@ -412,7 +412,7 @@ describe('reservationWorkflow', () => {
       });
     });
 
-    test('after 5 extensions refused for want of funds, more are refused outright: no escrow attempt, no history, and the release still goes through', async () => {
+    test('after 5 extensions refused for want of funds, more are refused outright for a while: no escrow attempt, no history, and the release still goes through', async () => {
       const world = new FakeReservationWorld();
       const id = newId('extend-broke');
 
