@@ -41,7 +41,7 @@ export async function insertJob(db: DbOrTx, job: NewJob): Promise<{ created: tru
       config: spec,
       configHash: job.configHash,
       submitter: spec.paymentAddress,
-      owner: job.owner ?? null,
+      owner: job.owner || null, // a token without sub owns nothing
       paymentUnits: BigInt(spec.paymentUnits),
     })
     .onConflictDoNothing({ target: jobs.id })

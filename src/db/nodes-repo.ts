@@ -78,7 +78,7 @@ function derived(r: NodeRegistration) {
 export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, owner?: string): Promise<NodeRow> {
   const now = new Date();
   const { pricing: _announced, ...fields } = r;
-  const values = { ...fields, ...derived(r), owner: owner ?? null, status: 'online', lastHeartbeat: now, updatedAt: now };
+  const values = { ...fields, ...derived(r), owner: owner || null, status: 'online', lastHeartbeat: now, updatedAt: now };
   const [row] = await db
     .insert(nodes)
     .values({ id, ...values })
@@ -105,7 +105,7 @@ export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, ow
 export async function ensureNode(db: DbOrTx, id: string, owner?: string): Promise<boolean> {
   const inserted = await db
     .insert(nodes)
-    .values({ id, name: `node-${id.slice(0, 8)}`, owner: owner ?? null })
+    .values({ id, name: `node-${id.slice(0, 8)}`, owner: owner || null })
     .onConflictDoNothing()
     .returning({ id: nodes.id });
   return inserted.length > 0;

@@ -60,7 +60,7 @@ export async function holdNode(db: Db, h: NewHold): Promise<ReservationRow> {
           id: h.id,
           nodeId: h.nodeId,
           userWallet: h.userWallet,
-          owner: h.owner ?? null,
+          owner: h.owner || null,
           status: 'pending',
           durationMinutes: h.minutes,
           pricePerHourUnits: h.pricePerHourUnits,
