@@ -33,13 +33,13 @@ export async function findRegisteredNode(
   db: DbOrTx,
   key: { nodeId: string; walletAddress: string; ipAddress: string; port: number; owner?: string },
 ): Promise<string | undefined> {
+  // Only among the caller's nodes (and unowned ones) when it is known: another user's node is not this one,
+  // whatever id it claims (a copied registration file) and however it shares a LAN address and the shipping port.
+  const mine = key.owner === undefined ? undefined : or(isNull(nodes.owner), eq(nodes.owner, key.owner));
   if (key.nodeId) {
-    const [byId] = await db.select({ id: nodes.id }).from(nodes).where(eq(nodes.id, key.nodeId));
+    const [byId] = await db.select({ id: nodes.id }).from(nodes).where(and(eq(nodes.id, key.nodeId), mine));
     if (byId) return byId.id;
   }
-  // By wallet or endpoint only among the caller's nodes (and unowned ones) when it is known: nodes of other
-  // users share LAN addresses and the shipping port, and are not this node.
-  const mine = key.owner === undefined ? undefined : or(isNull(nodes.owner), eq(nodes.owner, key.owner));
   if (key.walletAddress) {
     const [byWallet] = await db
       .select({ id: nodes.id })

@@ -29,9 +29,9 @@ type ListedNode = discoveryRepo.ListedNode & NodeStats;
  *   max_price_usd uses the announced usd_equivalent, else that price. preferred_billing filters on the announced
  *   billing model, a node that announced none billing hourly; HOURLY (0) cannot be asked for, as it is the
  *   proto3 default meaning "any".
- * - ListNodes pages with an opaque keyset token (sort keys and id of the last node). A node whose sort key does
- *   not change while a client pages is seen exactly once; in the availability order the keys move with every
- *   heartbeat and job, so a node can move across a page boundary there. total_count and online_count count the
+ * - ListNodes pages with an opaque keyset token (sort key and id of the last node). A node whose sort key does
+ *   not change while a client pages is seen exactly once; in the availability order the key (free capacity)
+ *   moves with jobs, never with heartbeats, so only a node that takes or ends a job can cross a page boundary. total_count and online_count count the
  *   filtered nodes; network_avg_price and network_total_compute describe every live node in the network.
  * - FindNodes statistics (total_matching, avg/min/max price) cover every match before max_results truncates.
  * - Busy capacity is the node's capacity claims (node_claims), exactly what matching counts: a node whose every

@@ -50,7 +50,10 @@ export function createNodeService(deps: NodeServiceDeps) {
       owner: caller,
     });
     if (existing) await refuseTakeover(existing, reg, caller);
-    const nodeId = existing ?? (isId(claimedId) ? claimedId : randomUUID());
+    // A new node keeps the id it brings, unless another user's node has it (auth on): then it gets a fresh one,
+    // which the shipping node stores and sends from then on.
+    const claimable = isId(claimedId) && (existing !== undefined || !(await nodesRepo.getNode(db, claimedId)));
+    const nodeId = existing ?? (claimable ? claimedId : randomUUID());
     await nodesRepo.upsertNode(db, nodeId, reg, caller);
     heartbeats.remember(nodeId);
     if (reg.walletAddress) {
@@ -78,6 +81,8 @@ export function createNodeService(deps: NodeServiceDeps) {
     // wallet, and with it the payments it is owed), online or not.
     requireOwner(node?.owner, caller, `node ${nodeId}`);
     if (!node || (node.ipAddress === reg.ipAddress && node.port === reg.port) || node.port === 0) return;
+    // Its owner, proven by the token, may move it (a new LAN address) at once.
+    if (caller !== undefined && node.owner && node.owner === caller) return;
     const alive = node.status === 'online' && Date.now() - node.lastHeartbeat.getTime() < deps.offlineAfterMs;
     if (alive) {
       throw new ConflictError(`node ${nodeId} is online at ${node.ipAddress}:${node.port}; it cannot register from ${reg.ipAddress}:${reg.port}`);

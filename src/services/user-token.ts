@@ -10,10 +10,10 @@ export interface UserClaims {
 
 /**
  * Verifies a user's bearer token, as the CyxWiz website's login issues it (HS256 JWT, CYXWIZ-PROTOCOL.md §0):
- * the signature with `secret`, the algorithm, and `exp` when present (the original server never checked it).
- * @returns the claims. @throws Error saying what is wrong.
+ * the signature with `secret`, the algorithm, and `exp` when present and `checkExpiry` (the original server never
+ * checked it). @returns the claims. @throws Error saying what is wrong.
  */
-export function verifyUserToken(secret: string, token: string, nowS = Math.floor(Date.now() / 1000)): UserClaims {
+export function verifyUserToken(secret: string, token: string, nowS = Math.floor(Date.now() / 1000), checkExpiry = true): UserClaims {
   const parts = token.split('.');
   if (parts.length !== 3 || parts.some((p) => !p)) throw new Error('malformed token');
   const [head, body, signature] = parts;
@@ -30,6 +30,6 @@ export function verifyUserToken(secret: string, token: string, nowS = Math.floor
   }
   if (header.alg !== 'HS256') throw new Error(`unexpected alg ${String(header.alg)}`);
   if (claims === null || typeof claims !== 'object') throw new Error('malformed token');
-  if (claims.exp !== undefined && !(typeof claims.exp === 'number' && claims.exp > nowS)) throw new Error('expired');
+  if (checkExpiry && claims.exp !== undefined && !(typeof claims.exp === 'number' && claims.exp > nowS)) throw new Error('expired');
   return claims;
 }

@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { authProblem, callerOf, isOpenMethod } from '../../src/api/grpc/auth';
+import { authProblem, callerOf, isNodeMethod, isOpenMethod } from '../../src/api/grpc/auth';
 import { ForbiddenError, requireOwner } from '../../src/domain/errors';
 import { verifyUserToken } from '../../src/services/user-token';
 
@@ -78,5 +78,21 @@ describe('callerOf and requireOwner', () => {
     for (const [owner, caller] of [['user-1', 'user-1'], ['user-1', undefined], [null, 'user-2'], ['', 'user-2']] as const) {
       expect(() => requireOwner(owner, caller, 'job j')).not.toThrow();
     }
+  });
+});
+
+describe('node calls and token expiry', () => {
+  it('knows a node daemon\'s calls, whose token expiry is not held against them (the original never checked it)', () => {
+    for (const m of ['NodeService/Heartbeat', 'NodeService/RegisterNode', 'JobStatusService/UpdateJobStatus', 'JobReservationService/ReportReservationEndFromNode']) {
+      expect(isNodeMethod(`/cyxwiz.protocol.${m}`)).toBe(true);
+    }
+    for (const m of ['JobService/SubmitJob', 'JobReservationService/ReleaseReservation', 'WalletService/GetBalance']) {
+      expect(isNodeMethod(`/cyxwiz.protocol.${m}`)).toBe(false);
+    }
+    const md = new grpc.Metadata();
+    md.set('authorization', `Bearer ${jwt({ sub: 'daemon', exp: NOW - 60 })}`);
+    expect(authProblem(SECRET, md, NOW)).toBe('invalid token: expired');
+    expect(authProblem(SECRET, md, NOW, false)).toBeUndefined();
+    expect(callerOf(SECRET)({ metadata: md })).toBe('daemon');
   });
 });

@@ -30,7 +30,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
   function info(r: ReservationWithNode) {
     return {
       reservation_id: r.id,
-      user_id: r.owner || r.userWallet,
+      user_id: r.userWallet,
       user_wallet: r.userWallet,
       node_id: r.nodeId,
       node_wallet: r.nodeWallet,
