@@ -231,7 +231,6 @@ export async function releaseClaims(db: Db, jobId: string): Promise<string[]> {
   return result.rows.map((r) => r.node_id);
 }
 
-
 /**
  * Where a waiting job stands: how many waiting jobs are ahead of it (priority, then age), whatever nodes they
  * need; whether one of them holds this job back depends on the node (see claim_node).

@@ -98,7 +98,6 @@ export function rejectionReason(c: Candidate, m: MatchCriteria): string | undefi
   return undefined;
 }
 
-
 export interface Ranking {
   /** The best eligible nodes, best first (at most `top`). */
   ranked: Ranked[];

@@ -23,7 +23,6 @@ export interface NodeServiceDeps {
   log: { warn(obj: object, msg: string): void };
 }
 
-
 export interface ProgressReport {
   nodeId: string;
   jobId: string;
