@@ -236,12 +236,15 @@ export async function releaseClaims(db: Db, jobId: string): Promise<string[]> {
  * need; whether one of them holds this job back depends on the node (see claim_node).
  */
 export async function queuePosition(db: Db, jobId: string): Promise<number> {
-  const result = await db.execute<{ ahead: number }>(sql`
-    select count(*)::int as ahead from jobs q, jobs me
-     where me.id = ${jobId} and q.id <> me.id and job_is_waiting(q)
-       and (q.priority_rank, q.created_at, q.id) < (me.priority_rank, me.created_at, me.id)`);
+  const result = await db.execute<{ ahead: number }>(waitingAhead(jobId));
   return result.rows[0]?.ahead ?? 0;
 }
+
+/** The count of waiting jobs ahead of the job, as `ahead`. */
+const waitingAhead = (jobId: string) => sql`
+  select count(*)::int as ahead from jobs q, jobs me
+   where me.id = ${jobId} and q.id <> me.id and job_is_waiting(q)
+     and (q.priority_rank, q.created_at, q.id) < (me.priority_rank, me.created_at, me.id)`;
 
 /**
  * Records that a match found no node for the job (it waits from now, unless it already did: a job whose
@@ -249,9 +252,6 @@ export async function queuePosition(db: Db, jobId: string): Promise<number> {
  */
 export async function markWaiting(db: Db, jobId: string): Promise<number> {
   const result = await db.execute<{ ahead: number }>(sql`
-    with mark as (update jobs set waiting_since = coalesce(waiting_since, now()) where id = ${jobId})
-    select count(*)::int as ahead from jobs q, jobs me
-     where me.id = ${jobId} and q.id <> me.id and job_is_waiting(q)
-       and (q.priority_rank, q.created_at, q.id) < (me.priority_rank, me.created_at, me.id)`);
+    with mark as (update jobs set waiting_since = coalesce(waiting_since, now()) where id = ${jobId}) ${waitingAhead(jobId)}`);
   return result.rows[0]?.ahead ?? 0;
 }

@@ -67,11 +67,12 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   /**
    * Records a heartbeat. A node id the server does not know gets a minimal record instead of a failure:
    * shipping nodes never re-register by themselves.
+   * @param owner who sent it (auth on), asked only when a record is created: not on the hot path.
    * @returns the jobs the node must stop.
    */
-  async function beat(nodeId: string, status?: { ramAvailable?: number; ramTotal?: number }, caller?: string): Promise<string[]> {
+  async function beat(nodeId: string, status?: { ramAvailable?: number; ramTotal?: number }, owner?: () => string | undefined): Promise<string[]> {
     if (!known.has(nodeId)) {
-      if (await nodesRepo.ensureNode(db, nodeId, caller)) {
+      if (await nodesRepo.ensureNode(db, nodeId, owner?.())) {
         log.warn({ nodeId }, 'heartbeat from an unknown node: created a minimal record; it matches no job until it registers');
       }
       known.add(nodeId);

@@ -27,12 +27,9 @@ afterAll(async () => {
 
 const sys = useSystem({ name: 'reservation-release-slow', env });
 const rig = reservationRig(sys);
-const { nodes } = rig;
 
 test('a release answered before its transactions confirm: the decided amounts at once, the signatures when asked again', async () => {
-  const node = await nodes.start({ name: 'slow-release-node' });
-  const user = await rig.chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
-  const wallet = user.publicKey.toBase58();
+  const { node, wallet } = await rig.nodeAndUser('slow-release-node');
   const { escrow } = await rig.expectedEscrow(node.nodeId, 30);
 
   const reserved = await rig.reserve(node.nodeId, wallet, 30);
@@ -54,38 +51,26 @@ test('a release answered before its transactions confirm: the decided amounts at
 });
 
 test('ReserveNode answers within the caller\'s deadline on a slow chain: the reservation is withdrawn in time, not left running', async () => {
-  const node = await nodes.start({ name: 'slow-escrow-deadline-node' });
-  const user = await rig.chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
-  const wallet = user.publicKey.toBase58();
+  const { node, wallet } = await rig.nodeAndUser('slow-escrow-deadline-node');
   slowSends = true; // the escrow's transaction takes 4 s, the system would wait RESERVATION_ESCROW_WAIT_MS (25 s)
   try {
     const started = Date.now();
-    const reply = await rig.engine.call(
-      'ReserveNode',
-      { node_id: node.nodeId, user_wallet: wallet, duration_minutes: 30, job_config: { model_definition: '{}', dataset_uri: 'remote://engine' } },
-      { deadlineMs: 7000 },
-    );
+    const reply = await rig.reserve(node.nodeId, wallet, 30, 7000);
     // Before the 7 s deadline, with time left for a withdrawal: not DEADLINE_EXCEEDED while the term goes on.
     expect(Date.now() - started).toBeLessThan(7000);
     expect(reply).toMatchObject({ status: S.ERROR, error: { code: 503, message: expect.stringContaining('withdrawn') } });
     const [row] = (await rig.engine.call('ListReservations', { user_id: wallet, page_size: 10 })).reservations;
     await eventually('the withdrawn reservation to end', async () => (await rig.engine.call('GetReservation', { reservation_id: row.reservation_id })).reservation.status === R_CANCELLED, 30_000);
-    expect((await sys().query<{ reserved_by: string | null }>('select reserved_by from nodes where id = $1', [node.nodeId]))[0].reserved_by).toBeNull();
+    expect(await rig.reservedBy(node.nodeId)).toBeNull();
   } finally {
     slowSends = false;
   }
 });
 
 test('ReserveNode with a deadline too short to escrow in is refused before anything is held or escrowed', async () => {
-  const node = await nodes.start({ name: 'short-deadline-node' });
-  const user = await rig.chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
-  const wallet = user.publicKey.toBase58();
-  const reply = await rig.engine.call(
-    'ReserveNode',
-    { node_id: node.nodeId, user_wallet: wallet, duration_minutes: 30, job_config: { model_definition: '{}', dataset_uri: 'remote://engine' } },
-    { deadlineMs: 4000 },
-  );
+  const { node, wallet } = await rig.nodeAndUser('short-deadline-node');
+  const reply = await rig.reserve(node.nodeId, wallet, 30, 4000);
   expect(reply).toMatchObject({ status: S.ERROR, error: { code: 503, message: expect.stringContaining('deadline leaves no time to escrow') } });
   expect(await sys().query('select id from reservations where node_id = $1', [node.nodeId])).toEqual([]);
-  expect((await sys().query<{ reserved_by: string | null }>('select reserved_by from nodes where id = $1', [node.nodeId]))[0].reserved_by).toBeNull();
+  expect(await rig.reservedBy(node.nodeId)).toBeNull();
 });

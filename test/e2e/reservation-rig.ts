@@ -1,3 +1,4 @@
+import type { Keypair } from '@solana/web3.js';
 import { reservationCost, unitsPerHour } from '../../src/domain/reservation';
 import { protocolClient } from '../support/grpc-clients';
 import type { RunningSystem } from '../support/system';
@@ -14,8 +15,12 @@ export interface ReservationRig {
   discovery: ProtocolClient;
   chain: TestChain;
   nodes: ReturnType<typeof nodePool>;
-  /** ReserveNode as the shipping Engine sends it (30 s deadline). */
-  reserve(nodeId: string, wallet: string, minutes: number): Promise<any>;
+  /** ReserveNode as the shipping Engine sends it (its deadline 30 s unless given). */
+  reserve(nodeId: string, wallet: string, minutes: number, deadlineMs?: number): Promise<any>;
+  /** The reservation holding the node (`nodes.reserved_by`), null when it is free. */
+  reservedBy(nodeId: string): Promise<string | null>;
+  /** A started node of the pool and a funded user who approved the escrow authority (1,000 CYXWIZ). */
+  nodeAndUser(nodeName: string): Promise<{ node: Awaited<ReturnType<ReturnType<typeof nodePool>['start']>>; user: Keypair; wallet: string }>;
   /** The escrow a reservation of `minutes` on the node must hold, from its advertised price (GetNodeInfo). */
   expectedEscrow(nodeId: string, minutes: number): Promise<{ perHour: bigint; escrow: bigint }>;
 }
@@ -33,12 +38,19 @@ export function reservationRig(sys: () => RunningSystem): ReservationRig {
     rig.discovery?.close();
     await rig.nodes.stopAll();
   });
-  rig.reserve = (nodeId, wallet, minutes) =>
+  rig.reserve = (nodeId, wallet, minutes, deadlineMs = 30_000) =>
     rig.engine.call(
       'ReserveNode',
       { node_id: nodeId, user_wallet: wallet, duration_minutes: minutes, job_config: { model_definition: '{}', dataset_uri: 'remote://engine' } },
-      { deadlineMs: 30_000 },
+      { deadlineMs },
     );
+  rig.reservedBy = async (nodeId) =>
+    (await sys().query<{ reserved_by: string | null }>('select reserved_by from nodes where id = $1', [nodeId]))[0].reserved_by;
+  rig.nodeAndUser = async (nodeName) => {
+    const node = await rig.nodes.start({ name: nodeName });
+    const user = await rig.chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
+    return { node, user, wallet: user.publicKey.toBase58() };
+  };
   rig.expectedEscrow = async (nodeId, minutes) => {
     const info = await rig.discovery.call('GetNodeInfo', { node_id: nodeId });
     const perHour = unitsPerHour(info.info.pricing.price_per_hour, DECIMALS);

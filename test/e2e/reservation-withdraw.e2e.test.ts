@@ -12,12 +12,9 @@ const R_CANCELLED = 6;
 
 const sys = useSystem({ name: 'reservation-withdraw', env: { RESERVATION_ESCROW_WAIT_MS: 1 } });
 const rig = reservationRig(sys);
-const { nodes } = rig;
 
 test('an escrow not confirmed in time: 503, the reservation withdrawn, the node free again, the escrow refunded whole', async () => {
-  const node = await nodes.start({ name: 'slow-escrow-node' });
-  const user = await rig.chain.approvingWallet(1_000n * 10n ** 9n, 1_000n * 10n ** 9n);
-  const wallet = user.publicKey.toBase58();
+  const { node, user, wallet } = await rig.nodeAndUser('slow-escrow-node');
   const { escrow } = await rig.expectedEscrow(node.nodeId, 60);
   const before = await rig.chain.accountBalance(rig.chain.ata(user.publicKey));
 
@@ -28,7 +25,7 @@ test('an escrow not confirmed in time: 503, the reservation withdrawn, the node 
   expect(await rig.engine.call('GetActiveReservations', { user_wallet: wallet })).toMatchObject({ status: S.SUCCESS, reservations: [] });
   const [row] = (await rig.engine.call('ListReservations', { user_id: wallet, page_size: 10 })).reservations;
   const id: string = row.reservation_id;
-  expect((await sys().query<{ reserved_by: string | null }>('select reserved_by from nodes where id = $1', [node.nodeId]))[0].reserved_by).toBeNull();
+  expect(await rig.reservedBy(node.nodeId)).toBeNull();
 
   // The escrow went ahead on chain regardless, and comes back whole: the user ends where they started.
   const ended = await eventually('the withdrawn reservation to be settled', async () => {

@@ -77,7 +77,7 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const nodeId = requireId(req.node_id, 'node_id');
       const s = req.current_status;
       const ram = s && { ramAvailable: int64(s.ram_available, 'current_status.ram_available'), ramTotal: int64(s.ram_total, 'current_status.ram_total') };
-      const jobsToCancel = await nodes.heartbeat(nodeId, ram || undefined, caller(call));
+      const jobsToCancel = await nodes.heartbeat(nodeId, ram || undefined, () => caller(call));
       return { status: StatusCode.SUCCESS, keep_alive: true, jobs_to_cancel: jobsToCancel };
     },
     // keep_alive stays true: a shipping node treats false as a failed heartbeat and drops its pending jobs.
