@@ -142,6 +142,10 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     let last = '';
     let ended = false;
     let reading = Promise.resolve();
+    /** A read is queued and not yet begun: the notifications meanwhile are answered by it. */
+    let readQueued = false;
+    /** The latest event's log line, re-read only when the job's event sequence moves (not on progress). */
+    let logged = { seq: -1, line: '' };
     const end = (unsubscribe?: () => void) => {
       if (ended) return;
       ended = true;
@@ -157,7 +161,10 @@ export function createJobHandlers(deps: JobHandlerDeps) {
       return end();
     }
     const push = () => {
+      if (readQueued) return;
+      readQueued = true;
       reading = reading.then(async () => {
+        readQueued = false;
         if (ended) return;
         try {
           const job = await jobs.get(jobId);
@@ -165,8 +172,11 @@ export function createJobHandlers(deps: JobHandlerDeps) {
           const key = JSON.stringify([status.status, status.progress, status.current_node_id, status.current_epoch, status.metrics, job.eventSeq]);
           if (key !== last) {
             last = key;
-            const latest = await jobs.lastEvent(jobId);
-            call.write({ job_id: jobId, status, live_metrics: job.metrics, log_message: latest ? `${latest.toStatus}: ${latest.reason}` : '' });
+            if (logged.seq !== job.eventSeq) {
+              const latest = await jobs.lastEvent(jobId);
+              logged = { seq: job.eventSeq, line: latest ? `${latest.toStatus}: ${latest.reason}` : '' };
+            }
+            call.write({ job_id: jobId, status, live_metrics: job.metrics, log_message: logged.line });
           }
           if (isTerminal(job.status)) end(unsubscribe);
         } catch (err) {
