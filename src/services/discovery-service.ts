@@ -44,6 +44,50 @@ export interface DiscoveryServiceDeps {
   db: Db;
   /** A node is online while its last heartbeat is younger than this (config.nodes.offlineAfterMs). */
   offlineAfterMs: number;
+  /** Discovery answers whose scan took at least this long are reused (default SLOW_SCAN_MS)… */
+  slowScanMs?: number;
+  /** …for this long (default REUSE_MS). */
+  reuseMs?: number;
+}
+
+/**
+ * ListNodes' counts (total_count, online and the network's price and compute) and FindNodes' matches take a
+ * scan of every node: a few ms on a small network, tens of ms at 20k nodes and more at 100k. When a scan took
+ * at least SLOW_SCAN_MS, its answer is reused for REUSE_MS by identical requests (the next pages' counts of
+ * the same listing, other Engines browsing the same way), and identical requests meanwhile share one scan.
+ * A small network is always scanned afresh. ListNodes' pages themselves are always read afresh.
+ */
+export const SLOW_SCAN_MS = 25;
+export const REUSE_MS = 1000;
+/** Distinct requests whose answers are kept (the oldest goes first). */
+const KEPT_ANSWERS = 256;
+
+interface KeptAnswer<T> {
+  startedAt: number;
+  /** How long the scan took, once it is done. */
+  scanMs?: number;
+  /** How long the scan before it took (0 if none). */
+  previousScanMs: number;
+  answer: Promise<T>;
+}
+
+/** Answers by request key, reused within `reuseMs` when their scan took at least `slowMs` (see SLOW_SCAN_MS). */
+function reuseSlowAnswers<T>(slowMs: number, reuseMs: number) {
+  const byKey = new Map<string, KeptAnswer<T>>();
+  return (key: string, now: number, scan: () => Promise<T>): Promise<T> => {
+    const kept = byKey.get(key);
+    // A scan still on its way counts as slow when the one before it was.
+    if (kept && now - kept.startedAt < reuseMs && (kept.scanMs ?? kept.previousScanMs) >= slowMs) return kept.answer;
+    const entry: KeptAnswer<T> = { startedAt: now, previousScanMs: kept?.scanMs ?? kept?.previousScanMs ?? 0, answer: scan() };
+    entry.answer.then(
+      () => (entry.scanMs = Date.now() - now),
+      () => byKey.get(key) === entry && byKey.delete(key),
+    );
+    byKey.delete(key); // re-inserted last: the map's order is the order of the scans
+    if (byKey.size >= KEPT_ANSWERS) byKey.delete(byKey.keys().next().value!);
+    byKey.set(key, entry);
+    return entry.answer;
+  };
 }
 
 export const DEFAULT_PAGE_SIZE = 50;
@@ -145,6 +189,10 @@ const deviceFilter = (d: DeviceType) => (d === 'UNKNOWN' ? undefined : d);
 /** NodeDiscoveryService use-cases: what Engines browse before they reserve a node or submit a job. */
 export function createDiscoveryService(deps: DiscoveryServiceDeps) {
   const { db } = deps;
+  const slowMs = deps.slowScanMs ?? SLOW_SCAN_MS;
+  const reuseMs = deps.reuseMs ?? REUSE_MS;
+  const listStats = reuseSlowAnswers<discoveryRepo.ListStats>(slowMs, reuseMs);
+  const findMatches = reuseSlowAnswers<Awaited<ReturnType<typeof discoveryRepo.findMatches>>>(slowMs, reuseMs);
 
   function liveness(): Liveness {
     const now = Date.now();
@@ -177,7 +225,7 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
     const [rows, stats] = await Promise.all([
       // One row more than the page tells whether another page follows.
       discoveryRepo.discoverNodes(db, { filter, sort, after, limit: limit + 1, live }),
-      discoveryRepo.listStats(db, filter, live),
+      listStats(JSON.stringify(filter), live.now.getTime(), () => discoveryRepo.listStats(db, filter, live)),
     ]);
     const page = rows.slice(0, limit);
     const nextPageToken =
@@ -208,7 +256,8 @@ export function createDiscoveryService(deps: DiscoveryServiceDeps) {
     const limit = Math.min(q.maxResults || DEFAULT_MAX_RESULTS, MAX_RESULTS);
     const live = liveness();
     const preferredRegion = q.preferredRegion.trim() ? lower(q.preferredRegion) : undefined;
-    const found = await discoveryRepo.findMatches(db, { filter, sort: { key: q.sort, reversed: false, preferredRegion }, limit, live });
+    const query = { filter, sort: { key: q.sort, reversed: false, preferredRegion }, limit };
+    const found = await findMatches(JSON.stringify(query), live.now.getTime(), () => discoveryRepo.findMatches(db, { ...query, live }));
     return {
       nodes: found.nodes.map((n) => withStats(n, live)),
       totalMatching: found.total,

@@ -197,7 +197,9 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
 
   beforeAll(async () => {
     database = await freshDatabase();
-    const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: OFFLINE_AFTER_MS });
+    // Every answer read afresh (these tests change the network between requests, and time the scans at 20k
+    // nodes); reuse has its own test.
+    const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: OFFLINE_AFTER_MS, slowScanMs: Infinity });
     server = new grpc.Server();
     server.addService(
       loadProtocol().NodeDiscoveryService.service,
@@ -783,6 +785,32 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
       expect(res.nodes).toHaveLength(500);
       expect(res.total_matching).toBe(expected.length);
       expect((await find()).nodes).toHaveLength(50);
+    });
+
+    it('answers whose scan was slow are reused briefly by identical requests: ListNodes counts (not its pages) and FindNodes', async () => {
+      // Every scan counts as slow here, and counts are reused for a minute.
+      const cached = createDiscoveryService({ db: database.db, offlineAfterMs: OFFLINE_AFTER_MS, slowScanMs: 0, reuseMs: 60_000 });
+      const fresh = createDiscoveryService({ db: database.db, offlineAfterMs: OFFLINE_AFTER_MS });
+      const query = { pageToken: '', onlineOnly: false, device: 'UNKNOWN' as const, region: '', sort: 'price' as const, descending: false };
+      const before = await cached.list(query);
+      expect(before.total).toBe(N);
+      const findQuery = { device: 'UNKNOWN' as const, preferredRegion: '', allowedRegions: [], blockedRegions: [], requireFreeTier: false, sort: 'reputation' as const };
+      const found = await cached.find(findQuery);
+      const extra: Seed = { id: 'p-zz-new', devices: [device('CUDA', 8 * GiB)], cpuCores: 4, ramGiB: 16, region: 'eu-west', reputation: 1, capacity: 1, status: 'online', heartbeatAgoS: 0, bannedUntil: null };
+      await database.db.insert(nodes).values(nodeRow(extra, Date.now()));
+      try {
+        const again = await cached.list({ ...query, sort: 'reputation' }); // same filter, another order
+        expect(again.total).toBe(N);
+        expect(again.online).toBe(before.online);
+        expect(again.nodes[0].id).toBe('p-zz-new'); // the page itself is read afresh (the best reputation)
+        expect((await cached.list({ ...query, region: 'eu-west' })).total).toBe(rows.filter((r) => r.region === 'eu-west').length + 1);
+        expect((await fresh.list(query)).total).toBe(N + 1);
+        expect((await cached.find(findQuery)).totalMatching).toBe(found.totalMatching);
+        expect((await cached.find({ ...findQuery, maxResults: 10 })).nodes[0].id).toBe('p-zz-new');
+        expect((await fresh.find(findQuery)).totalMatching).toBe(found.totalMatching + 1);
+      } finally {
+        await database.db.delete(nodes).where(eq(nodes.id, 'p-zz-new'));
+      }
     });
   });
 
