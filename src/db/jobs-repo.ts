@@ -156,6 +156,9 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
   return result.rows.length > 0;
 }
 
+/** Metric names a job keeps from its node's reports (one report carries at most 100). */
+export const JOB_METRICS_KEPT = 200;
+
 export interface ProgressUpdate {
   progress?: number;
   epoch?: number;
@@ -176,7 +179,13 @@ export async function updateProgress(
   const sets = [sql`updated_at = ${new Date()}`];
   if (p.progress !== undefined) sets.push(sql`progress = ${p.progress}`);
   if (p.epoch !== undefined) sets.push(sql`current_epoch = ${p.epoch}`);
-  if (p.metrics !== undefined) sets.push(sql`metrics = metrics || ${JSON.stringify(p.metrics)}::jsonb`);
+  if (p.metrics !== undefined) {
+    // Reports merge into the job's metrics, up to JOB_METRICS_KEPT names: past that the latest report's replace
+    // them, so a node inventing names at every report cannot grow the replies that carry them without end.
+    const reported = JSON.stringify(p.metrics);
+    sets.push(sql`metrics = case when (select count(*) from jsonb_object_keys(metrics || ${reported}::jsonb)) <= ${JOB_METRICS_KEPT}
+                                 then metrics || ${reported}::jsonb else ${reported}::jsonb end`);
+  }
   // The update and its notification in one statement (one round trip per report).
   const result = await db.execute<{ id: string; attempts: number; assigned_at: string | Date | null }>(sql`
     with u as (

@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, inArray, lt, or, sql } from 'drizzle-orm';
+import { and, desc, eq, gt, inArray, isNull, lt, or, sql } from 'drizzle-orm';
 import { ConflictError, NotFoundError } from '../domain/errors';
 import { HOLDING_STATUSES } from '../domain/reservation';
 import type { Db, DbOrTx } from './client';
@@ -262,6 +262,8 @@ export async function engineHeartbeat(
   db: DbOrTx,
   id: string,
   hb: { at: Date; trainingActive: boolean; progress: number; metrics: Record<string, number>; jobId: string },
+  /** With auth on, the caller: a reservation another user owns is left untouched (see requireOwner). */
+  caller?: string,
 ): Promise<ReservationRow | undefined> {
   const [row] = await db
     .update(reservations)
@@ -273,7 +275,13 @@ export async function engineHeartbeat(
       ...(hb.jobId && { currentJobId: hb.jobId }),
       updatedAt: hb.at,
     })
-    .where(and(eq(reservations.id, id), inArray(reservations.status, HOLDING_STATUSES)))
+    .where(
+      and(
+        eq(reservations.id, id),
+        inArray(reservations.status, HOLDING_STATUSES),
+        caller === undefined ? undefined : or(isNull(reservations.owner), eq(reservations.owner, caller)),
+      ),
+    )
     .returning();
   return row;
 }

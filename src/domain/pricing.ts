@@ -69,7 +69,8 @@ export const DEFAULT_MINUTES_PER_EPOCH = 5;
  *   seconds = minutes_per_epoch(model) × max(dataset_size / 10,000, 0.1) × max(epochs, 1) × 60
  */
 export function estimateTrainingSeconds(modelType: string, datasetSize: number, epochs: number) {
-  const minutesPerEpoch = MINUTES_PER_EPOCH[modelType] ?? DEFAULT_MINUTES_PER_EPOCH;
+  // Own keys only: a model named "constructor" or "__proto__" is an unknown model, not Object's.
+  const minutesPerEpoch = Object.hasOwn(MINUTES_PER_EPOCH, modelType) ? MINUTES_PER_EPOCH[modelType] : DEFAULT_MINUTES_PER_EPOCH;
   const datasetFactor = Math.max(datasetSize / 10_000, 0.1);
   const epochCount = Math.max(epochs, 1);
   return { seconds: Math.ceil(minutesPerEpoch * datasetFactor * epochCount * 60), minutesPerEpoch, datasetFactor, epochs: epochCount };

@@ -15,6 +15,7 @@ import { settlementFor } from './chain-setup';
 import { reconcileLedgerWorkflow } from '../workflows/reconcile-workflow';
 import { installTemporalRuntime } from './temporal-runtime';
 import { openDatabase } from '../db/client';
+import { RECONCILE_WORKFLOW_ID } from '../domain/ids';
 import * as jobsRepo from '../db/jobs-repo';
 import { createNodeCache } from '../db/node-cache';
 import { createJobWorkflowGateway } from '../services/job-workflows';
@@ -132,7 +133,7 @@ async function ensureReconcileSchedule(client: TemporalClient, config: Config): 
       action: {
         type: 'startWorkflow',
         workflowType: reconcileLedgerWorkflow,
-        workflowId: 'reconcile-ledger',
+        workflowId: RECONCILE_WORKFLOW_ID,
         taskQueue: config.temporal.taskQueue,
       },
       policies: { overlap: ScheduleOverlapPolicy.SKIP },

@@ -33,6 +33,9 @@ export function createCostEstimator(deps: { discovery: Pick<DiscoveryService, 'f
   async function estimate(req: CostEstimateRequest): Promise<CostEstimate> {
     if (!Number.isInteger(req.epochs) || req.epochs < 0) throw new ValidationError('epochs', `must be a non-negative integer, got ${req.epochs}`);
     if (!Number.isFinite(req.datasetSize) || req.datasetSize < 0) throw new ValidationError('dataset_size', `must not be negative, got ${req.datasetSize}`);
+    if ((req.modelType ?? '').length > 256 || /[\u0000-\u001f\u007f]/.test(req.modelType ?? '')) {
+      throw new ValidationError('model_type', 'must be at most 256 printable characters');
+    }
     const tierName = (req.nodeTier ?? '').trim().toLowerCase() || 'basic';
     if (!Object.hasOwn(NODE_TIERS, tierName)) {
       throw new ValidationError('node_tier', `must be one of ${Object.keys(NODE_TIERS).join(', ')} (empty is basic), got "${req.nodeTier}"`);

@@ -3,6 +3,7 @@ import {
   ActivityNotFoundError,
   ApplicationFailure,
   isGrpcServiceError,
+  ServiceError,
   WorkflowExecutionAlreadyStartedError,
   WorkflowIdConflictPolicy,
   WorkflowIdReusePolicy,
@@ -182,7 +183,9 @@ function translate(err: unknown): Error {
     return new ConflictError(cause?.message ?? err.message);
   }
   if (err instanceof WorkflowNotFoundError) return new ConflictError(`the job's workflow is not running: ${err.message}`);
-  if (isGrpcServiceError(err) && err.code === GRPC_INVALID_ARGUMENT) return new ValidationError('config', err.details || err.message);
+  // Temporal refused the start itself (a payload over its size limit, say): the client wraps the gRPC error.
+  const grpcError = isGrpcServiceError(err) ? err : err instanceof ServiceError && isGrpcServiceError(err.cause) ? err.cause : undefined;
+  if (grpcError?.code === GRPC_INVALID_ARGUMENT) return new ValidationError('config', grpcError.details || grpcError.message);
   return temporalUnavailable(err) ?? (err as Error);
 }
 

@@ -2,9 +2,11 @@ import { createHash } from 'node:crypto';
 import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
+import * as reservationsRepo from '../db/reservations-repo';
 import { eq } from 'drizzle-orm';
 import { jobEvents, jobs } from '../db/schema';
 import { ConflictError, NotFoundError, requireOwner, UnavailableError, ValidationError } from '../domain/errors';
+import { isReservedId, isUuid } from '../domain/ids';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
 import type { JobWorkflowGateway } from './job-workflows';
 import { signP2PToken } from './p2p-token';
@@ -52,6 +54,12 @@ export function createJobService(deps: JobServiceDeps) {
    * @throws ConflictError, UnavailableError (Temporal down: the job stays recorded and starts on retry).
    */
   async function submit(spec: JobSpec, caller?: string): Promise<{ jobId: string; created: boolean }> {
+    if (isReservedId(spec.jobId)) throw new ValidationError('config.job_id', `${spec.jobId} is reserved for the server's own workflows`);
+    // A reservation's workflow and ledger entries go by its id: a job taking that id would be neither
+    // started nor funded as its own.
+    if (isUuid(spec.jobId) && (await reservationsRepo.getReservation(db, spec.jobId))) {
+      throw new ConflictError(`config.job_id ${spec.jobId} is the id of a reservation`);
+    }
     const hash = configHash(spec);
     // The payer's escrow transaction is checked for a new job only (one round trip saved for the others).
     if (spec.escrowTxHash && !(await jobsRepo.getJob(db, spec.jobId))) {
@@ -89,12 +97,14 @@ export function createJobService(deps: JobServiceDeps) {
   }
 
   /**
-   * The job and, while a node holds it, how the Engine reaches that node with a fresh P2P token.
+   * The job and, while a node holds it, how the Engine reaches that node with a fresh P2P token: for its owner
+   * only (with auth on; others see the status, as ListJobs shows it, without the way in).
    * @throws NotFoundError
    */
-  async function status(jobId: string): Promise<JobStatusView> {
+  async function status(jobId: string, caller?: string): Promise<JobStatusView> {
     const job = await get(jobId);
-    if (!job.assignedNodeId || (job.status !== 'assigned' && job.status !== 'running')) {
+    const othersJob = caller !== undefined && !!job.owner && job.owner !== caller;
+    if (othersJob || !job.assignedNodeId || (job.status !== 'assigned' && job.status !== 'running')) {
       return { job, assignment: null };
     }
     const node = await nodesRepo.getNode(db, job.assignedNodeId);

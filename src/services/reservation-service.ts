@@ -150,11 +150,22 @@ export function createReservationService(deps: ReservationServiceDeps) {
     durationMinutes: number;
     jobConfig: Record<string, unknown>;
     caller?: string;
+    /** The signed-in user's wallet (the token's wallet_address claim; '' when it has none), with auth on. */
+    callerWallet?: string;
     /** When the caller stops waiting (epoch ms; the gRPC deadline): the answer must come before it. */
     deadline?: number;
   }): Promise<Reserved> {
     if (!req.nodeId) throw new ValidationError('node_id', 'is required');
     const wallet = walletAddress(req.userWallet, 'user_wallet').toBase58();
+    // The term is paid from this wallet (through the allowance it gave the escrow authority): with auth on, only
+    // its own user may spend it.
+    if (req.caller !== undefined && req.callerWallet !== wallet && req.caller !== wallet) {
+      throw new ForbiddenError(
+        req.callerWallet
+          ? `user_wallet ${wallet} is not the signed-in user's wallet (${req.callerWallet})`
+          : `user_wallet ${wallet} cannot be tied to the signed-in user: the token carries no wallet_address claim`,
+      );
+    }
     if (!Number.isInteger(req.durationMinutes) || req.durationMinutes < MIN_MINUTES || req.durationMinutes > MAX_MINUTES) {
       throw new ValidationError('duration_minutes', `must be from ${MIN_MINUTES} to ${MAX_MINUTES} minutes, got ${req.durationMinutes}`);
     }
@@ -283,16 +294,23 @@ export function createReservationService(deps: ReservationServiceDeps) {
   }
 
   /** EngineHeartbeat: the Engine is connected; @returns the time left, or GoneError once the reservation is over. */
-  async function engineHeartbeat(req: { reservationId: string; jobId: string; trainingActive: boolean; progress: number; metrics: Record<string, number> }) {
+  async function engineHeartbeat(req: {
+    reservationId: string;
+    jobId: string;
+    trainingActive: boolean;
+    progress: number;
+    metrics: Record<string, number>;
+    caller?: string;
+  }) {
     if (!req.reservationId) throw new ValidationError('reservation_id', 'is required');
-    const row = await repo.engineHeartbeat(db, req.reservationId, {
-      at: new Date(now()),
-      trainingActive: req.trainingActive,
-      progress: progressFraction(req.progress),
-      metrics: finiteMetrics(req.metrics),
-      jobId: req.jobId,
-    });
+    const row = await repo.engineHeartbeat(
+      db,
+      req.reservationId,
+      { at: new Date(now()), trainingActive: req.trainingActive, progress: progressFraction(req.progress), metrics: finiteMetrics(req.metrics), jobId: req.jobId },
+      req.caller,
+    );
     const r = row ?? (await find(req.reservationId));
+    if (!row) requireOwner(r.owner, req.caller, `reservation ${r.id}`);
     if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
     const shouldExtend = r.trainingActive && r.endAt.getTime() - now() < EXTEND_HINT_MINUTES * deps.options.minuteMs;
     return { timeRemainingS: remainingS(r), shouldExtend };

@@ -120,3 +120,62 @@ test('a user acts only on what is theirs: another user cannot take over their no
   expect(await jobs.call('SubmitJob', { config: unfittable({ job_id: 'job-auth-owned' }) }, { metadata: as('someone-else') })).toMatchObject({ error: { code: 403 } });
   expect(await jobs.call('CancelJob', { job_id: 'job-auth-owned', reason: 'mine' }, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS });
 });
+
+test('a job\'s P2P token, a reservation\'s progress and a wallet\'s allowance are its own user\'s alone', async () => {
+  const as = (sub: string, claims: object = {}) => bearer(token({ sub, exp: nowS() + 3600, ...claims }));
+  // GetJobStatus: the status for anyone (ListJobs shows it too), the way in to the node for the owner only.
+  expect(await jobs.call('SubmitJob', { config: unfittable({ job_id: 'job-auth-token' }) }, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS });
+  await sys().query("update jobs set status = 'running', assigned_node_id = 'node_auth_owned' where id = $1", ['job-auth-token']);
+  const others = await jobs.call('GetJobStatus', { job_id: 'job-auth-token' }, { metadata: as('someone-else') });
+  expect(others.status).toMatchObject({ job_id: 'job-auth-token', status: S.IN_PROGRESS });
+  expect(others.node_assignment).toBeNull();
+  const owners = await jobs.call('GetJobStatus', { job_id: 'job-auth-token' }, { metadata: as('owner-1') });
+  expect(owners.node_assignment).toMatchObject({ node_id: 'node_auth_owned', auth_token: expect.any(String) });
+  expect(await jobs.call('CancelJob', { job_id: 'job-auth-token', reason: 'done' }, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS });
+
+  // EngineHeartbeat reports on the owner's reservation only; another user's changes nothing.
+  const reservations = protocolClient('JobReservationService', sys().grpcAddress);
+  const id = '7f0c2a4e-8d1b-4c3a-9e2f-5a6b7c8d9e0f';
+  await sys().query(
+    `insert into reservations (id, node_id, user_wallet, owner, status, duration_minutes, price_per_hour_units, escrow_units, start_at, end_at)
+     values ($1, 'node_auth_owned', 'So11111111111111111111111111111111111111112', 'owner-1', 'active', 60, 1000, 1000, now(), now() + interval '1 hour')`,
+    [id],
+  );
+  try {
+    const beat = { reservation_id: id, job_id: id, training_active: true, job_progress: 0.5, current_metrics: { loss: 0.3 } };
+    expect(await reservations.call('EngineHeartbeat', beat, { metadata: as('someone-else') })).toMatchObject({ error: { code: 403 } });
+    expect(await sys().query('select job_progress from reservations where id = $1', [id])).toEqual([{ job_progress: 0 }]);
+    expect(await reservations.call('EngineHeartbeat', beat, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS });
+    expect(await sys().query('select job_progress from reservations where id = $1', [id])).toEqual([{ job_progress: 0.5 }]);
+
+    // A job may not take a reservation's id (its workflow and ledger entries go by it) or the server's own ids.
+    expect(await jobs.call('SubmitJob', { config: unfittable({ job_id: id }) }, { metadata: as('owner-1') })).toMatchObject({
+      error: { code: 409, message: expect.stringContaining('is the id of a reservation') },
+    });
+    expect(await jobs.call('SubmitJob', { config: unfittable({ job_id: 'reconcile-ledger-2026' }) }, { metadata: as('owner-1') })).toMatchObject({
+      error: { code: 400, message: expect.stringContaining('config.job_id') },
+    });
+    expect(await sys().query('select id from jobs where id = any($1)', [[id, 'reconcile-ledger-2026']])).toEqual([]);
+  } finally {
+    await sys().query('delete from reservations where id = $1', [id]);
+  }
+
+  // ReserveNode spends user_wallet's allowance: only for the user whose token names that wallet.
+  const wallet = 'SysvarC1ock11111111111111111111111111111111';
+  const reserve = { node_id: 'node_auth_owned', user_wallet: wallet, duration_minutes: 60, job_config: null };
+  for (const [claims, message] of [
+    [{}, 'carries no wallet_address claim'],
+    [{ wallet_address: 'So11111111111111111111111111111111111111112' }, "is not the signed-in user's wallet"],
+  ] as const) {
+    expect(await reservations.call('ReserveNode', reserve, { metadata: as('someone-else', claims), deadlineMs: 30_000 })).toMatchObject({
+      error: { code: 403, message: expect.stringContaining(`user_wallet ${wallet}`) },
+    });
+    expect((await reservations.call('ReserveNode', reserve, { metadata: as('someone-else', claims), deadlineMs: 30_000 })).error.message).toContain(message);
+  }
+  expect(await sys().query('select id from reservations where user_wallet = $1', [wallet])).toEqual([]);
+  // The wallet's own user gets past that check (here to the next: this node is no such node).
+  expect(await reservations.call('ReserveNode', { ...reserve, node_id: 'node_auth_nowhere' }, { metadata: as('wallet-user', { wallet_address: wallet }), deadlineMs: 30_000 })).toMatchObject({
+    error: { code: 404 },
+  });
+  reservations.close();
+});

@@ -1,3 +1,4 @@
+import * as grpc from '@grpc/grpc-js';
 import { protocolClient } from '../support/grpc-clients';
 import type { SimNode } from '../support/sim-node';
 import { useSystem } from '../support/system';
@@ -75,6 +76,15 @@ const validationCases: Case[] = [
     () => submit(jobConfig({ model_definition: 'x'.repeat(3 * 2 ** 20) })),
     'config.model_definition',
   ],
+  // Under the model_definition limit, but twice as large once escaped as JSON: too large for a workflow's input.
+  ['SubmitJob with 1 MiB of quotes as model_definition', () => engine, 'SubmitJob', () => submit(jobConfig({ model_definition: '"'.repeat(2 ** 20) })), 'config'],
+  [
+    'SubmitJob with 300 hyperparameters',
+    () => engine,
+    'SubmitJob',
+    () => submit(jobConfig({ hyperparameters: Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`h${i}`, '1'])) })),
+    'config.hyperparameters',
+  ],
   ['SubmitJob with job_id "bad id!"', () => engine, 'SubmitJob', () => submit(jobConfig({ job_id: 'bad id!' })), 'config.job_id'],
   ['SubmitJob with job_id "../etc/passwd"', () => engine, 'SubmitJob', () => submit(jobConfig({ job_id: '../etc/passwd' })), 'config.job_id'],
   ['SubmitJob with a 129-character job_id', () => engine, 'SubmitJob', () => submit(jobConfig({ job_id: 'j'.repeat(129) })), 'config.job_id'],
@@ -119,6 +129,13 @@ const validationCases: Case[] = [
   ['Heartbeat with ram_available beyond int64', () => nodeApi, 'Heartbeat', () => ({ node_id: node.nodeId, current_status: { ram_available: '9223372036854775807' } }), 'current_status.ram_available'],
   ['RegisterNode with price_per_hour 1e200', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '127.0.0.1', port: 50052, pricing: { price_per_hour: 1e200 } } }), 'info.pricing.price_per_hour'],
   ['RegisterNode with a NUL in supported_formats', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '127.0.0.1', port: 50052, supported_formats: ['ONNX', 'x\u0000'] } }), 'info.supported_formats[1]'],
+  [
+    'RegisterNode with 65 devices (every NodeInfo the Engine browses carries them)',
+    () => nodeApi,
+    'RegisterNode',
+    () => ({ info: { ip_address: '127.0.0.1', port: 50052, devices: Array.from({ length: 65 }, () => ({ device_type: 2, memory_total: String(2 ** 30) })) } }),
+    'info.devices',
+  ],
   ['RegisterNode with port 65534 (AssignJob would go to 65537)', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '127.0.0.1', port: 65534 } }), 'info.port'],
   // A failure reason with a NUL could never be written: refused before it changes anything.
   ['ReportJobResult with a NUL in error_message', () => jobStatusApi, 'ReportJobResult', () => ({ node_id: node.nodeId, job_id: heldJobId, final_status: S.FAILED, error_message: 'x\u0000' }), 'error_message'],
@@ -155,6 +172,10 @@ describe('every RPC with bad input answers OK with STATUS_FAILED and Error{400} 
 });
 
 describe('lists and REST routes refuse bad parameters naming them', () => {
+  test('ListReservations with a NUL in user_id is INVALID_ARGUMENT naming user_id', async () => {
+    await expect(reservationApi.call('ListReservations', { user_id: 'w\u0000' })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/^user_id: /) });
+  });
+
   test('ListJobs with a page token it did not issue: an empty page, the reason in the response metadata', async () => {
     for (const token of ['!!!!', 'IA', 'not-a-token']) {
       const { response, metadata } = await engine.callWithMetadata('ListJobs', { page_size: 10, page_token: token });

@@ -294,6 +294,14 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await jobsRepo.getJob(database.db, 'waiting'))).toMatchObject({ status: 'assigned', attempts: 1, assignedNodeId: 'x', eventSeq: 1 });
     // Back to the queue: the lost node's progress, stored while its attempt was given up, no longer shows.
     await jobsRepo.updateProgress(database.db, 'waiting', 'x', { progress: 0.7, epoch: 7, metrics: { loss: 0.3 } });
+    // Reports merge their metrics up to JOB_METRICS_KEPT names; past that the latest report's replace them.
+    const names = (from: number) => Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`m${from + i}`, i]));
+    await jobsRepo.updateProgress(database.db, 'waiting', 'x', { metrics: names(0) });
+    expect(Object.keys((await jobsRepo.getJob(database.db, 'waiting'))!.metrics)).toHaveLength(101);
+    await jobsRepo.updateProgress(database.db, 'waiting', 'x', { metrics: names(100) });
+    // 101 + 100 names would be more than the 200 kept.
+    expect(jobsRepo.JOB_METRICS_KEPT).toBe(200);
+    expect((await jobsRepo.getJob(database.db, 'waiting'))!.metrics).toEqual(names(100));
     await jobsRepo.recordTransition(database.db, { ...t, seq: 2, from: 'assigned', to: 'queued', assignedNodeId: null });
     expect((await jobsRepo.getJob(database.db, 'waiting'))).toMatchObject({ status: 'queued', progress: 0, currentEpoch: 0, metrics: {} });
   });

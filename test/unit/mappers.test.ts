@@ -155,6 +155,9 @@ describe('metricsValue', () => {
     expect(metricsValue({ loss: NaN, accuracy: 0.5, lr: Infinity, step: -Infinity }, 'final_metrics')).toEqual({ accuracy: 0.5 });
     expect(metricsValue(undefined, 'metrics')).toEqual({});
     expect(fieldOf(() => metricsValue({ ['x'.repeat(300)]: 1 }, 'metrics'))).toBe('metrics');
+    // A report with more names than a job keeps still counts: the first 100 are kept.
+    const many = Object.fromEntries(Array.from({ length: 150 }, (_, i) => [`m${i}`, i]));
+    expect(Object.keys(metricsValue(many, 'metrics'))).toEqual(Array.from({ length: 100 }, (_, i) => `m${i}`));
   });
 });
 

@@ -213,6 +213,8 @@ describe('prices and cost', () => {
     expect(estimateTrainingSeconds('GPT-3', 50_000, 2).seconds).toBe(500 * 5 * 2 * 60);
     // unknown models take the default; tiny datasets count as a tenth; no epochs count as one
     expect(estimateTrainingSeconds('my-model', 10, 0)).toEqual({ seconds: 30, minutesPerEpoch: 5, datasetFactor: 0.1, epochs: 1 });
+    // Names of Object's own properties are unknown models too.
+    for (const name of ['constructor', '__proto__', 'toString']) expect(estimateTrainingSeconds(name, 10_000, 1).minutesPerEpoch).toBe(5);
     expect(listPricePerHour(NODE_TIERS.basic.reference)).toBeCloseTo(0.09);
     expect(listPricePerHour(NODE_TIERS.premium.reference)).toBeCloseTo(0.23);
     expect(listPricePerHour(NODE_TIERS.enterprise.reference)).toBeCloseTo(0.73);

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { verifyUserToken } from '../../services/user-token';
+import { verifyUserToken, type UserClaims } from '../../services/user-token';
 
 /**
  * Calls that need no user token: node discovery (the original left it open, the Engine browses before login),
@@ -58,12 +58,8 @@ export function bearerAuth(secret: string): grpc.ServerInterceptor {
 /** Who made a call: the verified token's `sub` ('' when it has none), undefined when auth is off or no token came. */
 export type CallerOf = (call: { metadata: grpc.Metadata }) => string | undefined;
 
-/**
- * The caller of a call as the services see it, to refuse acting on what another user owns (`requireOwner`).
- * Undefined when auth is off (the interceptor checks nothing, so a token proves nothing) or the call carried no
- * valid token (the open methods).
- */
-export function callerOf(secret: string | undefined): CallerOf {
+/** The claims of a call's valid token, or undefined (auth off, no token, or one that does not verify). */
+function claimsOf(secret: string | undefined): (call: { metadata: grpc.Metadata }) => UserClaims | undefined {
   if (!secret) return () => undefined;
   return ({ metadata }) => {
     const header = metadata.get('authorization')[0];
@@ -71,10 +67,36 @@ export function callerOf(secret: string | undefined): CallerOf {
     if (!match) return undefined;
     try {
       // The interceptor has held the token to its expiry where it applies (not on node calls).
-      const { sub } = verifyUserToken(secret, match[1], undefined, false);
-      return typeof sub === 'string' ? sub : '';
+      return verifyUserToken(secret, match[1], undefined, false);
     } catch {
       return undefined;
     }
+  };
+}
+
+/**
+ * The caller of a call as the services see it, to refuse acting on what another user owns (`requireOwner`).
+ * Undefined when auth is off (the interceptor checks nothing, so a token proves nothing) or the call carried no
+ * valid token (the open methods).
+ */
+export function callerOf(secret: string | undefined): CallerOf {
+  const claims = claimsOf(secret);
+  return (call) => {
+    const c = claims(call);
+    if (!c) return undefined;
+    return typeof c.sub === 'string' ? c.sub : '';
+  };
+}
+
+/**
+ * The signed-in user's wallet: the token's `wallet_address` claim (the website's login puts it there; the
+ * original server also read it), '' when the token has none, undefined as for callerOf.
+ */
+export function callerWalletOf(secret: string | undefined): CallerOf {
+  const claims = claimsOf(secret);
+  return (call) => {
+    const c = claims(call);
+    if (!c) return undefined;
+    return typeof c.wallet_address === 'string' ? c.wallet_address.trim() : '';
   };
 }

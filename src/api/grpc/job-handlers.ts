@@ -58,8 +58,8 @@ export function createJobHandlers(deps: JobHandlerDeps) {
   const GetJobStatus = unary<GetJobStatusRequest, object>(
     log,
     'GetJobStatus',
-    async (req) => {
-      const { job, assignment } = await jobs.status(requireId(req.job_id, 'job_id'));
+    async (req, call) => {
+      const { job, assignment } = await jobs.status(requireId(req.job_id, 'job_id'), caller(call));
       return {
         status: toJobStatus(job),
         node_assignment: assignment && {

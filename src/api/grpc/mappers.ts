@@ -19,6 +19,17 @@ import { walletAddress } from '../../services/wallet-service';
 const MAX_TEXT = 4096;
 /** A model graph or script travels in every workflow payload; Temporal refuses payloads over 2 MB. */
 const MAX_MODEL_DEFINITION = 1024 * 1024;
+/** Hyperparameters of one job. */
+const MAX_HYPERPARAMETERS = 256;
+/**
+ * A whole job as JSON (its workflow's input, its row, what AssignJob carries): under Temporal's 2 MB payload
+ * limit with room to spare, whatever escaping the model definition needs.
+ */
+const MAX_JOB_SPEC_BYTES = 1536 * 1024;
+/** Devices of one node (a GPU server has at most a few dozen): every NodeInfo the Engine browses carries them. */
+const MAX_DEVICES = 64;
+/** Metric names kept of one report (each report's merge into the job's). */
+export const MAX_METRICS = 100;
 /** Control characters other than tab and newlines (Postgres text cannot hold NUL at all). */
 const CONTROL = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
 /** A shipping node listens for P2P on 50052 (and is registered with it); 0 means "the default". */
@@ -85,10 +96,12 @@ export function toJobSpec(config: JobConfig | null | undefined, tokenDecimals: n
     throw new ValidationError('config.reservation_duration_minutes', 'must not be negative');
   }
   const hyperparameters: Record<string, string> = {};
-  for (const [k, v] of Object.entries(config.hyperparameters ?? {})) {
+  const given = Object.entries(config.hyperparameters ?? {});
+  if (given.length > MAX_HYPERPARAMETERS) throw new ValidationError('config.hyperparameters', `has more than ${MAX_HYPERPARAMETERS} entries`);
+  for (const [k, v] of given) {
     hyperparameters[optionalText(k, 'config.hyperparameters', 256)] = optionalText(v, `config.hyperparameters.${k}`);
   }
-  return {
+  const spec: JobSpec = {
     jobId: jobId || randomUUID(),
     jobType: enumValue(JOB_TYPES, config.job_type, 'config.job_type', false),
     priority: enumValue(PRIORITIES, config.priority, 'config.priority', true),
@@ -105,6 +118,9 @@ export function toJobSpec(config: JobConfig | null | undefined, tokenDecimals: n
     escrowTxHash: signature(config.escrow_tx_hash, 'config.escrow_tx_hash'),
     reservationDurationMinutes: config.reservation_duration_minutes,
   };
+  const bytes = Buffer.byteLength(JSON.stringify(spec));
+  if (bytes > MAX_JOB_SPEC_BYTES) throw new ValidationError('config', `is ${bytes} bytes as JSON; at most ${MAX_JOB_SPEC_BYTES} are taken (model_definition and hyperparameters make most of it)`);
+  return spec;
 }
 
 /** A Solana transaction signature: base58 of 64 bytes (87 or 88 characters). @throws ValidationError */
@@ -138,6 +154,11 @@ export function toJobStatus(job: JobRow): JobStatus {
     metrics: job.metrics,
     current_epoch: job.currentEpoch,
   };
+}
+
+function devices(given: DeviceCaps[]): DeviceCapsSpec[] {
+  if (given.length > MAX_DEVICES) throw new ValidationError('info.devices', `has more than ${MAX_DEVICES} devices`);
+  return given.map((d, i) => toDevice(d, `info.devices[${i}]`));
 }
 
 function toDevice(d: DeviceCaps, field: string): DeviceCapsSpec {
@@ -182,7 +203,7 @@ export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: st
       cpuCores: info.cpu_cores,
       ramTotal: int64(info.ram_total, 'info.ram_total'),
       ramAvailable: int64(info.ram_available, 'info.ram_available'),
-      devices: (info.devices ?? []).map((d, i) => toDevice(d, `info.devices[${i}]`)),
+      devices: devices(info.devices ?? []),
       ipAddress,
       port: info.port || DEFAULT_NODE_PORT,
       region: optionalText(info.region, 'info.region', 128),
@@ -244,7 +265,8 @@ export function progressValue(value: number, field: string): number {
  */
 export function metricsValue(metrics: Record<string, number> | undefined, field: string): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(metrics ?? {})) {
+  // Past MAX_METRICS names the rest are left out, like the values that are not finite: the report still counts.
+  for (const [k, v] of Object.entries(metrics ?? {}).slice(0, MAX_METRICS)) {
     optionalText(k, field, 256);
     if (Number.isFinite(v)) out[k] = v;
   }

@@ -22,10 +22,11 @@ const seconds = (d: Date | null | undefined) => (d ? Math.floor(d.getTime() / 10
  * `status` and, on failure, `Error{code, message}` (field 15 in ReserveNodeResponse, 10 elsewhere); amounts are
  * integers in the token's smallest units, as decimal strings on the int64 fields.
  */
-export function createReservationHandlers(deps: { reservations: ReservationService; tokenDecimals: number; log: Logger; caller?: CallerOf }) {
+export function createReservationHandlers(deps: { reservations: ReservationService; tokenDecimals: number; log: Logger; caller?: CallerOf; callerWallet?: CallerOf }) {
   const { reservations: svc, log } = deps;
   /** The verified user behind a call (auth on): only a reservation's owner acts on it, only a node's owner reports for it. */
   const caller = deps.caller ?? (() => undefined);
+  const callerWallet = deps.callerWallet ?? (() => undefined);
 
   function info(r: ReservationWithNode) {
     return {
@@ -57,6 +58,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
         const deadline = call.getDeadline();
         const done = await svc.reserve({
           caller: caller(call),
+          callerWallet: callerWallet(call),
           deadline: deadline instanceof Date ? deadline.getTime() : Number.isFinite(deadline) ? deadline : undefined,
           nodeId: requireId(req.node_id, 'node_id'),
           userWallet: req.user_wallet,
@@ -134,8 +136,9 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     // ListReservationsResponse has no status or error field: a bad request is a gRPC INVALID_ARGUMENT naming the field.
     ListReservations: ((call: grpc.ServerUnaryCall<{ user_id: string; page_size: number; page_token: string; active_only: boolean }, object>, callback: grpc.sendUnaryData<object>) => {
       const req = call.request;
-      svc
-        .list({ userId: req.user_id, pageSize: req.page_size, pageToken: req.page_token, activeOnly: req.active_only })
+      // Inside the promise: a refused field must reach the error branch below, not escape the handler.
+      Promise.resolve()
+        .then(() => svc.list({ userId: optionalText(req.user_id, 'user_id', 128), pageSize: req.page_size, pageToken: req.page_token, activeOnly: req.active_only }))
         .then(
           (page) => callback(null, { reservations: page.rows.map(info), next_page_token: page.nextPageToken, total_count: page.total }),
           (err: unknown) => {
@@ -149,8 +152,9 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     EngineHeartbeat: unary<{ reservation_id: string; job_id: string; training_active: boolean; job_progress: number; current_metrics: Metrics }, object>(
       log,
       'EngineHeartbeat',
-      async (req) => {
+      async (req, call) => {
         const r = await svc.engineHeartbeat({
+          caller: caller(call),
           reservationId: reservationId(req.reservation_id),
           jobId: optionalId(req.job_id, 'job_id'),
           trainingActive: req.training_active,

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { bearerAuth, callerOf } from './auth';
+import { bearerAuth, callerOf, callerWalletOf } from './auth';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { loadProtocol } from '../../protocol/load';
@@ -55,7 +55,7 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   );
   server.addService(
     protocol.JobReservationService.service,
-    createReservationHandlers({ reservations: deps.reservations, tokenDecimals: deps.tokenDecimals, log: deps.log, caller }) as unknown as grpc.UntypedServiceImplementation,
+    createReservationHandlers({ reservations: deps.reservations, tokenDecimals: deps.tokenDecimals, log: deps.log, caller, callerWallet: callerWalletOf(deps.authJwtSecret) }) as unknown as grpc.UntypedServiceImplementation,
   );
   const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...SERVED_SERVICES.map((s) => [s, 'SERVING'])]));
   health.addToServer(server);
