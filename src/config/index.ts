@@ -84,6 +84,13 @@ const schema = z.object({
    * the original server required. Empty (the default, for the embedded setup): no authentication.
    */
   AUTH_JWT_SECRET: z.string().default(''),
+  /**
+   * `true`: a token past its `exp` is refused on the Engine's calls. `false` (the default): as the original
+   * server, which never checked `exp`; the shipping Engine never refreshes its token and restores saved sessions,
+   * so it would otherwise lose every call (its early release among them) once the website's token expired. A
+   * node daemon's calls never check it (see src/api/grpc/auth.ts).
+   */
+  AUTH_CHECK_EXPIRY: z.enum(['true', 'false']).default('false'),
   /** Platform share of a completed job's escrow, in basis points (1000 = 10 %). */
   PLATFORM_FEE_BPS: z.coerce.number().int().min(0).max(10_000).default(1000),
   /** Decimals of the CYXWIZ mint: payment amounts are integers in 10^-decimals tokens. */
@@ -145,6 +152,8 @@ export interface Config {
   readonly p2p: { readonly secret: string; readonly tokenTtlS: number };
   /** HS256 secret users' bearer tokens are checked with; '' = no authentication. */
   readonly authJwtSecret: string;
+  /** Whether an expired token is refused on the Engine's calls (never on a node's). */
+  readonly authCheckExpiry: boolean;
   readonly reservations: {
     readonly earlyRelease: 'full' | 'prorated';
     readonly engineTimeoutMs: number;
@@ -219,6 +228,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     p2p: { secret: e.P2P_JWT_SECRET, tokenTtlS: e.P2P_TOKEN_TTL_S },
     authJwtSecret: e.AUTH_JWT_SECRET,
+    authCheckExpiry: e.AUTH_CHECK_EXPIRY === 'true',
     reservations: {
       earlyRelease: e.RESERVATION_EARLY_RELEASE,
       engineTimeoutMs: e.RESERVATION_ENGINE_TIMEOUT_S * 1000,

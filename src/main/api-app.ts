@@ -100,7 +100,7 @@ export async function startApi(
   });
   const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });
 
-  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, reservations, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }), authJwtSecret: config.authJwtSecret });
+  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, reservations, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }), authJwtSecret: config.authJwtSecret, authCheckExpiry: config.authCheckExpiry });
   const grpcPort = await grpcServer.listen(config.grpc.host, config.grpc.port);
   heartbeats.start();
 

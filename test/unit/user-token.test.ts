@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { authProblem, callerOf, isNodeMethod, isOpenMethod } from '../../src/api/grpc/auth';
+import { authProblem, callerOf, checksExpiry, isNodeMethod, isOpenMethod } from '../../src/api/grpc/auth';
 import { ForbiddenError, requireOwner } from '../../src/domain/errors';
 import { verifyUserToken } from '../../src/services/user-token';
 
@@ -89,6 +89,10 @@ describe('node calls and token expiry', () => {
     for (const m of ['JobService/SubmitJob', 'JobReservationService/ReleaseReservation', 'WalletService/GetBalance']) {
       expect(isNodeMethod(`/cyxwiz.protocol.${m}`)).toBe(false);
     }
+    // AUTH_CHECK_EXPIRY=true holds the Engine's calls to exp, never a node's; off (the default), no call.
+    expect(checksExpiry('/cyxwiz.protocol.JobService/GetJobStatus', true)).toBe(true);
+    expect(checksExpiry('/cyxwiz.protocol.NodeService/Heartbeat', true)).toBe(false);
+    expect(checksExpiry('/cyxwiz.protocol.JobService/GetJobStatus', false)).toBe(false);
     const md = new grpc.Metadata();
     md.set('authorization', `Bearer ${jwt({ sub: 'daemon', exp: NOW - 60 })}`);
     expect(authProblem(SECRET, md, NOW)).toBe('invalid token: expired');

@@ -11,8 +11,9 @@ export const isOpenMethod = (path: string) => OPEN_METHODS.some((re) => re.test(
 
 /**
  * Calls a node daemon makes. It logs in once and keeps that token for as long as it runs (it never refreshes
- * it), and the original server never checked `exp`: on these the token's expiry is not held against the node,
- * or its heartbeats would fail once the website's token expired. The signature is checked all the same.
+ * it), and the original server never checked `exp`: on these the token's expiry is never held against the node,
+ * or its heartbeats would fail once the website's token expired (AUTH_CHECK_EXPIRY applies to the Engine's
+ * calls only). The signature is checked all the same.
  */
 const NODE_METHODS = [
   /^\/cyxwiz\.protocol\.NodeService\//,
@@ -21,6 +22,9 @@ const NODE_METHODS = [
 ];
 
 export const isNodeMethod = (path: string) => NODE_METHODS.some((re) => re.test(path));
+
+/** Whether a call's token must not be past its `exp`: with AUTH_CHECK_EXPIRY, on every call but a node's. */
+export const checksExpiry = (path: string, checkExpiry: boolean) => checkExpiry && !isNodeMethod(path);
 
 /** Why a call's metadata does not authenticate it, or undefined when it does. */
 export function authProblem(secret: string, metadata: grpc.Metadata, nowS?: number, checkExpiry = true): string | undefined {
@@ -40,12 +44,12 @@ export function authProblem(secret: string, metadata: grpc.Metadata, nowS?: numb
  * A server interceptor that requires `authorization: Bearer <HS256 JWT signed with secret>` on every call but
  * the open ones, as the original server did; others end with UNAUTHENTICATED before reaching a handler.
  */
-export function bearerAuth(secret: string): grpc.ServerInterceptor {
+export function bearerAuth(secret: string, checkExpiry: boolean): grpc.ServerInterceptor {
   return (methodDescriptor, call) => {
     if (isOpenMethod(methodDescriptor.path)) return new grpc.ServerInterceptingCall(call);
     const listener = new grpc.ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
-        const problem = authProblem(secret, metadata, undefined, !isNodeMethod(methodDescriptor.path));
+        const problem = authProblem(secret, metadata, undefined, checksExpiry(methodDescriptor.path, checkExpiry));
         if (problem) call.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: problem, metadata: new grpc.Metadata() });
         else next(metadata);
       })
@@ -66,7 +70,7 @@ function claimsOf(secret: string | undefined): (call: { metadata: grpc.Metadata 
     const match = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header.trim()) : null;
     if (!match) return undefined;
     try {
-      // The interceptor has held the token to its expiry where it applies (not on node calls).
+      // The interceptor has held the token to its expiry where that applies.
       return verifyUserToken(secret, match[1], undefined, false);
     } catch {
       return undefined;

@@ -22,6 +22,8 @@ export interface GrpcServerDeps extends JobHandlerDeps {
   log: Logger;
   /** HS256 secret of users' bearer tokens: set, every call but the open ones needs one (see auth.ts). */
   authJwtSecret?: string;
+  /** Refuse expired tokens on the Engine's calls (AUTH_CHECK_EXPIRY). */
+  authCheckExpiry?: boolean;
 }
 
 export const SERVED_SERVICES = [
@@ -38,7 +40,7 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   const protocol = loadProtocol();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
-    interceptors: deps.authJwtSecret ? [bearerAuth(deps.authJwtSecret)] : [],
+    interceptors: deps.authJwtSecret ? [bearerAuth(deps.authJwtSecret, deps.authCheckExpiry ?? false)] : [],
   });
   const caller = callerOf(deps.authJwtSecret);
   const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log, caller });
