@@ -1,5 +1,5 @@
 import { ApplicationFailure } from '@temporalio/common';
-import { getBase58Decoder } from '@solana/kit';
+import { getBase58Decoder, getBase58Encoder } from '@solana/kit';
 import {
   Connection,
   Keypair,
@@ -8,9 +8,10 @@ import {
   Transaction,
   type BlockhashWithExpiryBlockHeight,
   type TransactionInstruction,
+  type VersionedTransactionResponse,
 } from '@solana/web3.js';
-import { createTransferCheckedInstruction, unpackAccount } from '@solana/spl-token';
-import { and, eq, inArray, sql } from 'drizzle-orm';
+import { createTransferCheckedInstruction, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
+import { and, eq, inArray, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
 import { jobs, nodes, payments } from '../db/schema';
@@ -98,6 +99,7 @@ export interface ChainSettlementDeps {
 }
 
 const b58 = getBase58Decoder();
+const b58bytes = getBase58Encoder();
 
 /**
  * The node's registered wallet when it can be paid: a Solana address, else '' (the node is owed until it
@@ -114,6 +116,16 @@ function payableWallet(wallet: string | null | undefined): string {
 }
 const nonRetryable = (type: string, message: string) => ApplicationFailure.create({ type, message, nonRetryable: true });
 const retryable = (message: string) => ApplicationFailure.create({ type: 'SettlementPending', message });
+/**
+ * Thrown by settle() when its legs are no longer in one state (another attempt settled some of them): no
+ * transaction may cover them all. Retryable; settlePot catches it and groups the legs again.
+ */
+const LEGS_SPLIT = 'SettlementLegsSplit';
+const legsSplit = (message: string) => ApplicationFailure.create({ type: LEGS_SPLIT, message });
+const isLegsSplit = (err: unknown) => err instanceof ApplicationFailure && err.type === LEGS_SPLIT;
+/** States from which a leg may be put in a newly signed transaction. */
+const SENDABLE = ['pending', 'owed', 'failed'] as const;
+const isSendable = (r: PaymentRow) => (SENDABLE as readonly string[]).includes(r.state);
 export const legKey = (jobId: string, leg: Leg | 'release') => `${jobId}/${leg}`;
 /**
  * The ledger id of a reclaim: its legs (the payer's transfer as 'escrow', the way back as 'refund') are rows of
@@ -135,6 +147,30 @@ function permanentReason(err: unknown): string | undefined {
     return 'invalid account (wrong mint or owner)';
   }
   return undefined;
+}
+
+const TRANSFER = 3;
+const TRANSFER_CHECKED = 12;
+
+/**
+ * The SPL token transfers of a transaction, top-level and inner (a program's transfer on the payer's behalf),
+ * as account indexes and amounts. Other instructions move no one's tokens into an escrow account.
+ */
+function tokenTransfers(tx: VersionedTransactionResponse): { source: number; destination: number; amount: bigint }[] {
+  const tokenProgram = tx.transaction.message.staticAccountKeys.findIndex((k) => k.equals(TOKEN_PROGRAM_ID));
+  if (tokenProgram < 0) return [];
+  const instructions = [
+    ...tx.transaction.message.compiledInstructions.map((i) => ({ program: i.programIdIndex, accounts: i.accountKeyIndexes, data: Buffer.from(i.data) })),
+    ...(tx.meta?.innerInstructions ?? []).flatMap((inner) =>
+      inner.instructions.map((i) => ({ program: i.programIdIndex, accounts: i.accounts, data: Buffer.from(b58bytes.encode(i.data)) })),
+    ),
+  ];
+  return instructions.flatMap((i) => {
+    if (i.program !== tokenProgram || i.data.length < 9) return [];
+    if (i.data[0] === TRANSFER) return [{ source: i.accounts[0], destination: i.accounts[1], amount: i.data.readBigUInt64LE(1) }];
+    if (i.data[0] === TRANSFER_CHECKED) return [{ source: i.accounts[0], destination: i.accounts[2], amount: i.data.readBigUInt64LE(1) }];
+    return [];
+  });
 }
 
 // Read several times by every settlement.
@@ -281,8 +317,10 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       if (round > 0 && !rows.every((r) => r.state === 'confirmed')) rows = await rowsOf(jobId, legs);
       if (rows.length !== legs.length) throw nonRetryable(SettlementErrors.escrowMissing, `legs ${legs} of job ${jobId} are not recorded`);
       if (rows.every((r) => r.state === 'confirmed')) return rows;
-      const current = rows[0];
-      if (current.state === 'sent' && current.txRef && current.lastValidBlockHeight !== null) {
+      // A recorded attempt is finished first, even when it covers only some of these legs (it may be another
+      // attempt's, signed for a different group): its bytes may already be on their way to the chain.
+      const current = rows.find((r) => r.state === 'sent' && r.txRef && r.lastValidBlockHeight !== null);
+      if (current?.txRef && current.lastValidBlockHeight !== null) {
         let state = await chainState(current.txRef, current.lastValidBlockHeight);
         if (state.kind === 'pending' && current.txBytes) {
           await send(Buffer.from(current.txBytes, 'base64')).catch(() => undefined);
@@ -301,6 +339,12 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         continue;
       }
 
+      // A new transaction pays every leg it covers: signing over a leg that is confirmed or owned by another
+      // attempt would pay it twice.
+      if (!rows.every(isSendable)) {
+        throw legsSplit(`${memo}: legs ${legs} are ${rows.map((r) => r.state)}; another attempt settled some of them`);
+      }
+
       // Sign a new attempt and record it before it leaves this process.
       const [{ instructions, signers }, { blockhash, lastValidBlockHeight }] = await Promise.all([
         build(rows),
@@ -313,20 +357,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const signed = signTransaction(tx, [authority, ...signers]);
       const signature = b58.decode(signed.signatures[0]);
       const bytes = signed.bytes;
-      const recorded = await db
-        .update(payments)
-        .set({
-          state: 'sent',
-          txRef: signature,
-          txBytes: bytes.toString('base64'),
-          lastValidBlockHeight,
-          sendAttempts: sql`${payments.sendAttempts} + 1`,
-          memo: `cyxwiz ${memo}`,
-          updatedAt: new Date(),
-        })
-        .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), inArray(payments.state, ['pending', 'owed', 'failed'])))
-        .returning({ id: payments.id });
-      if (recorded.length !== legs.length) continue; // another attempt got there first
+      if (!(await recordAttempt(jobId, rows, { signature, bytes, lastValidBlockHeight, memo }))) continue;
       await deps.hooks?.afterRecord?.(legs);
 
       try {
@@ -364,6 +395,44 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       throw retryable(`${memo}: transaction ${signature} not confirmed yet`);
     }
     throw retryable(`${memo}: not settled yet`);
+  }
+
+  /**
+   * Records a signed attempt on all of its legs or on none: the transaction pays every one of them, so a leg
+   * left out (another attempt took it since `built` was read) must not be sent with these bytes either. The
+   * legs must still be sendable and hold the payee and amount the transaction was built from.
+   * @returns false when another attempt got there first (nothing is recorded).
+   */
+  async function recordAttempt(
+    jobId: string,
+    built: PaymentRow[],
+    attempt: { signature: string; bytes: Buffer; lastValidBlockHeight: number; memo: string },
+  ): Promise<boolean> {
+    try {
+      await db.transaction(async (tx) => {
+        const updated = await tx
+          .update(payments)
+          .set({
+            state: 'sent',
+            txRef: attempt.signature,
+            txBytes: attempt.bytes.toString('base64'),
+            lastValidBlockHeight: attempt.lastValidBlockHeight,
+            sendAttempts: sql`${payments.sendAttempts} + 1`,
+            memo: `cyxwiz ${attempt.memo}`,
+            updatedAt: new Date(),
+          })
+          .where(and(eq(payments.jobId, jobId), inArray(payments.leg, built.map((r) => r.leg)), inArray(payments.state, [...SENDABLE])))
+          .returning({ leg: payments.leg, amount: payments.amount, toAccount: payments.toAccount });
+        const asBuilt =
+          updated.length === built.length &&
+          built.every((b) => updated.some((u) => u.leg === b.leg && u.amount === b.amount && u.toAccount === b.toAccount));
+        if (!asBuilt) tx.rollback();
+      });
+      return true;
+    } catch (err) {
+      if (err instanceof TransactionRollbackError) return false;
+      throw err;
+    }
   }
 
   /** Records a leg unless it is already recorded (the idempotency key makes a second insert a no-op). */
@@ -422,7 +491,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
 
   /**
    * What `signature` moved into this job's escrow account, and how much of it came from `payer` (at least
-   * `amount` of each, else refused).
+   * `amount` of each, else refused). A transaction may pay several escrow accounts; it is refused only when
+   * this escrow account already has it bound to another job or reclaim.
    * @throws non-retryable EscrowRejected with the reason.
    */
   async function payerTransfer(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<{ received: bigint; fromPayer: bigint }> {
@@ -447,15 +517,18 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const received = delta(escrowIndex);
     if (!received?.mint || received.mint !== deps.mint.toBase58()) throw reject(`moves mint ${received?.mint ?? 'none'}, not ${deps.mint.toBase58()}`);
     if (received.change < p.amount) throw reject(`moved ${received.change} units into the escrow, the job needs ${p.amount}`);
-    const fromPayer = keys.reduce((sum, _, i) => {
-      const d = delta(i, p.payer);
-      return d?.mint === deps.mint.toBase58() && d.change < 0n ? sum - d.change : sum;
+    // Counted transfer by transfer, not from the payer's balance change: one transaction may pay several escrow
+    // accounts, from several payers, and each account may be credited only with what the payer sent into it
+    // (else one payer's units would fund two escrow accounts, or another payer's be claimed as theirs).
+    const fromPayer = tokenTransfers(tx).reduce((sum, t) => {
+      if (t.destination !== escrowIndex) return sum;
+      return delta(t.source, p.payer)?.mint === deps.mint.toBase58() ? sum + t.amount : sum;
     }, 0n);
     if (fromPayer < p.amount) throw reject(`the units did not come from payment_address ${p.payer}`);
     const [used] = await db
       .select({ jobId: payments.jobId })
       .from(payments)
-      .where(and(eq(payments.leg, 'escrow'), eq(payments.txRef, p.signature)));
+      .where(and(eq(payments.leg, 'escrow'), eq(payments.toAccount, escrow), eq(payments.txRef, p.signature)));
     if (used && used.jobId !== p.jobId) throw reject(`already used for job ${used.jobId}`);
     return { received: received.change, fromPayer };
   }
@@ -463,9 +536,10 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   /**
    * Gives a payer back the tokens one of their transfers put into a job's escrow account when no job holds
    * them: the job was refused (or never submitted), or the transfer was one too many. The transfer is bound
-   * to the reclaim like an escrow to its job (the same unique index), so it funds either a job or one reclaim,
-   * never both; the refund is a leg settled exactly once, to `payer`'s token account. Idempotent: asked again
-   * it finishes (or returns) the same refund.
+   * to the reclaim like an escrow to its job (the same unique index, per escrow account), so in one escrow
+   * account it funds either the job or one reclaim, never both; another escrow account the same transaction
+   * paid is bound on its own. The refund is a leg settled exactly once, to `payer`'s token account.
+   * Idempotent: asked again it finishes (or returns) the same refund.
    * @throws ConflictError when a job holds the transfer, or the job of this escrow account is still running;
    *   non-retryable EscrowRejected when the transfer does not show the payer paying into this escrow account.
    */
@@ -473,10 +547,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const id = reclaimId(input.jobId, input.signature);
     const [done] = await rowsOf(id, ['refund']);
     if (!done) {
+      const escrowAccount = escrowOf(input.jobId).toBase58();
       const [bound] = await db
         .select({ jobId: payments.jobId })
         .from(payments)
-        .where(and(eq(payments.leg, 'escrow'), eq(payments.txRef, input.signature)));
+        .where(and(eq(payments.leg, 'escrow'), eq(payments.toAccount, escrowAccount), eq(payments.txRef, input.signature)));
       if (bound && bound.jobId !== id) throw new ConflictError(`transaction ${input.signature} funds job ${bound.jobId}: its money follows that job`);
       const [job] = await db.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, input.jobId));
       if (job && !['completed', 'failed', 'cancelled'].includes(job.status)) {
@@ -486,7 +561,6 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const amount = received < fromPayer ? received : fromPayer;
       const held = await escrowBalance(input.jobId);
       if (held < amount) throw new ConflictError(`the escrow account of ${input.jobId} holds ${held} units, less than the ${amount} to give back`);
-      const escrowAccount = escrowOf(input.jobId).toBase58();
       try {
         await db.transaction(async (tx) => {
           await tx
@@ -499,7 +573,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           await recordLeg(tx, id, 'refund', amount, escrowAccount, input.payer);
         });
       } catch (err) {
-        if (/payments_escrow_tx_idx/.test(String((err as Error & { cause?: Error }).cause?.message ?? (err as Error).message))) {
+        if (/payments_escrow_account_tx_idx/.test(String((err as Error & { cause?: Error }).cause?.message ?? (err as Error).message))) {
           throw new ConflictError(`transaction ${input.signature} was just taken up by a job`);
         }
         throw err;
@@ -526,15 +600,43 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   }
 
   /**
+   * Refuses an escrow row recorded under a job's id that is not the escrow this call asks for. Jobs share the
+   * ledger's ids with reservation pots (and anything else funded under an id), so finding a row is not proof
+   * that this job was funded: its escrow account, amount and, when known, payer and transaction must agree.
+   * `amount` is a minimum when the payer's own transfer may have moved more than asked.
+   * @throws non-retryable EscrowRejected naming every field that differs.
+   */
+  function expectEscrow(
+    jobId: string,
+    row: PaymentRow,
+    want: { to: string; amount: bigint; atLeast: boolean; from?: string; txRef?: string },
+  ): PaymentRow {
+    const differs: string[] = [];
+    if (row.toAccount !== want.to) differs.push(`escrow account ${row.toAccount}, not ${want.to}`);
+    if (want.atLeast ? row.amount < want.amount : row.amount !== want.amount) {
+      differs.push(`amount ${row.amount}, not ${want.atLeast ? 'at least ' : ''}${want.amount}`);
+    }
+    if (want.from !== undefined && row.fromAccount !== want.from) differs.push(`payer ${row.fromAccount}, not ${want.from}`);
+    if (want.txRef !== undefined && row.txRef !== want.txRef) differs.push(`transaction ${row.txRef ?? 'none'}, not ${want.txRef}`);
+    if (differs.length > 0) {
+      throw nonRetryable(SettlementErrors.escrowRejected, `job ${jobId}: the escrow recorded under this id is not this job's: ${differs.join('; ')}`);
+    }
+    return row;
+  }
+
+  /**
    * Puts the job's payment in its escrow account: verifies the payer's transaction when given, otherwise
    * transfers from the server's payer account. Idempotent.
+   * @throws non-retryable EscrowRejected when the payment is refused, or when an escrow recorded under this id
+   *   does not match this one (see expectEscrow).
    */
   async function escrow(input: { jobId: string; amount: string; payer: string; escrowTxHash?: string }): Promise<LegReceipt> {
     const amount = BigInt(input.amount);
     const to = escrowOf(input.jobId).toBase58();
     if (input.escrowTxHash) {
+      const want = { to, amount, atLeast: true, from: input.payer, txRef: input.escrowTxHash };
       const [existing] = await rowsOf(input.jobId, ['escrow']);
-      if (existing?.state === 'confirmed') return receipt(existing);
+      if (existing?.state === 'confirmed') return receipt(expectEscrow(input.jobId, existing, want));
       const received = await verifyEscrowTransaction({ jobId: input.jobId, amount, payer: input.payer, signature: input.escrowTxHash });
       try {
         await db
@@ -545,18 +647,20 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           })
           .onConflictDoNothing({ target: payments.idempotencyKey });
       } catch (err) {
-        if (/payments_escrow_tx_idx/.test(String((err as Error & { cause?: Error }).cause?.message ?? (err as Error).message))) {
+        if (/payments_escrow_account_tx_idx/.test(String((err as Error & { cause?: Error }).cause?.message ?? (err as Error).message))) {
           throw nonRetryable(SettlementErrors.escrowRejected, `escrow_tx_hash ${input.escrowTxHash}: already used for another job`);
         }
         throw err;
       }
+      // The insert does nothing when a row was there already (not confirmed, or written meanwhile): it must be this one.
       const [row] = await rowsOf(input.jobId, ['escrow']);
-      return receipt(row);
+      return receipt(expectEscrow(input.jobId, row, want));
     }
     const payer = deps.payer;
     if (!payer) {
       const [existing] = await rowsOf(input.jobId, ['escrow']);
-      if (existing?.state === 'confirmed') return receipt(existing);
+      // Funded earlier, by the payer's transfer or a server payer since removed: the payer is not known here.
+      if (existing?.state === 'confirmed') return receipt(expectEscrow(input.jobId, existing, { to, amount, atLeast: true }));
       throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
     }
     // The escrow account is looked up while the leg is recorded (used by the first attempt only; a later one
@@ -572,6 +676,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       })
       .onConflictDoNothing()
       .returning();
+    // settle() would otherwise finish (or return) whatever escrow is recorded under this id.
+    const known = recorded.length > 0 ? recorded : await rowsOf(input.jobId, ['escrow']);
+    for (const row of known) expectEscrow(input.jobId, row, { to, amount, atLeast: false, from: payer.publicKey.toBase58() });
     const [row] = await settle(
       input.jobId,
       ['escrow'],
@@ -587,7 +694,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           signers: [payer],
         };
       },
-      recorded,
+      known,
     );
     return receipt(row);
   }
@@ -774,8 +881,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     });
     const escrowAccount = escrowOf(input.potId);
     // A transaction already sent is finished first (its legs share its signature), then whatever is pending.
-    for (let round = 0; round < 4; round++) {
-      const open = (await rowsOf(input.potId, legs)).filter((r) => r.state !== 'confirmed' && r.state !== 'owed');
+    // Another attempt of this settlement may run at once (a retry while the node registers its wallet) and
+    // group the legs differently; settle() then refuses the stale group and the legs are grouped again here.
+    const isOpen = (r: PaymentRow) => r.state !== 'confirmed' && r.state !== 'owed';
+    for (let round = 0; round < 6; round++) {
+      const open = (await rowsOf(input.potId, legs)).filter(isOpen);
       if (open.length === 0) break;
       const sent = open.filter((r) => r.state === 'sent');
       const group = sent.length > 0 ? sent.filter((r) => r.txRef === sent[0].txRef) : open;
@@ -797,9 +907,14 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           ),
           signers: [],
         };
+      }).catch((err: unknown) => {
+        if (!isLegsSplit(err)) throw err;
       });
     }
+    // An outcome is final for the workflow: it is only returned once every leg is confirmed or owed.
     const rows = await rowsOf(input.potId, legs);
+    const unsettled = rows.filter(isOpen);
+    if (unsettled.length > 0) throw retryable(`${input.potId}: legs ${unsettled.map((r) => `${r.leg} (${r.state})`)} not settled yet`);
     const leg = (l: Leg) => rows.find((r) => r.leg === l);
     const nodeLeg = leg('release_node');
     const refundLeg = leg('refund');

@@ -222,8 +222,9 @@ export const payments = pgTable(
   (t) => [
     uniqueIndex('payments_idempotency_idx').on(t.idempotencyKey),
     uniqueIndex('payments_job_leg_idx').on(t.jobId, t.leg),
-    // A payer's escrow transaction funds one job only.
-    uniqueIndex('payments_escrow_tx_idx').on(t.txRef).where(sql`${t.leg} = 'escrow'`),
+    // A payer's transaction funds each escrow account it pays into once: one job or one reclaim of that account.
+    // Keyed by the account, not the transaction alone, because one transaction may pay several escrow accounts.
+    uniqueIndex('payments_escrow_account_tx_idx').on(t.toAccount, t.txRef).where(sql`${t.leg} = 'escrow'`),
     index('payments_state_idx').on(t.state, t.updatedAt),
     index('payments_from_idx').on(t.fromAccount),
     index('payments_to_idx').on(t.toAccount),

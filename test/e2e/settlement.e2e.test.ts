@@ -321,7 +321,7 @@ describe('a payer who pays the escrow account directly (config.escrow_tx_hash)',
       await expectRefused(jobId, payerLegs.escrowTx[0], /does not pay this job's escrow account/);
     });
 
-    test('a transaction already used for another job (one transfer into two escrows funds only the first job)', async () => {
+    test('a transaction already used for a job funds no other job: one transfer into two escrows funds each once', async () => {
       const [first, second] = [`reuse-a-${uid()}`, `reuse-b-${uid()}`];
       const [escrowA, escrowB] = [await openEscrow(first), await openEscrow(second)];
       const signature = await chain.transfer(payerWallet, [
@@ -334,14 +334,24 @@ describe('a payer who pays the escrow account directly (config.escrow_tx_hash)',
       expect(accepted).toMatchObject({ status: S.SUCCESS, job_id: first });
       await eventually('the first job to hold its escrow', async () => (await paymentLegs(sys(), first)).escrow?.state === 'confirmed');
 
-      await expectRefused(second, signature, new RegExp(`already used for job ${first}`));
+      // The second escrow account's share funds the second job (before, it was stranded there); a third job's
+      // account the transaction never paid is refused.
+      expect(
+        await engine.call('SubmitJob', { config: unfittable({ job_id: second, payment_amount: 2, payment_address: payerAddress, escrow_tx_hash: signature }) }),
+      ).toMatchObject({ status: S.SUCCESS, job_id: second });
+      await eventually('the second job to hold its escrow', async () => (await paymentLegs(sys(), second)).escrow?.state === 'confirmed');
+      const third = `reuse-c-${uid()}`;
+      await openEscrow(third);
+      await expectRefused(third, signature, /does not pay this job's escrow account/);
+      expect(await engine.call('CancelJob', { job_id: second }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS, refund_issued: true });
+      payerLegs.refundTx.push((await paymentLegs(sys(), second)).refund!.txRef!);
       // Submitting the first job again is still the same job.
       expect(
         await engine.call('SubmitJob', { config: unfittable({ job_id: first, payment_amount: 2, payment_address: payerAddress, escrow_tx_hash: signature }) }),
       ).toMatchObject({ status: S.SUCCESS, job_id: first });
       expect(await engine.call('CancelJob', { job_id: first }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS, refund_issued: true });
       payerLegs.refundTx.push((await paymentLegs(sys(), first)).refund!.txRef!);
-      payerLegs.escrowTx.push(signature);
+      payerLegs.escrowTx.push(signature, signature); // one payment per job it funded
     });
 
     test('a transaction whose tokens did not come from payment_address', async () => {
