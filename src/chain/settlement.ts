@@ -149,6 +149,12 @@ function permanentReason(err: unknown): string | undefined {
   return undefined;
 }
 
+/** A transaction's account keys: its static keys, then those its lookup tables loaded (writable, read-only). */
+function accountKeysOf(tx: VersionedTransactionResponse): PublicKey[] {
+  const loaded = tx.meta?.loadedAddresses;
+  return [...tx.transaction.message.staticAccountKeys, ...(loaded?.writable ?? []), ...(loaded?.readonly ?? [])];
+}
+
 const TRANSFER = 3;
 const TRANSFER_CHECKED = 12;
 
@@ -157,7 +163,7 @@ const TRANSFER_CHECKED = 12;
  * as account indexes and amounts. Other instructions move no one's tokens into an escrow account.
  */
 function tokenTransfers(tx: VersionedTransactionResponse): { source: number; destination: number; amount: bigint }[] {
-  const tokenProgram = tx.transaction.message.staticAccountKeys.findIndex((k) => k.equals(TOKEN_PROGRAM_ID));
+  const tokenProgram = accountKeysOf(tx).findIndex((k) => k.equals(TOKEN_PROGRAM_ID));
   if (tokenProgram < 0) return [];
   const instructions = [
     ...tx.transaction.message.compiledInstructions.map((i) => ({ program: i.programIdIndex, accounts: i.accountKeyIndexes, data: Buffer.from(i.data) })),
@@ -504,7 +510,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     if (!tx || !tx.meta) throw reject(`not a ${deps.commitment} transaction on this cluster`);
     if (tx.meta.err) throw reject(`failed on chain: ${JSON.stringify(tx.meta.err)}`);
     const escrow = escrowOf(p.jobId).toBase58();
-    const keys = tx.transaction.message.staticAccountKeys.map((k) => k.toBase58());
+    // Every account the transaction touched, those loaded from address lookup tables included (a versioned
+    // transaction's indexes run on past its static keys), in the index space of its instructions and balances.
+    const keys = accountKeysOf(tx).map((k) => k.toBase58());
     const delta = (index: number, owner?: string) => {
       const pre = tx.meta!.preTokenBalances?.find((b) => b.accountIndex === index);
       const post = tx.meta!.postTokenBalances?.find((b) => b.accountIndex === index);

@@ -91,6 +91,13 @@ const schema = z.object({
    * node daemon's calls never check it (see src/api/grpc/auth.ts).
    */
   AUTH_CHECK_EXPIRY: z.enum(['true', 'false']).default('false'),
+  /**
+   * `true` (the default): with auth on, ReserveNode spends `user_wallet`'s allowance only for the user whose token
+   * names that wallet (its `wallet_address` claim, or a `sub` that is the wallet). `false` trusts `user_wallet`, as
+   * the original server did (it looked the user's wallet up in its user database): for a website whose tokens
+   * carry no wallet claim, where any signed-in user can then spend any wallet's allowance.
+   */
+  AUTH_BIND_WALLET: z.enum(['true', 'false']).default('true'),
   /** Platform share of a completed job's escrow, in basis points (1000 = 10 %). */
   PLATFORM_FEE_BPS: z.coerce.number().int().min(0).max(10_000).default(1000),
   /** Decimals of the CYXWIZ mint: payment amounts are integers in 10^-decimals tokens. */
@@ -154,6 +161,8 @@ export interface Config {
   readonly authJwtSecret: string;
   /** Whether an expired token is refused on the Engine's calls (never on a node's). */
   readonly authCheckExpiry: boolean;
+  /** Whether ReserveNode's user_wallet must be the signed-in user's (with auth on). */
+  readonly authBindWallet: boolean;
   readonly reservations: {
     readonly earlyRelease: 'full' | 'prorated';
     readonly engineTimeoutMs: number;
@@ -229,6 +238,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     p2p: { secret: e.P2P_JWT_SECRET, tokenTtlS: e.P2P_TOKEN_TTL_S },
     authJwtSecret: e.AUTH_JWT_SECRET,
     authCheckExpiry: e.AUTH_CHECK_EXPIRY === 'true',
+    authBindWallet: e.AUTH_BIND_WALLET === 'true',
     reservations: {
       earlyRelease: e.RESERVATION_EARLY_RELEASE,
       engineTimeoutMs: e.RESERVATION_ENGINE_TIMEOUT_S * 1000,

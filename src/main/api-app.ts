@@ -60,6 +60,7 @@ export async function startApi(
     engineTimeoutMs: config.reservations.engineTimeoutMs,
     escrowWaitMs: config.reservations.escrowWaitMs,
     releaseWaitMs: config.reservations.releaseWaitMs,
+    bindWallet: config.authBindWallet,
   });
   const heartbeats = createHeartbeatHub({
     db: database.db,

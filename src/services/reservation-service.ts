@@ -62,6 +62,11 @@ export interface ReservationServiceDeps {
   escrowWaitMs: number;
   /** ReleaseReservation answers with the decided amounts after this long, while the settlement goes on. */
   releaseWaitMs?: number;
+  /**
+   * With auth on, ReserveNode spends user_wallet's allowance only for the user whose token names that wallet
+   * (AUTH_BIND_WALLET, default true). False trusts user_wallet, as the original server did.
+   */
+  bindWallet?: boolean;
   now?: () => number;
 }
 
@@ -159,7 +164,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
     const wallet = walletAddress(req.userWallet, 'user_wallet').toBase58();
     // The term is paid from this wallet (through the allowance it gave the escrow authority): with auth on, only
     // its own user may spend it.
-    if (req.caller !== undefined && req.callerWallet !== wallet && req.caller !== wallet) {
+    if (req.caller !== undefined && deps.bindWallet !== false && req.callerWallet !== wallet && req.caller !== wallet) {
       throw new ForbiddenError(
         req.callerWallet
           ? `user_wallet ${wallet} is not the signed-in user's wallet (${req.callerWallet})`

@@ -11,6 +11,10 @@ describe('loadConfig', () => {
     expect(c.p2p.secret).toBe(SHIPPING_NODE_P2P_SECRET);
     expect(c.payments).toEqual({ platformFeeBps: 1000, tokenDecimals: 9 });
     expect(Object.isFrozen(c.jobs)).toBe(true);
+    // As the shipping clients need: expiry not held against tokens; a reservation's wallet bound to the token.
+    expect(c).toMatchObject({ authJwtSecret: '', authCheckExpiry: false, authBindWallet: true });
+    expect(loadConfig({ AUTH_CHECK_EXPIRY: 'true', AUTH_BIND_WALLET: 'false' })).toMatchObject({ authCheckExpiry: true, authBindWallet: false });
+    expect(() => loadConfig({ AUTH_BIND_WALLET: 'yes' })).toThrow(ConfigError);
   });
 
   it('reads and validates the environment, naming every bad variable', () => {

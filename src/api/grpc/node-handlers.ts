@@ -13,7 +13,7 @@ import type {
   UpdateJobStatusRequest,
 } from '../../protocol/types';
 import type { NodeService } from '../../services/nodes-service';
-import { int64, metricsValue, optionalText, peerIp, progressValue, requireId, toNodeRegistration } from './mappers';
+import { int64, MAX_METRICS, metricsValue, optionalText, peerIp, progressValue, requireId, toNodeRegistration } from './mappers';
 import type { CallerOf } from './auth';
 import { statusAndError, unary } from './unary';
 
@@ -115,7 +115,9 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const jobId = requireId(req.job_id, 'job_id');
       await nodes.requireNodeOwner(nodeId, caller(call));
       const s = req.status;
-      const metrics = { ...metricsValue(s?.metrics, 'status.metrics'), ...metricsValue(req.current_metrics, 'current_metrics') };
+      // Both maps of the report, still at most MAX_METRICS names together.
+      const merged = { ...metricsValue(s?.metrics, 'status.metrics'), ...metricsValue(req.current_metrics, 'current_metrics') };
+      const metrics = Object.fromEntries(Object.entries(merged).slice(0, MAX_METRICS));
       const progress = s ? progressValue(s.progress, 'status.progress') : undefined;
       const epoch = s && s.current_epoch >= 0 ? s.current_epoch : undefined;
       const status = s ? reportedStatus(s.status, 'status.status') : StatusCode.IN_PROGRESS;
