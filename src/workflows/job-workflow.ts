@@ -148,6 +148,12 @@ const ASSIGN_IN_ONE_ACTIVITY = 'assign-in-one-activity';
  * and a queued job continuing as new whatever woke it (before, only after a quiet re-check).
  */
 const UNREPORTED_END_TIMER = 'unreported-end-timer';
+/**
+ * Patch: the workflow as of this version, the one marker a run records. A run started with it behaves as with
+ * every patch above (whose markers it no longer records: two history events fewer per job), and a node's failure
+ * or loss that comes together with a cancel still counts against the node.
+ */
+const JOB_WORKFLOW_V3 = 'job-workflow-v3';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -158,10 +164,12 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   const jobId = spec.jobId;
   // Asked once, first thing in a run: a patch asked right after local activities return could be answered
   // differently on replay when a workflow task ended between their start and their markers.
-  const assignInOneActivity = patched(ASSIGN_IN_ONE_ACTIVITY);
+  // Runs of v3 ask no earlier patch (they have all of them); runs recorded before it find their own markers.
+  const v3 = patched(JOB_WORKFLOW_V3);
+  const assignInOneActivity = v3 || patched(ASSIGN_IN_ONE_ACTIVITY);
   // The per-attempt timer for nodes that never report: also gated by the patch, so a job started with the option
   // but run first by a worker without it (a skewed deploy) replays without the timer it never had.
-  const thisVersion = patched(UNREPORTED_END_TIMER);
+  const thisVersion = v3 || patched(UNREPORTED_END_TIMER);
   const s: JobState = input.resume ?? {
     phase: 'pending',
     attempt: 0,
@@ -495,7 +503,12 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     if (!watchEnded) scope.cancel();
     if (endBy !== undefined && !endByPassed) endByScope.cancel();
 
-    if (cancelRequest && outcome?.kind !== 'completed') return; // the main loop refunds
+    if (cancelRequest && outcome?.kind !== 'completed') {
+      // A failure or loss that came in the same moment as the cancel is the node's all the same (runs of v3).
+      const failure = outcome?.kind === 'failed' ? `node reported failure: ${outcome.message}` : watchEnded ? describeWatchEnd(watchEnded.error, options) : undefined;
+      if (v3 && failure) await registry.recordNodeOutcome({ nodeId, outcome: 'failed', jobId, reason: failure });
+      return; // the main loop refunds
+    }
     if (outcome?.kind === 'completed') return settleCompleted(nodeId);
     if (outcome?.kind === 'failed') return attemptFailed(nodeId, `node reported failure: ${outcome.message}`, `node:${nodeId}`);
     if (watchEnded) return attemptFailed(nodeId, describeWatchEnd(watchEnded.error, options), 'workflow');

@@ -115,6 +115,8 @@ export class FakeCluster {
   escrowGate: Gate | undefined;
   /** Held while set: recordNodeOutcome logs `node-outcome:waiting` and waits for the gate. */
   outcomeGate: Gate | undefined;
+  /** Held while set: recording a transition to `to` logs `transition:<to>:waiting` and waits for the gate. */
+  transitionGate: { to: Transition['to']; gate: Gate } | undefined;
 
   /**
    * Set: the escrow is refused for good, as the settlement refuses a payer without funds (InsufficientFunds) or a
@@ -153,7 +155,7 @@ export class FakeCluster {
    * test that fails while an activity waits at a gate would otherwise hang until jest's timeout.
    */
   openGates(): void {
-    for (const gate of [this.releaseGate, this.refundGate, this.escrowGate, this.outcomeGate]) gate?.open();
+    for (const gate of [this.releaseGate, this.refundGate, this.escrowGate, this.outcomeGate, this.transitionGate?.gate]) gate?.open();
   }
 
   hasLeg(leg: LegReceipt['leg']): boolean {
@@ -164,6 +166,10 @@ export class FakeCluster {
     recordTransition: async (t: Transition): Promise<void> => {
       // Idempotent per seq, like jobs-repo.recordTransition.
       if (this.transitions.some((x) => x.jobId === t.jobId && x.seq === t.seq)) return;
+      if (this.transitionGate?.to === t.to) {
+        this.timeline.push(`transition:${t.to}:waiting`);
+        await this.transitionGate.gate.opened;
+      }
       this.transitions.push(t);
       this.timeline.push(`transition:${t.to}`);
     },

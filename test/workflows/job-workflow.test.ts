@@ -654,6 +654,40 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('a node\'s failure that arrives together with a cancel: refunded, and the failure still counts against the node', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    const jobId = newJobId('fail-and-cancel');
+
+    await withWorker('fail-and-cancel', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        // The 'running' record waits at a gate: the workflow task stays open, and both updates that come
+        // meanwhile reach the workflow in the next one, together.
+        const gate = new Gate();
+        cluster.transitionGate = { to: 'running', gate };
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await waitUntil(() => cluster.timeline.includes('transition:running:waiting'), 5000, 'the running record');
+        // The failure first (a cancel handled before it would refuse it: the job would already be finishing).
+        const failed = handle.executeUpdate(failUpdate, { args: [{ nodeId: 'node-a', message: 'CUDA out of memory' }], updateId: 'fail/node-a' });
+        await sleep(300);
+        const cancelled = handle.executeUpdate(cancelUpdate, { args: [{ reason: 'not needed' }], updateId: 'cancel' });
+        await sleep(300);
+        gate.open();
+        expect(await failed).toEqual({ acknowledged: true });
+        expect(await cancelled).toEqual({ refundIssued: true, txRef: `ledger:${jobId}/refund` });
+      } finally {
+        alive.stop();
+      }
+      expect(await handle.result()).toMatchObject({ phase: 'cancelled', attempts: 1 });
+      expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'failed' }]);
+      expect(cluster.refundCalls).toEqual([{ jobId }]);
+      expect(cluster.releaseCalls).toEqual([]);
+      expect(phases(cluster)).toEqual(['assigned', 'running', 'cancelled']);
+    });
+  });
+
   test('continue-as-new keeps the job: same attempt and node, progress kept, one escrow, one release', async () => {
     const cluster = new FakeCluster(['node-a', 'node-b']);
     const jobId = newJobId('can');
