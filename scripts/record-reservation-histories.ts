@@ -96,6 +96,26 @@ const scenarios: Record<string, Scenario> = {
       await handle.result();
     },
   },
+  /**
+   * The node is lost while an extension's escrow is on its way, and the Engine releases before it lands: the end
+   * is still the loss (patch end-seen-first).
+   */
+  'lost-then-released': {
+    minutes: 60,
+    async drive({ handle, world }) {
+      await handle.executeUpdate(reservationReadyUpdate);
+      world.escrowGate = new Gate();
+      const extension = handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
+      await waitUntil(() => world.escrowCalls.length === 2, 10_000, 'the extension escrow to start');
+      await sleep(FAST_RESERVATION_OPTIONS.nodeHeartbeatTimeoutMs + 1000);
+      const released = handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'node gone', by: 'engine' }], updateId: 'release' });
+      await sleep(300);
+      world.escrowGate.open();
+      await extension;
+      await released;
+      await handle.result();
+    },
+  },
   /** The node has no wallet: released (full) with its share owed; a wallet and a walletRegistered signal pay it. */
   owed: {
     minutes: 30,

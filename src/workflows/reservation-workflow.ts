@@ -49,6 +49,11 @@ type ReservationActivities = ReturnType<typeof createReservationActivities>;
  * payment's re-check settles only the pots still owed.
  */
 export const SETTLEMENT_V2 = 'settlement-v2';
+/**
+ * Patch: the end is what happened first. A node lost while an extension's escrow was on its way, then released by
+ * the Engine before the escrow landed, ends as lost (refunded from its last sign of life, penalized), not released.
+ */
+export const END_SEEN_FIRST = 'end-seen-first';
 
 /** Extensions refused for want of funds after which a reservation takes one more only per REFUSAL_COOLDOWN_MS. */
 const MAX_REFUSED_EXTENSIONS = 5;
@@ -119,6 +124,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   // before this patch bill early releases to when settling began, and re-settle every pot at each re-check of an
   // owed payment.
   const settlementV2 = patched(SETTLEMENT_V2);
+  const endSeenFirst = patched(END_SEEN_FIRST);
   const id = spec.reservationId;
   const perHour = BigInt(spec.perHourUnits);
   let status: ReservationStatus = 'pending';
@@ -295,9 +301,11 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       for (;;) {
         const seenEnd = endAt;
         await condition(() => release !== undefined || watchEnded !== undefined || endAt !== seenEnd, Math.max(1, endAt - Date.now()));
+        // The node was lost before any release came: that stays the end, whatever arrives while an extension pays.
+        const lostFirst = endSeenFirst && watchEnded !== undefined && release === undefined;
         // An extension paying right now decides whether the term is over.
         await condition(() => extending === 0);
-        if (release) return { kind: 'released', reason: `released by the ${release.by}: ${release.reason || 'no reason given'}`, lastAliveAt: Date.now() };
+        if (release && !lostFirst) return { kind: 'released', reason: `released by the ${release.by}: ${release.reason || 'no reason given'}`, lastAliveAt: Date.now() };
         if (watchEnded) {
           // The last heartbeat the API passed on carries when the node last beat; none means it never did.
           const lastAliveAt = Math.min(Date.now(), Math.max(startAt, lastBeatAt(watchEnded.error) ?? startAt));

@@ -44,6 +44,7 @@ test('the recorded scenarios are all there', () => {
     'cancelled.json',
     'expired.json',
     'extended.json',
+    'lost-then-released.json',
     'node-lost.json',
     'owed-extended.json',
     'owed.json',

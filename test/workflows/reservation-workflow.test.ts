@@ -529,6 +529,38 @@ describe('reservationWorkflow', () => {
     });
   });
 
+  test('node lost while an extension\'s escrow is on its way, then released by the Engine: still ends as lost', async () => {
+    const world = new FakeReservationWorld();
+    const id = newId('lost-then-released');
+    const minuteMs = 200;
+    const nodeHeartbeatTimeoutMs = 1500;
+
+    await withWorker('lost-then-released', world, async ({ client, start }) => {
+      const handle = await start(reservationSpec(id, { minutes: 60 }), { minuteMs, nodeHeartbeatTimeoutMs });
+      const alive = keepReservedNodeAlive(client, id);
+      const ready = await handle.executeUpdate(reservationReadyUpdate);
+      if (!ready.ok) throw new Error('not ready');
+      await sleep(500); // a few beats
+      world.escrowGate = new Gate();
+      const extension = handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
+      await waitUntil(() => world.escrowCalls.length === 2, 5000, 'the extension escrow to start');
+      alive.stop();
+      const lastBeatAt = alive.lastBeatAt();
+      // The watch times out while the extension pays; the Engine, seeing its node gone, releases.
+      await sleep(nodeHeartbeatTimeoutMs + 1000);
+      const released = handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'node gone', by: 'engine' }], updateId: 'release' });
+      await sleep(300);
+      world.escrowGate.open();
+      await extension;
+      const receipt = await released;
+      expect(receipt.status).toBe('failed');
+      // Billed to the node's last sign of life, not the whole term (the default policy bills a release in full).
+      expect(receipt.timeUsedSeconds).toBeLessThanOrEqual(billedSeconds(Math.max(lastBeatAt, ready.startAt) - ready.startAt + 50, minuteMs));
+      expect(world.calls('penalizeLostNode')).toEqual([{ id, nodeId: 'node-a', reason: 'node lost: silent for 2 s' }]);
+      expect(await handle.result()).toMatchObject({ status: 'failed' });
+    });
+  });
+
   test('a node that never beats after the start is billed nothing: the whole escrow goes back', async () => {
     const world = new FakeReservationWorld();
     const id = newId('never-beat');
