@@ -83,7 +83,7 @@ const scenarios: Record<string, Scenario> = {
     async drive({ client, handle, id }) {
       await whileAlive(client, id, async () => {
         await handle.executeUpdate(reservationReadyUpdate);
-        await handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 5 }] });
+        await handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
         await handle.result();
       });
     },

@@ -337,12 +337,15 @@ export function createReservationService(deps: ReservationServiceDeps) {
   async function extend(req: { reservationId: string; additionalMinutes: number; caller?: string }) {
     const r = await find(req.reservationId);
     requireOwner(r.owner, req.caller, `reservation ${r.id}`);
-    if (!Number.isInteger(req.additionalMinutes) || req.additionalMinutes < 1 || req.additionalMinutes > MAX_MINUTES) {
-      throw new ValidationError('additional_minutes', `must be a whole number from 1 to ${MAX_MINUTES}`);
+    if (!Number.isInteger(req.additionalMinutes) || req.additionalMinutes < MIN_MINUTES || req.additionalMinutes > MAX_MINUTES) {
+      throw new ValidationError('additional_minutes', `must be a whole number from ${MIN_MINUTES} to ${MAX_MINUTES}`);
     }
     if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
     try {
-      return await handle(r.id).executeUpdate(extendReservationUpdate, { args: [{ minutes: req.additionalMinutes }] });
+      // The extension's number and length as its update id: a client retrying while the escrow is still on its
+      // way (its deadline passed first) joins that extension instead of paying for a second one.
+      const updateId = `extend-${r.extensions + 1}-${req.additionalMinutes}`;
+      return await handle(r.id).executeUpdate(extendReservationUpdate, { args: [{ minutes: req.additionalMinutes }], updateId });
     } catch (err) {
       throw translate(err);
     }

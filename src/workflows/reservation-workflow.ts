@@ -22,6 +22,7 @@ import {
   earnedUnits,
   MAX_MINUTES,
   MAX_TOTAL_MINUTES,
+  MIN_MINUTES,
   potId,
   reservationCost,
   type EarlyReleasePolicy,
@@ -212,8 +213,9 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     {
       validator: ({ minutes: extra }) => {
         if (ended() || status !== 'active') throw reject(ReservationRejections.ended, `reservation ${id} is ${status === 'pending' ? 'not active yet' : 'over'}`);
-        if (!Number.isInteger(extra) || extra < 1 || extra > MAX_MINUTES) {
-          throw reject(ReservationRejections.invalid, `additional_minutes: must be a whole number from 1 to ${MAX_MINUTES}`);
+        // At least a reservation's shortest term: each extension is a pot, settled on its own (history, fees).
+        if (!Number.isInteger(extra) || extra < MIN_MINUTES || extra > MAX_MINUTES) {
+          throw reject(ReservationRejections.invalid, `additional_minutes: must be a whole number from ${MIN_MINUTES} to ${MAX_MINUTES}`);
         }
         // Each refused extension costs history (its escrow attempt) and one of the workflow's updates; a client
         // retrying one without funds must not use them up (the release is an update too).

@@ -163,7 +163,7 @@ test('an extension escrows its own pot and moves the end; bad extensions are ref
   const reply = await reserve(node.nodeId, user.publicKey.toBase58(), 10);
   const id = reply.reservation_id;
 
-  for (const bad of [0, -5, 481]) {
+  for (const bad of [0, -5, 9, 481]) {
     expect(await rig.engine.call('ExtendReservation', { reservation_id: id, additional_minutes: bad })).toMatchObject({
       status: S.FAILED,
       error: { code: 400, message: expect.stringContaining('additional_minutes') },
@@ -186,7 +186,7 @@ test('an extension escrows its own pot and moves the end; bad extensions are ref
   expect(after.node - before.node).toBe(a.node + b.node);
   expect(after.treasury - before.treasury).toBe(a.platform + b.platform);
   expect(after.user).toBe(before.user - escrow - extra);
-  expect(await rig.engine.call('ExtendReservation', { reservation_id: id, additional_minutes: 5 })).toMatchObject({ status: S.FAILED, error: { code: 410 } });
+  expect(await rig.engine.call('ExtendReservation', { reservation_id: id, additional_minutes: 10 })).toMatchObject({ status: S.FAILED, error: { code: 410 } });
 });
 
 test('a node lost mid-reservation: the user gets the unused time back, the node a recorded penalty', async () => {

@@ -347,43 +347,43 @@ describe('reservationWorkflow', () => {
         try {
           const ready = await handle.executeUpdate(reservationReadyUpdate);
           if (!ready.ok) throw new Error('not ready');
-          const extended = await handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 7 }] });
-          expect(extended).toEqual({ endAt: ready.endAt + 7 * minuteMs, additionalUnits: escrowOf(7).toString(), escrowTx: `ledger:${id}/ext-1/escrow` });
+          const extended = await handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 12 }] });
+          expect(extended).toEqual({ endAt: ready.endAt + 12 * minuteMs, additionalUnits: escrowOf(12).toString(), escrowTx: `ledger:${id}/ext-1/escrow` });
           expect(world.escrowCalls).toEqual([
             { potId: id, amount: spec.escrowUnits, owner: USER_WALLET },
-            { potId: `${id}/ext-1`, amount: escrowOf(7).toString(), owner: USER_WALLET },
+            { potId: `${id}/ext-1`, amount: escrowOf(12).toString(), owner: USER_WALLET },
           ]);
           expect(world.calls('recordExtension')).toEqual([
-            { id, extensions: 1, minutes: 17, escrowUnits: (escrowOf(10) + escrowOf(7)).toString(), endAt: ready.endAt + 7 * minuteMs },
+            { id, extensions: 1, minutes: 22, escrowUnits: (escrowOf(10) + escrowOf(12)).toString(), endAt: ready.endAt + 12 * minuteMs },
           ]);
           expect(await handle.query(reservationQuery)).toMatchObject({
             status: 'active',
-            minutes: 17,
-            endAt: ready.endAt + 7 * minuteMs,
-            escrowUnits: (escrowOf(10) + escrowOf(7)).toString(),
+            minutes: 22,
+            endAt: ready.endAt + 12 * minuteMs,
+            escrowUnits: (escrowOf(10) + escrowOf(12)).toString(),
             pots: [
               { potId: id, units: escrowOf(10).toString(), minutes: 10 },
-              { potId: `${id}/ext-1`, units: escrowOf(7).toString(), minutes: 7 },
+              { potId: `${id}/ext-1`, units: escrowOf(12).toString(), minutes: 12 },
             ],
-            lastReason: 'extended by 7 min',
+            lastReason: 'extended by 12 min',
           });
 
           const receipt = await handle.result();
           // Not at the first end: the timer moved with the extension.
-          expect(Date.now()).toBeGreaterThanOrEqual(ready.endAt + 7 * minuteMs);
-          expect(receipt).toMatchObject({ status: 'expired', timeUsedSeconds: 17 * 60, ...settlementOf([escrowOf(10), escrowOf(7)], escrowOf(10) + escrowOf(7)), refunded: '0', owed: false });
+          expect(Date.now()).toBeGreaterThanOrEqual(ready.endAt + 12 * minuteMs);
+          expect(receipt).toMatchObject({ status: 'expired', timeUsedSeconds: 22 * 60, ...settlementOf([escrowOf(10), escrowOf(12)], escrowOf(10) + escrowOf(12)), refunded: '0', owed: false });
         } finally {
           alive.stop();
         }
         expect(world.settleCalls).toEqual([
           { potId: id, nodeId: 'node-a', payUnits: escrowOf(10).toString() },
-          { potId: `${id}/ext-1`, nodeId: 'node-a', payUnits: escrowOf(7).toString() },
+          { potId: `${id}/ext-1`, nodeId: 'node-a', payUnits: escrowOf(12).toString() },
         ]);
         expect(world.legsOf(`${id}/ext-1`)).toEqual(['escrow', 'release_node', 'release_platform']);
       });
     });
 
-    test('the validator refuses 0, fractions, more than 480 minutes and more than 1440 in all; nothing is escrowed for them', async () => {
+    test('the validator refuses 0, fractions, fewer than 10 or more than 480 minutes, and more than 1440 in all; nothing is escrowed for them', async () => {
       const world = new FakeReservationWorld();
       const id = newId('extend-invalid');
       const spec = reservationSpec(id, { minutes: 480 });
@@ -393,13 +393,13 @@ describe('reservationWorkflow', () => {
         await handle.executeUpdate(reservationReadyUpdate);
         const extend = (minutes: number) => handle.executeUpdate(extendReservationUpdate, { args: [{ minutes }] });
 
-        for (const minutes of [0, -5, 1.5, MAX_MINUTES + 1]) {
+        for (const minutes of [0, -5, 1.5, 9, MAX_MINUTES + 1]) {
           const failure = await expectUpdateRejected(extend(minutes), ReservationRejections.invalid);
           expect(failure.message).toContain('additional_minutes');
         }
         await extend(480); // 960 in all
         await extend(480); // 1440 in all: the most a reservation runs
-        const tooLong = await expectUpdateRejected(extend(1), ReservationRejections.invalid);
+        const tooLong = await expectUpdateRejected(extend(10), ReservationRejections.invalid);
         expect(tooLong.message).toContain('at most 1440 minutes in all (1440 booked)');
 
         expect(world.escrowCalls.map((c) => c.potId)).toEqual([id, `${id}/ext-1`, `${id}/ext-2`]);
@@ -420,7 +420,7 @@ describe('reservationWorkflow', () => {
         const handle = await start(reservationSpec(id));
         await handle.executeUpdate(reservationReadyUpdate);
         world.escrowRefusal = { type: PaymentFailures.insufficientFunds, message: 'allowance too small' };
-        const extend = () => handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 5 }] });
+        const extend = () => handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
         for (let i = 0; i < 5; i++) await expectUpdateRejected(extend(), ReservationRejections.escrowRefused);
         const events = (await handle.fetchHistory()).events?.length ?? 0;
         const capped = await expectUpdateRejected(extend(), ReservationRejections.escrowRefused);
