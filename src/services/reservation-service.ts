@@ -342,10 +342,10 @@ export function createReservationService(deps: ReservationServiceDeps) {
     }
     if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
     try {
-      // The extension's number and length as its update id: a client retrying while the escrow is still on its
-      // way (its deadline passed first) joins that extension instead of paying for a second one.
-      const updateId = `extend-${r.extensions + 1}-${req.additionalMinutes}`;
-      return await handle(r.id).executeUpdate(extendReservationUpdate, { args: [{ minutes: req.additionalMinutes }], updateId });
+      // No update id: a refused extension's outcome would answer every later try under the same id. (So a client
+      // that retries after its deadline passed, while the first escrow was still on its way, extends twice, and
+      // gets the time it paid for twice.)
+      return await handle(r.id).executeUpdate(extendReservationUpdate, { args: [{ minutes: req.additionalMinutes }] });
     } catch (err) {
       throw translate(err);
     }
