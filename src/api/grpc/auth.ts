@@ -93,8 +93,8 @@ export function callerOf(secret: string | undefined): CallerOf {
 }
 
 /**
- * The signed-in user's wallet: the token's `wallet_address` claim (the website's login puts it there; the
- * original server also read it), '' when the token has none, undefined as for callerOf.
+ * The signed-in user's wallet: the token's `wallet_address` claim (optional among the original's token claims,
+ * which it read after its user database), '' when the token has none, undefined as for callerOf.
  */
 export function callerWalletOf(secret: string | undefined): CallerOf {
   const claims = claimsOf(secret);
