@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gte, isNull, lte, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, gte, isNull, lte, ne, or, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { DeviceType } from '../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
@@ -27,11 +27,12 @@ export interface NodeRegistration {
 
 /**
  * The id of the node this registration belongs to, if the server knows it: by the id the node already
- * holds, else by wallet, else by its endpoint (no two nodes can listen on one ip:port).
+ * holds, else by wallet, else by its endpoint when the node there has gone silent (a node that lost its saved id
+ * registering again from where it was; with `offlineSince`, a live node at the endpoint is another machine).
  */
 export async function findRegisteredNode(
   db: DbOrTx,
-  key: { nodeId: string; walletAddress: string; ipAddress: string; port: number; owner?: string },
+  key: { nodeId: string; walletAddress: string; ipAddress: string; port: number; owner?: string; offlineSince?: Date },
 ): Promise<string | undefined> {
   // Only among the caller's nodes (and unowned ones) when it is known: another user's node is not this one,
   // whatever id it claims (a copied registration file) and however it shares a LAN address and the shipping port.
@@ -50,10 +51,13 @@ export async function findRegisteredNode(
     if (byWallet) return byWallet.id;
   }
   if (key.ipAddress && key.port) {
+    // Shipping nodes report a LAN address and the fixed port 50052, so two machines on two LANs often share an
+    // endpoint: a node at this one that still beats is another machine, never this one (offlineSince).
+    const silent = key.offlineSince ? or(ne(nodes.status, 'online'), lte(nodes.lastHeartbeat, key.offlineSince)) : undefined;
     const [byEndpoint] = await db
       .select({ id: nodes.id })
       .from(nodes)
-      .where(and(eq(nodes.ipAddress, key.ipAddress), eq(nodes.port, key.port), mine))
+      .where(and(eq(nodes.ipAddress, key.ipAddress), eq(nodes.port, key.port), mine, silent))
       .orderBy(desc(nodes.lastHeartbeat))
       .limit(1);
     if (byEndpoint) return byEndpoint.id;
@@ -79,6 +83,10 @@ export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, ow
   const now = new Date();
   const { pricing: _announced, ...fields } = r;
   const values = { ...fields, ...derived(r), owner: owner || null, status: 'online', lastHeartbeat: now, updatedAt: now };
+  // No devices is "not sent" too: the shipping node's reconnect (RetryConnection) registers without any, its
+  // device detection being off. Its hardware, and what it sets (matching columns, capacity, list price), stays.
+  const { devices: _d, deviceTypes: _t, maxDeviceMemory: _m, computeScore: _c, capacity: _k, pricePerHour: _p, ...withoutHardware } = values;
+  const updated = r.devices.length > 0 ? values : { ...withoutHardware, ...(r.pricing && r.pricing.price_per_hour > 0 ? { pricePerHour: values.pricePerHour } : {}) };
   const [row] = await db
     .insert(nodes)
     .values({ id, ...values })
@@ -87,7 +95,7 @@ export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, ow
       // An empty wallet is proto3's "not sent" (shipping nodes always send ""): keep the one registered.
       // An owner, once set, stays (the service refuses another user's registration before this).
       set: {
-        ...values,
+        ...updated,
         walletAddress: sql`coalesce(nullif(excluded.wallet_address, ''), ${nodes.walletAddress})`,
         owner: sql`coalesce(${nodes.owner}, excluded.owner)`,
       },

@@ -47,6 +47,7 @@ export function createNodeService(deps: NodeServiceDeps) {
       ipAddress: reg.ipAddress,
       port: reg.port,
       owner: caller,
+      offlineSince: new Date(Date.now() - deps.offlineAfterMs),
     });
     if (existing) await refuseTakeover(existing, reg, caller);
     // A new node keeps the id it brings, unless another user's node has it (auth on): then it gets a fresh one,

@@ -94,8 +94,20 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     const silent = new Date(Date.now() - 120_000);
     await database.db.update(nodes).set({ lastHeartbeat: silent }).where(eq(nodes.id, 'node_1700000000'));
     expect((await nodeService.register('node_1700000000', registration({ ipAddress: '10.9.9.9' }))).nodeId).toBe('node_1700000000');
-    // restarted daemon that lost its file, same endpoint
+    // Another machine at the same endpoint while this one beats (shipping nodes report a LAN address and port
+    // 50052: two homes' 192.168.1.10 look alike) is another node, with its own id.
+    expect(await nodeService.register('node_1788888888', registration({ ipAddress: '10.9.9.9' }))).toEqual({ nodeId: 'node_1788888888', created: true });
+    await database.db.delete(nodes).where(eq(nodes.id, 'node_1788888888'));
+    // A daemon that lost its saved id, back at the endpoint where its node went silent, is that node again.
+    await database.db.update(nodes).set({ lastHeartbeat: silent }).where(eq(nodes.id, 'node_1700000000'));
     expect((await nodeService.register('node_1799999999', registration({ ipAddress: '10.9.9.9' })))).toEqual({ nodeId: 'node_1700000000', created: false });
+    // Its reconnect registers without devices (device detection off in the shipping node): the hardware stays.
+    await nodeService.register('node_1700000000', registration({ ipAddress: '10.9.9.9', devices: [] }));
+    expect((await database.db.select().from(nodes).where(eq(nodes.id, 'node_1700000000')))[0]).toMatchObject({
+      deviceTypes: ['CUDA'],
+      maxDeviceMemory: 8 * GiB,
+      devices: [expect.objectContaining({ deviceType: 'CUDA' })],
+    });
     const walleted = await nodeService.register('', registration({ ipAddress: '10.0.0.2', walletAddress: 'W1' }));
     expect(walleted.nodeId).toMatch(/^[0-9a-f-]{36}$/);
     await database.db.update(nodes).set({ lastHeartbeat: silent }).where(eq(nodes.id, walleted.nodeId));
