@@ -109,13 +109,19 @@ export function createJobActivities(deps: JobActivityDeps) {
     const fresh = !deps.nodes.loaded();
     if (fresh) await deps.nodes.refresh();
     let attempt = await rankAndClaim(input);
-    if (!attempt.node && !fresh) {
-      await deps.nodes.refresh();
-      attempt = await rankAndClaim(input);
+    let queuePosition: number | undefined;
+    if (!attempt.node) {
+      // Waiting from the first miss: capacity freed while it looks once more wakes it (wake-ups go to waiting
+      // jobs only). Its next assignment clears it if the second look finds a node.
+      queuePosition = await markWaiting(deps.db, input.jobId);
+      if (!fresh) {
+        await deps.nodes.refresh();
+        attempt = await rankAndClaim(input);
+      }
     }
     const { node, ranking, claimedByOthers } = attempt;
     const explanation: MatchExplanation = { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers };
-    if (!node) explanation.queuePosition = await markWaiting(deps.db, input.jobId);
+    if (!node) explanation.queuePosition = queuePosition;
     return { node, explanation };
   }
 

@@ -141,6 +141,9 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
   }
   if (t.excludeNode) sets.push(sql`excluded_nodes = array_append(excluded_nodes, ${t.excludeNode}::text)`);
   // Data-modifying CTEs all run, from one snapshot, whether or not the outer query reads them.
+  // An ended job holds no capacity, whatever claim a stray late match may have left (claim_node refuses it
+  // after this).
+  const unclaim = t.ended ? sql`, d as (delete from node_claims where job_id = (select job_id from e))` : sql``;
   const cancel = t.cancelOnNode
     ? sql`, c as (insert into node_job_cancels (node_id, job_id, reason) select ${t.cancelOnNode}::text, job_id, ${t.reason}::text from e on conflict do nothing)`
     : sql``;
@@ -151,7 +154,7 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
       on conflict do nothing returning job_id
     ), u as (
       update jobs set ${sql.join(sets, sql`, `)} where id = (select job_id from e) returning id
-    )${cancel}
+    )${cancel}${unclaim}
     select id, pg_notify(${JOB_CHANGES_CHANNEL}, id) from u`);
   return result.rows.length > 0;
 }
@@ -277,6 +280,19 @@ export async function recordRefusal(db: DbOrTx, jobId: string, nodeId: string): 
   await db.execute(sql`
     update jobs set refused_nodes = array_append(refused_nodes, ${nodeId}::text)
      where id = ${jobId} and not (${nodeId}::text = any(refused_nodes))`);
+}
+
+/**
+ * Nodes that came back (online again, or registered again) get another chance from the waiting jobs they
+ * refused or could not be reached by: those jobs want them again, are woken for them and hold them back from
+ * the jobs behind, as before the refusal.
+ */
+export async function forgetRefusals(db: DbOrTx, nodeIds: readonly string[]): Promise<void> {
+  if (nodeIds.length === 0) return;
+  const ids = sql.param([...nodeIds]);
+  await db.execute(sql`
+    update jobs set refused_nodes = array(select r from unnest(refused_nodes) r where not (r = any(${ids}::text[])))
+     where status in ('pending', 'queued') and refused_nodes && ${ids}::text[]`);
 }
 
 /** How many waiting jobs to wake for `nodes` nodes that changed: a few per node (the first takes it). */

@@ -104,7 +104,10 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       writingSince ??= at.getTime();
       await nodesRepo.insertSamples(db, sample(batch, at.getTime()));
       const held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
-      if (back.length > 0) log.info({ nodes: back }, 'nodes back online');
+      if (back.length > 0) {
+        log.info({ nodes: back }, 'nodes back online');
+        await jobsRepo.forgetRefusals(db, back);
+      }
       const wake = back.length > 0 ? await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals, jobsRepo.wakeLimit(back.length)) : [];
       passLiveness({ at, held, nodeIds: new Set(batch.keys()), wake: new Set(wake) });
     } else {

@@ -61,9 +61,10 @@ export function createNodeService(deps: NodeServiceDeps) {
       if (owed.length > 0) await workflows.walletRegistered(owed);
       await deps.reservations?.walletRegistered(nodeId);
     }
-    // Waiting jobs may fit this node now.
+    // Waiting jobs may fit this node now, those it refused before included.
     void jobsRepo
-      .waitingJobsFor(db, [nodeId], deps.tokenDecimals, jobsRepo.wakeLimit(1))
+      .forgetRefusals(db, [nodeId])
+      .then(() => jobsRepo.waitingJobsFor(db, [nodeId], deps.tokenDecimals, jobsRepo.wakeLimit(1)))
       .then((ids) => workflows.nodesChanged(ids))
       .catch((err) => deps.log.warn({ err: String(err) }, 'could not wake queued jobs'));
     return { nodeId, created: !existing };

@@ -150,8 +150,9 @@ const ASSIGN_IN_ONE_ACTIVITY = 'assign-in-one-activity';
 const UNREPORTED_END_TIMER = 'unreported-end-timer';
 /**
  * Patch: the workflow as of this version, the one marker a run records. A run started with it behaves as with
- * every patch above (whose markers it no longer records: two history events fewer per job), and a node's failure
- * or loss that comes together with a cancel still counts against the node.
+ * every patch above (whose markers it no longer records: two history events fewer per job); a node's failure
+ * or loss that comes together with a cancel still counts against the node; and a failed attempt's outcome (a ban
+ * with it) is recorded before its capacity is given back.
  */
 const JOB_WORKFLOW_V3 = 'job-workflow-v3';
 
@@ -591,8 +592,11 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   async function attemptFailed(nodeId: string, reason: string, actor: string): Promise<void> {
     givingUpAttempt = true;
     s.failedNodes.push(nodeId);
+    // v3: the failure is recorded (a ban with it) before the capacity is given back, whose release wakes
+    // waiting jobs for this very node.
+    if (v3) await registry.recordNodeOutcome({ nodeId, outcome: 'failed', jobId, reason });
     await registry.releaseNode({ jobId });
-    await registry.recordNodeOutcome({ nodeId, outcome: 'failed', jobId, reason });
+    if (!v3) await registry.recordNodeOutcome({ nodeId, outcome: 'failed', jobId, reason });
     outcome = undefined;
     if (s.attempt >= options.maxAttempts) {
       s.error = { code: 500, message: `failed after ${s.attempt} attempt(s); last: ${reason}` };

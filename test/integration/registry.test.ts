@@ -444,10 +444,34 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9, 10)).toEqual(['behind']);
     expect((await ask('behind')).node?.nodeId).toBe('big');
 
+    // The node comes back (online again or registered again): the refusal is forgotten, it is held back again.
+    await database.db.delete(nodeClaims).where(eq(nodeClaims.jobId, 'behind'));
+    await jobsRepo.forgetRefusals(database.db, ['big']);
+    expect((await jobsRepo.getJob(database.db, 'refused-high'))!.refusedNodes).toEqual([]);
+    expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9, 10)).toEqual(['refused-high', 'behind']);
+    expect((await ask('behind')).node).toBeNull();
+
+    await jobsRepo.recordRefusal(database.db, 'refused-high', 'big');
     await jobsRepo.recordTransition(database.db, { jobId: 'refused-high', seq: 1, from: 'queued', to: 'assigned', reason: 'r', actor: 'workflow', attempt: 1, assignedNodeId: 'big' });
     expect((await jobsRepo.getJob(database.db, 'refused-high'))!.refusedNodes).toEqual([]);
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.id, ['refused-high', 'behind']));
     await database.db.delete(nodeClaims);
+  });
+
+  it('gives no claim to a banned node or an ended job, and an ended job holds none', async () => {
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
+    await database.db.delete(nodeClaims);
+    await job('guarded', { status: 'queued' });
+    // Banned a moment ago (the node cache may not know yet): claim_node refuses it.
+    await database.db.update(nodes).set({ bannedUntil: new Date(Date.now() + 3600_000) }).where(eq(nodes.id, 'big'));
+    expect(await claimNode(database.db, 'guarded', 'big', 9)).toBe(false);
+    await database.db.update(nodes).set({ bannedUntil: new Date(Date.now() - 1000) }).where(eq(nodes.id, 'big'));
+    expect(await claimNode(database.db, 'guarded', 'big', 9)).toBe(true);
+    // The job ends: its claim goes with its last transition, and a stray late claim is refused.
+    await jobsRepo.recordTransition(database.db, { jobId: 'guarded', seq: 1, from: 'queued', to: 'cancelled', reason: 'r', actor: 'client', attempt: 0, ended: true });
+    expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.jobId, 'guarded'))).toEqual([]);
+    expect(await claimNode(database.db, 'guarded', 'big', 9)).toBe(false);
+    await database.db.update(nodes).set({ bannedUntil: null }).where(eq(nodes.id, 'big'));
   });
 
   it('costs a job without an estimated duration at the 10-minute minimum, in matching and in claim_node', async () => {
