@@ -27,8 +27,8 @@ export interface NodeRegistration {
 
 /**
  * The id of the node this registration belongs to, if the server knows it: by the id the node already
- * holds, else by wallet, else by its endpoint when the node there has gone silent (a node that lost its saved id
- * registering again from where it was; with `offlineSince`, a live node at the endpoint is another machine).
+ * holds, else by wallet, else by its endpoint (a node that lost its saved id registering again from where it was;
+ * with `offlineSince`, only when the node there has gone silent: a live node at the endpoint is another machine).
  */
 export async function findRegisteredNode(
   db: DbOrTx,
@@ -52,7 +52,8 @@ export async function findRegisteredNode(
   }
   if (key.ipAddress && key.port) {
     // Shipping nodes report a LAN address and the fixed port 50052, so two machines on two LANs often share an
-    // endpoint: a node at this one that still beats is another machine, never this one (offlineSince).
+    // endpoint: with `offlineSince` (the registration names an id of its own), a node at this one that still
+    // beats is another machine.
     const silent = key.offlineSince ? or(ne(nodes.status, 'online'), lte(nodes.lastHeartbeat, key.offlineSince)) : undefined;
     const [byEndpoint] = await db
       .select({ id: nodes.id })

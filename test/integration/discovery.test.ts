@@ -179,8 +179,12 @@ describe('NodeDiscoveryService (real Postgres, over gRPC)', () => {
       const rows = placed.flatMap((p, i) => (claimed(p) ? [{ nodeId: p.node, jobId: jobIds[i] }] : []));
       for (let i = 0; i < rows.length; i += 1000) await database.db.insert(nodeClaims).values(rows.slice(i, i + 1000));
     } else {
+      // A banned node takes no new claim: its jobs are the ones it held when the ban came.
+      const banned = new Set(seeds.filter((sd) => sd.bannedUntil && sd.bannedUntil.getTime() > Date.now()).map((sd) => sd.id));
       for (const [i, p] of placed.entries()) {
-        if (claimed(p)) expect(await claimNode(database.db, jobIds[i], p.node, 9)).toBe(true);
+        if (!claimed(p)) continue;
+        if (banned.has(p.node)) await database.db.insert(nodeClaims).values({ nodeId: p.node, jobId: jobIds[i] });
+        else expect(await claimNode(database.db, jobIds[i], p.node, 9)).toBe(true);
       }
     }
     // Claimed while waiting (as matching claims), then on to where the job is now.
