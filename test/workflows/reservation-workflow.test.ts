@@ -499,11 +499,11 @@ describe('reservationWorkflow', () => {
       await sleep(nodeHeartbeatTimeoutMs + 500);
       expect(await handle.query(reservationQuery)).toMatchObject({ status: 'active' });
       alive.stop();
-      const lastBeatAt = alive.lastBeatAt();
-      expect(alive.beats()).toBeGreaterThan(5);
 
       const receipt = await handle.result();
       const lostAt = Date.now();
+      const lastBeatAt = alive.lastBeatAt(); // read once a beat that was on its way has landed
+      expect(alive.beats()).toBeGreaterThan(5);
       expect(receipt.status).toBe('failed');
       // Billed until the last sign of life (the `at` of the watch's last heartbeat), never up to the detection.
       expect(receipt.timeUsedSeconds).toBeGreaterThanOrEqual(billedSeconds(lastBeatAt - ready.startAt - 250, minuteMs));
@@ -545,9 +545,9 @@ describe('reservationWorkflow', () => {
       const extension = handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
       await waitUntil(() => world.escrowCalls.length === 2, 5000, 'the extension escrow to start');
       alive.stop();
-      const lastBeatAt = alive.lastBeatAt();
       // The watch times out while the extension pays; the Engine, seeing its node gone, releases.
       await sleep(nodeHeartbeatTimeoutMs + 1000);
+      const lastBeatAt = alive.lastBeatAt(); // read once a beat that was on its way has landed
       const released = handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'node gone', by: 'engine' }], updateId: 'release' });
       await sleep(300);
       world.escrowGate.open();
