@@ -106,7 +106,8 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       const held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
       if (back.length > 0) {
         log.info({ nodes: back }, 'nodes back online');
-        await jobsRepo.forgetRefusals(db, back);
+        // Not this flush's to fail for: its beats are written; a miss only leaves a refusal to the job's next try.
+        await jobsRepo.forgetRefusals(db, back).catch((err) => log.warn({ err: String(err) }, 'could not forget refusals of nodes back online'));
       }
       const wake = back.length > 0 ? await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals, jobsRepo.wakeLimit(back.length)) : [];
       passLiveness({ at, held, nodeIds: new Set(batch.keys()), wake: new Set(wake) });
