@@ -295,6 +295,18 @@ export async function forgetRefusals(db: DbOrTx, nodeIds: readonly string[]): Pr
      where status in ('pending', 'queued') and refused_nodes && ${ids}::text[]`);
 }
 
+/**
+ * Drops the capacity claims of jobs that have ended: a stray late match racing a job's last transition can leave
+ * one (its claim commits after the transition's delete looked). @returns the nodes freed.
+ */
+export async function dropClaimsOfEndedJobs(db: DbOrTx): Promise<string[]> {
+  const result = await db.execute<{ node_id: string }>(sql`
+    delete from node_claims c using jobs j
+     where j.id = c.job_id and j.status in ('completed', 'failed', 'cancelled')
+    returning c.node_id`);
+  return [...new Set(result.rows.map((r) => r.node_id))];
+}
+
 /** How many waiting jobs to wake for `nodes` nodes that changed: a few per node (the first takes it). */
 export const wakeLimit = (nodes: number) => Math.min(500, 8 * nodes);
 

@@ -87,7 +87,10 @@ export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, ow
   // No devices is "not sent" too: the shipping node's reconnect (RetryConnection) registers without any, its
   // device detection being off. Its hardware, and what it sets (matching columns, capacity, list price), stays.
   const { devices: _d, deviceTypes: _t, maxDeviceMemory: _m, computeScore: _c, capacity: _k, pricePerHour: _p, ...withoutHardware } = values;
-  const updated = r.devices.length > 0 ? values : { ...withoutHardware, ...(r.pricing && r.pricing.price_per_hour > 0 ? { pricePerHour: values.pricePerHour } : {}) };
+  const { pricing: _kept, ...withoutPricing } = withoutHardware;
+  const announces = !!r.pricing && r.pricing.price_per_hour > 0;
+  // Its announced pricing too, unless this registration announces one: the price it charges stays the one it shows.
+  const updated = r.devices.length > 0 ? values : announces ? { ...withoutHardware, pricePerHour: values.pricePerHour } : withoutPricing;
   const [row] = await db
     .insert(nodes)
     .values({ id, ...values })

@@ -122,6 +122,12 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         if (offline.length > 0) log.info({ nodes: offline }, 'nodes offline: no heartbeat');
       }
       await nodesRepo.pruneCancels(db, new Date(at.getTime() - CANCEL_ORDER_TTL_MS));
+      const freed = await jobsRepo.dropClaimsOfEndedJobs(db);
+      if (freed.length > 0) {
+        log.warn({ nodes: freed }, 'dropped capacity claims of ended jobs');
+        const wake = await jobsRepo.waitingJobsFor(db, freed, deps.tokenDecimals, jobsRepo.wakeLimit(freed.length));
+        if (wake.length > 0) await workflows.nodesChanged(wake).catch((err) => log.warn({ err: String(err) }, 'could not wake waiting jobs'));
+      }
       pruning ??= pruneMetrics(new Date(at.getTime() - deps.metricsRetentionMs)).finally(() => (pruning = undefined));
     }
   }

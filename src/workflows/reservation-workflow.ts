@@ -295,19 +295,25 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     });
     const scope = new CancellationScope();
     let watchEnded: { error: unknown } | undefined;
+    // Whether the node was lost before any release came, noted when the loss comes (an extension paying at the
+    // end of the term may hold the end back while both arrive).
+    let lostBeforeRelease = false;
+    const lost = (error: unknown) => {
+      watchEnded = { error };
+      lostBeforeRelease = release === undefined;
+    };
     scope.run(() => watch.watchReservedNode({ id, nodeId: spec.nodeId })).then(
-      () => (watchEnded = { error: undefined }),
-      (error) => (watchEnded = { error }),
+      () => lost(undefined),
+      (error) => lost(error),
     );
     try {
       for (;;) {
         const seenEnd = endAt;
         await condition(() => release !== undefined || watchEnded !== undefined || endAt !== seenEnd, Math.max(1, endAt - Date.now()));
-        // The node was lost before any release came: that stays the end, whatever arrives while an extension pays.
-        const lostFirst = endSeenFirst && watchEnded !== undefined && release === undefined;
         // An extension paying right now decides whether the term is over.
         await condition(() => extending === 0);
-        if (release && !lostFirst) return { kind: 'released', reason: `released by the ${release.by}: ${release.reason || 'no reason given'}`, lastAliveAt: Date.now() };
+        // The node was lost before any release came: that stays the end, whatever arrived while an extension paid.
+        if (release && !(endSeenFirst && watchEnded && lostBeforeRelease)) return { kind: 'released', reason: `released by the ${release.by}: ${release.reason || 'no reason given'}`, lastAliveAt: Date.now() };
         if (watchEnded) {
           // The last heartbeat the API passed on carries when the node last beat; none means it never did.
           const lastAliveAt = Math.min(Date.now(), Math.max(startAt, lastBeatAt(watchEnded.error) ?? startAt));

@@ -101,12 +101,18 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     // A daemon that lost its saved id, back at the endpoint where its node went silent, is that node again.
     await database.db.update(nodes).set({ lastHeartbeat: silent }).where(eq(nodes.id, 'node_1700000000'));
     expect((await nodeService.register('node_1799999999', registration({ ipAddress: '10.9.9.9' })))).toEqual({ nodeId: 'node_1700000000', created: false });
-    // Its reconnect registers without devices (device detection off in the shipping node): the hardware stays.
+    // Its reconnect registers without devices (device detection off in the shipping node): the hardware, and the
+    // price and capacity it sets, stay.
+    const [registered] = await database.db.select().from(nodes).where(eq(nodes.id, 'node_1700000000'));
     await nodeService.register('node_1700000000', registration({ ipAddress: '10.9.9.9', devices: [] }));
     expect((await database.db.select().from(nodes).where(eq(nodes.id, 'node_1700000000')))[0]).toMatchObject({
       deviceTypes: ['CUDA'],
       maxDeviceMemory: 8 * GiB,
       devices: [expect.objectContaining({ deviceType: 'CUDA' })],
+      pricePerHour: registered.pricePerHour,
+      pricing: registered.pricing,
+      capacity: registered.capacity,
+      computeScore: registered.computeScore,
     });
     const walleted = await nodeService.register('', registration({ ipAddress: '10.0.0.2', walletAddress: 'W1' }));
     expect(walleted.nodeId).toMatch(/^[0-9a-f-]{36}$/);
@@ -471,6 +477,10 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await jobsRepo.recordTransition(database.db, { jobId: 'guarded', seq: 1, from: 'queued', to: 'cancelled', reason: 'r', actor: 'client', attempt: 0, ended: true });
     expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.jobId, 'guarded'))).toEqual([]);
     expect(await claimNode(database.db, 'guarded', 'big', 9)).toBe(false);
+    // A stray claim that committed after that transition looked (a late match racing it) is swept.
+    await database.db.insert(nodeClaims).values({ nodeId: 'big', jobId: 'guarded' });
+    expect(await jobsRepo.dropClaimsOfEndedJobs(database.db)).toEqual(['big']);
+    expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.jobId, 'guarded'))).toEqual([]);
     await database.db.update(nodes).set({ bannedUntil: null }).where(eq(nodes.id, 'big'));
   });
 
