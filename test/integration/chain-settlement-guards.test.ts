@@ -3,7 +3,7 @@ import { Connection, Keypair, type PublicKey } from '@solana/web3.js';
 import { and, eq } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
 import { escrowAddress } from '../../src/chain/instructions';
-import { createChainSettlement, reclaimId, type ChainSettlement, type Leg, type PotOutcome, type SettlementHooks } from '../../src/chain/settlement';
+import { reclaimId, type ChainSettlement, type Leg, type PotOutcome, type SettlementHooks } from '../../src/chain/settlement';
 import { payments } from '../../src/db/schema';
 import { splitPayment } from '../../src/domain/money';
 import { PaymentFailures } from '../../src/domain/payments';
@@ -92,20 +92,7 @@ describe('chain settlement guards', () => {
 
   /** A settlement as settlementOn builds it, on a connection that stops once at `gate`. */
   const gatedSettlement = (gate: Gate, hooks?: SettlementHooks) =>
-    createChainSettlement({
-      db: database.db,
-      connection: new GatedConnection(chain.url, gate),
-      commitment: 'confirmed',
-      mint: chain.mint,
-      decimals: chain.decimals,
-      authority: chain.authority,
-      treasury: chain.treasury,
-      payer: chain.payer,
-      platformFeeBps: 1000,
-      confirmTimeoutMs: 5_000,
-      pollMs: 20,
-      hooks,
-    });
+    settlementOn(chain, database.db, { connection: new GatedConnection(chain.url, gate), hooks });
 
   /** A user holding `units` who allowed the escrow authority to move all of them. */
   async function approvingUser(units: bigint): Promise<Keypair> {

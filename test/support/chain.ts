@@ -100,10 +100,10 @@ export const sameRealmFetch = (input: Parameters<typeof fetch>[0], init?: Parame
 export function settlementOn(
   chain: TestChain,
   db: Db,
-  opts: Partial<Omit<ChainSettlementDeps, 'db' | 'connection'>> & { rpcUrl?: string; hooks?: SettlementHooks } = {},
+  opts: Partial<Omit<ChainSettlementDeps, 'db'>> & { rpcUrl?: string; hooks?: SettlementHooks } = {},
 ) {
   const commitment: ChainCommitment = opts.commitment ?? 'confirmed';
-  const connection = new Connection(opts.rpcUrl ?? chain.url, { commitment, disableRetryOnRateLimit: true, fetch: sameRealmFetch });
+  const connection = opts.connection ?? new Connection(opts.rpcUrl ?? chain.url, { commitment, disableRetryOnRateLimit: true, fetch: sameRealmFetch });
   return createChainSettlement({
     db,
     connection,
