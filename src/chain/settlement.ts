@@ -251,28 +251,37 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
   }
 
-  /** The attempt's status when the cluster knows the signature. */
-  async function signatureStatus(signature: string): Promise<ChainState | undefined> {
-    const { value } = await connection.getSignatureStatuses([signature], { searchTransactionHistory: true });
+  /**
+   * The attempt's status when the cluster knows the signature, and the slot the answering node had reached. An
+   * error counts only at the configured commitment: on a fork that is dropped, the same bytes may still land.
+   */
+  async function signatureStatus(signature: string): Promise<{ state?: ChainState; seenSlot: number }> {
+    const { context, value } = await connection.getSignatureStatuses([signature], { searchTransactionHistory: true });
     const status = value[0];
-    if (!status) return undefined;
-    if (status.err) return { kind: 'failed', err: JSON.stringify(status.err) };
+    if (!status) return { seenSlot: context.slot };
     const level = status.confirmationStatus ?? 'processed';
     const reached = deps.commitment === 'finalized' ? level === 'finalized' : deps.commitment === 'confirmed' ? level !== 'processed' : true;
-    return reached ? { kind: 'landed', slot: status.slot } : { kind: 'pending' };
+    if (!reached) return { state: { kind: 'pending' }, seenSlot: context.slot };
+    return { state: status.err ? { kind: 'failed', err: JSON.stringify(status.err) } : { kind: 'landed', slot: status.slot }, seenSlot: context.slot };
   }
 
   type ChainState = { kind: 'landed'; slot: number } | { kind: 'failed'; err: string } | { kind: 'pending' } | { kind: 'expired' };
 
-  /** What the chain says about a recorded attempt. */
+  /**
+   * What the chain says about a recorded attempt. "Expired" signs a new transaction over the same legs, so it is
+   * decided on the finalized chain (no fork can still include the bytes once a finalized block is past their last
+   * valid height), and only from a status answer by a node that had seen that block: behind a load balancer, a
+   * lagging node answers "unknown" for a transaction that landed, and believing it would pay twice.
+   */
   async function chainState(signature: string, lastValidBlockHeight: number): Promise<ChainState> {
-    const status = await signatureStatus(signature);
-    if (status) return status;
-    const height = await connection.getBlockHeight(deps.commitment);
-    if (height <= lastValidBlockHeight) return { kind: 'pending' };
+    const first = await signatureStatus(signature);
+    if (first.state) return first.state;
+    const finalized = await connection.getEpochInfo('finalized');
+    if (finalized.blockHeight <= lastValidBlockHeight) return { kind: 'pending' };
     // Past its last valid block: asked again, since it may have landed between the first read and the height.
     const late = await signatureStatus(signature);
-    if (late) return late;
+    if (late.state) return late.state;
+    if (late.seenSlot < finalized.absoluteSlot) return { kind: 'pending' };
     forgetBlockhash();
     return { kind: 'expired' };
   }

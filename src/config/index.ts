@@ -205,6 +205,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
   }
   const e = parsed.data;
+  if (e.SOLANA_RPC_URL && e.SOLANA_COMMITMENT === 'processed') {
+    // A processed block may be on a fork that is dropped: a leg counted paid there never moved, and an expiry
+    // judged there could sign a second transaction while the first still lands.
+    throw new ConfigError(['SOLANA_COMMITMENT: processed is for the local ledger only; use confirmed or finalized with SOLANA_RPC_URL']);
+  }
   return deepFreeze({
     dataDir: path.resolve(e.DATA_DIR),
     database: { url: e.DATABASE_URL, embeddedPort: e.EMBEDDED_PG_PORT },

@@ -196,6 +196,32 @@ describe('chain settlement: exactly once across worker crashes', () => {
     for (const row of await legRows(job.jobId, job.legs)) expect(row).toMatchObject({ state: 'confirmed', txRef: left.txRef, sendAttempts: 1 });
   });
 
+  test.each(steps)('%s: sent and landed, then a lagging RPC node answers "unknown" past the last valid block → nothing is signed again until a node that has seen the blocks answers', async (step) => {
+    const amount = 5_000_011n;
+    const job = await jobReadyFor(step, amount);
+    const before = await job.snapshot();
+
+    await expect(job.call(crashingAt('afterSend'))).rejects.toThrow(WorkerDied);
+    const [left] = await legRows(job.jobId, job.legs);
+    chain.ledger.advance(200);
+    const sentBefore = proxy.sent.length;
+
+    // Behind a load balancer, the status answers come from a node 500 slots behind: it has not seen the landing.
+    proxy.setFaults(({ method }) => (method === 'getSignatureStatuses' ? { kind: 'lagging', slots: 500 } : { kind: 'pass' }));
+    try {
+      await expect(job.call(settlementOn(chain, database.db, { rpcUrl: proxy.url, confirmTimeoutMs: 1000 }))).rejects.toThrow(/not confirmed yet/);
+    } finally {
+      proxy.setFaults(() => ({ kind: 'pass' }));
+    }
+    expect(proxy.sent.length - sentBefore).toBeLessThanOrEqual(1); // at most the recorded bytes, re-sent
+    for (const row of await legRows(job.jobId, job.legs)) expect(row).toMatchObject({ state: 'sent', txRef: left.txRef });
+
+    await withRetries(() => job.call(restarted()));
+    expect(diff(before, await job.snapshot())).toEqual(expectedDelta(step, amount));
+    expect(await landedWithMemo(chain.connection, proxy.sent, job.memo)).toEqual([left.txRef]);
+    for (const row of await legRows(job.jobId, job.legs)) expect(row).toMatchObject({ state: 'confirmed', txRef: left.txRef, sendAttempts: 1 });
+  });
+
   test.each(steps)('%s: two workers run the same leg at once (a timed-out attempt still running) → one transfer', async (step) => {
     const amount = 4_000_037n;
     const job = await jobReadyFor(step, amount);

@@ -241,7 +241,12 @@ export type Fault =
   /** Forwarded (the ledger acts on it), then the connection is cut before the client sees the answer. */
   | { kind: 'drop-response' }
   /** Forwarded after `ms`. */
-  | { kind: 'delay'; ms: number };
+  | { kind: 'delay'; ms: number }
+  /**
+   * Answered by a node `slots` behind the cluster (a lagging backend behind a load balancer): a status request
+   * gets no statuses and that node's slot; other requests pass.
+   */
+  | { kind: 'lagging'; slots: number };
 
 export interface ProxiedCall {
   index: number;
@@ -279,7 +284,7 @@ export async function startRpcProxy(target: string): Promise<RpcProxy> {
   let plan: (call: ProxiedCall) => Fault = () => ({ kind: 'pass' });
   let index = 0;
   const sent: SentTransaction[] = [];
-  const injected: Record<Fault['kind'], number> = { pass: 0, 'rate-limit': 0, unavailable: 0, 'drop-response': 0, delay: 0 };
+  const injected: Record<Fault['kind'], number> = { pass: 0, 'rate-limit': 0, unavailable: 0, 'drop-response': 0, delay: 0, lagging: 0 };
   const upstream = new URL(target);
 
   const forward = (body: Buffer) =>
@@ -328,6 +333,13 @@ export async function startRpcProxy(target: string): Promise<RpcProxy> {
     const answer = await forward(body);
     if (fault.kind === 'drop-response') {
       res.socket?.destroy();
+      return;
+    }
+    if (fault.kind === 'lagging' && method === 'getSignatureStatuses') {
+      const reply = JSON.parse(answer.body.toString('utf8'));
+      const { context, value } = reply.result;
+      reply.result = { context: { ...context, slot: Math.max(0, context.slot - fault.slots) }, value: value.map(() => null) };
+      res.writeHead(answer.status, { 'content-type': 'application/json' }).end(JSON.stringify(reply));
       return;
     }
     res.writeHead(answer.status, { 'content-type': 'application/json' }).end(answer.body);

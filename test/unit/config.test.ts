@@ -30,4 +30,10 @@ describe('loadConfig', () => {
       expect((err as ConfigError).issues.join('\n')).toMatch(/PLATFORM_FEE_BPS/);
     }
   });
+
+  it('refuses the processed commitment on a real cluster (a dropped fork could count a leg paid)', () => {
+    expect(loadConfig({ SOLANA_COMMITMENT: 'processed' }).chain.commitment).toBe('processed');
+    expect(() => loadConfig({ SOLANA_RPC_URL: 'https://api.devnet.solana.com', SOLANA_COMMITMENT: 'processed' })).toThrow(/SOLANA_COMMITMENT/);
+    expect(loadConfig({ SOLANA_RPC_URL: 'https://api.devnet.solana.com', SOLANA_COMMITMENT: 'finalized' }).chain.commitment).toBe('finalized');
+  });
 });
