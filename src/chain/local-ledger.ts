@@ -283,7 +283,13 @@ export async function startLocalLedger(opts: LocalLedgerOptions): Promise<LocalL
       persist();
       return b58.encode.decode(r.signature());
     },
-    sendTransaction: ([encoded, config]) => sendTransaction(encoded as string, (config as { encoding?: string })?.encoding ?? 'base58'),
+    sendTransaction: ([encoded, config]) => {
+      const { encoding, minContextSlot } = (config ?? {}) as { encoding?: string; minContextSlot?: number };
+      if (minContextSlot !== undefined && minContextSlot > state.height) {
+        throw new RpcError(-32016, 'Minimum context slot has not been reached', { contextSlot: state.height });
+      }
+      return sendTransaction(encoded as string, encoding ?? 'base58');
+    },
     getSignatureStatuses: ([sigs]) => ({
       context: context(),
       value: (sigs as string[]).map((s) => {

@@ -134,6 +134,8 @@ export const legKey = (jobId: string, leg: Leg | 'release') => `${jobId}/${leg}`
 export const reclaimId = (jobId: string, signature: string) => `${jobId}/reclaim/${signature}`;
 export const isReclaimId = (id: string) => id.includes('/reclaim/');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** How a leg's last_error starts when the cluster refused an attempt's bytes. */
+const SEND_REFUSED = 'send refused:';
 
 /**
  * Classifies a refused transaction: the ones no retry can fix. The platform's own fee payer running short of
@@ -243,11 +245,28 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
   }
 
-  /** Forgets an attempt that can never land (expired, refused); keeps why. */
+  /**
+   * Forgets an attempt that can never land (expired, refused); keeps why, with the refusal of its last send when
+   * there was one (an expiry caused by, say, the fee payer running out of SOL names that).
+   */
   async function abandonAttempt(jobId: string, legs: Leg[], signature: string, why: string, state: 'pending' | 'failed' = 'pending') {
     await db
       .update(payments)
-      .set({ state, txRef: null, txBytes: null, lastValidBlockHeight: null, lastError: why, updatedAt: new Date() })
+      .set({
+        state, txRef: null, txBytes: null, lastValidBlockHeight: null, updatedAt: new Date(),
+        lastError: sql`${why} || coalesce('; ' || case when ${payments.lastError} like ${`${SEND_REFUSED}%`} then ${payments.lastError} end, '')`,
+      })
+      .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
+  }
+
+  /** Keeps why the cluster refused to take an attempt's bytes (it stays recorded: the bytes may still land). */
+  async function noteSendRefused(jobId: string, legs: Leg[], signature: string, err: unknown): Promise<void> {
+    // The message's first line and the program logs that say what went wrong (the rest is metadata).
+    const logs = ((err as SendTransactionError)?.logs ?? []).filter((l) => /error|insufficient|failed|invalid/i.test(l));
+    const message = [String((err as Error)?.message ?? err).split('\n')[0].slice(0, 200), ...logs].join(' | ').slice(0, 500);
+    await db
+      .update(payments)
+      .set({ lastError: `${SEND_REFUSED} ${message}`, updatedAt: new Date() })
       .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
   }
 
@@ -277,7 +296,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const first = await signatureStatus(signature);
     if (first.state) return first.state;
     const finalized = await connection.getEpochInfo('finalized');
-    if (finalized.blockHeight <= lastValidBlockHeight) return { kind: 'pending' };
+    if ((finalized.blockHeight ?? 0) <= lastValidBlockHeight) return { kind: 'pending' };
     // Past its last valid block: asked again, since it may have landed between the first read and the height.
     const late = await signatureStatus(signature);
     if (late.state) return late.state;
@@ -296,9 +315,14 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     }
   }
 
-  async function send(bytes: Buffer): Promise<void> {
+  /**
+   * Sends signed bytes. `minContextSlot`: the slot the money being moved landed in (the escrow's), so that the
+   * preflight runs on a node that has seen it; a lagging node refuses the call, where it would otherwise report
+   * the escrow account missing or empty, and that would count as a permanent refusal.
+   */
+  async function send(bytes: Buffer, minContextSlot?: number): Promise<void> {
     try {
-      await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment, maxRetries: 0 });
+      await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment, maxRetries: 0, ...(minContextSlot !== undefined && { minContextSlot }) });
     } catch (err) {
       if (/already been processed|AlreadyProcessed/i.test(String((err as Error).message))) return;
       throw err;
@@ -317,6 +341,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     build: (rows: PaymentRow[]) => Promise<{ instructions: TransactionInstruction[]; signers: Keypair[] }>,
     /** The legs' rows when the caller has just written them (saves the first read). */
     known?: PaymentRow[],
+    /** The slot the source's money landed in (the escrow leg's), when the source is an escrow account. */
+    minContextSlot?: number,
   ): Promise<PaymentRow[]> {
     // Rows as last read or written; re-read only where another writer may have changed them.
     let rows = known?.length === legs.length ? known : await rowsOf(jobId, legs);
@@ -338,7 +364,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       if (current?.txRef && current.lastValidBlockHeight !== null) {
         let state = await chainState(current.txRef, current.lastValidBlockHeight);
         if (state.kind === 'pending' && current.txBytes) {
-          await send(Buffer.from(current.txBytes, 'base64')).catch(() => undefined);
+          await send(Buffer.from(current.txBytes, 'base64'), minContextSlot).catch((err: unknown) =>
+            noteSendRefused(jobId, legs, current.txRef!, err).catch(() => undefined),
+          );
           state = await awaitOutcome(current.txRef, current.lastValidBlockHeight);
         }
         if (state.kind === 'landed') {
@@ -376,7 +404,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       await deps.hooks?.afterRecord?.(legs);
 
       try {
-        await send(bytes);
+        await send(bytes, minContextSlot);
       } catch (err) {
         forgetBlockhash();
         // A refused preflight never reaches the chain: the attempt can be forgotten safely.
@@ -390,6 +418,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           await abandonAttempt(jobId, legs, signature, reason, 'failed');
           throw nonRetryable(reason === 'insufficient funds' ? SettlementErrors.insufficientFunds : SettlementErrors.transactionFailed, `${memo}: ${reason}`);
         }
+        await noteSendRefused(jobId, legs, signature, err);
         throw retryable(`${memo}: send failed, will check the recorded signature: ${(err as Error).message}`);
       }
       await deps.hooks?.afterSend?.(legs);
@@ -600,7 +629,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   }
 
   /** Sends the recorded refund leg of `ledgerId` to its payee out of `escrowJobId`'s escrow account, exactly once. */
-  async function settleRefund(ledgerId: string, escrowJobId: string): Promise<LegReceipt> {
+  async function settleRefund(ledgerId: string, escrowJobId: string, escrowSlot?: number): Promise<LegReceipt> {
     const [row] = await settle(ledgerId, ['refund'], legKey(ledgerId, 'refund'), async ([leg]) => ({
       instructions: payToWallet({
         feePayer: authority.publicKey,
@@ -612,7 +641,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         amount: leg.amount,
       }),
       signers: [],
-    }));
+    }), undefined, escrowSlot);
     return receipt(row);
   }
 
@@ -773,7 +802,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
       // Both legs new: settle() starts from these rows instead of reading them again.
       const known = inserted.length === 2 ? (['release_node', 'release_platform'] as const).map((l) => inserted.find((r) => r.leg === l)!) : undefined;
-      return { ...s, known };
+      return { ...s, known, escrowSlot: escrowRow.slot ?? undefined };
     });
     if (!wallet) return { owed: true, nodeAmount: split.node.toString(), platformAmount: split.platform.toString() };
     const escrowAccount = escrowOf(input.jobId);
@@ -786,7 +815,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         ],
         signers: [],
       };
-    }, split.known);
+    }, split.known, split.escrowSlot);
     return { owed: false, node: receipt(rows[0]), platform: receipt(rows[1]) };
   }
 
@@ -795,13 +824,14 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    * @throws EscrowAlreadySettled (released), EscrowMissing — non-retryable.
    */
   async function refund(input: { jobId: string }): Promise<LegReceipt> {
-    await withEscrowLock(input.jobId, async (tx, escrowRow, legs) => {
+    const escrowSlot = await withEscrowLock(input.jobId, async (tx, escrowRow, legs) => {
       if (legs.some((l) => l.leg === 'release_node' || l.leg === 'release_platform')) {
         throw nonRetryable(SettlementErrors.alreadySettled, `escrow of job ${input.jobId} was released`);
       }
       await recordLeg(tx, input.jobId, 'refund', escrowRow.amount, escrowRow.toAccount, escrowRow.fromAccount);
+      return escrowRow.slot ?? undefined;
     });
-    return settleRefund(input.jobId, input.jobId);
+    return settleRefund(input.jobId, input.jobId, escrowSlot);
   }
 
   /**
@@ -875,7 +905,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
     const wallet = payableWallet(node?.wallet);
     const legs: Leg[] = ['release_node', 'release_platform', 'refund'];
-    await withEscrowLock(input.potId, async (tx, escrowRow, recorded) => {
+    const escrowSlot = await withEscrowLock(input.potId, async (tx, escrowRow, recorded) => {
       if (!recorded.some((l) => legs.includes(l.leg))) {
         const asked = BigInt(input.payUnits);
         const pay = asked < 0n ? 0n : asked > escrowRow.amount ? escrowRow.amount : asked;
@@ -895,6 +925,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           .set({ state: 'pending', updatedAt: new Date(), toAccount: sql`case when ${payments.leg} = 'release_node' then ${wallet} else ${payments.toAccount} end` })
           .where(and(eq(payments.jobId, input.potId), inArray(payments.leg, ['release_node', 'release_platform']), eq(payments.state, 'owed')));
       }
+      return escrowRow.slot ?? undefined;
     });
     const escrowAccount = escrowOf(input.potId);
     // A transaction already sent is finished first (its legs share its signature), then whatever is pending.
@@ -924,7 +955,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           ),
           signers: [],
         };
-      }).catch((err: unknown) => {
+      }, undefined, escrowSlot).catch((err: unknown) => {
         if (!isLegsSplit(err)) throw err;
       });
     }

@@ -222,6 +222,20 @@ describe('chain settlement: exactly once across worker crashes', () => {
     for (const row of await legRows(job.jobId, job.legs)) expect(row).toMatchObject({ state: 'confirmed', txRef: left.txRef, sendAttempts: 1 });
   });
 
+  test.each(['release', 'refund'] as const)('%s: preflighted only by an RPC node that has seen the escrow (a lagging one would find the escrow account missing: a permanent refusal)', async (step) => {
+    const job = await jobReadyFor(step, 6_000_013n);
+    const [escrowRow] = await legRows(job.jobId, ['escrow']);
+    expect(escrowRow.slot).toEqual(expect.any(Number));
+
+    await withRetries(() => job.call(restarted()));
+
+    const sends = proxy.sent.filter((t) => t.memo === job.memo);
+    expect(sends.length).toBeGreaterThan(0);
+    for (const t of sends) expect(t.minContextSlot).toBe(escrowRow.slot);
+    // A node that has not reached that slot refuses the send; nothing is recorded as failed.
+    await expect(chain.connection.sendRawTransaction(sends[0].bytes, { minContextSlot: Number.MAX_SAFE_INTEGER })).rejects.toThrow(/Minimum context slot/);
+  });
+
   test.each(steps)('%s: two workers run the same leg at once (a timed-out attempt still running) → one transfer', async (step) => {
     const amount = 4_000_037n;
     const job = await jobReadyFor(step, amount);

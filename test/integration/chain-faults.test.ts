@@ -138,6 +138,14 @@ describe('chain settlement under RPC faults', () => {
     expect(first).toBeDefined();
     expect(await balanceOf(escrow)).toBe(1000n);
     expect(await balanceOf(ataOf(wallet, chain.mint))).toBe(0n);
+    // The ledger says why, not only that the attempt expired, through every new attempt until the top-up.
+    const legs = async () =>
+      (await database.db.select().from(payments).where(eq(payments.jobId, jobId))).filter((r) => r.leg !== 'escrow');
+    const refused = { lastError: expect.stringMatching(/^send refused: .*insufficient lamports/i) };
+    expect(await legs()).toEqual([expect.objectContaining({ ...refused, sendAttempts: 1 }), expect.objectContaining({ ...refused, sendAttempts: 1 })]);
+    chain.ledger.advance(200);
+    await settlement.release({ jobId, nodeId }).catch(() => undefined);
+    expect(await legs()).toEqual([expect.objectContaining({ ...refused, sendAttempts: 2 }), expect.objectContaining({ ...refused, sendAttempts: 2 })]);
 
     // The operator tops up the fee payer; Temporal (or the owed-payment path) calls release again.
     await chain.connection.requestAirdrop(authority.publicKey, 1_000_000_000);

@@ -258,6 +258,8 @@ export interface SentTransaction {
   bytes: Buffer;
   memo?: string;
   fault: Fault['kind'];
+  /** The slot the sender asked the preflighting node to have reached. */
+  minContextSlot?: number;
   /** Whether the ledger received the request. */
   forwarded: boolean;
 }
@@ -318,9 +320,9 @@ export async function startRpcProxy(target: string): Promise<RpcProxy> {
     injected[fault.kind] += 1;
     let record: SentTransaction | undefined;
     if (method === 'sendTransaction') {
-      const [encoded, config] = (call.params ?? []) as [string, { encoding?: string } | undefined];
+      const [encoded, config] = (call.params ?? []) as [string, { encoding?: string; minContextSlot?: number } | undefined];
       const bytes = config?.encoding === 'base64' ? Buffer.from(encoded, 'base64') : Buffer.from(getBase58Encoder().encode(encoded));
-      record = { signature: signatureOf(bytes), bytes, memo: memoOf(bytes), fault: fault.kind, forwarded: false };
+      record = { signature: signatureOf(bytes), bytes, memo: memoOf(bytes), fault: fault.kind, minContextSlot: config?.minContextSlot, forwarded: false };
       sent.push(record);
     }
     if (fault.kind === 'rate-limit' || fault.kind === 'unavailable') {
