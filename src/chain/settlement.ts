@@ -134,6 +134,8 @@ export const legKey = (jobId: string, leg: Leg | 'release') => `${jobId}/${leg}`
 export const reclaimId = (jobId: string, signature: string) => `${jobId}/reclaim/${signature}`;
 export const isReclaimId = (id: string) => id.includes('/reclaim/');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Waits between looks for a payer's transaction the cluster does not show yet (3.5 s in all). */
+const PAYER_TX_WAITS_MS = [500, 1000, 2000];
 /** How a leg's last_error starts when the cluster refused an attempt's bytes. */
 const SEND_REFUSED = 'send refused:';
 
@@ -541,11 +543,17 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    */
   async function payerTransfer(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<{ received: bigint; fromPayer: bigint }> {
     const reject = (why: string) => nonRetryable(SettlementErrors.escrowRejected, `escrow_tx_hash ${p.signature}: ${why}`);
-    const tx = await connection.getTransaction(p.signature, {
-      commitment: deps.commitment === 'processed' ? 'confirmed' : deps.commitment,
-      maxSupportedTransactionVersion: 0,
-    });
-    if (!tx || !tx.meta) throw reject(`not a ${deps.commitment} transaction on this cluster`);
+    const commitment = deps.commitment === 'processed' ? 'confirmed' : deps.commitment;
+    // A payer who submits right after sending may be a moment ahead of the cluster (or of this RPC node).
+    let tx = await connection.getTransaction(p.signature, { commitment, maxSupportedTransactionVersion: 0 });
+    for (const wait of PAYER_TX_WAITS_MS) {
+      if (tx) break;
+      await sleep(wait);
+      tx = await connection.getTransaction(p.signature, { commitment, maxSupportedTransactionVersion: 0 });
+    }
+    if (!tx || !tx.meta) {
+      throw reject(`not found as a ${commitment} transaction on this cluster (if it was just sent, ask again once it is ${commitment})`);
+    }
     if (tx.meta.err) throw reject(`failed on chain: ${JSON.stringify(tx.meta.err)}`);
     const escrow = escrowOf(p.jobId).toBase58();
     // Every account the transaction touched, those loaded from address lookup tables included (a versioned

@@ -278,7 +278,7 @@ describe('a payer who pays the escrow account directly (config.escrow_tx_hash)',
 
     test('a signature the chain does not know', async () => {
       const unknown = b58.decode(randomBytes(64));
-      await expectRefused(`bad-unknown-${uid()}`, unknown, /not a confirmed transaction/);
+      await expectRefused(`bad-unknown-${uid()}`, unknown, /not found as a confirmed transaction/);
       await expectRefused(`bad-garbage-${uid()}`, 'not-a-signature', /escrow_tx_hash/);
     });
 

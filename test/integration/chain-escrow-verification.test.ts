@@ -196,8 +196,24 @@ describe('payer-paid escrow: verification of escrow_tx_hash on chain', () => {
     const unsentSignature = getBase58Decoder().decode(unsent.signature!);
     const madeUp = getBase58Decoder().decode(randomBytes(64));
 
-    await expectRejected(jobId, 1_000n, engine.publicKey, unsentSignature, /not a confirmed transaction/);
-    await expectRejected(jobId, 1_000n, engine.publicKey, madeUp, /not a confirmed transaction/);
+    await expectRejected(jobId, 1_000n, engine.publicKey, unsentSignature, /not found as a confirmed transaction/);
+    await expectRejected(jobId, 1_000n, engine.publicKey, madeUp, /not found as a confirmed transaction/);
+  });
+
+  test('a payer a moment ahead of the cluster: a transaction that lands while it is being checked is accepted', async () => {
+    const jobId = newJobId('ahead');
+    const address = await settlement.openEscrowAccount(jobId);
+    const { blockhash, lastValidBlockHeight } = await chain.connection.getLatestBlockhash();
+    const transfer = new Transaction({ feePayer: engine.publicKey, blockhash, lastValidBlockHeight }).add(
+      createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, address, engine.publicKey, 1_500n, chain.decimals),
+    );
+    transfer.sign(engine);
+    const signature = getBase58Decoder().decode(transfer.signature!);
+
+    const verified = settlement.verifyEscrowTransaction({ jobId, amount: 1_500n, payer: engine.publicKey.toBase58(), signature });
+    await new Promise((r) => setTimeout(r, 300));
+    await chain.connection.sendRawTransaction(transfer.serialize());
+    expect(await verified).toBe(1_500n);
   });
 
   test('a payer other than payment_address is refused', async () => {
