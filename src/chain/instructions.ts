@@ -75,7 +75,10 @@ export function tokenAccountOf(wallet: PublicKey, mint: PublicKey): PublicKey {
   return account;
 }
 
-/** Pays `amount` smallest units into `wallet`'s token account, creating it if needed (fee payer pays rent). */
+/**
+ * Pays `amount` smallest units into `wallet`'s token account, creating it if needed (fee payer pays rent) unless
+ * `create` is false (then the transfer fails when the account does not exist).
+ */
 export function payToWallet(p: {
   feePayer: PublicKey;
   from: PublicKey;
@@ -84,10 +87,11 @@ export function payToWallet(p: {
   mint: PublicKey;
   decimals: number;
   amount: bigint;
+  create?: boolean;
 }): TransactionInstruction[] {
   const to = tokenAccountOf(p.wallet, p.mint);
   return [
-    createAssociatedTokenAccountIdempotentInstruction(p.feePayer, to, p.wallet, p.mint),
+    ...(p.create === false ? [] : [createAssociatedTokenAccountIdempotentInstruction(p.feePayer, to, p.wallet, p.mint)]),
     createTransferCheckedInstruction(p.from, p.mint, to, p.fromOwner, p.amount, p.decimals),
   ];
 }

@@ -15,7 +15,7 @@ import { and, eq, inArray, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
 import { jobs, nodes, payments } from '../db/schema';
-import { ConflictError } from '../domain/errors';
+import { ConflictError, TooManyRequestsError } from '../domain/errors';
 import { splitPayment } from '../domain/money';
 import { PaymentFailures } from '../domain/payments';
 import {
@@ -504,10 +504,15 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    * Creates the job's escrow account (idempotent), for a payer who pays into it before submitting.
    * @returns its address.
    */
-  async function openEscrowAccount(jobId: string): Promise<PublicKey> {
+  /**
+   * Creates a job's escrow account when it does not exist yet (the platform pays its rent). Idempotent.
+   * @param mayCreate asked before an account is created; false refuses (TooManyRequests).
+   */
+  async function openEscrowAccount(jobId: string, mayCreate: () => boolean = () => true): Promise<PublicKey> {
     const address = escrowOf(jobId);
     const setup = await escrowAccountSetup(jobId);
     if (setup.length === 0) return address;
+    if (!mayCreate()) throw new TooManyRequestsError(`too many new escrow accounts (each costs the platform rent): ask again in a minute (job ${jobId})`);
     const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
     const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
       memoInstruction(`cyxwiz ${jobId}/open-escrow`, authority.publicKey),
@@ -615,6 +620,12 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const amount = received < fromPayer ? received : fromPayer;
       const held = await escrowBalance(input.jobId);
       if (held < amount) throw new ConflictError(`the escrow account of ${input.jobId} holds ${held} units, less than the ${amount} to give back`);
+      // A reclaim never creates the payer's token account: anyone may ask for one, and the rent would be the
+      // platform's (close the account, reclaim a unit sent into an escrow account, close it again: rent earned).
+      const payerAccount = tokenAccountOf(new PublicKey(input.payer), deps.mint);
+      if (!(await connection.getAccountInfo(payerAccount, deps.commitment))) {
+        throw new ConflictError(`paymentAddress ${input.payer} has no token account for ${deps.mint.toBase58()} (${payerAccount.toBase58()}): open it, then ask again`);
+      }
       try {
         await db.transaction(async (tx) => {
           await tx
@@ -647,6 +658,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         mint: deps.mint,
         decimals: deps.decimals,
         amount: leg.amount,
+        create: !isReclaimId(ledgerId),
       }),
       signers: [],
     }), undefined, escrowSlot);

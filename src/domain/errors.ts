@@ -35,6 +35,16 @@ export class ConflictError extends DomainError {
   readonly code = 409;
 }
 
+/** The call needs a valid user token (auth on) and came without one. */
+export class UnauthenticatedError extends DomainError {
+  readonly code = 401;
+}
+
+/** The caller asked too often for something that costs the platform; it may ask again later. */
+export class TooManyRequestsError extends DomainError {
+  readonly code = 429;
+}
+
 /** A dependency (Temporal, Postgres, a node) is unavailable; the caller may retry. */
 export class UnavailableError extends DomainError {
   readonly code = 503;

@@ -13,7 +13,7 @@ import { sql } from 'drizzle-orm';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
 import { SettlementErrors } from '../chain/settlement';
-import { NotFoundError, ValidationError } from '../domain/errors';
+import { ConflictError, DomainError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService, walletAddress } from '../services/wallet-service';
@@ -21,8 +21,10 @@ import { createHeartbeatHub } from '../services/heartbeat-hub';
 import { createJobChangeFeed } from '../services/job-change-feed';
 import { createJobWorkflowGateway } from '../services/job-workflows';
 import { createJobService } from '../services/jobs-service';
+import { keyedQuota } from '../services/keyed-throttle';
 import { createNodeService } from '../services/nodes-service';
 import { createReservationService } from '../services/reservation-service';
+import { verifyUserToken } from '../services/user-token';
 import { jobWorkflowOptions, reservationWorkflowOptions } from './workflow-options';
 
 export interface RunningApi {
@@ -32,6 +34,19 @@ export interface RunningApi {
 }
 
 const VERSION = '0.1.0';
+/** New escrow accounts (rent the platform pays) one caller of `POST /api/escrows/:jobId` may have per minute. */
+const NEW_ESCROW_ACCOUNTS_PER_MINUTE = 20;
+
+/**
+ * A settlement's refusal as the REST caller should see it: a bad transfer names `field`, a refusal for good is a
+ * conflict with its reason, and one that is only waiting on the chain is a 503 to ask again.
+ */
+function settlementRefusal(err: unknown, field: string): unknown {
+  if (err instanceof DomainError || !(err instanceof ApplicationFailure)) return err;
+  if (err.type === SettlementErrors.escrowRejected) return new ValidationError(field, err.message);
+  if (err.nonRetryable) return new ConflictError(err.message);
+  return new UnavailableError(`${err.message} (ask again: it is safe)`);
+}
 
 /** Composition root of the API process: gRPC for nodes and Engines, REST for operators. */
 export async function startApi(
@@ -105,6 +120,7 @@ export async function startApi(
   const grpcPort = await grpcServer.listen(config.grpc.host, config.grpc.port);
   heartbeats.start();
 
+  const newEscrowAccounts = keyedQuota(NEW_ESCROW_ACCOUNTS_PER_MINUTE, 60_000);
   const app = createRestApp({
     log,
     version: VERSION,
@@ -140,20 +156,31 @@ export async function startApi(
       },
     },
     escrows: {
-      open: async (jobId) => ({
-        jobId,
-        escrowAccount: (await settlement.openEscrowAccount(jobId)).toBase58(),
-        mint: env.chain.mint.toBase58(),
-        decimals: env.chain.decimals,
-      }),
+      caller: (authorization) => {
+        if (!config.authJwtSecret) return undefined;
+        const token = /^Bearer\s+(\S+)$/i.exec(authorization?.trim() ?? '')?.[1];
+        if (!token) throw new UnauthenticatedError('authorization: Bearer <token> is required');
+        try {
+          return `user ${verifyUserToken(config.authJwtSecret, token, undefined, config.authCheckExpiry).sub ?? ''}`;
+        } catch (err) {
+          throw new UnauthenticatedError(`authorization: invalid token: ${(err as Error).message}`);
+        }
+      },
+      open: async (jobId, caller) => {
+        try {
+          const account = await settlement.openEscrowAccount(jobId, () => newEscrowAccounts.pass(caller, Date.now()));
+          return { jobId, escrowAccount: account.toBase58(), mint: env.chain.mint.toBase58(), decimals: env.chain.decimals };
+        } catch (err) {
+          throw settlementRefusal(err, 'jobId');
+        }
+      },
       reclaim: async (jobId, transfer) => {
         const payer = walletAddress(transfer.paymentAddress, 'paymentAddress').toBase58();
         try {
           const leg = await settlement.reclaimTransfer({ jobId, payer, signature: transfer.escrowTxHash });
           return { amount: leg.amount, to: leg.to, txRef: leg.txRef };
         } catch (err) {
-          if (err instanceof ApplicationFailure && err.type === SettlementErrors.escrowRejected) throw new ValidationError('escrowTxHash', err.message);
-          throw err;
+          throw settlementRefusal(err, 'escrowTxHash');
         }
       },
     },

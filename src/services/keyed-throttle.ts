@@ -27,3 +27,31 @@ export function keyedThrottle(everyMs: number) {
     },
   };
 }
+
+/**
+ * Lets at most `limit` calls per key through in each `windowMs` (a window starts with a key's first call after
+ * the last one ended). Memory stays bounded by the keys seen within the last `windowMs`.
+ */
+export function keyedQuota(limit: number, windowMs: number) {
+  const windows = new Map<string, { start: number; used: number }>();
+
+  return {
+    /** Whether a call for `key` may pass at `now`; if it may, it counts. */
+    pass(key: string, now: number): boolean {
+      const current = windows.get(key);
+      if (current && now - current.start < windowMs) {
+        if (current.used >= limit) return false;
+        current.used += 1;
+        return true;
+      }
+      // A new window goes to the back: the map stays ordered by window start, oldest first.
+      windows.delete(key);
+      windows.set(key, { start: now, used: 1 });
+      for (const [k, w] of windows) {
+        if (now - w.start < windowMs) break;
+        windows.delete(k);
+      }
+      return true;
+    },
+  };
+}

@@ -180,3 +180,27 @@ test('a job\'s P2P token, a reservation\'s progress and a wallet\'s allowance ar
   });
   reservations.close();
 });
+
+test('REST escrow routes are for signed-in payers, and each may open only so many new escrow accounts (the platform pays their rent)', async () => {
+  const post = (path: string, authorization?: string, body?: object) =>
+    fetch(`${sys().restUrl}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(authorization && { authorization }) },
+      body: body ? JSON.stringify(body) : undefined,
+    }).then(async (r) => ({ status: r.status, retryAfter: r.headers.get('retry-after'), body: (await r.json()) as any }));
+  const run = Date.now().toString(36);
+
+  for (const authorization of [undefined, 'Bearer not-a-token', `Bearer ${token({ sub: 'payer' }, 'another-secret')}`]) {
+    expect(await post(`/api/escrows/job-${run}-anon`, authorization)).toMatchObject({ status: 401, body: { error: { code: 401, message: expect.stringContaining('authorization') } } });
+    expect((await post(`/api/escrows/job-${run}-anon/reclaim`, authorization, { escrowTxHash: 'x', paymentAddress: 'y' })).status).toBe(401);
+  }
+
+  const payer = `Bearer ${token({ sub: `payer-${run}` })}`;
+  const opened = await Promise.all(Array.from({ length: 20 }, (_, i) => post(`/api/escrows/job-${run}-${i}`, payer)));
+  expect(opened.map((r) => r.status)).toEqual(opened.map(() => 200));
+  // The same account again costs nothing and is answered; a 21st new one within the minute is not.
+  expect((await post(`/api/escrows/job-${run}-0`, payer)).body.escrowAccount).toBe(opened[0].body.escrowAccount);
+  expect(await post(`/api/escrows/job-${run}-20`, payer)).toMatchObject({ status: 429, retryAfter: '60', body: { error: { code: 429 } } });
+  // Another payer has a quota of its own.
+  expect((await post(`/api/escrows/job-${run}-20`, `Bearer ${token({ sub: `other-${run}` })}`)).status).toBe(200);
+});

@@ -1,4 +1,4 @@
-import { createTransferCheckedInstruction } from '@solana/spl-token';
+import { createAssociatedTokenAccountIdempotentInstruction, createCloseAccountInstruction, createTransferCheckedInstruction } from '@solana/spl-token';
 import { Keypair, PublicKey, Transaction } from '@solana/web3.js';
 import { getBase58Decoder } from '@solana/kit';
 import { eq } from 'drizzle-orm';
@@ -261,6 +261,27 @@ describe('payer-paid escrow: verification of escrow_tx_hash on chain', () => {
       expect(await balanceOf(address)).toBe(1_001n);
       expect(await settlement.reclaimTransfer({ jobId, payer: engine.publicKey.toBase58(), signature: second })).toMatchObject({ amount: '1001' });
       expect(await balanceOf(address)).toBe(0n);
+    });
+
+    test('the payer\'s token account is never created at the platform\'s cost (closed after paying: refused until it is open again)', async () => {
+      const jobId = newJobId('reclaim-closed');
+      const address = await settlement.openEscrowAccount(jobId);
+      const payer = await fundedWallet(chain, 1_000n);
+      const payerAta = ataOf(payer.publicKey, chain.mint);
+      const signature = await pay(payer, address, 1_000n);
+      await sendTransaction(chain.connection, payer, [createCloseAccountInstruction(payerAta, payer.publicKey, payer.publicKey)]);
+      const authorityBefore = await chain.connection.getBalance(chain.authority.publicKey);
+
+      await expect(settlement.reclaimTransfer({ jobId, payer: payer.publicKey.toBase58(), signature })).rejects.toMatchObject({
+        code: 409,
+        message: expect.stringContaining(`has no token account for ${chain.mint.toBase58()}`),
+      });
+      expect(await rowsOf(`${jobId}/reclaim/${signature}`)).toEqual([]);
+      expect(await chain.connection.getBalance(chain.authority.publicKey)).toBe(authorityBefore);
+
+      await sendTransaction(chain.connection, payer, [createAssociatedTokenAccountIdempotentInstruction(payer.publicKey, payerAta, payer.publicKey, chain.mint)]);
+      expect(await settlement.reclaimTransfer({ jobId, payer: payer.publicKey.toBase58(), signature })).toMatchObject({ amount: '1000' });
+      expect(await balanceOf(payerAta)).toBe(1_000n);
     });
 
     test('only the wallet that paid gets it back; a transfer into another account is not this escrow\'s', async () => {

@@ -1,6 +1,7 @@
 import { ActivityNotFoundError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { ConflictError } from '../../src/domain/errors';
 import { createJobWorkflowGateway } from '../../src/services/job-workflows';
+import { keyedQuota } from '../../src/services/keyed-throttle';
 
 /**
  * The gateway over a Temporal client that only records the activity heartbeats and workflow signals it is
@@ -133,5 +134,15 @@ describe('progress: passing a node\'s progress reports to its job\'s workflow', 
     now += 100;
     await expect(gateway.progress('job-5', 1, report(0.2))).resolves.toBe(true);
     expect(signals.map((s) => s.arg)).toEqual([report(0.2)]);
+  });
+});
+
+describe('keyedQuota: so many calls per key per window', () => {
+  test('lets `limit` calls of a key through per window, keys apart, and forgets windows that ended', () => {
+    const quota = keyedQuota(3, 1000);
+    expect([0, 10, 20, 30].map((t) => quota.pass('a', t))).toEqual([true, true, true, false]);
+    expect(quota.pass('b', 40)).toBe(true);
+    expect(quota.pass('a', 999)).toBe(false);
+    expect([1000, 1001, 1002, 1003].map((t) => quota.pass('a', t))).toEqual([true, true, true, false]);
   });
 });

@@ -37,7 +37,13 @@ export interface RestDeps {
     get(id: string): Promise<unknown>;
   };
   escrows: {
-    open(jobId: string): Promise<{ jobId: string; escrowAccount: string; mint: string; decimals: number }>;
+    /**
+     * Who is asking, from the Authorization header: the token's subject when auth is on (throws
+     * UnauthenticatedError without a valid one), undefined when auth is off.
+     */
+    caller(authorization: string | undefined): string | undefined;
+    /** @param caller who asks (a user, or an address when auth is off): new accounts are rationed per caller. */
+    open(jobId: string, caller: string): Promise<{ jobId: string; escrowAccount: string; mint: string; decimals: number }>;
     /** Gives a payer back a transfer into the job's escrow account that no job holds. */
     reclaim(jobId: string, transfer: { escrowTxHash: string; paymentAddress: string }): Promise<{ amount: string; to: string; txRef: string }>;
   };
@@ -221,7 +227,8 @@ export function createRestApp(deps: RestDeps) {
    * then submits with config.escrow_tx_hash. Idempotent.
    */
   app.post('/api/escrows/:jobId', async (req, res) => {
-    res.json(await deps.escrows.open(requireId(req.params.jobId, 'jobId')));
+    const caller = deps.escrows.caller(req.get('authorization')) ?? `address ${req.ip ?? req.socket.remoteAddress ?? '?'}`;
+    res.json(await deps.escrows.open(requireId(req.params.jobId, 'jobId'), caller));
   });
 
   /**
@@ -230,6 +237,7 @@ export function createRestApp(deps: RestDeps) {
    * Idempotent; 409 while the transfer funds a job or the job is still running.
    */
   app.post('/api/escrows/:jobId/reclaim', express.json({ limit: '4kb' }), async (req, res) => {
+    deps.escrows.caller(req.get('authorization'));
     const jobId = requireId(req.params.jobId, 'jobId');
     const body = (req.body ?? {}) as { escrowTxHash?: unknown; paymentAddress?: unknown };
     const escrowTxHash = typeof body.escrowTxHash === 'string' ? body.escrowTxHash.trim() : '';
@@ -253,6 +261,7 @@ export function createRestApp(deps: RestDeps) {
       return;
     }
     if (err instanceof DomainError) {
+      if (err.code === 429) res.set('Retry-After', '60');
       res.status(err instanceof UnavailableError ? 503 : err.code).json({
         error: { code: err.code, message: err.message, ...(err instanceof ValidationError && { field: err.field }) },
       });
