@@ -1,6 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { getBase58Decoder, getBase58Encoder } from '@solana/kit';
 import {
+  ComputeBudgetProgram,
   Connection,
   Keypair,
   PublicKey,
@@ -95,6 +96,8 @@ export interface ChainSettlementDeps {
   pollMs?: number;
   /** How long one asked blockhash is reused for new transactions; default 1 s (see latestBlockhash). */
   blockhashReuseMs?: number;
+  /** Priority fee of settlement transactions, in micro-lamports per compute unit; 0 or unset = none. */
+  priorityFeeMicroLamports?: number;
   hooks?: SettlementHooks;
 }
 
@@ -136,6 +139,8 @@ export const isReclaimId = (id: string) => id.includes('/reclaim/');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Waits between looks for a payer's transaction the cluster does not show yet (3.5 s in all). */
 const PAYER_TX_WAITS_MS = [500, 1000, 2000];
+/** How often an attempt's bytes are sent again while it is awaited. */
+const REBROADCAST_MS = 2000;
 /** How a leg's last_error starts when the cluster refused an attempt's bytes. */
 const SEND_REFUSED = 'send refused:';
 
@@ -201,6 +206,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   const { db, connection, authority } = deps;
   const pollMs = deps.pollMs ?? 250;
   const blockhashReuseMs = deps.blockhashReuseMs ?? 1000;
+  const priorityFee = deps.priorityFeeMicroLamports
+    ? [ComputeBudgetProgram.setComputeUnitPrice({ microLamports: deps.priorityFeeMicroLamports })]
+    : [];
   /** Rent for an escrow token account: a cluster constant, asked once (a failed ask is asked again). */
   let rentExemption: Promise<number> | undefined;
   const rentExemptionOnce = () =>
@@ -307,13 +315,22 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return { kind: 'expired' };
   }
 
-  /** Polls until the attempt lands, expires, or this activity attempt's patience ends. */
-  async function awaitOutcome(signature: string, lastValidBlockHeight: number): Promise<ChainState> {
+  /**
+   * Polls until the attempt lands, expires, or this activity attempt's patience ends. With the attempt's bytes,
+   * sends them again every REBROADCAST_MS meanwhile: the RPC node is told not to retry (it would keep going after
+   * the blockhash expired), and on a congested cluster one send is often dropped before a leader sees it.
+   */
+  async function awaitOutcome(signature: string, lastValidBlockHeight: number, resend?: () => Promise<void>): Promise<ChainState> {
     const deadline = Date.now() + deps.confirmTimeoutMs;
+    let sentAt = Date.now();
     for (;;) {
       const state = await chainState(signature, lastValidBlockHeight);
       if (state.kind !== 'pending' || Date.now() >= deadline) return state;
       await sleep(pollMs);
+      if (resend && Date.now() - sentAt >= REBROADCAST_MS) {
+        sentAt = Date.now();
+        await resend().catch(() => undefined); // a refusal shows in the next status check or at expiry
+      }
     }
   }
 
@@ -366,10 +383,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       if (current?.txRef && current.lastValidBlockHeight !== null) {
         let state = await chainState(current.txRef, current.lastValidBlockHeight);
         if (state.kind === 'pending' && current.txBytes) {
-          await send(Buffer.from(current.txBytes, 'base64'), minContextSlot).catch((err: unknown) =>
-            noteSendRefused(jobId, legs, current.txRef!, err).catch(() => undefined),
-          );
-          state = await awaitOutcome(current.txRef, current.lastValidBlockHeight);
+          const bytes = Buffer.from(current.txBytes, 'base64');
+          await send(bytes, minContextSlot).catch((err: unknown) => noteSendRefused(jobId, legs, current.txRef!, err).catch(() => undefined));
+          state = await awaitOutcome(current.txRef, current.lastValidBlockHeight, () => send(bytes, minContextSlot));
         }
         if (state.kind === 'landed') {
           rows = await confirm(current.txRef, state.slot);
@@ -396,6 +412,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         latestBlockhash(),
       ]);
       const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
+        ...priorityFee,
         memoInstruction(`cyxwiz ${memo}`, authority.publicKey),
         ...instructions,
       );
@@ -424,7 +441,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         throw retryable(`${memo}: send failed, will check the recorded signature: ${(err as Error).message}`);
       }
       await deps.hooks?.afterSend?.(legs);
-      const state = await awaitOutcome(signature, lastValidBlockHeight);
+      const state = await awaitOutcome(signature, lastValidBlockHeight, () => send(bytes, minContextSlot));
       if (state.kind === 'landed') {
         await deps.hooks?.afterConfirm?.(legs);
         rows = await confirm(signature, state.slot);

@@ -120,6 +120,8 @@ const schema = z.object({
   PAYER_SECRET: optionalUrl,
   /** One settlement activity attempt waits this long for a confirmation before Temporal retries it. */
   CHAIN_CONFIRM_TIMEOUT_MS: positiveInt.default(30_000),
+  /** Priority fee of settlement transactions (micro-lamports per compute unit); 0 = none. */
+  SOLANA_PRIORITY_FEE_MICROLAMPORTS: z.coerce.number().int().min(0).max(100_000_000).default(0),
   /** The ledger-vs-chain reconciliation runs this often. */
   RECONCILE_INTERVAL_S: positiveInt.default(300),
 });
@@ -183,6 +185,8 @@ export interface Config {
     readonly escrowAuthority: { readonly file?: string; readonly inline?: string };
     readonly payer: { readonly file?: string; readonly inline?: string };
     readonly confirmTimeoutMs: number;
+    /** Micro-lamports per compute unit of settlement transactions; 0 = no priority fee. */
+    readonly priorityFeeMicroLamports: number;
     readonly reconcileIntervalMs: number;
   };
 }
@@ -264,6 +268,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       escrowAuthority: { file: e.ESCROW_AUTHORITY_KEYPAIR, inline: e.ESCROW_AUTHORITY_SECRET },
       payer: { file: e.PAYER_KEYPAIR, inline: e.PAYER_SECRET },
       confirmTimeoutMs: e.CHAIN_CONFIRM_TIMEOUT_MS,
+      priorityFeeMicroLamports: e.SOLANA_PRIORITY_FEE_MICROLAMPORTS,
       reconcileIntervalMs: e.RECONCILE_INTERVAL_S * 1000,
     },
   });

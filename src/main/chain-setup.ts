@@ -69,5 +69,6 @@ export function settlementFor(config: Config, chain: ChainContext, db: Db): Chai
     payer: chain.payer,
     platformFeeBps: config.payments.platformFeeBps,
     confirmTimeoutMs: config.chain.confirmTimeoutMs,
+    priorityFeeMicroLamports: config.chain.priorityFeeMicroLamports,
   });
 }

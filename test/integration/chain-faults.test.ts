@@ -1,4 +1,4 @@
-import { Keypair, type PublicKey } from '@solana/web3.js';
+import { ComputeBudgetProgram, Keypair, type PublicKey } from '@solana/web3.js';
 import { eq } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
 import { escrowAddress } from '../../src/chain/instructions';
@@ -154,6 +154,25 @@ describe('chain settlement under RPC faults', () => {
     expect(value).toMatchObject({ owed: false, node: { amount: '900' }, platform: { amount: '100' } });
     expect(await balanceOf(ataOf(wallet, chain.mint))).toBe(900n);
     expect(await balanceOf(escrow)).toBe(0n);
+  });
+
+  test('a send the cluster drops on its way (the RPC answered it) is sent again while awaited, not left to expire; with a priority fee when configured', async () => {
+    const settlement = settlementOn(chain, database.db, { rpcUrl: proxy.url, priorityFeeMicroLamports: 5_000 });
+    const jobId = `job-${run}-swallowed`;
+    let sends = 0;
+    proxy.setFaults(({ method }) => (method === 'sendTransaction' && ++sends === 1 ? { kind: 'swallow' } : { kind: 'pass' }));
+    try {
+      await settlement.escrow({ jobId, amount: '1000', payer: chain.payer.publicKey.toBase58() });
+    } finally {
+      proxy.setFaults(() => ({ kind: 'pass' }));
+    }
+    const [row] = await database.db.select().from(payments).where(eq(payments.jobId, jobId));
+    expect(row).toMatchObject({ state: 'confirmed', sendAttempts: 1 });
+    expect(proxy.sent.filter((t) => t.signature === row.txRef).map((t) => t.fault)).toEqual(['swallow', 'pass']);
+    expect(await balanceOf(escrowAddress(chain.authority.publicKey, jobId))).toBe(1000n);
+    const landed = await chain.connection.getTransaction(row.txRef!, { maxSupportedTransactionVersion: 0 });
+    const programs = landed!.transaction.message.compiledInstructions.map((i) => landed!.transaction.message.staticAccountKeys[i.programIdIndex].toBase58());
+    expect(programs[0]).toBe(ComputeBudgetProgram.programId.toBase58());
   });
 
   async function landedAmong(signatures: string[]): Promise<string[]> {

@@ -117,6 +117,7 @@ export function settlementOn(
     confirmTimeoutMs: opts.confirmTimeoutMs ?? 5_000,
     pollMs: opts.pollMs ?? 20,
     blockhashReuseMs: opts.blockhashReuseMs,
+    priorityFeeMicroLamports: opts.priorityFeeMicroLamports,
     hooks: opts.hooks,
   });
 }
@@ -246,7 +247,9 @@ export type Fault =
    * Answered by a node `slots` behind the cluster (a lagging backend behind a load balancer): a status request
    * gets no statuses and that node's slot; other requests pass.
    */
-  | { kind: 'lagging'; slots: number };
+  | { kind: 'lagging'; slots: number }
+  /** A send answered with its signature but never forwarded (dropped on its way to a leader). */
+  | { kind: 'swallow' };
 
 export interface ProxiedCall {
   index: number;
@@ -286,7 +289,7 @@ export async function startRpcProxy(target: string): Promise<RpcProxy> {
   let plan: (call: ProxiedCall) => Fault = () => ({ kind: 'pass' });
   let index = 0;
   const sent: SentTransaction[] = [];
-  const injected: Record<Fault['kind'], number> = { pass: 0, 'rate-limit': 0, unavailable: 0, 'drop-response': 0, delay: 0, lagging: 0 };
+  const injected: Record<Fault['kind'], number> = { pass: 0, 'rate-limit': 0, unavailable: 0, 'drop-response': 0, delay: 0, lagging: 0, swallow: 0 };
   const upstream = new URL(target);
 
   const forward = (body: Buffer) =>
@@ -328,6 +331,11 @@ export async function startRpcProxy(target: string): Promise<RpcProxy> {
     if (fault.kind === 'rate-limit' || fault.kind === 'unavailable') {
       const status = fault.kind === 'rate-limit' ? 429 : 503;
       res.writeHead(status, { 'content-type': 'text/plain' }).end(fault.kind);
+      return;
+    }
+    if (fault.kind === 'swallow' && record) {
+      const id = (call as { id?: unknown }).id ?? null;
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id, result: record.signature }));
       return;
     }
     if (fault.kind === 'delay') await new Promise((r) => setTimeout(r, fault.ms));
