@@ -5,7 +5,7 @@ import { SEARCH_ATTRIBUTE_TYPES } from '../workflows/search-attributes';
 import type { Logger } from 'pino';
 import { createAssignActivity, createDispatchActivities } from '../activities/dispatch';
 import { createJobActivities } from '../activities/jobs';
-import { createPaymentActivities } from '../activities/payments';
+import { createPaymentActivities, heartbeating } from '../activities/payments';
 import { createReservationActivities } from '../activities/reservations';
 import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client as TemporalClient } from '@temporalio/client';
 import type { ChainContext } from '../chain/context';
@@ -83,8 +83,10 @@ export async function startWorker(
       recordTransition: jobActivities.recordTransition,
       recordRefusal: (jobId, nodeId) => jobsRepo.recordRefusal(database.db, jobId, nodeId),
     }),
+    // Heartbeats while it works: against a real cluster, one pass (an RPC per leg and escrow) outlasts the
+    // activity's heartbeat timeout.
     reconcilePayments: () =>
-      reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 }),
+      heartbeating(() => reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 })),
   };
   // Job workflows upsert these; an external cluster gets them registered here (a no-op when present).
   const { added } = await ensureSearchAttributes(clientConnection, config.temporal.namespace, SEARCH_ATTRIBUTE_TYPES);

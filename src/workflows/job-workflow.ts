@@ -4,7 +4,7 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
-  continueAsNew,
+  makeContinueAsNewFunc,
   isCancellation,
   proxyActivities,
   proxyLocalActivities,
@@ -345,7 +345,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
 
   async function continueWithFreshHistory(): Promise<never> {
     await condition(allHandlersFinished);
-    return continueAsNew<typeof jobWorkflow>({ spec, options, resume: { ...s } });
+    // The memo (the match explanation operators read) goes along; a new run starts with its start memo only.
+    const next = makeContinueAsNewFunc<typeof jobWorkflow>({ memo: workflowInfo().memo });
+    return next({ spec, options, resume: { ...s } });
   }
 
   /**
@@ -665,6 +667,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   }
 
   // ---- the script -----------------------------------------------------------------------------
+  // A run continued from another shows where the job stands from its start (current details are not carried).
+  if (input.resume) details();
   try {
     let first = s.escrow === 'none' && s.phase === 'pending' ? await escrowWhileMatching() : undefined;
     while (!isTerminal(s.phase)) {

@@ -703,6 +703,10 @@ describe('jobWorkflow', () => {
         await waitUntil(async () => (await handle.describe()).runId !== handle.firstExecutionRunId, 10_000, 'continue-as-new');
         const view = await waitForStatus(handle, (v) => v.progress === 0.6, 10_000, 'the last progress');
         expect(view).toMatchObject({ phase: 'running', attempt: 1, nodeId: 'node-a', epoch: 60, escrow: 'held', failedNodes: [] });
+        // What operators read in the Web UI goes along: the match explanation (memo) and the current details.
+        expect((await handle.describe()).memo?.match).toMatchObject({ nodeId: 'node-a', attempt: 1 });
+        const metadata = (await handle.query('__temporal_workflow_metadata')) as { currentDetails?: string };
+        expect(metadata.currentDetails).toContain('**running** · attempt 1/');
 
         expect(await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] })).toMatchObject({ paymentReleased: true });
       } finally {
