@@ -22,6 +22,8 @@ interface PendingBeat {
   at: Date;
   ramAvailable?: number;
   ramTotal?: number;
+  /** Its liveness went out already, from memory, while Postgres refused the write (kept for the next flush). */
+  livenessPassed?: boolean;
 }
 
 /** How long a stop order is repeated in heartbeat replies before it is dropped. */
@@ -40,7 +42,8 @@ const LIVENESS_DEADLINE_MS = 5_000;
  * No disk write and no Temporal call happens per heartbeat.
  *
  * What a server-side outage does not do: a batch Postgres refused stays pending for the next flush (a node's
- * newer beat wins), so no beat is lost; at most one periodic write runs at a time, and the Temporal calls run
+ * newer beat wins), so no beat is lost, and its liveness still goes out, to the jobs its nodes held at the last
+ * flush Postgres took (each beat's once); at most one periodic write runs at a time, and the Temporal calls run
  * beside the writes (passLiveness; each gives up after LIVENESS_DEADLINE_MS), so a slow Temporal cannot hold
  * back the Postgres writes; and the offline sweep
  * waits until the hub has written beats without a gap for a whole `offlineAfterMs` (after a start or a failed
@@ -53,6 +56,8 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   const known = new Set<string>();
   const lastSample = new Map<string, number>();
   let cancelOrders = new Map<string, string[]>();
+  /** The jobs each beating node held at the last flush Postgres took: liveness goes on from it while it refuses. */
+  const heldByNode = new Map<string, HeldJob[]>();
   let lastHousekeeping = 0;
   /** Since when every flush has written its beats (undefined after a failure, until the next success). */
   let writingSince: number | undefined;
@@ -93,24 +98,37 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     if (batch.size > 0) {
       const beats = [...batch].map(([nodeId, b]) => ({ nodeId, at: b.at, ramAvailable: b.ramAvailable }));
       let back: string[];
+      let held: HeldJob[];
       try {
         back = await nodesRepo.applyHeartbeats(db, beats, new Date(at.getTime() - deps.offlineAfterMs));
+        writingSince ??= at.getTime();
+        await nodesRepo.insertSamples(db, sample(batch, at.getTime()));
+        held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
       } catch (err) {
+        // The nodes are alive all the same: their jobs' watches hear it from what they held at the last flush,
+        // or a Postgres outage longer than the heartbeat timeout would count every running job's node lost.
+        const fresh = [...batch].filter(([, b]) => !b.livenessPassed).map(([nodeId]) => nodeId);
+        passLiveness({ at, held: fresh.flatMap((id) => heldByNode.get(id) ?? []), nodeIds: new Set(fresh), wake: new Set() });
         // Kept for the next flush; a beat that came in meanwhile is newer and stays.
-        for (const [nodeId, b] of batch) if (!pending.has(nodeId)) pending.set(nodeId, b);
+        for (const [nodeId, b] of batch) if (!pending.has(nodeId)) pending.set(nodeId, { ...b, livenessPassed: true });
         writingSince = undefined;
         throw err;
       }
-      writingSince ??= at.getTime();
-      await nodesRepo.insertSamples(db, sample(batch, at.getTime()));
-      const held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
+      for (const nodeId of batch.keys()) heldByNode.delete(nodeId);
+      for (const j of held) heldByNode.set(j.nodeId, [...(heldByNode.get(j.nodeId) ?? []), j]);
       if (back.length > 0) {
         log.info({ nodes: back }, 'nodes back online');
         // Not this flush's to fail for: its beats are written; a miss only leaves a refusal to the job's next try.
         await jobsRepo.forgetRefusals(db, back).catch((err) => log.warn({ err: String(err) }, 'could not forget refusals of nodes back online'));
       }
       const wake = back.length > 0 ? await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals, jobsRepo.wakeLimit(back.length)) : [];
-      passLiveness({ at, held, nodeIds: new Set(batch.keys()), wake: new Set(wake) });
+      const passed = (nodeId: string) => batch.get(nodeId)?.livenessPassed === true;
+      passLiveness({
+        at,
+        held: held.filter((j) => !passed(j.nodeId)),
+        nodeIds: new Set([...batch.keys()].filter((id) => !passed(id))),
+        wake: new Set(wake),
+      });
     } else {
       writingSince ??= at.getTime();
     }

@@ -245,6 +245,53 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await node('restart-b')).status).toBe('offline');
   });
 
+  it('a Postgres outage costs no running job its node: the watches hear each beat, from what the nodes held at the last flush Postgres took', async () => {
+    let failing = false;
+    const flaky = new Proxy(database.db, {
+      get(target, prop, receiver) {
+        if ((prop === 'execute' || prop === 'select') && failing) return () => Promise.reject(new Error('connection refused'));
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const { gateway, calls } = recordingGateway();
+    const hub = createHeartbeatHub({
+      db: flaky, workflows: gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,
+      metricsRetentionMs: 3600_000, tokenDecimals: 9, log, now: () => clock,
+    });
+    await nodesRepo.upsertNode(database.db, 'outage-beater', registration({ ipAddress: '10.9.1.1' }));
+    await database.db.insert(jobs).values({
+      id: 'outage-job', status: 'running', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('outage-job'),
+      configHash: 'h', paymentUnits: 10n, assignedNodeId: 'outage-beater', attempts: 1,
+    });
+    const alive = async () => {
+      await new Promise((r) => setTimeout(r, 50)); // liveness goes out beside the flush
+      return calls.filter((c) => c.method === 'nodeAlive' && c.args[0] === 'outage-job').length;
+    };
+
+    await hub.beat('outage-beater');
+    await hub.flush();
+    expect(await alive()).toBe(1);
+
+    failing = true;
+    for (const n of [2, 3]) {
+      clock += 10_000;
+      await hub.beat('outage-beater');
+      await hub.flush(); // refused: kept for the next flush, and its liveness goes out all the same
+      expect(await alive()).toBe(n);
+    }
+    clock += 10_000;
+    await hub.flush(); // no new beat: nothing more to pass
+    expect(await alive()).toBe(3);
+
+    failing = false;
+    await hub.flush(); // the kept beat is written; its liveness went out already
+    expect(await alive()).toBe(3);
+    expect((await nodesRepo.getNode(database.db, 'outage-beater'))!.lastHeartbeat.getTime()).toBe(clock - 10_000);
+    // Out of the later matches.
+    await database.db.update(nodes).set({ status: 'offline', lastHeartbeat: new Date(0) }).where(eq(nodes.id, 'outage-beater'));
+  });
+
   it('keeps writing heartbeats while Temporal hangs: liveness is passed on beside the writes', async () => {
     const { gateway } = recordingGateway();
     let release!: () => void;
