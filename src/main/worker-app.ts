@@ -98,7 +98,9 @@ export async function startWorker(
     taskQueue: config.temporal.taskQueue,
     workflowsPath: require.resolve('../workflows'),
     activities,
-    shutdownGraceTime: '10 seconds',
+    // Running activities may finish: a settlement waits up to CHAIN_CONFIRM_TIMEOUT_MS for its confirmation
+    // (cut short, it is safe, only slower: the next attempt finds the recorded signature).
+    shutdownGraceTime: '60 seconds',
   });
 
   await ensureReconcileSchedule(client, config);

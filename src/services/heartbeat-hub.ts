@@ -144,7 +144,8 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       if (freed.length > 0) {
         log.warn({ nodes: freed }, 'dropped capacity claims of ended jobs');
         const wake = await jobsRepo.waitingJobsFor(db, freed, deps.tokenDecimals, jobsRepo.wakeLimit(freed.length));
-        if (wake.length > 0) await workflows.nodesChanged(wake).catch((err) => log.warn({ err: String(err) }, 'could not wake waiting jobs'));
+        // Beside the writes, like all liveness: a slow Temporal must not hold back the next flush.
+        if (wake.length > 0) passLiveness({ at, held: [], nodeIds: new Set(), wake: new Set(wake) });
       }
       pruning ??= pruneMetrics(new Date(at.getTime() - deps.metricsRetentionMs)).finally(() => (pruning = undefined));
     }

@@ -43,6 +43,7 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
       .select({ config: jobs.config })
       .from(jobs)
       .where(and(eq(jobs.status, 'pending'), lt(jobs.createdAt, before)))
+      .orderBy(jobs.createdAt)
       .limit(500);
     for (const { config: spec } of rows) {
       await deps.gateway.start(spec).catch((err) => log.warn({ jobId: spec.jobId, err: String(err) }, 'could not start recorded job'));
@@ -144,11 +145,17 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
   }
 
   /** One pass over all three. */
-  async function sweep(): Promise<void> {
-    const before = new Date(now() - deps.olderThanMs);
-    await startRecordedJobs(before);
-    await releaseOrphanedHolds(before);
-    await endAbandoned();
+  let running: Promise<void> | undefined;
+
+  /** One pass; a pass asked for while one runs (Temporal slow or down) joins it instead of piling up beside it. */
+  function sweep(): Promise<void> {
+    running ??= (async () => {
+      const before = new Date(now() - deps.olderThanMs);
+      await startRecordedJobs(before);
+      await releaseOrphanedHolds(before);
+      await endAbandoned();
+    })().finally(() => (running = undefined));
+    return running;
   }
 
   return { sweep };

@@ -1,5 +1,5 @@
 import { latestMatch } from '../../src/api/rest/app';
-import { metricsValue, peerIp, toJobSpec, toJobStatus, toNodeRegistration } from '../../src/api/grpc/mappers';
+import { isSignature, metricsValue, peerIp, toJobSpec, toJobStatus, toNodeRegistration } from '../../src/api/grpc/mappers';
 import { toProtocolFailure } from '../../src/api/grpc/errors';
 import { toAssignedJobConfig } from '../../src/activities/dispatch';
 import { ConflictError, NotFoundError, UnavailableError, ValidationError } from '../../src/domain/errors';
@@ -75,6 +75,17 @@ describe('toJobSpec', () => {
     [{ payment_amount: 1e12 }, 'config.payment_amount'],
   ])('names the bad field of %p', (over, field) => {
     expect(fieldOf(() => toJobSpec(over === null ? null : baseConfig(over), 9))).toBe(field);
+  });
+});
+
+describe('isSignature', () => {
+  it('takes base58 of exactly 64 bytes, not any 86–88 base58 characters (a real RPC answers the others with an error)', () => {
+    const real = '5VERv8NMvzbJMEkV8xnrLkEaWRtSz9CosKDYjCJjBRnbJLgp8uirBgmQpjKhoR4tjF3ZpRzrFmBV6UjKdiSZkQUW';
+    expect(isSignature(real)).toBe(true);
+    expect(isSignature('z'.repeat(88))).toBe(false); // 65 bytes
+    expect(isSignature('2'.repeat(86))).toBe(false); // 63 bytes
+    expect(isSignature('1'.repeat(86))).toBe(false); // 86 zero bytes
+    expect(isSignature('0'.repeat(88))).toBe(false); // not base58
   });
 });
 

@@ -1,3 +1,4 @@
+import { getBase58Encoder } from '@solana/kit';
 import { randomUUID } from 'node:crypto';
 import type { JobRow } from '../../db/jobs-repo';
 import type { NodeRegistration } from '../../db/nodes-repo';
@@ -124,9 +125,16 @@ export function toJobSpec(config: JobConfig | null | undefined, tokenDecimals: n
 }
 
 /** A Solana transaction signature: base58 of 64 bytes (87 or 88 characters). @throws ValidationError */
+const base58 = getBase58Encoder();
+
+/** Whether `value` is a transaction signature: base58 of exactly 64 bytes (86–88 characters may be more or fewer). */
+export function isSignature(value: string): boolean {
+  return /^[1-9A-HJ-NP-Za-km-z]{86,88}$/.test(value) && base58.encode(value).length === 64;
+}
+
 function signature(value: string | undefined, field: string): string {
   const v = optionalText(value, field, 128);
-  if (v && !/^[1-9A-HJ-NP-Za-km-z]{86,88}$/.test(v)) throw new ValidationError(field, 'is not a base58 transaction signature');
+  if (v && !isSignature(v)) throw new ValidationError(field, 'is not a base58 transaction signature (64 bytes)');
   return v;
 }
 

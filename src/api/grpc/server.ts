@@ -40,6 +40,10 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   const protocol = loadProtocol();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    // A client that vanished (an Engine's laptop closed on a StreamJobUpdates) is found within 80 s: grpc-js
+    // would otherwise ping after ~24 days, and the stream and its listener linger until then.
+    'grpc.keepalive_time_ms': 60_000,
+    'grpc.keepalive_timeout_ms': 20_000,
     interceptors: deps.authJwtSecret ? [bearerAuth(deps.authJwtSecret, deps.authCheckExpiry ?? false)] : [],
   });
   const caller = callerOf(deps.authJwtSecret);

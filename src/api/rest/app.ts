@@ -6,7 +6,7 @@ import type { JobRow } from '../../db/jobs-repo';
 import type { NodeRow } from '../../db/nodes-repo';
 import { nodeHealth } from '../../domain/health';
 import { nodeStats } from '../../domain/node-stats';
-import { requireId } from '../grpc/mappers';
+import { isSignature, requireId } from '../grpc/mappers';
 import { summarize } from '../grpc/unary';
 
 export interface HealthCheck {
@@ -134,6 +134,9 @@ function flagParam(value: unknown, name: string): boolean {
   throw new ValidationError(name, 'must be true or false');
 }
 
+/** How long `/api/health` waits for one dependency before reporting it down. */
+const HEALTH_CHECK_TIMEOUT_MS = 2000;
+
 /** The operators' REST API: health, stats and read access to jobs. */
 export function createRestApp(deps: RestDeps) {
   const app = express();
@@ -145,8 +148,15 @@ export function createRestApp(deps: RestDeps) {
     await Promise.all(
       deps.checks.map(async (c) => {
         const t0 = performance.now();
+        let timer: NodeJS.Timeout | undefined;
         try {
-          await c.check();
+          // A dependency that does not answer is down for a probe: it must not hang the probe itself.
+          await Promise.race([
+            c.check(),
+            new Promise<never>((_, reject) => {
+              timer = setTimeout(() => reject(new Error(`no answer within ${HEALTH_CHECK_TIMEOUT_MS} ms`)), HEALTH_CHECK_TIMEOUT_MS);
+            }),
+          ]).finally(() => clearTimeout(timer));
           services[c.name] = { ok: true, latencyMs: Math.round(performance.now() - t0) };
         } catch (err) {
           services[c.name] = { ok: false, latencyMs: Math.round(performance.now() - t0), error: (err as Error).message };
@@ -241,7 +251,7 @@ export function createRestApp(deps: RestDeps) {
     const jobId = requireId(req.params.jobId, 'jobId');
     const body = (req.body ?? {}) as { escrowTxHash?: unknown; paymentAddress?: unknown };
     const escrowTxHash = typeof body.escrowTxHash === 'string' ? body.escrowTxHash.trim() : '';
-    if (!/^[1-9A-HJ-NP-Za-km-z]{86,88}$/.test(escrowTxHash)) throw new ValidationError('escrowTxHash', 'must be the base58 signature of your transfer');
+    if (!isSignature(escrowTxHash)) throw new ValidationError('escrowTxHash', 'must be the base58 signature of your transfer (64 bytes)');
     const paymentAddress = typeof body.paymentAddress === 'string' ? body.paymentAddress.trim() : '';
     if (!paymentAddress) throw new ValidationError('paymentAddress', 'is required (the wallet that paid)');
     res.json({ jobId, refund: await deps.escrows.reclaim(jobId, { escrowTxHash, paymentAddress }) });
