@@ -32,6 +32,7 @@ import {
 } from '../workflows/messages';
 import { JobSearchAttributes as SA } from '../workflows/search-attributes';
 import { keyedThrottle } from './keyed-throttle';
+import { temporalCalls } from './temporal-calls';
 import { temporalUnavailable } from './temporal-errors';
 
 export interface JobWorkflowGatewayDeps {
@@ -41,6 +42,8 @@ export interface JobWorkflowGatewayDeps {
   tokenDecimals: number;
   /** Progress reports of one attempt reach its workflow at most this often (the first always). Default 10 s. */
   progressSignalIntervalMs?: number;
+  /** How long one call to Temporal may take, retries included; default 20 s. */
+  callLimitMs?: number;
 }
 
 /**
@@ -50,11 +53,12 @@ export interface JobWorkflowGatewayDeps {
 export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   const { client } = deps;
   const handle = (jobId: string) => client.workflow.getHandle(jobId);
+  const { limited, acceptedThen } = temporalCalls(client, deps.callLimitMs);
 
   /** Starts the job's workflow; starting an existing job is a no-op (workflow id = job id). */
   async function start(spec: JobSpec): Promise<void> {
     try {
-      await client.workflow.start(jobWorkflow, {
+      await limited(() => client.workflow.start(jobWorkflow, {
         workflowId: spec.jobId,
         taskQueue: deps.taskQueue,
         args: [{ spec, options: deps.options }],
@@ -70,7 +74,7 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
         ],
         staticSummary: summary(spec, deps.tokenDecimals),
         staticDetails: staticDetails(spec, deps.tokenDecimals),
-      });
+      }));
     } catch (err) {
       if (err instanceof WorkflowExecutionAlreadyStartedError) return; // finished earlier: same job
       throw translate(err);
@@ -78,12 +82,12 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   }
 
   async function nodesChanged(jobIds: string[]): Promise<void> {
-    await Promise.all(jobIds.map((id) => handle(id).signal(nodesChangedSignal).catch(() => undefined)));
+    await Promise.all(jobIds.map((id) => limited(() => handle(id).signal(nodesChangedSignal)).catch(() => undefined)));
   }
 
   /** Jobs owing this node money can pay it now. */
   async function walletRegistered(jobIds: string[]): Promise<void> {
-    await Promise.all(jobIds.map((id) => handle(id).signal(walletRegisteredSignal).catch(() => undefined)));
+    await Promise.all(jobIds.map((id) => limited(() => handle(id).signal(walletRegisteredSignal)).catch(() => undefined)));
   }
 
   // A progress report is a workflow task and four history events. The node's copy in Postgres is what
@@ -102,7 +106,7 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
     const now = Date.now();
     if (!progressThrottle.pass(key, now)) return false;
     try {
-      await handle(jobId).signal(progressSignal, p);
+      await limited(() => handle(jobId).signal(progressSignal, p));
       return true;
     } catch (err) {
       progressThrottle.undo(key, now);
@@ -111,21 +115,21 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   }
 
   async function accepted(jobId: string, nodeId: string): Promise<{ acknowledged: boolean }> {
-    return update(() => handle(jobId).executeUpdate(acceptedUpdate, { args: [{ nodeId }] }));
+    return update(() => limited(() => handle(jobId).executeUpdate(acceptedUpdate, { args: [{ nodeId }] })));
   }
 
   async function complete(jobId: string, report: JobOutcomeReport): Promise<SettlementReceipt> {
     return update(() =>
-      handle(jobId).executeUpdate(completeUpdate, { args: [report], updateId: `complete/${report.nodeId}` }),
+      acceptedThen((waitForStage) => handle(jobId).startUpdate(completeUpdate, { args: [report], updateId: `complete/${report.nodeId}`, waitForStage })),
     );
   }
 
   async function fail(jobId: string, nodeId: string, message: string): Promise<{ acknowledged: boolean }> {
-    return update(() => handle(jobId).executeUpdate(failUpdate, { args: [{ nodeId, message }], updateId: `fail/${nodeId}` }));
+    return update(() => limited(() => handle(jobId).executeUpdate(failUpdate, { args: [{ nodeId, message }], updateId: `fail/${nodeId}` })));
   }
 
   async function cancel(jobId: string, reason: string): Promise<CancelReceipt> {
-    return update(() => handle(jobId).executeUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel' }));
+    return update(() => acceptedThen((waitForStage) => handle(jobId).startUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel', waitForStage })));
   }
 
   // Each heartbeat is a write to the workflow's state on the Temporal server. Like the SDK's own heartbeat

@@ -10,6 +10,7 @@ import {
 import type { Db } from '../db/client';
 import * as nodesRepo from '../db/nodes-repo';
 import * as repo from '../db/reservations-repo';
+import { temporalCalls } from './temporal-calls';
 import { temporalUnavailable } from './temporal-errors';
 import {
   ConflictError,
@@ -120,6 +121,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
   const { db, client } = deps;
   const now = deps.now ?? Date.now;
   const handle = (id: string) => client.workflow.getHandle(id);
+  const { limited, acceptedThen } = temporalCalls(client);
 
   async function find(id: string, field = 'reservation_id'): Promise<repo.ReservationWithNode> {
     if (!id) throw new ValidationError(field, 'is required');
@@ -201,7 +203,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
       now: at,
     });
     try {
-      await client.workflow.start(reservationWorkflow, {
+      await limited(() => client.workflow.start(reservationWorkflow, {
         workflowId: id,
         taskQueue: deps.taskQueue,
         args: [
@@ -222,7 +224,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
           `**Term** ${req.durationMinutes} min at ${unitsToTokenString(perHour, deps.tokenDecimals)} CYXWIZ/h (${perHour} units/h)`,
           `**Escrow** ${escrowUnits} units`,
         ].join('\n\n'),
-      });
+      }));
     } catch (err) {
       await repo.releaseHold(db, id, node.id);
       await repo.updateReservation(db, id, { status: 'failed', endReason: `could not start: ${(err as Error).message}`, endedAt: new Date(now()) });
@@ -249,7 +251,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
     let why: string;
     let unanswered: unknown;
     try {
-      const first = await within(handle(id).executeUpdate(reservationReadyUpdate), waitMs);
+      const first = await within(acceptedThen((waitForStage) => handle(id).startUpdate(reservationReadyUpdate, { waitForStage })), waitMs);
       if (first !== LATE) return first;
       const waited = waitMs < 1000 ? `${waitMs} ms` : `${Math.round(waitMs / 1000)} s`;
       why = `the escrow was not confirmed within ${waited}`;
@@ -262,7 +264,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
     const reason = `withdrawn: ${why}; the node is free again and anything that reaches the escrow is refunded whole`;
     try {
       // Bounded (the Engine's deadline is 30 s).
-      const withdrawn = await within(handle(id).executeUpdate(withdrawReservationUpdate, { args: [{ reason }] }), WITHDRAW_WAIT_MS);
+      const withdrawn = await within(acceptedThen((waitForStage) => handle(id).startUpdate(withdrawReservationUpdate, { args: [{ reason }], waitForStage })), WITHDRAW_WAIT_MS);
       if (withdrawn === LATE) throw new UnavailableError(`no answer from Temporal within ${WITHDRAW_WAIT_MS} ms`);
       return withdrawn;
     } catch (err) {
@@ -345,7 +347,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
       // No update id: a refused extension's outcome would answer every later try under the same id. (So a client
       // that retries after its deadline passed, while the first escrow was still on its way, extends twice, and
       // gets the time it paid for twice.)
-      return await handle(r.id).executeUpdate(extendReservationUpdate, { args: [{ minutes: req.additionalMinutes }] });
+      return await acceptedThen((waitForStage) => handle(r.id).startUpdate(extendReservationUpdate, { args: [{ minutes: req.additionalMinutes }], waitForStage }));
     } catch (err) {
       throw translate(err);
     }
@@ -366,7 +368,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
     if (r.endedAt) return receiptOf(r);
     try {
       // A reservation still escrowing takes the release as soon as its term starts.
-      const settled = handle(r.id).executeUpdate(releaseReservationUpdate, { args: [{ reason: req.reason, by: req.by }], updateId: 'release' });
+      const settled = acceptedThen((waitForStage) => handle(r.id).startUpdate(releaseReservationUpdate, { args: [{ reason: req.reason, by: req.by }], updateId: 'release', waitForStage }));
       if (req.answerInTime && deps.releaseWaitMs) {
         settled.catch(() => undefined); // awaited below unless the decided amounts answer first
         const early = await decidedWithin(r.id, settled, deps.releaseWaitMs);
@@ -474,7 +476,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
   async function nodeAlive(id: string): Promise<void> {
     try {
       // `at` tells the workflow when the node last showed life if it goes silent (it bills up to then).
-      await client.activity.heartbeat({ workflowId: id, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat', at: now() });
+      await limited(() => client.activity.heartbeat({ workflowId: id, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat', at: now() }));
     } catch (err) {
       if (err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError) return;
       throw err;
@@ -484,7 +486,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
   /** A node registered a wallet: reservations owing it can pay it now. */
   async function walletRegistered(nodeId: string): Promise<void> {
     const ids = await repo.owingNode(db, nodeId);
-    await Promise.all(ids.map((id) => handle(id).signal(walletRegisteredSignal).catch(() => undefined)));
+    await Promise.all(ids.map((id) => limited(() => handle(id).signal(walletRegisteredSignal)).catch(() => undefined)));
   }
 
   return {

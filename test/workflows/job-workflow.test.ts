@@ -21,7 +21,9 @@ import { temporal } from '@temporalio/proto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkerOptions, WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { JobSpec } from '../../src/domain/job';
+import { UnavailableError } from '../../src/domain/errors';
 import { PaymentFailures } from '../../src/domain/payments';
+import { createJobWorkflowGateway } from '../../src/services/job-workflows';
 import type { JobState, JobWorkflowOptions } from '../../src/workflows/job-workflow';
 import {
   acceptedUpdate,
@@ -1189,6 +1191,20 @@ describe('jobWorkflow', () => {
         expect(outcome instanceof WorkflowNotFoundError || outcome instanceof WorkflowUpdateFailedError).toBe(true);
       });
     });
+  });
+
+  test('with no worker to accept them, the API gives up on a node\'s updates within its limit (503) instead of waiting for ever', async () => {
+    const gateway = createJobWorkflowGateway({ client: env.client, taskQueue: uniqueTaskQueue('no-worker'), options: FAST_OPTIONS, tokenDecimals: 9, callLimitMs: 1500 });
+    const jobId = newJobId('no-worker');
+    await gateway.start(jobSpec(jobId));
+    handles.push(env.client.workflow.getHandle(jobId) as JobHandle);
+    for (const call of [
+      () => gateway.accepted(jobId, 'node-a'),
+      () => gateway.complete(jobId, { nodeId: 'node-a' }),
+      () => gateway.cancel(jobId, 'no worker'),
+    ]) {
+      await expect(call()).rejects.toBeInstanceOf(UnavailableError);
+    }
   });
 
   test('history stays bounded: 1,000 progress reports and many heartbeats keep every run far below 10,000 events', async () => {

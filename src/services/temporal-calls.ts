@@ -1,0 +1,28 @@
+import { WorkflowUpdateStage, type Client } from '@temporalio/client';
+
+/** How long one call to Temporal may take by default, retries included. */
+export const TEMPORAL_CALL_LIMIT_MS = 20_000;
+
+/**
+ * Calls to Temporal that give up: an unreachable frontend, or one that accepts connections and never answers,
+ * would hold the caller for minutes, and an update with no worker to accept it for ever (the client asks again
+ * until it is accepted). Given up, a call fails with an AbortError or WorkflowUpdateRPCTimeoutOrCancelledError,
+ * which `temporalUnavailable` makes a 503 to ask again.
+ */
+export function temporalCalls(client: Client, limitMs = TEMPORAL_CALL_LIMIT_MS) {
+  /** Runs `run`'s Temporal calls for at most `limitMs` in all. */
+  function limited<T>(run: () => Promise<T>): Promise<T> {
+    return client.connection.withAbortSignal(AbortSignal.timeout(limitMs), run);
+  }
+
+  /**
+   * An update whose acceptance is limited; once a worker has accepted it, its result (a payment on its way, say)
+   * takes what it takes.
+   */
+  async function acceptedThen<T>(start: (waitForStage: typeof WorkflowUpdateStage.ACCEPTED) => Promise<{ result(): Promise<T> }>): Promise<T> {
+    const accepted = await limited(() => start(WorkflowUpdateStage.ACCEPTED));
+    return accepted.result();
+  }
+
+  return { limited, acceptedThen };
+}
