@@ -84,6 +84,11 @@ export function createJobService(deps: JobServiceDeps) {
           await tx.delete(jobs).where(eq(jobs.id, spec.jobId));
         });
       }
+      // Said with its id: a client that let the server choose it could not otherwise tell the job exists, and
+      // submitting again would run (and escrow) a second one.
+      if (err instanceof UnavailableError) {
+        throw new UnavailableError(`${err.message}; job ${spec.jobId} is recorded and starts once Temporal is back (follow it with GetJobStatus rather than submitting it again)`);
+      }
       throw err;
     }
     return { jobId: spec.jobId, created };

@@ -109,9 +109,17 @@ type Outcome =
   | { kind: 'completed'; report: JobOutcomeReport }
   | { kind: 'failed'; nodeId: string; message: string };
 
+/**
+ * Retries of local activities that keep failing (Postgres or the chain away) back off to LOCAL_RETRY_MAX: once a
+ * wait is longer than the SDK's local retry threshold (1 minute) it is a workflow timer, a few events per try.
+ * Retried inside the worker instead, the workflow task is extended every few seconds, three events each: an
+ * outage of a day and a half would fill a job's history.
+ */
+const LOCAL_RETRY_MAX = '5 minutes';
+
 const registry = proxyLocalActivities<JobActivities>({
   startToCloseTimeout: '10 seconds',
-  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: LOCAL_RETRY_MAX },
 });
 
 const moneyRetry: RetryPolicy = {
@@ -135,7 +143,7 @@ const money = proxyActivities<PaymentActivities>({
  */
 const escrowMoney = proxyLocalActivities<PaymentActivities>({
   startToCloseTimeout: '3 minutes',
-  retry: moneyRetry,
+  retry: { ...moneyRetry, maximumInterval: LOCAL_RETRY_MAX },
 });
 
 /** An owed payment is retried at least this often even without a wallet registration signal. */

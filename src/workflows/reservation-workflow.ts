@@ -90,7 +90,9 @@ export const RESERVATION_WATCH_ID = 'watch-node';
 
 const store = proxyLocalActivities<ReservationActivities>({
   startToCloseTimeout: '10 seconds',
-  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+  // Past the SDK's local retry threshold (1 minute) a retry waits on a workflow timer, not inside a workflow
+  // task extended every few seconds (three history events each): a long Postgres outage cannot fill the history.
+  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '5 minutes' },
 });
 
 const money = proxyActivities<ReservationActivities>({
