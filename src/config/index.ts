@@ -19,6 +19,15 @@ const schema = z.object({
   TEMPORAL_ADDRESS: optionalUrl,
   TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
   TEMPORAL_TASK_QUEUE: z.string().min(1).default('cyxwiz-jobs'),
+  /** TLS to the Temporal frontend (a production cluster, Temporal Cloud): on with any of the TLS files or an API key. */
+  TEMPORAL_TLS: z.enum(['true', 'false']).optional(),
+  /** PEM files: the client certificate and key (mTLS), and the server's CA when the system does not trust it. */
+  TEMPORAL_TLS_CERT: optionalUrl,
+  TEMPORAL_TLS_KEY: optionalUrl,
+  TEMPORAL_TLS_CA: optionalUrl,
+  TEMPORAL_TLS_SERVER_NAME: optionalUrl,
+  /** An API key (Temporal Cloud); implies TLS. */
+  TEMPORAL_API_KEY: optionalUrl,
   TEMPORAL_CLI: z.string().optional(),
   TEMPORAL_PORT: port.default(7233),
   TEMPORAL_UI_PORT: port.default(8233),
@@ -135,6 +144,13 @@ export interface Config {
     readonly address?: string;
     readonly namespace: string;
     readonly taskQueue: string;
+    /** TLS to the frontend, with the PEM files given (client certificate and key, server CA) and an API key. */
+    readonly tls: boolean;
+    readonly tlsCert?: string;
+    readonly tlsKey?: string;
+    readonly tlsCa?: string;
+    readonly tlsServerName?: string;
+    readonly apiKey?: string;
     readonly cli?: string;
     readonly port: number;
     readonly uiPort: number;
@@ -209,6 +225,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
   }
   const e = parsed.data;
+  if (Boolean(e.TEMPORAL_TLS_CERT) !== Boolean(e.TEMPORAL_TLS_KEY)) {
+    throw new ConfigError(['TEMPORAL_TLS_CERT, TEMPORAL_TLS_KEY: a client certificate needs its key, and the key its certificate']);
+  }
   if (e.SOLANA_RPC_URL && e.SOLANA_COMMITMENT === 'processed') {
     // A processed block may be on a fork that is dropped: a leg counted paid there never moved, and an expiry
     // judged there could sign a second transaction while the first still lands.
@@ -221,6 +240,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       address: e.TEMPORAL_ADDRESS,
       namespace: e.TEMPORAL_NAMESPACE,
       taskQueue: e.TEMPORAL_TASK_QUEUE,
+      tls: e.TEMPORAL_TLS ? e.TEMPORAL_TLS === 'true' : Boolean(e.TEMPORAL_TLS_CERT || e.TEMPORAL_TLS_CA || e.TEMPORAL_API_KEY),
+      tlsCert: e.TEMPORAL_TLS_CERT,
+      tlsKey: e.TEMPORAL_TLS_KEY,
+      tlsCa: e.TEMPORAL_TLS_CA,
+      tlsServerName: e.TEMPORAL_TLS_SERVER_NAME,
+      apiKey: e.TEMPORAL_API_KEY,
       cli: e.TEMPORAL_CLI,
       port: e.TEMPORAL_PORT,
       uiPort: e.TEMPORAL_UI_PORT,

@@ -1,5 +1,6 @@
 import { isGrpcServiceError, type Connection } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
+import { SEARCH_ATTRIBUTE_TYPES } from '../workflows/search-attributes';
 import { sleep } from './process';
 
 /** Search attribute types as spelled by the Temporal CLI (`--search-attribute Name=Type`). */
@@ -83,5 +84,29 @@ export async function ensureSearchAttributes(
       throw new Error(`search attributes not visible in namespace ${namespace} after adding: ${stillMissing.join(', ')}`);
     }
     await sleep(250);
+  }
+}
+
+/** gRPC codes of a cluster that does not let this client manage search attributes (Temporal Cloud, a locked-down role). */
+const GRPC_PERMISSION_DENIED = 7;
+const GRPC_UNIMPLEMENTED = 12;
+
+/**
+ * Registers the job and reservation search attributes where they are missing, as `npm run start:worker` and
+ * `start:api` do on an external cluster. A cluster that does not allow it (Temporal Cloud registers them with
+ * `tcld`, a role without operator rights) gets a warning naming what to register, not a failed start.
+ */
+export async function registerSearchAttributes(
+  connection: Connection,
+  namespace: string,
+  log: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void },
+): Promise<void> {
+  try {
+    const { added } = await ensureSearchAttributes(connection, namespace, SEARCH_ATTRIBUTE_TYPES);
+    if (added.length > 0) log.info({ added }, 'registered search attributes');
+  } catch (err) {
+    if (!(isGrpcServiceError(err) && (err.code === GRPC_PERMISSION_DENIED || err.code === GRPC_UNIMPLEMENTED))) throw err;
+    const wanted = Object.entries(SEARCH_ATTRIBUTE_TYPES).map(([name, type]) => `${name}=${type}`).join(' ');
+    log.warn({ namespace, err: err.message }, `cannot register search attributes here; register them yourself: ${wanted}`);
   }
 }

@@ -5,6 +5,8 @@ import { createGrpcServer } from '../api/grpc/server';
 import { createRestApp, nodeJson } from '../api/rest/app';
 import type { Config } from '../config';
 import { settlementFor } from './chain-setup';
+import { registerSearchAttributes } from '../infra/search-attributes';
+import { temporalConnectionOptions } from './temporal-connection';
 import { openDatabase } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
@@ -55,7 +57,9 @@ export async function startApi(
 ): Promise<RunningApi> {
   const { log } = env;
   const database = openDatabase(env.databaseUrl, { max: 20 });
-  const connection = await Connection.connect({ address: env.temporalAddress });
+  const connection = await Connection.connect(temporalConnectionOptions(config, env.temporalAddress));
+  // Jobs are started with these: a cluster whose worker has not registered them yet refuses every start.
+  await registerSearchAttributes(connection, config.temporal.namespace, log);
   const client = new Client({ connection, namespace: config.temporal.namespace });
   const workflows = createJobWorkflowGateway({
     client,

@@ -1,7 +1,6 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
-import { ensureSearchAttributes } from '../infra/search-attributes';
-import { SEARCH_ATTRIBUTE_TYPES } from '../workflows/search-attributes';
+import { registerSearchAttributes } from '../infra/search-attributes';
 import type { Logger } from 'pino';
 import { createAssignActivity, createDispatchActivities } from '../activities/dispatch';
 import { createJobActivities } from '../activities/jobs';
@@ -13,6 +12,7 @@ import { reconcileLedger } from '../chain/reconcile';
 import type { Config } from '../config';
 import { settlementFor } from './chain-setup';
 import { reconcileLedgerWorkflow } from '../workflows/reconcile-workflow';
+import { temporalConnectionOptions } from './temporal-connection';
 import { installTemporalRuntime } from './temporal-runtime';
 import { openDatabase } from '../db/client';
 import { RECONCILE_WORKFLOW_ID } from '../domain/ids';
@@ -43,7 +43,7 @@ export async function startWorker(
   installTemporalRuntime(log);
   const database = openDatabase(env.databaseUrl, { max: 20 });
   const dispatch = createDispatchActivities({ timeoutMs: config.nodes.assignTimeoutMs, tokenDecimals: config.payments.tokenDecimals });
-  const clientConnection = await Connection.connect({ address: env.temporalAddress });
+  const clientConnection = await Connection.connect(temporalConnectionOptions(config, env.temporalAddress));
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const gateway = createJobWorkflowGateway({
     client,
@@ -89,9 +89,8 @@ export async function startWorker(
       heartbeating(() => reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 })),
   };
   // Job workflows upsert these; an external cluster gets them registered here (a no-op when present).
-  const { added } = await ensureSearchAttributes(clientConnection, config.temporal.namespace, SEARCH_ATTRIBUTE_TYPES);
-  if (added.length > 0) log.info({ added }, 'registered search attributes');
-  const connection = await NativeConnection.connect({ address: env.temporalAddress });
+  await registerSearchAttributes(clientConnection, config.temporal.namespace, log);
+  const connection = await NativeConnection.connect(temporalConnectionOptions(config, env.temporalAddress));
   const worker = await Worker.create({
     connection,
     namespace: config.temporal.namespace,

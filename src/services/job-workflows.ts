@@ -11,7 +11,7 @@ import {
   WorkflowUpdateFailedError,
   type Client,
 } from '@temporalio/client';
-import { ConflictError, ForbiddenError, ValidationError } from '../domain/errors';
+import { ConflictError, ForbiddenError, UnavailableError, ValidationError } from '../domain/errors';
 import type { JobSpec } from '../domain/job';
 import { unitsToTokenString } from '../domain/money';
 import { jobWorkflow, type JobWorkflowOptions } from '../workflows/job-workflow';
@@ -189,7 +189,12 @@ function translate(err: unknown): Error {
   if (err instanceof WorkflowNotFoundError) return new ConflictError(`the job's workflow is not running: ${err.message}`);
   // Temporal refused the start itself (a payload over its size limit, say): the client wraps the gRPC error.
   const grpcError = isGrpcServiceError(err) ? err : err instanceof ServiceError && isGrpcServiceError(err.cause) ? err.cause : undefined;
-  if (grpcError?.code === GRPC_INVALID_ARGUMENT) return new ValidationError('config', grpcError.details || grpcError.message);
+  if (grpcError?.code === GRPC_INVALID_ARGUMENT) {
+    const why = grpcError.details || grpcError.message;
+    // The cluster, not the job: its namespace lacks the job search attributes (no worker has registered them).
+    if (/search attribute/i.test(why)) return new UnavailableError(`Temporal refused the job's search attributes (are they registered in the namespace?): ${why}`);
+    return new ValidationError('config', why);
+  }
   return temporalUnavailable(err) ?? (err as Error);
 }
 

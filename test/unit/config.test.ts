@@ -1,4 +1,8 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { ConfigError, loadConfig, SHIPPING_NODE_P2P_SECRET } from '../../src/config';
+import { temporalConnectionOptions } from '../../src/main/temporal-connection';
 
 describe('loadConfig', () => {
   it('has embedded defaults', () => {
@@ -29,6 +33,26 @@ describe('loadConfig', () => {
       expect((err as ConfigError).issues.join('\n')).toMatch(/GRPC_PORT/);
       expect((err as ConfigError).issues.join('\n')).toMatch(/PLATFORM_FEE_BPS/);
     }
+  });
+
+  it('connects to Temporal with TLS when given a certificate, a CA or an API key, and wants a certificate and its key together', () => {
+    expect(loadConfig({}).temporal.tls).toBe(false);
+    expect(loadConfig({ TEMPORAL_API_KEY: 'key' }).temporal).toMatchObject({ tls: true, apiKey: 'key' });
+    expect(loadConfig({ TEMPORAL_TLS_CERT: '/c.pem', TEMPORAL_TLS_KEY: '/k.pem' }).temporal).toMatchObject({ tls: true, tlsCert: '/c.pem', tlsKey: '/k.pem' });
+    expect(loadConfig({ TEMPORAL_TLS: 'true' }).temporal.tls).toBe(true);
+    expect(loadConfig({ TEMPORAL_TLS: 'false', TEMPORAL_TLS_CA: '/ca.pem' }).temporal.tls).toBe(false);
+    expect(() => loadConfig({ TEMPORAL_TLS_CERT: '/c.pem' })).toThrow(/TEMPORAL_TLS_KEY/);
+
+    expect(temporalConnectionOptions(loadConfig({}), 'h:7233')).toEqual({ address: 'h:7233' });
+    const dir = mkdtempSync(path.join(tmpdir(), 'tls-'));
+    for (const f of ['c.pem', 'k.pem']) writeFileSync(path.join(dir, f), `PEM ${f}`);
+    const mtls = loadConfig({ TEMPORAL_TLS_CERT: path.join(dir, 'c.pem'), TEMPORAL_TLS_KEY: path.join(dir, 'k.pem'), TEMPORAL_API_KEY: 'key' });
+    expect(temporalConnectionOptions(mtls, 'h:7233')).toEqual({
+      address: 'h:7233',
+      tls: { clientCertPair: { crt: Buffer.from('PEM c.pem'), key: Buffer.from('PEM k.pem') } },
+      apiKey: 'key',
+    });
+    expect(() => temporalConnectionOptions(loadConfig({ TEMPORAL_TLS_CA: path.join(dir, 'missing.pem') }), 'h:7233')).toThrow(/TEMPORAL_TLS_CA/);
   });
 
   it('refuses the processed commitment on a real cluster (a dropped fork could count a leg paid)', () => {
