@@ -1,4 +1,4 @@
-import { and, eq, gt, inArray, lt } from 'drizzle-orm';
+import { and, desc, eq, gt, inArray, lt } from 'drizzle-orm';
 import type { Db } from '../db/client';
 import { payments } from '../db/schema';
 import { isReclaimId, type ChainSettlement, type Leg } from './settlement';
@@ -39,6 +39,7 @@ export async function reconcileLedger(deps: {
     .select()
     .from(payments)
     .where(and(eq(payments.state, 'sent'), lt(payments.updatedAt, new Date(now - deps.staleAfterMs))))
+    .orderBy(payments.updatedAt) // the longest stuck first; the rest next time
     .limit(1000);
   const bySignature = new Map<string, typeof stale>();
   for (const row of stale) if (row.txRef) bySignature.set(row.txRef, [...(bySignature.get(row.txRef) ?? []), row]);
@@ -66,6 +67,7 @@ export async function reconcileLedger(deps: {
     .select()
     .from(payments)
     .where(gt(payments.updatedAt, new Date(now - deps.recentMs)))
+    .orderBy(desc(payments.updatedAt))
     .limit(2000);
   const jobs = [...new Set(recent.map((r) => r.jobId))];
   if (jobs.length > 0) {

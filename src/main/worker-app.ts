@@ -85,8 +85,14 @@ export async function startWorker(
     }),
     // Heartbeats while it works: against a real cluster, one pass (an RPC per leg and escrow) outlasts the
     // activity's heartbeat timeout.
-    reconcilePayments: () =>
-      heartbeating(() => reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 })),
+    reconcilePayments: async () => {
+      const report = await heartbeating(() =>
+        reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 }),
+      );
+      // In the worker's log too, at error level, for whatever watches it: money the chain and the ledger disagree on.
+      if (report.mismatches.length > 0) log.error({ mismatches: report.mismatches }, 'ledger and chain disagree');
+      return report;
+    },
   };
   // Job workflows upsert these; an external cluster gets them registered here (a no-op when present).
   await registerSearchAttributes(clientConnection, config.temporal.namespace, log);
