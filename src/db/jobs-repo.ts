@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, inArray, isNull, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, inArray, isNull, like, or, sql } from 'drizzle-orm';
 import type { JobPhase, JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
 import { preparedStatement } from './prepared';
@@ -330,9 +330,17 @@ export async function releaseTxRef(db: DbOrTx, jobId: string): Promise<string | 
   return row?.txRef ?? undefined;
 }
 
-/** The job's money legs, oldest first. */
-export async function getPayments(db: DbOrTx, jobId: string) {
-  return db.select().from(payments).where(eq(payments.jobId, jobId)).orderBy(asc(payments.id));
+/**
+ * Every leg that moved money through the job's escrow account, as operators read it: the job's own and those of
+ * reclaims of stray transfers into it (ledger ids `<job id>/reclaim/<signature>`), oldest first.
+ */
+export async function escrowAccountLedger(db: DbOrTx, jobId: string) {
+  const reclaims = `${jobId.replace(/[\\%_]/g, (c) => `\\${c}`)}/reclaim/%`;
+  return db
+    .select()
+    .from(payments)
+    .where(or(eq(payments.jobId, jobId), like(payments.jobId, reclaims)))
+    .orderBy(asc(payments.id));
 }
 
 /** Completed jobs whose payment to this node waits for its wallet. */

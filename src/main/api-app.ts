@@ -196,7 +196,8 @@ export async function startApi(
     jobs: {
       get: jobs.get,
       events: jobs.events,
-      payments: async (id) => (await jobsRepo.getPayments(database.db, id)).map(paymentJson),
+      payments: async (id) =>
+        (await jobsRepo.escrowAccountLedger(database.db, id)).map((p) => ({ ...paymentJson(p), ...(p.jobId !== id && { reclaim: p.jobId }) })),
       queuePosition: (id) => queuePosition(database.db, id),
       list: (q) => jobs.list(q),
     },
@@ -251,7 +252,7 @@ function reservationJson(r: reservationsRepo.ReservationWithNode) {
 }
 
 /** A payment leg as operators see it (the signed transaction bytes and retry bookkeeping stay inside). */
-function paymentJson(p: Awaited<ReturnType<typeof jobsRepo.getPayments>>[number] | Awaited<ReturnType<typeof reservationsRepo.potPayments>>[number]) {
+function paymentJson(p: Awaited<ReturnType<typeof jobsRepo.escrowAccountLedger>>[number] | Awaited<ReturnType<typeof reservationsRepo.potPayments>>[number]) {
   return {
     leg: p.leg,
     amount: p.amount.toString(),

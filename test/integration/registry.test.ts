@@ -7,7 +7,7 @@ import { MIGRATIONS_DIR } from '../../src/db/client';
 import { claimNode, createNodeCache } from '../../src/db/node-cache';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
-import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes } from '../../src/db/schema';
+import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payments } from '../../src/db/schema';
 import type { JobPhase, JobSpec } from '../../src/domain/job';
 import { nodeStats } from '../../src/domain/node-stats';
 import { createDiscoveryService } from '../../src/services/discovery-service';
@@ -243,6 +243,15 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     clock += 30_000; // now writing without a gap for 30 s: b, silent for 65 s, is swept offline
     await hub.flush();
     expect((await node('restart-b')).status).toBe('offline');
+  });
+
+  it('an escrow account\'s ledger for operators: the job\'s legs and its reclaims, no other job\'s (ids are matched literally)', async () => {
+    const leg = (jobId: string) => ({
+      jobId, leg: 'escrow' as const, amount: 1n, fromAccount: 'payer', toAccount: `escrow-of-${jobId}`, state: 'confirmed' as const,
+      idempotencyKey: `${jobId}/escrow`, memo: 'm',
+    });
+    await database.db.insert(payments).values(['ledger_1', 'ledger_1/reclaim/sig', 'ledger_12/reclaim/sig', 'ledgerX1/reclaim/sig'].map(leg));
+    expect((await jobsRepo.escrowAccountLedger(database.db, 'ledger_1')).map((p) => p.jobId)).toEqual(['ledger_1', 'ledger_1/reclaim/sig']);
   });
 
   it('a Postgres outage costs no running job its node: the watches hear each beat, from what the nodes held at the last flush Postgres took', async () => {
