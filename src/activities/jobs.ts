@@ -94,20 +94,22 @@ export function createJobActivities(deps: JobActivityDeps) {
    * the job would wait anyway, and a node that registered or freed up moments ago is not missed.
    */
   async function matchNode(input: MatchInput): Promise<MatchResult> {
+    const fresh = !deps.nodes.loaded();
+    if (fresh) await deps.nodes.refresh();
     // A retry of a match that already claimed a node (the activity died after the claim) gets that node.
     const held = await heldClaim(deps.db, input.jobId);
     if (held && input.excludeNodeIds.includes(held)) await releaseClaims(deps.db, input.jobId);
     else if (held) {
       const node = await nodesRepo.getNode(deps.db, held);
       if (node) {
+        // Explained as ranked now (the first try's ranking died with it).
+        const ranking = rank(input);
         return {
           node: { nodeId: node.id, endpoint: `${node.ipAddress}:${node.port}`, assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}` },
-          explanation: { ranked: [], rejected: [], rejectedCounts: {}, eligible: 1, claimedByOthers: [] },
+          explanation: { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers: [] },
         };
       }
     }
-    const fresh = !deps.nodes.loaded();
-    if (fresh) await deps.nodes.refresh();
     let attempt = await rankAndClaim(input);
     let queuePosition: number | undefined;
     if (!attempt.node) {
@@ -126,8 +128,8 @@ export function createJobActivities(deps: JobActivityDeps) {
   }
 
   /** Ranks the cached nodes and claims the first of the best CLAIM_TRIES that takes the job. */
-  async function rankAndClaim(input: MatchInput) {
-    const ranking = rankCandidates(deps.nodes.candidates(), {
+  function rank(input: MatchInput) {
+    return rankCandidates(deps.nodes.candidates(), {
       requiredDevice: input.requiredDevice,
       minMemory: input.estimatedMemory,
       excludeNodeIds: new Set(input.excludeNodeIds),
@@ -136,6 +138,10 @@ export function createJobActivities(deps: JobActivityDeps) {
         : undefined,
       now: now(),
     });
+  }
+
+  async function rankAndClaim(input: MatchInput) {
+    const ranking = rank(input);
     const claimedByOthers: string[] = [];
     for (const pick of ranking.ranked.slice(0, CLAIM_TRIES)) {
       // Counted before the claim's round trip, so matches ranking meanwhile in this process (a burst of

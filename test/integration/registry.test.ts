@@ -407,8 +407,10 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
         { nodeId: 'small', reason: expect.stringMatching(/needs 4294967296 bytes on a CUDA device/) },
       ]),
     );
-    // the same job matching again keeps its claim; another job finds the node full (capacity 1)
-    expect((await acts.matchNode({ jobId: 'm1', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] })).node?.nodeId).toBe('big');
+    // the same job matching again (a retry) keeps its claim, explained as ranked now; another job finds the node full (capacity 1)
+    const again = await acts.matchNode({ jobId: 'm1', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] });
+    expect(again.node?.nodeId).toBe('big');
+    expect(again.explanation.rejected).toEqual(expect.arrayContaining([{ nodeId: 'node_1700000000', reason: 'failed or refused this job' }]));
     await job('m2');
     const full = await acts.matchNode({ jobId: 'm2', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: ['node_1700000000'] });
     expect(full.node).toBeNull();
