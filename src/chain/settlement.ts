@@ -11,7 +11,7 @@ import {
   type TransactionInstruction,
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
-import { createTransferCheckedInstruction, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
+import { createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
 import { and, eq, inArray, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
@@ -206,6 +206,26 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   const { db, connection, authority } = deps;
   const pollMs = deps.pollMs ?? 250;
   const blockhashReuseMs = deps.blockhashReuseMs ?? 1000;
+  /** Wallet addresses found unable to hold tokens, and those found able (an account's kind does not change). */
+  const walletVerdicts = new Map<string, boolean>();
+
+  /**
+   * The node's wallet when tokens paid to it can be used: not a token account, a mint or a program (any of them
+   * passes as an address, and its associated token account would take the node's 90 % for good). Else '': the
+   * payment is owed until the node registers a wallet that can.
+   */
+  async function usableWallet(wallet: string): Promise<string> {
+    if (!wallet) return '';
+    let usable = walletVerdicts.get(wallet);
+    if (usable === undefined) {
+      const info = await connection.getAccountInfo(new PublicKey(wallet), deps.commitment);
+      usable = !info || !(info.executable || info.owner.equals(TOKEN_PROGRAM_ID) || info.owner.equals(TOKEN_2022_PROGRAM_ID));
+      if (walletVerdicts.size >= 10_000) walletVerdicts.clear();
+      walletVerdicts.set(wallet, usable);
+    }
+    return usable ? wallet : '';
+  }
+
   const priorityFee = deps.priorityFeeMicroLamports
     ? [ComputeBudgetProgram.setComputeUnitPrice({ microLamports: deps.priorityFeeMicroLamports })]
     : [];
@@ -805,7 +825,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    */
   async function release(input: { jobId: string; nodeId: string }): Promise<ReleaseOutcome> {
     const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
-    const wallet = payableWallet(node?.wallet);
+    const wallet = await usableWallet(payableWallet(node?.wallet));
     const split = await withEscrowLock(input.jobId, async (tx, escrowRow, legs) => {
       if (legs.some((l) => l.leg === 'refund')) {
         throw nonRetryable(SettlementErrors.alreadySettled, `escrow of job ${input.jobId} was refunded`);
@@ -940,7 +960,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    */
   async function settlePot(input: { potId: string; nodeId: string; payUnits: string }): Promise<PotOutcome> {
     const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
-    const wallet = payableWallet(node?.wallet);
+    const wallet = await usableWallet(payableWallet(node?.wallet));
     const legs: Leg[] = ['release_node', 'release_platform', 'refund'];
     const escrowSlot = await withEscrowLock(input.potId, async (tx, escrowRow, recorded) => {
       if (!recorded.some((l) => legs.includes(l.leg))) {

@@ -1,3 +1,4 @@
+import { TOKEN_PROGRAM_ID } from '@solana/spl-token';
 import { Keypair, PublicKey } from '@solana/web3.js';
 import { and, eq } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
@@ -265,6 +266,16 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
     await insertNode(database.db, nodeId, wallet.toBase58());
     expect(await settlement.release({ jobId, nodeId })).toMatchObject({ owed: false, node: { amount: '4500', to: wallet.toBase58() } });
     expect(await balanceOf(escrowOf(jobId))).toBe(0n);
+  });
+
+  test('a node whose wallet is a token account, the mint or a program is owed: tokens paid there could never be used', async () => {
+    for (const bad of [payerAta(), chain.mint, TOKEN_PROGRAM_ID]) {
+      const { jobId } = await escrowed(3_000n);
+      const nodeId = `node-${jobId}`;
+      await insertNode(database.db, nodeId, bad.toBase58());
+      expect(await settlement.release({ jobId, nodeId })).toEqual({ owed: true, nodeAmount: '2700', platformAmount: '300' });
+      expect(await balanceOf(escrowOf(jobId))).toBe(3_000n);
+    }
   });
 
   test('a blockhash that expired moments after it was asked (a lagging or restarted cluster) is signed again at once, and pays once', async () => {
