@@ -178,7 +178,7 @@ describe('chain settlement: exactly once across worker crashes', () => {
     expect(value[0]).toBeNull();
   });
 
-  test.each(steps)('%s: sent and landed, then the blockhash expired → the retry finds the landed signature, signs nothing', async (step) => {
+  test.each(steps)('%s: sent and landed, then the blockhash expired → the retry finds the landed signature, signs nothing, even while a lagging RPC node answers "unknown"', async (step) => {
     const amount = 3_000_007n;
     const job = await jobReadyFor(step, amount);
     const before = await job.snapshot();
@@ -188,35 +188,19 @@ describe('chain settlement: exactly once across worker crashes', () => {
     chain.ledger.advance(200);
     const sentBefore = proxy.sent.length;
 
-    await withRetries(() => job.call(restarted()));
-
-    expect(proxy.sent.length).toBe(sentBefore); // nothing new signed or sent
-    expect(diff(before, await job.snapshot())).toEqual(expectedDelta(step, amount));
-    expect(await landedWithMemo(chain.connection, proxy.sent, job.memo)).toEqual([left.txRef]);
-    for (const row of await legRows(job.jobId, job.legs)) expect(row).toMatchObject({ state: 'confirmed', txRef: left.txRef, sendAttempts: 1 });
-  });
-
-  test.each(steps)('%s: sent and landed, then a lagging RPC node answers "unknown" past the last valid block → nothing is signed again until a node that has seen the blocks answers', async (step) => {
-    const amount = 5_000_011n;
-    const job = await jobReadyFor(step, amount);
-    const before = await job.snapshot();
-
-    await expect(job.call(crashingAt('afterSend'))).rejects.toThrow(WorkerDied);
-    const [left] = await legRows(job.jobId, job.legs);
-    chain.ledger.advance(200);
-    const sentBefore = proxy.sent.length;
-
-    // Behind a load balancer, the status answers come from a node 500 slots behind: it has not seen the landing.
+    // Behind a load balancer, status answers from a node 500 slots behind, which has not seen the landing: the
+    // attempt is not taken for expired (that would sign a second transaction), only for not confirmed yet.
     proxy.setFaults(({ method }) => (method === 'getSignatureStatuses' ? { kind: 'lagging', slots: 500 } : { kind: 'pass' }));
     try {
       await expect(job.call(settlementOn(chain, database.db, { rpcUrl: proxy.url, confirmTimeoutMs: 1000 }))).rejects.toThrow(/not confirmed yet/);
     } finally {
       proxy.setFaults(() => ({ kind: 'pass' }));
     }
-    expect(proxy.sent.length - sentBefore).toBeLessThanOrEqual(1); // at most the recorded bytes, re-sent
     for (const row of await legRows(job.jobId, job.legs)) expect(row).toMatchObject({ state: 'sent', txRef: left.txRef });
 
     await withRetries(() => job.call(restarted()));
+
+    expect(proxy.sent.slice(sentBefore).filter((t) => t.signature !== left.txRef)).toEqual([]); // nothing new signed
     expect(diff(before, await job.snapshot())).toEqual(expectedDelta(step, amount));
     expect(await landedWithMemo(chain.connection, proxy.sent, job.memo)).toEqual([left.txRef]);
     for (const row of await legRows(job.jobId, job.legs)) expect(row).toMatchObject({ state: 'confirmed', txRef: left.txRef, sendAttempts: 1 });
