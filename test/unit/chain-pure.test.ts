@@ -55,17 +55,20 @@ describe('chain configuration', () => {
 });
 
 describe('what the chain says about a recorded attempt', () => {
-  /** A settlement over an RPC that answers the statuses given, in turn, and the block height given. */
-  function settlementOver(statuses: (object | null)[], height: number) {
+  /**
+   * A settlement over an RPC that answers the statuses given, in turn, from a node at `seenSlot` (default: caught
+   * up), and whose finalized chain is at `height` (slot = height here).
+   */
+  function settlementOver(statuses: (object | null)[], height: number, seenSlot = height) {
     const asked: string[] = [];
     const connection = {
       getSignatureStatuses: async () => {
         asked.push('status');
-        return { context: { slot: 1 }, value: [statuses.shift() ?? null] };
+        return { context: { slot: seenSlot }, value: [statuses.shift() ?? null] };
       },
-      getBlockHeight: async () => {
-        asked.push('height');
-        return height;
+      getEpochInfo: async (commitment: string) => {
+        asked.push(`height ${commitment}`);
+        return { absoluteSlot: height, blockHeight: height, epoch: 0, slotIndex: height, slotsInEpoch: 432_000 };
       },
     } as unknown as Connection;
     const settlement = createChainSettlement({
@@ -86,15 +89,25 @@ describe('what the chain says about a recorded attempt', () => {
   it('an attempt that lands between the status read and the height read counts as landed, not expired (never signed again)', async () => {
     const { settlement, asked } = settlementOver([null, landed], 200);
     expect(await settlement.chainState('sig', 150)).toEqual({ kind: 'landed', slot: 7 });
-    expect(asked).toEqual(['status', 'height', 'status']);
+    expect(asked).toEqual(['status', 'height finalized', 'status']);
   });
 
   it('unknown past its last valid block on both reads: expired; unknown before it: pending; known: as the cluster says', async () => {
     expect(await settlementOver([null, null], 200).settlement.chainState('sig', 150)).toEqual({ kind: 'expired' });
     const pending = settlementOver([null], 100);
     expect(await pending.settlement.chainState('sig', 150)).toEqual({ kind: 'pending' });
-    expect(pending.asked).toEqual(['status', 'height']);
+    expect(pending.asked).toEqual(['status', 'height finalized']);
     expect(await settlementOver([landed], 999).settlement.chainState('sig', 150)).toEqual({ kind: 'landed', slot: 7 });
     expect(await settlementOver([{ ...landed, err: { InstructionError: [0, 'x'] } }], 0).settlement.chainState('sig', 150)).toMatchObject({ kind: 'failed' });
+  });
+
+  it('"unknown" from a node behind the finalized block past the last valid height is not expired (a load balancer\'s lagging node)', async () => {
+    expect(await settlementOver([null, null], 200, 180).settlement.chainState('sig', 150)).toEqual({ kind: 'pending' });
+    expect(await settlementOver([null, null], 200, 200).settlement.chainState('sig', 150)).toEqual({ kind: 'expired' });
+  });
+
+  it('an error counts only at the configured commitment: a processed one may be on a fork that is dropped', async () => {
+    const processedError = { ...landed, err: { InstructionError: [0, 'x'] }, confirmationStatus: 'processed' };
+    expect(await settlementOver([processedError], 0).settlement.chainState('sig', 150)).toEqual({ kind: 'pending' });
   });
 });

@@ -12,6 +12,7 @@ function gatewayWithClock(heartbeatTimeoutMs: number, progressSignalIntervalMs?:
   const signals: { workflowId: string; name: string; arg: unknown }[] = [];
   let fail: Error | undefined;
   const client = {
+    connection: { withAbortSignal: (_signal: AbortSignal, run: () => Promise<unknown>) => run() },
     activity: {
       heartbeat: async (id: { workflowId: string; activityId: string }, details: unknown) => {
         if (fail) throw fail;
