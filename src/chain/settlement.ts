@@ -139,6 +139,8 @@ export const isReclaimId = (id: string) => id.includes('/reclaim/');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Waits between looks for a payer's transaction the cluster does not show yet (3.5 s in all). */
 const PAYER_TX_WAITS_MS = [500, 1000, 2000];
+/** The compute budget a settlement transaction asks for when it pays a priority fee. */
+const SETTLEMENT_COMPUTE_UNITS = 200_000;
 /** How often an attempt's bytes are sent again while it is awaited. */
 const REBROADCAST_MS = 2000;
 /** How a leg's last_error starts when the cluster refused an attempt's bytes. */
@@ -226,8 +228,13 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return usable ? wallet : '';
   }
 
+  // With a price, a limit too: without one the fee is charged on 200,000 units per instruction (~1M for a
+  // release), where a settlement uses a small part of SETTLEMENT_COMPUTE_UNITS.
   const priorityFee = deps.priorityFeeMicroLamports
-    ? [ComputeBudgetProgram.setComputeUnitPrice({ microLamports: deps.priorityFeeMicroLamports })]
+    ? [
+        ComputeBudgetProgram.setComputeUnitLimit({ units: SETTLEMENT_COMPUTE_UNITS }),
+        ComputeBudgetProgram.setComputeUnitPrice({ microLamports: deps.priorityFeeMicroLamports }),
+      ]
     : [];
   /** Rent for an escrow token account: a cluster constant, asked once (a failed ask is asked again). */
   let rentExemption: Promise<number> | undefined;
@@ -287,6 +294,21 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         lastError: sql`${why} || coalesce('; ' || case when ${payments.lastError} like ${`${SEND_REFUSED}%`} then ${payments.lastError} end, '')`,
       })
       .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
+  }
+
+  /**
+   * Sends an attempt's bytes again, as long as its legs still carry it: once another attempt of the same settlement
+   * gave it up (expired) and signed anew, these bytes must not reach the chain beside the new ones.
+   */
+  function resendWhileRecorded(jobId: string, signature: string, bytes: Buffer, minContextSlot?: number): () => Promise<void> {
+    return async () => {
+      const [recorded] = await db
+        .select({ id: payments.id })
+        .from(payments)
+        .where(and(eq(payments.jobId, jobId), eq(payments.txRef, signature), eq(payments.state, 'sent')))
+        .limit(1);
+      if (recorded) await send(bytes, minContextSlot);
+    };
   }
 
   /** Keeps why the cluster refused to take an attempt's bytes (it stays recorded: the bytes may still land). */
@@ -405,7 +427,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         if (state.kind === 'pending' && current.txBytes) {
           const bytes = Buffer.from(current.txBytes, 'base64');
           await send(bytes, minContextSlot).catch((err: unknown) => noteSendRefused(jobId, legs, current.txRef!, err).catch(() => undefined));
-          state = await awaitOutcome(current.txRef, current.lastValidBlockHeight, () => send(bytes, minContextSlot));
+          state = await awaitOutcome(current.txRef, current.lastValidBlockHeight, resendWhileRecorded(jobId, current.txRef, bytes, minContextSlot));
         }
         if (state.kind === 'landed') {
           rows = await confirm(current.txRef, state.slot);
@@ -448,9 +470,16 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         forgetBlockhash();
         // A refused preflight never reaches the chain: the attempt can be forgotten safely.
         if (/Blockhash not found/i.test(String((err as Error)?.message))) {
-          // Signed with a blockhash the cluster no longer (or not yet) knows: sign again with a fresh one.
-          await abandonAttempt(jobId, legs, signature, 'the cluster did not know its blockhash');
-          continue;
+          // Signed with a blockhash the cluster no longer knows: sign again with a fresh one. Only once the
+          // finalized chain is past its last valid block: a lagging RPC node also answers this for a blockhash
+          // the rest of the cluster knows, and these bytes may still land (sent again by a concurrent retry).
+          const finalized = await connection.getEpochInfo('finalized');
+          if ((finalized.blockHeight ?? 0) > lastValidBlockHeight) {
+            await abandonAttempt(jobId, legs, signature, 'the cluster did not know its blockhash');
+            continue;
+          }
+          await noteSendRefused(jobId, legs, signature, err);
+          throw retryable(`${memo}: the RPC node did not know the transaction's blockhash yet; its recorded bytes are sent again`);
         }
         const reason = permanentReason(err);
         if (reason) {
@@ -461,7 +490,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         throw retryable(`${memo}: send failed, will check the recorded signature: ${(err as Error).message}`);
       }
       await deps.hooks?.afterSend?.(legs);
-      const state = await awaitOutcome(signature, lastValidBlockHeight, () => send(bytes, minContextSlot));
+      const state = await awaitOutcome(signature, lastValidBlockHeight, resendWhileRecorded(jobId, signature, bytes, minContextSlot));
       if (state.kind === 'landed') {
         await deps.hooks?.afterConfirm?.(legs);
         rows = await confirm(signature, state.slot);

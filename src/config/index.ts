@@ -130,7 +130,7 @@ const schema = z.object({
   /** One settlement activity attempt waits this long for a confirmation before Temporal retries it. */
   CHAIN_CONFIRM_TIMEOUT_MS: positiveInt.default(30_000),
   /** Priority fee of settlement transactions (micro-lamports per compute unit); 0 = none. */
-  SOLANA_PRIORITY_FEE_MICROLAMPORTS: z.coerce.number().int().min(0).max(100_000_000).default(0),
+  SOLANA_PRIORITY_FEE_MICROLAMPORTS: z.coerce.number().int().min(0).max(10_000_000).default(0),
   /** The ledger-vs-chain reconciliation runs this often. */
   RECONCILE_INTERVAL_S: positiveInt.default(300),
 });

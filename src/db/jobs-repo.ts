@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, inArray, isNull, like, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, inArray, isNull, or, sql } from 'drizzle-orm';
 import type { JobPhase, JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
 import { preparedStatement } from './prepared';
@@ -335,11 +335,14 @@ export async function releaseTxRef(db: DbOrTx, jobId: string): Promise<string | 
  * reclaims of stray transfers into it (ledger ids `<job id>/reclaim/<signature>`), oldest first.
  */
 export async function escrowAccountLedger(db: DbOrTx, jobId: string) {
-  const reclaims = `${jobId.replace(/[\\%_]/g, (c) => `\\${c}`)}/reclaim/%`;
+  // The ledgers whose money went into the job's escrow account (its own and its reclaims), by the indexed
+  // to_account: a LIKE on job ids would read the whole table under a linguistic collation.
+  const account = db.select({ account: payments.toAccount }).from(payments).where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow')));
+  const ledgers = db.select({ id: payments.jobId }).from(payments).where(and(eq(payments.leg, 'escrow'), inArray(payments.toAccount, account)));
   return db
     .select()
     .from(payments)
-    .where(or(eq(payments.jobId, jobId), like(payments.jobId, reclaims)))
+    .where(or(eq(payments.jobId, jobId), inArray(payments.jobId, ledgers)))
     .orderBy(asc(payments.id));
 }
 

@@ -107,15 +107,21 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       } catch (err) {
         // The nodes are alive all the same: their jobs' watches hear it from what they held at the last flush,
         // or a Postgres outage longer than the heartbeat timeout would count every running job's node lost.
-        const fresh = [...batch].filter(([, b]) => !b.livenessPassed).map(([nodeId]) => nodeId);
-        passLiveness({ at, held: fresh.flatMap((id) => heldByNode.get(id) ?? []), nodeIds: new Set(fresh), wake: new Set() });
+        // Only for nodes whose holdings are known (a node first seen, or first holding a job, since that flush is
+        // passed on once Postgres takes its beat). Reservations' watches need Postgres to be found: not now.
+        const mapped = [...batch].filter(([nodeId, b]) => !b.livenessPassed && heldByNode.has(nodeId)).map(([nodeId]) => nodeId);
+        passLiveness({ at, held: mapped.flatMap((id) => heldByNode.get(id)!), nodeIds: new Set(), wake: new Set() });
         // Kept for the next flush; a beat that came in meanwhile is newer and stays.
-        for (const [nodeId, b] of batch) if (!pending.has(nodeId)) pending.set(nodeId, { ...b, livenessPassed: true });
+        const passed = new Set(mapped);
+        for (const [nodeId, b] of batch) {
+          if (!pending.has(nodeId)) pending.set(nodeId, { ...b, livenessPassed: b.livenessPassed || passed.has(nodeId) });
+        }
         writingSince = undefined;
         throw err;
       }
-      for (const nodeId of batch.keys()) heldByNode.delete(nodeId);
-      for (const j of held) heldByNode.set(j.nodeId, [...(heldByNode.get(j.nodeId) ?? []), j]);
+      // Every beating node's holdings, none included (bounded by the nodes, like `known`).
+      for (const nodeId of batch.keys()) heldByNode.set(nodeId, []);
+      for (const j of held) heldByNode.get(j.nodeId)?.push(j);
       if (back.length > 0) {
         log.info({ nodes: back }, 'nodes back online');
         // Not this flush's to fail for: its beats are written; a miss only leaves a refusal to the job's next try.
@@ -123,12 +129,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       }
       const wake = back.length > 0 ? await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals, jobsRepo.wakeLimit(back.length)) : [];
       const passed = (nodeId: string) => batch.get(nodeId)?.livenessPassed === true;
-      passLiveness({
-        at,
-        held: held.filter((j) => !passed(j.nodeId)),
-        nodeIds: new Set([...batch.keys()].filter((id) => !passed(id))),
-        wake: new Set(wake),
-      });
+      passLiveness({ at, held: held.filter((j) => !passed(j.nodeId)), nodeIds: new Set(batch.keys()), wake: new Set(wake) });
     } else {
       writingSince ??= at.getTime();
     }

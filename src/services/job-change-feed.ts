@@ -27,23 +27,37 @@ export function createJobChangeFeed(opts: { databaseUrl: string; log: { warn(obj
     }
   }
 
+  /** The connection being made or in use; any other one's events are stale. */
+  let current: Client | undefined;
+
   async function connect(): Promise<void> {
     const c = new Client({ connectionString: opts.databaseUrl, keepAlive: true });
+    current = c;
     c.on('notification', (msg) => {
-      if (msg.channel === JOB_CHANGES_CHANNEL && msg.payload) notify(msg.payload);
+      if (c === current && msg.channel === JOB_CHANGES_CHANNEL && msg.payload) notify(msg.payload);
     });
     c.on('error', (err) => lost(c, err));
-    await c.connect();
-    await c.query(`LISTEN ${JOB_CHANGES_CHANNEL}`);
+    try {
+      await c.connect();
+      await c.query(`LISTEN ${JOB_CHANGES_CHANNEL}`);
+    } catch (err) {
+      void c.end().catch(() => undefined);
+      throw err;
+    }
+    if (closed || c !== current) {
+      await c.end().catch(() => undefined);
+      return;
+    }
     client = c;
     // Listeners may have missed changes while disconnected: nudge them all to re-read.
     for (const jobId of [...listeners.keys()]) notify(jobId);
   }
 
   function lost(c: Client, err: unknown): void {
-    if (client !== c && client !== undefined) return; // an older connection, already replaced
-    opts.log.warn({ err: String(err) }, 'job change feed lost its connection; reconnecting');
     void c.end().catch(() => undefined);
+    if (c !== current) return; // an older connection, already replaced
+    opts.log.warn({ err: String(err) }, 'job change feed lost its connection; reconnecting');
+    current = undefined;
     scheduleReconnect();
   }
 
@@ -92,7 +106,9 @@ export function createJobChangeFeed(opts: { databaseUrl: string; log: { warn(obj
     closed = true;
     if (retry) clearTimeout(retry);
     if (probe) clearInterval(probe);
-    await client?.end().catch(() => undefined);
+    const c = current;
+    current = undefined;
+    await c?.end().catch(() => undefined);
   }
 
   return { start, subscribe, close };

@@ -10,6 +10,9 @@ import { isHolding } from '../domain/reservation';
 import type { HeartbeatHub } from './heartbeat-hub';
 import type { JobWorkflowGateway } from './job-workflows';
 
+
+/** How long passing a node's report on as liveness may take before it is given up (the report itself is kept). */
+const NODE_ALIVE_LIMIT_MS = 5_000;
 export interface NodeServiceDeps {
   db: Db;
   workflows: JobWorkflowGateway;
@@ -114,7 +117,7 @@ export function createNodeService(deps: NodeServiceDeps) {
   }
 
   function alive(job: Pick<jobsRepo.JobRow, 'id' | 'attempts' | 'assignedAt'>, nodeId: string, source: string): Promise<void> {
-    return workflows.nodeAlive(job.id, job.attempts, { source, nodeId, at: new Date().toISOString() }, job.assignedAt);
+    return workflows.nodeAlive(job.id, job.attempts, { source, nodeId, at: new Date().toISOString() }, job.assignedAt, NODE_ALIVE_LIMIT_MS);
   }
 
   /**

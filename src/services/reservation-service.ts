@@ -390,7 +390,7 @@ export function createReservationService(deps: ReservationServiceDeps) {
   async function decidedWithin(id: string, settled: Promise<ReleaseReceipt>, ms: number): Promise<ReleaseReceipt | undefined> {
     const done = await within(settled, ms);
     if (done !== LATE) return done;
-    const view = await handle(id).query(reservationQuery).catch(() => undefined);
+    const view = await limited(() => handle(id).query(reservationQuery)).catch(() => undefined);
     if (!view?.settling) return undefined;
     return { ...view.settling, nodeAmount: '', paymentTx: '', refundTx: '', owed: false };
   }

@@ -40,6 +40,22 @@ describe('job change feed', () => {
     }
   });
 
+  test('a dropped LISTEN connection is made anew, and every listener is told to read again (it may have missed changes)', async () => {
+    let calls = 0;
+    const off = feed.subscribe('job-reconnect', () => void (calls += 1));
+    try {
+      await database.db.execute(sql`select pg_terminate_backend(pid) from pg_stat_activity where query like ${`LISTEN ${JOB_CHANGES_CHANNEL}%`} and datname = current_database()`);
+      for (let i = 0; i < 100 && calls === 0; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(calls).toBe(1); // the nudge after reconnecting
+      const listening = heard('job-reconnect');
+      await changed('job-reconnect');
+      await listening;
+      expect(warnings).toContain('job change feed lost its connection; reconnecting');
+    } finally {
+      off();
+    }
+  });
+
   test('a listener that throws neither stops the others nor the feed', async () => {
     const offBad = feed.subscribe('job-bad', () => {
       throw new Error('boom');

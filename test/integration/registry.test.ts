@@ -245,13 +245,23 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await node('restart-b')).status).toBe('offline');
   });
 
-  it('an escrow account\'s ledger for operators: the job\'s legs and its reclaims, no other job\'s (ids are matched literally)', async () => {
-    const leg = (jobId: string) => ({
-      jobId, leg: 'escrow' as const, amount: 1n, fromAccount: 'payer', toAccount: `escrow-of-${jobId}`, state: 'confirmed' as const,
-      idempotencyKey: `${jobId}/escrow`, memo: 'm',
+  it('an escrow account\'s ledger for operators: the job\'s legs and its reclaims, no other job\'s', async () => {
+    const leg = (jobId: string, leg: 'escrow' | 'refund', escrow: string) => ({
+      jobId, leg, amount: 1n, fromAccount: leg === 'escrow' ? 'payer' : escrow, toAccount: leg === 'escrow' ? escrow : 'payer',
+      state: 'confirmed' as const, idempotencyKey: `${jobId}/${leg}`, memo: 'm',
     });
-    await database.db.insert(payments).values(['ledger_1', 'ledger_1/reclaim/sig', 'ledger_12/reclaim/sig', 'ledgerX1/reclaim/sig'].map(leg));
-    expect((await jobsRepo.escrowAccountLedger(database.db, 'ledger_1')).map((p) => p.jobId)).toEqual(['ledger_1', 'ledger_1/reclaim/sig']);
+    await database.db.insert(payments).values([
+      leg('ledger_1', 'escrow', 'escrow-1'),
+      leg('ledger_1/reclaim/sig', 'escrow', 'escrow-1'),
+      leg('ledger_1/reclaim/sig', 'refund', 'escrow-1'),
+      leg('ledger_12', 'escrow', 'escrow-12'),
+      leg('ledger_12/reclaim/sig', 'escrow', 'escrow-12'),
+    ]);
+    expect((await jobsRepo.escrowAccountLedger(database.db, 'ledger_1')).map((p) => `${p.jobId} ${p.leg}`)).toEqual([
+      'ledger_1 escrow',
+      'ledger_1/reclaim/sig escrow',
+      'ledger_1/reclaim/sig refund',
+    ]);
   });
 
   it('a Postgres outage costs no running job its node: the watches hear each beat, from what the nodes held at the last flush Postgres took', async () => {
