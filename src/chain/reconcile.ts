@@ -16,6 +16,8 @@ export interface ReconcileReport {
   mismatches: string[];
   checkedLegs: number;
   checkedEscrows: number;
+  /** Escrow accounts of settled ledgers closed in this pass (their rent back to the escrow authority). */
+  closedAccounts: number;
 }
 
 /**
@@ -29,11 +31,13 @@ export async function reconcileLedger(deps: {
   staleAfterMs: number;
   /** Jobs with ledger activity in this window have their escrow balances checked. */
   recentMs: number;
+  /** Closing the emptied escrow accounts of ledgers settled for this long, so many a pass; unset: none closed. */
+  closeAccounts?: { settledForMs: number; limit: number };
   now?: () => number;
 }): Promise<ReconcileReport> {
   const { db, settlement } = deps;
   const now = deps.now?.() ?? Date.now();
-  const report: ReconcileReport = { completed: [], reopened: [], failed: [], inFlight: [], mismatches: [], checkedLegs: 0, checkedEscrows: 0 };
+  const report: ReconcileReport = { completed: [], reopened: [], failed: [], inFlight: [], mismatches: [], checkedLegs: 0, checkedEscrows: 0, closedAccounts: 0 };
 
   const stale = await db
     .select()
@@ -91,6 +95,11 @@ export async function reconcileLedger(deps: {
         if (s.kind !== 'landed') report.mismatches.push(`${jobId}/${leg.leg}: confirmed in the ledger, ${s.kind} on chain (${leg.txRef})`);
       }
     }
+  }
+  if (deps.closeAccounts) {
+    const { closed, holding } = await settlement.closeSettledEscrowAccounts(deps.closeAccounts);
+    report.closedAccounts = closed.length;
+    for (const jobId of holding) report.mismatches.push(`${jobId}: settled, yet its escrow account holds tokens (a stray transfer, to give back with a reclaim)`);
   }
   return report;
 }

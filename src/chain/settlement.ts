@@ -11,8 +11,8 @@ import {
   type TransactionInstruction,
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
-import { createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
-import { and, eq, inArray, sql, TransactionRollbackError } from 'drizzle-orm';
+import { createCloseAccountInstruction, createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
+import { and, eq, inArray, isNotNull, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
 import { jobs, nodes, payments } from '../db/schema';
@@ -567,17 +567,21 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   }
 
   /**
-   * Creates the job's escrow account (idempotent), for a payer who pays into it before submitting.
-   * @returns its address.
-   */
-  /**
-   * Creates a job's escrow account when it does not exist yet (the platform pays its rent). Idempotent.
+   * Creates the job's escrow account when it does not exist yet, for a payer who pays into it before submitting
+   * (the platform pays its rent). Idempotent.
    * @param mayCreate asked before an account is created; false refuses (TooManyRequests).
+   * @returns its address.
+   * @throws ConflictError when the job's escrow was settled and its account closed.
    */
   async function openEscrowAccount(jobId: string, mayCreate: () => boolean = () => true): Promise<PublicKey> {
     const address = escrowOf(jobId);
     const setup = await escrowAccountSetup(jobId);
     if (setup.length === 0) return address;
+    const [closed] = await db
+      .select({ at: payments.accountClosedAt })
+      .from(payments)
+      .where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow'), isNotNull(payments.accountClosedAt)));
+    if (closed) throw new ConflictError(`job ${jobId} was settled and its escrow account closed: a new job needs an id of its own`);
     if (!mayCreate()) throw new TooManyRequestsError(`too many new escrow accounts (each costs the platform rent): ask again in a minute (job ${jobId})`);
     const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
     const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
@@ -1065,6 +1069,58 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   }
 
   /** The job's escrow account balance on chain (0 when it does not exist). */
+  /** Where the next pass of closeSettledEscrowAccounts goes on from (escrow rows by id; back to 0 at the end). */
+  let closeAfterId = 0;
+
+  /**
+   * Takes back the rent of escrow accounts whose money has all gone out: every leg of their ledger confirmed, none
+   * changed within `settledFor` ms, the account empty on chain. Each account is closed to the escrow authority
+   * (the token program refuses to close one holding tokens, so no money can be lost by this) and its escrow row
+   * marked; an account that still holds tokens (a stray transfer not taken back) is left open and reported.
+   * At most `limit` ledgers a pass; the next pass goes on after them.
+   */
+  async function closeSettledEscrowAccounts(opts: { settledForMs: number; limit: number }): Promise<{ closed: string[]; holding: string[] }> {
+    const settledBefore = new Date(Date.now() - opts.settledForMs);
+    const rows = (await db.execute(sql`
+      select e.id, e.job_id from ${payments} e
+      where e.leg = 'escrow' and e.account_closed_at is null and e.id > ${closeAfterId} and e.state = 'confirmed'
+        and position('/reclaim/' in e.job_id) = 0
+        and exists (select 1 from ${payments} o where o.job_id = e.job_id and o.leg <> 'escrow')
+        and not exists (
+          select 1 from ${payments} o where o.job_id = e.job_id and (o.state <> 'confirmed' or o.updated_at > ${settledBefore})
+        )
+      order by e.id
+      limit ${opts.limit}`)).rows as { id: string | number; job_id: string }[];
+    closeAfterId = rows.length < opts.limit ? 0 : Number(rows[rows.length - 1].id);
+    const closed: string[] = [];
+    const holding: string[] = [];
+    const markClosed = (jobId: string) =>
+      db.update(payments).set({ accountClosedAt: new Date() }).where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow')));
+    for (const { job_id: jobId } of rows) {
+      const account = escrowOf(jobId);
+      const info = await connection.getAccountInfo(account, deps.commitment);
+      if (info && (info.data.length < 72 || Buffer.from(info.data).readBigUInt64LE(64) !== 0n)) {
+        holding.push(jobId);
+        continue;
+      }
+      if (info) {
+        const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
+        const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
+          memoInstruction(`cyxwiz ${jobId}/close-escrow`, authority.publicKey),
+          createCloseAccountInstruction(account, authority.publicKey, authority.publicKey),
+        );
+        tx.sign(authority);
+        // Sending it twice is harmless: a closed account cannot be closed again.
+        const signature = await connection.sendRawTransaction(tx.serialize(), { preflightCommitment: deps.commitment });
+        const state = await awaitOutcome(signature, lastValidBlockHeight);
+        if (state.kind !== 'landed' && (await connection.getAccountInfo(account, deps.commitment))) continue; // next pass
+      }
+      await markClosed(jobId);
+      closed.push(jobId);
+    }
+    return { closed, holding };
+  }
+
   async function escrowBalance(jobId: string): Promise<bigint> {
     const account = await connection.getAccountInfo(escrowOf(jobId), deps.commitment);
     if (!account || account.data.length < 72) return 0n;
@@ -1075,6 +1131,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     escrow,
     release,
     refund,
+    closeSettledEscrowAccounts,
     escrowPot,
     settlePot,
     openEscrowAccount,

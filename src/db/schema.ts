@@ -216,11 +216,15 @@ export const payments = pgTable(
     sendAttempts: integer('send_attempts').notNull().default(0),
     slot: bigint('slot', { mode: 'number' }),
     lastError: text('last_error'),
+    /** On an escrow leg: when its escrow account, emptied by the settlement, was closed (its rent taken back). */
+    accountClosedAt: ts('account_closed_at'),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
   (t) => [
     uniqueIndex('payments_idempotency_idx').on(t.idempotencyKey),
+    // Escrow accounts still open: the candidates for closing once their ledger is settled.
+    index('payments_open_escrow_idx').on(t.id).where(sql`${t.leg} = 'escrow' and ${t.accountClosedAt} is null`),
     uniqueIndex('payments_job_leg_idx').on(t.jobId, t.leg),
     // A payer's transaction funds each escrow account it pays into once: one job or one reclaim of that account.
     // Keyed by the account, not the transaction alone, because one transaction may pay several escrow accounts.

@@ -87,7 +87,13 @@ export async function startWorker(
     // activity's heartbeat timeout.
     reconcilePayments: async () => {
       const report = await heartbeating(() =>
-        reconcileLedger({ db: database.db, settlement, staleAfterMs: 2 * config.chain.confirmTimeoutMs, recentMs: 24 * 3600_000 }),
+        reconcileLedger({
+          db: database.db,
+          settlement,
+          staleAfterMs: 2 * config.chain.confirmTimeoutMs,
+          recentMs: 24 * 3600_000,
+          closeAccounts: { settledForMs: 3600_000, limit: 100 },
+        }),
       );
       // In the worker's log too, at error level, for whatever watches it: money the chain and the ledger disagree on.
       if (report.mismatches.length > 0) log.error({ mismatches: report.mismatches }, 'ledger and chain disagree');

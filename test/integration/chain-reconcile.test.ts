@@ -153,6 +153,41 @@ describe('ledger reconciliation against the local ledger', () => {
     expect(report.reopened).toEqual([]);
   });
 
+  test('closes the escrow accounts of settled ledgers, taking their rent back; never one that holds tokens or one still owed', async () => {
+    const released = await escrowed('close-released');
+    await settlement.release({ jobId: released, nodeId: await withNode(released) });
+    const refunded = await escrowed('close-refunded');
+    await settlement.refund({ jobId: refunded });
+    const held = await escrowed('close-held');
+    const owed = await escrowed('close-owed');
+    await settlement.release({ jobId: owed, nodeId: await withNode(owed, '') });
+    const stray = await escrowed('close-stray');
+    await settlement.refund({ jobId: stray });
+    const engine = loadKeypair('demo engine wallet', { file: chain.setup.keyFiles.demo.engine });
+    await sendTransaction(chain.connection, engine, [
+      createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, escrowAddress(chain.authority.publicKey, stray), engine.publicKey, 3n, chain.decimals),
+    ]);
+    const account = (jobId: string) => chain.connection.getAccountInfo(escrowAddress(chain.authority.publicKey, jobId));
+    const rent = (await account(released))!.lamports;
+    const authorityBefore = await chain.connection.getBalance(chain.authority.publicKey);
+
+    // Settled moments ago: not yet (a settlement may still be asked again).
+    expect((await reconcileLedger({ db: database.db, settlement, staleAfterMs: 0, recentMs: 0, closeAccounts: { settledForMs: 60_000, limit: 10 } })).closedAccounts).toBe(0);
+    const report = await reconcileLedger({ db: database.db, settlement, staleAfterMs: 0, recentMs: 0, closeAccounts: { settledForMs: 0, limit: 10 } });
+
+    expect(report.closedAccounts).toBe(2);
+    expect(await account(released)).toBeNull();
+    expect(await account(refunded)).toBeNull();
+    for (const open of [held, owed, stray]) expect(await account(open)).not.toBeNull();
+    expect(report.mismatches).toEqual([expect.stringContaining(`${stray}: settled, yet its escrow account holds tokens`)]);
+    // Two rents back, less two fees.
+    expect(await chain.connection.getBalance(chain.authority.publicKey)).toBe(authorityBefore + 2 * rent - 2 * 5000);
+    expect((await legRow(released, 'escrow')).accountClosedAt).toEqual(expect.any(Date));
+    // Nothing left to close: the next pass sends nothing; the closed job's account cannot be opened again.
+    expect((await reconcileLedger({ db: database.db, settlement, staleAfterMs: 0, recentMs: 0, closeAccounts: { settledForMs: 0, limit: 10 } })).closedAccounts).toBe(0);
+    await expect(settlement.openEscrowAccount(released)).rejects.toMatchObject({ code: 409 });
+  });
+
   test('reports a confirmed leg whose signature the chain does not know', async () => {
     const jobId = await escrowed('forged');
     await settlement.refund({ jobId });

@@ -30,6 +30,7 @@ const REPORT: ReconcileReport = {
   mismatches: ['escrow of job-4 holds 5 units, the ledger says 7'],
   checkedLegs: 4,
   checkedEscrows: 2,
+  closedAccounts: 1,
 };
 
 test('reconcileLedgerWorkflow runs reconcilePayments once and returns its report', async () => {

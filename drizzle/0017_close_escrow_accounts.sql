@@ -1,0 +1,2 @@
+ALTER TABLE "payments" ADD COLUMN "account_closed_at" timestamp with time zone;--> statement-breakpoint
+CREATE INDEX "payments_open_escrow_idx" ON "payments" USING btree ("id") WHERE "payments"."leg" = 'escrow' and "payments"."account_closed_at" is null;
