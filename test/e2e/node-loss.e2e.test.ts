@@ -97,6 +97,7 @@ test('a job whose node goes silent moves to another node; the lost node is told 
   const lateProgress = await nodeA.progress(jobId, 0.9, 9);
   expect(lateProgress.status).toBe(S.FAILED);
   expect([403, 409]).toContain(lateProgress.error.code);
+  expect(lateProgress.continue_job).toBe(false); // the job is not this node's any more: stop
   const after = await restGet(sys(), `/api/jobs/${jobId}`);
   expect(after.body).toMatchObject({ status: 'assigned', assignedNodeId: nodeB.nodeId, attempts: 2 });
   expect(after.body.progress).not.toBe(0.9);

@@ -124,7 +124,9 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const outcome = await report(nodeId, jobId, status, progress, epoch, metrics, nodeMessage(s?.error?.message, 'status.error.message'));
       return { status: StatusCode.SUCCESS, continue_job: outcome.kind === 'progress' };
     },
-    (f) => ({ ...statusAndError(f), continue_job: false }),
+    // Stop only when the job is not this node's to run (refused, finished, unknown); the server's own trouble
+    // (STATUS_ERROR: Temporal or Postgres away for a moment) must not make a node drop a healthy job.
+    (f) => ({ ...statusAndError(f), continue_job: f.status === StatusCode.ERROR }),
   );
 
   const ReportCompletion = unary<ReportCompletionRequest, object>(
@@ -196,7 +198,7 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       );
       return { status: StatusCode.SUCCESS, should_continue: outcome.kind === 'progress' };
     },
-    (f) => ({ ...statusAndError(f), should_continue: false }),
+    (f) => ({ ...statusAndError(f), should_continue: f.status === StatusCode.ERROR }),
   );
 
   const ReportJobResult = unary<ReportJobResultRequest, object>(
