@@ -191,11 +191,20 @@ describe('lists and REST routes refuse bad parameters naming them', () => {
     ['/api/jobs?limit=0x10', 'limit'],
     ['/api/nodes/a%20b', 'id'],
     ['/api/reservations?active=yes', 'active'],
+    ['/api/reservations?pageToken=xx', 'pageToken'],
     ['/api/reservations/a%20b', 'id'],
+    ['/api/jobs/%FF', 'path'],
   ])('GET %s → 400 naming %s', async (path, field) => {
     const res = await fetch(`${sys().restUrl}${path}`);
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ error: { code: 400, field } });
+  });
+
+  test('an empty query value means absent, and limit=0 counts without rows, on every list', async () => {
+    expect((await fetch(`${sys().restUrl}/api/jobs?status=`)).status).toBe(200);
+    const counted = (await (await fetch(`${sys().restUrl}/api/reservations?limit=0`)).json()) as { rows: unknown[]; total: number };
+    expect(counted).toMatchObject({ rows: [], total: expect.any(Number) });
+    expect(((await (await fetch(`${sys().restUrl}/api/jobs?limit=0`)).json()) as { jobs: unknown[] }).jobs).toEqual([]);
   });
 
   test('a malformed path is a 400 and a reclaim body that is not JSON a 400, one too large a 413', async () => {

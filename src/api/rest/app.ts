@@ -178,7 +178,8 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/jobs', async (req, res) => {
-    const status = req.query.status;
+    // Empty means absent, as for every other parameter.
+    const status = req.query.status === '' ? undefined : req.query.status;
     if (status !== undefined && !JOB_PHASES.includes(status as JobPhase)) {
       throw new ValidationError('status', `must be one of ${JOB_PHASES.join(', ')}`);
     }
@@ -225,7 +226,15 @@ export function createRestApp(deps: RestDeps) {
     const wallet = textParam(req.query.wallet, 'wallet');
     const activeOnly = flagParam(req.query.active, 'active');
     const pageToken = textParam(req.query.pageToken, 'pageToken') ?? '';
-    res.json(await deps.reservations.list({ wallet, activeOnly, pageSize, pageToken }));
+    // The service speaks the protocol (page_size 0 means its default; page_token): REST keeps its own meaning and
+    // names, limit=0 being a count only, as for jobs and nodes.
+    try {
+      const page = await deps.reservations.list({ wallet, activeOnly, pageSize: Math.max(pageSize, 1), pageToken });
+      res.json(pageSize === 0 ? { rows: [], total: page.total, nextPageToken: pageToken } : page);
+    } catch (err) {
+      if (err instanceof ValidationError && err.field === 'page_token') throw new ValidationError('pageToken', err.message.replace(/^page_token:?\s*/, ''));
+      throw err;
+    }
   });
 
   app.get('/api/reservations/:id', async (req, res) => {
@@ -266,8 +275,10 @@ export function createRestApp(deps: RestDeps) {
     // The body parser's and the router's own refusals (bad JSON, a body too large, a malformed path): their status.
     const status = (err as { status?: unknown; statusCode?: unknown } | null)?.status ?? (err as { statusCode?: unknown } | null)?.statusCode;
     if (!(err instanceof DomainError) && typeof status === 'number' && status >= 400 && status < 500) {
-      const message = (err as { type?: string }).type === 'entity.parse.failed' ? 'body: is not valid JSON' : String((err as Error).message);
-      res.status(status).json({ error: { code: status, message, ...(status === 400 && { field: 'body' }) } });
+      const type = (err as { type?: string }).type;
+      const message = type === 'entity.parse.failed' ? 'body: is not valid JSON' : String((err as Error).message);
+      // The body parser's refusals carry a type; the router's (a path it cannot decode) do not.
+      res.status(status).json({ error: { code: status, message, ...(status === 400 && { field: type ? 'body' : 'path' }) } });
       return;
     }
     if (err instanceof DomainError) {
