@@ -32,7 +32,7 @@ export async function reconcileLedger(deps: {
   /** Jobs with ledger activity in this window have their escrow balances checked. */
   recentMs: number;
   /** Closing the emptied escrow accounts of ledgers settled for this long, so many a pass; unset: none closed. */
-  closeAccounts?: { settledForMs: number; limit: number };
+  closeAccounts?: { settledForMs: number; limit: number; budgetMs?: number };
   now?: () => number;
 }): Promise<ReconcileReport> {
   const { db, settlement } = deps;
@@ -97,9 +97,10 @@ export async function reconcileLedger(deps: {
     }
   }
   if (deps.closeAccounts) {
-    const { closed, holding } = await settlement.closeSettledEscrowAccounts(deps.closeAccounts);
+    const { closed, holding, errors } = await settlement.closeSettledEscrowAccounts(deps.closeAccounts);
     report.closedAccounts = closed.length;
     for (const jobId of holding) report.mismatches.push(`${jobId}: settled, yet its escrow account holds tokens (a stray transfer, to give back with a reclaim)`);
+    report.mismatches.push(...errors);
   }
   return report;
 }

@@ -293,7 +293,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         state, txRef: null, txBytes: null, lastValidBlockHeight: null, updatedAt: new Date(),
         lastError: sql`${why} || coalesce('; ' || case when ${payments.lastError} like ${`${SEND_REFUSED}%`} then ${payments.lastError} end, '')`,
       })
-      .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature)));
+      // Only while it is in flight: a leg another attempt confirmed under the same signature stays paid.
+      .where(and(eq(payments.jobId, jobId), inArray(payments.leg, legs), eq(payments.txRef, signature), eq(payments.state, 'sent')));
   }
 
   /**
@@ -473,10 +474,20 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           // Signed with a blockhash the cluster no longer knows: sign again with a fresh one. Only once the
           // finalized chain is past its last valid block: a lagging RPC node also answers this for a blockhash
           // the rest of the cluster knows, and these bytes may still land (sent again by a concurrent retry).
-          const finalized = await connection.getEpochInfo('finalized');
-          if ((finalized.blockHeight ?? 0) > lastValidBlockHeight) {
+          // It also says so of bytes that landed (sent by a concurrent retry) once their blockhash expired: the
+          // chain decides, as for any recorded attempt.
+          const state = await chainState(signature, lastValidBlockHeight);
+          if (state.kind === 'landed') {
+            rows = await confirm(signature, state.slot);
+            continue;
+          }
+          if (state.kind === 'expired') {
             await abandonAttempt(jobId, legs, signature, 'the cluster did not know its blockhash');
             continue;
+          }
+          if (state.kind === 'failed') {
+            await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}`, 'failed');
+            throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
           }
           await noteSendRefused(jobId, legs, signature, err);
           throw retryable(`${memo}: the RPC node did not know the transaction's blockhash yet; its recorded bytes are sent again`);
@@ -1079,46 +1090,66 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    * marked; an account that still holds tokens (a stray transfer not taken back) is left open and reported.
    * At most `limit` ledgers a pass; the next pass goes on after them.
    */
-  async function closeSettledEscrowAccounts(opts: { settledForMs: number; limit: number }): Promise<{ closed: string[]; holding: string[] }> {
-    const settledBefore = new Date(Date.now() - opts.settledForMs);
+  async function closeSettledEscrowAccounts(opts: {
+    settledForMs: number;
+    limit: number;
+    /** The pass stops starting closes after this long (a slow cluster must not outlast its activity). */
+    budgetMs?: number;
+  }): Promise<{ closed: string[]; holding: string[]; errors: string[] }> {
+    const started = Date.now();
+    const settledBefore = new Date(started - opts.settledForMs);
+    // Settled: every leg of the ledger confirmed and quiet, and no other ledger (a reclaim) moving money out of
+    // the same account still on its way.
     const rows = (await db.execute(sql`
-      select e.id, e.job_id from ${payments} e
+      select e.id, e.job_id, e.slot from ${payments} e
       where e.leg = 'escrow' and e.account_closed_at is null and e.id > ${closeAfterId} and e.state = 'confirmed'
         and position('/reclaim/' in e.job_id) = 0
         and exists (select 1 from ${payments} o where o.job_id = e.job_id and o.leg <> 'escrow')
         and not exists (
           select 1 from ${payments} o where o.job_id = e.job_id and (o.state <> 'confirmed' or o.updated_at > ${settledBefore})
         )
+        and not exists (select 1 from ${payments} r where r.from_account = e.to_account and r.state <> 'confirmed')
       order by e.id
-      limit ${opts.limit}`)).rows as { id: string | number; job_id: string }[];
-    closeAfterId = rows.length < opts.limit ? 0 : Number(rows[rows.length - 1].id);
+      limit ${opts.limit}`)).rows as { id: string | number; job_id: string; slot: string | number | null }[];
     const closed: string[] = [];
     const holding: string[] = [];
-    const markClosed = (jobId: string) =>
-      db.update(payments).set({ accountClosedAt: new Date() }).where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow')));
-    for (const { job_id: jobId } of rows) {
-      const account = escrowOf(jobId);
-      const info = await connection.getAccountInfo(account, deps.commitment);
-      if (info && (info.data.length < 72 || Buffer.from(info.data).readBigUInt64LE(64) !== 0n)) {
-        holding.push(jobId);
-        continue;
+    const errors: string[] = [];
+    let last = 0;
+    for (const { id, job_id: jobId, slot } of rows) {
+      if (opts.budgetMs !== undefined && Date.now() - started > opts.budgetMs) break;
+      last = Number(id);
+      try {
+        const account = escrowOf(jobId);
+        // Read by a node that has seen the escrow land: a lagging one would call the account missing.
+        const seen = slot === null ? {} : { minContextSlot: Number(slot) };
+        const info = await connection.getAccountInfo(account, { commitment: deps.commitment, ...seen });
+        if (info && (info.data.length < 72 || Buffer.from(info.data).readBigUInt64LE(64) !== 0n)) {
+          holding.push(jobId);
+          continue;
+        }
+        if (info) {
+          const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
+          const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
+            ...priorityFee,
+            memoInstruction(`cyxwiz ${jobId}/close-escrow`, authority.publicKey),
+            createCloseAccountInstruction(account, authority.publicKey, authority.publicKey),
+          );
+          tx.sign(authority);
+          // Sending it twice is harmless: a closed account cannot be closed again.
+          const signature = await connection.sendRawTransaction(tx.serialize(), { preflightCommitment: deps.commitment, ...seen });
+          const state = await awaitOutcome(signature, lastValidBlockHeight);
+          if (state.kind !== 'landed') continue; // looked at again next time round
+        }
+        await db.update(payments).set({ accountClosedAt: new Date() }).where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow')));
+        closed.push(jobId);
+      } catch (err) {
+        // One account's trouble (a refused preflight, the fee payer out of SOL, a rate limit) ends neither the pass
+        // nor the report it is part of.
+        errors.push(`${jobId}: could not close its escrow account: ${String((err as Error)?.message ?? err).split('\n')[0].slice(0, 200)}`);
       }
-      if (info) {
-        const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
-        const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
-          memoInstruction(`cyxwiz ${jobId}/close-escrow`, authority.publicKey),
-          createCloseAccountInstruction(account, authority.publicKey, authority.publicKey),
-        );
-        tx.sign(authority);
-        // Sending it twice is harmless: a closed account cannot be closed again.
-        const signature = await connection.sendRawTransaction(tx.serialize(), { preflightCommitment: deps.commitment });
-        const state = await awaitOutcome(signature, lastValidBlockHeight);
-        if (state.kind !== 'landed' && (await connection.getAccountInfo(account, deps.commitment))) continue; // next pass
-      }
-      await markClosed(jobId);
-      closed.push(jobId);
     }
-    return { closed, holding };
+    closeAfterId = rows.length < opts.limit && last === Number(rows.at(-1)?.id ?? 0) ? 0 : last;
+    return { closed, holding, errors };
   }
 
   async function escrowBalance(jobId: string): Promise<bigint> {

@@ -334,11 +334,11 @@ export async function releaseTxRef(db: DbOrTx, jobId: string): Promise<string | 
  * Every leg that moved money through the job's escrow account, as operators read it: the job's own and those of
  * reclaims of stray transfers into it (ledger ids `<job id>/reclaim/<signature>`), oldest first.
  */
-export async function escrowAccountLedger(db: DbOrTx, jobId: string) {
-  // The ledgers whose money went into the job's escrow account (its own and its reclaims), by the indexed
-  // to_account: a LIKE on job ids would read the whole table under a linguistic collation.
-  const account = db.select({ account: payments.toAccount }).from(payments).where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow')));
-  const ledgers = db.select({ id: payments.jobId }).from(payments).where(and(eq(payments.leg, 'escrow'), inArray(payments.toAccount, account)));
+export async function escrowAccountLedger(db: DbOrTx, jobId: string, escrowAccount: string) {
+  // The ledgers whose money went into the job's escrow account (its own and its reclaims, also of a job that was
+  // never funded), by the indexed to_account: a LIKE on job ids would read the whole table under a linguistic
+  // collation.
+  const ledgers = db.select({ id: payments.jobId }).from(payments).where(and(eq(payments.leg, 'escrow'), eq(payments.toAccount, escrowAccount)));
   return db
     .select()
     .from(payments)

@@ -14,6 +14,7 @@ import * as reservationsRepo from '../db/reservations-repo';
 import { sql } from 'drizzle-orm';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
+import { escrowAddress } from '../chain/instructions';
 import { SettlementErrors } from '../chain/settlement';
 import { ConflictError, DomainError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
 import { queuePosition } from '../db/node-cache';
@@ -197,7 +198,10 @@ export async function startApi(
       get: jobs.get,
       events: jobs.events,
       payments: async (id) =>
-        (await jobsRepo.escrowAccountLedger(database.db, id)).map((p) => ({ ...paymentJson(p), ...(p.jobId !== id && { reclaim: p.jobId }) })),
+        (await jobsRepo.escrowAccountLedger(database.db, id, escrowAddress(env.chain.authority.publicKey, id).toBase58())).map((p) => ({
+          ...paymentJson(p),
+          ...(p.jobId !== id && { reclaim: p.jobId }),
+        })),
       queuePosition: (id) => queuePosition(database.db, id),
       list: (q) => jobs.list(q),
     },

@@ -213,6 +213,17 @@ describe('chain settlement guards', () => {
     });
   });
 
+  test('an attempt given up under a signature another attempt confirmed stays paid (a late "Blockhash not found", a reconciliation)', async () => {
+    const jobId = newId('job-given-up');
+    await settlement.escrow({ jobId, amount: '1000', payer: chain.payer.publicKey.toBase58() });
+    const escrowRow = await legOf(jobId, 'escrow');
+    await settlement.abandonAttempt(jobId, ['escrow'], escrowRow.txRef!, 'the cluster did not know its blockhash');
+    expect(await legOf(jobId, 'escrow')).toMatchObject({ state: 'confirmed', txRef: escrowRow.txRef });
+    // And asked again, the escrow is the one that landed: nothing moves twice.
+    await settlement.escrow({ jobId, amount: '1000', payer: chain.payer.publicKey.toBase58() });
+    expect(await balanceOf(escrowOf(jobId))).toBe(1000n);
+  });
+
   describe('a payer transaction is bound once per escrow account', () => {
     /** One transaction of `from` paying `amount` into each of the jobs' escrow accounts. */
     async function payBoth(from: Keypair, jobs: string[], amount: bigint): Promise<string> {

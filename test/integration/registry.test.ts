@@ -257,10 +257,16 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
       leg('ledger_12', 'escrow', 'escrow-12'),
       leg('ledger_12/reclaim/sig', 'escrow', 'escrow-12'),
     ]);
-    expect((await jobsRepo.escrowAccountLedger(database.db, 'ledger_1')).map((p) => `${p.jobId} ${p.leg}`)).toEqual([
+    expect((await jobsRepo.escrowAccountLedger(database.db, 'ledger_1', 'escrow-1')).map((p) => `${p.jobId} ${p.leg}`)).toEqual([
       'ledger_1 escrow',
       'ledger_1/reclaim/sig escrow',
       'ledger_1/reclaim/sig refund',
+    ]);
+    // A job never funded (refused at submission): its reclaims all the same.
+    await database.db.insert(payments).values([leg('ledger_2/reclaim/sig', 'escrow', 'escrow-2'), leg('ledger_2/reclaim/sig', 'refund', 'escrow-2')]);
+    expect((await jobsRepo.escrowAccountLedger(database.db, 'ledger_2', 'escrow-2')).map((p) => `${p.jobId} ${p.leg}`)).toEqual([
+      'ledger_2/reclaim/sig escrow',
+      'ledger_2/reclaim/sig refund',
     ]);
   });
 

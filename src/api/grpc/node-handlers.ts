@@ -124,9 +124,9 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const outcome = await report(nodeId, jobId, status, progress, epoch, metrics, nodeMessage(s?.error?.message, 'status.error.message'));
       return { status: StatusCode.SUCCESS, continue_job: outcome.kind === 'progress' };
     },
-    // Stop only when the job is not this node's to run (refused, finished, unknown); the server's own trouble
-    // (STATUS_ERROR: Temporal or Postgres away for a moment) must not make a node drop a healthy job.
-    (f) => ({ ...statusAndError(f), continue_job: f.status === StatusCode.ERROR }),
+    // Stop when the job is not this node's to run (refused, finished, unknown) or the node said it ended; the
+    // server's own trouble (STATUS_ERROR: Temporal or Postgres away for a moment) must not make it drop a job.
+    (f, req) => ({ ...statusAndError(f), continue_job: f.status === StatusCode.ERROR && verdict(req.status?.status ?? StatusCode.IN_PROGRESS) === 'progress' }),
   );
 
   const ReportCompletion = unary<ReportCompletionRequest, object>(
@@ -198,7 +198,7 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       );
       return { status: StatusCode.SUCCESS, should_continue: outcome.kind === 'progress' };
     },
-    (f) => ({ ...statusAndError(f), should_continue: f.status === StatusCode.ERROR }),
+    (f, req) => ({ ...statusAndError(f), should_continue: f.status === StatusCode.ERROR && verdict(req.status ?? StatusCode.IN_PROGRESS) === 'progress' }),
   );
 
   const ReportJobResult = unary<ReportJobResultRequest, object>(

@@ -10,7 +10,7 @@ export function unary<Req, Res>(
   log: Logger,
   method: string,
   handler: (request: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
-  onFailure: (failure: ProtocolFailure) => Res,
+  onFailure: (failure: ProtocolFailure, request: Req) => Res,
 ): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     handler(call.request, call).then(
@@ -19,7 +19,7 @@ export function unary<Req, Res>(
         const { failure, unexpected } = toProtocolFailure(err);
         if (unexpected) log.error({ err: summarize(err), method }, 'request failed');
         else log.debug({ method, code: failure.error.code, message: failure.error.message }, 'request refused');
-        callback(null, onFailure(failure));
+        callback(null, onFailure(failure, call.request));
       },
     );
   };
