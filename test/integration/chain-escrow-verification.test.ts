@@ -53,6 +53,16 @@ describe('payer-paid escrow: verification of escrow_tx_hash on chain', () => {
     return sendTransaction(chain.connection, from, [createTransferCheckedInstruction(ataOf(from.publicKey, mint), mint, to, from.publicKey, amount, chain.decimals)]);
   }
 
+  /** The payer's transfer of `amount` into `to`, signed by `from` and not sent: its bytes and signature. */
+  async function signedTransfer(from: Keypair, to: PublicKey, amount: bigint): Promise<{ bytes: Buffer; signature: string }> {
+    const { blockhash, lastValidBlockHeight } = await chain.connection.getLatestBlockhash();
+    const tx = new Transaction({ feePayer: from.publicKey, blockhash, lastValidBlockHeight }).add(
+      createTransferCheckedInstruction(ataOf(from.publicKey, chain.mint), chain.mint, to, from.publicKey, amount, chain.decimals),
+    );
+    tx.sign(from);
+    return { bytes: tx.serialize(), signature: getBase58Decoder().decode(tx.signature!) };
+  }
+
   /** Expects escrow() to refuse `signature` for `jobId` for good, naming `reason`, and to record and move nothing. */
   async function expectRejected(jobId: string, amount: bigint, payer: PublicKey, signature: string, reason: RegExp) {
     const escrowBefore = await balanceOf(escrowOf(jobId));
@@ -188,12 +198,7 @@ describe('payer-paid escrow: verification of escrow_tx_hash on chain', () => {
     const jobId = newJobId('unknown');
     const address = await settlement.openEscrowAccount(jobId);
     // Signed, a valid payment, but never sent.
-    const { blockhash, lastValidBlockHeight } = await chain.connection.getLatestBlockhash();
-    const unsent = new Transaction({ feePayer: engine.publicKey, blockhash, lastValidBlockHeight }).add(
-      createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, address, engine.publicKey, 1_000n, chain.decimals),
-    );
-    unsent.sign(engine);
-    const unsentSignature = getBase58Decoder().decode(unsent.signature!);
+    const { signature: unsentSignature } = await signedTransfer(engine, address, 1_000n);
     const madeUp = getBase58Decoder().decode(randomBytes(64));
 
     await expectRejected(jobId, 1_000n, engine.publicKey, unsentSignature, /not found as a confirmed transaction/);
@@ -203,16 +208,11 @@ describe('payer-paid escrow: verification of escrow_tx_hash on chain', () => {
   test('a payer a moment ahead of the cluster: a transaction that lands while it is being checked is accepted', async () => {
     const jobId = newJobId('ahead');
     const address = await settlement.openEscrowAccount(jobId);
-    const { blockhash, lastValidBlockHeight } = await chain.connection.getLatestBlockhash();
-    const transfer = new Transaction({ feePayer: engine.publicKey, blockhash, lastValidBlockHeight }).add(
-      createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, address, engine.publicKey, 1_500n, chain.decimals),
-    );
-    transfer.sign(engine);
-    const signature = getBase58Decoder().decode(transfer.signature!);
+    const { bytes, signature } = await signedTransfer(engine, address, 1_500n);
 
     const verified = settlement.verifyEscrowTransaction({ jobId, amount: 1_500n, payer: engine.publicKey.toBase58(), signature });
     await new Promise((r) => setTimeout(r, 300));
-    await chain.connection.sendRawTransaction(transfer.serialize());
+    await chain.connection.sendRawTransaction(bytes);
     expect(await verified).toBe(1_500n);
   });
 
