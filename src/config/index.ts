@@ -127,6 +127,11 @@ const schema = z.object({
   /** The server's payer account, for jobs submitted without an escrow transaction (demos, the local ledger). */
   PAYER_KEYPAIR: optionalUrl,
   PAYER_SECRET: optionalUrl,
+  /**
+   * `true` lets the server's payer account pay on mainnet-beta: it then pays for anyone's job or reservation that
+   * brings no escrow transaction or allowance of its own (a closed network of trusted users only).
+   */
+  SERVER_PAYER_ON_MAINNET: z.enum(['true', 'false']).default('false'),
   /** One settlement activity attempt waits this long for a confirmation before Temporal retries it. */
   CHAIN_CONFIRM_TIMEOUT_MS: positiveInt.default(30_000),
   /** Priority fee of settlement transactions (micro-lamports per compute unit); 0 = none. */
@@ -225,6 +230,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
   }
   const e = parsed.data;
+  if ((e.PAYER_KEYPAIR || e.PAYER_SECRET) && e.SOLANA_CLUSTER === 'mainnet-beta' && e.SERVER_PAYER_ON_MAINNET !== 'true') {
+    throw new ConfigError([
+      "PAYER_KEYPAIR, PAYER_SECRET: on mainnet-beta the server's payer would pay for anyone's unfunded job or reservation (a node's owner could have it pay their own node); leave it unset, or set SERVER_PAYER_ON_MAINNET=true for a closed network",
+    ]);
+  }
   if (Boolean(e.TEMPORAL_TLS_CERT) !== Boolean(e.TEMPORAL_TLS_KEY)) {
     throw new ConfigError(['TEMPORAL_TLS_CERT, TEMPORAL_TLS_KEY: a client certificate needs its key, and the key its certificate']);
   }

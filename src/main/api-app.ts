@@ -3,7 +3,7 @@ import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc/server';
 import { createRestApp, nodeJson } from '../api/rest/app';
-import type { Config } from '../config';
+import { SHIPPING_NODE_P2P_SECRET, type Config } from '../config';
 import { settlementFor } from './chain-setup';
 import { registerSearchAttributes } from '../infra/search-attributes';
 import { temporalConnectionOptions } from './temporal-connection';
@@ -16,7 +16,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
 import { escrowAddress } from '../chain/instructions';
 import { SettlementErrors } from '../chain/settlement';
-import { ConflictError, DomainError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
+import { ConflictError, DomainError, ForbiddenError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService, walletAddress } from '../services/wallet-service';
@@ -27,7 +27,7 @@ import { createJobService } from '../services/jobs-service';
 import { keyedQuota } from '../services/keyed-throttle';
 import { createNodeService } from '../services/nodes-service';
 import { createReservationService } from '../services/reservation-service';
-import { verifyUserToken } from '../services/user-token';
+import { verifyUserToken, type UserClaims } from '../services/user-token';
 import { jobWorkflowOptions, reservationWorkflowOptions } from './workflow-options';
 
 export interface RunningApi {
@@ -57,6 +57,12 @@ export async function startApi(
   env: { databaseUrl: string; temporalAddress: string; chain: ChainContext; log: Logger },
 ): Promise<RunningApi> {
   const { log } = env;
+  if (config.p2p.secret === SHIPPING_NODE_P2P_SECRET && config.chain.cluster !== 'localnet') {
+    log.warn(
+      { cluster: config.chain.cluster },
+      "P2P_JWT_SECRET is the shipping node's public default: anyone can mint P2P tokens for nodes that keep it; set your own here and on the nodes (--p2p-secret)",
+    );
+  }
   const database = openDatabase(env.databaseUrl, { max: 20 });
   const connection = await Connection.connect(temporalConnectionOptions(config, env.temporalAddress));
   // Jobs are started with these: a cluster whose worker has not registered them yet refuses every start.
@@ -100,6 +106,7 @@ export async function startApi(
     db: database.db,
     workflows,
     p2p: config.p2p,
+    bindWallet: config.authBindWallet,
     verifyEscrow: async (p) => {
       try {
         await settlement.verifyEscrowTransaction(p);
@@ -126,6 +133,17 @@ export async function startApi(
   heartbeats.start();
 
   const newEscrowAccounts = keyedQuota(NEW_ESCROW_ACCOUNTS_PER_MINUTE, 60_000);
+  /** The REST caller's verified token claims (auth on), undefined with auth off. @throws UnauthenticatedError */
+  const restUser = (authorization: string | undefined): UserClaims | undefined => {
+    if (!config.authJwtSecret) return undefined;
+    const token = /^Bearer\s+(\S+)$/i.exec(authorization?.trim() ?? '')?.[1];
+    if (!token) throw new UnauthenticatedError('authorization: Bearer <token> is required');
+    try {
+      return verifyUserToken(config.authJwtSecret, token, undefined, config.authCheckExpiry);
+    } catch (err) {
+      throw new UnauthenticatedError(`authorization: invalid token: ${(err as Error).message}`);
+    }
+  };
   const app = createRestApp({
     log,
     version: VERSION,
@@ -162,14 +180,8 @@ export async function startApi(
     },
     escrows: {
       caller: (authorization) => {
-        if (!config.authJwtSecret) return undefined;
-        const token = /^Bearer\s+(\S+)$/i.exec(authorization?.trim() ?? '')?.[1];
-        if (!token) throw new UnauthenticatedError('authorization: Bearer <token> is required');
-        try {
-          return `user ${verifyUserToken(config.authJwtSecret, token, undefined, config.authCheckExpiry).sub ?? ''}`;
-        } catch (err) {
-          throw new UnauthenticatedError(`authorization: invalid token: ${(err as Error).message}`);
-        }
+        const claims = restUser(authorization);
+        return claims && `user ${claims.sub ?? ''}`;
       },
       open: async (jobId, caller) => {
         try {
@@ -179,8 +191,13 @@ export async function startApi(
           throw settlementRefusal(err, 'jobId');
         }
       },
-      reclaim: async (jobId, transfer) => {
+      reclaim: async (jobId, transfer, authorization) => {
         const payer = walletAddress(transfer.paymentAddress, 'paymentAddress').toBase58();
+        // With auth on, a payer's transfer goes back at its own user's asking only (as SubmitJob binds it).
+        const claims = restUser(authorization);
+        if (claims && config.authBindWallet && claims.wallet_address !== payer && claims.sub !== payer) {
+          throw new ForbiddenError(`paymentAddress ${payer} is not the signed-in user's wallet`);
+        }
         try {
           const leg = await settlement.reclaimTransfer({ jobId, payer, signature: transfer.escrowTxHash });
           return { amount: leg.amount, to: leg.to, txRef: leg.txRef };

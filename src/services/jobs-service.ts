@@ -5,7 +5,7 @@ import * as nodesRepo from '../db/nodes-repo';
 import * as reservationsRepo from '../db/reservations-repo';
 import { eq } from 'drizzle-orm';
 import { jobEvents, jobs } from '../db/schema';
-import { ConflictError, NotFoundError, requireOwner, UnavailableError, ValidationError } from '../domain/errors';
+import { ConflictError, ForbiddenError, NotFoundError, requireOwner, UnavailableError, ValidationError } from '../domain/errors';
 import { isReservedId, isUuid } from '../domain/ids';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
 import type { JobWorkflowGateway } from './job-workflows';
@@ -20,6 +20,8 @@ export interface JobServiceDeps {
    */
   verifyEscrow(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<void>;
   p2p: { secret: string; tokenTtlS: number };
+  /** With auth on, a job funded by a payer's own transaction is submitted only by that payer's user (default true). */
+  bindWallet?: boolean;
   now?: () => number;
 }
 
@@ -53,7 +55,7 @@ export function createJobService(deps: JobServiceDeps) {
    * no-op that returns the same job; with a different config it is a conflict.
    * @throws ConflictError, UnavailableError (Temporal down: the job stays recorded and starts on retry).
    */
-  async function submit(spec: JobSpec, caller?: string): Promise<{ jobId: string; created: boolean }> {
+  async function submit(spec: JobSpec, caller?: string, callerWallet?: string): Promise<{ jobId: string; created: boolean }> {
     if (isReservedId(spec.jobId)) throw new ValidationError('config.job_id', `${spec.jobId} is reserved for the server's own workflows`);
     // A reservation's workflow and ledger entries go by its id: a job taking that id would be neither
     // started nor funded as its own.
@@ -64,6 +66,15 @@ export function createJobService(deps: JobServiceDeps) {
     // The payer's escrow transaction is checked for a new job only (one round trip saved for the others).
     if (spec.escrowTxHash && !(await jobsRepo.getJob(db, spec.jobId))) {
       if (!spec.paymentAddress) throw new ValidationError('config.payment_address', 'is required with config.escrow_tx_hash (the payer)');
+      // The payer's money becomes the job's, and the job its submitter's: with auth on, only the payer's own user
+      // may submit it (else whoever saw the transfer on chain could take it over and have their node paid).
+      if (caller !== undefined && deps.bindWallet !== false && callerWallet !== spec.paymentAddress && caller !== spec.paymentAddress) {
+        throw new ForbiddenError(
+          callerWallet
+            ? `config.payment_address ${spec.paymentAddress} is not the signed-in user's wallet (${callerWallet})`
+            : `config.payment_address ${spec.paymentAddress} cannot be tied to the signed-in user: the token carries no wallet_address claim`,
+        );
+      }
       await deps.verifyEscrow({ jobId: spec.jobId, amount: BigInt(spec.paymentUnits), payer: spec.paymentAddress, signature: spec.escrowTxHash });
     }
     const inserted = await jobsRepo.insertJob(db, { spec, configHash: hash, owner: caller });

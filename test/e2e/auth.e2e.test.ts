@@ -161,6 +161,21 @@ test('a job\'s P2P token, a reservation\'s progress and a wallet\'s allowance ar
     await sys().query('delete from reservations where id = $1', [id]);
   }
 
+  // A job paid by the payer's own transfer is the payer's to submit: whoever saw the transfer on chain cannot take
+  // it over (and have their node paid with it). Refused before the chain is asked.
+  const payerWallet = 'So11111111111111111111111111111111111111112';
+  const someSignature = '5VERv8NMvzbJMEkV8xnrLkEaWRtSz9CosKDYjCJjBRnbJLgp8uirBgmQpjKhoR4tjF3ZpRzrFmBV6UjKdiSZkQUW';
+  const paid = unfittable({ job_id: 'job-auth-paid', payment_address: payerWallet, escrow_tx_hash: someSignature });
+  for (const claims of [{}, { wallet_address: 'SysvarC1ock11111111111111111111111111111111' }]) {
+    const refused = await jobs.call('SubmitJob', { config: paid }, { metadata: as('someone-else', claims) });
+    expect(refused).toMatchObject({ error: { code: 403, message: expect.stringContaining(`config.payment_address ${payerWallet}`) } });
+  }
+  expect(await sys().query('select id from jobs where id = $1', ['job-auth-paid'])).toEqual([]);
+  // The payer's own user gets past that check (to the chain's: this transfer never happened).
+  expect(await jobs.call('SubmitJob', { config: paid }, { metadata: as('payer', { wallet_address: payerWallet }) })).toMatchObject({
+    error: { code: 400, message: expect.stringContaining('config.escrow_tx_hash') },
+  });
+
   // ReserveNode spends user_wallet's allowance: only for the user whose token names that wallet.
   const wallet = 'SysvarC1ock11111111111111111111111111111111';
   const reserve = { node_id: 'node_auth_owned', user_wallet: wallet, duration_minutes: 60, job_config: null };
@@ -203,4 +218,11 @@ test('REST escrow routes are for signed-in payers, and each may open only so man
   expect(await post(`/api/escrows/job-${run}-20`, payer)).toMatchObject({ status: 429, retryAfter: '60', body: { error: { code: 429 } } });
   // Another payer has a quota of its own.
   expect((await post(`/api/escrows/job-${run}-20`, `Bearer ${token({ sub: `other-${run}` })}`)).status).toBe(200);
+  // A transfer goes back at its payer's own asking only.
+  const wallet = 'So11111111111111111111111111111111111111112';
+  const someSignature = '5VERv8NMvzbJMEkV8xnrLkEaWRtSz9CosKDYjCJjBRnbJLgp8uirBgmQpjKhoR4tjF3ZpRzrFmBV6UjKdiSZkQUW';
+  expect(await post(`/api/escrows/job-${run}-0/reclaim`, payer, { escrowTxHash: someSignature, paymentAddress: wallet })).toMatchObject({
+    status: 403,
+    body: { error: { message: expect.stringContaining(`paymentAddress ${wallet}`) } },
+  });
 });

@@ -55,6 +55,12 @@ describe('loadConfig', () => {
     expect(() => temporalConnectionOptions(loadConfig({ TEMPORAL_TLS_CA: path.join(dir, 'missing.pem') }), 'h:7233')).toThrow(/TEMPORAL_TLS_CA/);
   });
 
+  it('lets the server payer pay on mainnet only when the operator says so (it pays for anyone\'s unfunded job)', () => {
+    expect(() => loadConfig({ SOLANA_CLUSTER: 'mainnet-beta', PAYER_SECRET: '[1]' })).toThrow(/SERVER_PAYER_ON_MAINNET/);
+    expect(loadConfig({ SOLANA_CLUSTER: 'mainnet-beta', PAYER_SECRET: '[1]', SERVER_PAYER_ON_MAINNET: 'true' }).chain.payer.inline).toBe('[1]');
+    expect(loadConfig({ SOLANA_CLUSTER: 'devnet', PAYER_SECRET: '[1]' }).chain.payer.inline).toBe('[1]');
+  });
+
   it('refuses the processed commitment on a real cluster (a dropped fork could count a leg paid)', () => {
     expect(loadConfig({ SOLANA_COMMITMENT: 'processed' }).chain.commitment).toBe('processed');
     expect(() => loadConfig({ SOLANA_RPC_URL: 'https://api.devnet.solana.com', SOLANA_COMMITMENT: 'processed' })).toThrow(/SOLANA_COMMITMENT/);

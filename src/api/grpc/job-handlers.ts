@@ -24,6 +24,8 @@ export interface JobHandlerDeps {
   log: Logger;
   /** The verified user behind a call (auth on), who may act only on their own jobs. */
   caller?: CallerOf;
+  /** The verified user's wallet (its token's wallet_address claim), for jobs the user pays with their own transfer. */
+  callerWallet?: CallerOf;
 }
 
 const DEFAULT_PAGE_SIZE = 100;
@@ -49,7 +51,7 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     'SubmitJob',
     async (req, call) => {
       const spec = toJobSpec(req.config, deps.tokenDecimals);
-      const { jobId } = await jobs.submit(spec, caller(call));
+      const { jobId } = await jobs.submit(spec, caller(call), deps.callerWallet?.(call));
       return { job_id: jobId, status: StatusCode.SUCCESS, estimated_start_time: String(Math.floor(Date.now() / 1000)) };
     },
     (f) => ({ job_id: '', ...statusAndError(f) }),

@@ -39,7 +39,9 @@ export const SERVED_SERVICES = [
 export function createGrpcServer(deps: GrpcServerDeps) {
   const protocol = loadProtocol();
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    // gRPC's own default: a job's config is at most 1.5 MiB as JSON (a 1 MiB model definition). A larger limit let
+    // one unauthenticated FindNodes of 15 MB cost the process a quarter of a gigabyte while it was decoded.
+    'grpc.max_receive_message_length': 4 * 1024 * 1024,
     // A client that vanished (an Engine's laptop closed on a StreamJobUpdates) is found within 80 s: grpc-js
     // would otherwise ping after ~24 days, and the stream and its listener linger until then.
     'grpc.keepalive_time_ms': 60_000,
@@ -48,7 +50,10 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   });
   const caller = callerOf(deps.authJwtSecret);
   const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log, caller });
-  server.addService(protocol.JobService.service, createJobHandlers({ ...deps, caller }) as unknown as grpc.UntypedServiceImplementation);
+  server.addService(
+    protocol.JobService.service,
+    createJobHandlers({ ...deps, caller, callerWallet: callerWalletOf(deps.authJwtSecret) }) as unknown as grpc.UntypedServiceImplementation,
+  );
   server.addService(protocol.NodeService.service, nodeHandlers.node as unknown as grpc.UntypedServiceImplementation);
   server.addService(
     protocol.NodeDiscoveryService.service,

@@ -44,8 +44,11 @@ export interface RestDeps {
     caller(authorization: string | undefined): string | undefined;
     /** @param caller who asks (a user, or an address when auth is off): new accounts are rationed per caller. */
     open(jobId: string, caller: string): Promise<{ jobId: string; escrowAccount: string; mint: string; decimals: number }>;
-    /** Gives a payer back a transfer into the job's escrow account that no job holds. */
-    reclaim(jobId: string, transfer: { escrowTxHash: string; paymentAddress: string }): Promise<{ amount: string; to: string; txRef: string }>;
+    /**
+     * Gives a payer back a transfer into the job's escrow account that no job holds; with auth on, to the payer's
+     * own user only (`authorization` is the request's header).
+     */
+    reclaim(jobId: string, transfer: { escrowTxHash: string; paymentAddress: string }, authorization?: string): Promise<{ amount: string; to: string; txRef: string }>;
   };
   version: string;
   startedAt: Date;
@@ -263,7 +266,7 @@ export function createRestApp(deps: RestDeps) {
     if (!isSignature(escrowTxHash)) throw new ValidationError('escrowTxHash', 'must be the base58 signature of your transfer (64 bytes)');
     const paymentAddress = typeof body.paymentAddress === 'string' ? body.paymentAddress.trim() : '';
     if (!paymentAddress) throw new ValidationError('paymentAddress', 'is required (the wallet that paid)');
-    res.json({ jobId, refund: await deps.escrows.reclaim(jobId, { escrowTxHash, paymentAddress }) });
+    res.json({ jobId, refund: await deps.escrows.reclaim(jobId, { escrowTxHash, paymentAddress }, req.get('authorization')) });
   });
 
   app.use((_req, res) => {
