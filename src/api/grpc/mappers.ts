@@ -150,7 +150,7 @@ export function modelDefinition(value: string | undefined, field = 'config.model
 const unixSeconds = (d: Date | null | undefined) => (d ? String(Math.floor(d.getTime() / 1000)) : '0');
 
 /** A job row as the protocol's JobStatus. */
-export function toJobStatus(job: JobRow): JobStatus {
+export function toJobStatus(job: Omit<JobRow, 'config'>): JobStatus {
   return {
     job_id: job.id,
     status: phaseToStatusCode(job.status),

@@ -25,7 +25,7 @@ export interface RestDeps {
     payments(id: string): Promise<unknown[]>;
     /** Jobs ahead of this one in the queue. */
     queuePosition(id: string): Promise<number>;
-    list(q: { submitter?: string; phases?: JobPhase[]; limit: number; offset: number }): Promise<{ rows: JobRow[]; total: number }>;
+    list(q: { submitter?: string; phases?: JobPhase[]; limit: number; offset: number }): Promise<{ rows: Omit<JobRow, 'config'>[]; total: number }>;
   };
   nodes: {
     list(q: { limit: number; offset: number }): Promise<{ rows: unknown[]; total: number }>;
@@ -54,7 +54,7 @@ export interface RestDeps {
   startedAt: Date;
 }
 
-const jobJson = (j: JobRow) => ({
+const jobJson = (j: Omit<JobRow, 'config'>) => ({
   id: j.id,
   status: j.status,
   statusCode: phaseToStatusCode(j.status),
