@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { ValidationError } from '../../domain/errors';
+import { TooManyRequestsError, ValidationError } from '../../domain/errors';
 import { isTerminal, JOB_TYPES, statusCodeToPhases, StatusCode } from '../../domain/job';
 import type { JobStatus } from '../../protocol/types';
 import type {
@@ -40,6 +40,10 @@ function decodePageToken(token: string): number {
 }
 
 const encodePageToken = (offset: number) => Buffer.from(String(offset)).toString('base64url');
+
+/** Open StreamJobUpdates calls one job may have, and one API process in all. */
+const MAX_STREAMS_PER_JOB = 100;
+const MAX_STREAMS = 10_000;
 
 /** JobService: the Engine's legacy job flow. */
 export function createJobHandlers(deps: JobHandlerDeps) {
@@ -139,6 +143,24 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     () => ({ jobs: [], next_page_token: '', total_count: 0 }),
   );
 
+  // Streams of one job share their reads: a change notification wakes them all in the same tick, and each joins
+  // the read already on its way if that read began after the notification the stream answers (10,000 streams on
+  // a job cost one read per change, not 10,000; a read begun before the change is never taken for it).
+  const reads = new Map<string, { startedAt: number; result: Promise<unknown> }>();
+  const sharedRead = <T>(key: string, since: number, read: () => Promise<T>): Promise<T> => {
+    const current = reads.get(key);
+    if (current && current.startedAt >= since) return current.result as Promise<T>;
+    const entry = { startedAt: performance.now(), result: Promise.resolve() as Promise<unknown> };
+    entry.result = read().finally(() => {
+      if (reads.get(key) === entry) reads.delete(key);
+    });
+    reads.set(key, entry);
+    return entry.result as Promise<T>;
+  };
+  /** Open streams by job, and in all: bounded, each holding a listener and a call. */
+  const streamsByJob = new Map<string, number>();
+  let streams = 0;
+
   /** Pushes the job's status at once, then at every change, and ends when the job ends. */
   const StreamJobUpdates: grpc.handleServerStreamingCall<GetJobStatusRequest, object> = (call) => {
     let last = '';
@@ -148,34 +170,47 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     let readQueued = false;
     /** The latest event's log line, re-read only when the job's event sequence moves (not on progress). */
     let logged = { seq: -1, line: '' };
+    let counted = false;
     const end = (unsubscribe?: () => void) => {
       if (ended) return;
       ended = true;
       unsubscribe?.();
+      if (counted) {
+        streams -= 1;
+        const left = (streamsByJob.get(jobId) ?? 1) - 1;
+        if (left > 0) streamsByJob.set(jobId, left);
+        else streamsByJob.delete(jobId);
+      }
       call.end();
     };
     let jobId: string;
     try {
       jobId = requireId(call.request.job_id, 'job_id');
+      if ((streamsByJob.get(jobId) ?? 0) >= MAX_STREAMS_PER_JOB || streams >= MAX_STREAMS) {
+        throw new TooManyRequestsError(`too many open streams (at most ${MAX_STREAMS_PER_JOB} a job, ${MAX_STREAMS} in all): ask GetJobStatus, or stream again later`);
+      }
     } catch (err) {
       const { failure } = toProtocolFailure(err);
       call.write({ job_id: call.request.job_id ?? '', status: { job_id: '', status: failure.status, error: failure.error }, log_message: failure.error.message });
       return end();
     }
+    /** When the latest notification this stream answers came: its read must begin after it. */
+    let askedAt = 0;
     const push = () => {
+      askedAt = performance.now();
       if (readQueued) return;
       readQueued = true;
       reading = reading.then(async () => {
         readQueued = false;
         if (ended) return;
         try {
-          const job = await jobs.get(jobId);
+          const job = await sharedRead(`job ${jobId}`, askedAt, () => jobs.get(jobId));
           const status: JobStatus = toJobStatus(job);
           const key = JSON.stringify([status.status, status.progress, status.current_node_id, status.current_epoch, status.metrics, job.eventSeq]);
           if (key !== last) {
             last = key;
             if (logged.seq !== job.eventSeq) {
-              const latest = await jobs.lastEvent(jobId);
+              const latest = await sharedRead(`event ${jobId} ${job.eventSeq}`, 0, () => jobs.lastEvent(jobId));
               logged = { seq: job.eventSeq, line: latest ? `${latest.toStatus}: ${latest.reason}` : '' };
             }
             call.write({ job_id: jobId, status, live_metrics: job.metrics, log_message: logged.line });
@@ -189,6 +224,9 @@ export function createJobHandlers(deps: JobHandlerDeps) {
         }
       });
     };
+    counted = true;
+    streams += 1;
+    streamsByJob.set(jobId, (streamsByJob.get(jobId) ?? 0) + 1);
     const unsubscribe = deps.feed.subscribe(jobId, push);
     call.on('cancelled', () => end(unsubscribe));
     call.on('close', () => end(unsubscribe));
