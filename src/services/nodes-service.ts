@@ -135,7 +135,9 @@ export function createNodeService(deps: NodeServiceDeps) {
       }
     }
     const job = await heldJob(nodeId, jobId, read ?? null);
-    await alive(job, nodeId, 'accepted');
+    // A sign of life only as the acceptance it is: it comes without a token, so repeated once the job runs it
+    // could keep a dead node's job from being reassigned (and have it paid at its unreported end).
+    if (job.status === 'assigned') await alive(job, nodeId, 'accepted');
     await workflows.accepted(jobId, nodeId);
   }
 

@@ -270,6 +270,24 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     ]);
   });
 
+  it('NotifyJobAccepted is a sign of life only as the acceptance: repeated once the job runs (it needs no token), it keeps no watch alive', async () => {
+    const { nodeService, calls } = services();
+    await nodesRepo.upsertNode(database.db, 'accepting', registration({ ipAddress: '10.9.2.1' }));
+    await database.db.insert(jobs).values({
+      id: 'accepted-job', status: 'assigned', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('accepted-job'),
+      configHash: 'h', paymentUnits: 10n, assignedNodeId: 'accepting', attempts: 1,
+    });
+    const alive = () => calls.filter((c) => c.method === 'nodeAlive' && c.args[0] === 'accepted-job').length;
+    await nodeService.accepted('accepting', 'accepted-job');
+    expect(alive()).toBe(1);
+    await database.db.update(jobs).set({ status: 'running' }).where(eq(jobs.id, 'accepted-job'));
+    await nodeService.accepted('accepting', 'accepted-job');
+    expect(alive()).toBe(1);
+    expect(calls.filter((c) => c.method === 'accepted')).toHaveLength(2); // the workflow still answers it
+    await database.db.update(nodes).set({ status: 'offline', lastHeartbeat: new Date(0) }).where(eq(nodes.id, 'accepting'));
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(eq(jobs.id, 'accepted-job'));
+  });
+
   it('a Postgres outage costs no running job its node: the watches hear each beat, from what the nodes held at the last flush Postgres took', async () => {
     let failing = false;
     const flaky = new Proxy(database.db, {
