@@ -36,12 +36,30 @@ export function walletAddress(value: string, field = 'wallet_address'): PublicKe
   }
 }
 
+/** How long one wallet's balance answers GetBalance again (the chain's own pace is 400 ms a slot). */
+const BALANCE_REUSE_MS = 2000;
+
 /** Wallet use-cases: balances read from the chain, history from the payment ledger. */
 export function createWalletService(deps: { db: Db; chain: ChainContext }) {
   const { chain } = deps;
+  type Balance = { sol: number; cyxwiz: number; mint: string };
+  /** Answers of the last BALANCE_REUSE_MS by wallet: a client asking in a loop must not spend the RPC's quota. */
+  const recent = new Map<string, { at: number; answer: Promise<Balance> }>();
 
-  async function balance(address: string): Promise<{ sol: number; cyxwiz: number; mint: string }> {
+  function balance(address: string): Promise<Balance> {
     const owner = walletAddress(address);
+    const key = owner.toBase58();
+    const now = Date.now();
+    const hit = recent.get(key);
+    if (hit && now - hit.at < BALANCE_REUSE_MS) return hit.answer;
+    if (recent.size >= 10_000) recent.clear();
+    const answer = readBalance(owner);
+    recent.set(key, { at: now, answer });
+    answer.catch(() => recent.delete(key));
+    return answer;
+  }
+
+  async function readBalance(owner: PublicKey): Promise<Balance> {
     const [lamports, token] = await Promise.all([
       chain.connection.getBalance(owner, chain.commitment),
       chain.connection.getTokenAccountBalance(tokenAccountOf(owner, chain.mint), chain.commitment).catch(() => null),
