@@ -180,6 +180,8 @@ describe('key handling: no demo keys on mainnet, no secrets in errors', () => {
     PLATFORM_TREASURY: chain.setup.treasury,
     ESCROW_AUTHORITY_KEYPAIR: chain.setup.keyFiles.escrowAuthority,
     PAYER_KEYPAIR: chain.setup.keyFiles.payer,
+    // A payer account on mainnet only when the operator says so (it pays for anyone's unfunded job).
+    SERVER_PAYER_ON_MAINNET: 'true',
     TOKEN_DECIMALS: String(chain.decimals),
     ...over,
   });
