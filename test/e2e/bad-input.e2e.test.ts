@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { protocolClient } from '../support/grpc-clients';
 import type { SimNode } from '../support/sim-node';
 import { useSystem } from '../support/system';
-import { eventually, jobConfig, nodePool, S, submitJob, unfittable, waitForAssignment, type ProtocolClient } from './helpers';
+import { collect, eventually, jobConfig, nodePool, S, submitJob, unfittable, waitForAssignment, type ProtocolClient } from './helpers';
 
 const sys = useSystem({ name: 'bad-input' });
 const nodes = nodePool(sys);
@@ -254,30 +254,16 @@ describe('unknown ids give 404 in an OK reply, and write nothing', () => {
 test('one job has at most 100 open StreamJobUpdates; they share their reads and all see each change; the 101st is told 429 and ends', async () => {
   const jobId = await submitJob(engine, unfittable());
   await eventually('the job to be queued', async () => (await sys().query<{ status: string }>('SELECT status FROM jobs WHERE id = $1', [jobId]))[0]?.status === 'queued');
-  const open = Array.from({ length: 100 }, () => {
-    const stream = engine.stream('StreamJobUpdates', { job_id: jobId });
-    const messages: any[] = [];
-    stream.on('data', (m) => messages.push(m));
-    const ended = new Promise<void>((resolve) => {
-      stream.on('end', resolve);
-      stream.on('error', () => resolve());
-    });
-    return { messages, ended };
-  });
+  const open = Array.from({ length: 100 }, () => collect(engine.stream('StreamJobUpdates', { job_id: jobId })));
   await eventually('every stream to show the queued job', () => open.every((s) => s.messages.length >= 1));
 
-  const extra = engine.stream('StreamJobUpdates', { job_id: jobId });
-  const refused: any[] = [];
-  await new Promise<void>((resolve, reject) => {
-    extra.on('data', (m) => refused.push(m));
-    extra.on('end', resolve);
-    extra.on('error', reject);
-  });
-  expect(refused).toEqual([expect.objectContaining({ status: expect.objectContaining({ error: expect.objectContaining({ code: 429 }) }) })]);
+  const extra = collect(engine.stream('StreamJobUpdates', { job_id: jobId }));
+  expect(await extra.done).toEqual({});
+  expect(extra.messages).toEqual([expect.objectContaining({ status: expect.objectContaining({ error: expect.objectContaining({ code: 429 }) }) })]);
 
   // A change reaches every one of them, and the job's end ends them all.
   expect(await engine.call('CancelJob', { job_id: jobId, reason: 'streams' }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS });
-  await Promise.all(open.map((s) => s.ended));
+  expect(await Promise.all(open.map((s) => s.done))).toEqual(open.map(() => ({})));
   for (const s of open) expect(s.messages.at(-1).status).toMatchObject({ status: S.CANCELLED });
 });
 
