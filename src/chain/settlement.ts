@@ -416,6 +416,26 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         .returning();
       return updated.length === legs.length ? legs.map((l) => updated.find((r) => r.leg === l)!) : rowsOf(jobId, legs);
     };
+    /**
+     * Takes the chain's word on a recorded attempt: landed → its legs confirmed (their rows returned); expired →
+     * given up, `expired` kept as why (undefined: the next round signs anew); landed with an error → given up for
+     * good (throws); still on its way → `pending()`.
+     */
+    const conclude = async (state: ChainState, signature: string, expired: string, pending: () => Promise<never>): Promise<PaymentRow[] | undefined> => {
+      if (state.kind === 'landed') return confirm(signature, state.slot);
+      if (state.kind === 'failed') {
+        await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}`, 'failed');
+        throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
+      }
+      if (state.kind === 'expired') {
+        await abandonAttempt(jobId, legs, signature, expired);
+        return undefined;
+      }
+      return pending();
+    };
+    const notYet = (signature: string) => async (): Promise<never> => {
+      throw retryable(`${memo}: transaction ${signature} not confirmed yet`);
+    };
     for (let round = 0; round < 4; round++) {
       if (round > 0 && !rows.every((r) => r.state === 'confirmed')) rows = await rowsOf(jobId, legs);
       if (rows.length !== legs.length) throw nonRetryable(SettlementErrors.escrowMissing, `legs ${legs} of job ${jobId} are not recorded`);
@@ -430,16 +450,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           await send(bytes, minContextSlot).catch((err: unknown) => noteSendRefused(jobId, legs, current.txRef!, err).catch(() => undefined));
           state = await awaitOutcome(current.txRef, current.lastValidBlockHeight, resendWhileRecorded(jobId, current.txRef, bytes, minContextSlot));
         }
-        if (state.kind === 'landed') {
-          rows = await confirm(current.txRef, state.slot);
-          continue;
-        }
-        if (state.kind === 'failed') {
-          await abandonAttempt(jobId, legs, current.txRef, `landed with an error: ${state.err}`, 'failed');
-          throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
-        }
-        if (state.kind === 'pending') throw retryable(`${memo}: transaction ${current.txRef} not confirmed yet`);
-        await abandonAttempt(jobId, legs, current.txRef, `transaction ${current.txRef} expired without landing`);
+        rows = (await conclude(state, current.txRef, `transaction ${current.txRef} expired without landing`, notYet(current.txRef))) ?? rows;
         continue;
       }
 
@@ -477,20 +488,12 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           // It also says so of bytes that landed (sent by a concurrent retry) once their blockhash expired: the
           // chain decides, as for any recorded attempt.
           const state = await chainState(signature, lastValidBlockHeight);
-          if (state.kind === 'landed') {
-            rows = await confirm(signature, state.slot);
-            continue;
-          }
-          if (state.kind === 'expired') {
-            await abandonAttempt(jobId, legs, signature, 'the cluster did not know its blockhash');
-            continue;
-          }
-          if (state.kind === 'failed') {
-            await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}`, 'failed');
-            throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
-          }
-          await noteSendRefused(jobId, legs, signature, err);
-          throw retryable(`${memo}: the RPC node did not know the transaction's blockhash yet; its recorded bytes are sent again`);
+          rows =
+            (await conclude(state, signature, 'the cluster did not know its blockhash', async () => {
+              await noteSendRefused(jobId, legs, signature, err);
+              throw retryable(`${memo}: the RPC node did not know the transaction's blockhash yet; its recorded bytes are sent again`);
+            })) ?? rows;
+          continue;
         }
         const reason = permanentReason(err);
         if (reason) {
@@ -502,20 +505,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
       await deps.hooks?.afterSend?.(legs);
       const state = await awaitOutcome(signature, lastValidBlockHeight, resendWhileRecorded(jobId, signature, bytes, minContextSlot));
-      if (state.kind === 'landed') {
-        await deps.hooks?.afterConfirm?.(legs);
-        rows = await confirm(signature, state.slot);
-        continue;
-      }
-      if (state.kind === 'failed') {
-        await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}`, 'failed');
-        throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
-      }
-      if (state.kind === 'expired') {
-        await abandonAttempt(jobId, legs, signature, `transaction ${signature} expired without landing`);
-        continue;
-      }
-      throw retryable(`${memo}: transaction ${signature} not confirmed yet`);
+      if (state.kind === 'landed') await deps.hooks?.afterConfirm?.(legs);
+      rows = (await conclude(state, signature, `transaction ${signature} expired without landing`, notYet(signature))) ?? rows;
     }
     throw retryable(`${memo}: not settled yet`);
   }
@@ -578,6 +569,20 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   }
 
   /**
+   * A transaction of the platform's own housekeeping (no ledger leg: opening or closing an escrow account), signed
+   * by the escrow authority alone on a fresh blockhash, with the priority fee when one is configured.
+   */
+  async function authorityTransaction(memo: string, instructions: TransactionInstruction[]): Promise<{ bytes: Buffer; lastValidBlockHeight: number }> {
+    const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
+    const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
+      ...priorityFee,
+      memoInstruction(`cyxwiz ${memo}`, authority.publicKey),
+      ...instructions,
+    );
+    return { bytes: signTransaction(tx, [authority]).bytes, lastValidBlockHeight };
+  }
+
+  /**
    * Creates the job's escrow account when it does not exist yet, for a payer who pays into it before submitting
    * (the platform pays its rent). Idempotent.
    * @param mayCreate asked before an account is created; false refuses (TooManyRequests).
@@ -594,13 +599,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       .where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow'), isNotNull(payments.accountClosedAt)));
     if (closed) throw new ConflictError(`job ${jobId} was settled and its escrow account closed: a new job needs an id of its own`);
     if (!mayCreate()) throw new TooManyRequestsError(`too many new escrow accounts (each costs the platform rent): ask again in a minute (job ${jobId})`);
-    const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
-    const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
-      memoInstruction(`cyxwiz ${jobId}/open-escrow`, authority.publicKey),
-      ...setup,
-    );
-    tx.sign(authority);
-    const signature = await connection.sendRawTransaction(tx.serialize(), { preflightCommitment: deps.commitment }).catch(async (err) => {
+    const { bytes, lastValidBlockHeight } = await authorityTransaction(`${jobId}/open-escrow`, setup);
+    const signature = await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment }).catch(async (err) => {
       if (await escrowExists(jobId)) return ''; // a concurrent call created it
       throw err;
     });
@@ -1128,15 +1128,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           continue;
         }
         if (info) {
-          const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash(deps.commitment);
-          const tx = new Transaction({ feePayer: authority.publicKey, blockhash, lastValidBlockHeight }).add(
-            ...priorityFee,
-            memoInstruction(`cyxwiz ${jobId}/close-escrow`, authority.publicKey),
+          const { bytes, lastValidBlockHeight } = await authorityTransaction(`${jobId}/close-escrow`, [
             createCloseAccountInstruction(account, authority.publicKey, authority.publicKey),
-          );
-          tx.sign(authority);
+          ]);
           // Sending it twice is harmless: a closed account cannot be closed again.
-          const signature = await connection.sendRawTransaction(tx.serialize(), { preflightCommitment: deps.commitment, ...seen });
+          const signature = await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment, ...seen });
           const state = await awaitOutcome(signature, lastValidBlockHeight);
           if (state.kind !== 'landed') continue; // looked at again next time round
         }

@@ -27,7 +27,7 @@ import { createJobService } from '../services/jobs-service';
 import { keyedQuota } from '../services/keyed-throttle';
 import { createNodeService } from '../services/nodes-service';
 import { createReservationService } from '../services/reservation-service';
-import { verifyUserToken, type UserClaims } from '../services/user-token';
+import { bearerToken, verifyUserToken, type UserClaims } from '../services/user-token';
 import { jobWorkflowOptions, reservationWorkflowOptions } from './workflow-options';
 
 export interface RunningApi {
@@ -136,7 +136,7 @@ export async function startApi(
   /** The REST caller's verified token claims (auth on), undefined with auth off. @throws UnauthenticatedError */
   const restUser = (authorization: string | undefined): UserClaims | undefined => {
     if (!config.authJwtSecret) return undefined;
-    const token = /^Bearer\s+(\S+)$/i.exec(authorization?.trim() ?? '')?.[1];
+    const token = bearerToken(authorization);
     if (!token) throw new UnauthenticatedError('authorization: Bearer <token> is required');
     try {
       return verifyUserToken(config.authJwtSecret, token, undefined, config.authCheckExpiry);

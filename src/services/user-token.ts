@@ -8,6 +8,11 @@ export interface UserClaims {
   [claim: string]: unknown;
 }
 
+/** The token of an `authorization` header's value `Bearer <token>`, undefined when it has no such form. */
+export function bearerToken(header: unknown): string | undefined {
+  return typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header.trim())?.[1] : undefined;
+}
+
 /**
  * Verifies a user's bearer token, as the CyxWiz website's login issues it (HS256 JWT, CYXWIZ-PROTOCOL.md §0):
  * the signature with `secret`, the algorithm, and `exp` when present and `checkExpiry` (the original server never

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { verifyUserToken, type UserClaims } from '../../services/user-token';
+import { bearerToken, verifyUserToken, type UserClaims } from '../../services/user-token';
 
 /**
  * Calls that need no user token: node discovery (the original left it open, the Engine browses before login),
@@ -30,10 +30,10 @@ export const checksExpiry = (path: string, checkExpiry: boolean) => checkExpiry 
 export function authProblem(secret: string, metadata: grpc.Metadata, nowS?: number, checkExpiry = true): string | undefined {
   const header = metadata.get('authorization')[0];
   if (typeof header !== 'string' || !header) return 'missing authorization: Bearer <token>';
-  const match = /^Bearer\s+(\S+)$/i.exec(header.trim());
-  if (!match) return 'authorization must be "Bearer <token>"';
+  const token = bearerToken(header);
+  if (!token) return 'authorization must be "Bearer <token>"';
   try {
-    verifyUserToken(secret, match[1], nowS, checkExpiry);
+    verifyUserToken(secret, token, nowS, checkExpiry);
     return undefined;
   } catch (err) {
     return `invalid token: ${(err as Error).message}`;
@@ -66,12 +66,11 @@ export type CallerOf = (call: { metadata: grpc.Metadata }) => string | undefined
 function claimsOf(secret: string | undefined): (call: { metadata: grpc.Metadata }) => UserClaims | undefined {
   if (!secret) return () => undefined;
   return ({ metadata }) => {
-    const header = metadata.get('authorization')[0];
-    const match = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header.trim()) : null;
-    if (!match) return undefined;
+    const token = bearerToken(metadata.get('authorization')[0]);
+    if (!token) return undefined;
     try {
       // The interceptor has held the token to its expiry where that applies.
-      return verifyUserToken(secret, match[1], undefined, false);
+      return verifyUserToken(secret, token, undefined, false);
     } catch {
       return undefined;
     }
