@@ -67,6 +67,11 @@ const schema = z.object({
   NODE_METRICS_SAMPLE_S: positiveInt.default(60),
   NODE_METRICS_RETENTION_H: positiveInt.default(7 * 24),
   /**
+   * New node records one caller may create a minute (the signed-in user with auth on, else the address the call
+   * came from): registrations of a new node and heartbeats from ids the server does not know. 0 = no limit.
+   */
+  NEW_NODES_PER_MINUTE: z.coerce.number().int().min(0).default(60),
+  /**
    * What an early ReleaseReservation pays the node: `full` (the default; the Engine promises "no refund for
    * early checkout" and the node turned other work away for the term) or `prorated` (the time used).
    */
@@ -178,6 +183,8 @@ export interface Config {
     readonly heartbeatFlushMs: number;
     readonly metricsSampleMs: number;
     readonly metricsRetentionMs: number;
+    /** New node records per caller per minute; 0 = no limit. */
+    readonly newNodesPerMinute: number;
   };
   readonly p2p: { readonly secret: string; readonly tokenTtlS: number };
   /** HS256 secret users' bearer tokens are checked with; '' = no authentication. */
@@ -278,6 +285,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       heartbeatFlushMs: e.HEARTBEAT_FLUSH_MS,
       metricsSampleMs: e.NODE_METRICS_SAMPLE_S * 1000,
       metricsRetentionMs: e.NODE_METRICS_RETENTION_H * 3600 * 1000,
+      newNodesPerMinute: e.NEW_NODES_PER_MINUTE,
     },
     p2p: { secret: e.P2P_JWT_SECRET, tokenTtlS: e.P2P_TOKEN_TTL_S },
     authJwtSecret: e.AUTH_JWT_SECRET,

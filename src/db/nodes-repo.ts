@@ -6,7 +6,7 @@ import { computeScore, listPricePerHour } from '../domain/pricing';
 import type { Db, DbOrTx } from './client';
 import { preparedStatement } from './prepared';
 import { applyDelta, BAN_HOURS, BAN_THRESHOLD, type ReputationEvent } from '../domain/reputation';
-import { jobEvents, nodeClaims, nodeJobCancels, nodeMetrics, nodes, reputationEvents, type NodeProfile } from './schema';
+import { jobEvents, nodeClaims, nodeJobCancels, nodeMetrics, nodes, reputationEvents, reservations, type NodeProfile } from './schema';
 
 export type NodeRow = typeof nodes.$inferSelect;
 
@@ -121,6 +121,35 @@ export async function ensureNode(db: DbOrTx, id: string, owner?: string): Promis
     .onConflictDoNothing()
     .returning({ id: nodes.id });
   return inserted.length > 0;
+}
+
+const nodeExistsById = preparedStatement((db) => db.select({ id: nodes.id }).from(nodes).where(eq(nodes.id, sql.placeholder('id'))).prepare('nodes_exists'));
+
+/** Whether Postgres has a record for this node id. */
+export async function nodeExists(db: DbOrTx, id: string): Promise<boolean> {
+  return (await nodeExistsById(db).execute({ id })).length > 0;
+}
+
+/**
+ * Deletes at most `limit` records made for heartbeats from unknown ids (ensureNode) that never registered (no
+ * endpoint) and have been silent since `silentBefore`, with nothing that cites them: no job or reservation ever
+ * held them (a record without devices matches no job, but a reservation names any node), no reputation event.
+ * A node that beats again later gets a new one. @returns the ids deleted.
+ */
+export async function pruneUnregisteredNodes(db: DbOrTx, silentBefore: Date, limit: number): Promise<string[]> {
+  const rows = await db.execute<{ id: string }>(sql`
+    delete from ${nodes} n where n.id = any(array(
+      select c.id from ${nodes} c
+      where c.ip_address = '' and c.port = 0 and c.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
+        and c.reserved_by is null and c.total_jobs_completed = 0 and c.total_jobs_failed = 0
+        and not exists (select 1 from ${nodeClaims} k where k.node_id = c.id)
+        and not exists (select 1 from ${reputationEvents} e where e.node_id = c.id)
+        and not exists (select 1 from ${reservations} r where r.node_id = c.id)
+      limit ${limit}))
+      -- Asked again of the row deleted: a beat written since the list was made keeps it.
+      and n.ip_address = '' and n.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
+    returning n.id`);
+  return rows.rows.map((r) => r.id);
 }
 
 // Read for every match, report and status the Engine asks for.

@@ -20,7 +20,7 @@ import { ConflictError, DomainError, ForbiddenError, NotFoundError, Unauthentica
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService, walletAddress } from '../services/wallet-service';
-import { createHeartbeatHub } from '../services/heartbeat-hub';
+import { createHeartbeatHub, newNodeGate } from '../services/heartbeat-hub';
 import { createJobChangeFeed } from '../services/job-change-feed';
 import { createJobWorkflowGateway } from '../services/job-workflows';
 import { createJobService } from '../services/jobs-service';
@@ -88,8 +88,11 @@ export async function startApi(
     releaseWaitMs: config.reservations.releaseWaitMs,
     bindWallet: config.authBindWallet,
   });
+  // One quota per caller for new node records, whether a registration or a heartbeat from an unknown id makes them.
+  const mayCreateNode = newNodeGate(config.nodes.newNodesPerMinute);
   const heartbeats = createHeartbeatHub({
     db: database.db,
+    mayCreateNode,
     workflows,
     reservations,
     flushMs: config.nodes.heartbeatFlushMs,
@@ -124,6 +127,7 @@ export async function startApi(
     reservations,
     offlineAfterMs: config.nodes.offlineAfterMs,
     tokenDecimals: config.payments.tokenDecimals,
+    mayCreateNode,
     log,
   });
   const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });

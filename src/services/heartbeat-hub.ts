@@ -1,7 +1,9 @@
 import type { Db } from '../db/client';
+import { TooManyRequestsError } from '../domain/errors';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import type { JobWorkflowGateway } from './job-workflows';
+import { keyedQuota } from './keyed-throttle';
 
 export interface HeartbeatHubDeps {
   db: Db;
@@ -14,8 +16,26 @@ export interface HeartbeatHubDeps {
   metricsRetentionMs: number;
   /** The token's decimals: a waiting job is woken for a node whose price its escrow covers. */
   tokenDecimals: number;
+  /** Whether a caller may have one more node record made now (NEW_NODES_PER_MINUTE); absent = no limit. */
+  mayCreateNode?: NewNodeGate;
   log: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void; error(obj: object, msg: string): void };
   now?: () => number;
+}
+
+/** Who a call came from: the signed-in user (auth on) and the address the call came from. */
+export interface CallOrigin {
+  owner?: string;
+  address?: string;
+}
+
+/** Whether a caller may have one more node record made now; counts it when it may. */
+export type NewNodeGate = (origin: CallOrigin) => boolean;
+
+/** A gate letting each caller (its user, else its address) make `perMinute` node records a minute; 0 = none. */
+export function newNodeGate(perMinute: number, now: () => number = Date.now): NewNodeGate | undefined {
+  if (perMinute <= 0) return undefined;
+  const quota = keyedQuota(perMinute, 60_000);
+  return (o) => quota.pass(o.owner ? `user:${o.owner}` : `address:${o.address ?? ''}`, now());
 }
 
 interface PendingBeat {
@@ -33,6 +53,13 @@ const HOUSEKEEPING_MS = 10_000;
 /** Liveness passed to workflows: calls at once, and how long one may take before it is given up. */
 const LIVENESS_CONCURRENCY = 64;
 const LIVENESS_DEADLINE_MS = 5_000;
+/** A node silent this long is forgotten by this process (its memory entries); a later beat looks it up again. */
+const FORGET_AFTER_MS = 60 * 60_000;
+/** A record made for an unknown id that never registers is deleted after this much silence… */
+const UNREGISTERED_RETENTION_MS = 24 * 60 * 60_000;
+/** …by a pass this often, in statements of this many. */
+const UNREGISTERED_PRUNE_EVERY_MS = 60 * 60_000;
+const UNREGISTERED_PRUNE_BATCH = 1_000;
 
 /**
  * Absorbs node heartbeats. A heartbeat is answered from memory at once; every `flushMs` the batch is
@@ -53,18 +80,21 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   const { db, workflows, log } = deps;
   const now = deps.now ?? Date.now;
   let pending = new Map<string, PendingBeat>();
-  const known = new Set<string>();
+  /** The nodes this process has heard from within FORGET_AFTER_MS, and when it last did. */
+  const known = new Map<string, number>();
   const lastSample = new Map<string, number>();
   let cancelOrders = new Map<string, string[]>();
   /** The jobs each beating node held at the last flush Postgres took: liveness goes on from it while it refuses. */
   const heldByNode = new Map<string, HeldJob[]>();
   let lastHousekeeping = 0;
+  let lastUnregisteredPrune = 0;
   /** Since when every flush has written its beats (undefined after a failure, until the next success). */
   let writingSince: number | undefined;
   let timer: NodeJS.Timeout | undefined;
   let flushing: Promise<void> = Promise.resolve();
   let flushesInFlight = 0;
   let pruning: Promise<void> | undefined;
+  let pruningNodes: Promise<void> | undefined;
   /** The liveness pass running, and the work merged for the next one. */
   let liveness: Promise<void> | undefined;
   let nextLiveness: { held: Map<string, HeldJob & { at: Date }>; nodeIds: Set<string>; wake: Set<string> } | undefined;
@@ -72,23 +102,43 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   /**
    * Records a heartbeat. A node id the server does not know gets a minimal record instead of a failure:
    * shipping nodes never re-register by themselves.
-   * @param owner who sent it (auth on), asked only when a record is created: not on the hot path.
+   * @param origin who sent it, asked only when a record is made: not on the hot path.
    * @returns the jobs the node must stop.
+   * @throws TooManyRequestsError when the id is unknown and its caller made its quota of new nodes this minute
    */
-  async function beat(nodeId: string, status?: { ramAvailable?: number; ramTotal?: number }, owner?: () => string | undefined): Promise<string[]> {
-    if (!known.has(nodeId)) {
-      if (await nodesRepo.ensureNode(db, nodeId, owner?.())) {
-        log.warn({ nodeId }, 'heartbeat from an unknown node: created a minimal record; it matches no job until it registers');
-      }
-      known.add(nodeId);
-    }
-    pending.set(nodeId, { at: new Date(now()), ramAvailable: status?.ramAvailable, ramTotal: status?.ramTotal });
+  async function beat(nodeId: string, status?: { ramAvailable?: number; ramTotal?: number }, origin?: () => CallOrigin): Promise<string[]> {
+    const t = now();
+    if (!known.has(nodeId)) await adopt(nodeId, origin);
+    known.set(nodeId, t);
+    pending.set(nodeId, { at: new Date(t), ramAvailable: status?.ramAvailable, ramTotal: status?.ramTotal });
     return cancelOrders.get(nodeId) ?? [];
+  }
+
+  /** A node id this process has not heard from lately: Postgres has its record, or one is made (within quota). */
+  async function adopt(nodeId: string, origin?: () => CallOrigin): Promise<void> {
+    if (await nodesRepo.nodeExists(db, nodeId)) return;
+    const who = origin?.() ?? {};
+    if (deps.mayCreateNode && !deps.mayCreateNode(who)) {
+      throw new TooManyRequestsError(`node_id: ${nodeId} is not registered, and this caller had too many new nodes made in the last minute: register it, or beat again later`);
+    }
+    if (await nodesRepo.ensureNode(db, nodeId, who.owner)) {
+      log.warn({ nodeId }, 'heartbeat from an unknown node: created a minimal record; it matches no job until it registers');
+    }
   }
 
   /** Marks a node as known (it just registered). */
   function remember(nodeId: string): void {
-    known.add(nodeId);
+    known.set(nodeId, now());
+  }
+
+  /** Drops what this process keeps of nodes silent for FORGET_AFTER_MS, so its memory follows the live nodes. */
+  function forgetSilent(nowMs: number): void {
+    for (const [nodeId, lastBeat] of known) {
+      if (nowMs - lastBeat < FORGET_AFTER_MS) continue;
+      known.delete(nodeId);
+      lastSample.delete(nodeId);
+      heldByNode.delete(nodeId);
+    }
   }
 
   async function flushOnce(): Promise<void> {
@@ -149,6 +199,11 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         if (wake.length > 0) passLiveness({ at, held: [], nodeIds: new Set(), wake: new Set(wake) });
       }
       pruning ??= pruneMetrics(new Date(at.getTime() - deps.metricsRetentionMs)).finally(() => (pruning = undefined));
+      forgetSilent(at.getTime());
+      if (at.getTime() - lastUnregisteredPrune >= UNREGISTERED_PRUNE_EVERY_MS) {
+        lastUnregisteredPrune = at.getTime();
+        pruningNodes ??= pruneUnregistered(new Date(at.getTime() - UNREGISTERED_RETENTION_MS)).finally(() => (pruningNodes = undefined));
+      }
     }
   }
 
@@ -193,6 +248,20 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     }
   }
 
+  /** Deletes the records of unknown ids that never registered and went silent, beside the flushes. */
+  async function pruneUnregistered(silentBefore: Date): Promise<void> {
+    try {
+      for (;;) {
+        const gone = await nodesRepo.pruneUnregisteredNodes(db, silentBefore, UNREGISTERED_PRUNE_BATCH);
+        for (const nodeId of gone) known.delete(nodeId);
+        if (gone.length > 0) log.info({ count: gone.length }, 'deleted the records of unknown node ids that never registered and went silent');
+        if (gone.length < UNREGISTERED_PRUNE_BATCH || !timer) return;
+      }
+    } catch (err) {
+      log.warn({ err: String(err) }, 'could not delete the records of silent unregistered nodes');
+    }
+  }
+
   /**
    * One node_metrics sample per node per sample period. Memory in use is 1 − available / total, with the total
    * the beat carries or, when it carries none (the shipping node sends only ram_available), the registered one.
@@ -234,6 +303,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     timer = undefined;
     await flush();
     await pruning;
+    await pruningNodes;
   }
 
   return { beat, remember, flush, start, stop };

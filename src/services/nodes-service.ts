@@ -3,11 +3,11 @@ import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import * as reservationsRepo from '../db/reservations-repo';
-import { ConflictError, ForbiddenError, NotFoundError, requireOwner } from '../domain/errors';
+import { ConflictError, ForbiddenError, NotFoundError, requireOwner, TooManyRequestsError } from '../domain/errors';
 import { isId } from '../domain/ids';
 import { isTerminal } from '../domain/job';
 import { isHolding } from '../domain/reservation';
-import type { HeartbeatHub } from './heartbeat-hub';
+import type { HeartbeatHub, NewNodeGate } from './heartbeat-hub';
 import type { JobWorkflowGateway } from './job-workflows';
 
 
@@ -23,6 +23,8 @@ export interface NodeServiceDeps {
   offlineAfterMs: number;
   /** The token's decimals: a waiting job is woken for a node whose price its escrow covers. */
   tokenDecimals: number;
+  /** Whether a caller may have one more node record made now (NEW_NODES_PER_MINUTE); absent = no limit. */
+  mayCreateNode?: NewNodeGate;
   log: { warn(obj: object, msg: string): void };
 }
 
@@ -42,8 +44,10 @@ export function createNodeService(deps: NodeServiceDeps) {
    * Registers a node, or refreshes the one it already is. The same node gets the same id every time:
    * the id it holds if we know it, else the one registered with its wallet or endpoint. A new node keeps
    * the id it brings when that id is free, so its P2P service and the server agree from the first run.
+   * @param address where the call came from: with `caller`, whose quota of new nodes a new one counts against.
+   * @throws TooManyRequestsError for a new node beyond its caller's quota
    */
-  async function register(claimedId: string, reg: nodesRepo.NodeRegistration, caller?: string): Promise<{ nodeId: string; created: boolean }> {
+  async function register(claimedId: string, reg: nodesRepo.NodeRegistration, caller?: string, address?: string): Promise<{ nodeId: string; created: boolean }> {
     const existing = await nodesRepo.findRegisteredNode(db, {
       nodeId: claimedId,
       walletAddress: reg.walletAddress,
@@ -55,6 +59,9 @@ export function createNodeService(deps: NodeServiceDeps) {
       offlineSince: claimedId ? new Date(Date.now() - deps.offlineAfterMs) : undefined,
     });
     if (existing) await refuseTakeover(existing, reg, caller);
+    else if (deps.mayCreateNode && !deps.mayCreateNode({ owner: caller, address })) {
+      throw new TooManyRequestsError('too many new nodes registered by this caller in the last minute: register again in a minute');
+    }
     // A new node keeps the id it brings, unless another user's node has it (auth on): then it gets a fresh one,
     // which the shipping node stores and sends from then on.
     const claimable = isId(claimedId) && (existing !== undefined || !(await nodesRepo.getNode(db, claimedId)));

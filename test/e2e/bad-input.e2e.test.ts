@@ -289,3 +289,18 @@ test('a refused request leaves the job it names untouched', async () => {
   expect(other).toMatchObject({ status: S.FAILED, payment_released: false, error: { code: 403 } });
   expect(await sys().query('SELECT status, progress, current_epoch, metrics, updated_at::text FROM jobs WHERE id = $1', [heldJobId])).toEqual(before);
 });
+
+// Last in the file: it spends 127.0.0.1's quota of new nodes for the minute.
+test('heartbeats from unknown ids beyond one address\'s 60 new nodes a minute are refused with 429 and make no record; known nodes still beat', async () => {
+  const run = Date.now().toString(36);
+  let refused: any;
+  for (let i = 0; i <= 60 && !refused; i++) {
+    const res = await nodeApi.call('Heartbeat', { node_id: `stray-${run}-${i}` });
+    if (res.status !== S.SUCCESS) refused = { ...res, nodeId: `stray-${run}-${i}` };
+  }
+  expect(refused).toMatchObject({ status: S.FAILED, keep_alive: true, error: { code: 429 } });
+  expect(refused.error.message).toMatch(new RegExp(`^node_id: ${refused.nodeId} is not registered`));
+  expect(await sys().query('SELECT id FROM nodes WHERE id = $1', [refused.nodeId])).toEqual([]);
+  expect(await nodeApi.call('Heartbeat', { node_id: node.nodeId })).toMatchObject({ status: S.SUCCESS, keep_alive: true });
+  expect(await nodeApi.call('Heartbeat', { node_id: `stray-${run}-0` })).toMatchObject({ status: S.SUCCESS });
+});

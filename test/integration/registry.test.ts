@@ -11,7 +11,7 @@ import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payments } from '../..
 import type { JobPhase, JobSpec } from '../../src/domain/job';
 import { nodeStats } from '../../src/domain/node-stats';
 import { createDiscoveryService } from '../../src/services/discovery-service';
-import { createHeartbeatHub } from '../../src/services/heartbeat-hub';
+import { createHeartbeatHub, newNodeGate } from '../../src/services/heartbeat-hub';
 import type { JobWorkflowGateway } from '../../src/services/job-workflows';
 import { createNodeService } from '../../src/services/nodes-service';
 import type { NodeRegistration } from '../../src/db/nodes-repo';
@@ -158,6 +158,66 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await heartbeats.beat('f3a1c2d4-0000-4000-8000-000000000001')).toEqual([]);
     const [row] = await database.db.select().from(nodes).where(eq(nodes.id, 'f3a1c2d4-0000-4000-8000-000000000001'));
     expect(row).toMatchObject({ port: 0, devices: [] });
+  });
+
+  it('lets each caller have at most its quota of new nodes a minute, by registration or unknown heartbeat', async () => {
+    let quotaClock = 0;
+    const mayCreateNode = newNodeGate(3, () => quotaClock);
+    const { gateway } = recordingGateway();
+    const hub = createHeartbeatHub({
+      db: database.db, workflows: gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,
+      metricsRetentionMs: 3600_000, tokenDecimals: 9, mayCreateNode, log, now: () => clock,
+    });
+    const service = createNodeService({ db: database.db, workflows: gateway, heartbeats: hub, offlineAfterMs: 30_000, tokenDecimals: 9, mayCreateNode, log });
+    const from = (address: string, owner?: string) => () => ({ address, owner });
+    // Three new records for one address: two minimal ones and a registration.
+    await hub.beat('quota-a1', undefined, from('203.0.113.7'));
+    await hub.beat('quota-a2', undefined, from('203.0.113.7'));
+    await service.register('quota-a3', registration({ ipAddress: '203.0.113.7' }), undefined, '203.0.113.7');
+    await expect(hub.beat('quota-a4', undefined, from('203.0.113.7'))).rejects.toThrow(/node_id: quota-a4 is not registered.*too many new nodes/);
+    await expect(service.register('quota-a5', registration({ ipAddress: '203.0.113.8' }), undefined, '203.0.113.7')).rejects.toMatchObject({ code: 429 });
+    expect(await nodesRepo.nodeExists(database.db, 'quota-a4')).toBe(false);
+    expect(await nodesRepo.nodeExists(database.db, 'quota-a5')).toBe(false);
+    // Nodes it has are never refused: their beats and re-registrations make nothing new.
+    await hub.beat('quota-a1', undefined, from('203.0.113.7'));
+    await service.register('quota-a3', registration({ ipAddress: '203.0.113.7' }), undefined, '203.0.113.7');
+    // A node the server knows from Postgres (another API process, or before a restart) is not new either.
+    const restarted = createHeartbeatHub({
+      db: database.db, workflows: gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,
+      metricsRetentionMs: 3600_000, tokenDecimals: 9, mayCreateNode, log, now: () => clock,
+    });
+    await restarted.beat('quota-a2', undefined, from('203.0.113.7'));
+    // Other callers have their own quota: another address, or a signed-in user wherever it calls from.
+    await hub.beat('quota-b1', undefined, from('198.51.100.1'));
+    await hub.beat('quota-u1', undefined, from('203.0.113.7', 'user-1'));
+    expect((await nodesRepo.getNode(database.db, 'quota-u1'))?.owner).toBe('user-1');
+    // A minute later the address may make new nodes again.
+    quotaClock += 60_000;
+    await hub.beat('quota-a4', undefined, from('203.0.113.7'));
+    expect(await nodesRepo.nodeExists(database.db, 'quota-a4')).toBe(true);
+  });
+
+  it('deletes a minimal record that never registered after a day of silence, and keeps what anything cites', async () => {
+    const start = clock;
+    try {
+      const { heartbeats } = services();
+      for (const id of ['stray-1', 'stray-2', 'stray-cited']) await heartbeats.beat(id);
+      await nodesRepo.upsertNode(database.db, 'registered-silent', registration({ ipAddress: '10.77.0.1' }));
+      await nodesRepo.recordReputationEvent(database.db, { nodeId: 'stray-cited', jobId: 'cites-it', kind: 'node_lost', reason: 'test' });
+      await heartbeats.flush();
+      await heartbeats.stop(); // the first pass (at the first flush) is over
+      await database.db.update(nodes).set({ lastHeartbeat: new Date(clock - 2 * 86_400_000) }).where(inArray(nodes.id, ['stray-1', 'stray-cited', 'registered-silent']));
+      clock += 3_600_000; // the hourly pass is due, and stray-2 (beat an hour ago) is forgotten in memory
+      await heartbeats.flush();
+      await heartbeats.stop(); // waits for that pass
+      const left = await database.db.select({ id: nodes.id }).from(nodes).where(inArray(nodes.id, ['stray-1', 'stray-2', 'stray-cited', 'registered-silent']));
+      expect(left.map((n) => n.id).sort()).toEqual(['registered-silent', 'stray-2', 'stray-cited']);
+      // A stray that beats again gets a new record.
+      await heartbeats.beat('stray-1');
+      expect(await nodesRepo.nodeExists(database.db, 'stray-1')).toBe(true);
+    } finally {
+      clock = start;
+    }
   });
 
   it('wakes queued jobs when an offline node comes back, and hands out stop orders', async () => {

@@ -62,8 +62,9 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
     log,
     'RegisterNode',
     async (req, call) => {
-      const { claimedId, reg } = toNodeRegistration(req.info, peerIp(call.getPeer()));
-      const { nodeId, created } = await nodes.register(claimedId, reg, caller(call));
+      const address = peerIp(call.getPeer());
+      const { claimedId, reg } = toNodeRegistration(req.info, address);
+      const { nodeId, created } = await nodes.register(claimedId, reg, caller(call), address);
       log.info({ nodeId, created, endpoint: `${reg.ipAddress}:${reg.port}`, devices: reg.devices.length }, 'node registered');
       return { status: StatusCode.SUCCESS, node_id: nodeId, session_token: `session_${nodeId}` };
     },
@@ -77,7 +78,7 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
       const nodeId = requireId(req.node_id, 'node_id');
       const s = req.current_status;
       const ram = s && { ramAvailable: int64(s.ram_available, 'current_status.ram_available'), ramTotal: int64(s.ram_total, 'current_status.ram_total') };
-      const jobsToCancel = await nodes.heartbeat(nodeId, ram || undefined, () => caller(call));
+      const jobsToCancel = await nodes.heartbeat(nodeId, ram || undefined, () => ({ owner: caller(call), address: peerIp(call.getPeer()) }));
       return { status: StatusCode.SUCCESS, keep_alive: true, jobs_to_cancel: jobsToCancel };
     },
     // keep_alive stays true: a shipping node treats false as a failed heartbeat and drops its pending jobs.
