@@ -67,8 +67,9 @@ const schema = z.object({
   NODE_METRICS_SAMPLE_S: positiveInt.default(60),
   NODE_METRICS_RETENTION_H: positiveInt.default(7 * 24),
   /**
-   * New node records one caller may create a minute (the signed-in user with auth on, else the address the call
-   * came from): registrations of a new node and heartbeats from ids the server does not know. 0 = no limit.
+   * New node records one caller may have made a minute in one API process (the signed-in user with auth on, else
+   * the address the call came from): registrations of a new node and heartbeats from ids the server does not
+   * know. 0 = no limit.
    */
   NEW_NODES_PER_MINUTE: z.coerce.number().int().min(0).default(60),
   /**

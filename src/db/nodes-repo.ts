@@ -131,23 +131,47 @@ export async function nodeExists(db: DbOrTx, id: string): Promise<boolean> {
 }
 
 /**
- * Deletes at most `limit` records made for heartbeats from unknown ids (ensureNode) that never registered (no
- * endpoint) and have been silent since `silentBefore`, with nothing that cites them: no job or reservation ever
- * held them (a record without devices matches no job, but a reservation names any node), no reputation event.
- * A node that beats again later gets a new one. @returns the ids deleted.
+ * Nothing cites node `c` (an alias in the query): no job or reservation ever held it, no reputation event.
+ * Without an endpoint it could not have been matched or reserved; the checks hold for registered nodes too.
+ */
+const citesNothing = sql`c.reserved_by is null and c.total_jobs_completed = 0 and c.total_jobs_failed = 0
+        and not exists (select 1 from ${nodeClaims} k where k.node_id = c.id)
+        and not exists (select 1 from ${reputationEvents} e where e.node_id = c.id)
+        and not exists (select 1 from ${reservations} r where r.node_id = c.id)`;
+
+/**
+ * Takes the endpoint away from at most `limit` registered nodes silent since `silentBefore` that nothing cites
+ * (they never ran a job or were reserved): node caches drop them at their next refresh (updated_at moves), and
+ * pruneUnregisteredNodes deletes them at its next pass. A node that comes back registers again (its daemon does
+ * at its start); its heartbeats meanwhile keep a minimal record. @returns the ids retired.
+ */
+export async function retireIdleNodes(db: DbOrTx, silentBefore: Date, limit: number): Promise<string[]> {
+  const rows = await db.execute<{ id: string }>(sql`
+    update ${nodes} n set ip_address = '', port = 0, updated_at = now()
+    where n.id = any(array(
+      select c.id from ${nodes} c
+      where c.port > 0 and c.last_heartbeat < ${silentBefore.toISOString()}::timestamptz and ${citesNothing}
+      limit ${limit}))
+      -- Asked again of the row changed: a beat or registration written since the list was made keeps it.
+      and n.port > 0 and n.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
+    returning n.id`);
+  return rows.rows.map((r) => r.id);
+}
+
+/**
+ * Deletes at most `limit` node records without an endpoint (made for heartbeats from unknown ids, or retired)
+ * silent and unchanged since `silentBefore` that nothing cites (a retired node waits, so that every node cache
+ * has read its retirement first). A node that beats again later gets a new one. @returns the ids deleted.
  */
 export async function pruneUnregisteredNodes(db: DbOrTx, silentBefore: Date, limit: number): Promise<string[]> {
   const rows = await db.execute<{ id: string }>(sql`
     delete from ${nodes} n where n.id = any(array(
       select c.id from ${nodes} c
-      where c.ip_address = '' and c.port = 0 and c.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
-        and c.reserved_by is null and c.total_jobs_completed = 0 and c.total_jobs_failed = 0
-        and not exists (select 1 from ${nodeClaims} k where k.node_id = c.id)
-        and not exists (select 1 from ${reputationEvents} e where e.node_id = c.id)
-        and not exists (select 1 from ${reservations} r where r.node_id = c.id)
+      where c.port = 0 and c.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
+        and c.updated_at < ${silentBefore.toISOString()}::timestamptz and ${citesNothing}
       limit ${limit}))
-      -- Asked again of the row deleted: a beat written since the list was made keeps it.
-      and n.ip_address = '' and n.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
+      -- Asked again of the row deleted: a beat or registration written since the list was made keeps it.
+      and n.port = 0 and n.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
     returning n.id`);
   return rows.rows.map((r) => r.id);
 }
@@ -170,10 +194,11 @@ export interface HeartbeatSample {
  * Writes a batch of heartbeats in one statement. The gap since a node's previous heartbeat is added to its
  * online time (online_ms) when the node was online until now, i.e. the gap is no longer than the offline
  * timeout (`offlineBefore`); a node coming back adds nothing for the time it was away.
- * @returns the ids of nodes that were offline (status or stale heartbeat) and are now back.
+ * @returns `back`: the ids of nodes that were offline (status or stale heartbeat) and are now back; `missing`:
+ * those with no record to write to (deleted since the beat was taken).
  */
-export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offlineBefore: Date): Promise<string[]> {
-  if (beats.length === 0) return [];
+export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offlineBefore: Date): Promise<{ back: string[]; missing: string[] }> {
+  if (beats.length === 0) return { back: [], missing: [] };
   const ids = beats.map((b) => b.nodeId);
   const ats = beats.map((b) => b.at.toISOString());
   const rams = beats.map((b) => (b.ramAvailable === undefined ? null : String(Math.trunc(b.ramAvailable))));
@@ -193,7 +218,8 @@ export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offl
       from beat, prev
      where n.id = beat.id and prev.id = beat.id
     returning n.id, prev.was_offline`);
-  return result.rows.filter((r) => r.was_offline).map((r) => r.id);
+  const written = new Set(result.rows.map((r) => r.id));
+  return { back: result.rows.filter((r) => r.was_offline).map((r) => r.id), missing: ids.filter((id) => !written.has(id)) };
 }
 
 /** Node counts for /api/stats; busy: holding at least one capacity claim (what matching counts). */

@@ -1,3 +1,4 @@
+import { isIPv6 } from 'node:net';
 import type { Db } from '../db/client';
 import { TooManyRequestsError } from '../domain/errors';
 import * as jobsRepo from '../db/jobs-repo';
@@ -31,11 +32,31 @@ export interface CallOrigin {
 /** Whether a caller may have one more node record made now; counts it when it may. */
 export type NewNodeGate = (origin: CallOrigin) => boolean;
 
-/** A gate letting each caller (its user, else its address) make `perMinute` node records a minute; 0 = none. */
+/**
+ * A gate letting each caller (its user, else its address) make `perMinute` node records a minute in this
+ * process; 0 = no gate.
+ */
 export function newNodeGate(perMinute: number, now: () => number = Date.now): NewNodeGate | undefined {
   if (perMinute <= 0) return undefined;
   const quota = keyedQuota(perMinute, 60_000);
-  return (o) => quota.pass(o.owner ? `user:${o.owner}` : `address:${o.address ?? ''}`, now());
+  return (o) => quota.pass(o.owner ? `user:${o.owner}` : `address:${addressKey(o.address ?? '')}`, now());
+}
+
+/**
+ * Who an address belongs to, for a quota: an IPv4 address (also one mapped into IPv6) as it is, an IPv6 address
+ * by its /64, the block one subscriber is usually given (each of its 2^64 addresses would be a caller otherwise).
+ */
+export function addressKey(address: string): string {
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
+  if (mapped) return mapped[1];
+  if (!isIPv6(address)) return address;
+  // Groups of 16 bits; a trailing dotted IPv4 part is two of them.
+  const groups = (part: string | undefined) => (part ? part.split(':').flatMap((g) => (g.includes('.') ? ['0', '0'] : [g])) : []);
+  const [head, tail] = address.split('%')[0].split('::');
+  const h = groups(head);
+  const t = groups(tail);
+  const full = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  return `${full.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(':')}::/64`;
 }
 
 interface PendingBeat {
@@ -57,9 +78,11 @@ const LIVENESS_DEADLINE_MS = 5_000;
 const FORGET_AFTER_MS = 60 * 60_000;
 /** A record made for an unknown id that never registers is deleted after this much silence… */
 const UNREGISTERED_RETENTION_MS = 24 * 60 * 60_000;
+/** …and a registered node that never ran a job or was reserved loses its endpoint after this much (then deleted)… */
+const IDLE_NODE_RETENTION_MS = 30 * 24 * 60 * 60_000;
 /** …by a pass this often, in statements of this many. */
-const UNREGISTERED_PRUNE_EVERY_MS = 60 * 60_000;
-const UNREGISTERED_PRUNE_BATCH = 1_000;
+const NODE_PRUNE_EVERY_MS = 60 * 60_000;
+const NODE_PRUNE_BATCH = 1_000;
 
 /**
  * Absorbs node heartbeats. A heartbeat is answered from memory at once; every `flushMs` the batch is
@@ -87,7 +110,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   /** The jobs each beating node held at the last flush Postgres took: liveness goes on from it while it refuses. */
   const heldByNode = new Map<string, HeldJob[]>();
   let lastHousekeeping = 0;
-  let lastUnregisteredPrune = 0;
+  let lastNodePrune = 0;
   /** Since when every flush has written its beats (undefined after a failure, until the next success). */
   let writingSince: number | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -131,14 +154,16 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     known.set(nodeId, now());
   }
 
-  /** Drops what this process keeps of nodes silent for FORGET_AFTER_MS, so its memory follows the live nodes. */
+  /** Drops what this process keeps of a node: its next beat looks it up in Postgres again. */
+  function forget(nodeId: string): void {
+    known.delete(nodeId);
+    lastSample.delete(nodeId);
+    heldByNode.delete(nodeId);
+  }
+
+  /** Forgets nodes silent for FORGET_AFTER_MS, so this process's memory follows the live nodes. */
   function forgetSilent(nowMs: number): void {
-    for (const [nodeId, lastBeat] of known) {
-      if (nowMs - lastBeat < FORGET_AFTER_MS) continue;
-      known.delete(nodeId);
-      lastSample.delete(nodeId);
-      heldByNode.delete(nodeId);
-    }
+    for (const [nodeId, lastBeat] of known) if (nowMs - lastBeat >= FORGET_AFTER_MS) forget(nodeId);
   }
 
   async function flushOnce(): Promise<void> {
@@ -150,7 +175,13 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       let back: string[];
       let held: HeldJob[];
       try {
-        back = await nodesRepo.applyHeartbeats(db, beats, new Date(at.getTime() - deps.offlineAfterMs));
+        const written = await nodesRepo.applyHeartbeats(db, beats, new Date(at.getTime() - deps.offlineAfterMs));
+        back = written.back;
+        // Deleted after their beat was taken (another process's prune): the next beat makes a record again.
+        for (const nodeId of written.missing) {
+          forget(nodeId);
+          batch.delete(nodeId);
+        }
         writingSince ??= at.getTime();
         await nodesRepo.insertSamples(db, sample(batch, at.getTime()));
         held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
@@ -200,9 +231,9 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       }
       pruning ??= pruneMetrics(new Date(at.getTime() - deps.metricsRetentionMs)).finally(() => (pruning = undefined));
       forgetSilent(at.getTime());
-      if (at.getTime() - lastUnregisteredPrune >= UNREGISTERED_PRUNE_EVERY_MS) {
-        lastUnregisteredPrune = at.getTime();
-        pruningNodes ??= pruneUnregistered(new Date(at.getTime() - UNREGISTERED_RETENTION_MS)).finally(() => (pruningNodes = undefined));
+      if (at.getTime() - lastNodePrune >= NODE_PRUNE_EVERY_MS) {
+        lastNodePrune = at.getTime();
+        pruningNodes ??= pruneNodes(at.getTime()).finally(() => (pruningNodes = undefined));
       }
     }
   }
@@ -248,17 +279,26 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     }
   }
 
-  /** Deletes the records of unknown ids that never registered and went silent, beside the flushes. */
-  async function pruneUnregistered(silentBefore: Date): Promise<void> {
+  /**
+   * Beside the flushes: retires registered nodes idle and silent for IDLE_NODE_RETENTION_MS, and deletes the
+   * records without an endpoint (unknown ids that never registered, retired nodes) silent for a day.
+   */
+  async function pruneNodes(nowMs: number): Promise<void> {
+    const passes = [
+      { what: 'retired idle nodes (silent, never ran a job or was reserved): their endpoint is gone', run: () => nodesRepo.retireIdleNodes(db, new Date(nowMs - IDLE_NODE_RETENTION_MS), NODE_PRUNE_BATCH) },
+      { what: 'deleted node records without an endpoint, silent for a day', run: () => nodesRepo.pruneUnregisteredNodes(db, new Date(nowMs - UNREGISTERED_RETENTION_MS), NODE_PRUNE_BATCH) },
+    ];
     try {
-      for (;;) {
-        const gone = await nodesRepo.pruneUnregisteredNodes(db, silentBefore, UNREGISTERED_PRUNE_BATCH);
-        for (const nodeId of gone) known.delete(nodeId);
-        if (gone.length > 0) log.info({ count: gone.length }, 'deleted the records of unknown node ids that never registered and went silent');
-        if (gone.length < UNREGISTERED_PRUNE_BATCH || !timer) return;
+      for (const pass of passes) {
+        for (;;) {
+          const ids = await pass.run();
+          for (const nodeId of ids) forget(nodeId);
+          if (ids.length > 0) log.info({ count: ids.length }, pass.what);
+          if (ids.length < NODE_PRUNE_BATCH || !timer) break;
+        }
       }
     } catch (err) {
-      log.warn({ err: String(err) }, 'could not delete the records of silent unregistered nodes');
+      log.warn({ err: String(err) }, 'could not retire or delete silent nodes');
     }
   }
 

@@ -197,27 +197,55 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await nodesRepo.nodeExists(database.db, 'quota-a4')).toBe(true);
   });
 
-  it('deletes a minimal record that never registered after a day of silence, and keeps what anything cites', async () => {
+  it('retires idle registered nodes after 30 silent days, deletes records without an endpoint after a silent day, and keeps what anything cites', async () => {
     const start = clock;
+    const ids = ['stray-1', 'stray-2', 'stray-cited', 'stray-claimed', 'idle', 'worked', 'silent-2-days'];
+    const left = async () => (await database.db.select({ id: nodes.id }).from(nodes).where(inArray(nodes.id, ids))).map((n) => n.id).sort();
+    const age = (days: number, which: string[]) =>
+      database.db.update(nodes).set({ lastHeartbeat: new Date(clock - days * 86_400_000), updatedAt: new Date(clock - days * 86_400_000) }).where(inArray(nodes.id, which));
     try {
       const { heartbeats } = services();
-      for (const id of ['stray-1', 'stray-2', 'stray-cited']) await heartbeats.beat(id);
-      await nodesRepo.upsertNode(database.db, 'registered-silent', registration({ ipAddress: '10.77.0.1' }));
+      for (const id of ['stray-1', 'stray-2', 'stray-cited', 'stray-claimed']) await heartbeats.beat(id);
+      for (const [i, id] of ['idle', 'worked', 'silent-2-days'].entries()) await nodesRepo.upsertNode(database.db, id, registration({ ipAddress: `10.77.0.${i + 1}` }));
+      await database.db.update(nodes).set({ totalJobsCompleted: 1 }).where(eq(nodes.id, 'worked'));
       await nodesRepo.recordReputationEvent(database.db, { nodeId: 'stray-cited', jobId: 'cites-it', kind: 'node_lost', reason: 'test' });
+      await database.db.insert(nodeClaims).values({ nodeId: 'stray-claimed', jobId: 'claims-it' });
       await heartbeats.flush();
-      await heartbeats.stop(); // the first pass (at the first flush) is over
-      await database.db.update(nodes).set({ lastHeartbeat: new Date(clock - 2 * 86_400_000) }).where(inArray(nodes.id, ['stray-1', 'stray-cited', 'registered-silent']));
-      clock += 3_600_000; // the hourly pass is due, and stray-2 (beat an hour ago) is forgotten in memory
+      await heartbeats.stop(); // the first pass (at the first flush) is over: nothing was old enough
+      await age(2, ['stray-1', 'stray-cited', 'stray-claimed', 'silent-2-days']);
+      await age(31, ['idle', 'worked']);
+
+      clock += 3_600_000; // the hourly pass is due
       await heartbeats.flush();
       await heartbeats.stop(); // waits for that pass
-      const left = await database.db.select({ id: nodes.id }).from(nodes).where(inArray(nodes.id, ['stray-1', 'stray-2', 'stray-cited', 'registered-silent']));
-      expect(left.map((n) => n.id).sort()).toEqual(['registered-silent', 'stray-2', 'stray-cited']);
+      // stray-1 went offline only now (the sweep changed its row): it waits a day from here.
+      expect(await left()).toEqual(['idle', 'silent-2-days', 'stray-1', 'stray-2', 'stray-cited', 'stray-claimed', 'worked']);
+      // The idle node lost its endpoint (node caches drop it); a day later, still silent, it is deleted too.
+      expect(await nodesRepo.getNode(database.db, 'idle')).toMatchObject({ ipAddress: '', port: 0 });
+      expect((await nodesRepo.getNode(database.db, 'worked'))?.port).toBe(50052);
+      clock += 25 * 3_600_000;
+      await heartbeats.flush();
+      await heartbeats.stop();
+      expect(await left()).toEqual(['silent-2-days', 'stray-cited', 'stray-claimed', 'worked']);
       // A stray that beats again gets a new record.
       await heartbeats.beat('stray-1');
       expect(await nodesRepo.nodeExists(database.db, 'stray-1')).toBe(true);
     } finally {
       clock = start;
     }
+  });
+
+  it('forgets a node whose record was deleted after its beat was taken, and makes it a record at its next beat', async () => {
+    const { heartbeats } = services();
+    await heartbeats.beat('deleted-meanwhile');
+    await heartbeats.flush();
+    await heartbeats.beat('deleted-meanwhile');
+    await database.db.delete(nodes).where(eq(nodes.id, 'deleted-meanwhile')); // another API process's pass
+    await heartbeats.flush();
+    expect(await nodesRepo.nodeExists(database.db, 'deleted-meanwhile')).toBe(false);
+    await heartbeats.beat('deleted-meanwhile');
+    await heartbeats.flush();
+    expect(await nodesRepo.getNode(database.db, 'deleted-meanwhile')).toMatchObject({ port: 0, lastHeartbeat: new Date(clock) });
   });
 
   it('wakes queued jobs when an offline node comes back, and hands out stop orders', async () => {

@@ -1,6 +1,7 @@
 import { ActivityNotFoundError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { ConflictError } from '../../src/domain/errors';
 import { createJobWorkflowGateway } from '../../src/services/job-workflows';
+import { addressKey, newNodeGate } from '../../src/services/heartbeat-hub';
 import { keyedQuota } from '../../src/services/keyed-throttle';
 
 /**
@@ -145,5 +146,28 @@ describe('keyedQuota: so many calls per key per window', () => {
     expect(quota.pass('b', 40)).toBe(true);
     expect(quota.pass('a', 999)).toBe(false);
     expect([1000, 1001, 1002, 1003].map((t) => quota.pass('a', t))).toEqual([true, true, true, false]);
+  });
+});
+
+describe('new node records: one quota per caller', () => {
+  it('counts an IPv4 caller by its address, also mapped into IPv6, and an IPv6 caller by its /64', () => {
+    expect(addressKey('203.0.113.7')).toBe('203.0.113.7');
+    expect(addressKey('::ffff:203.0.113.7')).toBe('203.0.113.7');
+    expect(addressKey('2001:db8:1:2::1')).toBe('2001:db8:1:2::/64');
+    expect(addressKey('2001:0db8:0001:0002:ffff:4:5:6')).toBe('2001:db8:1:2::/64');
+    expect(addressKey('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(addressKey('a::b:c:d:e:f:1')).toBe('a:0:b:c::/64');
+    expect(addressKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+  });
+
+  it('lets a user make its quota wherever it calls from, and each address its own', () => {
+    let now = 0;
+    const gate = newNodeGate(2, () => now)!;
+    expect([gate({ address: '2001:db8:1:2::1' }), gate({ address: '2001:db8:1:2::ffff' }), gate({ address: '2001:db8:1:2::3' })]).toEqual([true, true, false]);
+    expect(gate({ address: '2001:db8:1:3::1' })).toBe(true);
+    expect([gate({ owner: 'u', address: '2001:db8:1:2::1' }), gate({ owner: 'u', address: '198.51.100.1' }), gate({ owner: 'u' })]).toEqual([true, true, false]);
+    now += 60_000;
+    expect(gate({ address: '2001:db8:1:2::1' })).toBe(true);
+    expect(newNodeGate(0)).toBeUndefined();
   });
 });
