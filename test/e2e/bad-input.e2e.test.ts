@@ -294,13 +294,17 @@ test('a refused request leaves the job it names untouched', async () => {
 test('heartbeats from unknown ids beyond one address\'s 60 new nodes a minute are refused with 429 and make no record; known nodes still beat', async () => {
   const run = Date.now().toString(36);
   let refused: any;
+  let made: string | undefined;
   for (let i = 0; i <= 60 && !refused; i++) {
     const res = await nodeApi.call('Heartbeat', { node_id: `stray-${run}-${i}` });
     if (res.status !== S.SUCCESS) refused = { ...res, nodeId: `stray-${run}-${i}` };
+    else made ??= `stray-${run}-${i}`;
   }
   expect(refused).toMatchObject({ status: S.FAILED, keep_alive: true, error: { code: 429 } });
   expect(refused.error.message).toMatch(new RegExp(`^node_id: ${refused.nodeId} is not registered`));
   expect(await sys().query('SELECT id FROM nodes WHERE id = $1', [refused.nodeId])).toEqual([]);
   expect(await nodeApi.call('Heartbeat', { node_id: node.nodeId })).toMatchObject({ status: S.SUCCESS, keep_alive: true });
-  expect(await nodeApi.call('Heartbeat', { node_id: `stray-${run}-0` })).toMatchObject({ status: S.SUCCESS });
+  // The earlier tests registered a few nodes from this address within the minute: most of these were made.
+  expect(made).toBeDefined();
+  expect(await nodeApi.call('Heartbeat', { node_id: made })).toMatchObject({ status: S.SUCCESS });
 });
