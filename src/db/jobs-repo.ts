@@ -203,6 +203,8 @@ export async function updateProgress(
 
 export interface JobListQuery {
   submitter?: string;
+  /** Only the jobs of this user (the verified token's `sub`, with auth on). */
+  owner?: string;
   jobType?: string;
   phases?: JobPhase[];
   limit: number;
@@ -218,6 +220,7 @@ export async function listJobs(db: DbOrTx, q: JobListQuery): Promise<{ rows: Lis
   const where = and(
     isNull(jobs.deletedAt),
     q.submitter ? eq(jobs.submitter, q.submitter) : undefined,
+    q.owner !== undefined ? eq(jobs.owner, q.owner) : undefined,
     q.jobType ? eq(jobs.jobType, q.jobType) : undefined,
     q.phases ? inArray(jobs.status, q.phases) : undefined,
   );

@@ -165,6 +165,8 @@ export const jobs = pgTable(
     index('jobs_queue_idx').on(t.priorityRank, t.createdAt).where(sql`${t.status} in ('pending', 'queued')`),
     index('jobs_node_idx').on(t.assignedNodeId).where(sql`${t.status} in ('assigned', 'running')`),
     index('jobs_submitter_idx').on(t.submitter, t.createdAt),
+    // With auth on, a user's ListJobs reads its own jobs, newest first.
+    index('jobs_owner_idx').on(t.owner, t.createdAt).where(sql`${t.owner} is not null`),
     index('jobs_created_idx').on(t.createdAt, t.id),
     check('jobs_progress_range', sql`${t.progress} >= 0 and ${t.progress} <= 1`),
     check('jobs_payment_positive', sql`${t.paymentUnits} > 0`),

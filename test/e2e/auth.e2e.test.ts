@@ -124,8 +124,13 @@ test('a user acts only on what is theirs: another user cannot take over their no
 
 test('a job\'s P2P token, a reservation\'s progress and a wallet\'s allowance are its own user\'s alone', async () => {
   const as = (sub: string, claims: object = {}) => bearer(token({ sub, exp: nowS() + 3600, ...claims }));
-  // GetJobStatus: the status for anyone (ListJobs shows it too), the way in to the node for the owner only.
+  // GetJobStatus: the status for anyone who has the job's id, the way in to the node for the owner only.
   expect(await jobs.call('SubmitJob', { config: unfittable({ job_id: 'job-auth-token' }) }, { metadata: as('owner-1') })).toMatchObject({ status: S.SUCCESS });
+  // ListJobs (the Engine asks it without user_id, then polls every job it gets): each user's own jobs.
+  const listed = async (sub: string, req: object = {}) => (await jobs.call('ListJobs', { page_size: 100, ...req }, { metadata: as(sub) })).jobs.map((j: { job_id: string }) => j.job_id);
+  expect(await listed('owner-1')).toContain('job-auth-token');
+  expect(await listed('someone-else')).not.toContain('job-auth-token');
+  expect(await listed('someone-else', { user_id: 'cyxwiz-engine' })).not.toContain('job-auth-token');
   await sys().query("update jobs set status = 'running', assigned_node_id = 'node_auth_owned' where id = $1", ['job-auth-token']);
   const others = await jobs.call('GetJobStatus', { job_id: 'job-auth-token' }, { metadata: as('someone-else') });
   expect(others.status).toMatchObject({ job_id: 'job-auth-token', status: S.IN_PROGRESS });

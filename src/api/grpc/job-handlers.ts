@@ -108,7 +108,8 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     statusAndError,
   );
 
-  async function listJobs(req: ListJobsRequest) {
+  /** With auth on, a user lists only its own jobs (the Engine asks without user_id, and polls each job it gets). */
+  async function listJobs(req: ListJobsRequest, owner: string | undefined) {
     if (req.page_size < 0) throw new ValidationError('page_size', 'must not be negative');
     if (req.filter_type < 0 || req.filter_type >= JOB_TYPES.length) {
       throw new ValidationError('filter_type', `has no value ${req.filter_type}`);
@@ -119,6 +120,7 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     const offset = decodePageToken(req.page_token);
     const { rows, total } = await jobs.list({
       submitter: optionalText(req.user_id, 'user_id', 128) || undefined,
+      owner,
       jobType: req.filter_type ? JOB_TYPES[req.filter_type] : undefined,
       phases,
       limit,
@@ -133,7 +135,7 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     'ListJobs',
     async (req, call) => {
       try {
-        return await listJobs(req);
+        return await listJobs(req, caller(call));
       } catch (err) {
         sendRefusalMetadata(call as grpc.ServerUnaryCall<unknown, unknown>, err);
         throw err;

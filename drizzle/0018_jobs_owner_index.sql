@@ -1,0 +1,1 @@
+CREATE INDEX "jobs_owner_idx" ON "jobs" USING btree ("owner","created_at") WHERE "jobs"."owner" is not null;
