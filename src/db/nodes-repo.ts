@@ -79,11 +79,14 @@ function derived(r: NodeRegistration) {
   };
 }
 
-/** Creates or refreshes a node from its registration; it is online from now. `owner`: the registering user (auth on). */
-export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, owner?: string): Promise<NodeRow> {
+/**
+ * Creates or refreshes a node from its registration; it is online from now. `owner`: the registering user (auth
+ * on). `fallbackWallet`: its wallet when neither the registration nor the record names one.
+ */
+export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, owner?: string, fallbackWallet = ''): Promise<NodeRow> {
   const now = new Date();
   const { pricing: _announced, ...fields } = r;
-  const values = { ...fields, ...derived(r), owner: owner || null, status: 'online', lastHeartbeat: now, updatedAt: now };
+  const values = { ...fields, walletAddress: r.walletAddress || fallbackWallet, ...derived(r), owner: owner || null, status: 'online', lastHeartbeat: now, updatedAt: now };
   // No devices is "not sent" too: the shipping node's reconnect (RetryConnection) registers without any, its
   // device detection being off. Its hardware, and what it sets (matching columns, capacity, list price), stays.
   const { devices: _d, deviceTypes: _t, maxDeviceMemory: _m, computeScore: _c, capacity: _k, pricePerHour: _p, ...withoutHardware } = values;
@@ -96,11 +99,11 @@ export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, ow
     .values({ id, ...values })
     .onConflictDoUpdate({
       target: nodes.id,
-      // An empty wallet is proto3's "not sent" (shipping nodes always send ""): keep the one registered.
+      // An empty wallet is proto3's "not sent" (shipping nodes always send ""): keep the one registered, if any.
       // An owner, once set, stays (the service refuses another user's registration before this).
       set: {
         ...updated,
-        walletAddress: sql`coalesce(nullif(excluded.wallet_address, ''), ${nodes.walletAddress})`,
+        walletAddress: r.walletAddress ? sql`excluded.wallet_address` : sql`coalesce(nullif(${nodes.walletAddress}, ''), ${fallbackWallet})`,
         owner: sql`coalesce(${nodes.owner}, excluded.owner)`,
       },
     })

@@ -44,10 +44,18 @@ export function createNodeService(deps: NodeServiceDeps) {
    * Registers a node, or refreshes the one it already is. The same node gets the same id every time:
    * the id it holds if we know it, else the one registered with its wallet or endpoint. A new node keeps
    * the id it brings when that id is free, so its P2P service and the server agree from the first run.
-   * @param address where the call came from: with `caller`, whose quota of new nodes a new one counts against.
+   * A node registered without a wallet (the shipping node sends none) is paid to the signed-in user's wallet
+   * (`accountWallet`, its token's claim) until it names one: its earnings would otherwise stay owed.
+   * @param from who registers: the user (auth on), the address the call came from (with the user, whose quota of
+   * new nodes a new one counts against), the user's wallet.
    * @throws TooManyRequestsError for a new node beyond its caller's quota
    */
-  async function register(claimedId: string, reg: nodesRepo.NodeRegistration, caller?: string, address?: string): Promise<{ nodeId: string; created: boolean }> {
+  async function register(
+    claimedId: string,
+    reg: nodesRepo.NodeRegistration,
+    from: { caller?: string; address?: string; accountWallet?: string } = {},
+  ): Promise<{ nodeId: string; created: boolean }> {
+    const { caller, address } = from;
     const existing = await nodesRepo.findRegisteredNode(db, {
       nodeId: claimedId,
       walletAddress: reg.walletAddress,
@@ -66,9 +74,9 @@ export function createNodeService(deps: NodeServiceDeps) {
     // which the shipping node stores and sends from then on.
     const claimable = isId(claimedId) && (existing !== undefined || !(await nodesRepo.getNode(db, claimedId)));
     const nodeId = existing ?? (claimable ? claimedId : randomUUID());
-    await nodesRepo.upsertNode(db, nodeId, reg, caller);
+    const row = await nodesRepo.upsertNode(db, nodeId, reg, caller, from.accountWallet);
     heartbeats.remember(nodeId);
-    if (reg.walletAddress) {
+    if (row.walletAddress) {
       const owed = await jobsRepo.jobsOwingNode(db, nodeId);
       if (owed.length > 0) await workflows.walletRegistered(owed);
       await deps.reservations?.walletRegistered(nodeId);

@@ -124,6 +124,20 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(row).toMatchObject({ ipAddress: '10.0.0.3', deviceTypes: ['CUDA'], maxDeviceMemory: 8 * GiB, status: 'online' });
   });
 
+  it('pays a node registered without a wallet to its user\'s wallet, until a registration names one', async () => {
+    const { nodeService } = services();
+    const wallet = async () => (await nodesRepo.getNode(database.db, 'account-paid'))?.walletAddress;
+    await nodeService.register('account-paid', registration({ ipAddress: '10.66.0.1' }), { caller: 'u1', accountWallet: 'So11111111111111111111111111111111111111112' });
+    expect(await wallet()).toBe('So11111111111111111111111111111111111111112');
+    await nodeService.register('account-paid', registration({ ipAddress: '10.66.0.1', walletAddress: 'SysvarC1ock11111111111111111111111111111111' }), { caller: 'u1', accountWallet: 'So11111111111111111111111111111111111111112' });
+    expect(await wallet()).toBe('SysvarC1ock11111111111111111111111111111111');
+    // The shipping node's reconnect sends no wallet: the one it named stays, whatever the token says.
+    await nodeService.register('account-paid', registration({ ipAddress: '10.66.0.1' }), { caller: 'u1', accountWallet: 'So11111111111111111111111111111111111111112' });
+    expect(await wallet()).toBe('SysvarC1ock11111111111111111111111111111111');
+    await nodeService.register('no-account-wallet', registration({ ipAddress: '10.66.0.2' }), { caller: 'u1', accountWallet: '' });
+    expect((await nodesRepo.getNode(database.db, 'no-account-wallet'))?.walletAddress).toBe('');
+  });
+
   it('answers heartbeats from memory, writes them in one batch, samples metrics, and keeps jobs alive', async () => {
     const { heartbeats, calls } = services();
     await database.db.insert(jobs).values({
@@ -173,14 +187,14 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     // Three new records for one address: two minimal ones and a registration.
     await hub.beat('quota-a1', undefined, from('203.0.113.7'));
     await hub.beat('quota-a2', undefined, from('203.0.113.7'));
-    await service.register('quota-a3', registration({ ipAddress: '203.0.113.7' }), undefined, '203.0.113.7');
+    await service.register('quota-a3', registration({ ipAddress: '203.0.113.7' }), { address: '203.0.113.7' });
     await expect(hub.beat('quota-a4', undefined, from('203.0.113.7'))).rejects.toThrow(/node_id: quota-a4 is not registered.*too many new nodes/);
-    await expect(service.register('quota-a5', registration({ ipAddress: '203.0.113.8' }), undefined, '203.0.113.7')).rejects.toMatchObject({ code: 429 });
+    await expect(service.register('quota-a5', registration({ ipAddress: '203.0.113.8' }), { address: '203.0.113.7' })).rejects.toMatchObject({ code: 429 });
     expect(await nodesRepo.nodeExists(database.db, 'quota-a4')).toBe(false);
     expect(await nodesRepo.nodeExists(database.db, 'quota-a5')).toBe(false);
     // Nodes it has are never refused: their beats and re-registrations make nothing new.
     await hub.beat('quota-a1', undefined, from('203.0.113.7'));
-    await service.register('quota-a3', registration({ ipAddress: '203.0.113.7' }), undefined, '203.0.113.7');
+    await service.register('quota-a3', registration({ ipAddress: '203.0.113.7' }), { address: '203.0.113.7' });
     // A node the server knows from Postgres (another API process, or before a restart) is not new either.
     const restarted = createHeartbeatHub({
       db: database.db, workflows: gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,

@@ -13,7 +13,7 @@ import type {
   UpdateJobStatusRequest,
 } from '../../protocol/types';
 import type { NodeService } from '../../services/nodes-service';
-import { int64, MAX_METRICS, metricsValue, optionalText, peerIp, progressValue, requireId, toNodeRegistration } from './mappers';
+import { int64, MAX_METRICS, metricsValue, optionalText, optionalWallet, peerIp, progressValue, requireId, toNodeRegistration } from './mappers';
 import type { CallerOf } from './auth';
 import { statusAndError, unary } from './unary';
 
@@ -22,6 +22,8 @@ export interface NodeHandlerDeps {
   log: Logger;
   /** The verified user behind a call (auth on): only a node's owner registers it again or reports for it. */
   caller?: CallerOf;
+  /** The verified user's wallet (its token's wallet_address claim): a node registered without one is paid there. */
+  callerWallet?: CallerOf;
 }
 
 const DEFAULT_METRICS_WINDOW_S = 3600;
@@ -57,6 +59,15 @@ const nodeMessage = (value: string | undefined, field: string) => optionalText(v
 export function createNodeHandlers(deps: NodeHandlerDeps) {
   const { nodes, log } = deps;
   const caller = deps.caller ?? (() => undefined);
+  /** The token's wallet claim when it is a Solana address ('' otherwise: it is the user's, not the node's, to fix). */
+  const accountWallet = (call: { metadata: grpc.Metadata }) => {
+    const claim = deps.callerWallet?.(call);
+    try {
+      return claim ? optionalWallet(claim, 'wallet_address') : '';
+    } catch {
+      return '';
+    }
+  };
 
   const RegisterNode = unary<RegisterNodeRequest, object>(
     log,
@@ -64,7 +75,7 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
     async (req, call) => {
       const address = peerIp(call.getPeer());
       const { claimedId, reg } = toNodeRegistration(req.info, address);
-      const { nodeId, created } = await nodes.register(claimedId, reg, caller(call), address);
+      const { nodeId, created } = await nodes.register(claimedId, reg, { caller: caller(call), address, accountWallet: accountWallet(call) });
       log.info({ nodeId, created, endpoint: `${reg.ipAddress}:${reg.port}`, devices: reg.devices.length }, 'node registered');
       return { status: StatusCode.SUCCESS, node_id: nodeId, session_token: `session_${nodeId}` };
     },

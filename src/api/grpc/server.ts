@@ -49,10 +49,11 @@ export function createGrpcServer(deps: GrpcServerDeps) {
     interceptors: deps.authJwtSecret ? [bearerAuth(deps.authJwtSecret, deps.authCheckExpiry ?? false)] : [],
   });
   const caller = callerOf(deps.authJwtSecret);
-  const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log, caller });
+  const callerWallet = callerWalletOf(deps.authJwtSecret);
+  const nodeHandlers = createNodeHandlers({ nodes: deps.nodes, log: deps.log, caller, callerWallet });
   server.addService(
     protocol.JobService.service,
-    createJobHandlers({ ...deps, caller, callerWallet: callerWalletOf(deps.authJwtSecret) }) as unknown as grpc.UntypedServiceImplementation,
+    createJobHandlers({ ...deps, caller, callerWallet }) as unknown as grpc.UntypedServiceImplementation,
   );
   server.addService(protocol.NodeService.service, nodeHandlers.node as unknown as grpc.UntypedServiceImplementation);
   server.addService(
@@ -66,7 +67,7 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   );
   server.addService(
     protocol.JobReservationService.service,
-    createReservationHandlers({ reservations: deps.reservations, tokenDecimals: deps.tokenDecimals, log: deps.log, caller, callerWallet: callerWalletOf(deps.authJwtSecret) }) as unknown as grpc.UntypedServiceImplementation,
+    createReservationHandlers({ reservations: deps.reservations, tokenDecimals: deps.tokenDecimals, log: deps.log, caller, callerWallet }) as unknown as grpc.UntypedServiceImplementation,
   );
   const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...SERVED_SERVICES.map((s) => [s, 'SERVING'])]));
   health.addToServer(server);
