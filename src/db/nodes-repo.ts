@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gte, isNull, lte, ne, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, gte, isNull, lte, or, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { DeviceType } from '../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
@@ -26,20 +26,21 @@ export interface NodeRegistration {
 }
 
 /**
- * The id of the node this registration belongs to, if the server knows it: by the id the node already
- * holds, else by wallet, else by its endpoint (a node that lost its saved id registering again from where it was;
- * with `offlineSince`, only when the node there has gone silent: a live node at the endpoint is another machine).
+ * The id of the node this registration belongs to, if the server knows it. A registration that names an id is
+ * that node or a new one: the shipping node always names one (its saved id, or `node_<ts>` at its first run, which
+ * its P2P service keeps using), and a farm's machines share a wallet and, across LANs, an endpoint. One that names
+ * none is known by its wallet, else its endpoint.
  */
 export async function findRegisteredNode(
   db: DbOrTx,
-  key: { nodeId: string; walletAddress: string; ipAddress: string; port: number; owner?: string; offlineSince?: Date },
+  key: { nodeId: string; walletAddress: string; ipAddress: string; port: number; owner?: string },
 ): Promise<string | undefined> {
   // Only among the caller's nodes (and unowned ones) when it is known: another user's node is not this one,
   // whatever id it claims (a copied registration file) and however it shares a LAN address and the shipping port.
   const mine = key.owner === undefined ? undefined : or(isNull(nodes.owner), eq(nodes.owner, key.owner));
   if (key.nodeId) {
     const [byId] = await db.select({ id: nodes.id }).from(nodes).where(and(eq(nodes.id, key.nodeId), mine));
-    if (byId) return byId.id;
+    return byId?.id;
   }
   if (key.walletAddress) {
     const [byWallet] = await db
@@ -51,14 +52,10 @@ export async function findRegisteredNode(
     if (byWallet) return byWallet.id;
   }
   if (key.ipAddress && key.port) {
-    // Shipping nodes report a LAN address and the fixed port 50052, so two machines on two LANs often share an
-    // endpoint: with `offlineSince` (the registration names an id of its own), a node at this one that still
-    // beats is another machine.
-    const silent = key.offlineSince ? or(ne(nodes.status, 'online'), lte(nodes.lastHeartbeat, key.offlineSince)) : undefined;
     const [byEndpoint] = await db
       .select({ id: nodes.id })
       .from(nodes)
-      .where(and(eq(nodes.ipAddress, key.ipAddress), eq(nodes.port, key.port), mine, silent))
+      .where(and(eq(nodes.ipAddress, key.ipAddress), eq(nodes.port, key.port), mine))
       .orderBy(desc(nodes.lastHeartbeat))
       .limit(1);
     if (byEndpoint) return byEndpoint.id;

@@ -62,9 +62,6 @@ export function createNodeService(deps: NodeServiceDeps) {
       ipAddress: reg.ipAddress,
       port: reg.port,
       owner: caller,
-      // A node that names an id we do not know (the shipping node's first-run `node_<ts>`) is another machine
-      // than a live node at its endpoint; one that names none can only be told by its endpoint, as before.
-      offlineSince: claimedId ? new Date(Date.now() - deps.offlineAfterMs) : undefined,
     });
     if (existing) await refuseTakeover(existing, reg, caller);
     else if (deps.mayCreateNode && !deps.mayCreateNode({ owner: caller, address })) {

@@ -98,9 +98,12 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     // 50052: two homes' 192.168.1.10 look alike) is another node, with its own id.
     expect(await nodeService.register('node_1788888888', registration({ ipAddress: '10.9.9.9' }))).toEqual({ nodeId: 'node_1788888888', created: true });
     await database.db.delete(nodes).where(eq(nodes.id, 'node_1788888888'));
-    // A daemon that lost its saved id, back at the endpoint where its node went silent, is that node again.
-    await database.db.update(nodes).set({ lastHeartbeat: silent }).where(eq(nodes.id, 'node_1700000000'));
-    expect((await nodeService.register('node_1799999999', registration({ ipAddress: '10.9.9.9' })))).toEqual({ nodeId: 'node_1700000000', created: false });
+    // A registration that names an id is that node or a new one, even where a silent node was, or with its
+    // wallet (a farm's machines share one): a first-run node's P2P service keeps the id it named.
+    await database.db.update(nodes).set({ lastHeartbeat: silent, walletAddress: 'W0' }).where(eq(nodes.id, 'node_1700000000'));
+    expect(await nodeService.register('node_1799999999', registration({ ipAddress: '10.9.9.9' }))).toEqual({ nodeId: 'node_1799999999', created: true });
+    expect(await nodeService.register('node_1799999998', registration({ ipAddress: '10.9.9.8', walletAddress: 'W0' }))).toEqual({ nodeId: 'node_1799999998', created: true });
+    await database.db.delete(nodes).where(inArray(nodes.id, ['node_1799999999', 'node_1799999998']));
     // Its reconnect registers without devices (device detection off in the shipping node): the hardware, and the
     // price and capacity it sets, stay.
     const [registered] = await database.db.select().from(nodes).where(eq(nodes.id, 'node_1700000000'));
