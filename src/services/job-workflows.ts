@@ -22,6 +22,7 @@ import {
   completeUpdate,
   failUpdate,
   JobRejections,
+  jobStatusQuery,
   nodesChangedSignal,
   progressSignal,
   walletRegisteredSignal,
@@ -32,7 +33,7 @@ import {
 } from '../workflows/messages';
 import { JobSearchAttributes as SA } from '../workflows/search-attributes';
 import { keyedThrottle } from './keyed-throttle';
-import { temporalCalls } from './temporal-calls';
+import { LATE, temporalCalls } from './temporal-calls';
 import { temporalUnavailable } from './temporal-errors';
 
 export interface JobWorkflowGatewayDeps {
@@ -44,7 +45,12 @@ export interface JobWorkflowGatewayDeps {
   progressSignalIntervalMs?: number;
   /** How long one call to Temporal may take, retries included; default 20 s. */
   callLimitMs?: number;
+  /** CancelJob answers within this long of its start once the cancel is accepted; default CANCEL_ANSWER_MS. */
+  cancelAnswerMs?: number;
 }
+
+/** The shipping Engine gives CancelJob 10 s and takes the job as cancelled only on a SUCCESS reply. */
+const CANCEL_ANSWER_MS = 8_000;
 
 /**
  * The one place that talks to job workflows: starts them and delivers node and client messages,
@@ -53,7 +59,7 @@ export interface JobWorkflowGatewayDeps {
 export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   const { client } = deps;
   const handle = (jobId: string) => client.workflow.getHandle(jobId);
-  const { limited, acceptedThen } = temporalCalls(client, deps.callLimitMs);
+  const { limited, acceptedThen, acceptedWithin } = temporalCalls(client, deps.callLimitMs);
 
   /** Starts the job's workflow; starting an existing job is a no-op (workflow id = job id). */
   async function start(spec: JobSpec): Promise<void> {
@@ -128,8 +134,21 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
     return update(() => limited(() => handle(jobId).executeUpdate(failUpdate, { args: [{ nodeId, message }], updateId: `fail/${nodeId}` })));
   }
 
+  /**
+   * Cancels the job; resolves with the refund once it is made, or, when it takes longer than `cancelAnswerMs`
+   * (a slow chain), as soon as the cancel is accepted: `refundIssued` then says whether the escrow is held, so
+   * its refund decided (it lands later; its signature is on the job's payments).
+   */
   async function cancel(jobId: string, reason: string): Promise<CancelReceipt> {
-    return update(() => acceptedThen((waitForStage) => handle(jobId).startUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel', waitForStage })));
+    return update(async () => {
+      const receipt = await acceptedWithin(
+        (waitForStage) => handle(jobId).startUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel', waitForStage }),
+        deps.cancelAnswerMs ?? CANCEL_ANSWER_MS,
+      );
+      if (receipt !== LATE) return receipt;
+      const view = await limited(() => handle(jobId).query(jobStatusQuery)).catch(() => undefined);
+      return { refundIssued: view?.escrow === 'held' || view?.escrow === 'refunded', txRef: '' };
+    });
   }
 
   // Each heartbeat is a write to the workflow's state on the Temporal server. Like the SDK's own heartbeat

@@ -10,7 +10,7 @@ import {
 import type { Db } from '../db/client';
 import * as nodesRepo from '../db/nodes-repo';
 import * as repo from '../db/reservations-repo';
-import { temporalCalls } from './temporal-calls';
+import { LATE, temporalCalls, within } from './temporal-calls';
 import { temporalUnavailable } from './temporal-errors';
 import {
   ConflictError,
@@ -88,22 +88,6 @@ export interface ReconnectGrant {
 }
 
 export type ReleaseResult = ReleaseReceipt;
-
-/** What `within` resolves to when the promise has not settled in time. */
-const LATE = Symbol('late');
-
-/** Settles as `p` does, or resolves to LATE once `ms` pass first (`p` goes on). */
-async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof LATE> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<typeof LATE>((resolve) => {
-    timer = setTimeout(() => resolve(LATE), ms);
-  });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** How long ReserveNode waits for a withdrawal to be answered (after its wait for the escrow). */
 const WITHDRAW_WAIT_MS = 4000;

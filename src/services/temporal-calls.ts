@@ -1,5 +1,21 @@
 import { WorkflowUpdateStage, type Client } from '@temporalio/client';
 
+/** What `within` resolves to when the promise has not settled in time. */
+export const LATE = Symbol('late');
+
+/** Settles as `p` does, or resolves to LATE once `ms` pass first (`p` goes on). */
+export async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof LATE> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<typeof LATE>((resolve) => {
+    timer = setTimeout(() => resolve(LATE), ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** How long one call to Temporal may take by default, retries included. */
 export const TEMPORAL_CALL_LIMIT_MS = 20_000;
 
@@ -24,5 +40,20 @@ export function temporalCalls(client: Client, limitMs = TEMPORAL_CALL_LIMIT_MS) 
     return accepted.result();
   }
 
-  return { limited, acceptedThen };
+  /**
+   * An update whose acceptance is limited, then its result if it comes within `answerMs` of the call's start;
+   * else (accepted, still on its way) LATE.
+   */
+  async function acceptedWithin<T>(
+    start: (waitForStage: typeof WorkflowUpdateStage.ACCEPTED) => Promise<{ result(): Promise<T> }>,
+    answerMs: number,
+  ): Promise<T | typeof LATE> {
+    const startedAt = Date.now();
+    const accepted = await limited(() => start(WorkflowUpdateStage.ACCEPTED));
+    const result = accepted.result();
+    result.catch(() => undefined); // awaited below unless it comes late
+    return within(result, Math.max(0, answerMs - (Date.now() - startedAt)));
+  }
+
+  return { limited, acceptedThen, acceptedWithin };
 }

@@ -171,3 +171,36 @@ describe('new node records: one quota per caller', () => {
     expect(newNodeGate(0)).toBeUndefined();
   });
 });
+
+describe('cancel: answering within the Engine\'s 10 s', () => {
+  /** A gateway whose cancel update is accepted at once and finishes after `settleMs` (never when undefined). */
+  function cancelling(settleMs: number | undefined, escrow: string) {
+    const client = {
+      connection: { withAbortSignal: (_signal: AbortSignal, run: () => Promise<unknown>) => run() },
+      workflow: {
+        getHandle: () => ({
+          startUpdate: async () => ({
+            result: () => new Promise((resolve) => settleMs !== undefined && setTimeout(() => resolve({ refundIssued: true, txRef: 'sig' }), settleMs)),
+          }),
+          query: async () => ({ escrow }),
+        }),
+      },
+    } as unknown as Client;
+    return createJobWorkflowGateway({
+      client,
+      taskQueue: 'q',
+      options: { heartbeatTimeoutMs: 30_000, maxAttempts: 3, maxRuntimeMs: 3600_000, requeueIntervalMs: 30_000, assignTimeoutMs: 5000, historyEventLimit: 10_000 },
+      tokenDecimals: 9,
+      cancelAnswerMs: 50,
+    });
+  }
+
+  it('answers with the refund when it is made in time', async () => {
+    expect(await cancelling(5, 'held').cancel('j', 'r')).toEqual({ refundIssued: true, txRef: 'sig' });
+  });
+
+  it('answers once the cancel is accepted when the refund takes longer: issued if the escrow is held', async () => {
+    expect(await cancelling(undefined, 'held').cancel('j', 'r')).toEqual({ refundIssued: true, txRef: '' });
+    expect(await cancelling(undefined, 'none').cancel('j', 'r')).toEqual({ refundIssued: false, txRef: '' });
+  });
+});
