@@ -88,8 +88,9 @@ export function createNodeCache(deps: {
     for (const r of changed) {
       if (++applied % ROWS_PER_TURN === 0) await nextTurn();
       let i = table.indexOf(r.id);
-      if (r.port <= 0) {
-        // No endpoint (yet): not a candidate. A registration bumps updated_at and brings it back.
+      if (r.port <= 0 || r.status === 'dormant') {
+        // No endpoint (yet), or silent for a day: not a candidate. A registration, or a dormant node's next
+        // beat, bumps updated_at and brings it back.
         if (i !== undefined) table.remove(i);
         continue;
       }

@@ -6,7 +6,7 @@ import { computeScore, listPricePerHour } from '../domain/pricing';
 import type { Db, DbOrTx } from './client';
 import { preparedStatement } from './prepared';
 import { applyDelta, BAN_HOURS, BAN_THRESHOLD, type ReputationEvent } from '../domain/reputation';
-import { jobEvents, nodeClaims, nodeJobCancels, nodeMetrics, nodes, reputationEvents, reservations, type NodeProfile } from './schema';
+import { jobEvents, nodeClaims, nodeJobCancels, nodeMetrics, nodes, reputationEvents, type NodeProfile } from './schema';
 
 export type NodeRow = typeof nodes.$inferSelect;
 
@@ -76,14 +76,33 @@ function derived(r: NodeRegistration) {
   };
 }
 
+/** What a registration does to a recorded node's wallet: see upsertNode. */
+function walletChange(named: string, fromAccount: boolean) {
+  if (named) return { walletAddress: sql`excluded.wallet_address`, walletFromAccount: false };
+  // Taken from the account only where the node named none (or the account's wallet is the one it has).
+  const followsAccount = sql`(${nodes.walletAddress} = '' or ${nodes.walletFromAccount})`;
+  if (fromAccount) return { walletAddress: sql`case when ${followsAccount} then excluded.wallet_address else ${nodes.walletAddress} end`, walletFromAccount: followsAccount };
+  return { walletAddress: sql`${nodes.walletAddress}`, walletFromAccount: sql`${nodes.walletFromAccount}` };
+}
+
 /**
  * Creates or refreshes a node from its registration; it is online from now. `owner`: the registering user (auth
- * on). `fallbackWallet`: its wallet when neither the registration nor the record names one.
+ * on). `accountWallet`: the user's wallet, the node's while it has named none (it follows the user's).
  */
-export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, owner?: string, fallbackWallet = ''): Promise<NodeRow> {
+export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, owner?: string, accountWallet = ''): Promise<NodeRow> {
   const now = new Date();
   const { pricing: _announced, ...fields } = r;
-  const values = { ...fields, walletAddress: r.walletAddress || fallbackWallet, ...derived(r), owner: owner || null, status: 'online', lastHeartbeat: now, updatedAt: now };
+  const walletFromAccount = !r.walletAddress && !!accountWallet;
+  const values = {
+    ...fields,
+    walletAddress: r.walletAddress || accountWallet,
+    walletFromAccount,
+    ...derived(r),
+    owner: owner || null,
+    status: 'online',
+    lastHeartbeat: now,
+    updatedAt: now,
+  };
   // No devices is "not sent" too: the shipping node's reconnect (RetryConnection) registers without any, its
   // device detection being off. Its hardware, and what it sets (matching columns, capacity, list price), stays.
   const { devices: _d, deviceTypes: _t, maxDeviceMemory: _m, computeScore: _c, capacity: _k, pricePerHour: _p, ...withoutHardware } = values;
@@ -96,11 +115,12 @@ export async function upsertNode(db: DbOrTx, id: string, r: NodeRegistration, ow
     .values({ id, ...values })
     .onConflictDoUpdate({
       target: nodes.id,
-      // An empty wallet is proto3's "not sent" (shipping nodes always send ""): keep the one registered, if any.
+      // An empty wallet is proto3's "not sent" (shipping nodes always send ""): a wallet the node named stays;
+      // one taken from its user's account follows the account's.
       // An owner, once set, stays (the service refuses another user's registration before this).
       set: {
         ...updated,
-        walletAddress: r.walletAddress ? sql`excluded.wallet_address` : sql`coalesce(nullif(${nodes.walletAddress}, ''), ${fallbackWallet})`,
+        ...walletChange(r.walletAddress, walletFromAccount),
         owner: sql`coalesce(${nodes.owner}, excluded.owner)`,
       },
     })
@@ -131,44 +151,37 @@ export async function nodeExists(db: DbOrTx, id: string): Promise<boolean> {
 }
 
 /**
- * Nothing cites node `c` (an alias in the query): no job or reservation ever held it, no reputation event.
- * Without an endpoint it could not have been matched or reserved; the checks hold for registered nodes too.
+ * Marks at most `limit` registered nodes offline since before `silentBefore` dormant: node caches drop them at
+ * their next refresh (updated_at moves), so matching does not scan nodes that left long ago. A dormant node's
+ * next heartbeat makes it an online candidate again (applyHeartbeats). @returns the ids made dormant.
  */
-const citesNothing = sql`c.reserved_by is null and c.total_jobs_completed = 0 and c.total_jobs_failed = 0
-        and not exists (select 1 from ${nodeClaims} k where k.node_id = c.id)
-        and not exists (select 1 from ${reputationEvents} e where e.node_id = c.id)
-        and not exists (select 1 from ${reservations} r where r.node_id = c.id)`;
-
-/**
- * Takes the endpoint away from at most `limit` registered nodes silent since `silentBefore` that nothing cites
- * (they never ran a job or were reserved): node caches drop them at their next refresh (updated_at moves), and
- * pruneUnregisteredNodes deletes them at its next pass. A node that comes back registers again (its daemon does
- * at its start); its heartbeats meanwhile keep a minimal record. @returns the ids retired.
- */
-export async function retireIdleNodes(db: DbOrTx, silentBefore: Date, limit: number): Promise<string[]> {
+export async function markNodesDormant(db: DbOrTx, silentBefore: Date, limit: number): Promise<string[]> {
   const rows = await db.execute<{ id: string }>(sql`
-    update ${nodes} n set ip_address = '', port = 0, updated_at = now()
+    update ${nodes} n set status = 'dormant', updated_at = now()
     where n.id = any(array(
       select c.id from ${nodes} c
-      where c.port > 0 and c.last_heartbeat < ${silentBefore.toISOString()}::timestamptz and ${citesNothing}
+      where c.status = 'offline' and c.last_heartbeat < ${silentBefore.toISOString()}::timestamptz and c.port > 0
       limit ${limit}))
-      -- Asked again of the row changed: a beat or registration written since the list was made keeps it.
-      and n.port > 0 and n.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
+      -- Asked again of the row changed: a beat written since the list was made keeps it.
+      and n.status = 'offline' and n.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
     returning n.id`);
   return rows.rows.map((r) => r.id);
 }
 
 /**
- * Deletes at most `limit` node records without an endpoint (made for heartbeats from unknown ids, or retired)
- * silent and unchanged since `silentBefore` that nothing cites (a retired node waits, so that every node cache
- * has read its retirement first). A node that beats again later gets a new one. @returns the ids deleted.
+ * Deletes at most `limit` records made for heartbeats from unknown ids (ensureNode) that never registered (no
+ * endpoint) and have been silent since `silentBefore`. Without an endpoint a node is never matched or reserved
+ * (holdNode refuses it); the checks below say so of the row all the same. A node that beats again later gets a
+ * new record. @returns the ids deleted.
  */
 export async function pruneUnregisteredNodes(db: DbOrTx, silentBefore: Date, limit: number): Promise<string[]> {
   const rows = await db.execute<{ id: string }>(sql`
     delete from ${nodes} n where n.id = any(array(
       select c.id from ${nodes} c
       where c.port = 0 and c.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
-        and c.updated_at < ${silentBefore.toISOString()}::timestamptz and ${citesNothing}
+        and c.reserved_by is null and c.total_jobs_completed = 0 and c.total_jobs_failed = 0
+        and not exists (select 1 from ${nodeClaims} k where k.node_id = c.id)
+        and not exists (select 1 from ${reputationEvents} e where e.node_id = c.id)
       limit ${limit}))
       -- Asked again of the row deleted: a beat or registration written since the list was made keeps it.
       and n.port = 0 and n.last_heartbeat < ${silentBefore.toISOString()}::timestamptz
@@ -214,6 +227,8 @@ export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offl
            online_ms = n.online_ms + case when prev.was_offline then 0
              else greatest(0, (extract(epoch from beat.at - greatest(n.last_heartbeat, n.uptime_since)) * 1000)::bigint) end,
            status = 'online',
+           -- A dormant node is out of the node caches until its row changes: its return is such a change.
+           updated_at = case when n.status = 'dormant' then now() else n.updated_at end,
            ram_available = coalesce(beat.ram, n.ram_available)
       from beat, prev
      where n.id = beat.id and prev.id = beat.id

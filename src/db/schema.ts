@@ -57,6 +57,11 @@ export const nodes = pgTable(
     port: integer('port').notNull().default(0),
     region: text('region').notNull().default(''),
     walletAddress: text('wallet_address').notNull().default(''),
+    /**
+     * The wallet is its user's (the token's wallet_address claim at registration), not one the node named: it
+     * follows the claim until a registration names a wallet.
+     */
+    walletFromAccount: boolean('wallet_from_account').notNull().default(false),
     /** The user (the verified token's `sub`) it belongs to, when AUTH_JWT_SECRET is set; others are refused. */
     owner: text('owner'),
     reputation: doublePrecision('reputation').notNull().default(0.5),
@@ -75,7 +80,7 @@ export const nodes = pgTable(
      * shows as unavailable in discovery; heartbeats do not clear it, only the reservation's end does.
      */
     reservedBy: text('reserved_by'),
-    /** online | offline; matching also requires a fresh last_heartbeat. */
+    /** online | offline | dormant (offline for a day: out of the node caches); matching also requires a fresh last_heartbeat. */
     status: text('status').notNull().default('online'),
     profile: jsonb('profile').$type<Partial<NodeProfile>>().notNull().default({}),
     totalJobsCompleted: integer('total_jobs_completed').notNull().default(0),

@@ -78,8 +78,8 @@ const LIVENESS_DEADLINE_MS = 5_000;
 const FORGET_AFTER_MS = 60 * 60_000;
 /** A record made for an unknown id that never registers is deleted after this much silence… */
 const UNREGISTERED_RETENTION_MS = 24 * 60 * 60_000;
-/** …and a registered node that never ran a job or was reserved loses its endpoint after this much (then deleted)… */
-const IDLE_NODE_RETENTION_MS = 30 * 24 * 60 * 60_000;
+/** …and a registered node silent this long is dormant (out of the node caches until it beats again)… */
+const DORMANT_AFTER_MS = 24 * 60 * 60_000;
 /** …by a pass this often, in statements of this many. */
 const NODE_PRUNE_EVERY_MS = 60 * 60_000;
 const NODE_PRUNE_BATCH = 1_000;
@@ -280,13 +280,13 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   }
 
   /**
-   * Beside the flushes: retires registered nodes idle and silent for IDLE_NODE_RETENTION_MS, and deletes the
-   * records without an endpoint (unknown ids that never registered, retired nodes) silent for a day.
+   * Beside the flushes: makes registered nodes silent for DORMANT_AFTER_MS dormant, and deletes the records of
+   * unknown ids that never registered, silent for UNREGISTERED_RETENTION_MS.
    */
   async function pruneNodes(nowMs: number): Promise<void> {
     const passes = [
-      { what: 'retired idle nodes (silent, never ran a job or was reserved): their endpoint is gone', run: () => nodesRepo.retireIdleNodes(db, new Date(nowMs - IDLE_NODE_RETENTION_MS), NODE_PRUNE_BATCH) },
-      { what: 'deleted node records without an endpoint, silent for a day', run: () => nodesRepo.pruneUnregisteredNodes(db, new Date(nowMs - UNREGISTERED_RETENTION_MS), NODE_PRUNE_BATCH) },
+      { what: 'nodes silent for a day are dormant: out of matching until they beat again', run: () => nodesRepo.markNodesDormant(db, new Date(nowMs - DORMANT_AFTER_MS), NODE_PRUNE_BATCH) },
+      { what: 'deleted the records of unknown node ids that never registered, silent for a day', run: () => nodesRepo.pruneUnregisteredNodes(db, new Date(nowMs - UNREGISTERED_RETENTION_MS), NODE_PRUNE_BATCH) },
     ];
     try {
       for (const pass of passes) {

@@ -51,6 +51,8 @@ export interface JobWorkflowGatewayDeps {
 
 /** The shipping Engine gives CancelJob 10 s and takes the job as cancelled only on a SUCCESS reply. */
 const CANCEL_ANSWER_MS = 8_000;
+/** After that, how long the job's escrow state may take to be asked (the reply still within the 10 s). */
+const CANCEL_QUERY_MS = 1_000;
 
 /**
  * The one place that talks to job workflows: starts them and delivers node and client messages,
@@ -136,8 +138,9 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
 
   /**
    * Cancels the job; resolves with the refund once it is made, or, when it takes longer than `cancelAnswerMs`
-   * (a slow chain), as soon as the cancel is accepted: `refundIssued` then says whether the escrow is held, so
-   * its refund decided (it lands later; its signature is on the job's payments).
+   * (a slow chain), as soon as the cancel is accepted: `refundIssued` then says whether the workflow answered,
+   * within CANCEL_QUERY_MS, that the escrow is held, so its refund decided (it lands later; its signature is on
+   * the job's payments).
    */
   async function cancel(jobId: string, reason: string): Promise<CancelReceipt> {
     return update(async () => {
@@ -146,7 +149,7 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
         deps.cancelAnswerMs ?? CANCEL_ANSWER_MS,
       );
       if (receipt !== LATE) return receipt;
-      const view = await limited(() => handle(jobId).query(jobStatusQuery)).catch(() => undefined);
+      const view = await limited(() => handle(jobId).query(jobStatusQuery), CANCEL_QUERY_MS).catch(() => undefined);
       return { refundIssued: view?.escrow === 'held' || view?.escrow === 'refunded', txRef: '' };
     });
   }

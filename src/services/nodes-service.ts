@@ -41,9 +41,10 @@ export function createNodeService(deps: NodeServiceDeps) {
   const { db, workflows, heartbeats } = deps;
 
   /**
-   * Registers a node, or refreshes the one it already is. The same node gets the same id every time:
-   * the id it holds if we know it, else the one registered with its wallet or endpoint. A new node keeps
-   * the id it brings when that id is free, so its P2P service and the server agree from the first run.
+   * Registers a node, or refreshes the one it already is. The same node gets the same id every time: a
+   * registration naming an id is that node (or a new one keeping the id, when it is free, so its P2P service
+   * and the server agree from the first run); one naming none is the node registered with its wallet, else at
+   * its endpoint.
    * A node registered without a wallet (the shipping node sends none) is paid to the signed-in user's wallet
    * (`accountWallet`, its token's claim) until it names one: its earnings would otherwise stay owed.
    * @param from who registers: the user (auth on), the address the call came from (with the user, whose quota of
@@ -57,13 +58,15 @@ export function createNodeService(deps: NodeServiceDeps) {
   ): Promise<{ nodeId: string; created: boolean }> {
     const { caller, address } = from;
     const existing = await nodesRepo.findRegisteredNode(db, {
-      nodeId: claimedId,
+      // An id that cannot be one (a third-party client's) names none: the node is then known by wallet or endpoint.
+      nodeId: isId(claimedId) ? claimedId : '',
       walletAddress: reg.walletAddress,
       ipAddress: reg.ipAddress,
       port: reg.port,
       owner: caller,
     });
-    if (existing) await refuseTakeover(existing, reg, caller);
+    const before = existing ? await nodesRepo.getNode(db, existing) : undefined;
+    if (existing) refuseTakeover(existing, before, reg, caller);
     else if (deps.mayCreateNode && !deps.mayCreateNode({ owner: caller, address })) {
       throw new TooManyRequestsError('too many new nodes registered by this caller in the last minute: register again in a minute');
     }
@@ -73,10 +76,9 @@ export function createNodeService(deps: NodeServiceDeps) {
     const nodeId = existing ?? (claimable ? claimedId : randomUUID());
     const row = await nodesRepo.upsertNode(db, nodeId, reg, caller, from.accountWallet);
     heartbeats.remember(nodeId);
-    if (row.walletAddress) {
-      const owed = await jobsRepo.jobsOwingNode(db, nodeId);
-      if (owed.length > 0) await workflows.walletRegistered(owed);
-      await deps.reservations?.walletRegistered(nodeId);
+    // A new wallet pays what the node is owed; beside the answer (the node gives RegisterNode 10 s).
+    if (row.walletAddress && row.walletAddress !== before?.walletAddress) {
+      void payOwed(nodeId).catch((err) => deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet'));
     }
     // Waiting jobs may fit this node now, those it refused before included.
     void jobsRepo
@@ -87,14 +89,20 @@ export function createNodeService(deps: NodeServiceDeps) {
     return { nodeId, created: !existing };
   }
 
+  /** Tells the jobs and reservations owing the node that it has a wallet to be paid to. */
+  async function payOwed(nodeId: string): Promise<void> {
+    const owed = await jobsRepo.jobsOwingNode(db, nodeId);
+    if (owed.length > 0) await workflows.walletRegistered(owed);
+    await deps.reservations?.walletRegistered(nodeId);
+  }
+
   /**
    * Without auth a registration proves nothing, so it may not take over a node that is alive elsewhere: an
    * online node keeps its endpoint, and with it its wallet and its jobs, until it has been silent for the
    * offline timeout. With auth (AUTH_JWT_SECRET), only the user who registered the node may register it again.
    * @throws ConflictError, ForbiddenError
    */
-  async function refuseTakeover(nodeId: string, reg: nodesRepo.NodeRegistration, caller: string | undefined): Promise<void> {
-    const node = await nodesRepo.getNode(db, nodeId);
+  function refuseTakeover(nodeId: string, node: nodesRepo.NodeRow | undefined, reg: nodesRepo.NodeRegistration, caller: string | undefined): void {
     // With auth on, a node belongs to the user who registered it first: nobody else re-registers it (its
     // wallet, and with it the payments it is owed), online or not.
     requireOwner(node?.owner, caller, `node ${nodeId}`);

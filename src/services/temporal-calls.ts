@@ -26,9 +26,9 @@ export const TEMPORAL_CALL_LIMIT_MS = 20_000;
  * which `temporalUnavailable` makes a 503 to ask again.
  */
 export function temporalCalls(client: Client, limitMs = TEMPORAL_CALL_LIMIT_MS) {
-  /** Runs `run`'s Temporal calls for at most `limitMs` in all. */
-  function limited<T>(run: () => Promise<T>): Promise<T> {
-    return client.connection.withAbortSignal(AbortSignal.timeout(limitMs), run);
+  /** Runs `run`'s Temporal calls for at most `ms` (default `limitMs`) in all. */
+  function limited<T>(run: () => Promise<T>, ms = limitMs): Promise<T> {
+    return client.connection.withAbortSignal(AbortSignal.timeout(ms), run);
   }
 
   /**

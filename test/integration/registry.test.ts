@@ -127,11 +127,17 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(row).toMatchObject({ ipAddress: '10.0.0.3', deviceTypes: ['CUDA'], maxDeviceMemory: 8 * GiB, status: 'online' });
   });
 
-  it('pays a node registered without a wallet to its user\'s wallet, until a registration names one', async () => {
+  it('pays a node registered without a wallet to its user\'s wallet, following it, until a registration names one', async () => {
     const { nodeService } = services();
     const wallet = async () => (await nodesRepo.getNode(database.db, 'account-paid'))?.walletAddress;
     await nodeService.register('account-paid', registration({ ipAddress: '10.66.0.1' }), { caller: 'u1', accountWallet: 'So11111111111111111111111111111111111111112' });
     expect(await wallet()).toBe('So11111111111111111111111111111111111111112');
+    // The user moved their payouts to another wallet (the website's claim changed): the node follows.
+    await nodeService.register('account-paid', registration({ ipAddress: '10.66.0.1' }), { caller: 'u1', accountWallet: 'Stake11111111111111111111111111111111111111' });
+    expect(await wallet()).toBe('Stake11111111111111111111111111111111111111');
+    // A token without the claim changes nothing.
+    await nodeService.register('account-paid', registration({ ipAddress: '10.66.0.1' }), { caller: 'u1', accountWallet: '' });
+    expect(await wallet()).toBe('Stake11111111111111111111111111111111111111');
     await nodeService.register('account-paid', registration({ ipAddress: '10.66.0.1', walletAddress: 'SysvarC1ock11111111111111111111111111111111' }), { caller: 'u1', accountWallet: 'So11111111111111111111111111111111111111112' });
     expect(await wallet()).toBe('SysvarC1ock11111111111111111111111111111111');
     // The shipping node's reconnect sends no wallet: the one it named stays, whatever the token says.
@@ -214,40 +220,45 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await nodesRepo.nodeExists(database.db, 'quota-a4')).toBe(true);
   });
 
-  it('retires idle registered nodes after 30 silent days, deletes records without an endpoint after a silent day, and keeps what anything cites', async () => {
+  it('makes nodes silent for a day dormant (out of matching until they beat), and deletes unregistered records silent for a day', async () => {
     const start = clock;
-    const ids = ['stray-1', 'stray-2', 'stray-cited', 'stray-claimed', 'idle', 'worked', 'silent-2-days'];
+    const ids = ['stray-1', 'stray-2', 'stray-cited', 'stray-claimed', 'away', 'here'];
     const left = async () => (await database.db.select({ id: nodes.id }).from(nodes).where(inArray(nodes.id, ids))).map((n) => n.id).sort();
-    const age = (days: number, which: string[]) =>
-      database.db.update(nodes).set({ lastHeartbeat: new Date(clock - days * 86_400_000), updatedAt: new Date(clock - days * 86_400_000) }).where(inArray(nodes.id, which));
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
     try {
       const { heartbeats } = services();
       for (const id of ['stray-1', 'stray-2', 'stray-cited', 'stray-claimed']) await heartbeats.beat(id);
-      for (const [i, id] of ['idle', 'worked', 'silent-2-days'].entries()) await nodesRepo.upsertNode(database.db, id, registration({ ipAddress: `10.77.0.${i + 1}` }));
-      await database.db.update(nodes).set({ totalJobsCompleted: 1 }).where(eq(nodes.id, 'worked'));
+      for (const [i, id] of ['away', 'here'].entries()) await nodesRepo.upsertNode(database.db, id, registration({ ipAddress: `10.77.0.${i + 1}` }));
       await nodesRepo.recordReputationEvent(database.db, { nodeId: 'stray-cited', jobId: 'cites-it', kind: 'node_lost', reason: 'test' });
       await database.db.insert(nodeClaims).values({ nodeId: 'stray-claimed', jobId: 'claims-it' });
       await heartbeats.flush();
       await heartbeats.stop(); // the first pass (at the first flush) is over: nothing was old enough
-      await age(2, ['stray-1', 'stray-cited', 'stray-claimed', 'silent-2-days']);
-      await age(31, ['idle', 'worked']);
+      await cache.refresh();
+      expect(cache.candidates().indexOf('away')).toBeDefined();
+      await database.db.update(nodes).set({ lastHeartbeat: new Date(clock - 2 * 86_400_000) }).where(inArray(nodes.id, ['stray-1', 'stray-cited', 'stray-claimed', 'away']));
 
-      clock += 3_600_000; // the hourly pass is due
+      clock += 3_600_000; // the hourly pass is due (after the sweep that takes 'away' offline)
       await heartbeats.flush();
       await heartbeats.stop(); // waits for that pass
-      // stray-1 went offline only now (the sweep changed its row): it waits a day from here.
-      expect(await left()).toEqual(['idle', 'silent-2-days', 'stray-1', 'stray-2', 'stray-cited', 'stray-claimed', 'worked']);
-      // The idle node lost its endpoint (node caches drop it); a day later, still silent, it is deleted too.
-      expect(await nodesRepo.getNode(database.db, 'idle')).toMatchObject({ ipAddress: '', port: 0 });
-      expect((await nodesRepo.getNode(database.db, 'worked'))?.port).toBe(50052);
-      clock += 25 * 3_600_000;
+      expect(await left()).toEqual(['away', 'here', 'stray-2', 'stray-cited', 'stray-claimed']);
+      expect((await nodesRepo.getNode(database.db, 'away'))?.status).toBe('dormant');
+      await cache.refresh();
+      expect(cache.candidates().indexOf('away')).toBeUndefined();
+      expect(cache.candidates().indexOf('here')).toBeDefined();
+
+      // Its next beat (the daemon kept running: it never registers again) makes it a candidate again.
+      await heartbeats.beat('away');
       await heartbeats.flush();
-      await heartbeats.stop();
-      expect(await left()).toEqual(['silent-2-days', 'stray-cited', 'stray-claimed', 'worked']);
+      expect((await nodesRepo.getNode(database.db, 'away'))?.status).toBe('online');
+      await cache.refresh();
+      expect(cache.candidates().indexOf('away')).toBeDefined();
       // A stray that beats again gets a new record.
       await heartbeats.beat('stray-1');
       expect(await nodesRepo.nodeExists(database.db, 'stray-1')).toBe(true);
     } finally {
+      await cache.stop();
+      // Online GPU nodes would be matched by the tests after this one.
+      await database.db.delete(nodes).where(inArray(nodes.id, ids));
       clock = start;
     }
   });

@@ -22,6 +22,7 @@ function row(over: Partial<NodeRow> = {}): NodeRow {
     port: 50052,
     region: 'eu-west',
     walletAddress: 'W',
+    walletFromAccount: false,
     owner: null,
     reputation: 0.5,
     computeScore: 100,

@@ -1,0 +1,1 @@
+ALTER TABLE "nodes" ADD COLUMN "wallet_from_account" boolean DEFAULT false NOT NULL;
