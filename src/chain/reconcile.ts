@@ -16,7 +16,10 @@ export interface ReconcileReport {
   mismatches: string[];
   checkedLegs: number;
   checkedEscrows: number;
-  /** Escrow accounts of settled ledgers closed in this pass (their rent back to the escrow authority). */
+  /**
+   * Escrow accounts closed in this pass (their rent back to the escrow authority): of settled ledgers, and those
+   * opened ahead of a job that none used.
+   */
   closedAccounts: number;
 }
 
@@ -33,6 +36,8 @@ export async function reconcileLedger(deps: {
   recentMs: number;
   /** Closing the emptied escrow accounts of ledgers settled for this long, so many a pass; unset: none closed. */
   closeAccounts?: { settledForMs: number; limit: number; budgetMs?: number };
+  /** Closing the escrow accounts opened ahead of a job that nothing used for this long, so many a pass. */
+  closeUnused?: { unusedForMs: number; limit: number; budgetMs?: number };
   now?: () => number;
 }): Promise<ReconcileReport> {
   const { db, settlement } = deps;
@@ -100,6 +105,12 @@ export async function reconcileLedger(deps: {
     const { closed, holding, errors } = await settlement.closeSettledEscrowAccounts(deps.closeAccounts);
     report.closedAccounts = closed.length;
     for (const jobId of holding) report.mismatches.push(`${jobId}: settled, yet its escrow account holds tokens (a stray transfer, to give back with a reclaim)`);
+    report.mismatches.push(...errors);
+  }
+  if (deps.closeUnused) {
+    const { closed, holding, errors } = await settlement.closeUnusedEscrowAccounts(deps.closeUnused);
+    report.closedAccounts += closed.length;
+    for (const jobId of holding) report.mismatches.push(`${jobId}: an escrow account opened for a job never submitted holds tokens (the payer's, to submit the job with or reclaim)`);
     report.mismatches.push(...errors);
   }
   return report;

@@ -12,11 +12,12 @@ import {
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
 import { createCloseAccountInstruction, createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
-import { and, eq, inArray, isNotNull, sql, TransactionRollbackError } from 'drizzle-orm';
+import { and, eq, inArray, isNotNull, isNull, lt, or, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
-import { jobs, nodes, payments } from '../db/schema';
+import { jobs, nodes, openedEscrowAccounts, payments } from '../db/schema';
 import { ConflictError, TooManyRequestsError } from '../domain/errors';
+import { isTerminal } from '../domain/job';
 import { splitPayment } from '../domain/money';
 import { PaymentFailures } from '../domain/payments';
 import {
@@ -599,6 +600,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       .where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow'), isNotNull(payments.accountClosedAt)));
     if (closed) throw new ConflictError(`job ${jobId} was settled and its escrow account closed: a new job needs an id of its own`);
     if (!mayCreate()) throw new TooManyRequestsError(`too many new escrow accounts (each costs the platform rent): ask again in a minute (job ${jobId})`);
+    // Recorded before it is sent: an account no job comes to use is closed a day later (closeUnusedEscrowAccounts).
+    await db
+      .insert(openedEscrowAccounts)
+      .values({ jobId })
+      .onConflictDoUpdate({ target: openedEscrowAccounts.jobId, set: { openedAt: sql`now()`, closedAt: null } });
     const { bytes, lastValidBlockHeight } = await authorityTransaction(`${jobId}/open-escrow`, setup);
     const signature = await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment }).catch(async (err) => {
       if (await escrowExists(jobId)) return ''; // a concurrent call created it
@@ -1127,15 +1133,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           holding.push(jobId);
           continue;
         }
-        if (info) {
-          const { bytes, lastValidBlockHeight } = await authorityTransaction(`${jobId}/close-escrow`, [
-            createCloseAccountInstruction(account, authority.publicKey, authority.publicKey),
-          ]);
-          // Sending it twice is harmless: a closed account cannot be closed again.
-          const signature = await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment, ...seen });
-          const state = await awaitOutcome(signature, lastValidBlockHeight);
-          if (state.kind !== 'landed') continue; // looked at again next time round
-        }
+        if (info && !(await closeEmptyAccount(jobId, account, seen))) continue; // looked at again next time round
         await db.update(payments).set({ accountClosedAt: new Date() }).where(and(eq(payments.jobId, jobId), eq(payments.leg, 'escrow')));
         closed.push(jobId);
       } catch (err) {
@@ -1145,6 +1143,66 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
     }
     closeAfterId = rows.length < opts.limit && last === Number(rows.at(-1)?.id ?? 0) ? 0 : last;
+    return { closed, holding, errors };
+  }
+
+  /**
+   * Closes an escrow account that holds no tokens (its rent back to the escrow authority; the token program
+   * refuses to close one that holds any). Sending it twice is harmless: a closed account cannot be closed again.
+   * @returns whether the close landed (else it is looked at again next time round)
+   */
+  async function closeEmptyAccount(jobId: string, account: PublicKey, seen: { minContextSlot?: number }): Promise<boolean> {
+    const { bytes, lastValidBlockHeight } = await authorityTransaction(`${jobId}/close-escrow`, [
+      createCloseAccountInstruction(account, authority.publicKey, authority.publicKey),
+    ]);
+    const signature = await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment, ...seen });
+    return (await awaitOutcome(signature, lastValidBlockHeight)).kind === 'landed';
+  }
+
+  /**
+   * Closes the escrow accounts opened ahead of a job (openEscrowAccount) that nothing used within `unusedForMs`:
+   * no ledger entry names the account (a job's escrow, a reclaim out of it) and no unfinished job has its id.
+   * One holding tokens is left to its payer (a job to submit, or a reclaim) and reported. Accounts a ledger uses
+   * are left to closeSettledEscrowAccounts and forgotten here.
+   */
+  async function closeUnusedEscrowAccounts(opts: { unusedForMs: number; limit: number; budgetMs?: number }): Promise<{ closed: string[]; holding: string[]; errors: string[] }> {
+    const started = Date.now();
+    const rows = await db
+      .select({ jobId: openedEscrowAccounts.jobId })
+      .from(openedEscrowAccounts)
+      .where(and(isNull(openedEscrowAccounts.closedAt), lt(openedEscrowAccounts.openedAt, new Date(started - opts.unusedForMs))))
+      .orderBy(openedEscrowAccounts.openedAt)
+      .limit(opts.limit);
+    const closed: string[] = [];
+    const holding: string[] = [];
+    const errors: string[] = [];
+    for (const { jobId } of rows) {
+      if (opts.budgetMs !== undefined && Date.now() - started > opts.budgetMs) break;
+      try {
+        const account = escrowOf(jobId);
+        const [used] = await db
+          .select({ id: payments.id })
+          .from(payments)
+          .where(or(eq(payments.jobId, jobId), eq(payments.toAccount, account.toBase58()), eq(payments.fromAccount, account.toBase58())))
+          .limit(1);
+        if (used) {
+          await db.delete(openedEscrowAccounts).where(eq(openedEscrowAccounts.jobId, jobId));
+          continue;
+        }
+        const [job] = await db.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, jobId));
+        if (job && !isTerminal(job.status)) continue; // its escrow may be on its way
+        const info = await connection.getAccountInfo(account, deps.commitment);
+        if (info && (info.data.length < 72 || Buffer.from(info.data).readBigUInt64LE(64) !== 0n)) {
+          holding.push(jobId);
+          continue;
+        }
+        if (info && !(await closeEmptyAccount(jobId, account, {}))) continue;
+        await db.update(openedEscrowAccounts).set({ closedAt: new Date() }).where(eq(openedEscrowAccounts.jobId, jobId));
+        closed.push(jobId);
+      } catch (err) {
+        errors.push(`${jobId}: could not close its unused escrow account: ${String((err as Error)?.message ?? err).split('\n')[0].slice(0, 200)}`);
+      }
+    }
     return { closed, holding, errors };
   }
 
@@ -1159,6 +1217,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     release,
     refund,
     closeSettledEscrowAccounts,
+    closeUnusedEscrowAccounts,
     escrowPot,
     settlePot,
     openEscrowAccount,

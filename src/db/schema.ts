@@ -199,6 +199,16 @@ export const jobEvents = pgTable(
 );
 
 /**
+ * Escrow accounts opened ahead of their job (REST `POST /api/escrows/:jobId`), at the platform's cost: one that no
+ * job or reclaim used is closed by the reconciliation a day later, its rent taken back (`closed_at`).
+ */
+export const openedEscrowAccounts = pgTable('opened_escrow_accounts', {
+  jobId: text('job_id').primaryKey(),
+  openedAt: ts('opened_at').notNull().defaultNow(),
+  closedAt: ts('closed_at'),
+}, (t) => [index('opened_escrow_accounts_open_idx').on(t.openedAt).where(sql`${t.closedAt} is null`)]);
+
+/**
  * The payment ledger: one row per money leg of a job. Amounts are integers in the token's smallest units.
  * `idempotency_key` (job id + leg) makes every leg happen at most once however often it is retried.
  */

@@ -94,6 +94,7 @@ export async function startWorker(
           recentMs: 24 * 3600_000,
           // Within the activity's 10 minutes whatever the cluster's pace.
           closeAccounts: { settledForMs: 3600_000, limit: 100, budgetMs: 3 * 60_000 },
+          closeUnused: { unusedForMs: 24 * 3600_000, limit: 100, budgetMs: 2 * 60_000 },
         }),
       );
       // In the worker's log too, at error level, for whatever watches it: money the chain and the ledger disagree on.

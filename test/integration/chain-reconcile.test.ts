@@ -7,7 +7,7 @@ import { escrowAddress } from '../../src/chain/instructions';
 import { loadKeypair } from '../../src/chain/keys';
 import { reconcileLedger, type ReconcileReport } from '../../src/chain/reconcile';
 import type { ChainSettlement, Leg } from '../../src/chain/settlement';
-import { payments } from '../../src/db/schema';
+import { jobs, openedEscrowAccounts, payments } from '../../src/db/schema';
 import { freshDatabase } from '../support/db';
 import { ataOf, insertNode, sendTransaction, settlementOn, startTestChain, tokenBalance, type TestChain } from '../support/chain';
 
@@ -186,6 +186,47 @@ describe('ledger reconciliation against the local ledger', () => {
     // Nothing left to close: the next pass sends nothing; the closed job's account cannot be opened again.
     expect((await reconcileLedger({ db: database.db, settlement, staleAfterMs: 0, recentMs: 0, closeAccounts: { settledForMs: 0, limit: 10 } })).closedAccounts).toBe(0);
     await expect(settlement.openEscrowAccount(released)).rejects.toMatchObject({ code: 409 });
+  });
+
+  test('closes an escrow account opened ahead of a job that none used within a day; never one with tokens, a ledger, or an unfinished job', async () => {
+    const unused = newJobId('opened-unused');
+    const funded = newJobId('opened-funded');
+    const used = await escrowed('opened-used');
+    const pending = newJobId('opened-pending');
+    for (const jobId of [unused, funded, pending]) await settlement.openEscrowAccount(jobId);
+    await settlement.openEscrowAccount(used); // it exists already: nothing opened, nothing recorded
+    await database.db.insert(openedEscrowAccounts).values({ jobId: used });
+    const engine = loadKeypair('demo engine wallet', { file: chain.setup.keyFiles.demo.engine });
+    await sendTransaction(chain.connection, engine, [
+      createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, escrowAddress(chain.authority.publicKey, funded), engine.publicKey, 3n, chain.decimals),
+    ]);
+    await database.db.insert(jobs).values({
+      id: pending, status: 'pending', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', configHash: 'h', paymentUnits: 10n,
+      config: { jobId: pending } as never,
+    });
+    const account = (jobId: string) => chain.connection.getAccountInfo(escrowAddress(chain.authority.publicKey, jobId));
+    const rent = (await account(unused))!.lamports;
+    const authorityBefore = await chain.connection.getBalance(chain.authority.publicKey);
+    const pass = (unusedForMs: number) => reconcileLedger({ db: database.db, settlement, staleAfterMs: 0, recentMs: 0, closeUnused: { unusedForMs, limit: 10 } });
+
+    // Opened moments ago: its payer may be on the way.
+    expect((await pass(86_400_000)).closedAccounts).toBe(0);
+    const report = await pass(0);
+
+    expect(report.closedAccounts).toBe(1);
+    expect(await account(unused)).toBeNull();
+    for (const open of [funded, used, pending]) expect(await account(open)).not.toBeNull();
+    expect(report.mismatches).toEqual([expect.stringContaining(`${funded}: an escrow account opened for a job never submitted holds tokens`)]);
+    expect(await chain.connection.getBalance(chain.authority.publicKey)).toBe(authorityBefore + rent - 5000);
+    const opened = await database.db.select().from(openedEscrowAccounts);
+    expect(opened.find((o) => o.jobId === unused)?.closedAt).toEqual(expect.any(Date));
+    expect(opened.find((o) => o.jobId === used)).toBeUndefined(); // the job's ledger closes it once settled
+    // The next pass closes nothing more; a payer who comes back may open the account again.
+    expect((await pass(0)).closedAccounts).toBe(0);
+    chain.ledger.advance(1); // a day later on a cluster: the same opening would otherwise be the very same transaction
+    await settlement.openEscrowAccount(unused);
+    expect(await account(unused)).not.toBeNull();
+    expect((await database.db.select().from(openedEscrowAccounts).where(eq(openedEscrowAccounts.jobId, unused)))[0].closedAt).toBeNull();
   });
 
   test('reports a confirmed leg whose signature the chain does not know', async () => {
