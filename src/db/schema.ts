@@ -199,6 +199,21 @@ export const jobEvents = pgTable(
 );
 
 /**
+ * Wallets a user proved are theirs (a signature by the wallet's key, REST `POST /api/wallet-links`), with auth
+ * on: the user may pay from them (ReserveNode, SubmitJob with escrow_tx_hash, reclaims) like from the wallet its
+ * token names. The website's tokens need not name one.
+ */
+export const userWallets = pgTable(
+  'user_wallets',
+  {
+    userId: text('user_id').notNull(),
+    wallet: text('wallet').notNull(),
+    linkedAt: ts('linked_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.wallet] })],
+);
+
+/**
  * Escrow accounts opened ahead of their job (REST `POST /api/escrows/:jobId`), at the platform's cost: one that no
  * job or reclaim used is closed by the reconciliation a day later, its rent taken back (`closed_at`).
  */

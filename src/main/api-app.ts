@@ -16,7 +16,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
 import { escrowAddress } from '../chain/instructions';
 import { SettlementErrors } from '../chain/settlement';
-import { ConflictError, DomainError, ForbiddenError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
+import { ConflictError, DomainError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService, walletAddress } from '../services/wallet-service';
@@ -27,7 +27,8 @@ import { createJobService } from '../services/jobs-service';
 import { keyedQuota } from '../services/keyed-throttle';
 import { createNodeService } from '../services/nodes-service';
 import { createReservationService } from '../services/reservation-service';
-import { bearerToken, verifyUserToken, type UserClaims } from '../services/user-token';
+import { bearerToken, userOf, verifyUserToken, walletClaimOf, type UserClaims } from '../services/user-token';
+import { createWalletLinks, linkMessage, requireUsersWallet } from '../services/wallet-links';
 import { jobWorkflowOptions, reservationWorkflowOptions } from './workflow-options';
 
 export interface RunningApi {
@@ -68,6 +69,7 @@ export async function startApi(
   // Jobs are started with these: a cluster whose worker has not registered them yet refuses every start.
   await registerSearchAttributes(connection, config.temporal.namespace, log);
   const client = new Client({ connection, namespace: config.temporal.namespace });
+  const walletLinks = createWalletLinks(database.db);
   const workflows = createJobWorkflowGateway({
     client,
     taskQueue: config.temporal.taskQueue,
@@ -87,6 +89,7 @@ export async function startApi(
     escrowWaitMs: config.reservations.escrowWaitMs,
     releaseWaitMs: config.reservations.releaseWaitMs,
     bindWallet: config.authBindWallet,
+    walletLinks,
   });
   // One quota per caller for new node records, whether a registration or a heartbeat from an unknown id makes them.
   const mayCreateNode = newNodeGate(config.nodes.newNodesPerMinute);
@@ -110,6 +113,7 @@ export async function startApi(
     workflows,
     p2p: config.p2p,
     bindWallet: config.authBindWallet,
+    walletLinks,
     verifyEscrow: async (p) => {
       try {
         await settlement.verifyEscrowTransaction(p);
@@ -182,6 +186,17 @@ export async function startApi(
         return { ...reservationJson(r), payments: (await reservationsRepo.potPayments(database.db, id)).map((p) => ({ potId: p.jobId, ...paymentJson(p) })) };
       },
     },
+    walletLinks: {
+      user: (authorization) => {
+        const claims = restUser(authorization);
+        if (!claims) throw new ConflictError('authentication is off (AUTH_JWT_SECRET is unset): wallets are not tied to users');
+        return userOf(claims);
+      },
+      link: (user, wallet, signature) => walletLinks.link(user, wallet, signature),
+      list: (user) => walletLinks.list(user),
+      unlink: (user, wallet) => walletLinks.unlink(user, wallet),
+      message: (user, wallet) => linkMessage(user, walletAddress(wallet, 'wallet').toBase58()),
+    },
     escrows: {
       caller: (authorization) => {
         const claims = restUser(authorization);
@@ -199,8 +214,8 @@ export async function startApi(
         const payer = walletAddress(transfer.paymentAddress, 'paymentAddress').toBase58();
         // With auth on, a payer's transfer goes back at its own user's asking only (as SubmitJob binds it).
         const claims = restUser(authorization);
-        if (claims && config.authBindWallet && claims.wallet_address !== payer && claims.sub !== payer) {
-          throw new ForbiddenError(`paymentAddress ${payer} is not the signed-in user's wallet`);
+        if (claims && config.authBindWallet) {
+          await requireUsersWallet(walletLinks, { userId: userOf(claims), claim: walletClaimOf(claims), wallet: payer, field: 'paymentAddress' });
         }
         try {
           const leg = await settlement.reclaimTransfer({ jobId, payer, signature: transfer.escrowTxHash });

@@ -5,11 +5,12 @@ import * as nodesRepo from '../db/nodes-repo';
 import * as reservationsRepo from '../db/reservations-repo';
 import { eq } from 'drizzle-orm';
 import { jobEvents, jobs } from '../db/schema';
-import { ConflictError, ForbiddenError, NotFoundError, requireOwner, UnavailableError, ValidationError } from '../domain/errors';
+import { ConflictError, NotFoundError, requireOwner, UnavailableError, ValidationError } from '../domain/errors';
 import { isReservedId, isUuid } from '../domain/ids';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
 import type { JobWorkflowGateway } from './job-workflows';
 import { signP2PToken } from './p2p-token';
+import { requireUsersWallet, type WalletLinks } from './wallet-links';
 
 export interface JobServiceDeps {
   db: Db;
@@ -22,6 +23,8 @@ export interface JobServiceDeps {
   p2p: { secret: string; tokenTtlS: number };
   /** With auth on, a job funded by a payer's own transaction is submitted only by that payer's user (default true). */
   bindWallet?: boolean;
+  /** Wallets users linked to themselves: theirs to pay from, like their token's claim. */
+  walletLinks?: Pick<WalletLinks, 'isUsersWallet'>;
   now?: () => number;
 }
 
@@ -68,12 +71,8 @@ export function createJobService(deps: JobServiceDeps) {
       if (!spec.paymentAddress) throw new ValidationError('config.payment_address', 'is required with config.escrow_tx_hash (the payer)');
       // The payer's money becomes the job's, and the job its submitter's: with auth on, only the payer's own user
       // may submit it (else whoever saw the transfer on chain could take it over and have their node paid).
-      if (caller !== undefined && deps.bindWallet !== false && callerWallet !== spec.paymentAddress && caller !== spec.paymentAddress) {
-        throw new ForbiddenError(
-          callerWallet
-            ? `config.payment_address ${spec.paymentAddress} is not the signed-in user's wallet (${callerWallet})`
-            : `config.payment_address ${spec.paymentAddress} cannot be tied to the signed-in user: the token carries no wallet_address claim`,
-        );
+      if (caller !== undefined && deps.bindWallet !== false) {
+        await requireUsersWallet(deps.walletLinks, { userId: caller, claim: callerWallet, wallet: spec.paymentAddress, field: 'config.payment_address' });
       }
       await deps.verifyEscrow({ jobId: spec.jobId, amount: BigInt(spec.paymentUnits), payer: spec.paymentAddress, signature: spec.escrowTxHash });
     }

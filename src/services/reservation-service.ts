@@ -47,6 +47,7 @@ import { walletRegisteredSignal } from '../workflows/messages';
 import { JobSearchAttributes as SA } from '../workflows/search-attributes';
 import { signP2PToken } from './p2p-token';
 import { walletAddress } from './wallet-service';
+import { requireUsersWallet, type WalletLinks } from './wallet-links';
 
 export interface ReservationServiceDeps {
   db: Db;
@@ -68,6 +69,8 @@ export interface ReservationServiceDeps {
    * (AUTH_BIND_WALLET, default true). False trusts user_wallet, as the original server did.
    */
   bindWallet?: boolean;
+  /** Wallets users linked to themselves: theirs to pay from, like their token's claim. */
+  walletLinks?: Pick<WalletLinks, 'isUsersWallet'>;
   now?: () => number;
 }
 
@@ -150,12 +153,8 @@ export function createReservationService(deps: ReservationServiceDeps) {
     const wallet = walletAddress(req.userWallet, 'user_wallet').toBase58();
     // The term is paid from this wallet (through the allowance it gave the escrow authority): with auth on, only
     // its own user may spend it.
-    if (req.caller !== undefined && deps.bindWallet !== false && req.callerWallet !== wallet && req.caller !== wallet) {
-      throw new ForbiddenError(
-        req.callerWallet
-          ? `user_wallet ${wallet} is not the signed-in user's wallet (${req.callerWallet})`
-          : `user_wallet ${wallet} cannot be tied to the signed-in user: the token carries no wallet_address claim`,
-      );
+    if (req.caller !== undefined && deps.bindWallet !== false) {
+      await requireUsersWallet(deps.walletLinks, { userId: req.caller, claim: req.callerWallet, wallet, field: 'user_wallet' });
     }
     if (!Number.isInteger(req.durationMinutes) || req.durationMinutes < MIN_MINUTES || req.durationMinutes > MAX_MINUTES) {
       throw new ValidationError('duration_minutes', `must be from ${MIN_MINUTES} to ${MAX_MINUTES} minutes, got ${req.durationMinutes}`);

@@ -8,6 +8,12 @@ export interface UserClaims {
   [claim: string]: unknown;
 }
 
+/** The user a token names: its `sub` ('' when it has none). */
+export const userOf = (c: UserClaims): string => (typeof c.sub === 'string' ? c.sub : '');
+
+/** The user's wallet a token names: its `wallet_address` claim, optional among the website's claims ('' without). */
+export const walletClaimOf = (c: UserClaims): string => (typeof c.wallet_address === 'string' ? c.wallet_address.trim() : '');
+
 /** The token of an `authorization` header's value `Bearer <token>`, undefined when it has no such form. */
 export function bearerToken(header: unknown): string | undefined {
   return typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header.trim())?.[1] : undefined;

@@ -1,4 +1,6 @@
-import { createHmac } from 'node:crypto';
+import { createHmac, createPrivateKey, sign } from 'node:crypto';
+import { getBase58Decoder } from '@solana/kit';
+import { Keypair } from '@solana/web3.js';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { protocolClient } from '../support/grpc-clients';
@@ -230,4 +232,48 @@ test('REST escrow routes are for signed-in payers, and each may open only so man
     status: 403,
     body: { error: { message: expect.stringContaining(`paymentAddress ${wallet}`) } },
   });
+});
+
+test('a user links a wallet by a signature of its key, and may then pay from it: its token need not name it', async () => {
+  const rest = (method: string, path: string, authorization?: string, body?: object) =>
+    fetch(`${sys().restUrl}${path}`, {
+      method,
+      headers: { 'content-type': 'application/json', ...(authorization && { authorization }) },
+      body: body ? JSON.stringify(body) : undefined,
+    }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }));
+  const user = `linker-${Date.now().toString(36)}`;
+  const authorization = `Bearer ${token({ sub: user, exp: nowS() + 3600 })}`;
+  const key = Keypair.generate();
+  const wallet = key.publicKey.toBase58();
+  const signWith = (k: Keypair, message: string) => {
+    const privateKey = createPrivateKey({ key: Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), Buffer.from(k.secretKey.subarray(0, 32))]), format: 'der', type: 'pkcs8' });
+    return getBase58Decoder().decode(sign(null, Buffer.from(message), privateKey));
+  };
+
+  expect((await rest('GET', '/api/wallet-links')).status).toBe(401);
+  const asked = await rest('GET', `/api/wallet-links?wallet=${wallet}`, authorization);
+  expect(asked).toMatchObject({ status: 200, body: { user, wallets: [], message: `CyxWiz Central: wallet ${wallet} belongs to user ${user}` } });
+  // Another key's signature, or the message for another user, proves nothing.
+  expect(await rest('POST', '/api/wallet-links', authorization, { wallet, signature: signWith(Keypair.generate(), asked.body.message) })).toMatchObject({
+    status: 400,
+    body: { error: { field: 'signature' } },
+  });
+  expect((await rest('POST', '/api/wallet-links', authorization, { wallet, signature: signWith(key, `CyxWiz Central: wallet ${wallet} belongs to user someone-else`) })).status).toBe(400);
+  expect(await rest('POST', '/api/wallet-links', authorization, { wallet, signature: signWith(key, asked.body.message) })).toMatchObject({ status: 201, body: { user, wallet } });
+  expect((await rest('GET', '/api/wallet-links', authorization)).body.wallets).toEqual([{ wallet, linkedAt: expect.any(String) }]);
+
+  // ReserveNode from the linked wallet gets past the wallet check (here to the next: no such node).
+  const reservations = protocolClient('JobReservationService', sys().grpcAddress);
+  try {
+    const reserve = { node_id: 'node_auth_nowhere', user_wallet: wallet, duration_minutes: 60, job_config: null };
+    const as = bearer(token({ sub: user, exp: nowS() + 3600 }));
+    expect(await reservations.call('ReserveNode', reserve, { metadata: as, deadlineMs: 30_000 })).toMatchObject({ error: { code: 404 } });
+    expect(await rest('DELETE', `/api/wallet-links/${wallet}`, authorization)).toMatchObject({ status: 200, body: { unlinked: true } });
+    expect(await reservations.call('ReserveNode', reserve, { metadata: as, deadlineMs: 30_000 })).toMatchObject({
+      error: { code: 403, message: expect.stringContaining('not linked to the user') },
+    });
+    expect((await rest('DELETE', `/api/wallet-links/${wallet}`, authorization)).status).toBe(404);
+  } finally {
+    reservations.close();
+  }
 });

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { bearerToken, verifyUserToken, type UserClaims } from '../../services/user-token';
+import { bearerToken, userOf, verifyUserToken, walletClaimOf, type UserClaims } from '../../services/user-token';
 
 /**
  * Calls that need no user token: node discovery (the original left it open, the Engine browses before login),
@@ -87,7 +87,7 @@ export function callerOf(secret: string | undefined): CallerOf {
   return (call) => {
     const c = claims(call);
     if (!c) return undefined;
-    return typeof c.sub === 'string' ? c.sub : '';
+    return userOf(c);
   };
 }
 
@@ -100,6 +100,6 @@ export function callerWalletOf(secret: string | undefined): CallerOf {
   return (call) => {
     const c = claims(call);
     if (!c) return undefined;
-    return typeof c.wallet_address === 'string' ? c.wallet_address.trim() : '';
+    return walletClaimOf(c);
   };
 }

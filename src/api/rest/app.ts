@@ -1,6 +1,6 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
-import { DomainError, UnavailableError, ValidationError } from '../../domain/errors';
+import { DomainError, NotFoundError, UnavailableError, ValidationError } from '../../domain/errors';
 import { JOB_PHASES, phaseToStatusCode, type JobPhase } from '../../domain/job';
 import type { JobRow } from '../../db/jobs-repo';
 import type { NodeRow } from '../../db/nodes-repo';
@@ -49,6 +49,20 @@ export interface RestDeps {
      * own user only (`authorization` is the request's header).
      */
     reclaim(jobId: string, transfer: { escrowTxHash: string; paymentAddress: string }, authorization?: string): Promise<{ amount: string; to: string; txRef: string }>;
+  };
+  /** Wallets signed-in users proved are theirs (auth on). */
+  walletLinks: {
+    /**
+     * The signed-in user, from the Authorization header. @throws UnauthenticatedError without a valid token,
+     * ConflictError with auth off (wallets are then not tied to users).
+     */
+    user(authorization: string | undefined): string;
+    link(user: string, wallet: string, signature: string): Promise<void>;
+    list(user: string): Promise<{ wallet: string; linkedAt: Date }[]>;
+    /** @returns whether it was linked */
+    unlink(user: string, wallet: string): Promise<boolean>;
+    /** What the wallet's key signs to link it to the user. */
+    message(user: string, wallet: string): string;
   };
   version: string;
   startedAt: Date;
@@ -267,6 +281,36 @@ export function createRestApp(deps: RestDeps) {
     const paymentAddress = typeof body.paymentAddress === 'string' ? body.paymentAddress.trim() : '';
     if (!paymentAddress) throw new ValidationError('paymentAddress', 'is required (the wallet that paid)');
     res.json({ jobId, refund: await deps.escrows.reclaim(jobId, { escrowTxHash, paymentAddress }, req.get('authorization')) });
+  });
+
+  /** The signed-in user's linked wallets; with `?wallet=`, also the message that wallet's key signs to link it. */
+  app.get('/api/wallet-links', async (req, res) => {
+    const user = deps.walletLinks.user(req.get('authorization'));
+    const wallet = textParam(req.query.wallet, 'wallet');
+    const wallets = (await deps.walletLinks.list(user)).map((l) => ({ wallet: l.wallet, linkedAt: l.linkedAt.toISOString() }));
+    res.json({ user, wallets, ...(wallet && { message: deps.walletLinks.message(user, wallet) }) });
+  });
+
+  /**
+   * Links a wallet to the signed-in user, given the wallet key's Ed25519 signature (base58 or base64) of the
+   * message GET /api/wallet-links?wallet= gives: the user may then pay from it (ReserveNode, SubmitJob with
+   * escrow_tx_hash, reclaims). Idempotent.
+   */
+  app.post('/api/wallet-links', express.json({ limit: '4kb' }), async (req, res) => {
+    const user = deps.walletLinks.user(req.get('authorization'));
+    const body = (req.body ?? {}) as { wallet?: unknown; signature?: unknown };
+    const wallet = typeof body.wallet === 'string' ? body.wallet.trim() : '';
+    if (!wallet) throw new ValidationError('wallet', 'is required (the wallet to link)');
+    const signature = typeof body.signature === 'string' ? body.signature.trim() : '';
+    if (!signature) throw new ValidationError('signature', `is required: the wallet key's signature of "${deps.walletLinks.message(user, wallet)}"`);
+    await deps.walletLinks.link(user, wallet, signature);
+    res.status(201).json({ user, wallet });
+  });
+
+  app.delete('/api/wallet-links/:wallet', async (req, res) => {
+    const user = deps.walletLinks.user(req.get('authorization'));
+    if (!(await deps.walletLinks.unlink(user, req.params.wallet))) throw new NotFoundError('wallet link', req.params.wallet);
+    res.json({ user, wallet: req.params.wallet, unlinked: true });
   });
 
   app.use((_req, res) => {
