@@ -76,6 +76,16 @@ function derived(r: NodeRegistration) {
   };
 }
 
+/** Gives the owner's nodes that have no wallet this one, taken from the owner's account. @returns their ids. */
+export async function giveAccountWallet(db: DbOrTx, owner: string, wallet: string): Promise<string[]> {
+  const rows = await db
+    .update(nodes)
+    .set({ walletAddress: wallet, walletFromAccount: true })
+    .where(and(eq(nodes.owner, owner), eq(nodes.walletAddress, '')))
+    .returning({ id: nodes.id });
+  return rows.map((r) => r.id);
+}
+
 /** What a registration does to a recorded node's wallet: see upsertNode. */
 function walletChange(named: string, fromAccount: boolean) {
   if (named) return { walletAddress: sql`excluded.wallet_address`, walletFromAccount: false };

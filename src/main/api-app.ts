@@ -132,6 +132,7 @@ export async function startApi(
     offlineAfterMs: config.nodes.offlineAfterMs,
     tokenDecimals: config.payments.tokenDecimals,
     mayCreateNode,
+    walletLinks,
     log,
   });
   const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });
@@ -192,7 +193,12 @@ export async function startApi(
         if (!claims) throw new ConflictError('authentication is off (AUTH_JWT_SECRET is unset): wallets are not tied to users');
         return userOf(claims);
       },
-      link: (user, wallet, signature) => walletLinks.link(user, wallet, signature),
+      link: async (user, wallet, signature) => {
+        await walletLinks.link(user, wallet, signature);
+        // The user's nodes with no wallet (shipping nodes name none) are paid to the first one linked.
+        const first = await walletLinks.firstLinked(user);
+        if (first) await nodes.accountWalletLinked(user, first);
+      },
       list: (user) => walletLinks.list(user),
       unlink: (user, wallet) => walletLinks.unlink(user, wallet),
       message: (user, wallet) => linkMessage(user, walletAddress(wallet, 'wallet').toBase58()),

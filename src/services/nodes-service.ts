@@ -8,6 +8,7 @@ import { isId } from '../domain/ids';
 import { isTerminal } from '../domain/job';
 import { isHolding } from '../domain/reservation';
 import type { HeartbeatHub, NewNodeGate } from './heartbeat-hub';
+import type { WalletLinks } from './wallet-links';
 import type { JobWorkflowGateway } from './job-workflows';
 
 
@@ -25,6 +26,8 @@ export interface NodeServiceDeps {
   tokenDecimals: number;
   /** Whether a caller may have one more node record made now (NEW_NODES_PER_MINUTE); absent = no limit. */
   mayCreateNode?: NewNodeGate;
+  /** Wallets users linked: a node registered without a wallet, by a token naming none, is paid to the first. */
+  walletLinks?: Pick<WalletLinks, 'firstLinked'>;
   log: { warn(obj: object, msg: string): void };
 }
 
@@ -46,7 +49,8 @@ export function createNodeService(deps: NodeServiceDeps) {
    * and the server agree from the first run); one naming none is the node registered with its wallet, else at
    * its endpoint.
    * A node registered without a wallet (the shipping node sends none) is paid to the signed-in user's wallet
-   * (`accountWallet`, its token's claim) until it names one: its earnings would otherwise stay owed.
+   * (`accountWallet`, its token's claim, else the first wallet the user linked) until it names one: its earnings
+   * would otherwise stay owed.
    * @param from who registers: the user (auth on), the address the call came from (with the user, whose quota of
    * new nodes a new one counts against), the user's wallet.
    * @throws TooManyRequestsError for a new node beyond its caller's quota
@@ -74,7 +78,8 @@ export function createNodeService(deps: NodeServiceDeps) {
     // which the shipping node stores and sends from then on.
     const claimable = isId(claimedId) && (existing !== undefined || !(await nodesRepo.getNode(db, claimedId)));
     const nodeId = existing ?? (claimable ? claimedId : randomUUID());
-    const row = await nodesRepo.upsertNode(db, nodeId, reg, caller, from.accountWallet);
+    const accountWallet = from.accountWallet || (caller && !reg.walletAddress && deps.walletLinks ? await deps.walletLinks.firstLinked(caller) : '');
+    const row = await nodesRepo.upsertNode(db, nodeId, reg, caller, accountWallet);
     heartbeats.remember(nodeId);
     // A new wallet pays what the node is owed; beside the answer (the node gives RegisterNode 10 s).
     if (row.walletAddress && row.walletAddress !== before?.walletAddress) {
@@ -87,6 +92,18 @@ export function createNodeService(deps: NodeServiceDeps) {
       .then((ids) => workflows.nodesChanged(ids))
       .catch((err) => deps.log.warn({ err: String(err) }, 'could not wake queued jobs'));
     return { nodeId, created: !existing };
+  }
+
+  /**
+   * A user linked a wallet: the user's nodes without one are paid to it from now on, what they are owed included.
+   * @returns the nodes given the wallet
+   */
+  async function accountWalletLinked(owner: string, wallet: string): Promise<string[]> {
+    const given = await nodesRepo.giveAccountWallet(db, owner, wallet);
+    for (const nodeId of given) {
+      void payOwed(nodeId).catch((err) => deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet'));
+    }
+    return given;
   }
 
   /** Tells the jobs and reservations owing the node that it has a wallet to be paid to. */
@@ -217,7 +234,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     return !!job && job.assignedNodeId === nodeId && !isTerminal(job.status);
   }
 
-  return { register, requireNodeOwner, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
+  return { register, accountWalletLinked, requireNodeOwner, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
 }
 
 export type NodeService = ReturnType<typeof createNodeService>;

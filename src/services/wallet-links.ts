@@ -46,6 +46,12 @@ export function createWalletLinks(db: Db) {
     return gone.length > 0;
   }
 
+  /** The wallet the user linked first, '' when none: where its nodes without a wallet of their own are paid. */
+  async function firstLinked(userId: string): Promise<string> {
+    const [first] = await db.select({ wallet: userWallets.wallet }).from(userWallets).where(eq(userWallets.userId, userId)).orderBy(asc(userWallets.linkedAt), asc(userWallets.wallet)).limit(1);
+    return first?.wallet ?? '';
+  }
+
   async function list(userId: string): Promise<{ wallet: string; linkedAt: Date }[]> {
     return db.select({ wallet: userWallets.wallet, linkedAt: userWallets.linkedAt }).from(userWallets).where(eq(userWallets.userId, userId)).orderBy(asc(userWallets.linkedAt));
   }
@@ -60,7 +66,7 @@ export function createWalletLinks(db: Db) {
     return row !== undefined;
   }
 
-  return { link, unlink, list, isUsersWallet };
+  return { link, unlink, list, firstLinked, isUsersWallet };
 }
 
 export type WalletLinks = ReturnType<typeof createWalletLinks>;

@@ -7,13 +7,14 @@ import { MIGRATIONS_DIR } from '../../src/db/client';
 import { claimNode, createNodeCache } from '../../src/db/node-cache';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
-import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payments } from '../../src/db/schema';
+import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payments, userWallets } from '../../src/db/schema';
 import type { JobPhase, JobSpec } from '../../src/domain/job';
 import { nodeStats } from '../../src/domain/node-stats';
 import { createDiscoveryService } from '../../src/services/discovery-service';
 import { createHeartbeatHub, newNodeGate } from '../../src/services/heartbeat-hub';
 import type { JobWorkflowGateway } from '../../src/services/job-workflows';
 import { createNodeService } from '../../src/services/nodes-service';
+import { createWalletLinks } from '../../src/services/wallet-links';
 import type { NodeRegistration } from '../../src/db/nodes-repo';
 import { freshDatabase } from '../support/db';
 
@@ -145,6 +146,26 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await wallet()).toBe('SysvarC1ock11111111111111111111111111111111');
     await nodeService.register('no-account-wallet', registration({ ipAddress: '10.66.0.2' }), { caller: 'u1', accountWallet: '' });
     expect((await nodesRepo.getNode(database.db, 'no-account-wallet'))?.walletAddress).toBe('');
+  });
+
+  it('pays a node of a user whose token names no wallet to the first wallet the user linked', async () => {
+    const { gateway } = recordingGateway();
+    const { heartbeats } = services();
+    const walletLinks = createWalletLinks(database.db);
+    const service = createNodeService({ db: database.db, workflows: gateway, heartbeats, offlineAfterMs: 30_000, tokenDecimals: 9, walletLinks, log });
+    const wallet = async (id: string) => (await nodesRepo.getNode(database.db, id))?.walletAddress;
+    await service.register('linked-1', registration({ ipAddress: '10.67.0.1' }), { caller: 'linking-user' });
+    expect(await wallet('linked-1')).toBe('');
+    // The user links a wallet (proved by its key over REST): the node without one has it from then on.
+    await database.db.insert(userWallets).values({ userId: 'linking-user', wallet: 'Stake11111111111111111111111111111111111111' });
+    expect(await service.accountWalletLinked('linking-user', 'Stake11111111111111111111111111111111111111')).toEqual(['linked-1']);
+    expect(await wallet('linked-1')).toBe('Stake11111111111111111111111111111111111111');
+    // A node the user registers later without one gets it at once; one naming a wallet keeps its own.
+    await service.register('linked-2', registration({ ipAddress: '10.67.0.2' }), { caller: 'linking-user' });
+    expect(await wallet('linked-2')).toBe('Stake11111111111111111111111111111111111111');
+    await service.register('linked-3', registration({ ipAddress: '10.67.0.3', walletAddress: 'SysvarC1ock11111111111111111111111111111111' }), { caller: 'linking-user' });
+    expect(await service.accountWalletLinked('linking-user', 'Stake11111111111111111111111111111111111111')).toEqual([]);
+    expect(await wallet('linked-3')).toBe('SysvarC1ock11111111111111111111111111111111');
   });
 
   it('answers heartbeats from memory, writes them in one batch, samples metrics, and keeps jobs alive', async () => {
