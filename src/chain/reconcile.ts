@@ -110,7 +110,7 @@ export async function reconcileLedger(deps: {
   if (deps.closeUnused) {
     const { closed, holding, errors } = await settlement.closeUnusedEscrowAccounts(deps.closeUnused);
     report.closedAccounts += closed.length;
-    for (const jobId of holding) report.mismatches.push(`${jobId}: an escrow account opened for a job never submitted holds tokens (the payer's, to submit the job with or reclaim)`);
+    for (const jobId of holding) report.mismatches.push(`${jobId}: an escrow account opened ahead of a job that has not used it holds tokens (the payer's, to submit the job with or reclaim)`);
     report.mismatches.push(...errors);
   }
   return report;

@@ -12,7 +12,7 @@ import {
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
 import { createCloseAccountInstruction, createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
-import { and, eq, inArray, isNotNull, isNull, lt, or, sql, TransactionRollbackError } from 'drizzle-orm';
+import { and, eq, inArray, isNotNull, lt, or, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
 import { jobs, nodes, openedEscrowAccounts, payments } from '../db/schema';
@@ -593,7 +593,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   async function openEscrowAccount(jobId: string, mayCreate: () => boolean = () => true): Promise<PublicKey> {
     const address = escrowOf(jobId);
     const setup = await escrowAccountSetup(jobId);
-    if (setup.length === 0) return address;
+    if (setup.length === 0) {
+      // Asked for again: an account no job has used yet stays open a day from now.
+      await db.update(openedEscrowAccounts).set({ openedAt: new Date() }).where(eq(openedEscrowAccounts.jobId, jobId));
+      return address;
+    }
     const [closed] = await db
       .select({ at: payments.accountClosedAt })
       .from(payments)
@@ -603,8 +607,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     // Recorded before it is sent: an account no job comes to use is closed a day later (closeUnusedEscrowAccounts).
     await db
       .insert(openedEscrowAccounts)
-      .values({ jobId })
-      .onConflictDoUpdate({ target: openedEscrowAccounts.jobId, set: { openedAt: sql`now()`, closedAt: null } });
+      .values({ jobId, openedAt: new Date() })
+      .onConflictDoUpdate({ target: openedEscrowAccounts.jobId, set: { openedAt: new Date() } });
     const { bytes, lastValidBlockHeight } = await authorityTransaction(`${jobId}/open-escrow`, setup);
     const signature = await connection.sendRawTransaction(bytes, { preflightCommitment: deps.commitment }).catch(async (err) => {
       if (await escrowExists(jobId)) return ''; // a concurrent call created it
@@ -1159,50 +1163,74 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return (await awaitOutcome(signature, lastValidBlockHeight)).kind === 'landed';
   }
 
+  /** Where the last pass over opened accounts stopped: the next goes on from there, then from the start. */
+  let unusedAfter: { openedAt: Date; jobId: string } | undefined;
+
   /**
-   * Closes the escrow accounts opened ahead of a job (openEscrowAccount) that nothing used within `unusedForMs`:
-   * no ledger entry names the account (a job's escrow, a reclaim out of it) and no unfinished job has its id.
-   * One holding tokens is left to its payer (a job to submit, or a reclaim) and reported. Accounts a ledger uses
-   * are left to closeSettledEscrowAccounts and forgotten here.
+   * Closes the escrow accounts opened ahead of a job (openEscrowAccount) that nothing used within `unusedForMs`
+   * of their last asking. An account a job's ledger names is that ledger's to close once settled
+   * (closeSettledEscrowAccounts) and is forgotten here; one an unfinished job has the id of is left for now; one
+   * only reclaims used is closed once they are done. One holding tokens is left to its payer (a job to submit, or
+   * a reclaim) and reported. A pass goes on from where the last stopped, so accounts it must leave never hold
+   * back the ones behind them.
    */
   async function closeUnusedEscrowAccounts(opts: { unusedForMs: number; limit: number; budgetMs?: number }): Promise<{ closed: string[]; holding: string[]; errors: string[] }> {
     const started = Date.now();
+    const after = unusedAfter;
     const rows = await db
-      .select({ jobId: openedEscrowAccounts.jobId })
+      .select()
       .from(openedEscrowAccounts)
-      .where(and(isNull(openedEscrowAccounts.closedAt), lt(openedEscrowAccounts.openedAt, new Date(started - opts.unusedForMs))))
-      .orderBy(openedEscrowAccounts.openedAt)
+      .where(
+        and(
+          lt(openedEscrowAccounts.openedAt, new Date(started - opts.unusedForMs)),
+          after && sql`(${openedEscrowAccounts.openedAt}, ${openedEscrowAccounts.jobId}) > (${after.openedAt.toISOString()}::timestamptz, ${after.jobId})`,
+        ),
+      )
+      .orderBy(openedEscrowAccounts.openedAt, openedEscrowAccounts.jobId)
       .limit(opts.limit);
     const closed: string[] = [];
     const holding: string[] = [];
     const errors: string[] = [];
-    for (const { jobId } of rows) {
-      if (opts.budgetMs !== undefined && Date.now() - started > opts.budgetMs) break;
+    let last: (typeof rows)[number] | undefined;
+    let stoppedEarly = false;
+    for (const row of rows) {
+      if (opts.budgetMs !== undefined && Date.now() - started > opts.budgetMs) {
+        stoppedEarly = true;
+        break;
+      }
+      last = row;
+      const { jobId } = row;
+      // Forgotten only if still the asking this pass read: one asked for again meanwhile waits a day from then.
+      const forget = () =>
+        db.delete(openedEscrowAccounts).where(and(eq(openedEscrowAccounts.jobId, jobId), lt(openedEscrowAccounts.openedAt, new Date(row.openedAt.getTime() + 1))));
       try {
-        const account = escrowOf(jobId);
-        const [used] = await db
-          .select({ id: payments.id })
-          .from(payments)
-          .where(or(eq(payments.jobId, jobId), eq(payments.toAccount, account.toBase58()), eq(payments.fromAccount, account.toBase58())))
-          .limit(1);
-        if (used) {
-          await db.delete(openedEscrowAccounts).where(eq(openedEscrowAccounts.jobId, jobId));
+        const account = escrowOf(jobId).toBase58();
+        const [ledger] = await db.select({ id: payments.id }).from(payments).where(eq(payments.jobId, jobId)).limit(1);
+        if (ledger) {
+          await forget();
           continue;
         }
         const [job] = await db.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, jobId));
         if (job && !isTerminal(job.status)) continue; // its escrow may be on its way
-        const info = await connection.getAccountInfo(account, deps.commitment);
+        const [moving] = await db
+          .select({ id: payments.id })
+          .from(payments)
+          .where(and(or(eq(payments.toAccount, account), eq(payments.fromAccount, account)), sql`${payments.state} <> 'confirmed'`))
+          .limit(1);
+        if (moving) continue; // a reclaim on its way
+        const info = await connection.getAccountInfo(new PublicKey(account), deps.commitment);
         if (info && (info.data.length < 72 || Buffer.from(info.data).readBigUInt64LE(64) !== 0n)) {
           holding.push(jobId);
           continue;
         }
-        if (info && !(await closeEmptyAccount(jobId, account, {}))) continue;
-        await db.update(openedEscrowAccounts).set({ closedAt: new Date() }).where(eq(openedEscrowAccounts.jobId, jobId));
+        if (info && !(await closeEmptyAccount(jobId, new PublicKey(account), {}))) continue;
+        await forget();
         closed.push(jobId);
       } catch (err) {
         errors.push(`${jobId}: could not close its unused escrow account: ${String((err as Error)?.message ?? err).split('\n')[0].slice(0, 200)}`);
       }
     }
+    unusedAfter = (rows.length === opts.limit || stoppedEarly) && last ? { openedAt: last.openedAt, jobId: last.jobId } : undefined;
     return { closed, holding, errors };
   }
 

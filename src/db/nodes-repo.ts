@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gte, isNull, lte, or, sql } from 'drizzle-orm';
+import { and, asc, count, desc, eq, gte, isNull, lte, ne, or, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { DeviceType } from '../domain/job';
 import { deviceMemory, type DeviceCapsSpec } from '../domain/node';
@@ -76,12 +76,21 @@ function derived(r: NodeRegistration) {
   };
 }
 
-/** Gives the owner's nodes that have no wallet this one, taken from the owner's account. @returns their ids. */
-export async function giveAccountWallet(db: DbOrTx, owner: string, wallet: string): Promise<string[]> {
+/**
+ * Pays the owner's nodes that have no wallet, and those paid to `from` from the owner's account, to `to` (taken
+ * from the account; '' leaves them without one). @returns the ids of the nodes changed.
+ */
+export async function moveAccountWallet(db: DbOrTx, owner: string, from: string, to: string): Promise<string[]> {
   const rows = await db
     .update(nodes)
-    .set({ walletAddress: wallet, walletFromAccount: true })
-    .where(and(eq(nodes.owner, owner), eq(nodes.walletAddress, '')))
+    .set({ walletAddress: to, walletFromAccount: to !== '' })
+    .where(
+      and(
+        eq(nodes.owner, owner),
+        ne(nodes.walletAddress, to),
+        or(eq(nodes.walletAddress, ''), from ? and(eq(nodes.walletAddress, from), eq(nodes.walletFromAccount, true)) : undefined),
+      ),
+    )
     .returning({ id: nodes.id });
   return rows.map((r) => r.id);
 }
@@ -165,9 +174,10 @@ export async function nodeExists(db: DbOrTx, id: string): Promise<boolean> {
  * their next refresh (updated_at moves), so matching does not scan nodes that left long ago. A dormant node's
  * next heartbeat makes it an online candidate again (applyHeartbeats). @returns the ids made dormant.
  */
-export async function markNodesDormant(db: DbOrTx, silentBefore: Date, limit: number): Promise<string[]> {
+export async function markNodesDormant(db: DbOrTx, silentBefore: Date, limit: number, now = new Date()): Promise<string[]> {
+  // updated_at on this process's clock, like every writer the node caches' watermark is compared with.
   const rows = await db.execute<{ id: string }>(sql`
-    update ${nodes} n set status = 'dormant', updated_at = now()
+    update ${nodes} n set status = 'dormant', updated_at = ${now.toISOString()}::timestamptz
     where n.id = any(array(
       select c.id from ${nodes} c
       where c.status = 'offline' and c.last_heartbeat < ${silentBefore.toISOString()}::timestamptz and c.port > 0
@@ -220,7 +230,7 @@ export interface HeartbeatSample {
  * @returns `back`: the ids of nodes that were offline (status or stale heartbeat) and are now back; `missing`:
  * those with no record to write to (deleted since the beat was taken).
  */
-export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offlineBefore: Date): Promise<{ back: string[]; missing: string[] }> {
+export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offlineBefore: Date, now = new Date()): Promise<{ back: string[]; missing: string[] }> {
   if (beats.length === 0) return { back: [], missing: [] };
   const ids = beats.map((b) => b.nodeId);
   const ats = beats.map((b) => b.at.toISOString());
@@ -238,7 +248,7 @@ export async function applyHeartbeats(db: DbOrTx, beats: HeartbeatSample[], offl
              else greatest(0, (extract(epoch from beat.at - greatest(n.last_heartbeat, n.uptime_since)) * 1000)::bigint) end,
            status = 'online',
            -- A dormant node is out of the node caches until its row changes: its return is such a change.
-           updated_at = case when n.status = 'dormant' then now() else n.updated_at end,
+           updated_at = case when n.status = 'dormant' then ${now.toISOString()}::timestamptz else n.updated_at end,
            ram_available = coalesce(beat.ram, n.ram_available)
       from beat, prev
      where n.id = beat.id and prev.id = beat.id

@@ -214,14 +214,18 @@ export const userWallets = pgTable(
 );
 
 /**
- * Escrow accounts opened ahead of their job (REST `POST /api/escrows/:jobId`), at the platform's cost: one that no
- * job or reclaim used is closed by the reconciliation a day later, its rent taken back (`closed_at`).
+ * Escrow accounts opened ahead of their job (REST `POST /api/escrows/:jobId`), at the platform's cost, until a
+ * job's ledger takes them over or the reconciliation closes them unused (a day later), its rent taken back.
  */
-export const openedEscrowAccounts = pgTable('opened_escrow_accounts', {
-  jobId: text('job_id').primaryKey(),
-  openedAt: ts('opened_at').notNull().defaultNow(),
-  closedAt: ts('closed_at'),
-}, (t) => [index('opened_escrow_accounts_open_idx').on(t.openedAt).where(sql`${t.closedAt} is null`)]);
+export const openedEscrowAccounts = pgTable(
+  'opened_escrow_accounts',
+  {
+    jobId: text('job_id').primaryKey(),
+    /** When it was last asked for: it is closed only once nothing used it for a day from then. */
+    openedAt: ts('opened_at').notNull().defaultNow(),
+  },
+  (t) => [index('opened_escrow_accounts_opened_idx').on(t.openedAt, t.jobId)],
+);
 
 /**
  * The payment ledger: one row per money leg of a job. Amounts are integers in the token's smallest units.

@@ -16,7 +16,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
 import { escrowAddress } from '../chain/instructions';
 import { SettlementErrors } from '../chain/settlement';
-import { ConflictError, DomainError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
+import { ConflictError, DomainError, ForbiddenError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService, walletAddress } from '../services/wallet-service';
@@ -28,7 +28,7 @@ import { keyedQuota } from '../services/keyed-throttle';
 import { createNodeService } from '../services/nodes-service';
 import { createReservationService } from '../services/reservation-service';
 import { bearerToken, userOf, verifyUserToken, walletClaimOf, type UserClaims } from '../services/user-token';
-import { createWalletLinks, linkMessage, requireUsersWallet } from '../services/wallet-links';
+import { createWalletLinks, linkExpiry, linkMessage, requireUsersWallet } from '../services/wallet-links';
 import { jobWorkflowOptions, reservationWorkflowOptions } from './workflow-options';
 
 export interface RunningApi {
@@ -191,22 +191,31 @@ export async function startApi(
       user: (authorization) => {
         const claims = restUser(authorization);
         if (!claims) throw new ConflictError('authentication is off (AUTH_JWT_SECRET is unset): wallets are not tied to users');
-        return userOf(claims);
+        const user = userOf(claims);
+        if (!user) throw new ForbiddenError('authorization: the token names no user (sub): no wallet can be linked to it');
+        return user;
       },
-      link: async (user, wallet, signature) => {
-        await walletLinks.link(user, wallet, signature);
+      link: async (user, wallet, signature, expiresAt) => {
+        await walletLinks.link(user, wallet, signature, expiresAt);
         // The user's nodes with no wallet (shipping nodes name none) are paid to the first one linked.
-        const first = await walletLinks.firstLinked(user);
-        if (first) await nodes.accountWalletLinked(user, first);
+        await nodes.accountWalletChanged(user, '', await walletLinks.firstLinked(user));
       },
       list: (user) => walletLinks.list(user),
-      unlink: (user, wallet) => walletLinks.unlink(user, wallet),
-      message: (user, wallet) => linkMessage(user, walletAddress(wallet, 'wallet').toBase58()),
+      unlink: async (user, wallet) => {
+        if (!(await walletLinks.unlink(user, wallet))) return false;
+        // Its nodes paid to it from the account move to the next linked wallet, or are owed until there is one.
+        await nodes.accountWalletChanged(user, wallet, await walletLinks.firstLinked(user));
+        return true;
+      },
+      message: (user, wallet) => {
+        const expiresAt = linkExpiry();
+        return { message: linkMessage(user, walletAddress(wallet, 'wallet').toBase58(), expiresAt), expiresAt };
+      },
     },
     escrows: {
       caller: (authorization) => {
         const claims = restUser(authorization);
-        return claims && `user ${claims.sub ?? ''}`;
+        return claims && `user ${userOf(claims)}`;
       },
       open: async (jobId, caller) => {
         try {

@@ -95,15 +95,20 @@ export function createNodeService(deps: NodeServiceDeps) {
   }
 
   /**
-   * A user linked a wallet: the user's nodes without one are paid to it from now on, what they are owed included.
-   * @returns the nodes given the wallet
+   * The user's account wallet changed from `from` to `to` (a wallet linked or unlinked): the user's nodes paid to
+   * `from` from the account, and those with no wallet at all, are paid to `to` from now on ('' = owed until there
+   * is one), what they are owed included.
+   * @returns the nodes whose wallet changed
    */
-  async function accountWalletLinked(owner: string, wallet: string): Promise<string[]> {
-    const given = await nodesRepo.giveAccountWallet(db, owner, wallet);
-    for (const nodeId of given) {
-      void payOwed(nodeId).catch((err) => deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet'));
+  async function accountWalletChanged(owner: string, from: string, to: string): Promise<string[]> {
+    if (from === to) return [];
+    const changed = await nodesRepo.moveAccountWallet(db, owner, from, to);
+    if (to) {
+      for (const nodeId of changed) {
+        void payOwed(nodeId).catch((err) => deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet'));
+      }
     }
-    return given;
+    return changed;
   }
 
   /** Tells the jobs and reservations owing the node that it has a wallet to be paid to. */
@@ -234,7 +239,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     return !!job && job.assignedNodeId === nodeId && !isTerminal(job.status);
   }
 
-  return { register, accountWalletLinked, requireNodeOwner, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
+  return { register, accountWalletChanged, requireNodeOwner, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
 }
 
 export type NodeService = ReturnType<typeof createNodeService>;

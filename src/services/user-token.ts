@@ -1,4 +1,5 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { P2P_ISSUER } from './p2p-token';
 
 /** What a verified user token says; only the standard claims are read. */
 export interface UserClaims {
@@ -41,6 +42,9 @@ export function verifyUserToken(secret: string, token: string, nowS = Math.floor
   }
   if (header.alg !== 'HS256') throw new Error(`unexpected alg ${String(header.alg)}`);
   if (claims === null || typeof claims !== 'object') throw new Error('malformed token');
+  // A P2P token this server minted for a node (it names the job's submitter as `sub`) is no user's login, even
+  // where one secret signs both.
+  if (claims.iss === P2P_ISSUER) throw new Error('a P2P token is not a user token');
   if (checkExpiry && claims.exp !== undefined && !(typeof claims.exp === 'number' && claims.exp > nowS)) throw new Error('expired');
   return claims;
 }

@@ -10,11 +10,19 @@ import { walletAddress } from './wallet-service';
 const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
 /** Wallets one user may link. */
 const MAX_LINKS_PER_USER = 20;
+/** How long a link message may be signed for: a signature got by phishing is of no use after that. */
+export const LINK_MESSAGE_TTL_MS = 10 * 60_000;
 
-/** What a wallet's key signs (UTF-8 bytes, as wallets' signMessage does) to prove it is the user's. */
-export function linkMessage(userId: string, wallet: string): string {
-  return `CyxWiz Central: wallet ${wallet} belongs to user ${userId}`;
+/**
+ * What a wallet's key signs (UTF-8 bytes, as wallets' signMessage does) to prove it is the user's, until
+ * `expiresAt` (an ISO instant, whole seconds).
+ */
+export function linkMessage(userId: string, wallet: string, expiresAt: string): string {
+  return `CyxWiz Central: wallet ${wallet} belongs to user ${userId} (until ${expiresAt})`;
 }
+
+/** A link message's expiry for one asked for now. */
+export const linkExpiry = (now = Date.now()): string => new Date(Math.ceil((now + LINK_MESSAGE_TTL_MS) / 1000) * 1000).toISOString();
 
 /**
  * Wallets users proved are theirs. With auth on, a user pays only from a wallet that is theirs: the one its
@@ -22,16 +30,27 @@ export function linkMessage(userId: string, wallet: string): string {
  */
 export function createWalletLinks(db: Db) {
   /**
-   * Links `wallet` to the user, given the wallet key's Ed25519 signature of linkMessage(userId, wallet).
+   * Links `wallet` to the user, given the wallet key's Ed25519 signature of linkMessage(userId, wallet, expiresAt)
+   * before `expiresAt`.
    * @param signature base58 (what a wallet returns) or base64
-   * @throws ValidationError naming `wallet` or `signature`
+   * @throws ValidationError naming `wallet`, `expiresAt` or `signature`
    */
-  async function link(userId: string, wallet: string, signature: string): Promise<void> {
+  async function link(userId: string, wallet: string, signature: string, expiresAt: string, now = Date.now()): Promise<void> {
+    if (!userId) throw new ValidationError('authorization', 'the token names no user (sub)');
     const key = walletAddress(wallet, 'wallet');
-    const sig = decodeSignature(signature);
+    const until = Date.parse(expiresAt);
+    if (!/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000Z$/.test(expiresAt) || !Number.isFinite(until)) {
+      throw new ValidationError('expiresAt', 'must be the expiry GET /api/wallet-links?wallet= gave with the message');
+    }
+    if (until <= now) throw new ValidationError('expiresAt', `the message expired at ${expiresAt}: ask for a new one`);
+    if (until > now + LINK_MESSAGE_TTL_MS + 60_000) throw new ValidationError('expiresAt', `is more than ${LINK_MESSAGE_TTL_MS / 60_000} minutes ahead`);
+    const message = linkMessage(userId, key.toBase58(), expiresAt);
     const publicKey = createPublicKey({ key: Buffer.concat([ED25519_SPKI_PREFIX, key.toBuffer()]), format: 'der', type: 'spki' });
-    if (!verify(null, Buffer.from(linkMessage(userId, key.toBase58())), publicKey, sig)) {
-      throw new ValidationError('signature', `is not ${key.toBase58()}'s signature of "${linkMessage(userId, key.toBase58())}"`);
+    const signs = (text: string, sig: Buffer) => verify(null, Buffer.from(text), publicKey, sig);
+    // A signature that holds for any message (a small-order key, which no one holds, with a trivial signature)
+    // proves nothing: it must not hold for another one.
+    if (!decodeSignature(signature).some((sig) => signs(message, sig) && !signs(`${message}.`, sig))) {
+      throw new ValidationError('signature', `is not ${key.toBase58()}'s signature of "${message}"`);
     }
     const linked = await list(userId);
     if (!linked.some((l) => l.wallet === key.toBase58()) && linked.length >= MAX_LINKS_PER_USER) {
@@ -62,6 +81,8 @@ export function createWalletLinks(db: Db) {
    */
   async function isUsersWallet(userId: string, claim: string | undefined, wallet: string): Promise<boolean> {
     if (claim === wallet || userId === wallet) return true;
+    // Tokens that name no user would all be this one: none of them has linked wallets.
+    if (!userId) return false;
     const [row] = await db.select({ wallet: userWallets.wallet }).from(userWallets).where(and(eq(userWallets.userId, userId), eq(userWallets.wallet, wallet)));
     return row !== undefined;
   }
@@ -89,13 +110,17 @@ export async function requireUsersWallet(
   );
 }
 
-/** A 64-byte signature from base58 or base64. @throws ValidationError naming `signature` */
-function decodeSignature(value: string): Buffer {
+/**
+ * The 64-byte signatures a text may be: base58 and base64 (some texts are both).
+ * @throws ValidationError naming `signature` when it is neither
+ */
+export function decodeSignature(value: string): Buffer[] {
   const text = value.trim();
-  let bytes: Buffer | undefined;
+  const found: Buffer[] = [];
   // (Kit's base58 "encoder" turns base58 text into bytes.)
-  if (/^[1-9A-HJ-NP-Za-km-z]{64,88}$/.test(text)) bytes = Buffer.from(getBase58Encoder().encode(text));
-  if (bytes?.length !== 64 && /^[A-Za-z0-9+/]{86}={0,2}$/.test(text)) bytes = Buffer.from(text, 'base64');
-  if (bytes?.length !== 64) throw new ValidationError('signature', 'must be the 64-byte Ed25519 signature, base58 or base64');
-  return bytes;
+  if (/^[1-9A-HJ-NP-Za-km-z]{64,88}$/.test(text)) found.push(Buffer.from(getBase58Encoder().encode(text)));
+  if (/^[A-Za-z0-9+/]{86}(==)?$/.test(text)) found.push(Buffer.from(text, 'base64'));
+  const sigs = found.filter((b) => b.length === 64);
+  if (sigs.length === 0) throw new ValidationError('signature', 'must be the 64-byte Ed25519 signature, base58 or base64');
+  return sigs;
 }

@@ -252,14 +252,21 @@ test('a user links a wallet by a signature of its key, and may then pay from it:
 
   expect((await rest('GET', '/api/wallet-links')).status).toBe(401);
   const asked = await rest('GET', `/api/wallet-links?wallet=${wallet}`, authorization);
-  expect(asked).toMatchObject({ status: 200, body: { user, wallets: [], message: `CyxWiz Central: wallet ${wallet} belongs to user ${user}` } });
-  // Another key's signature, or the message for another user, proves nothing.
-  expect(await rest('POST', '/api/wallet-links', authorization, { wallet, signature: signWith(Keypair.generate(), asked.body.message) })).toMatchObject({
+  const { expiresAt } = asked.body;
+  expect(asked).toMatchObject({ status: 200, body: { user, wallets: [], message: `CyxWiz Central: wallet ${wallet} belongs to user ${user} (until ${expiresAt})` } });
+  expect(Date.parse(expiresAt) - Date.now()).toBeGreaterThan(5 * 60_000);
+  // Another key's signature, the message for another user, or one past its expiry, proves nothing.
+  expect(await rest('POST', '/api/wallet-links', authorization, { wallet, expiresAt, signature: signWith(Keypair.generate(), asked.body.message) })).toMatchObject({
     status: 400,
     body: { error: { field: 'signature' } },
   });
-  expect((await rest('POST', '/api/wallet-links', authorization, { wallet, signature: signWith(key, `CyxWiz Central: wallet ${wallet} belongs to user someone-else`) })).status).toBe(400);
-  expect(await rest('POST', '/api/wallet-links', authorization, { wallet, signature: signWith(key, asked.body.message) })).toMatchObject({ status: 201, body: { user, wallet } });
+  expect((await rest('POST', '/api/wallet-links', authorization, { wallet, expiresAt, signature: signWith(key, `CyxWiz Central: wallet ${wallet} belongs to user someone-else (until ${expiresAt})`) })).status).toBe(400);
+  const past = new Date(Math.floor(Date.now() / 1000) * 1000 - 1000).toISOString();
+  expect(await rest('POST', '/api/wallet-links', authorization, { wallet, expiresAt: past, signature: signWith(key, `CyxWiz Central: wallet ${wallet} belongs to user ${user} (until ${past})`) })).toMatchObject({
+    status: 400,
+    body: { error: { field: 'expiresAt' } },
+  });
+  expect(await rest('POST', '/api/wallet-links', authorization, { wallet, expiresAt, signature: signWith(key, asked.body.message) })).toMatchObject({ status: 201, body: { user, wallet } });
   expect((await rest('GET', '/api/wallet-links', authorization)).body.wallets).toEqual([{ wallet, linkedAt: expect.any(String) }]);
 
   // ReserveNode from the linked wallet gets past the wallet check (here to the next: no such node).

@@ -1,7 +1,7 @@
 import { createTransferCheckedInstruction } from '@solana/spl-token';
 import { Keypair } from '@solana/web3.js';
 import { getBase58Decoder } from '@solana/kit';
-import { and, eq } from 'drizzle-orm';
+import { and, eq, inArray } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
 import { escrowAddress } from '../../src/chain/instructions';
 import { loadKeypair } from '../../src/chain/keys';
@@ -188,18 +188,22 @@ describe('ledger reconciliation against the local ledger', () => {
     await expect(settlement.openEscrowAccount(released)).rejects.toMatchObject({ code: 409 });
   });
 
-  test('closes an escrow account opened ahead of a job that none used within a day; never one with tokens, a ledger, or an unfinished job', async () => {
+  test('closes an escrow account opened ahead of a job that none used within a day, or only reclaims used; never one with tokens, a job\'s ledger, or an unfinished job', async () => {
     const unused = newJobId('opened-unused');
     const funded = newJobId('opened-funded');
+    const reclaimed = newJobId('opened-reclaimed');
     const used = await escrowed('opened-used');
     const pending = newJobId('opened-pending');
-    for (const jobId of [unused, funded, pending]) await settlement.openEscrowAccount(jobId);
-    await settlement.openEscrowAccount(used); // it exists already: nothing opened, nothing recorded
-    await database.db.insert(openedEscrowAccounts).values({ jobId: used });
+    for (const jobId of [unused, funded, reclaimed, pending]) await settlement.openEscrowAccount(jobId);
+    await database.db.insert(openedEscrowAccounts).values({ jobId: used, openedAt: new Date() }); // opened before its job escrowed
     const engine = loadKeypair('demo engine wallet', { file: chain.setup.keyFiles.demo.engine });
-    await sendTransaction(chain.connection, engine, [
-      createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, escrowAddress(chain.authority.publicKey, funded), engine.publicKey, 3n, chain.decimals),
-    ]);
+    const pay = (jobId: string, units: bigint) =>
+      sendTransaction(chain.connection, engine, [
+        createTransferCheckedInstruction(ataOf(engine.publicKey, chain.mint), chain.mint, escrowAddress(chain.authority.publicKey, jobId), engine.publicKey, units, chain.decimals),
+      ]);
+    await pay(funded, 3n);
+    const back = await pay(reclaimed, 4n);
+    await settlement.reclaimTransfer({ jobId: reclaimed, payer: engine.publicKey.toBase58(), signature: back });
     await database.db.insert(jobs).values({
       id: pending, status: 'pending', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', configHash: 'h', paymentUnits: 10n,
       config: { jobId: pending } as never,
@@ -207,26 +211,32 @@ describe('ledger reconciliation against the local ledger', () => {
     const account = (jobId: string) => chain.connection.getAccountInfo(escrowAddress(chain.authority.publicKey, jobId));
     const rent = (await account(unused))!.lamports;
     const authorityBefore = await chain.connection.getBalance(chain.authority.publicKey);
-    const pass = (unusedForMs: number) => reconcileLedger({ db: database.db, settlement, staleAfterMs: 0, recentMs: 0, closeUnused: { unusedForMs, limit: 10 } });
+    const pass = (unusedForMs: number, limit = 10) => reconcileLedger({ db: database.db, settlement, staleAfterMs: 0, recentMs: 0, closeUnused: { unusedForMs, limit } });
+    const opened = async () => (await database.db.select().from(openedEscrowAccounts)).map((o) => o.jobId).sort();
 
     // Opened moments ago: its payer may be on the way.
     expect((await pass(86_400_000)).closedAccounts).toBe(0);
     const report = await pass(0);
 
-    expect(report.closedAccounts).toBe(1);
-    expect(await account(unused)).toBeNull();
+    expect(report.closedAccounts).toBe(2);
+    for (const gone of [unused, reclaimed]) expect(await account(gone)).toBeNull();
     for (const open of [funded, used, pending]) expect(await account(open)).not.toBeNull();
-    expect(report.mismatches).toEqual([expect.stringContaining(`${funded}: an escrow account opened for a job never submitted holds tokens`)]);
-    expect(await chain.connection.getBalance(chain.authority.publicKey)).toBe(authorityBefore + rent - 5000);
-    const opened = await database.db.select().from(openedEscrowAccounts);
-    expect(opened.find((o) => o.jobId === unused)?.closedAt).toEqual(expect.any(Date));
-    expect(opened.find((o) => o.jobId === used)).toBeUndefined(); // the job's ledger closes it once settled
-    // The next pass closes nothing more; a payer who comes back may open the account again.
-    expect((await pass(0)).closedAccounts).toBe(0);
-    chain.ledger.advance(1); // a day later on a cluster: the same opening would otherwise be the very same transaction
-    await settlement.openEscrowAccount(unused);
-    expect(await account(unused)).not.toBeNull();
-    expect((await database.db.select().from(openedEscrowAccounts).where(eq(openedEscrowAccounts.jobId, unused)))[0].closedAt).toBeNull();
+    expect(report.mismatches).toEqual([expect.stringContaining(`${funded}: an escrow account opened ahead of a job that has not used it holds tokens`)]);
+    expect(await chain.connection.getBalance(chain.authority.publicKey)).toBe(authorityBefore + 2 * rent - 2 * 5000);
+    // The job's ledger closes its own account once settled; what is left is looked at again.
+    expect(await opened()).toEqual([funded, pending].sort());
+    // A pass that cannot take them all goes on where the last stopped: one holding tokens holds none back.
+    for (const jobId of [unused, reclaimed]) {
+      chain.ledger.advance(1); // a day later on a cluster: the same opening would otherwise be the very same transaction
+      await settlement.openEscrowAccount(jobId);
+    }
+    // The two it must leave come first.
+    await database.db.update(openedEscrowAccounts).set({ openedAt: new Date(Date.now() - 60_000) }).where(inArray(openedEscrowAccounts.jobId, [funded, pending]));
+    await database.db.update(openedEscrowAccounts).set({ openedAt: new Date(Date.now() - 30_000) }).where(inArray(openedEscrowAccounts.jobId, [unused, reclaimed]));
+    const closedBySmallPasses = [];
+    for (let i = 0; i < 4; i++) closedBySmallPasses.push((await pass(1000, 1)).closedAccounts);
+    expect(closedBySmallPasses.reduce((a, b) => a + b, 0)).toBe(2);
+    expect(await opened()).toEqual([funded, pending].sort());
   });
 
   test('reports a confirmed leg whose signature the chain does not know', async () => {

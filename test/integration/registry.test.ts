@@ -1,4 +1,6 @@
+import { createPrivateKey, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { Keypair } from '@solana/web3.js';
 import path from 'node:path';
 import { and, eq, inArray } from 'drizzle-orm';
 import pino from 'pino';
@@ -7,14 +9,14 @@ import { MIGRATIONS_DIR } from '../../src/db/client';
 import { claimNode, createNodeCache } from '../../src/db/node-cache';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
-import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payments, userWallets } from '../../src/db/schema';
+import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payments } from '../../src/db/schema';
 import type { JobPhase, JobSpec } from '../../src/domain/job';
 import { nodeStats } from '../../src/domain/node-stats';
 import { createDiscoveryService } from '../../src/services/discovery-service';
 import { createHeartbeatHub, newNodeGate } from '../../src/services/heartbeat-hub';
 import type { JobWorkflowGateway } from '../../src/services/job-workflows';
 import { createNodeService } from '../../src/services/nodes-service';
-import { createWalletLinks } from '../../src/services/wallet-links';
+import { createWalletLinks, linkExpiry, linkMessage } from '../../src/services/wallet-links';
 import type { NodeRegistration } from '../../src/db/nodes-repo';
 import { freshDatabase } from '../support/db';
 
@@ -148,24 +150,37 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await nodesRepo.getNode(database.db, 'no-account-wallet'))?.walletAddress).toBe('');
   });
 
-  it('pays a node of a user whose token names no wallet to the first wallet the user linked', async () => {
+  it('pays a node of a user whose token names no wallet to the first wallet the user linked, and moves it when that is unlinked', async () => {
     const { gateway } = recordingGateway();
     const { heartbeats } = services();
     const walletLinks = createWalletLinks(database.db);
     const service = createNodeService({ db: database.db, workflows: gateway, heartbeats, offlineAfterMs: 30_000, tokenDecimals: 9, walletLinks, log });
     const wallet = async (id: string) => (await nodesRepo.getNode(database.db, id))?.walletAddress;
+    const [first, second] = [Keypair.generate(), Keypair.generate()];
+    const link = async (key: Keypair) => {
+      const expiresAt = linkExpiry();
+      const seed = createPrivateKey({ key: Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), Buffer.from(key.secretKey.subarray(0, 32))]), format: 'der', type: 'pkcs8' });
+      const signature = sign(null, Buffer.from(linkMessage('linking-user', key.publicKey.toBase58(), expiresAt)), seed).toString('base64');
+      await walletLinks.link('linking-user', key.publicKey.toBase58(), signature, expiresAt);
+      return service.accountWalletChanged('linking-user', '', await walletLinks.firstLinked('linking-user'));
+    };
     await service.register('linked-1', registration({ ipAddress: '10.67.0.1' }), { caller: 'linking-user' });
     expect(await wallet('linked-1')).toBe('');
-    // The user links a wallet (proved by its key over REST): the node without one has it from then on.
-    await database.db.insert(userWallets).values({ userId: 'linking-user', wallet: 'Stake11111111111111111111111111111111111111' });
-    expect(await service.accountWalletLinked('linking-user', 'Stake11111111111111111111111111111111111111')).toEqual(['linked-1']);
-    expect(await wallet('linked-1')).toBe('Stake11111111111111111111111111111111111111');
+    // The user links a wallet (its key signs the message): the node without one has it from then on.
+    expect(await link(first)).toEqual(['linked-1']);
+    expect(await wallet('linked-1')).toBe(first.publicKey.toBase58());
     // A node the user registers later without one gets it at once; one naming a wallet keeps its own.
     await service.register('linked-2', registration({ ipAddress: '10.67.0.2' }), { caller: 'linking-user' });
-    expect(await wallet('linked-2')).toBe('Stake11111111111111111111111111111111111111');
+    expect(await wallet('linked-2')).toBe(first.publicKey.toBase58());
     await service.register('linked-3', registration({ ipAddress: '10.67.0.3', walletAddress: 'SysvarC1ock11111111111111111111111111111111' }), { caller: 'linking-user' });
-    expect(await service.accountWalletLinked('linking-user', 'Stake11111111111111111111111111111111111111')).toEqual([]);
-    expect(await wallet('linked-3')).toBe('SysvarC1ock11111111111111111111111111111111');
+    expect(await link(second)).toEqual([]); // the first stays the account's wallet
+    // Unlinking the first moves the nodes paid to it from the account to the next; unlinking that leaves them owed.
+    expect(await walletLinks.unlink('linking-user', first.publicKey.toBase58())).toBe(true);
+    expect((await service.accountWalletChanged('linking-user', first.publicKey.toBase58(), await walletLinks.firstLinked('linking-user'))).sort()).toEqual(['linked-1', 'linked-2']);
+    expect(await wallet('linked-2')).toBe(second.publicKey.toBase58());
+    await walletLinks.unlink('linking-user', second.publicKey.toBase58());
+    await service.accountWalletChanged('linking-user', second.publicKey.toBase58(), '');
+    expect([await wallet('linked-1'), await wallet('linked-3')]).toEqual(['', 'SysvarC1ock11111111111111111111111111111111']);
   });
 
   it('answers heartbeats from memory, writes them in one batch, samples metrics, and keeps jobs alive', async () => {
@@ -267,7 +282,11 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
       expect(cache.candidates().indexOf('away')).toBeUndefined();
       expect(cache.candidates().indexOf('here')).toBeDefined();
 
-      // Its next beat (the daemon kept running: it never registers again) makes it a candidate again.
+      // Its next beat (the daemon kept running: it never registers again) makes it a candidate again: the beat
+      // itself moves its row for the caches (aged here past the caches' overlap, so nothing else does).
+      await database.db.update(nodes).set({ updatedAt: new Date(Date.now() - 60_000) }).where(eq(nodes.id, 'away'));
+      await cache.refresh();
+      expect(cache.candidates().indexOf('away')).toBeUndefined();
       await heartbeats.beat('away');
       await heartbeats.flush();
       expect((await nodesRepo.getNode(database.db, 'away'))?.status).toBe('online');

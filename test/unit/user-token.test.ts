@@ -2,7 +2,10 @@ import { createHmac } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { authProblem, callerOf, checksExpiry, isNodeMethod, isOpenMethod } from '../../src/api/grpc/auth';
 import { ForbiddenError, requireOwner } from '../../src/domain/errors';
+import { signP2PToken } from '../../src/services/p2p-token';
 import { verifyUserToken } from '../../src/services/user-token';
+import { createWalletLinks, decodeSignature, linkExpiry, linkMessage } from '../../src/services/wallet-links';
+import type { Db } from '../../src/db/client';
 
 const SECRET = 'website-login-secret';
 const b64 = (v: object | string) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
@@ -16,6 +19,11 @@ function jwt(claims: object, secret = SECRET, header: object = { alg: 'HS256', t
 const NOW = 1_800_000_000;
 
 describe('verifyUserToken', () => {
+  it('refuses a P2P token this server minted for a node, though one secret signed both', () => {
+    const p2p = signP2PToken(SECRET, { sub: 'the-submitter', jobId: 'j', nodeId: 'n', expiresAt: NOW + 60, now: NOW }).token;
+    expect(() => verifyUserToken(SECRET, p2p, NOW)).toThrow('a P2P token is not a user token');
+  });
+
   it('returns the claims of a token signed with the secret, with or without an expiry', () => {
     expect(verifyUserToken(SECRET, jwt({ sub: 'user-1', exp: NOW + 60 }), NOW)).toMatchObject({ sub: 'user-1' });
     expect(verifyUserToken(SECRET, jwt({ sub: 'user-1' }), NOW)).toMatchObject({ sub: 'user-1' });
@@ -98,5 +106,25 @@ describe('node calls and token expiry', () => {
     expect(authProblem(SECRET, md, NOW)).toBe('invalid token: expired');
     expect(authProblem(SECRET, md, NOW, false)).toBeUndefined();
     expect(callerOf(SECRET)({ metadata: md })).toBe('daemon');
+  });
+});
+
+describe("wallet links: the proof a wallet is the user's", () => {
+  it('reads a signature as base58 or base64, and both when it could be either', () => {
+    const bytes = Buffer.alloc(64, 7);
+    expect(decodeSignature(bytes.toString('base64'))).toEqual([bytes]);
+    expect(() => decodeSignature('not a signature')).toThrow(/^signature:/);
+    expect(() => decodeSignature(Buffer.alloc(63).toString('base64'))).toThrow(/64-byte/);
+  });
+
+  it('refuses a small-order key whose trivial signature holds for every message (no one holds that key)', async () => {
+    const links = createWalletLinks({} as Db); // refused before Postgres is asked
+    const identity = '4uQeVj5tqViQh7yWWGStvkEG1Zmhx6uasJtWCJziofM'; // the encoding of the curve's identity point
+    const trivial = Buffer.concat([Buffer.from([1]), Buffer.alloc(63)]).toString('base64'); // R = identity, S = 0
+    const expiresAt = linkExpiry(NOW * 1000);
+    await expect(links.link('user-1', identity, trivial, expiresAt, NOW * 1000)).rejects.toMatchObject({ field: 'signature' });
+    expect(linkMessage('user-1', identity, expiresAt)).toContain(`(until ${expiresAt})`);
+    await expect(links.link('', identity, trivial, expiresAt, NOW * 1000)).rejects.toMatchObject({ field: 'authorization' });
+    await expect(links.link('user-1', identity, trivial, '2020-01-01T00:00:00.000Z', NOW * 1000)).rejects.toMatchObject({ field: 'expiresAt' });
   });
 });

@@ -57,12 +57,12 @@ export interface RestDeps {
      * ConflictError with auth off (wallets are then not tied to users).
      */
     user(authorization: string | undefined): string;
-    link(user: string, wallet: string, signature: string): Promise<void>;
+    link(user: string, wallet: string, signature: string, expiresAt: string): Promise<void>;
     list(user: string): Promise<{ wallet: string; linkedAt: Date }[]>;
     /** @returns whether it was linked */
     unlink(user: string, wallet: string): Promise<boolean>;
-    /** What the wallet's key signs to link it to the user. */
-    message(user: string, wallet: string): string;
+    /** What the wallet's key signs to link it to the user, and until when it may. */
+    message(user: string, wallet: string): { message: string; expiresAt: string };
   };
   version: string;
   startedAt: Date;
@@ -288,22 +288,25 @@ export function createRestApp(deps: RestDeps) {
     const user = deps.walletLinks.user(req.get('authorization'));
     const wallet = textParam(req.query.wallet, 'wallet');
     const wallets = (await deps.walletLinks.list(user)).map((l) => ({ wallet: l.wallet, linkedAt: l.linkedAt.toISOString() }));
-    res.json({ user, wallets, ...(wallet && { message: deps.walletLinks.message(user, wallet) }) });
+    res.json({ user, wallets, ...(wallet && deps.walletLinks.message(user, wallet)) });
   });
 
   /**
    * Links a wallet to the signed-in user, given the wallet key's Ed25519 signature (base58 or base64) of the
-   * message GET /api/wallet-links?wallet= gives: the user may then pay from it (ReserveNode, SubmitJob with
-   * escrow_tx_hash, reclaims). Idempotent.
+   * message GET /api/wallet-links?wallet= gives, with that message's `expiresAt`, before it: the user may then
+   * pay from it (ReserveNode, SubmitJob with escrow_tx_hash, reclaims). Idempotent.
    */
   app.post('/api/wallet-links', express.json({ limit: '4kb' }), async (req, res) => {
     const user = deps.walletLinks.user(req.get('authorization'));
-    const body = (req.body ?? {}) as { wallet?: unknown; signature?: unknown };
-    const wallet = typeof body.wallet === 'string' ? body.wallet.trim() : '';
+    const body = (req.body ?? {}) as { wallet?: unknown; signature?: unknown; expiresAt?: unknown };
+    const text = (v: unknown) => (typeof v === 'string' ? v.trim() : '');
+    const wallet = text(body.wallet);
     if (!wallet) throw new ValidationError('wallet', 'is required (the wallet to link)');
-    const signature = typeof body.signature === 'string' ? body.signature.trim() : '';
-    if (!signature) throw new ValidationError('signature', `is required: the wallet key's signature of "${deps.walletLinks.message(user, wallet)}"`);
-    await deps.walletLinks.link(user, wallet, signature);
+    const signature = text(body.signature);
+    if (!signature) throw new ValidationError('signature', 'is required: the wallet key\'s signature of the message GET /api/wallet-links?wallet= gives');
+    const expiresAt = text(body.expiresAt);
+    if (!expiresAt) throw new ValidationError('expiresAt', 'is required: the expiry GET /api/wallet-links?wallet= gives with the message');
+    await deps.walletLinks.link(user, wallet, signature, expiresAt);
     res.status(201).json({ user, wallet });
   });
 
