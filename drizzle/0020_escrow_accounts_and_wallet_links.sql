@@ -1,6 +1,6 @@
 CREATE TABLE "opened_escrow_accounts" (
 	"job_id" text PRIMARY KEY NOT NULL,
-	"opened_at" timestamp with time zone DEFAULT now() NOT NULL
+	"opened_at" timestamp (3) with time zone DEFAULT now() NOT NULL
 );
 --> statement-breakpoint
 CREATE TABLE "user_wallets" (

@@ -593,11 +593,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   async function openEscrowAccount(jobId: string, mayCreate: () => boolean = () => true): Promise<PublicKey> {
     const address = escrowOf(jobId);
     const setup = await escrowAccountSetup(jobId);
-    if (setup.length === 0) {
-      // Asked for again: an account no job has used yet stays open a day from now.
-      await db.update(openedEscrowAccounts).set({ openedAt: new Date() }).where(eq(openedEscrowAccounts.jobId, jobId));
-      return address;
-    }
+    // Asked for again, it is not opened again: the day it has counts from its opening (asking again keeps none open).
+    if (setup.length === 0) return address;
     const [closed] = await db
       .select({ at: payments.accountClosedAt })
       .from(payments)
@@ -1168,7 +1165,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
 
   /**
    * Closes the escrow accounts opened ahead of a job (openEscrowAccount) that nothing used within `unusedForMs`
-   * of their last asking. An account a job's ledger names is that ledger's to close once settled
+   * of their opening. An account a job's ledger names is that ledger's to close once settled
    * (closeSettledEscrowAccounts) and is forgotten here; one an unfinished job has the id of is left for now; one
    * only reclaims used is closed once they are done. One holding tokens is left to its payer (a job to submit, or
    * a reclaim) and reported. A pass goes on from where the last stopped, so accounts it must leave never hold
@@ -1191,7 +1188,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const closed: string[] = [];
     const holding: string[] = [];
     const errors: string[] = [];
-    let last: (typeof rows)[number] | undefined;
+    let last: { openedAt: Date; jobId: string } | undefined = after;
     let stoppedEarly = false;
     for (const row of rows) {
       if (opts.budgetMs !== undefined && Date.now() - started > opts.budgetMs) {
@@ -1200,7 +1197,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
       last = row;
       const { jobId } = row;
-      // Forgotten only if still the asking this pass read: one asked for again meanwhile waits a day from then.
+      // Forgotten only if still the opening this pass read: one closed and opened again meanwhile waits its day.
       const forget = () =>
         db.delete(openedEscrowAccounts).where(and(eq(openedEscrowAccounts.jobId, jobId), lt(openedEscrowAccounts.openedAt, new Date(row.openedAt.getTime() + 1))));
       try {
@@ -1230,7 +1227,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         errors.push(`${jobId}: could not close its unused escrow account: ${String((err as Error)?.message ?? err).split('\n')[0].slice(0, 200)}`);
       }
     }
-    unusedAfter = (rows.length === opts.limit || stoppedEarly) && last ? { openedAt: last.openedAt, jobId: last.jobId } : undefined;
+    unusedAfter = rows.length === opts.limit || stoppedEarly ? last : undefined;
     return { closed, holding, errors };
   }
 

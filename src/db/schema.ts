@@ -221,8 +221,11 @@ export const openedEscrowAccounts = pgTable(
   'opened_escrow_accounts',
   {
     jobId: text('job_id').primaryKey(),
-    /** When it was last asked for: it is closed only once nothing used it for a day from then. */
-    openedAt: ts('opened_at').notNull().defaultNow(),
+    /**
+     * When it was opened: it is closed once nothing used it for a day from then. Milliseconds, as the app's
+     * clock writes them and the reconciliation's cursor reads them back.
+     */
+    openedAt: timestamp('opened_at', { withTimezone: true, mode: 'date', precision: 3 }).notNull().defaultNow(),
   },
   (t) => [index('opened_escrow_accounts_opened_idx').on(t.openedAt, t.jobId)],
 );

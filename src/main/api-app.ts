@@ -193,7 +193,7 @@ export async function startApi(
         if (!claims) throw new ConflictError('authentication is off (AUTH_JWT_SECRET is unset): wallets are not tied to users');
         const user = userOf(claims);
         if (!user) throw new ForbiddenError('authorization: the token names no user (sub): no wallet can be linked to it');
-        return user;
+        return { user, claim: walletClaimOf(claims) };
       },
       link: async (user, wallet, signature, expiresAt) => {
         await walletLinks.link(user, wallet, signature, expiresAt);
@@ -201,10 +201,11 @@ export async function startApi(
         await nodes.accountWalletChanged(user, '', await walletLinks.firstLinked(user));
       },
       list: (user) => walletLinks.list(user),
-      unlink: async (user, wallet) => {
+      unlink: async (user, wallet, claim) => {
         if (!(await walletLinks.unlink(user, wallet))) return false;
-        // Its nodes paid to it from the account move to the next linked wallet, or are owed until there is one.
-        await nodes.accountWalletChanged(user, wallet, await walletLinks.firstLinked(user));
+        // Its nodes paid to it from the account move to the next linked wallet, or are owed until there is one;
+        // not when the token names it (those nodes follow the claim).
+        if (wallet !== claim) await nodes.accountWalletChanged(user, wallet, await walletLinks.firstLinked(user));
         return true;
       },
       message: (user, wallet) => {

@@ -1,4 +1,5 @@
 import { createPublicKey, verify } from 'node:crypto';
+import { ed25519 } from '@noble/curves/ed25519';
 import { getBase58Encoder } from '@solana/kit';
 import { and, asc, eq } from 'drizzle-orm';
 import type { Db } from '../db/client';
@@ -39,17 +40,17 @@ export function createWalletLinks(db: Db) {
     if (!userId) throw new ValidationError('authorization', 'the token names no user (sub)');
     const key = walletAddress(wallet, 'wallet');
     const until = Date.parse(expiresAt);
-    if (!/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000Z$/.test(expiresAt) || !Number.isFinite(until)) {
+    if (!/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000Z$/.test(expiresAt) || !Number.isFinite(until) || new Date(until).toISOString() !== expiresAt) {
       throw new ValidationError('expiresAt', 'must be the expiry GET /api/wallet-links?wallet= gave with the message');
     }
     if (until <= now) throw new ValidationError('expiresAt', `the message expired at ${expiresAt}: ask for a new one`);
     if (until > now + LINK_MESSAGE_TTL_MS + 60_000) throw new ValidationError('expiresAt', `is more than ${LINK_MESSAGE_TTL_MS / 60_000} minutes ahead`);
+    // A key of small order (no one holds it; trivial signatures verify for many messages) proves nothing, and
+    // neither does an address off the curve (a program's).
+    if (!isOrdinaryKey(key.toBytes())) throw new ValidationError('wallet', `${key.toBase58()} is no key anyone can sign with`);
     const message = linkMessage(userId, key.toBase58(), expiresAt);
     const publicKey = createPublicKey({ key: Buffer.concat([ED25519_SPKI_PREFIX, key.toBuffer()]), format: 'der', type: 'spki' });
-    const signs = (text: string, sig: Buffer) => verify(null, Buffer.from(text), publicKey, sig);
-    // A signature that holds for any message (a small-order key, which no one holds, with a trivial signature)
-    // proves nothing: it must not hold for another one.
-    if (!decodeSignature(signature).some((sig) => signs(message, sig) && !signs(`${message}.`, sig))) {
+    if (!decodeSignature(signature).some((sig) => verify(null, Buffer.from(message), publicKey, sig))) {
       throw new ValidationError('signature', `is not ${key.toBase58()}'s signature of "${message}"`);
     }
     const linked = await list(userId);
@@ -108,6 +109,15 @@ export async function requireUsersWallet(
       ? `${p.field} ${p.wallet} is not the signed-in user's wallet (${p.claim}), nor linked to the user (POST /api/wallet-links)`
       : `${p.field} ${p.wallet} cannot be tied to the signed-in user: the token carries no wallet_address claim, and the wallet is not linked to the user (POST /api/wallet-links)`,
   );
+}
+
+/** Whether 32 bytes are a point on the curve that is not of small order: a key someone may hold. */
+function isOrdinaryKey(bytes: Uint8Array): boolean {
+  try {
+    return !ed25519.ExtendedPoint.fromHex(bytes).isSmallOrder();
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -6,6 +6,8 @@ import { signP2PToken } from '../../src/services/p2p-token';
 import { verifyUserToken } from '../../src/services/user-token';
 import { createWalletLinks, decodeSignature, linkExpiry, linkMessage } from '../../src/services/wallet-links';
 import type { Db } from '../../src/db/client';
+import { getBase58Decoder } from '@solana/kit';
+import { Keypair } from '@solana/web3.js';
 
 const SECRET = 'website-login-secret';
 const b64 = (v: object | string) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
@@ -113,16 +115,29 @@ describe("wallet links: the proof a wallet is the user's", () => {
   it('reads a signature as base58 or base64, and both when it could be either', () => {
     const bytes = Buffer.alloc(64, 7);
     expect(decodeSignature(bytes.toString('base64'))).toEqual([bytes]);
+    expect(decodeSignature(getBase58Decoder().decode(bytes))).toEqual([bytes]);
+    // A base64 signature that is base58 text too is read as base64 all the same (the base58 reading, when it is
+    // 64 bytes, is tried beside it).
+    const both = Buffer.alloc(64, 0x82).toString('base64').replace(/=+$/, ''); // unpadded, as some wallets send it
+    expect(both).toMatch(/^[1-9A-HJ-NP-Za-km-z]+$/);
+    expect(decodeSignature(both)).toContainEqual(Buffer.from(both, 'base64'));
     expect(() => decodeSignature('not a signature')).toThrow(/^signature:/);
     expect(() => decodeSignature(Buffer.alloc(63).toString('base64'))).toThrow(/64-byte/);
   });
 
-  it('refuses a small-order key whose trivial signature holds for every message (no one holds that key)', async () => {
+  it('refuses keys of small order, whose trivial signatures verify for many messages (no one holds them)', async () => {
     const links = createWalletLinks({} as Db); // refused before Postgres is asked
-    const identity = '4uQeVj5tqViQh7yWWGStvkEG1Zmhx6uasJtWCJziofM'; // the encoding of the curve's identity point
     const trivial = Buffer.concat([Buffer.from([1]), Buffer.alloc(63)]).toString('base64'); // R = identity, S = 0
     const expiresAt = linkExpiry(NOW * 1000);
-    await expect(links.link('user-1', identity, trivial, expiresAt, NOW * 1000)).rejects.toMatchObject({ field: 'signature' });
+    // The identity point (order 1) and the point of order 2.
+    for (const key of ['4uQeVj5tqViQh7yWWGStvkEG1Zmhx6uasJtWCJziofM', 'Gx9dDNxzpALCowVuZb7pBceBLJugLA8sPa6TJDXrpfeW']) {
+      await expect(links.link('user-1', key, trivial, expiresAt, NOW * 1000)).rejects.toMatchObject({ field: 'wallet', message: expect.stringContaining('no key anyone can sign with') });
+    }
+    const identity = '4uQeVj5tqViQh7yWWGStvkEG1Zmhx6uasJtWCJziofM';
+    const ordinary = Keypair.generate().publicKey.toBase58();
+    // An expiry that is no instant as written (30 February) is refused, though a date parser would read one.
+    await expect(links.link('user-1', ordinary, trivial, '2027-02-30T00:00:00.000Z', NOW * 1000)).rejects.toMatchObject({ field: 'expiresAt' });
+    await expect(links.link('user-1', ordinary, trivial, expiresAt, NOW * 1000)).rejects.toMatchObject({ field: 'signature' });
     expect(linkMessage('user-1', identity, expiresAt)).toContain(`(until ${expiresAt})`);
     await expect(links.link('', identity, trivial, expiresAt, NOW * 1000)).rejects.toMatchObject({ field: 'authorization' });
     await expect(links.link('user-1', identity, trivial, '2020-01-01T00:00:00.000Z', NOW * 1000)).rejects.toMatchObject({ field: 'expiresAt' });

@@ -53,14 +53,15 @@ export interface RestDeps {
   /** Wallets signed-in users proved are theirs (auth on). */
   walletLinks: {
     /**
-     * The signed-in user, from the Authorization header. @throws UnauthenticatedError without a valid token,
-     * ConflictError with auth off (wallets are then not tied to users).
+     * The signed-in user, and the wallet its token names ('' when none), from the Authorization header.
+     * @throws UnauthenticatedError without a valid token, ConflictError with auth off (wallets are then not tied
+     * to users)
      */
-    user(authorization: string | undefined): string;
+    user(authorization: string | undefined): { user: string; claim: string };
     link(user: string, wallet: string, signature: string, expiresAt: string): Promise<void>;
     list(user: string): Promise<{ wallet: string; linkedAt: Date }[]>;
-    /** @returns whether it was linked */
-    unlink(user: string, wallet: string): Promise<boolean>;
+    /** @param claim the wallet the user's token names. @returns whether it was linked */
+    unlink(user: string, wallet: string, claim: string): Promise<boolean>;
     /** What the wallet's key signs to link it to the user, and until when it may. */
     message(user: string, wallet: string): { message: string; expiresAt: string };
   };
@@ -285,7 +286,7 @@ export function createRestApp(deps: RestDeps) {
 
   /** The signed-in user's linked wallets; with `?wallet=`, also the message that wallet's key signs to link it. */
   app.get('/api/wallet-links', async (req, res) => {
-    const user = deps.walletLinks.user(req.get('authorization'));
+    const { user } = deps.walletLinks.user(req.get('authorization'));
     const wallet = textParam(req.query.wallet, 'wallet');
     const wallets = (await deps.walletLinks.list(user)).map((l) => ({ wallet: l.wallet, linkedAt: l.linkedAt.toISOString() }));
     res.json({ user, wallets, ...(wallet && deps.walletLinks.message(user, wallet)) });
@@ -297,7 +298,7 @@ export function createRestApp(deps: RestDeps) {
    * pay from it (ReserveNode, SubmitJob with escrow_tx_hash, reclaims). Idempotent.
    */
   app.post('/api/wallet-links', express.json({ limit: '4kb' }), async (req, res) => {
-    const user = deps.walletLinks.user(req.get('authorization'));
+    const { user } = deps.walletLinks.user(req.get('authorization'));
     const body = (req.body ?? {}) as { wallet?: unknown; signature?: unknown; expiresAt?: unknown };
     const text = (v: unknown) => (typeof v === 'string' ? v.trim() : '');
     const wallet = text(body.wallet);
@@ -311,8 +312,8 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.delete('/api/wallet-links/:wallet', async (req, res) => {
-    const user = deps.walletLinks.user(req.get('authorization'));
-    if (!(await deps.walletLinks.unlink(user, req.params.wallet))) throw new NotFoundError('wallet link', req.params.wallet);
+    const { user, claim } = deps.walletLinks.user(req.get('authorization'));
+    if (!(await deps.walletLinks.unlink(user, req.params.wallet, claim))) throw new NotFoundError('wallet link', req.params.wallet);
     res.json({ user, wallet: req.params.wallet, unlinked: true });
   });
 
