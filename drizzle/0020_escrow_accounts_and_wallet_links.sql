@@ -10,4 +10,5 @@ CREATE TABLE "user_wallets" (
 	CONSTRAINT "user_wallets_user_id_wallet_pk" PRIMARY KEY("user_id","wallet")
 );
 --> statement-breakpoint
-CREATE INDEX "opened_escrow_accounts_opened_idx" ON "opened_escrow_accounts" USING btree ("opened_at","job_id");
+CREATE INDEX "opened_escrow_accounts_opened_idx" ON "opened_escrow_accounts" USING btree ("opened_at","job_id");--> statement-breakpoint
+CREATE INDEX "nodes_owner_idx" ON "nodes" USING btree ("owner") WHERE "nodes"."owner" is not null;

@@ -58,8 +58,9 @@ export const nodes = pgTable(
     region: text('region').notNull().default(''),
     walletAddress: text('wallet_address').notNull().default(''),
     /**
-     * The wallet is its user's (the token's wallet_address claim at registration), not one the node named: it
-     * follows the claim until a registration names a wallet.
+     * The wallet is its user's account wallet (the token's wallet_address claim at registration, else the first
+     * wallet the user linked), not one the node named: it follows the account (a new claim, a link or an unlink)
+     * until a registration names a wallet.
      */
     walletFromAccount: boolean('wallet_from_account').notNull().default(false),
     /** The user (the verified token's `sub`) it belongs to, when AUTH_JWT_SECRET is set; others are refused. */
@@ -113,6 +114,8 @@ export const nodes = pgTable(
     index('nodes_region_lower_idx').on(sql`lower(${t.region})`),
     index('nodes_price_idx').on(t.pricePerHour),
     index('nodes_reserved_idx').on(t.reservedBy).where(sql`${t.reservedBy} is not null`),
+    // A user's nodes, when a wallet the user links or unlinks moves their payouts.
+    index('nodes_owner_idx').on(t.owner).where(sql`${t.owner} is not null`),
     check('nodes_reputation_range', sql`${t.reputation} >= 0 and ${t.reputation} <= 1`),
   ],
 );

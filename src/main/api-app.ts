@@ -195,19 +195,10 @@ export async function startApi(
         if (!user) throw new ForbiddenError('authorization: the token names no user (sub): no wallet can be linked to it');
         return { user, claim: walletClaimOf(claims) };
       },
-      link: async (user, wallet, signature, expiresAt) => {
-        await walletLinks.link(user, wallet, signature, expiresAt);
-        // The user's nodes with no wallet (shipping nodes name none) are paid to the first one linked.
-        await nodes.accountWalletChanged(user, '', await walletLinks.firstLinked(user));
-      },
+      // The user's nodes without a wallet of their own (shipping nodes name none) follow the links.
+      link: (user, claim, wallet, signature, expiresAt) => nodes.linkWallet(user, claim, wallet, signature, expiresAt),
       list: (user) => walletLinks.list(user),
-      unlink: async (user, wallet, claim) => {
-        if (!(await walletLinks.unlink(user, wallet))) return false;
-        // Its nodes paid to it from the account move to the next linked wallet, or are owed until there is one;
-        // not when the token names it (those nodes follow the claim).
-        if (wallet !== claim) await nodes.accountWalletChanged(user, wallet, await walletLinks.firstLinked(user));
-        return true;
-      },
+      unlink: (user, claim, wallet) => nodes.unlinkWallet(user, claim, wallet),
       message: (user, wallet) => {
         const expiresAt = linkExpiry();
         return { message: linkMessage(user, walletAddress(wallet, 'wallet').toBase58(), expiresAt), expiresAt };

@@ -298,7 +298,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         }
       }
     } catch (err) {
-      log.warn({ err: String(err) }, 'could not retire or delete silent nodes');
+      log.warn({ err: String(err) }, 'could not make silent nodes dormant or delete unregistered ones');
     }
   }
 

@@ -139,7 +139,8 @@ export function createJobService(deps: JobServiceDeps) {
   }
 
   /**
-   * Cancels an unfinished job; resolves once the escrow is refunded.
+   * Cancels an unfinished job; resolves once the escrow is refunded, or once the cancel is accepted when the
+   * refund takes longer than the Engine waits (JobWorkflowGateway.cancel).
    * @throws NotFoundError; ConflictError when the job has finished.
    */
   async function cancel(jobId: string, reason: string, caller?: string): Promise<{ refundIssued: boolean; txRef: string }> {

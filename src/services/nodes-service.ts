@@ -8,7 +8,7 @@ import { isId } from '../domain/ids';
 import { isTerminal } from '../domain/job';
 import { isHolding } from '../domain/reservation';
 import type { HeartbeatHub, NewNodeGate } from './heartbeat-hub';
-import type { WalletLinks } from './wallet-links';
+import { walletOrNone, type WalletLinks } from './wallet-links';
 import type { JobWorkflowGateway } from './job-workflows';
 
 
@@ -27,7 +27,7 @@ export interface NodeServiceDeps {
   /** Whether a caller may have one more node record made now (NEW_NODES_PER_MINUTE); absent = no limit. */
   mayCreateNode?: NewNodeGate;
   /** Wallets users linked: a node registered without a wallet, by a token naming none, is paid to the first. */
-  walletLinks?: Pick<WalletLinks, 'firstLinked'>;
+  walletLinks?: WalletLinks;
   log: { warn(obj: object, msg: string): void };
 }
 
@@ -78,7 +78,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     // which the shipping node stores and sends from then on.
     const claimable = isId(claimedId) && (existing !== undefined || !(await nodesRepo.getNode(db, claimedId)));
     const nodeId = existing ?? (claimable ? claimedId : randomUUID());
-    const accountWallet = from.accountWallet || (caller && !reg.walletAddress && deps.walletLinks ? await deps.walletLinks.firstLinked(caller) : '');
+    const accountWallet = caller && !reg.walletAddress ? await accountWalletOf(caller, from.accountWallet) : '';
     const row = await nodesRepo.upsertNode(db, nodeId, reg, caller, accountWallet);
     heartbeats.remember(nodeId);
     // A new wallet pays what the node is owed; beside the answer (the node gives RegisterNode 10 s).
@@ -94,10 +94,41 @@ export function createNodeService(deps: NodeServiceDeps) {
     return { nodeId, created: !existing };
   }
 
+  /** The user's account wallet: the wallet its token names (`claim`, when it is an address), else its first linked. */
+  async function accountWalletOf(user: string, claim: string | undefined): Promise<string> {
+    return walletOrNone(claim) || ((await deps.walletLinks?.firstLinked(user)) ?? '');
+  }
+
   /**
-   * The user's account wallet changed from `from` to `to` (a wallet linked or unlinked): the user's nodes paid to
-   * `from` from the account, and those with no wallet at all, are paid to `to` from now on ('' = owed until there
-   * is one), what they are owed included.
+   * Links a wallet to the user (WalletLinks.link); the user's nodes that have no wallet are then paid to the
+   * user's account wallet, what they are owed included.
+   * @param claim the wallet the user's token names ('' when none)
+   */
+  async function linkWallet(user: string, claim: string, wallet: string, signature: string, expiresAt: string): Promise<void> {
+    const links = linksOrRefuse();
+    if (await links.link(user, wallet, signature, expiresAt)) await accountWalletChanged(user, '', await accountWalletOf(user, claim));
+  }
+
+  /**
+   * Unlinks a wallet from the user; the nodes paid to it from the account are paid to the user's account wallet
+   * now (or owed until there is one), unless the token names it: those nodes follow the claim.
+   * @returns whether it was linked
+   */
+  async function unlinkWallet(user: string, claim: string, wallet: string): Promise<boolean> {
+    if (!(await linksOrRefuse().unlink(user, wallet))) return false;
+    if (wallet !== walletOrNone(claim)) await accountWalletChanged(user, wallet, await accountWalletOf(user, claim));
+    return true;
+  }
+
+  function linksOrRefuse(): WalletLinks {
+    if (!deps.walletLinks) throw new ConflictError('wallet links are not kept by this server');
+    return deps.walletLinks;
+  }
+
+  /**
+   * The user's account wallet changed from `from` to `to`: the user's nodes paid to `from` from the account, and
+   * those with no wallet at all, are paid to `to` from now on ('' = owed until there is one), what they are owed
+   * included.
    * @returns the nodes whose wallet changed
    */
   async function accountWalletChanged(owner: string, from: string, to: string): Promise<string[]> {
@@ -239,7 +270,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     return !!job && job.assignedNodeId === nodeId && !isTerminal(job.status);
   }
 
-  return { register, accountWalletChanged, requireNodeOwner, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
+  return { register, linkWallet, unlinkWallet, requireNodeOwner, accepted, progress, completed, failed, metrics, shouldContinue, heartbeat: heartbeats.beat };
 }
 
 export type NodeService = ReturnType<typeof createNodeService>;

@@ -34,10 +34,11 @@ export function createWalletLinks(db: Db) {
    * Links `wallet` to the user, given the wallet key's Ed25519 signature of linkMessage(userId, wallet, expiresAt)
    * before `expiresAt`.
    * @param signature base58 (what a wallet returns) or base64
-   * @throws ValidationError naming `wallet`, `expiresAt` or `signature`
+   * @returns whether it was not linked before
+   * @throws ValidationError naming `wallet`, `expiresAt` or `signature`; ForbiddenError for a token naming no user
    */
-  async function link(userId: string, wallet: string, signature: string, expiresAt: string, now = Date.now()): Promise<void> {
-    if (!userId) throw new ValidationError('authorization', 'the token names no user (sub)');
+  async function link(userId: string, wallet: string, signature: string, expiresAt: string, now = Date.now()): Promise<boolean> {
+    if (!userId) throw new ForbiddenError('authorization: the token names no user (sub): no wallet can be linked to it');
     const key = walletAddress(wallet, 'wallet');
     const until = Date.parse(expiresAt);
     if (!/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000Z$/.test(expiresAt) || !Number.isFinite(until) || new Date(until).toISOString() !== expiresAt) {
@@ -57,7 +58,8 @@ export function createWalletLinks(db: Db) {
     if (!linked.some((l) => l.wallet === key.toBase58()) && linked.length >= MAX_LINKS_PER_USER) {
       throw new ValidationError('wallet', `at most ${MAX_LINKS_PER_USER} wallets may be linked to one user: unlink one first`);
     }
-    await db.insert(userWallets).values({ userId, wallet: key.toBase58() }).onConflictDoNothing();
+    const added = await db.insert(userWallets).values({ userId, wallet: key.toBase58() }).onConflictDoNothing().returning({ wallet: userWallets.wallet });
+    return added.length > 0;
   }
 
   /** @returns whether the wallet was linked to the user */
@@ -109,6 +111,15 @@ export async function requireUsersWallet(
       ? `${p.field} ${p.wallet} is not the signed-in user's wallet (${p.claim}), nor linked to the user (POST /api/wallet-links)`
       : `${p.field} ${p.wallet} cannot be tied to the signed-in user: the token carries no wallet_address claim, and the wallet is not linked to the user (POST /api/wallet-links)`,
   );
+}
+
+/** A wallet address as it is written canonically, '' when `value` is none (a token's claim may be anything). */
+export function walletOrNone(value: string | undefined): string {
+  try {
+    return value ? walletAddress(value).toBase58() : '';
+  } catch {
+    return '';
+  }
 }
 
 /** Whether 32 bytes are a point on the curve that is not of small order: a key someone may hold. */

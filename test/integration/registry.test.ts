@@ -150,37 +150,48 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await nodesRepo.getNode(database.db, 'no-account-wallet'))?.walletAddress).toBe('');
   });
 
-  it('pays a node of a user whose token names no wallet to the first wallet the user linked, and moves it when that is unlinked', async () => {
+  it('pays the nodes of a user whose token names no wallet to the first wallet the user linked, and moves them when it is unlinked', async () => {
     const { gateway } = recordingGateway();
     const { heartbeats } = services();
-    const walletLinks = createWalletLinks(database.db);
-    const service = createNodeService({ db: database.db, workflows: gateway, heartbeats, offlineAfterMs: 30_000, tokenDecimals: 9, walletLinks, log });
+    const service = createNodeService({ db: database.db, workflows: gateway, heartbeats, offlineAfterMs: 30_000, tokenDecimals: 9, walletLinks: createWalletLinks(database.db), log });
     const wallet = async (id: string) => (await nodesRepo.getNode(database.db, id))?.walletAddress;
-    const [first, second] = [Keypair.generate(), Keypair.generate()];
-    const link = async (key: Keypair) => {
+    const [first, second, claimed] = [Keypair.generate(), Keypair.generate(), Keypair.generate()];
+    const addressOf = (key: Keypair) => key.publicKey.toBase58();
+    const signed = (user: string, key: Keypair) => {
       const expiresAt = linkExpiry();
       const seed = createPrivateKey({ key: Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), Buffer.from(key.secretKey.subarray(0, 32))]), format: 'der', type: 'pkcs8' });
-      const signature = sign(null, Buffer.from(linkMessage('linking-user', key.publicKey.toBase58(), expiresAt)), seed).toString('base64');
-      await walletLinks.link('linking-user', key.publicKey.toBase58(), signature, expiresAt);
-      return service.accountWalletChanged('linking-user', '', await walletLinks.firstLinked('linking-user'));
+      return { signature: sign(null, Buffer.from(linkMessage(user, addressOf(key), expiresAt)), seed).toString('base64'), expiresAt };
+    };
+    const link = (key: Keypair, claim = '') => {
+      const { signature, expiresAt } = signed('linking-user', key);
+      return service.linkWallet('linking-user', claim, addressOf(key), signature, expiresAt);
     };
     await service.register('linked-1', registration({ ipAddress: '10.67.0.1' }), { caller: 'linking-user' });
     expect(await wallet('linked-1')).toBe('');
     // The user links a wallet (its key signs the message): the node without one has it from then on.
-    expect(await link(first)).toEqual(['linked-1']);
-    expect(await wallet('linked-1')).toBe(first.publicKey.toBase58());
+    await link(first);
+    expect(await wallet('linked-1')).toBe(addressOf(first));
     // A node the user registers later without one gets it at once; one naming a wallet keeps its own.
     await service.register('linked-2', registration({ ipAddress: '10.67.0.2' }), { caller: 'linking-user' });
-    expect(await wallet('linked-2')).toBe(first.publicKey.toBase58());
+    expect(await wallet('linked-2')).toBe(addressOf(first));
     await service.register('linked-3', registration({ ipAddress: '10.67.0.3', walletAddress: 'SysvarC1ock11111111111111111111111111111111' }), { caller: 'linking-user' });
-    expect(await link(second)).toEqual([]); // the first stays the account's wallet
-    // Unlinking the first moves the nodes paid to it from the account to the next; unlinking that leaves them owed.
-    expect(await walletLinks.unlink('linking-user', first.publicKey.toBase58())).toBe(true);
-    expect((await service.accountWalletChanged('linking-user', first.publicKey.toBase58(), await walletLinks.firstLinked('linking-user'))).sort()).toEqual(['linked-1', 'linked-2']);
-    expect(await wallet('linked-2')).toBe(second.publicKey.toBase58());
-    await walletLinks.unlink('linking-user', second.publicKey.toBase58());
-    await service.accountWalletChanged('linking-user', second.publicKey.toBase58(), '');
+    await link(second); // the first stays the account's wallet
+    expect(await wallet('linked-2')).toBe(addressOf(first));
+    // Unlinking the first moves the nodes paid to it from the account to the next.
+    expect(await service.unlinkWallet('linking-user', '', addressOf(first))).toBe(true);
+    expect([await wallet('linked-1'), await wallet('linked-2')]).toEqual([addressOf(second), addressOf(second)]);
+    // With a token naming a wallet, that one comes first; unlinking the wallet the token names moves nothing.
+    await link(claimed, addressOf(claimed));
+    expect(await service.unlinkWallet('linking-user', addressOf(claimed), addressOf(second))).toBe(true);
+    expect(await wallet('linked-1')).toBe(addressOf(claimed));
+    expect(await service.unlinkWallet('linking-user', addressOf(claimed), addressOf(claimed))).toBe(true);
+    expect(await wallet('linked-1')).toBe(addressOf(claimed));
+    // Unlinking with no wallet left and no claim leaves the nodes owed; one that named its own keeps it.
+    await link(first);
+    await database.db.update(nodes).set({ walletAddress: addressOf(first), walletFromAccount: true }).where(eq(nodes.id, 'linked-1'));
+    expect(await service.unlinkWallet('linking-user', '', addressOf(first))).toBe(true);
     expect([await wallet('linked-1'), await wallet('linked-3')]).toEqual(['', 'SysvarC1ock11111111111111111111111111111111']);
+    expect(await service.unlinkWallet('linking-user', '', addressOf(first))).toBe(false);
   });
 
   it('answers heartbeats from memory, writes them in one batch, samples metrics, and keeps jobs alive', async () => {

@@ -19,6 +19,10 @@ describe('loadConfig', () => {
     expect(c).toMatchObject({ authJwtSecret: '', authCheckExpiry: false, authBindWallet: true });
     expect(loadConfig({ AUTH_CHECK_EXPIRY: 'true', AUTH_BIND_WALLET: 'false' })).toMatchObject({ authCheckExpiry: true, authBindWallet: false });
     expect(() => loadConfig({ AUTH_BIND_WALLET: 'yes' })).toThrow(ConfigError);
+    // New node records per caller and minute: 60, 0 for no limit, never negative.
+    expect(c.nodes.newNodesPerMinute).toBe(60);
+    expect(loadConfig({ NEW_NODES_PER_MINUTE: '0' }).nodes.newNodesPerMinute).toBe(0);
+    expect(() => loadConfig({ NEW_NODES_PER_MINUTE: '-1' })).toThrow(ConfigError);
   });
 
   it('reads and validates the environment, naming every bad variable', () => {

@@ -13,7 +13,8 @@ import type {
   UpdateJobStatusRequest,
 } from '../../protocol/types';
 import type { NodeService } from '../../services/nodes-service';
-import { int64, MAX_METRICS, metricsValue, optionalText, optionalWallet, peerIp, progressValue, requireId, toNodeRegistration } from './mappers';
+import { int64, MAX_METRICS, metricsValue, optionalText, peerIp, progressValue, requireId, toNodeRegistration } from './mappers';
+import { walletOrNone } from '../../services/wallet-links';
 import type { CallerOf } from './auth';
 import { statusAndError, unary } from './unary';
 
@@ -60,14 +61,7 @@ export function createNodeHandlers(deps: NodeHandlerDeps) {
   const { nodes, log } = deps;
   const caller = deps.caller ?? (() => undefined);
   /** The token's wallet claim when it is a Solana address ('' otherwise: it is the user's, not the node's, to fix). */
-  const accountWallet = (call: { metadata: grpc.Metadata }) => {
-    const claim = deps.callerWallet?.(call);
-    try {
-      return claim ? optionalWallet(claim, 'wallet_address') : '';
-    } catch {
-      return '';
-    }
-  };
+  const accountWallet = (call: { metadata: grpc.Metadata }) => walletOrNone(deps.callerWallet?.(call));
 
   const RegisterNode = unary<RegisterNodeRequest, object>(
     log,

@@ -58,10 +58,11 @@ export interface RestDeps {
      * to users)
      */
     user(authorization: string | undefined): { user: string; claim: string };
-    link(user: string, wallet: string, signature: string, expiresAt: string): Promise<void>;
+    /** @param claim the wallet the user's token names ('' when none) */
+    link(user: string, claim: string, wallet: string, signature: string, expiresAt: string): Promise<void>;
     list(user: string): Promise<{ wallet: string; linkedAt: Date }[]>;
     /** @param claim the wallet the user's token names. @returns whether it was linked */
-    unlink(user: string, wallet: string, claim: string): Promise<boolean>;
+    unlink(user: string, claim: string, wallet: string): Promise<boolean>;
     /** What the wallet's key signs to link it to the user, and until when it may. */
     message(user: string, wallet: string): { message: string; expiresAt: string };
   };
@@ -298,7 +299,7 @@ export function createRestApp(deps: RestDeps) {
    * pay from it (ReserveNode, SubmitJob with escrow_tx_hash, reclaims). Idempotent.
    */
   app.post('/api/wallet-links', express.json({ limit: '4kb' }), async (req, res) => {
-    const { user } = deps.walletLinks.user(req.get('authorization'));
+    const { user, claim } = deps.walletLinks.user(req.get('authorization'));
     const body = (req.body ?? {}) as { wallet?: unknown; signature?: unknown; expiresAt?: unknown };
     const text = (v: unknown) => (typeof v === 'string' ? v.trim() : '');
     const wallet = text(body.wallet);
@@ -307,13 +308,13 @@ export function createRestApp(deps: RestDeps) {
     if (!signature) throw new ValidationError('signature', 'is required: the wallet key\'s signature of the message GET /api/wallet-links?wallet= gives');
     const expiresAt = text(body.expiresAt);
     if (!expiresAt) throw new ValidationError('expiresAt', 'is required: the expiry GET /api/wallet-links?wallet= gives with the message');
-    await deps.walletLinks.link(user, wallet, signature, expiresAt);
+    await deps.walletLinks.link(user, claim, wallet, signature, expiresAt);
     res.status(201).json({ user, wallet });
   });
 
   app.delete('/api/wallet-links/:wallet', async (req, res) => {
     const { user, claim } = deps.walletLinks.user(req.get('authorization'));
-    if (!(await deps.walletLinks.unlink(user, req.params.wallet, claim))) throw new NotFoundError('wallet link', req.params.wallet);
+    if (!(await deps.walletLinks.unlink(user, claim, req.params.wallet))) throw new NotFoundError('wallet link', req.params.wallet);
     res.json({ user, wallet: req.params.wallet, unlinked: true });
   });
 
