@@ -151,6 +151,11 @@ const SEND_REFUSED = 'send refused:';
  * Classifies a refused transaction: the ones no retry can fix. The platform's own fee payer running short of
  * SOL is not one of them (an operator tops it up and the retry succeeds); the payer's tokens are.
  */
+/** Whether an escrow account (as read from the chain, null when there is none) holds tokens, or may: not one of ours. */
+function holdsTokens(info: { data: Uint8Array } | null): boolean {
+  return info !== null && (info.data.length < 72 || Buffer.from(info.data).readBigUInt64LE(64) !== 0n);
+}
+
 function permanentReason(err: unknown): string | undefined {
   const text = `${(err as Error)?.message ?? ''} ${JSON.stringify((err as SendTransactionError)?.logs ?? [])}`;
   if (/insufficient lamports|InsufficientFundsFor(Fee|Rent)|AccountNotFound/i.test(text)) return undefined;
@@ -1130,7 +1135,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         // Read by a node that has seen the escrow land: a lagging one would call the account missing.
         const seen = slot === null ? {} : { minContextSlot: Number(slot) };
         const info = await connection.getAccountInfo(account, { commitment: deps.commitment, ...seen });
-        if (info && (info.data.length < 72 || Buffer.from(info.data).readBigUInt64LE(64) !== 0n)) {
+        if (holdsTokens(info)) {
           holding.push(jobId);
           continue;
         }
@@ -1201,7 +1206,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const forget = () =>
         db.delete(openedEscrowAccounts).where(and(eq(openedEscrowAccounts.jobId, jobId), lt(openedEscrowAccounts.openedAt, new Date(row.openedAt.getTime() + 1))));
       try {
-        const account = escrowOf(jobId).toBase58();
+        const account = escrowOf(jobId);
         const [ledger] = await db.select({ id: payments.id }).from(payments).where(eq(payments.jobId, jobId)).limit(1);
         if (ledger) {
           await forget();
@@ -1212,15 +1217,15 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         const [moving] = await db
           .select({ id: payments.id })
           .from(payments)
-          .where(and(or(eq(payments.toAccount, account), eq(payments.fromAccount, account)), sql`${payments.state} <> 'confirmed'`))
+          .where(and(or(eq(payments.toAccount, account.toBase58()), eq(payments.fromAccount, account.toBase58())), sql`${payments.state} <> 'confirmed'`))
           .limit(1);
         if (moving) continue; // a reclaim on its way
-        const info = await connection.getAccountInfo(new PublicKey(account), deps.commitment);
-        if (info && (info.data.length < 72 || Buffer.from(info.data).readBigUInt64LE(64) !== 0n)) {
+        const info = await connection.getAccountInfo(account, deps.commitment);
+        if (holdsTokens(info)) {
           holding.push(jobId);
           continue;
         }
-        if (info && !(await closeEmptyAccount(jobId, new PublicKey(account), {}))) continue;
+        if (info && !(await closeEmptyAccount(jobId, account, {}))) continue;
         await forget();
         closed.push(jobId);
       } catch (err) {

@@ -285,7 +285,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
    */
   async function pruneNodes(nowMs: number): Promise<void> {
     const passes = [
-      { what: 'nodes silent for a day are dormant: out of matching until they beat again', run: () => nodesRepo.markNodesDormant(db, new Date(nowMs - DORMANT_AFTER_MS), NODE_PRUNE_BATCH, new Date(now())) },
+      { what: 'nodes silent for a day are dormant: out of matching until they beat again', run: () => nodesRepo.markNodesDormant(db, new Date(nowMs - DORMANT_AFTER_MS), NODE_PRUNE_BATCH, new Date(nowMs)) },
       { what: 'deleted the records of unknown node ids that never registered, silent for a day', run: () => nodesRepo.pruneUnregisteredNodes(db, new Date(nowMs - UNREGISTERED_RETENTION_MS), NODE_PRUNE_BATCH) },
     ];
     try {

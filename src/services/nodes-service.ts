@@ -82,9 +82,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     const row = await nodesRepo.upsertNode(db, nodeId, reg, caller, accountWallet);
     heartbeats.remember(nodeId);
     // A new wallet pays what the node is owed; beside the answer (the node gives RegisterNode 10 s).
-    if (row.walletAddress && row.walletAddress !== before?.walletAddress) {
-      void payOwed(nodeId).catch((err) => deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet'));
-    }
+    if (row.walletAddress && row.walletAddress !== before?.walletAddress) payOwedSoon(nodeId);
     // Waiting jobs may fit this node now, those it refused before included.
     void jobsRepo
       .forgetRefusals(db, [nodeId])
@@ -134,19 +132,17 @@ export function createNodeService(deps: NodeServiceDeps) {
   async function accountWalletChanged(owner: string, from: string, to: string): Promise<string[]> {
     if (from === to) return [];
     const changed = await nodesRepo.moveAccountWallet(db, owner, from, to);
-    if (to) {
-      for (const nodeId of changed) {
-        void payOwed(nodeId).catch((err) => deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet'));
-      }
-    }
+    if (to) for (const nodeId of changed) payOwedSoon(nodeId);
     return changed;
   }
 
-  /** Tells the jobs and reservations owing the node that it has a wallet to be paid to. */
-  async function payOwed(nodeId: string): Promise<void> {
-    const owed = await jobsRepo.jobsOwingNode(db, nodeId);
-    if (owed.length > 0) await workflows.walletRegistered(owed);
-    await deps.reservations?.walletRegistered(nodeId);
+  /** Tells the jobs and reservations owing the node that it has a wallet to be paid to, beside the caller's answer. */
+  function payOwedSoon(nodeId: string): void {
+    void (async () => {
+      const owed = await jobsRepo.jobsOwingNode(db, nodeId);
+      if (owed.length > 0) await workflows.walletRegistered(owed);
+      await deps.reservations?.walletRegistered(nodeId);
+    })().catch((err) => deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet'));
   }
 
   /**
