@@ -116,7 +116,7 @@ export class E2EBench {
     ]);
     const t0 = Date.now();
     await this.driver.request(
-      { cmd: 'startNodes', central: this.sys.grpcAddress, count: this.o.nodes, gpus: this.o.gpusPerNode, vramGiB: 8, heartbeatMs: 10_000, tag: 'e2e' },
+      { cmd: 'startNodes', central: this.sys.grpcAddress, count: this.o.nodes, gpus: this.o.gpusPerNode, vramGiB: 8, heartbeatMs: 10_000, tag: 'e2e', wallet: this.infra.chain.demoWallets.node },
       120_000,
     );
     log(`e2e: ${this.o.nodes} simulated nodes × ${this.o.gpusPerNode} GPUs registered in ${Date.now() - t0} ms`);

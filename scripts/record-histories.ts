@@ -130,6 +130,33 @@ const scenarios: Record<string, Scenario> = {
       await handle.signal(walletRegisteredSignal);
     },
   },
+  /**
+   * node-a has no wallet: completed with its payment owed; it registers one that cannot receive tokens yet (no
+   * token account): still owed, the new reason recorded on the job; then it can, and the next signal pays it.
+   */
+  'owed-why': {
+    nodes: [],
+    setup(cluster) {
+      cluster.register('node-a', 'accept', { wallet: false });
+      cluster.oweBecause('node-a', 'until it registers a wallet');
+    },
+    async drive({ env, handle, jobId, cluster }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
+      } finally {
+        alive.stop();
+      }
+      await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed');
+      cluster.oweBecause('node-a', 'until its wallet can receive them: W has no token account for M');
+      await handle.signal(walletRegisteredSignal);
+      await waitUntil(() => cluster.releaseOutcomes.length === 2, 10_000, 'the second (still owed) release');
+      cluster.registerWallet('node-a');
+      await handle.signal(walletRegisteredSignal);
+    },
+  },
   /** The payer has no funds: the escrow is refused for good → failed (402), never matched. */
   'escrow-refused': {
     nodes: ['node-a'],

@@ -54,6 +54,8 @@ interface SimNode {
 
 const state: {
   central?: string;
+  /** The wallet every simulated node registers (see startNodes). */
+  wallet?: string;
   nodeApi?: Pool;
   jobApi?: Pool;
   server?: grpc.Server;
@@ -108,9 +110,13 @@ function stopBeating(node: SimNode): void {
   node.timer = undefined;
 }
 
-/** Registers `count` simulated nodes with `gpus` CUDA devices of `vramGiB` each (capacity = gpus). */
-async function startNodes(msg: { central: string; count: number; gpus: number; vramGiB: number; heartbeatMs: number; tag: string }) {
+/**
+ * Registers `count` simulated nodes with `gpus` CUDA devices of `vramGiB` each (capacity = gpus), all paid to
+ * `wallet` (one with a token account for the mint: a farm's machines share one), else each to a fresh wallet.
+ */
+async function startNodes(msg: { central: string; count: number; gpus: number; vramGiB: number; heartbeatMs: number; tag: string; wallet?: string }) {
   state.central ??= msg.central;
+  state.wallet ??= msg.wallet;
   state.nodeApi ??= pool('NodeService', msg.central, 4);
   state.jobApi ??= pool('JobService', msg.central, 4);
   const server = assignServer();
@@ -127,7 +133,7 @@ async function startNodes(msg: { central: string; count: number; gpus: number; v
     await new Promise<number>((resolve, reject) =>
       server.bindAsync(`127.0.0.1:${port + 3}`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
     );
-    const wallet = Keypair.generate().publicKey.toBase58();
+    const wallet = state.wallet ?? Keypair.generate().publicKey.toBase58();
     const vram = String(msg.vramGiB * GiB);
     const res = await state.nodeApi.call('RegisterNode', {
       info: {

@@ -76,8 +76,9 @@ export function tokenAccountOf(wallet: PublicKey, mint: PublicKey): PublicKey {
 }
 
 /**
- * Pays `amount` smallest units into `wallet`'s token account, creating it if needed (fee payer pays rent) unless
- * `create` is false (then the transfer fails when the account does not exist).
+ * Pays `amount` smallest units into `wallet`'s token account. With `create` the account is made first when
+ * missing, the fee payer paying its rent: only for the platform's own accounts (the treasury), since the owner
+ * of any other could close it and keep the rent. Without, the transfer fails when the account does not exist.
  */
 export function payToWallet(p: {
   feePayer: PublicKey;
@@ -91,7 +92,7 @@ export function payToWallet(p: {
 }): TransactionInstruction[] {
   const to = tokenAccountOf(p.wallet, p.mint);
   return [
-    ...(p.create === false ? [] : [createAssociatedTokenAccountIdempotentInstruction(p.feePayer, to, p.wallet, p.mint)]),
+    ...(p.create ? [createAssociatedTokenAccountIdempotentInstruction(p.feePayer, to, p.wallet, p.mint)] : []),
     createTransferCheckedInstruction(p.from, p.mint, to, p.fromOwner, p.amount, p.decimals),
   ];
 }

@@ -64,7 +64,8 @@ export interface PotOutcome {
 
 export type ReleaseOutcome =
   | { owed: false; node: LegReceipt; platform: LegReceipt }
-  | { owed: true; nodeAmount: string; platformAmount: string };
+  /** `because`: why the node cannot be paid yet ("until it registers a wallet", ...; absent in older histories). */
+  | { owed: true; nodeAmount: string; platformAmount: string; because?: string };
 
 /** Non-retryable failure types: retrying cannot make them succeed. */
 export const SettlementErrors = PaymentFailures;
@@ -234,6 +235,41 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return usable ? wallet : '';
   }
 
+  /**
+   * Whether `wallet`'s associated token account for the mint exists now, as a token account. The platform never
+   * creates one for a payee: whoever owns it can close it and keep the rent, so paying that rent on every refund
+   * or payout would let anyone earn it again and again (close, get paid, close). A payee without one waits.
+   */
+  async function hasTokenAccount(wallet: string): Promise<boolean> {
+    const info = await connection.getAccountInfo(tokenAccountOf(new PublicKey(wallet), deps.mint), deps.commitment);
+    return info !== null && info.owner.equals(TOKEN_PROGRAM_ID) && info.data.length >= ACCOUNT_SIZE;
+  }
+
+  /** Why a payment to `wallet` waits: it has no token account for the mint (see hasTokenAccount). */
+  const noTokenAccount = (wallet: string) =>
+    `${wallet} has no token account for ${deps.mint.toBase58()} (${tokenAccountOf(new PublicKey(wallet), deps.mint).toBase58()}); the platform does not open one for it`;
+
+  /**
+   * The node's wallet when it can be paid now: usable (see usableWallet) and holding a token account for the
+   * mint. Else '' and why: the payment is owed until that changes.
+   */
+  async function payableNow(wallet: string): Promise<{ wallet: string; owedBecause: string }> {
+    const usable = await usableWallet(payableWallet(wallet));
+    if (!usable && wallet) return { wallet: '', owedBecause: `until it registers a wallet that can hold tokens (${wallet.slice(0, 64)} cannot)` };
+    if (!usable) return { wallet: '', owedBecause: 'until it registers a wallet' };
+    if (!(await hasTokenAccount(usable))) return { wallet: '', owedBecause: `until its wallet can receive them: ${noTokenAccount(usable)}` };
+    return { wallet: usable, owedBecause: '' };
+  }
+
+  /** Records on a leg not yet sent why it waits (kept until it is sent), and @returns the retryable failure to throw. */
+  async function waitsFor(jobId: string, leg: Leg, why: string) {
+    await db
+      .update(payments)
+      .set({ lastError: why, updatedAt: new Date() })
+      .where(and(eq(payments.jobId, jobId), eq(payments.leg, leg), inArray(payments.state, [...SENDABLE]), sql`${payments.lastError} is distinct from ${why}`));
+    return retryable(why);
+  }
+
   // With a price, a limit too: without one the fee is charged on 200,000 units per instruction (~1M for a
   // release), where a settlement uses a small part of SETTLEMENT_COMPUTE_UNITS.
   const priorityFee = deps.priorityFeeMicroLamports
@@ -320,9 +356,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
 
   /** Keeps why the cluster refused to take an attempt's bytes (it stays recorded: the bytes may still land). */
   async function noteSendRefused(jobId: string, legs: Leg[], signature: string, err: unknown): Promise<void> {
-    // The message's first line and the program logs that say what went wrong (the rest is metadata).
+    // The message up to its logs ("Simulation failed. Message: …", one line), and the program logs that say what
+    // went wrong (the rest is metadata).
     const logs = ((err as SendTransactionError)?.logs ?? []).filter((l) => /error|insufficient|failed|invalid/i.test(l));
-    const message = [String((err as Error)?.message ?? err).split('\n')[0].slice(0, 200), ...logs].join(' | ').slice(0, 500);
+    const text = String((err as Error)?.message ?? err).split(/\n\s*Logs:/)[0].replace(/\s+/g, ' ').trim();
+    const message = [text.slice(0, 300), ...logs].join(' | ').slice(0, 500);
     await db
       .update(payments)
       .set({ lastError: `${SEND_REFUSED} ${message}`, updatedAt: new Date() })
@@ -740,21 +778,26 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return settleRefund(id, input.jobId);
   }
 
-  /** Sends the recorded refund leg of `ledgerId` to its payee out of `escrowJobId`'s escrow account, exactly once. */
+  /**
+   * Sends the recorded refund leg of `ledgerId` to its payee out of `escrowJobId`'s escrow account, exactly once.
+   * A payee without a token account (closed since it paid) waits for it: retryable, the reason on the leg.
+   */
   async function settleRefund(ledgerId: string, escrowJobId: string, escrowSlot?: number): Promise<LegReceipt> {
-    const [row] = await settle(ledgerId, ['refund'], legKey(ledgerId, 'refund'), async ([leg]) => ({
-      instructions: payToWallet({
-        feePayer: authority.publicKey,
-        from: escrowOf(escrowJobId),
-        fromOwner: authority.publicKey,
-        wallet: new PublicKey(leg.toAccount),
-        mint: deps.mint,
-        decimals: deps.decimals,
-        amount: leg.amount,
-        create: !isReclaimId(ledgerId),
-      }),
-      signers: [],
-    }), undefined, escrowSlot);
+    const [row] = await settle(ledgerId, ['refund'], legKey(ledgerId, 'refund'), async ([leg]) => {
+      if (!(await hasTokenAccount(leg.toAccount))) throw await waitsFor(ledgerId, 'refund', `the refund waits: ${noTokenAccount(leg.toAccount)}`);
+      return {
+        instructions: payToWallet({
+          feePayer: authority.publicKey,
+          from: escrowOf(escrowJobId),
+          fromOwner: authority.publicKey,
+          wallet: new PublicKey(leg.toAccount),
+          mint: deps.mint,
+          decimals: deps.decimals,
+          amount: leg.amount,
+        }),
+        signers: [],
+      };
+    }, undefined, escrowSlot);
     return receipt(row);
   }
 
@@ -875,13 +918,14 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   }
 
   /**
-   * Pays a completed job: floor(90 %) to the node's wallet and the rest to the treasury, in one
-   * transaction. A node without a wallet is owed: the legs wait in state `owed` until it registers one.
+   * Pays a completed job: floor(90 %) to the node's wallet and the rest to the treasury, in one transaction. A
+   * node that cannot be paid now (no wallet, or a wallet without a token account for the mint) is owed: the legs
+   * wait in state `owed` until it can, and are paid by the first call after that.
    * @throws EscrowAlreadySettled (refunded), EscrowMissing — non-retryable.
    */
   async function release(input: { jobId: string; nodeId: string }): Promise<ReleaseOutcome> {
     const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
-    const wallet = await usableWallet(payableWallet(node?.wallet));
+    const { wallet, owedBecause } = await payableNow(node?.wallet ?? '');
     const split = await withEscrowLock(input.jobId, async (tx, escrowRow, legs) => {
       if (legs.some((l) => l.leg === 'refund')) {
         throw nonRetryable(SettlementErrors.alreadySettled, `escrow of job ${input.jobId} was refunded`);
@@ -901,30 +945,35 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         })))
         .onConflictDoNothing()
         .returning();
-      const owed = legs.some((l) => (l.leg === 'release_node' || l.leg === 'release_platform') && l.state === 'owed');
-      if (wallet && owed) {
-        // A node that registered its wallet after being owed: point the owed legs at it.
+      const recorded = legs.find((l) => l.leg === 'release_node');
+      let nodeState = recorded?.state ?? state;
+      if (recorded && wallet && nodeState === 'owed') {
+        // A node that can be paid since it was owed: point the owed legs at its wallet.
         await tx
           .update(payments)
-          .set({ toAccount: wallet, state: 'pending', updatedAt: new Date() })
-          .where(and(eq(payments.jobId, input.jobId), eq(payments.leg, 'release_node'), eq(payments.state, 'owed')));
+          .set({ toAccount: sql`case when ${payments.leg} = 'release_node' then ${wallet} else ${payments.toAccount} end`, state: 'pending', updatedAt: new Date() })
+          .where(and(eq(payments.jobId, input.jobId), inArray(payments.leg, ['release_node', 'release_platform']), eq(payments.state, 'owed')));
+        nodeState = 'pending';
+      } else if (recorded && !wallet && (nodeState === 'pending' || nodeState === 'failed')) {
+        // Recorded to be paid, and the node can no longer be (its token account closed since): owed, until it can.
         await tx
           .update(payments)
-          .set({ state: 'pending', updatedAt: new Date() })
-          .where(and(eq(payments.jobId, input.jobId), eq(payments.leg, 'release_platform'), eq(payments.state, 'owed')));
+          .set({ state: 'owed', updatedAt: new Date() })
+          .where(and(eq(payments.jobId, input.jobId), inArray(payments.leg, ['release_node', 'release_platform']), inArray(payments.state, ['pending', 'failed'])));
+        nodeState = 'owed';
       }
       // Both legs new: settle() starts from these rows instead of reading them again.
       const known = inserted.length === 2 ? (['release_node', 'release_platform'] as const).map((l) => inserted.find((r) => r.leg === l)!) : undefined;
-      return { ...s, known, escrowSlot: escrowRow.slot ?? undefined };
+      return { ...s, known, escrowSlot: escrowRow.slot ?? undefined, owed: nodeState === 'owed' };
     });
-    if (!wallet) return { owed: true, nodeAmount: split.node.toString(), platformAmount: split.platform.toString() };
+    if (split.owed) return { owed: true, nodeAmount: split.node.toString(), platformAmount: split.platform.toString(), because: owedBecause };
     const escrowAccount = escrowOf(input.jobId);
     const rows = await settle(input.jobId, ['release_node', 'release_platform'], legKey(input.jobId, 'release'), async ([nodeLeg, platformLeg]) => {
       const common = { feePayer: authority.publicKey, from: escrowAccount, fromOwner: authority.publicKey, mint: deps.mint, decimals: deps.decimals };
       return {
         instructions: [
           ...(nodeLeg.amount > 0n ? payToWallet({ ...common, wallet: new PublicKey(nodeLeg.toAccount), amount: nodeLeg.amount }) : []),
-          ...(platformLeg.amount > 0n ? payToWallet({ ...common, wallet: deps.treasury, amount: platformLeg.amount }) : []),
+          ...(platformLeg.amount > 0n ? payToWallet({ ...common, wallet: deps.treasury, amount: platformLeg.amount, create: true }) : []),
         ],
         signers: [],
       };
@@ -1016,7 +1065,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    */
   async function settlePot(input: { potId: string; nodeId: string; payUnits: string }): Promise<PotOutcome> {
     const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
-    const wallet = await usableWallet(payableWallet(node?.wallet));
+    const { wallet } = await payableNow(node?.wallet ?? '');
     const legs: Leg[] = ['release_node', 'release_platform', 'refund'];
     const escrowSlot = await withEscrowLock(input.potId, async (tx, escrowRow, recorded) => {
       if (!recorded.some((l) => legs.includes(l.leg))) {
@@ -1037,6 +1086,12 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           .update(payments)
           .set({ state: 'pending', updatedAt: new Date(), toAccount: sql`case when ${payments.leg} = 'release_node' then ${wallet} else ${payments.toAccount} end` })
           .where(and(eq(payments.jobId, input.potId), inArray(payments.leg, ['release_node', 'release_platform']), eq(payments.state, 'owed')));
+      } else {
+        // Recorded to be paid, and the node can no longer be (its token account closed since): owed, until it can.
+        await tx
+          .update(payments)
+          .set({ state: 'owed', updatedAt: new Date() })
+          .where(and(eq(payments.jobId, input.potId), inArray(payments.leg, ['release_node', 'release_platform']), inArray(payments.state, ['pending', 'failed'])));
       }
       return escrowRow.slot ?? undefined;
     });
@@ -1045,10 +1100,18 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     // Another attempt of this settlement may run at once (a retry while the node registers its wallet) and
     // group the legs differently; settle() then refuses the stale group and the legs are grouped again here.
     const isOpen = (r: PaymentRow) => r.state !== 'confirmed' && r.state !== 'owed';
+    /** Why the refund waits, when its payee has no token account (it is left out of new transactions). */
+    let refundWaits: string | undefined;
     for (let round = 0; round < 6; round++) {
-      const open = (await rowsOf(input.potId, legs)).filter(isOpen);
-      if (open.length === 0) break;
+      let open = (await rowsOf(input.potId, legs)).filter(isOpen);
       const sent = open.filter((r) => r.state === 'sent');
+      const refundLeg = open.find((r) => r.leg === 'refund');
+      if (sent.length === 0 && refundLeg && !(await hasTokenAccount(refundLeg.toAccount))) {
+        refundWaits = `the refund waits: ${noTokenAccount(refundLeg.toAccount)}`;
+        await waitsFor(input.potId, 'refund', refundWaits);
+        open = open.filter((r) => r !== refundLeg);
+      }
+      if (open.length === 0) break;
       const group = sent.length > 0 ? sent.filter((r) => r.txRef === sent[0].txRef) : open;
       const groupLegs = group.map((r) => r.leg);
       await settle(input.potId, groupLegs, `${input.potId}/${groupLegs.join('+')}`, async (rows) => {
@@ -1075,7 +1138,10 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     // An outcome is final for the workflow: it is only returned once every leg is confirmed or owed.
     const rows = await rowsOf(input.potId, legs);
     const unsettled = rows.filter(isOpen);
-    if (unsettled.length > 0) throw retryable(`${input.potId}: legs ${unsettled.map((r) => `${r.leg} (${r.state})`)} not settled yet`);
+    if (unsettled.length > 0) {
+      const waiting = refundWaits && unsettled.every((r) => r.leg === 'refund') ? `: ${refundWaits}` : '';
+      throw retryable(`${input.potId}: legs ${unsettled.map((r) => `${r.leg} (${r.state})`)} not settled yet${waiting}`);
+    }
     const leg = (l: Leg) => rows.find((r) => r.leg === l);
     const nodeLeg = leg('release_node');
     const refundLeg = leg('refund');

@@ -14,6 +14,12 @@ import type { JobWorkflowGateway } from './job-workflows';
 
 /** How long passing a node's report on as liveness may take before it is given up (the report itself is kept). */
 const NODE_ALIVE_LIMIT_MS = 5_000;
+/**
+ * A registration that keeps the node's wallet tells what the node is owed at most this often (per process): the
+ * wallet may have opened its token account since. Each tell is a settlement attempt per owing job, so a node
+ * registering in a loop must not drive them.
+ */
+const OWED_RETELL_MS = 10 * 60_000;
 export interface NodeServiceDeps {
   db: Db;
   workflows: JobWorkflowGateway;
@@ -42,6 +48,8 @@ export interface ProgressReport {
 /** Use-cases of nodes: registration, liveness, and the reports they make about their jobs. */
 export function createNodeService(deps: NodeServiceDeps) {
   const { db, workflows, heartbeats } = deps;
+  /** When a registration that kept its node's wallet last told what the node is owed (see OWED_RETELL_MS). */
+  const owedToldAt = new Map<string, number>();
 
   /**
    * Registers a node, or refreshes the one it already is. The same node gets the same id every time: a
@@ -81,8 +89,9 @@ export function createNodeService(deps: NodeServiceDeps) {
     const accountWallet = caller && !reg.walletAddress ? await accountWalletOf(caller, from.accountWallet) : '';
     const row = await nodesRepo.upsertNode(db, nodeId, reg, caller, accountWallet);
     heartbeats.remember(nodeId);
-    // A new wallet pays what the node is owed; beside the answer (the node gives RegisterNode 10 s).
-    if (row.walletAddress && row.walletAddress !== before?.walletAddress) payOwedSoon(nodeId);
+    // A new wallet pays what the node is owed; beside the answer (the node gives RegisterNode 10 s). So may the
+    // same one registered again: it may not have had a token account for the mint before.
+    if (row.walletAddress && (row.walletAddress !== before?.walletAddress || mayRetellOwed(nodeId))) payOwedSoon(nodeId);
     // Waiting jobs may fit this node now, those it refused before included.
     void jobsRepo
       .forgetRefusals(db, [nodeId])
@@ -90,6 +99,15 @@ export function createNodeService(deps: NodeServiceDeps) {
       .then((ids) => workflows.nodesChanged(ids))
       .catch((err) => deps.log.warn({ err: String(err) }, 'could not wake queued jobs'));
     return { nodeId, created: !existing };
+  }
+
+  function mayRetellOwed(nodeId: string): boolean {
+    const now = Date.now();
+    const last = owedToldAt.get(nodeId);
+    if (last !== undefined && now - last < OWED_RETELL_MS) return false;
+    if (owedToldAt.size >= 100_000) owedToldAt.clear();
+    owedToldAt.set(nodeId, now);
+    return true;
   }
 
   /** The user's account wallet: the wallet its token names (`claim`, when it is an address), else its first linked. */

@@ -563,7 +563,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     const done = end.how ? `completed on node ${nodeId} (${end.how})` : `completed on node ${nodeId}`;
     if (outcome.owed) {
       s.escrow = 'owed';
-      await transition('completed', `${done}; its ${outcome.nodeAmount} units are owed until it registers a wallet`, end.actor, {
+      owedBecause = outcome.because;
+      await transition('completed', `${done}; its ${outcome.nodeAmount} units are owed ${outcome.because ?? 'until it registers a wallet'}`, end.actor, {
         ended: true,
         error: null,
         data: { owed: outcome },
@@ -580,12 +581,20 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     final = { phase: 'completed', txRef: outcome.node.txRef };
   }
 
-  /** Waits for the node to register a wallet, then releases what it is owed. */
+  /** Why the node's payment is owed, as the job last recorded it (this run). */
+  let owedBecause: string | undefined;
+
+  /** Waits until the node can be paid (a wallet registered, or the hourly re-check), then releases what it is owed. */
   async function payOwed(nodeId: string): Promise<void> {
     for (;;) {
       await condition(() => walletRegistered, OWED_RECHECK);
       walletRegistered = false;
       const outcome = await moneyStep(() => money.release({ jobId, nodeId }));
+      if (outcome.owed && outcome.because && outcome.because !== owedBecause) {
+        // Still owed, for another reason now (a wallet registered that cannot receive tokens yet): the job says so.
+        owedBecause = outcome.because;
+        await transition('completed', `its ${outcome.nodeAmount} units are still owed ${outcome.because}`, 'workflow', { data: { owed: outcome } });
+      }
       if (!outcome.owed) {
         s.escrow = 'released';
         await transition('completed', `owed payment released: ${outcome.node.amount} to node ${nodeId}, ${outcome.platform.amount} to the platform`, 'workflow', {

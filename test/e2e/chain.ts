@@ -130,7 +130,29 @@ export function testChain() {
     return user;
   }
 
-  return { connection, mint, decimals: setup.decimals, authority, treasury, payer, ata, escrowAccount, accountBalance, balances, tokenMoves, memos, transfer, demoWallet, approvingWallet };
+  /**
+   * Opens `owner`'s CYXWIZ token account, as a node operator does once so the wallet can be paid (the platform
+   * never opens one for a payee); the demo node wallet pays its rent. Confirmed on return.
+   */
+  async function openTokenAccount(owner: Address): Promise<void> {
+    const funder = demoWallet('node');
+    const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash('confirmed');
+    const tx = new Transaction({ feePayer: funder.publicKey, blockhash, lastValidBlockHeight }).add(
+      createAssociatedTokenAccountIdempotentInstruction(funder.publicKey, ata(owner), key(owner), mint),
+    );
+    tx.sign(funder);
+    const signature = await connection.sendRawTransaction(tx.serialize());
+    await eventually(`the token account of ${key(owner).toBase58()} to be open`, async () => {
+      const status = (await connection.getSignatureStatuses([signature])).value[0];
+      if (status?.err) throw new Error(`opening failed: ${JSON.stringify(status.err)}`);
+      return status?.confirmationStatus === 'confirmed' || status?.confirmationStatus === 'finalized';
+    });
+  }
+
+  return {
+    connection, mint, decimals: setup.decimals, authority, treasury, payer, ata, escrowAccount, accountBalance, balances, tokenMoves, memos, transfer,
+    demoWallet, approvingWallet, openTokenAccount,
+  };
 }
 
 export type TestChain = ReturnType<typeof testChain>;

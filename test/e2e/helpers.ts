@@ -1,5 +1,6 @@
 import type * as grpc from '@grpc/grpc-js';
 import { protocolClient } from '../support/grpc-clients';
+import { testChain, type TestChain } from './chain';
 import { SimNode, type SimNodeOptions } from '../support/sim-node';
 import { eventually, freeNodePort, type RunningSystem } from '../support/system';
 
@@ -127,12 +128,17 @@ export async function within<T, U>(promise: Promise<T>, ms: number, onTimeout: U
   }
 }
 
-/** Starts a simulated node against the system on a free port; stopped by `nodes.stopAll()`. */
+/**
+ * Starts a simulated node against the system on a free port; stopped by `nodes.stopAll()`. A node given no wallet
+ * gets a fresh one whose token account is open, as an operator's is (else its payments would be owed).
+ */
 export function nodePool(sys: () => RunningSystem) {
   const started: SimNode[] = [];
+  let chain: TestChain | undefined;
   return {
     async start(opts: Partial<SimNodeOptions> = {}): Promise<SimNode> {
       const node = new SimNode({ central: sys().grpcAddress, port: await freeNodePort(), heartbeatMs: 1000, ...opts });
+      if (opts.wallet === undefined) await (chain ??= testChain()).openTokenAccount(node.wallet);
       started.push(node);
       return node.start();
     },

@@ -119,10 +119,22 @@ describe('a node without a wallet', () => {
     // The money waits in the job's escrow account; the treasury got nothing yet either.
     expect(await chain.balances({ escrow: escrowAccount, treasury: chain.ata(chain.treasury) })).toEqual({ escrow: 1_500_000_000n, treasury: treasuryBefore });
 
-    // It registers again from the same ip:port, without its id, now with a wallet.
+    // It registers again from the same ip:port, without its id, now with a wallet that has no token account for
+    // the mint yet: still owed (the platform opens no account for a payee), and the job says why.
     const wallet = Keypair.generate().publicKey.toBase58();
     node.wallet = wallet;
     const nodeId = node.nodeId;
+    expect(await node.register({ claimId: false })).toBe(nodeId);
+    const still = await eventually('the job to say why it is still owed', async () => {
+      const { body } = await restGet(sys(), `/api/jobs/${jobId}`);
+      return /still owed until its wallet can receive them/.test(body.events.at(-1).reason) ? body.events.at(-1).reason : undefined;
+    }, 10_000);
+    expect(still).toContain(`${wallet} has no token account for ${chain.mint.toBase58()}`);
+    expect((await paymentLegs(sys(), jobId)).release_node).toMatchObject({ state: 'owed', txRef: null });
+    expect(await chain.connection.getAccountInfo(chain.ata(wallet))).toBeNull();
+
+    // The operator opens it and the node registers again (a daemon restart): paid.
+    await chain.openTokenAccount(wallet);
     expect(await node.register({ claimId: false })).toBe(nodeId);
     const paid = await eventually(
       'the owed legs to be paid',

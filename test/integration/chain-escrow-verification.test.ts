@@ -13,6 +13,7 @@ import {
   createOtherMint,
   failureOf,
   fundedWallet,
+  openTokenAccount,
   sendTransaction,
   settlementOn,
   startTestChain,
@@ -98,6 +99,30 @@ describe('payer-paid escrow: verification of escrow_tx_hash on chain', () => {
     const refund = await settlement.refund({ jobId });
     expect(refund).toMatchObject({ amount: '2500', to: engine.publicKey.toBase58() });
     expect(await balanceOf(ataOf(engine.publicKey, chain.mint))).toBe(payerBefore);
+    expect(await balanceOf(address)).toBe(0n);
+  });
+
+  test('a refund to a payer who closed their token account since waits, with the reason on the leg: the platform opens none, and it is paid once the payer does', async () => {
+    const payer = await fundedWallet(chain, 1_200n);
+    const jobId = newJobId('closed-payer');
+    const address = await settlement.openEscrowAccount(jobId);
+    const signature = await pay(payer, address, 1_200n);
+    await settlement.escrow({ jobId, amount: '1200', payer: payer.publicKey.toBase58(), escrowTxHash: signature });
+    const payerAccount = ataOf(payer.publicKey, chain.mint);
+    await sendTransaction(chain.connection, payer, [createCloseAccountInstruction(payerAccount, payer.publicKey, payer.publicKey)]);
+    expect(await chain.connection.getAccountInfo(payerAccount)).toBeNull();
+
+    const failure = await failureOf(settlement.refund({ jobId }));
+    expect(failure.nonRetryable).toBeFalsy();
+    expect(failure.message).toBe(`the refund waits: ${payer.publicKey.toBase58()} has no token account for ${chain.mint.toBase58()} (${payerAccount.toBase58()}); the platform does not open one for it`);
+    const refundLeg = (await rowsOf(jobId)).find((r) => r.leg === 'refund');
+    expect(refundLeg).toMatchObject({ state: 'pending', txRef: null, lastError: failure.message });
+    expect(await chain.connection.getAccountInfo(payerAccount)).toBeNull();
+    expect(await balanceOf(address)).toBe(1_200n);
+
+    await openTokenAccount(chain, payer.publicKey);
+    expect(await settlement.refund({ jobId })).toMatchObject({ leg: 'refund', amount: '1200', to: payer.publicKey.toBase58() });
+    expect(await balanceOf(payerAccount)).toBe(1_200n);
     expect(await balanceOf(address)).toBe(0n);
   });
 

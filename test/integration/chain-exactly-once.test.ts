@@ -1,4 +1,4 @@
-import { Keypair, VersionedTransaction, type PublicKey } from '@solana/web3.js';
+import { VersionedTransaction, type PublicKey } from '@solana/web3.js';
 import { eq } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
 import { escrowAddress } from '../../src/chain/instructions';
@@ -9,6 +9,7 @@ import {
   ataOf,
   insertNode,
   landedWithMemo,
+  receivingWallet,
   settlementOn,
   startRpcProxy,
   startTestChain,
@@ -77,7 +78,7 @@ describe('chain settlement: exactly once across worker crashes', () => {
   /** A job ready for `step`: nothing for escrow, a confirmed escrow for release and refund. */
   async function jobReadyFor(step: Step, amount: bigint) {
     const jobId = `job-${run}-${step}-${++seq}`;
-    const wallet = Keypair.generate().publicKey;
+    const wallet = await receivingWallet(chain);
     const nodeId = `node-${jobId}`;
     await insertNode(database.db, nodeId, wallet.toBase58());
     if (step !== 'escrow') await healthy.escrow({ jobId, amount: amount.toString(), payer: chain.payer.publicKey.toBase58() });

@@ -1,5 +1,4 @@
 import { createTransferCheckedInstruction } from '@solana/spl-token';
-import { Keypair } from '@solana/web3.js';
 import { getBase58Decoder } from '@solana/kit';
 import { and, eq, inArray } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
@@ -9,7 +8,7 @@ import { reconcileLedger, type ReconcileReport } from '../../src/chain/reconcile
 import type { ChainSettlement, Leg } from '../../src/chain/settlement';
 import { jobs, openedEscrowAccounts, payments } from '../../src/db/schema';
 import { freshDatabase } from '../support/db';
-import { ataOf, insertNode, sendTransaction, settlementOn, startTestChain, tokenBalance, type TestChain } from '../support/chain';
+import { ataOf, insertNode, receivingWallet, sendTransaction, settlementOn, startTestChain, tokenBalance, type TestChain } from '../support/chain';
 
 class WorkerDied extends Error {}
 
@@ -57,7 +56,8 @@ describe('ledger reconciliation against the local ledger', () => {
     await settlement.escrow({ jobId, amount: amount.toString(), payer: chain.payer.publicKey.toBase58() });
     return jobId;
   };
-  const withNode = async (jobId: string, wallet: string = Keypair.generate().publicKey.toBase58()) => {
+  const withNode = async (jobId: string, given?: string) => {
+    const wallet = given ?? (await receivingWallet(chain)).toBase58();
     await insertNode(database.db, `node-${jobId}`, wallet);
     return `node-${jobId}`;
   };

@@ -1,4 +1,4 @@
-import { createApproveCheckedInstruction } from '@solana/spl-token';
+import { createApproveCheckedInstruction, createCloseAccountInstruction } from '@solana/spl-token';
 import type { Keypair, PublicKey } from '@solana/web3.js';
 import { and, eq, like, or } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
@@ -8,7 +8,7 @@ import { payments } from '../../src/db/schema';
 import { splitPayment } from '../../src/domain/money';
 import { PaymentFailures } from '../../src/domain/payments';
 import { freshDatabase } from '../support/db';
-import { ataOf, failureOf, fundedWallet, insertNode, sendTransaction, settlementOn, startTestChain, tokenBalance, type TestChain } from '../support/chain';
+import { ataOf, failureOf, fundedWallet, insertNode, openTokenAccount, receivingWallet, sendTransaction, settlementOn, startTestChain, tokenBalance, type TestChain } from '../support/chain';
 
 /**
  * Reservation money on a local ledger of this file's own: pots funded from the user's allowance (SPL delegate)
@@ -99,6 +99,30 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     expect(await settlement.settlePot({ potId, nodeId: `node-${run}-split`, payUnits: '1000' })).toEqual(outcome);
     expect(await balanceOf(ata(nodeWallet))).toBe(split.node);
     expect(await balanceOf(ata(user.publicKey))).toBe(10_000n - 1000n + 667n);
+  });
+
+  test('a user who closed their token account since funding: the node is paid now, the refund waits (reason on the leg) until it is open again', async () => {
+    const user = await approvingUser(1_000n);
+    const nodeWallet = await receivingWallet(chain);
+    await insertNode(database.db, `node-${run}-closed`, nodeWallet.toBase58());
+    const potId = newPot('closed');
+    await settlement.escrowPot({ potId, amount: '1000', owner: user.publicKey.toBase58() });
+    await sendTransaction(chain.connection, user, [createCloseAccountInstruction(ata(user.publicKey), user.publicKey, user.publicKey)]);
+
+    const failure = await failureOf(settlement.settlePot({ potId, nodeId: `node-${run}-closed`, payUnits: '400' }));
+    expect(failure.nonRetryable).toBeFalsy();
+    expect(failure.message).toMatch(new RegExp(`legs refund \\(pending\\) not settled yet: the refund waits: ${user.publicKey.toBase58()} has no token account`));
+    const split = splitPayment(400n, 1000n);
+    expect(await balanceOf(ata(nodeWallet))).toBe(split.node);
+    expect(await chain.connection.getAccountInfo(ata(user.publicKey))).toBeNull();
+    expect(await balanceOf(escrowOf(potId))).toBe(600n);
+    expect((await legsOf(potId)).find((l) => l.leg === 'refund')).toMatchObject({ state: 'pending', lastError: expect.stringMatching(/^the refund waits: /) });
+
+    await openTokenAccount(chain, user.publicKey);
+    expect(await settlement.settlePot({ potId, nodeId: `node-${run}-closed`, payUnits: '400' })).toMatchObject({ paid: '400', refunded: '600', owed: false });
+    expect(await balanceOf(ata(user.publicKey))).toBe(600n);
+    expect(await balanceOf(ata(nodeWallet))).toBe(split.node);
+    expect(await balanceOf(escrowOf(potId))).toBe(0n);
   });
 
   test('nothing earned is a full refund; everything earned pays with no refund leg', async () => {

@@ -14,6 +14,8 @@ import {
   insertNode,
   memoOf,
   mintUnits,
+  openTokenAccount,
+  receivingWallet,
   seededRandom,
   settlementOn,
   startRpcProxy,
@@ -105,7 +107,7 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
   test('release pays floor(90 %) to the node and the rest to the treasury in one transaction; the escrow ends empty', async () => {
     const amount = 1_234_567_891n;
     const { jobId } = await escrowed(amount);
-    const wallet = Keypair.generate().publicKey;
+    const wallet = await receivingWallet(chain);
     await insertNode(database.db, `node-${jobId}`, wallet.toBase58());
     const treasuryBefore = await balanceOf(treasuryAta());
 
@@ -153,7 +155,7 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
   });
 
   test('repeating escrow, release and refund are no-ops: the same receipts and no new transfers', async () => {
-    const wallet = Keypair.generate().publicKey;
+    const wallet = await receivingWallet(chain);
     const { jobId: released, receipt: escrowReceipt } = await escrowed(5_000n);
     await insertNode(database.db, `node-${released}`, wallet.toBase58());
     const first = await settlement.release({ jobId: released, nodeId: `node-${released}` });
@@ -181,7 +183,7 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
   });
 
   test('release after refund and refund after release fail for good with EscrowAlreadySettled, moving nothing', async () => {
-    const wallet = Keypair.generate().publicKey;
+    const wallet = await receivingWallet(chain);
     const { jobId: refunded } = await escrowed(1_000n);
     await settlement.refund({ jobId: refunded });
     const { jobId: released } = await escrowed(2_000n);
@@ -206,7 +208,7 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
   test('release and refund racing for the same escrow (completion vs cancel): exactly one of them moves the money', async () => {
     for (let round = 0; round < 5; round++) {
       const amount = 3_000n;
-      const wallet = Keypair.generate().publicKey;
+      const wallet = await receivingWallet(chain);
       const payerBefore = await balanceOf(payerAta());
       const { jobId } = await escrowed(amount);
       await insertNode(database.db, `node-${jobId}`, wallet.toBase58());
@@ -234,7 +236,7 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
 
     const owed = await settlement.release({ jobId, nodeId });
 
-    expect(owed).toEqual({ owed: true, nodeAmount: '9000', platformAmount: '1001' });
+    expect(owed).toEqual({ owed: true, nodeAmount: '9000', platformAmount: '1001', because: 'until it registers a wallet' });
     expect(proxy.sent.length).toBe(sentBefore);
     expect(await balanceOf(escrowOf(jobId))).toBe(amount);
     expect(await balanceOf(treasuryAta())).toBe(treasuryBefore);
@@ -244,7 +246,7 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
     expect(await settlement.release({ jobId, nodeId })).toEqual(owed);
     expect(proxy.sent.length).toBe(sentBefore);
 
-    const wallet = Keypair.generate().publicKey;
+    const wallet = await receivingWallet(chain);
     await insertNode(database.db, nodeId, wallet.toBase58());
     const paid = await settlement.release({ jobId, nodeId });
 
@@ -255,14 +257,34 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
     expect(await legRow(jobId, 'release_node')).toMatchObject({ state: 'confirmed', toAccount: wallet.toBase58() });
   });
 
+  test('a node whose wallet has no token account for the mint is owed, and the platform opens none: paid once the wallet opens it', async () => {
+    const { jobId } = await escrowed(2_000n);
+    const nodeId = `node-${jobId}`;
+    const wallet = Keypair.generate().publicKey;
+    await insertNode(database.db, nodeId, wallet.toBase58());
+    const sentBefore = proxy.sent.length;
+
+    const owed = await settlement.release({ jobId, nodeId });
+
+    expect(owed).toEqual({ owed: true, nodeAmount: '1800', platformAmount: '200', because: expect.stringContaining(`until its wallet can receive them: ${wallet.toBase58()} has no token account for ${chain.mint.toBase58()}`) });
+    expect(proxy.sent.length).toBe(sentBefore);
+    expect(await chain.connection.getAccountInfo(ataOf(wallet, chain.mint))).toBeNull();
+    expect(await legRow(jobId, 'release_node')).toMatchObject({ state: 'owed', toAccount: `node:${nodeId}` });
+
+    await openTokenAccount(chain, wallet);
+    expect(await settlement.release({ jobId, nodeId })).toMatchObject({ owed: false, node: { amount: '1800', to: wallet.toBase58() } });
+    expect(await balanceOf(ataOf(wallet, chain.mint))).toBe(1_800n);
+    expect(await balanceOf(escrowOf(jobId))).toBe(0n);
+  });
+
   test('a node whose stored wallet is not a Solana address is owed, not retried forever; a valid wallet then pays it', async () => {
     const { jobId } = await escrowed(5_000n);
     const nodeId = `node-${jobId}`;
     await insertNode(database.db, nodeId, '0x52908400098527886E0F7030069857D2E4169EE7');
-    expect(await settlement.release({ jobId, nodeId })).toEqual({ owed: true, nodeAmount: '4500', platformAmount: '500' });
+    expect(await settlement.release({ jobId, nodeId })).toEqual({ owed: true, nodeAmount: '4500', platformAmount: '500', because: expect.stringMatching(/^until it registers a wallet that can hold tokens \(0x5290.* cannot\)$/) });
     expect(await legRow(jobId, 'release_node')).toMatchObject({ state: 'owed', toAccount: `node:${nodeId}` });
 
-    const wallet = Keypair.generate().publicKey;
+    const wallet = await receivingWallet(chain);
     await insertNode(database.db, nodeId, wallet.toBase58());
     expect(await settlement.release({ jobId, nodeId })).toMatchObject({ owed: false, node: { amount: '4500', to: wallet.toBase58() } });
     expect(await balanceOf(escrowOf(jobId))).toBe(0n);
@@ -273,7 +295,7 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
       const { jobId } = await escrowed(3_000n);
       const nodeId = `node-${jobId}`;
       await insertNode(database.db, nodeId, bad.toBase58());
-      expect(await settlement.release({ jobId, nodeId })).toEqual({ owed: true, nodeAmount: '2700', platformAmount: '300' });
+      expect(await settlement.release({ jobId, nodeId })).toEqual({ owed: true, nodeAmount: '2700', platformAmount: '300', because: `until it registers a wallet that can hold tokens (${bad.toBase58()} cannot)` });
       expect(await balanceOf(escrowOf(jobId))).toBe(3_000n);
     }
   });
@@ -344,7 +366,7 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
     // The payer must afford u64-scale amounts: the escrow authority is the test mint's authority.
     await mintUnits(chain, chain.payer.publicKey, total);
 
-    const wallet = Keypair.generate().publicKey;
+    const wallet = await receivingWallet(chain);
     const nodeId = `node-${run}-property`;
     await insertNode(database.db, nodeId, wallet.toBase58());
     const failures: string[] = [];

@@ -60,6 +60,7 @@ function recordingGateway() {
     gateway: {
       start: record('start'), nodesChanged: record('nodesChanged'), progress: record('progress'), accepted: record('accepted'),
       complete: record('complete'), fail: record('fail'), cancel: record('cancel'), nodeAlive: record('nodeAlive'),
+      walletRegistered: record('walletRegistered'),
     } as unknown as JobWorkflowGateway,
   };
 }
@@ -192,6 +193,30 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await service.unlinkWallet('linking-user', '', addressOf(first))).toBe(true);
     expect([await wallet('linked-1'), await wallet('linked-3')]).toEqual(['', 'SysvarC1ock11111111111111111111111111111111']);
     expect(await service.unlinkWallet('linking-user', '', addressOf(first))).toBe(false);
+  });
+
+  it('tells the jobs owing a node when it registers a wallet, and when it registers the same one again (it may hold a token account now), at most every 10 minutes', async () => {
+    const { nodeService, calls } = services();
+    const told = async () => {
+      await new Promise((r) => setTimeout(r, 100)); // told beside the answer
+      return calls.filter((c) => c.method === 'walletRegistered').map((c) => c.args[0]);
+    };
+    const wallet = Keypair.generate().publicKey.toBase58();
+    const { nodeId } = await nodeService.register('owed-node-0000', registration({ walletAddress: '', ipAddress: '10.9.9.9' }));
+    await database.db.insert(jobs).values({
+      id: 'owing', status: 'completed', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('owing'),
+      configHash: 'h', paymentUnits: 10n, assignedNodeId: nodeId, attempts: 1,
+    });
+    await database.db.insert(payments).values({
+      jobId: 'owing', leg: 'release_node', amount: 9n, fromAccount: 'escrow', toAccount: `node:${nodeId}`, state: 'owed', idempotencyKey: 'owing/release_node',
+    });
+    await nodeService.register(nodeId, registration({ walletAddress: wallet, ipAddress: '10.9.9.9' }));
+    expect(await told()).toEqual([['owing']]);
+    await nodeService.register(nodeId, registration({ walletAddress: wallet, ipAddress: '10.9.9.9' }));
+    expect(await told()).toEqual([['owing'], ['owing']]);
+    // Registering in a loop does not drive a settlement attempt per owing job each time.
+    await nodeService.register(nodeId, registration({ walletAddress: wallet, ipAddress: '10.9.9.9' }));
+    expect(await told()).toEqual([['owing'], ['owing']]);
   });
 
   it('answers heartbeats from memory, writes them in one batch, samples metrics, and keeps jobs alive', async () => {

@@ -173,12 +173,29 @@ export async function createOtherMint(chain: TestChain, decimals = chain.decimal
   return mint.publicKey;
 }
 
-/** A new wallet with SOL for fees and `units` of the mint. */
+/** A new wallet with SOL for fees and its token account of the mint, holding `units`. */
 export async function fundedWallet(chain: TestChain, units: bigint, opts: { mint?: PublicKey; decimals?: number } = {}): Promise<Keypair> {
   const wallet = Keypair.generate();
   await chain.connection.requestAirdrop(wallet.publicKey, 10 * LAMPORTS_PER_SOL);
-  if (units > 0n) await mintUnits(chain, wallet.publicKey, units, opts);
+  await mintUnits(chain, wallet.publicKey, units, opts);
   return wallet;
+}
+
+/**
+ * A new wallet that can be paid: its token account for `chain`'s mint is open (the platform never opens one for
+ * a payee; its owner does).
+ */
+export async function receivingWallet(chain: TestChain): Promise<PublicKey> {
+  const wallet = Keypair.generate().publicKey;
+  await openTokenAccount(chain, wallet);
+  return wallet;
+}
+
+/** Opens `owner`'s token account for `chain`'s mint, as its owner would (the rent paid by the test's authority). */
+export async function openTokenAccount(chain: TestChain, owner: PublicKey): Promise<void> {
+  await sendTransaction(chain.connection, chain.authority, [
+    createAssociatedTokenAccountIdempotentInstruction(chain.authority.publicKey, ataOf(owner, chain.mint), owner, chain.mint),
+  ]);
 }
 
 /** Registers a node row (the columns release reads). */

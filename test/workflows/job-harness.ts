@@ -141,6 +141,14 @@ export class FakeCluster {
     this.wallets.set(nodeId, opts.wallet === false ? null : walletOf(nodeId));
   }
 
+  /** Why a release to each node is owed, as the settlement says (none: an outcome without a reason, as before). */
+  private readonly owedReasons = new Map<string, string>();
+
+  /** From now on a release owed to `nodeId` says why: `because`. */
+  oweBecause(nodeId: string, because: string): void {
+    this.owedReasons.set(nodeId, because);
+  }
+
   /** The node registers a wallet (the API then signals `walletRegistered` to the jobs owing it). */
   registerWallet(nodeId: string, address = walletOf(nodeId)): void {
     this.wallets.set(nodeId, address);
@@ -233,7 +241,8 @@ export class FakeCluster {
         // Like the settlement: nothing moves while the node has no wallet; the escrow stays held for it.
         this.releaseOutcomes.push('owed');
         this.timeline.push('release:owed');
-        return { owed: true, nodeAmount: (total - platform).toString(), platformAmount: platform.toString() };
+        const because = this.owedReasons.get(input.nodeId);
+        return { owed: true, nodeAmount: (total - platform).toString(), platformAmount: platform.toString(), ...(because && { because }) };
       }
       const node: LegReceipt = { leg: 'release_node', amount: (total - platform).toString(), to: wallet, txRef: `ledger:${input.jobId}/release_node` };
       const fee: LegReceipt = { leg: 'release_platform', amount: platform.toString(), to: 'platform:treasury', txRef: `ledger:${input.jobId}/release_platform` };

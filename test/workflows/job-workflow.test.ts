@@ -1111,6 +1111,48 @@ describe('jobWorkflow', () => {
       });
     });
 
+    test('an owed payment whose reason changes (a wallet that cannot receive tokens yet) is recorded on the job once per change', async () => {
+      const cluster = new FakeCluster();
+      cluster.register('node-a', 'accept', { wallet: false });
+      cluster.oweBecause('node-a', 'until it registers a wallet');
+      const jobId = newJobId('owed-why');
+
+      await withWorker('owed-why', cluster, async ({ client, start }) => {
+        const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+        expect(await completeOwed(client, handle, jobId)).toEqual({ paymentReleased: false, txRef: '' });
+        await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed', 5000, 'completed, owed');
+        expect(cluster.transitions[2].reason).toMatch(/900000 units are owed until it registers a wallet$/);
+
+        // The same reason on a re-check records nothing new.
+        await handle.signal(walletRegisteredSignal);
+        await waitUntil(() => cluster.releaseOutcomes.length === 2, 5000, 'the second release');
+        await sleep(200);
+        expect(cluster.transitions).toHaveLength(3);
+
+        // A wallet registered that has no token account yet: still owed, and the job says why, once.
+        const why = 'until its wallet can receive them: W has no token account for M';
+        cluster.oweBecause('node-a', why);
+        for (const n of [3, 4]) {
+          await handle.signal(walletRegisteredSignal);
+          await waitUntil(() => cluster.releaseOutcomes.length === n, 5000, `release ${n}`);
+        }
+        await sleep(200);
+        expect(cluster.transitions.map((t) => [t.seq, t.from, t.to])).toEqual([
+          [1, 'pending', 'assigned'],
+          [2, 'assigned', 'running'],
+          [3, 'running', 'completed'],
+          [4, 'completed', 'completed'],
+        ]);
+        expect(cluster.transitions[3]).toMatchObject({ actor: 'workflow', reason: `its 900000 units are still owed ${why}`, data: { owed: { owed: true, because: why } } });
+        expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'completed', escrow: 'owed' });
+
+        cluster.registerWallet('node-a');
+        await handle.signal(walletRegisteredSignal);
+        expect(await handle.result()).toMatchObject({ phase: 'completed', reason: expect.stringContaining('owed payment released') });
+        expect(cluster.releaseOutcomes).toEqual(['owed', 'owed', 'owed', 'owed', 'paid']);
+      });
+    });
+
     test("the finished workflow's result names the node's payment once the owed payment is released", async () => {
       const cluster = new FakeCluster();
       cluster.register('node-a', 'accept', { wallet: false });
