@@ -97,6 +97,25 @@ const scenarios: Record<string, Scenario> = {
     },
   },
   /**
+   * An extension asked again while its escrow is on its way (a client that gave up waiting): the retry joins it
+   * (patch extend-retry-joins), one pot; then released.
+   */
+  'extend-retried': {
+    minutes: 60,
+    async drive({ handle, world }) {
+      await handle.executeUpdate(reservationReadyUpdate);
+      world.escrowGate = new Gate();
+      const first = handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
+      await waitUntil(() => world.escrowCalls.length === 2, 10_000, 'the extension escrow to start');
+      const retry = handle.executeUpdate(extendReservationUpdate, { args: [{ minutes: 10 }] });
+      await sleep(300);
+      world.escrowGate.open();
+      await Promise.all([first, retry]);
+      await handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'done', by: 'engine' }], updateId: 'release' });
+      await handle.result();
+    },
+  },
+  /**
    * The node is lost while an extension's escrow is on its way, and the Engine releases before it lands: the end
    * is still the loss (patch end-seen-first).
    */

@@ -327,9 +327,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
     }
     if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
     try {
-      // No update id: a refused extension's outcome would answer every later try under the same id. (So a client
-      // that retries after its deadline passed, while the first escrow was still on its way, extends twice, and
-      // gets the time it paid for twice.)
+      // No update id: a refused extension's outcome would answer every later try under the same id. A client that
+      // retries after its deadline passed, while the first escrow is still on its way, is answered by the workflow
+      // instead: the same number of minutes is that extension (EXTEND_RETRY_JOINS).
       return await acceptedThen((waitForStage) => handle(r.id).startUpdate(extendReservationUpdate, { args: [{ minutes: req.additionalMinutes }], waitForStage }));
     } catch (err) {
       throw translate(err);

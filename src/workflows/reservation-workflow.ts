@@ -37,6 +37,7 @@ import {
   reservationReadyUpdate,
   ReservationRejections,
   withdrawReservationUpdate,
+  type ExtendResult,
   type ReadyResult,
   type ReleaseReceipt,
   type ReservationView,
@@ -55,6 +56,13 @@ export const SETTLEMENT_V2 = 'settlement-v2';
  * the Engine before the escrow landed, ends as lost (refunded from its last sign of life, penalized), not released.
  */
 export const END_SEEN_FIRST = 'end-seen-first';
+
+/**
+ * Patch (asked where it applies): an extension of as many minutes as one still on its way is that one's retry (a
+ * client that gave up waiting for its escrow): it gets its outcome, and nothing is escrowed again. Once answered,
+ * the same request is a new extension.
+ */
+export const EXTEND_RETRY_JOINS = 'extend-retry-joins';
 
 /** Extensions refused for want of funds after which a reservation takes one more only per REFUSAL_COOLDOWN_MS. */
 const MAX_REFUSED_EXTENSIONS = 5;
@@ -139,6 +147,8 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   let nextPot = 1;
   let extending = 0;
   let pendingMinutes = 0;
+  /** Extensions on their way, by minutes asked: a retry of one joins it (EXTEND_RETRY_JOINS). */
+  const extensionsOnTheirWay = new Map<number, Promise<ExtendResult>>();
   /** Extensions whose escrow was refused, and when the last was: see the extension's validator. */
   let refusedExtensions = 0;
   let lastRefusalAt = 0;
@@ -186,35 +196,51 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     await condition(() => ready !== undefined);
     return ready!;
   });
+  /** Escrows `extra` more minutes as a pot of their own, then moves the end. */
+  async function extend(extra: number): Promise<ExtendResult> {
+    const n = nextPot++;
+    const pot: Pot = { potId: potId(id, n), units: reservationCost(perHour, extra).toString(), minutes: extra };
+    extending += 1;
+    pendingMinutes += extra;
+    try {
+      const escrow = await escrowPot(pot);
+      if (typeof escrow === 'string') {
+        refusedExtensions += 1;
+        lastRefusalAt = Date.now();
+        throw reject(ReservationRejections.escrowRefused, escrow);
+      }
+      pots.push(pot);
+      minutes += extra;
+      endAt += extra * options.minuteMs;
+      lastReason = `extended by ${extra} min`;
+      await store.recordExtension({ id, extensions: pots.length - 1, minutes, escrowUnits: escrowed().toString(), endAt });
+      publish();
+      return { endAt, additionalUnits: pot.units, escrowTx: escrow.txRef };
+    } finally {
+      extending -= 1;
+      pendingMinutes -= extra;
+    }
+  }
   setHandler(
     extendReservationUpdate,
-    async ({ minutes: extra }) => {
-      const n = nextPot++;
-      const pot: Pot = { potId: potId(id, n), units: reservationCost(perHour, extra).toString(), minutes: extra };
-      extending += 1;
-      pendingMinutes += extra;
-      try {
-        const escrow = await escrowPot(pot);
-        if (typeof escrow === 'string') {
-          refusedExtensions += 1;
-          lastRefusalAt = Date.now();
-          throw reject(ReservationRejections.escrowRefused, escrow);
-        }
-        pots.push(pot);
-        minutes += extra;
-        endAt += extra * options.minuteMs;
-        lastReason = `extended by ${extra} min`;
-        await store.recordExtension({ id, extensions: pots.length - 1, minutes, escrowUnits: escrowed().toString(), endAt });
-        publish();
-        return { endAt, additionalUnits: pot.units, escrowTx: escrow.txRef };
-      } finally {
-        extending -= 1;
-        pendingMinutes -= extra;
+    ({ minutes: extra }) => {
+      // A client that gave up waiting asks again: the same extension, not a second one paid for twice.
+      const onItsWay = extensionsOnTheirWay.get(extra);
+      if (onItsWay && patched(EXTEND_RETRY_JOINS)) return onItsWay;
+      const outcome = extend(extra);
+      if (!onItsWay) {
+        extensionsOnTheirWay.set(extra, outcome);
+        const answered = () => {
+          if (extensionsOnTheirWay.get(extra) === outcome) extensionsOnTheirWay.delete(extra);
+        };
+        outcome.then(answered, answered);
       }
+      return outcome;
     },
     {
       validator: ({ minutes: extra }) => {
         if (ended() || status !== 'active') throw reject(ReservationRejections.ended, `reservation ${id} is ${status === 'pending' ? 'not active yet' : 'over'}`);
+        if (extensionsOnTheirWay.has(extra)) return; // answered with the outcome of the extension it repeats
         // At least a reservation's shortest term: each extension is a pot, settled on its own (history, fees).
         if (!Number.isInteger(extra) || extra < MIN_MINUTES || extra > MAX_MINUTES) {
           throw reject(ReservationRejections.invalid, `additional_minutes: must be a whole number from ${MIN_MINUTES} to ${MAX_MINUTES}`);

@@ -43,6 +43,7 @@ test('the recorded scenarios are all there', () => {
   expect(histories.map((h) => path.basename(h.file))).toEqual([
     'cancelled.json',
     'expired.json',
+    'extend-retried.json',
     'extended.json',
     'lost-then-released.json',
     'node-lost.json',

@@ -456,6 +456,41 @@ describe('reservationWorkflow', () => {
       });
     });
 
+    test('asked again while its escrow is on its way (a client that gave up waiting), the same extension answers both: escrowed and added once', async () => {
+      const world = new FakeReservationWorld();
+      const id = newId('extend-retried');
+      const spec = reservationSpec(id, { minutes: 30 });
+      const { minuteMs } = FAST_RESERVATION_OPTIONS;
+
+      await withWorker('extend-retried', world, async ({ start }) => {
+        const handle = await start(spec);
+        const ready = await handle.executeUpdate(reservationReadyUpdate);
+        if (!ready.ok) throw new Error('not ready');
+        world.escrowGate = new Gate();
+        const extend = (minutes: number) => handle.executeUpdate(extendReservationUpdate, { args: [{ minutes }] });
+        const first = extend(20);
+        await waitUntil(() => world.escrowCalls.length === 2, 5000, 'the extension escrow to start');
+        const retry = extend(20);
+        const other = extend(15); // another length: another extension
+        await waitUntil(() => world.escrowCalls.length === 3, 5000, 'the second extension escrow to start');
+        await sleep(300);
+        world.escrowGate.open();
+        const [a, b, c] = await Promise.all([first, retry, other]);
+        expect(b).toEqual(a);
+        expect(a.escrowTx).toBe(`ledger:${id}/ext-1/escrow`);
+        expect(c.escrowTx).toBe(`ledger:${id}/ext-2/escrow`);
+        expect(world.escrowCalls.map((e) => e.potId)).toEqual([id, `${id}/ext-1`, `${id}/ext-2`]);
+        expect(await handle.query(reservationQuery)).toMatchObject({ minutes: 65, endAt: ready.endAt + 35 * minuteMs });
+
+        // Answered: the same request again is a new extension.
+        world.escrowGate = undefined;
+        expect((await extend(20)).escrowTx).toBe(`ledger:${id}/ext-3/escrow`);
+        expect(await handle.query(reservationQuery)).toMatchObject({ minutes: 85 });
+        await handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'done', by: 'engine' }], updateId: 'release' });
+        expect(await handle.result()).toMatchObject({ status: 'cancelled' });
+      });
+    });
+
     test('its escrow refused → EscrowRefused; the end and the pots are unchanged, the next extension gets a new pot id', async () => {
       const world = new FakeReservationWorld();
       const id = newId('extend-refused');
