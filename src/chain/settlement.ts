@@ -12,7 +12,7 @@ import {
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
 import { createCloseAccountInstruction, createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
-import { and, eq, inArray, isNotNull, lt, or, sql, TransactionRollbackError } from 'drizzle-orm';
+import { and, eq, inArray, isNotNull, lt, ne, or, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
 import { jobs, nodes, openedEscrowAccounts, payments } from '../db/schema';
@@ -236,28 +236,53 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   }
 
   /**
-   * Whether `wallet`'s associated token account for the mint exists now, as a token account. The platform never
-   * creates one for a payee: whoever owns it can close it and keep the rent, so paying that rent on every refund
-   * or payout would let anyone earn it again and again (close, get paid, close). A payee without one waits.
+   * Why `wallet` cannot be paid into its associated token account for the mint now, or undefined when it can: the
+   * account must exist as an initialised, unfrozen token account of the mint that the wallet owns. The platform
+   * never opens one for a payee: whoever owns it can close it and keep the rent, so paying that rent on every
+   * refund or payout would let anyone earn it again and again (close, get paid, close). A payee without one waits.
    */
-  async function hasTokenAccount(wallet: string): Promise<boolean> {
-    const info = await connection.getAccountInfo(tokenAccountOf(new PublicKey(wallet), deps.mint), deps.commitment);
-    return info !== null && info.owner.equals(TOKEN_PROGRAM_ID) && info.data.length >= ACCOUNT_SIZE;
+  async function cannotReceive(wallet: string): Promise<string | undefined> {
+    const owner = new PublicKey(wallet);
+    const address = tokenAccountOf(owner, deps.mint);
+    const info = await connection.getAccountInfo(address, deps.commitment);
+    const where = `${wallet} has no token account for ${deps.mint.toBase58()} (${address.toBase58()})`;
+    if (!info) return `${where}; the platform does not open one for it`;
+    let account: ReturnType<typeof unpackAccount>;
+    try {
+      account = unpackAccount(address, info);
+    } catch {
+      return `${where}: ${address.toBase58()} is not a token account`;
+    }
+    if (!account.mint.equals(deps.mint) || !account.owner.equals(owner)) return `${where}: ${address.toBase58()} is not ${wallet}'s`;
+    if (!account.isInitialized) return `${where}: ${address.toBase58()} is not initialised`;
+    if (account.isFrozen) return `${wallet}'s token account ${address.toBase58()} is frozen`;
+    return undefined;
   }
 
-  /** Why a payment to `wallet` waits: it has no token account for the mint (see hasTokenAccount). */
-  const noTokenAccount = (wallet: string) =>
-    `${wallet} has no token account for ${deps.mint.toBase58()} (${tokenAccountOf(new PublicKey(wallet), deps.mint).toBase58()}); the platform does not open one for it`;
+  /**
+   * Why the legs of a refused or failed attempt may not have been payable: the first payee among them (wallets
+   * paid into their token accounts; not escrow accounts, nor the treasury, whose account the attempt opens) that
+   * cannot receive now. Such an attempt waits for its payee instead of failing for good.
+   */
+  async function payeeProblem(rows: PaymentRow[]): Promise<{ leg: Leg; why: string } | undefined> {
+    for (const r of rows) {
+      if (r.leg === 'escrow' || r.toAccount === deps.treasury.toBase58() || r.amount === 0n) continue;
+      const why = await cannotReceive(r.toAccount).catch(() => undefined);
+      if (why) return { leg: r.leg, why };
+    }
+    return undefined;
+  }
 
   /**
-   * The node's wallet when it can be paid now: usable (see usableWallet) and holding a token account for the
-   * mint. Else '' and why: the payment is owed until that changes.
+   * The node's wallet when it can be paid now: usable (see usableWallet) and able to receive (see cannotReceive).
+   * Else '' and why: the payment is owed until that changes.
    */
   async function payableNow(wallet: string): Promise<{ wallet: string; owedBecause: string }> {
     const usable = await usableWallet(payableWallet(wallet));
     if (!usable && wallet) return { wallet: '', owedBecause: `until it registers a wallet that can hold tokens (${wallet.slice(0, 64)} cannot)` };
     if (!usable) return { wallet: '', owedBecause: 'until it registers a wallet' };
-    if (!(await hasTokenAccount(usable))) return { wallet: '', owedBecause: `until its wallet can receive them: ${noTokenAccount(usable)}` };
+    const why = await cannotReceive(usable);
+    if (why) return { wallet: '', owedBecause: `until its wallet can receive them: ${why}` };
     return { wallet: usable, owedBecause: '' };
   }
 
@@ -468,6 +493,13 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const conclude = async (state: ChainState, signature: string, expired: string, pending: () => Promise<never>): Promise<PaymentRow[] | undefined> => {
       if (state.kind === 'landed') return confirm(signature, state.slot);
       if (state.kind === 'failed') {
+        // A payee that could not receive (its token account closed after it was checked): nothing moved and these
+        // bytes can never land again, so the legs wait for it rather than fail for good.
+        const payee = await payeeProblem(rows);
+        if (payee) {
+          await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}; ${payee.why}`);
+          throw retryable(`${memo}: ${payee.why}`);
+        }
         await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}`, 'failed');
         throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
       }
@@ -540,6 +572,14 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           continue;
         }
         const reason = permanentReason(err);
+        const payee = reason ? await payeeProblem(rows) : undefined;
+        if (payee) {
+          // Refused because a payee cannot receive (its token account closed after it was checked): the legs wait
+          // for it. The attempt stays recorded (a refused preflight may still have reached a leader) until the
+          // chain says it landed or expired.
+          await noteSendRefused(jobId, legs, signature, err);
+          throw retryable(`${memo}: ${payee.why}`);
+        }
         if (reason) {
           await abandonAttempt(jobId, legs, signature, reason, 'failed');
           throw nonRetryable(reason === 'insufficient funds' ? SettlementErrors.insufficientFunds : SettlementErrors.transactionFailed, `${memo}: ${reason}`);
@@ -784,7 +824,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    */
   async function settleRefund(ledgerId: string, escrowJobId: string, escrowSlot?: number): Promise<LegReceipt> {
     const [row] = await settle(ledgerId, ['refund'], legKey(ledgerId, 'refund'), async ([leg]) => {
-      if (!(await hasTokenAccount(leg.toAccount))) throw await waitsFor(ledgerId, 'refund', `the refund waits: ${noTokenAccount(leg.toAccount)}`);
+      const why = await cannotReceive(leg.toAccount);
+      if (why) throw await waitsFor(ledgerId, 'refund', `the refund waits: ${why}`);
       return {
         instructions: payToWallet({
           feePayer: authority.publicKey,
@@ -961,6 +1002,12 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           .set({ state: 'owed', updatedAt: new Date() })
           .where(and(eq(payments.jobId, input.jobId), inArray(payments.leg, ['release_node', 'release_platform']), inArray(payments.state, ['pending', 'failed'])));
         nodeState = 'owed';
+      } else if (recorded && wallet && (nodeState === 'pending' || nodeState === 'failed') && recorded.toAccount !== wallet) {
+        // Recorded to an earlier wallet and never sent (or given up): paid to the one the node can be paid at now.
+        await tx
+          .update(payments)
+          .set({ toAccount: wallet, updatedAt: new Date() })
+          .where(and(eq(payments.jobId, input.jobId), eq(payments.leg, 'release_node'), inArray(payments.state, ['pending', 'failed'])));
       }
       // Both legs new: settle() starts from these rows instead of reading them again.
       const known = inserted.length === 2 ? (['release_node', 'release_platform'] as const).map((l) => inserted.find((r) => r.leg === l)!) : undefined;
@@ -969,6 +1016,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     if (split.owed) return { owed: true, nodeAmount: split.node.toString(), platformAmount: split.platform.toString(), because: owedBecause };
     const escrowAccount = escrowOf(input.jobId);
     const rows = await settle(input.jobId, ['release_node', 'release_platform'], legKey(input.jobId, 'release'), async ([nodeLeg, platformLeg]) => {
+      // Checked again as signed: the account may have closed since (the next call finds the node owed).
+      const why = nodeLeg.amount > 0n ? await cannotReceive(nodeLeg.toAccount) : undefined;
+      if (why) throw await waitsFor(input.jobId, 'release_node', `the node's payment waits: ${why}`);
       const common = { feePayer: authority.publicKey, from: escrowAccount, fromOwner: authority.publicKey, mint: deps.mint, decimals: deps.decimals };
       return {
         instructions: [
@@ -1086,6 +1136,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           .update(payments)
           .set({ state: 'pending', updatedAt: new Date(), toAccount: sql`case when ${payments.leg} = 'release_node' then ${wallet} else ${payments.toAccount} end` })
           .where(and(eq(payments.jobId, input.potId), inArray(payments.leg, ['release_node', 'release_platform']), eq(payments.state, 'owed')));
+        // Recorded to an earlier wallet and never sent (or given up): paid to the one it can be paid at now.
+        await tx
+          .update(payments)
+          .set({ toAccount: wallet, updatedAt: new Date() })
+          .where(and(eq(payments.jobId, input.potId), eq(payments.leg, 'release_node'), inArray(payments.state, ['pending', 'failed']), ne(payments.toAccount, wallet)));
       } else {
         // Recorded to be paid, and the node can no longer be (its token account closed since): owed, until it can.
         await tx
@@ -1106,8 +1161,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       let open = (await rowsOf(input.potId, legs)).filter(isOpen);
       const sent = open.filter((r) => r.state === 'sent');
       const refundLeg = open.find((r) => r.leg === 'refund');
-      if (sent.length === 0 && refundLeg && !(await hasTokenAccount(refundLeg.toAccount))) {
-        refundWaits = `the refund waits: ${noTokenAccount(refundLeg.toAccount)}`;
+      const refundProblem = sent.length === 0 && refundLeg ? await cannotReceive(refundLeg.toAccount) : undefined;
+      if (refundLeg && refundProblem) {
+        refundWaits = `the refund waits: ${refundProblem}`;
         await waitsFor(input.potId, 'refund', refundWaits);
         open = open.filter((r) => r !== refundLeg);
       }
@@ -1115,6 +1171,10 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const group = sent.length > 0 ? sent.filter((r) => r.txRef === sent[0].txRef) : open;
       const groupLegs = group.map((r) => r.leg);
       await settle(input.potId, groupLegs, `${input.potId}/${groupLegs.join('+')}`, async (rows) => {
+        // Checked again as signed: an account may have closed since (the next call finds the node owed, or leaves
+        // the refund out).
+        const payee = await payeeProblem(rows);
+        if (payee) throw await waitsFor(input.potId, payee.leg, payee.why);
         return {
           instructions: rows.flatMap((r) =>
             r.amount > 0n
@@ -1126,6 +1186,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
                   mint: deps.mint,
                   decimals: deps.decimals,
                   amount: r.amount,
+                  // The treasury is the platform's own account: opened when missing.
+                  create: r.leg === 'release_platform',
                 })
               : [],
           ),

@@ -84,6 +84,8 @@ export interface JobState {
   seq: number;
   lastReason: string;
   error: { code: number; message: string } | null;
+  /** Why the node's payment is owed, as the job last recorded it. */
+  owedBecause?: string;
 }
 
 export interface JobWorkflowInput {
@@ -163,6 +165,14 @@ const UNREPORTED_END_TIMER = 'unreported-end-timer';
  * with it) is recorded before its capacity is given back.
  */
 const JOB_WORKFLOW_V3 = 'job-workflow-v3';
+/**
+ * Patch (asked where it applies, when an escrow is to be refunded): the job ends — recorded, its node told to stop
+ * — before its refund, which may wait (the chain away, or the payer's token account closed), and the refund is
+ * recorded when it lands. Before, the job showed its old phase and its node ran on until the refund landed.
+ */
+const END_BEFORE_REFUND = 'end-before-refund';
+/** Patch (asked where it applies): an owed payment whose reason changed records the new one on the job. */
+const OWED_REASON_RECORDED = 'owed-reason-recorded';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -563,7 +573,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     const done = end.how ? `completed on node ${nodeId} (${end.how})` : `completed on node ${nodeId}`;
     if (outcome.owed) {
       s.escrow = 'owed';
-      owedBecause = outcome.because;
+      s.owedBecause = outcome.because;
       await transition('completed', `${done}; its ${outcome.nodeAmount} units are owed ${outcome.because ?? 'until it registers a wallet'}`, end.actor, {
         ended: true,
         error: null,
@@ -581,18 +591,15 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     final = { phase: 'completed', txRef: outcome.node.txRef };
   }
 
-  /** Why the node's payment is owed, as the job last recorded it (this run). */
-  let owedBecause: string | undefined;
-
   /** Waits until the node can be paid (a wallet registered, or the hourly re-check), then releases what it is owed. */
   async function payOwed(nodeId: string): Promise<void> {
     for (;;) {
       await condition(() => walletRegistered, OWED_RECHECK);
       walletRegistered = false;
       const outcome = await moneyStep(() => money.release({ jobId, nodeId }));
-      if (outcome.owed && outcome.because && outcome.because !== owedBecause) {
+      if (outcome.owed && outcome.because && outcome.because !== s.owedBecause && patched(OWED_REASON_RECORDED)) {
         // Still owed, for another reason now (a wallet registered that cannot receive tokens yet): the job says so.
-        owedBecause = outcome.because;
+        s.owedBecause = outcome.because;
         await transition('completed', `its ${outcome.nodeAmount} units are still owed ${outcome.because}`, 'workflow', { data: { owed: outcome } });
       }
       if (!outcome.owed) {
@@ -640,13 +647,24 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   ): Promise<void> {
     if (stopNode || unassignedClaim) await registry.releaseNode({ jobId });
     unassignedClaim = false;
-    const receipt = s.escrow === 'held' ? await moneyStep(() => money.refund({ jobId })) : undefined;
-    if (receipt) s.escrow = 'refunded';
-    await transition(phase, reason, actor, {
+    const ending = {
       ended: true,
       error: s.error,
       ...(stopNode && { cancelOnNode: stopNode }),
       ...(excludeNode && { excludeNode }),
+    };
+    if (s.escrow === 'held' && patched(END_BEFORE_REFUND)) {
+      await transition(phase, `${reason}; refunding the escrow`, actor, { ...ending, data: { refund: null } });
+      const refund = await moneyStep(() => money.refund({ jobId }));
+      s.escrow = 'refunded';
+      await transition(phase, `${reason}; escrow refunded: ${refund.amount} to ${refund.to}`, 'workflow', { data: { refund } });
+      final = { phase, txRef: refund.txRef };
+      return;
+    }
+    const receipt = s.escrow === 'held' ? await moneyStep(() => money.refund({ jobId })) : undefined;
+    if (receipt) s.escrow = 'refunded';
+    await transition(phase, reason, actor, {
+      ...ending,
       data: { refund: receipt ?? null },
     });
     final = { phase, txRef: receipt?.txRef ?? '' };

@@ -353,7 +353,12 @@ test('CancelJob of a queued job refunds the whole escrow once', async () => {
 
   const { body } = await restGet(sys(), `/api/jobs/${jobId}`);
   expect(body.status).toBe('cancelled');
-  expect(body.events.map((e: any) => e.toStatus)).toEqual(['pending', 'queued', 'cancelled']);
+  // Ended first, then the refund recorded when it landed.
+  expect(body.events.map((e: any) => e.toStatus)).toEqual(['pending', 'queued', 'cancelled', 'cancelled']);
+  expect(body.events.slice(2).map((e: any) => e.reason)).toEqual([
+    expect.stringMatching(/; refunding the escrow$/),
+    expect.stringMatching(/; escrow refunded: \d+ to \w+$/),
+  ]);
   const escrow = body.payments.filter((p: any) => p.leg === 'escrow');
   const refunds = body.payments.filter((p: any) => p.leg === 'refund');
   expect(escrow).toHaveLength(1);

@@ -1,5 +1,5 @@
 import { createApproveCheckedInstruction, createCloseAccountInstruction } from '@solana/spl-token';
-import type { Keypair, PublicKey } from '@solana/web3.js';
+import { Keypair, type PublicKey } from '@solana/web3.js';
 import { and, eq, like, or } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
 import { escrowAddress } from '../../src/chain/instructions';
@@ -123,6 +123,18 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     expect(await balanceOf(ata(user.publicKey))).toBe(600n);
     expect(await balanceOf(ata(nodeWallet))).toBe(split.node);
     expect(await balanceOf(escrowOf(potId))).toBe(0n);
+  });
+
+  test("a treasury without its token account yet gets it opened by the first settlement (the platform's own account)", async () => {
+    const treasury = Keypair.generate().publicKey;
+    const fresh = settlementOn(chain, database.db, { treasury });
+    const user = await approvingUser(1_000n);
+    const nodeWallet = await receivingWallet(chain);
+    await insertNode(database.db, `node-${run}-treasury`, nodeWallet.toBase58());
+    const potId = newPot('treasury');
+    await fresh.escrowPot({ potId, amount: '1000', owner: user.publicKey.toBase58() });
+    expect(await fresh.settlePot({ potId, nodeId: `node-${run}-treasury`, payUnits: '1000' })).toMatchObject({ paid: '1000', owed: false });
+    expect(await balanceOf(ata(treasury))).toBe(splitPayment(1000n, 1000n).platform);
   });
 
   test('nothing earned is a full refund; everything earned pays with no refund leg', async () => {

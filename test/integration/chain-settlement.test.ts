@@ -1,4 +1,4 @@
-import { TOKEN_PROGRAM_ID } from '@solana/spl-token';
+import { createCloseAccountInstruction, TOKEN_PROGRAM_ID } from '@solana/spl-token';
 import { Keypair, PublicKey } from '@solana/web3.js';
 import { and, eq } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
@@ -17,10 +17,12 @@ import {
   openTokenAccount,
   receivingWallet,
   seededRandom,
+  sendTransaction,
   settlementOn,
   startRpcProxy,
   startTestChain,
   tokenBalance,
+  withRetries,
   type RpcProxy,
   type TestChain,
 } from '../support/chain';
@@ -274,6 +276,40 @@ describe('chain settlement: escrow, release and refund on the local ledger', () 
     await openTokenAccount(chain, wallet);
     expect(await settlement.release({ jobId, nodeId })).toMatchObject({ owed: false, node: { amount: '1800', to: wallet.toBase58() } });
     expect(await balanceOf(ataOf(wallet, chain.mint))).toBe(1_800n);
+    expect(await balanceOf(escrowOf(jobId))).toBe(0n);
+  });
+
+  test('a node whose token account closes after it was checked, before its payment is sent: the payment waits and is then owed, never failed for good; paid once it is open again', async () => {
+    const { jobId } = await escrowed(2_000n);
+    const nodeId = `node-${jobId}`;
+    const owner = await fundedWallet(chain, 0n);
+    await insertNode(database.db, nodeId, owner.publicKey.toBase58());
+    const account = ataOf(owner.publicKey, chain.mint);
+    let closed = false;
+    const racing = settlementOn(chain, database.db, {
+      hooks: {
+        afterRecord: async () => {
+          if (closed) return;
+          closed = true;
+          await sendTransaction(chain.connection, owner, [createCloseAccountInstruction(account, owner.publicKey, owner.publicKey)]);
+        },
+      },
+    });
+
+    const first = await failureOf(racing.release({ jobId, nodeId }));
+    expect(first.nonRetryable).toBeFalsy();
+    expect(await chain.connection.getAccountInfo(account)).toBeNull();
+    expect(await legRow(jobId, 'release_node')).toMatchObject({ state: 'sent' });
+    // Its blockhash expires unlanded; the retries (as Temporal makes them) end with the node owed.
+    chain.ledger.advance(200);
+    const { value: owed } = await withRetries(() => settlement.release({ jobId, nodeId }), { attempts: 10 });
+    expect(owed).toMatchObject({ owed: true, because: expect.stringContaining(`${owner.publicKey.toBase58()} has no token account`) });
+    expect(await legRow(jobId, 'release_node')).toMatchObject({ state: 'owed' });
+    expect(await balanceOf(escrowOf(jobId))).toBe(2_000n);
+
+    await openTokenAccount(chain, owner.publicKey);
+    expect(await settlement.release({ jobId, nodeId })).toMatchObject({ owed: false, node: { amount: '1800' } });
+    expect(await balanceOf(account)).toBe(1_800n);
     expect(await balanceOf(escrowOf(jobId))).toBe(0n);
   });
 

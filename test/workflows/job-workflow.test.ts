@@ -361,8 +361,8 @@ describe('jobWorkflow', () => {
         reason: expect.stringContaining('failed after 2 attempt(s)'),
         txRef: `ledger:${jobId}/refund`,
       });
-      expect(phases(cluster)).toEqual(['assigned', 'queued', 'assigned', 'failed']);
-      expect(cluster.transitions.at(-1)).toMatchObject({
+      expect(phases(cluster)).toEqual(['assigned', 'queued', 'assigned', 'failed', 'failed']);
+      expect(cluster.transitions.at(-2)).toMatchObject({
         ended: true,
         cancelOnNode: 'node-b',
         error: { code: 500, message: expect.stringContaining('node lost') },
@@ -390,10 +390,11 @@ describe('jobWorkflow', () => {
 
         const receipt = await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'changed my mind' }], updateId: 'cancel' });
         expect(receipt).toEqual({ refundIssued: true, txRef: `ledger:${jobId}/refund` });
-        expect(await handle.result()).toMatchObject({ phase: 'cancelled', attempts: 1, reason: 'cancelled: changed my mind' });
-        expect(phases(cluster)).toEqual(['assigned', 'cancelled']);
-        // The node is told to stop at its next heartbeat.
-        expect(cluster.transitions.at(-1)).toMatchObject({ actor: 'client', cancelOnNode: 'node-a', ended: true });
+        expect(await handle.result()).toMatchObject({ phase: 'cancelled', attempts: 1, reason: 'cancelled: changed my mind; escrow refunded: 1000000 to payer-wallet' });
+        // Ended (the node told to stop at its next heartbeat) before the refund, which is recorded when it lands.
+        expect(phases(cluster)).toEqual(['assigned', 'cancelled', 'cancelled']);
+        expect(cluster.transitions.at(-2)).toMatchObject({ actor: 'client', cancelOnNode: 'node-a', ended: true, reason: 'cancelled: changed my mind; refunding the escrow', data: { refund: null } });
+        expect(cluster.transitions.at(-1)).toMatchObject({ actor: 'workflow', data: { refund: { leg: 'refund', txRef: `ledger:${jobId}/refund` } } });
 
         // The job is over: a new cancel is refused (the run is closed, so the server answers, not the validator).
         const again = await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'again' }], updateId: 'cancel-2' }).then(
@@ -452,6 +453,7 @@ describe('jobWorkflow', () => {
         expect(cluster.transitions.map((t) => [t.seq, t.from, t.to])).toEqual([
           [1, 'pending', 'queued'],
           [2, 'queued', 'cancelled'],
+          [3, 'cancelled', 'cancelled'],
         ]);
         expect(cluster.transitions.at(-1)!.cancelOnNode).toBeUndefined();
         expect(cluster.dispatchCalls).toEqual([]);
@@ -686,7 +688,7 @@ describe('jobWorkflow', () => {
       expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'failed' }]);
       expect(cluster.refundCalls).toEqual([{ jobId }]);
       expect(cluster.releaseCalls).toEqual([]);
-      expect(phases(cluster)).toEqual(['assigned', 'running', 'cancelled']);
+      expect(phases(cluster)).toEqual(['assigned', 'running', 'cancelled', 'cancelled']);
     });
   });
 
@@ -834,7 +836,7 @@ describe('jobWorkflow', () => {
         } finally {
           alive.stop();
         }
-        const ended = cluster.transitions.at(-1)!;
+        const ended = cluster.transitions.at(-2)!;
         expect(ended).toMatchObject({ to: 'failed', actor: 'workflow', cancelOnNode: 'node-a', error: { code: 408 } });
         expect(ended.reason).toContain('the Engine did not connect');
         expect(cluster.refundCalls).toEqual([{ jobId }]);
@@ -947,7 +949,7 @@ describe('jobWorkflow', () => {
         (e: unknown) => e,
       );
       expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
-      expect(cluster.transitions.at(-1)).toMatchObject({ from: 'assigned', to: 'cancelled', actor: 'operator', cancelOnNode: 'node-a' });
+      expect(cluster.transitions.at(-2)).toMatchObject({ from: 'assigned', to: 'cancelled', actor: 'operator', cancelOnNode: 'node-a' });
       expect(cluster.refundCalls).toEqual([{ jobId }]);
       expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
     });
@@ -1000,7 +1002,7 @@ describe('jobWorkflow', () => {
       expect(err).toBeInstanceOf(WorkflowFailedError);
       expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
 
-      expect(cluster.transitions.at(-1)).toMatchObject({ to: 'cancelled', actor: 'operator' });
+      expect(cluster.transitions.at(-2)).toMatchObject({ to: 'cancelled', actor: 'operator' });
       // Money invariant: an escrow that exists is refunded when the job ends unpaid.
       expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
     });
