@@ -112,7 +112,8 @@ function stopBeating(node: SimNode): void {
 
 /**
  * Registers `count` simulated nodes with `gpus` CUDA devices of `vramGiB` each (capacity = gpus), all paid to
- * `wallet` (one with a token account for the mint: a farm's machines share one), else each to a fresh wallet.
+ * `wallet` (one with a token account for the mint, as a farm's machines share one; a fresh wallet would leave
+ * their payments owed), else each to a fresh wallet.
  */
 async function startNodes(msg: { central: string; count: number; gpus: number; vramGiB: number; heartbeatMs: number; tag: string; wallet?: string }) {
   state.central ??= msg.central;
@@ -137,7 +138,9 @@ async function startNodes(msg: { central: string; count: number; gpus: number; v
     const vram = String(msg.vramGiB * GiB);
     const res = await state.nodeApi.call('RegisterNode', {
       info: {
-        node_id: '',
+        // Its own id, as a node that registered before sends: a node naming none is known by its wallet, and
+        // these all share one.
+        node_id: randomUUID(),
         name: `${msg.tag}-${i}`,
         cpu_cores: 16,
         ram_total: String(64 * GiB),

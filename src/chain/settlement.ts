@@ -261,13 +261,14 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
 
   /**
    * Why the legs of a refused or failed attempt may not have been payable: the first payee among them (wallets
-   * paid into their token accounts; not escrow accounts, nor the treasury, whose account the attempt opens) that
+   * paid into their token accounts; not escrow accounts, nor the treasury, whose account a payment opens) that
    * cannot receive now. Such an attempt waits for its payee instead of failing for good.
    */
   async function payeeProblem(rows: PaymentRow[]): Promise<{ leg: Leg; why: string } | undefined> {
     for (const r of rows) {
-      if (r.leg === 'escrow' || r.toAccount === deps.treasury.toBase58() || r.amount === 0n) continue;
-      const why = await cannotReceive(r.toAccount).catch(() => undefined);
+      if (r.leg === 'escrow' || r.leg === 'release_platform' || r.amount === 0n) continue;
+      // A failed look is thrown (retryable): the attempt stays recorded, to be decided on the next try.
+      const why = await cannotReceive(r.toAccount);
       if (why) return { leg: r.leg, why };
     }
     return undefined;

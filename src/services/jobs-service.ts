@@ -146,6 +146,15 @@ export function createJobService(deps: JobServiceDeps) {
   async function cancel(jobId: string, reason: string, caller?: string): Promise<{ refundIssued: boolean; txRef: string }> {
     const job = await get(jobId);
     requireOwner(job.owner, caller, `job ${jobId}`);
+    if (job.status === 'cancelled') {
+      // Ended while its refund may still be on its way: a retry of the cancel that ended it gets that cancel's
+      // answer (the same update id); anything else was over already.
+      try {
+        return await workflows.cancel(jobId, reason);
+      } catch (err) {
+        if (err instanceof UnavailableError) throw err;
+      }
+    }
     if (isTerminal(job.status)) throw new ConflictError(`job ${jobId} has already finished (${job.status})`);
     return workflows.cancel(jobId, reason);
   }

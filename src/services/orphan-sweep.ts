@@ -1,11 +1,11 @@
 import { WorkflowNotFoundError, type Client as TemporalClient } from '@temporalio/client';
-import { and, eq, inArray, lt, notInArray } from 'drizzle-orm';
+import { and, desc, eq, inArray, lt, notInArray } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import { releaseClaims } from '../db/node-cache';
 import * as reservationsRepo from '../db/reservations-repo';
-import { jobs, reservations } from '../db/schema';
+import { jobEvents, jobs, payments, reservations } from '../db/schema';
 import type { JobWorkflowGateway } from './job-workflows';
 
 export interface OrphanSweepDeps {
@@ -119,6 +119,38 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
       });
       await releaseClaims(db, job.id);
       log.warn({ jobId: job.id, workflow: how }, 'failed a job whose workflow was closed outside the server');
+    }
+    await noteUnrefundedEnds(ids);
+  }
+
+  /**
+   * A job that ended unpaid is recorded ended before its refund (job-workflow-v4): if its workflow was closed
+   * outside the server meanwhile, the row looks finished while its escrow is still held. Such a job gets one more
+   * event saying so, for an operator to settle (once: not again while that is its latest event).
+   */
+  async function noteUnrefundedEnds(ids: string[]): Promise<void> {
+    const ended = await db
+      .select({ id: jobs.id, status: jobs.status, eventSeq: jobs.eventSeq, attempts: jobs.attempts })
+      .from(jobs)
+      .where(and(inArray(jobs.id, ids), inArray(jobs.status, ['failed', 'cancelled'])));
+    for (const job of ended) {
+      const legs = await db.select({ leg: payments.leg, state: payments.state }).from(payments).where(eq(payments.jobId, job.id));
+      const held = legs.some((l) => l.leg === 'escrow' && l.state === 'confirmed') && !legs.some((l) => l.leg !== 'escrow' && l.state === 'confirmed');
+      if (!held) continue;
+      const [latest] = await db
+        .select({ actor: jobEvents.actor })
+        .from(jobEvents)
+        .where(eq(jobEvents.jobId, job.id))
+        .orderBy(desc(jobEvents.seq))
+        .limit(1);
+      if (latest?.actor === 'sweep') continue;
+      const how = await closedOutside(job.id);
+      if (!how) continue;
+      const reason = `${job.status}, and then ${abandonedReason(how, `GET /api/jobs/${job.id}`)}: its refund was not made`;
+      await jobsRepo.recordTransition(db, {
+        jobId: job.id, seq: job.eventSeq + 1, from: job.status, to: job.status, reason, actor: 'sweep', attempt: job.attempts,
+      });
+      log.error({ jobId: job.id, workflow: how }, 'a job whose workflow was closed outside the server before its refund still holds its escrow');
     }
   }
 

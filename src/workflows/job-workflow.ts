@@ -166,13 +166,13 @@ const UNREPORTED_END_TIMER = 'unreported-end-timer';
  */
 const JOB_WORKFLOW_V3 = 'job-workflow-v3';
 /**
- * Patch (asked where it applies, when an escrow is to be refunded): the job ends — recorded, its node told to stop
- * — before its refund, which may wait (the chain away, or the payer's token account closed), and the refund is
- * recorded when it lands. Before, the job showed its old phase and its node ran on until the refund landed.
+ * Patch: the workflow as of this version, the one marker a run records (in place of v3's, whose behaviour it
+ * has). A job that ends unpaid is recorded ended — its node told to stop — before its refund, which may wait
+ * (the chain away, or the payer's token account closed), and the refund is recorded when it lands (before, the
+ * job showed its old phase and its node ran on until then); an owed payment whose reason changes records the
+ * new one on the job.
  */
-const END_BEFORE_REFUND = 'end-before-refund';
-/** Patch (asked where it applies): an owed payment whose reason changed records the new one on the job. */
-const OWED_REASON_RECORDED = 'owed-reason-recorded';
+const JOB_WORKFLOW_V4 = 'job-workflow-v4';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -184,7 +184,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   // Asked once, first thing in a run: a patch asked right after local activities return could be answered
   // differently on replay when a workflow task ended between their start and their markers.
   // Runs of v3 ask no earlier patch (they have all of them); runs recorded before it find their own markers.
-  const v3 = patched(JOB_WORKFLOW_V3);
+  const v4 = patched(JOB_WORKFLOW_V4);
+  const v3 = v4 || patched(JOB_WORKFLOW_V3);
   const assignInOneActivity = v3 || patched(ASSIGN_IN_ONE_ACTIVITY);
   // The per-attempt timer for nodes that never report: also gated by the patch, so a job started with the option
   // but run first by a worker without it (a skewed deploy) replays without the timer it never had.
@@ -597,7 +598,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       await condition(() => walletRegistered, OWED_RECHECK);
       walletRegistered = false;
       const outcome = await moneyStep(() => money.release({ jobId, nodeId }));
-      if (outcome.owed && outcome.because && outcome.because !== s.owedBecause && patched(OWED_REASON_RECORDED)) {
+      if (outcome.owed && outcome.because && outcome.because !== s.owedBecause && v4) {
         // Still owed, for another reason now (a wallet registered that cannot receive tokens yet): the job says so.
         s.owedBecause = outcome.because;
         await transition('completed', `its ${outcome.nodeAmount} units are still owed ${outcome.because}`, 'workflow', { data: { owed: outcome } });
@@ -653,12 +654,16 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
       ...(stopNode && { cancelOnNode: stopNode }),
       ...(excludeNode && { excludeNode }),
     };
-    if (s.escrow === 'held' && patched(END_BEFORE_REFUND)) {
-      await transition(phase, `${reason}; refunding the escrow`, actor, { ...ending, data: { refund: null } });
-      const refund = await moneyStep(() => money.refund({ jobId }));
-      s.escrow = 'refunded';
-      await transition(phase, `${reason}; escrow refunded: ${refund.amount} to ${refund.to}`, 'workflow', { data: { refund } });
-      final = { phase, txRef: refund.txRef };
+    if (s.escrow === 'held' && v4) {
+      // Not cancellable once begun: an operator's cancel meanwhile must not end the ended job again, nor leave
+      // its refund unrecorded.
+      await CancellationScope.nonCancellable(async () => {
+        await transition(phase, `${reason}; refunding the escrow`, actor, { ...ending, data: { refund: null } });
+        const refund = await money.refund({ jobId });
+        s.escrow = 'refunded';
+        await transition(phase, `${reason}; escrow refunded: ${refund.amount} to ${refund.to}`, 'workflow', { data: { refund } });
+        final = { phase, txRef: refund.txRef };
+      });
       return;
     }
     const receipt = s.escrow === 'held' ? await moneyStep(() => money.refund({ jobId })) : undefined;

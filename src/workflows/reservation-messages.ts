@@ -9,6 +9,8 @@ export const ReservationRejections = {
   invalid: 'ReservationInvalid',
   /** Its escrow was refused for good (no allowance, no funds): 402. */
   escrowRefused: 'EscrowRefused',
+  /** The same extension was asked too often while its escrow is on its way: 409, ask again once it is answered. */
+  busy: 'ReservationBusy',
 } as const;
 
 export interface ReservationView {

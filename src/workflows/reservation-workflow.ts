@@ -63,6 +63,12 @@ export const END_SEEN_FIRST = 'end-seen-first';
  * the same request is a new extension.
  */
 export const EXTEND_RETRY_JOINS = 'extend-retry-joins';
+/**
+ * Retries that may join one extension on its way. Each is an update in flight until the escrow answers, and a
+ * workflow takes only so many at once: retries without end while the chain is away must not leave no room for the
+ * release.
+ */
+const MAX_JOINED_RETRIES = 2;
 
 /** Extensions refused for want of funds after which a reservation takes one more only per REFUSAL_COOLDOWN_MS. */
 const MAX_REFUSED_EXTENSIONS = 5;
@@ -147,8 +153,8 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   let nextPot = 1;
   let extending = 0;
   let pendingMinutes = 0;
-  /** Extensions on their way, by minutes asked: a retry of one joins it (EXTEND_RETRY_JOINS). */
-  const extensionsOnTheirWay = new Map<number, Promise<ExtendResult>>();
+  /** Extensions on their way, by minutes asked, and how many retries joined each (EXTEND_RETRY_JOINS). */
+  const extensionsOnTheirWay = new Map<number, { outcome: Promise<ExtendResult>; joined: number }>();
   /** Extensions whose escrow was refused, and when the last was: see the extension's validator. */
   let refusedExtensions = 0;
   let lastRefusalAt = 0;
@@ -226,12 +232,16 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     ({ minutes: extra }) => {
       // A client that gave up waiting asks again: the same extension, not a second one paid for twice.
       const onItsWay = extensionsOnTheirWay.get(extra);
-      if (onItsWay && patched(EXTEND_RETRY_JOINS)) return onItsWay;
+      if (onItsWay && patched(EXTEND_RETRY_JOINS)) {
+        onItsWay.joined += 1;
+        return onItsWay.outcome;
+      }
       const outcome = extend(extra);
       if (!onItsWay) {
-        extensionsOnTheirWay.set(extra, outcome);
+        const entry = { outcome, joined: 0 };
+        extensionsOnTheirWay.set(extra, entry);
         const answered = () => {
-          if (extensionsOnTheirWay.get(extra) === outcome) extensionsOnTheirWay.delete(extra);
+          if (extensionsOnTheirWay.get(extra) === entry) extensionsOnTheirWay.delete(extra);
         };
         outcome.then(answered, answered);
       }
@@ -240,7 +250,11 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     {
       validator: ({ minutes: extra }) => {
         if (ended() || status !== 'active') throw reject(ReservationRejections.ended, `reservation ${id} is ${status === 'pending' ? 'not active yet' : 'over'}`);
-        if (extensionsOnTheirWay.has(extra)) return; // answered with the outcome of the extension it repeats
+        const onItsWay = extensionsOnTheirWay.get(extra);
+        if (onItsWay && onItsWay.joined >= MAX_JOINED_RETRIES) {
+          throw reject(ReservationRejections.busy, `an extension of ${extra} min of reservation ${id} is still being escrowed: ask again once it is answered`);
+        }
+        if (onItsWay) return; // answered with the outcome of the extension it repeats
         // At least a reservation's shortest term: each extension is a pot, settled on its own (history, fees).
         if (!Number.isInteger(extra) || extra < MIN_MINUTES || extra > MAX_MINUTES) {
           throw reject(ReservationRejections.invalid, `additional_minutes: must be a whole number from ${MIN_MINUTES} to ${MAX_MINUTES}`);

@@ -6,7 +6,7 @@ import * as jobsRepo from '../../src/db/jobs-repo';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as reservationsRepo from '../../src/db/reservations-repo';
 import type { NodeRegistration } from '../../src/db/nodes-repo';
-import { nodeClaims } from '../../src/db/schema';
+import { nodeClaims, payments } from '../../src/db/schema';
 import type { JobSpec } from '../../src/domain/job';
 import { createJobWorkflowGateway } from '../../src/services/job-workflows';
 import { createOrphanSweep, NEVER_STARTED_REASON } from '../../src/services/orphan-sweep';
@@ -151,6 +151,32 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     const seq = job!.eventSeq;
     await sweeper(() => Date.now()).sweep(); // ended: left alone
     expect((await jobsRepo.getJob(database.db, jobId))!.eventSeq).toBe(seq);
+  });
+
+  it('notes a job that ended before its refund landed whose workflow was then terminated: its escrow is still held, once', async () => {
+    const jobId = `job-${randomUUID()}`;
+    await jobsRepo.insertJob(database.db, { spec: spec(jobId), configHash: 'h' });
+    await jobsRepo.recordTransition(database.db, { jobId, seq: 1, from: 'pending', to: 'cancelled', reason: 'cancelled: no; refunding the escrow', actor: 'client', attempt: 0, ended: true });
+    await database.db.insert(payments).values({
+      jobId, leg: 'escrow', amount: 10n, fromAccount: 'payer', toAccount: 'escrow', state: 'confirmed', idempotencyKey: `${jobId}/escrow`,
+    });
+    await database.db.insert(payments).values({
+      jobId, leg: 'refund', amount: 10n, fromAccount: 'escrow', toAccount: 'payer', state: 'pending', idempotencyKey: `${jobId}/refund`,
+    });
+    await client.workflow.start('jobWorkflow', { workflowId: jobId, taskQueue, args: [] });
+    await client.workflow.getHandle(jobId).terminate('operator clean-up');
+
+    const job = await sweepUntil(() => jobsRepo.getJob(database.db, jobId), (j) => j?.eventSeq === 2);
+    expect(job).toMatchObject({ status: 'cancelled', eventSeq: 2 });
+    const events = await jobsRepo.getJobEvents(database.db, jobId);
+    expect(events.at(-1)).toMatchObject({
+      fromStatus: 'cancelled',
+      toStatus: 'cancelled',
+      actor: 'sweep',
+      reason: expect.stringMatching(/^cancelled, and then its workflow was terminated outside the server; any escrow it held is still in its escrow account .*: its refund was not made$/),
+    });
+    await sweeper(() => Date.now()).sweep(); // noted: not again
+    expect((await jobsRepo.getJob(database.db, jobId))!.eventSeq).toBe(2);
   });
 
   it('fails a reservation whose workflow was terminated outside the server, and gives its node back', async () => {

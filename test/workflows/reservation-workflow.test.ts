@@ -5,7 +5,7 @@
  * and a silent node surfaces as the server's heartbeat timeout. Amounts are checked to the unit against the money
  * rules of src/domain/reservation.ts and the 90/10 split of src/domain/money.ts.
  */
-import { WorkflowFailedError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { WorkflowFailedError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
@@ -470,13 +470,21 @@ describe('reservationWorkflow', () => {
         const extend = (minutes: number) => handle.executeUpdate(extendReservationUpdate, { args: [{ minutes }] });
         const first = extend(20);
         await waitUntil(() => world.escrowCalls.length === 2, 5000, 'the extension escrow to start');
-        const retry = extend(20);
+        // Each retry accepted before the next is sent (as a client's would be, seconds apart).
+        const accepted = (minutes: number) =>
+          handle.startUpdate(extendReservationUpdate, { args: [{ minutes }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+        const retry = (await accepted(20)).result();
+        const again = (await accepted(20)).result();
+        // Retries beyond two wait for the answer instead: each is an update in flight, and the release needs room.
+        const busy = await expectUpdateRejected(extend(20), ReservationRejections.busy);
+        expect(busy.message).toContain('is still being escrowed: ask again once it is answered');
         const other = extend(15); // another length: another extension
         await waitUntil(() => world.escrowCalls.length === 3, 5000, 'the second extension escrow to start');
         await sleep(300);
         world.escrowGate.open();
-        const [a, b, c] = await Promise.all([first, retry, other]);
+        const [a, b, c, d] = await Promise.all([first, retry, other, again]);
         expect(b).toEqual(a);
+        expect(d).toEqual(a);
         expect(a.escrowTx).toBe(`ledger:${id}/ext-1/escrow`);
         expect(c.escrowTx).toBe(`ledger:${id}/ext-2/escrow`);
         expect(world.escrowCalls.map((e) => e.potId)).toEqual([id, `${id}/ext-1`, `${id}/ext-2`]);
