@@ -48,6 +48,19 @@ interface Scenario {
   runs?: 'first' | 'first-and-last';
 }
 
+/** node-a accepts and completes the job at once; it ends completed with node-a's payment owed. */
+async function completedOwed(env: TestWorkflowEnvironment, handle: JobHandle, jobId: string): Promise<void> {
+  await waitForStatus(handle, (v) => v.phase === 'assigned');
+  const alive = keepAlive(env.client, jobId, 1);
+  try {
+    await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+    await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
+  } finally {
+    alive.stop();
+  }
+  await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed');
+}
+
 const scenarios: Record<string, Scenario> = {
   /** escrow → assigned → running (progress) → completed, paid. */
   happy: {
@@ -115,15 +128,7 @@ const scenarios: Record<string, Scenario> = {
       cluster.register('node-a', 'accept', { wallet: false });
     },
     async drive({ env, handle, jobId, cluster }) {
-      await waitForStatus(handle, (v) => v.phase === 'assigned');
-      const alive = keepAlive(env.client, jobId, 1);
-      try {
-        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
-        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
-      } finally {
-        alive.stop();
-      }
-      await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed');
+      await completedOwed(env, handle, jobId);
       await handle.signal(walletRegisteredSignal);
       await waitUntil(() => cluster.releaseOutcomes.length === 2, 10_000, 'the second (still owed) release');
       cluster.registerWallet('node-a');
@@ -141,15 +146,7 @@ const scenarios: Record<string, Scenario> = {
       cluster.oweBecause('node-a', 'until it registers a wallet');
     },
     async drive({ env, handle, jobId, cluster }) {
-      await waitForStatus(handle, (v) => v.phase === 'assigned');
-      const alive = keepAlive(env.client, jobId, 1);
-      try {
-        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
-        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
-      } finally {
-        alive.stop();
-      }
-      await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed');
+      await completedOwed(env, handle, jobId);
       cluster.oweBecause('node-a', 'until its wallet can receive them: W has no token account for M');
       await handle.signal(walletRegisteredSignal);
       await waitUntil(() => cluster.releaseOutcomes.length === 2, 10_000, 'the second (still owed) release');
