@@ -122,6 +122,11 @@ const money = proxyActivities<ReservationActivities>({
 const OWED_RECHECK_MS = 3_600_000;
 const OWED_RECHECK_MAX_MS = 7 * 24 * 3_600_000;
 
+/** An extension on its way, and the retries waiting for its answer. */
+interface ExtensionOnItsWay {
+  joiners: { resolve(result: ExtendResult): void; fail(err: unknown): void }[];
+}
+
 interface Pot {
   potId: string;
   units: string;
@@ -153,8 +158,8 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   let nextPot = 1;
   let extending = 0;
   let pendingMinutes = 0;
-  /** Extensions on their way, by minutes asked, and how many retries joined each (EXTEND_RETRY_JOINS). */
-  const extensionsOnTheirWay = new Map<number, { outcome: Promise<ExtendResult>; joined: number }>();
+  /** Extensions on their way, by minutes asked, with the retries that joined each (EXTEND_RETRY_JOINS). */
+  const extensionsOnTheirWay = new Map<number, ExtensionOnItsWay>();
   /** Extensions whose escrow was refused, and when the last was: see the extension's validator. */
   let refusedExtensions = 0;
   let lastRefusalAt = 0;
@@ -202,59 +207,64 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     await condition(() => ready !== undefined);
     return ready!;
   });
-  /** Escrows `extra` more minutes as a pot of their own, then moves the end. */
-  async function extend(extra: number): Promise<ExtendResult> {
-    const n = nextPot++;
-    const pot: Pot = { potId: potId(id, n), units: reservationCost(perHour, extra).toString(), minutes: extra };
-    extending += 1;
-    pendingMinutes += extra;
-    try {
-      const escrow = await escrowPot(pot);
-      if (typeof escrow === 'string') {
-        refusedExtensions += 1;
-        lastRefusalAt = Date.now();
-        throw reject(ReservationRejections.escrowRefused, escrow);
-      }
-      pots.push(pot);
-      minutes += extra;
-      endAt += extra * options.minuteMs;
-      lastReason = `extended by ${extra} min`;
-      await store.recordExtension({ id, extensions: pots.length - 1, minutes, escrowUnits: escrowed().toString(), endAt });
-      publish();
-      return { endAt, additionalUnits: pot.units, escrowTx: escrow.txRef };
-    } finally {
-      extending -= 1;
-      pendingMinutes -= extra;
-    }
-  }
   setHandler(
     extendReservationUpdate,
-    ({ minutes: extra }) => {
+    // The body runs exactly as before the patch when no retry joins it (an async handler returning its result):
+    // recorded histories replay its commands in the same order.
+    async ({ minutes: extra }) => {
       // A client that gave up waiting asks again: the same extension, not a second one paid for twice.
       const onItsWay = extensionsOnTheirWay.get(extra);
       if (onItsWay && patched(EXTEND_RETRY_JOINS)) {
-        onItsWay.joined += 1;
-        return onItsWay.outcome;
+        return new Promise<ExtendResult>((resolve, fail) => onItsWay.joiners.push({ resolve, fail }));
       }
-      const outcome = extend(extra);
-      if (!onItsWay) {
-        const entry = { outcome, joined: 0 };
-        extensionsOnTheirWay.set(extra, entry);
-        const answered = () => {
-          if (extensionsOnTheirWay.get(extra) === entry) extensionsOnTheirWay.delete(extra);
-        };
-        outcome.then(answered, answered);
+      const entry: ExtensionOnItsWay | undefined = onItsWay ? undefined : { joiners: [] };
+      if (entry) extensionsOnTheirWay.set(extra, entry);
+      const answer = (give: (j: ExtensionOnItsWay['joiners'][number]) => void) => {
+        if (!entry) return;
+        if (extensionsOnTheirWay.get(extra) === entry) extensionsOnTheirWay.delete(extra);
+        for (const joiner of entry.joiners) give(joiner);
+      };
+      const n = nextPot++;
+      const pot: Pot = { potId: potId(id, n), units: reservationCost(perHour, extra).toString(), minutes: extra };
+      extending += 1;
+      pendingMinutes += extra;
+      try {
+        const escrow = await escrowPot(pot);
+        if (typeof escrow === 'string') {
+          refusedExtensions += 1;
+          lastRefusalAt = Date.now();
+          throw reject(ReservationRejections.escrowRefused, escrow);
+        }
+        pots.push(pot);
+        minutes += extra;
+        endAt += extra * options.minuteMs;
+        lastReason = `extended by ${extra} min`;
+        await store.recordExtension({ id, extensions: pots.length - 1, minutes, escrowUnits: escrowed().toString(), endAt });
+        publish();
+        const result = { endAt, additionalUnits: pot.units, escrowTx: escrow.txRef };
+        answer((j) => j.resolve(result));
+        return result;
+      } catch (err) {
+        answer((j) => j.fail(err));
+        throw err;
+      } finally {
+        extending -= 1;
+        pendingMinutes -= extra;
       }
-      return outcome;
     },
     {
       validator: ({ minutes: extra }) => {
         if (ended() || status !== 'active') throw reject(ReservationRejections.ended, `reservation ${id} is ${status === 'pending' ? 'not active yet' : 'over'}`);
         const onItsWay = extensionsOnTheirWay.get(extra);
-        if (onItsWay && onItsWay.joined >= MAX_JOINED_RETRIES) {
+        if (onItsWay && onItsWay.joiners.length >= MAX_JOINED_RETRIES) {
           throw reject(ReservationRejections.busy, `an extension of ${extra} min of reservation ${id} is still being escrowed: ask again once it is answered`);
         }
         if (onItsWay) return; // answered with the outcome of the extension it repeats
+        // One extension at a time: two whose records land in one workflow task can replay in another order (the
+        // SDK resolves their local activities together on replay), which Temporal takes for nondeterminism.
+        if (extending > 0) {
+          throw reject(ReservationRejections.busy, `another extension of reservation ${id} is still being escrowed: ask again once it is answered`);
+        }
         // At least a reservation's shortest term: each extension is a pot, settled on its own (history, fees).
         if (!Number.isInteger(extra) || extra < MIN_MINUTES || extra > MAX_MINUTES) {
           throw reject(ReservationRejections.invalid, `additional_minutes: must be a whole number from ${MIN_MINUTES} to ${MAX_MINUTES}`);

@@ -456,7 +456,7 @@ describe('reservationWorkflow', () => {
       });
     });
 
-    test('asked again while its escrow is on its way (a client that gave up waiting), the same extension answers both: escrowed and added once', async () => {
+    test('asked again while its escrow is on its way (a client that gave up waiting), the same extension answers every ask: escrowed and added once; another is refused until it is answered', async () => {
       const world = new FakeReservationWorld();
       const id = newId('extend-retried');
       const spec = reservationSpec(id, { minutes: 30 });
@@ -478,21 +478,22 @@ describe('reservationWorkflow', () => {
         // Retries beyond two wait for the answer instead: each is an update in flight, and the release needs room.
         const busy = await expectUpdateRejected(extend(20), ReservationRejections.busy);
         expect(busy.message).toContain('is still being escrowed: ask again once it is answered');
-        const other = extend(15); // another length: another extension
-        await waitUntil(() => world.escrowCalls.length === 3, 5000, 'the second extension escrow to start');
+        // Another length is another extension: one at a time.
+        const other = await expectUpdateRejected(extend(15), ReservationRejections.busy);
+        expect(other.message).toContain('another extension of reservation');
         await sleep(300);
         world.escrowGate.open();
-        const [a, b, c, d] = await Promise.all([first, retry, other, again]);
+        const [a, b, d] = await Promise.all([first, retry, again]);
         expect(b).toEqual(a);
         expect(d).toEqual(a);
         expect(a.escrowTx).toBe(`ledger:${id}/ext-1/escrow`);
-        expect(c.escrowTx).toBe(`ledger:${id}/ext-2/escrow`);
-        expect(world.escrowCalls.map((e) => e.potId)).toEqual([id, `${id}/ext-1`, `${id}/ext-2`]);
-        expect(await handle.query(reservationQuery)).toMatchObject({ minutes: 65, endAt: ready.endAt + 35 * minuteMs });
+        expect(world.escrowCalls.map((e) => e.potId)).toEqual([id, `${id}/ext-1`]);
+        expect(await handle.query(reservationQuery)).toMatchObject({ minutes: 50, endAt: ready.endAt + 20 * minuteMs });
 
-        // Answered: the same request again is a new extension.
+        // Answered: the same request again is a new extension, and so is another length.
         world.escrowGate = undefined;
-        expect((await extend(20)).escrowTx).toBe(`ledger:${id}/ext-3/escrow`);
+        expect((await extend(20)).escrowTx).toBe(`ledger:${id}/ext-2/escrow`);
+        expect((await extend(15)).escrowTx).toBe(`ledger:${id}/ext-3/escrow`);
         expect(await handle.query(reservationQuery)).toMatchObject({ minutes: 85 });
         await handle.executeUpdate(releaseReservationUpdate, { args: [{ reason: 'done', by: 'engine' }], updateId: 'release' });
         expect(await handle.result()).toMatchObject({ status: 'cancelled' });
