@@ -21,12 +21,15 @@ export interface ReconcileReport {
    * opened ahead of a job that none used.
    */
   closedAccounts: number;
+  /** Refunds that waited for their payer's token account, paid in this pass now that it is open. */
+  refundsPaid: string[];
 }
 
 /**
  * Compares the payment ledger with the chain. Legs left half-way (`sent` for longer than `staleAfterMs`) are
  * completed when their transaction landed, or reopened when it can no longer land; confirmed legs and the
- * escrow balances of recently active jobs are checked against the chain and mismatches reported.
+ * escrow balances of recently active jobs are checked against the chain and mismatches reported; refunds that
+ * waited for their payer's token account are paid once it is open.
  */
 export async function reconcileLedger(deps: {
   db: Db;
@@ -42,7 +45,7 @@ export async function reconcileLedger(deps: {
 }): Promise<ReconcileReport> {
   const { db, settlement } = deps;
   const now = deps.now?.() ?? Date.now();
-  const report: ReconcileReport = { completed: [], reopened: [], failed: [], inFlight: [], mismatches: [], checkedLegs: 0, checkedEscrows: 0, closedAccounts: 0 };
+  const report: ReconcileReport = { completed: [], reopened: [], failed: [], inFlight: [], mismatches: [], checkedLegs: 0, checkedEscrows: 0, closedAccounts: 0, refundsPaid: [] };
 
   const stale = await db
     .select()
@@ -101,6 +104,9 @@ export async function reconcileLedger(deps: {
       }
     }
   }
+  const refunds = await settlement.settleWaitingRefunds();
+  report.refundsPaid = refunds.paid;
+  report.mismatches.push(...refunds.errors);
   if (deps.closeAccounts) {
     const { closed, holding, errors } = await settlement.closeSettledEscrowAccounts(deps.closeAccounts);
     report.closedAccounts = closed.length;

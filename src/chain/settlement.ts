@@ -12,7 +12,7 @@ import {
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
 import { createCloseAccountInstruction, createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
-import { and, eq, inArray, isNotNull, lt, ne, or, sql, TransactionRollbackError } from 'drizzle-orm';
+import { and, eq, inArray, isNotNull, like, lt, ne, or, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
 import { jobs, nodes, openedEscrowAccounts, payments } from '../db/schema';
@@ -1198,12 +1198,15 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         if (!isLegsSplit(err)) throw err;
       });
     }
-    // An outcome is final for the workflow: it is only returned once every leg is confirmed or owed.
+    // An outcome is final for the workflow: it is only returned once every leg is confirmed or owed, or waits for
+    // its payee. A refund waiting for its payer's token account does not hold the reservation's other pots (nor
+    // its end) back: it stays recorded, with why, and the reconciliation pays it once the account is open
+    // (settleWaitingRefunds); the outcome shows it without a signature.
     const rows = await rowsOf(input.potId, legs);
     const unsettled = rows.filter(isOpen);
-    if (unsettled.length > 0) {
-      const waiting = refundWaits && unsettled.every((r) => r.leg === 'refund') ? `: ${refundWaits}` : '';
-      throw retryable(`${input.potId}: legs ${unsettled.map((r) => `${r.leg} (${r.state})`)} not settled yet${waiting}`);
+    const waitingRefund = refundWaits !== undefined && unsettled.length === 1 && unsettled[0].leg === 'refund' && unsettled[0].state !== 'sent';
+    if (unsettled.length > 0 && !waitingRefund) {
+      throw retryable(`${input.potId}: legs ${unsettled.map((r) => `${r.leg} (${r.state})`)} not settled yet`);
     }
     const leg = (l: Leg) => rows.find((r) => r.leg === l);
     const nodeLeg = leg('release_node');
@@ -1218,6 +1221,33 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       paymentTx: nodeLeg?.state === 'confirmed' ? nodeLeg.txRef ?? '' : '',
       refundTx: refundLeg?.state === 'confirmed' ? refundLeg.txRef ?? '' : '',
     };
+  }
+
+  /**
+   * Pays the refunds that wait for their payer's token account (see settlePot; a job's own refund activity keeps
+   * trying too) once the account is open, at most `limit` a pass. Exactly once like any leg.
+   * @returns the ledger ids paid, and why others could not be (not those still waiting).
+   */
+  async function settleWaitingRefunds(limit = 100): Promise<{ paid: string[]; errors: string[] }> {
+    const waiting = await db
+      .select({ jobId: payments.jobId, toAccount: payments.toAccount })
+      .from(payments)
+      .where(and(eq(payments.leg, 'refund'), inArray(payments.state, ['pending', 'failed']), like(payments.lastError, 'the refund waits:%')))
+      .orderBy(payments.updatedAt)
+      .limit(limit);
+    const paid: string[] = [];
+    const errors: string[] = [];
+    for (const row of waiting) {
+      if (isReclaimId(row.jobId)) continue; // a reclaim never waits: it is refused until the account is open
+      try {
+        if (await cannotReceive(row.toAccount)) continue;
+        await settleRefund(row.jobId, row.jobId);
+        paid.push(row.jobId);
+      } catch (err) {
+        errors.push(`${row.jobId}/refund: ${(err as Error).message}`);
+      }
+    }
+    return { paid, errors };
   }
 
   /** The job's escrow account balance on chain (0 when it does not exist). */
@@ -1379,6 +1409,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     closeUnusedEscrowAccounts,
     escrowPot,
     settlePot,
+    settleWaitingRefunds,
     openEscrowAccount,
     escrowBalance,
     verifyEscrowTransaction,

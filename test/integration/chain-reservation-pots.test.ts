@@ -101,7 +101,7 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     expect(await balanceOf(ata(user.publicKey))).toBe(10_000n - 1000n + 667n);
   });
 
-  test('a user who closed their token account since funding: the node is paid now, the refund waits (reason on the leg) until it is open again', async () => {
+  test('a user who closed their token account since funding: the node is paid and the pot settled now, the refund waits (reason on the leg) and is paid once it is open again', async () => {
     const user = await approvingUser(1_000n);
     const nodeWallet = await receivingWallet(chain);
     await insertNode(database.db, `node-${run}-closed`, nodeWallet.toBase58());
@@ -109,20 +109,28 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     await settlement.escrowPot({ potId, amount: '1000', owner: user.publicKey.toBase58() });
     await sendTransaction(chain.connection, user, [createCloseAccountInstruction(ata(user.publicKey), user.publicKey, user.publicKey)]);
 
-    const failure = await failureOf(settlement.settlePot({ potId, nodeId: `node-${run}-closed`, payUnits: '400' }));
-    expect(failure.nonRetryable).toBeFalsy();
-    expect(failure.message).toMatch(new RegExp(`legs refund \\(pending\\) not settled yet: the refund waits: ${user.publicKey.toBase58()} has no token account`));
+    // Settled for the reservation (its other pots and its end are not held back): the refund is due, unsigned.
+    const outcome = await settlement.settlePot({ potId, nodeId: `node-${run}-closed`, payUnits: '400' });
+    expect(outcome).toMatchObject({ paid: '400', refunded: '600', refundTx: '', owed: false });
     const split = splitPayment(400n, 1000n);
     expect(await balanceOf(ata(nodeWallet))).toBe(split.node);
     expect(await chain.connection.getAccountInfo(ata(user.publicKey))).toBeNull();
     expect(await balanceOf(escrowOf(potId))).toBe(600n);
-    expect((await legsOf(potId)).find((l) => l.leg === 'refund')).toMatchObject({ state: 'pending', lastError: expect.stringMatching(/^the refund waits: /) });
-
+    expect((await legsOf(potId)).find((l) => l.leg === 'refund')).toMatchObject({
+      state: 'pending',
+      lastError: `the refund waits: ${user.publicKey.toBase58()} has no token account for ${chain.mint.toBase58()} (${ata(user.publicKey).toBase58()}); the platform does not open one for it`,
+    });
+    // The reconciliation's pass leaves it while the account is closed, and pays it once it is open.
+    expect((await settlement.settleWaitingRefunds()).paid).not.toContain(potId);
     await openTokenAccount(chain, user.publicKey);
-    expect(await settlement.settlePot({ potId, nodeId: `node-${run}-closed`, payUnits: '400' })).toMatchObject({ paid: '400', refunded: '600', owed: false });
+    expect(await settlement.settleWaitingRefunds()).toMatchObject({ paid: expect.arrayContaining([potId]), errors: [] });
     expect(await balanceOf(ata(user.publicKey))).toBe(600n);
-    expect(await balanceOf(ata(nodeWallet))).toBe(split.node);
     expect(await balanceOf(escrowOf(potId))).toBe(0n);
+    expect((await legsOf(potId)).find((l) => l.leg === 'refund')).toMatchObject({ state: 'confirmed' });
+    // Asked again, the pot's outcome now shows the refund's signature; nothing moves twice.
+    expect(await settlement.settlePot({ potId, nodeId: `node-${run}-closed`, payUnits: '400' })).toMatchObject({ refunded: '600', refundTx: expect.any(String) });
+    expect(await balanceOf(ata(user.publicKey))).toBe(600n);
+    expect((await settlement.settleWaitingRefunds()).paid).not.toContain(potId);
   });
 
   test("a treasury without its token account yet gets it opened by the first settlement (the platform's own account)", async () => {

@@ -28,6 +28,7 @@ const REPORT: ReconcileReport = {
   failed: [],
   inFlight: ['job-3/escrow'],
   mismatches: ['escrow of job-4 holds 5 units, the ledger says 7'],
+  refundsPaid: [],
   checkedLegs: 4,
   checkedEscrows: 2,
   closedAccounts: 1,
