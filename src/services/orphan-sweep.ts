@@ -137,6 +137,8 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
       const legs = await db.select({ leg: payments.leg, state: payments.state }).from(payments).where(eq(payments.jobId, job.id));
       const held = legs.some((l) => l.leg === 'escrow' && l.state === 'confirmed') && !legs.some((l) => l.leg !== 'escrow' && l.state === 'confirmed');
       if (!held) continue;
+      // A refund sent may still land (the reconciliation finishes it): said so, not that none was made.
+      const onItsWay = legs.some((l) => l.leg === 'refund' && l.state === 'sent');
       const [latest] = await db
         .select({ actor: jobEvents.actor })
         .from(jobEvents)
@@ -146,7 +148,8 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
       if (latest?.actor === 'sweep') continue;
       const how = await closedOutside(job.id);
       if (!how) continue;
-      const reason = `${job.status}, and then ${abandonedReason(how, `GET /api/jobs/${job.id}`)}: its refund was not made`;
+      const refund = onItsWay ? 'its refund was sent and may still land (the reconciliation records it if it does)' : 'its refund was not made';
+      const reason = `${job.status}, and then its workflow ${how === 'failed' ? 'failed' : `was ${how} outside the server`} before its refund landed: ${refund}; the escrow is in its escrow account (see its payments in GET /api/jobs/${job.id}) for an operator to settle`;
       await jobsRepo.recordTransition(db, {
         jobId: job.id, seq: job.eventSeq + 1, from: job.status, to: job.status, reason, actor: 'sweep', attempt: job.attempts,
       });

@@ -217,6 +217,9 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       if (onItsWay && patched(EXTEND_RETRY_JOINS)) {
         return new Promise<ExtendResult>((resolve, fail) => onItsWay.joiners.push({ resolve, fail }));
       }
+      const n = nextPot++;
+      const pot: Pot = { potId: potId(id, n), units: reservationCost(perHour, extra).toString(), minutes: extra };
+      // Retries join it from here on; whatever ends it answers them.
       const entry: ExtensionOnItsWay | undefined = onItsWay ? undefined : { joiners: [] };
       if (entry) extensionsOnTheirWay.set(extra, entry);
       const answer = (give: (j: ExtensionOnItsWay['joiners'][number]) => void) => {
@@ -224,8 +227,6 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
         if (extensionsOnTheirWay.get(extra) === entry) extensionsOnTheirWay.delete(extra);
         for (const joiner of entry.joiners) give(joiner);
       };
-      const n = nextPot++;
-      const pot: Pot = { potId: potId(id, n), units: reservationCost(perHour, extra).toString(), minutes: extra };
       extending += 1;
       pendingMinutes += extra;
       try {

@@ -380,6 +380,37 @@ describe('jobWorkflow', () => {
   });
 
   describe('cancel', () => {
+    test('while its refund waits (the chain away, or the payer\'s account closed): ended at once, its node told to stop; an operator\'s cancel meanwhile changes nothing; the refund recorded when it lands', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      const jobId = newJobId('cancel-refund-waits');
+
+      await withWorker('cancel-refund-waits', cluster, async ({ start }) => {
+        const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+        cluster.refundGate = new Gate();
+        const cancel = handle.executeUpdate(cancelUpdate, { args: [{ reason: 'no longer needed' }], updateId: 'cancel' });
+        await waitUntil(() => cluster.refundCalls.length === 1, 5000, 'the refund to start');
+
+        // Ended before the refund: the job shows it, its node is told to stop, its escrow still held.
+        expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'cancelled', escrow: 'held' });
+        expect(phases(cluster)).toEqual(['assigned', 'cancelled']);
+        expect(cluster.transitions.at(-1)).toMatchObject({ actor: 'client', cancelOnNode: 'node-a', ended: true, reason: 'cancelled: no longer needed; refunding the escrow' });
+        expect((await handle.describe()).typedSearchAttributes.get(SA.escrowState)).toBe('held');
+
+        // An operator cancels the workflow meanwhile: the refund and its record go on, the job is not ended again.
+        await handle.cancel();
+        await sleep(300);
+        cluster.refundGate.open();
+        expect(await cancel).toEqual({ refundIssued: true, txRef: `ledger:${jobId}/refund` });
+        await handle.result().catch(() => undefined);
+        expect(phases(cluster)).toEqual(['assigned', 'cancelled', 'cancelled']);
+        expect(cluster.transitions.at(-1)).toMatchObject({ actor: 'workflow', reason: 'cancelled: no longer needed; escrow refunded: 1000000 to payer-wallet' });
+        expect(cluster.refundCalls).toHaveLength(1);
+        expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
+        expect((await handle.describe()).typedSearchAttributes.get(SA.escrowState)).toBe('refunded');
+      });
+    });
+
     test('while assigned → refunded once; a later cancel is rejected and changes nothing', async () => {
       const cluster = new FakeCluster(['node-a']);
       const jobId = newJobId('cancel-assigned');
