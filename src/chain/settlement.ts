@@ -12,10 +12,10 @@ import {
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
 import { createCloseAccountInstruction, createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
-import { and, eq, inArray, isNotNull, like, lt, ne, or, sql, TransactionRollbackError } from 'drizzle-orm';
+import { and, eq, inArray, isNotNull, isNull, like, lt, ne, or, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
-import { jobs, nodes, openedEscrowAccounts, payments } from '../db/schema';
+import { jobs, nodes, openedEscrowAccounts, payments, reservations } from '../db/schema';
 import { ConflictError, TooManyRequestsError } from '../domain/errors';
 import { isTerminal } from '../domain/job';
 import { splitPayment } from '../domain/money';
@@ -1241,7 +1241,12 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       if (isReclaimId(row.jobId)) continue; // a reclaim never waits: it is refused until the account is open
       try {
         if (await cannotReceive(row.toAccount)) continue;
-        await settleRefund(row.jobId, row.jobId);
+        const refund = await settleRefund(row.jobId, row.jobId);
+        // A reservation's pot (its id, or `<id>/ext-<n>`): the reservation shows the refund's signature now.
+        await db
+          .update(reservations)
+          .set({ refundTx: refund.txRef })
+          .where(and(eq(reservations.id, row.jobId.replace(/\/ext-\d+$/, '')), isNull(reservations.refundTx), ne(reservations.refundUnits, 0n)));
         paid.push(row.jobId);
       } catch (err) {
         errors.push(`${row.jobId}/refund: ${(err as Error).message}`);

@@ -4,7 +4,7 @@ import { and, eq, like, or } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
 import { escrowAddress } from '../../src/chain/instructions';
 import type { ChainSettlement, Leg } from '../../src/chain/settlement';
-import { payments } from '../../src/db/schema';
+import { payments, reservations } from '../../src/db/schema';
 import { splitPayment } from '../../src/domain/money';
 import { PaymentFailures } from '../../src/domain/payments';
 import { freshDatabase } from '../support/db';
@@ -106,6 +106,11 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     const nodeWallet = await receivingWallet(chain);
     await insertNode(database.db, `node-${run}-closed`, nodeWallet.toBase58());
     const potId = newPot('closed');
+    // Its reservation row, as it ends with the refund due and unsigned.
+    await database.db.insert(reservations).values({
+      id: potId, nodeId: `node-${run}-closed`, userWallet: user.publicKey.toBase58(), durationMinutes: 10, pricePerHourUnits: 6000n,
+      escrowUnits: 1000n, startAt: new Date(), endAt: new Date(), status: 'cancelled', paidUnits: 400n, refundUnits: 600n,
+    });
     await settlement.escrowPot({ potId, amount: '1000', owner: user.publicKey.toBase58() });
     await sendTransaction(chain.connection, user, [createCloseAccountInstruction(ata(user.publicKey), user.publicKey, user.publicKey)]);
 
@@ -126,7 +131,10 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     expect(await settlement.settleWaitingRefunds()).toMatchObject({ paid: expect.arrayContaining([potId]), errors: [] });
     expect(await balanceOf(ata(user.publicKey))).toBe(600n);
     expect(await balanceOf(escrowOf(potId))).toBe(0n);
-    expect((await legsOf(potId)).find((l) => l.leg === 'refund')).toMatchObject({ state: 'confirmed' });
+    const paidLeg = (await legsOf(potId)).find((l) => l.leg === 'refund');
+    expect(paidLeg).toMatchObject({ state: 'confirmed' });
+    // The reservation shows the refund's signature now.
+    expect((await database.db.select({ refundTx: reservations.refundTx }).from(reservations).where(eq(reservations.id, potId)))[0].refundTx).toBe(paidLeg!.txRef);
     // Asked again, the pot's outcome now shows the refund's signature; nothing moves twice.
     expect(await settlement.settlePot({ potId, nodeId: `node-${run}-closed`, payUnits: '400' })).toMatchObject({ refunded: '600', refundTx: expect.any(String) });
     expect(await balanceOf(ata(user.publicKey))).toBe(600n);
