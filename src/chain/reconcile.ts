@@ -21,15 +21,17 @@ export interface ReconcileReport {
    * opened ahead of a job that none used.
    */
   closedAccounts: number;
-  /** Refunds that waited for their payer's token account, paid in this pass now that it is open. */
+  /** Recorded refunds nobody was settling (waiting for their payer's token account, or left by their workflow), paid in this pass. */
   refundsPaid: string[];
+  /** Why such refunds could not be paid in this pass (tried again in the next). */
+  refundErrors: string[];
 }
 
 /**
  * Compares the payment ledger with the chain. Legs left half-way (`sent` for longer than `staleAfterMs`) are
  * completed when their transaction landed, or reopened when it can no longer land; confirmed legs and the
  * escrow balances of recently active jobs are checked against the chain and mismatches reported; refunds that
- * waited for their payer's token account are paid once it is open.
+ * nobody is settling (waiting for their payer's token account, or left by their workflow) are paid.
  */
 export async function reconcileLedger(deps: {
   db: Db;
@@ -41,11 +43,13 @@ export async function reconcileLedger(deps: {
   closeAccounts?: { settledForMs: number; limit: number; budgetMs?: number };
   /** Closing the escrow accounts opened ahead of a job that nothing used for this long, so many a pass. */
   closeUnused?: { unusedForMs: number; limit: number; budgetMs?: number };
+  /** Paying recorded refunds nobody has settled for this long (settleQuietRefunds), so many a pass; unset: none. */
+  settleRefunds?: { quietForMs: number; limit: number; budgetMs?: number };
   now?: () => number;
 }): Promise<ReconcileReport> {
   const { db, settlement } = deps;
   const now = deps.now?.() ?? Date.now();
-  const report: ReconcileReport = { completed: [], reopened: [], failed: [], inFlight: [], mismatches: [], checkedLegs: 0, checkedEscrows: 0, closedAccounts: 0, refundsPaid: [] };
+  const report: ReconcileReport = { completed: [], reopened: [], failed: [], inFlight: [], mismatches: [], checkedLegs: 0, checkedEscrows: 0, closedAccounts: 0, refundsPaid: [], refundErrors: [] };
 
   const stale = await db
     .select()
@@ -104,9 +108,11 @@ export async function reconcileLedger(deps: {
       }
     }
   }
-  const refunds = await settlement.settleWaitingRefunds();
-  report.refundsPaid = refunds.paid;
-  report.mismatches.push(...refunds.errors);
+  if (deps.settleRefunds) {
+    const refunds = await settlement.settleQuietRefunds(deps.settleRefunds);
+    report.refundsPaid = refunds.paid;
+    report.refundErrors = refunds.errors;
+  }
   if (deps.closeAccounts) {
     const { closed, holding, errors } = await settlement.closeSettledEscrowAccounts(deps.closeAccounts);
     report.closedAccounts = closed.length;

@@ -12,7 +12,7 @@ import {
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
 import { createCloseAccountInstruction, createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
-import { and, eq, inArray, isNotNull, isNull, like, lt, ne, or, sql, TransactionRollbackError } from 'drizzle-orm';
+import { and, eq, gt, inArray, isNotNull, isNull, lt, ne, notLike, or, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
 import { jobs, nodes, openedEscrowAccounts, payments, reservations } from '../db/schema';
@@ -1201,7 +1201,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     // An outcome is final for the workflow: it is only returned once every leg is confirmed or owed, or waits for
     // its payee. A refund waiting for its payer's token account does not hold the reservation's other pots (nor
     // its end) back: it stays recorded, with why, and the reconciliation pays it once the account is open
-    // (settleWaitingRefunds); the outcome shows it without a signature.
+    // (settleQuietRefunds); the outcome shows it without a signature.
     const rows = await rowsOf(input.potId, legs);
     const unsettled = rows.filter(isOpen);
     const waitingRefund = refundWaits !== undefined && unsettled.length === 1 && unsettled[0].leg === 'refund' && unsettled[0].state !== 'sent';
@@ -1223,22 +1223,43 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     };
   }
 
+  /** Where the next pass of settleQuietRefunds goes on from (refund rows by id; back to 0 at the end). */
+  let refundsAfterId = 0;
+
   /**
-   * Pays the refunds that wait for their payer's token account (see settlePot; a job's own refund activity keeps
-   * trying too) once the account is open, at most `limit` a pass. Exactly once like any leg.
-   * @returns the ledger ids paid, and why others could not be (not those still waiting).
+   * Pays the recorded refunds nobody is settling: quiet for `quietForMs` and not confirmed. They are those that
+   * wait for their payer's token account (a reservation's pot settles without them, see settlePot; a job's own
+   * refund activity keeps trying too), those whose attempt expired after the reconciliation took it over, and
+   * those whose workflow was closed outside the server after deciding them. Exactly once like any leg; a payee
+   * that still cannot receive is passed over. Each pass goes on where the last stopped, so refunds that wait for
+   * good never hold back the rest, and stops after `budgetMs`.
+   * @returns the ledger ids paid, and why others could not be.
    */
-  async function settleWaitingRefunds(limit = 100): Promise<{ paid: string[]; errors: string[] }> {
-    const waiting = await db
-      .select({ jobId: payments.jobId, toAccount: payments.toAccount })
+  async function settleQuietRefunds(opts: { quietForMs: number; limit: number; budgetMs?: number }): Promise<{ paid: string[]; errors: string[] }> {
+    const started = Date.now();
+    const rows = await db
+      .select({ id: payments.id, jobId: payments.jobId, toAccount: payments.toAccount })
       .from(payments)
-      .where(and(eq(payments.leg, 'refund'), inArray(payments.state, ['pending', 'failed']), like(payments.lastError, 'the refund waits:%')))
-      .orderBy(payments.updatedAt)
-      .limit(limit);
+      .where(
+        and(
+          eq(payments.leg, 'refund'),
+          inArray(payments.state, ['pending', 'failed']),
+          gt(payments.id, refundsAfterId),
+          lt(payments.updatedAt, new Date(Date.now() - opts.quietForMs)),
+          // A reclaim is settled while its caller waits, and never waits for an account.
+          notLike(payments.jobId, '%/reclaim/%'),
+        ),
+      )
+      .orderBy(payments.id)
+      .limit(opts.limit);
+    refundsAfterId = rows.length < opts.limit ? 0 : rows[rows.length - 1].id;
     const paid: string[] = [];
     const errors: string[] = [];
-    for (const row of waiting) {
-      if (isReclaimId(row.jobId)) continue; // a reclaim never waits: it is refused until the account is open
+    for (const row of rows) {
+      if (opts.budgetMs !== undefined && Date.now() - started > opts.budgetMs) {
+        refundsAfterId = row.id - 1; // the next pass starts here
+        break;
+      }
       try {
         if (await cannotReceive(row.toAccount)) continue;
         const refund = await settleRefund(row.jobId, row.jobId);
@@ -1414,7 +1435,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     closeUnusedEscrowAccounts,
     escrowPot,
     settlePot,
-    settleWaitingRefunds,
+    settleQuietRefunds,
     openEscrowAccount,
     escrowBalance,
     verifyEscrowTransaction,

@@ -267,6 +267,8 @@ export const payments = pgTable(
     uniqueIndex('payments_idempotency_idx').on(t.idempotencyKey),
     // Escrow accounts still open: the candidates for closing once their ledger is settled.
     index('payments_open_escrow_idx').on(t.id).where(sql`${t.leg} = 'escrow' and ${t.accountClosedAt} is null`),
+    // Refunds not settled: the reconciliation pays those nobody is settling (settleQuietRefunds).
+    index('payments_open_refund_idx').on(t.id).where(sql`${t.leg} = 'refund' and ${t.state} in ('pending', 'failed')`),
     uniqueIndex('payments_job_leg_idx').on(t.jobId, t.leg),
     // A payer's transaction funds each escrow account it pays into once: one job or one reclaim of that account.
     // Keyed by the account, not the transaction alone, because one transaction may pay several escrow accounts.

@@ -95,10 +95,12 @@ export async function startWorker(
           // Within the activity's 10 minutes whatever the cluster's pace.
           closeAccounts: { settledForMs: 3600_000, limit: 100, budgetMs: 3 * 60_000 },
           closeUnused: { unusedForMs: 24 * 3600_000, limit: 100, budgetMs: 2 * 60_000 },
+          settleRefunds: { quietForMs: 10 * 60_000, limit: 100, budgetMs: 2 * 60_000 },
         }),
       );
       // In the worker's log too, at error level, for whatever watches it: money the chain and the ledger disagree on.
       if (report.mismatches.length > 0) log.error({ mismatches: report.mismatches }, 'ledger and chain disagree');
+      if (report.refundErrors.length > 0) log.warn({ refunds: report.refundErrors }, 'recorded refunds that could not be paid yet');
       return report;
     },
   };

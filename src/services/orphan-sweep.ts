@@ -139,6 +139,8 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
       if (!held) continue;
       // A refund sent may still land (the reconciliation finishes it): said so, not that none was made.
       const onItsWay = legs.some((l) => l.leg === 'refund' && l.state === 'sent');
+      // A refund recorded and not sent is paid by the reconciliation (settleQuietRefunds).
+      const recorded = legs.some((l) => l.leg === 'refund');
       const [latest] = await db
         .select({ actor: jobEvents.actor })
         .from(jobEvents)
@@ -148,8 +150,12 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
       if (latest?.actor === 'sweep') continue;
       const how = await closedOutside(job.id);
       if (!how) continue;
-      const refund = onItsWay ? 'its refund was sent and may still land (the reconciliation records it if it does)' : 'its refund was not made';
-      const reason = `${job.status}, and then its workflow ${how === 'failed' ? 'failed' : `was ${how} outside the server`} before its refund landed: ${refund}; the escrow is in its escrow account (see its payments in GET /api/jobs/${job.id}) for an operator to settle`;
+      const refund = onItsWay
+        ? 'its refund was sent and may still land (the reconciliation records it if it does, and pays it again if it expires)'
+        : recorded
+          ? 'its refund is recorded, and the reconciliation pays it once nobody else is'
+          : `its refund was not decided: the escrow is in its escrow account (see its payments in GET /api/jobs/${job.id}) for an operator to settle`;
+      const reason = `${job.status}, and then its workflow ${how === 'failed' ? 'failed' : `was ${how} outside the server`} before its refund landed: ${refund}`;
       await jobsRepo.recordTransition(db, {
         jobId: job.id, seq: job.eventSeq + 1, from: job.status, to: job.status, reason, actor: 'sweep', attempt: job.attempts,
       });

@@ -16,7 +16,7 @@ export async function reconcileLedgerWorkflow(): Promise<ReconcileReport> {
   setCurrentDetails(
     [
       `checked ${report.checkedLegs} in-flight legs and ${report.checkedEscrows} escrows`,
-      `completed ${report.completed.length} · reopened ${report.reopened.length} · failed ${report.failed.length} · in flight ${report.inFlight.length} · escrow accounts closed ${report.closedAccounts ?? 0}`,
+      `completed ${report.completed.length} · reopened ${report.reopened.length} · failed ${report.failed.length} · in flight ${report.inFlight.length} · escrow accounts closed ${report.closedAccounts ?? 0} · refunds paid ${report.refundsPaid?.length ?? 0}`,
       report.mismatches.length ? `**mismatches**\n\n${report.mismatches.map((m) => `- ${m}`).join('\n')}` : 'no mismatches',
     ].join('\n\n'),
   );

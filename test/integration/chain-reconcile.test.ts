@@ -137,6 +137,25 @@ describe('ledger reconciliation against the local ledger', () => {
     expect(await tokenBalance(chain.connection, escrowAddress(chain.authority.publicKey, jobId))).toBe(0n);
   });
 
+  test('pays a recorded refund nobody is settling (its workflow closed after deciding it), once quiet; not one still fresh', async () => {
+    const jobId = await escrowed('refund-left', 3_000n);
+    const escrowRow = await legRow(jobId, 'escrow');
+    const payerBefore = await tokenBalance(chain.connection, ataOf(chain.payer.publicKey, chain.mint));
+    await database.db.insert(payments).values({
+      jobId, leg: 'refund', amount: 3_000n, fromAccount: escrowRow.toAccount, toAccount: chain.payer.publicKey.toBase58(), state: 'pending',
+      idempotencyKey: `${jobId}/refund`, memo: `cyxwiz ${jobId}/refund`,
+    });
+    const pass = (quietForMs: number) => reconcileLedger({ db: database.db, settlement, staleAfterMs: 0, recentMs: 0, settleRefunds: { quietForMs, limit: 100 } });
+
+    expect((await pass(60_000)).refundsPaid).not.toContain(jobId); // recorded a moment ago: its settler may be at it
+    const report = await pass(0);
+    expect(report.refundsPaid).toContain(jobId);
+    expect(await legRow(jobId, 'refund')).toMatchObject({ state: 'confirmed', txRef: expect.any(String) });
+    expect(await tokenBalance(chain.connection, ataOf(chain.payer.publicKey, chain.mint))).toBe(payerBefore + 3_000n);
+    expect((await pass(0)).refundsPaid).not.toContain(jobId);
+    expect(await tokenBalance(chain.connection, ataOf(chain.payer.publicKey, chain.mint))).toBe(payerBefore + 3_000n);
+  });
+
   test('reports an escrow balance the ledger does not explain (a stray transfer into an escrow account)', async () => {
     const stray = await escrowed('stray', 5_000n);
     const untouched = await escrowed('untouched', 5_000n);

@@ -126,9 +126,9 @@ describe('reservation pots: allowance escrow and split settlement', () => {
       lastError: `the refund waits: ${user.publicKey.toBase58()} has no token account for ${chain.mint.toBase58()} (${ata(user.publicKey).toBase58()}); the platform does not open one for it`,
     });
     // The reconciliation's pass leaves it while the account is closed, and pays it once it is open.
-    expect((await settlement.settleWaitingRefunds()).paid).not.toContain(potId);
+    expect((await settlement.settleQuietRefunds({ quietForMs: 0, limit: 100 })).paid).not.toContain(potId);
     await openTokenAccount(chain, user.publicKey);
-    expect(await settlement.settleWaitingRefunds()).toMatchObject({ paid: expect.arrayContaining([potId]), errors: [] });
+    expect(await settlement.settleQuietRefunds({ quietForMs: 0, limit: 100 })).toMatchObject({ paid: expect.arrayContaining([potId]), errors: [] });
     expect(await balanceOf(ata(user.publicKey))).toBe(600n);
     expect(await balanceOf(escrowOf(potId))).toBe(0n);
     const paidLeg = (await legsOf(potId)).find((l) => l.leg === 'refund');
@@ -138,7 +138,7 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     // Asked again, the pot's outcome now shows the refund's signature; nothing moves twice.
     expect(await settlement.settlePot({ potId, nodeId: `node-${run}-closed`, payUnits: '400' })).toMatchObject({ refunded: '600', refundTx: expect.any(String) });
     expect(await balanceOf(ata(user.publicKey))).toBe(600n);
-    expect((await settlement.settleWaitingRefunds()).paid).not.toContain(potId);
+    expect((await settlement.settleQuietRefunds({ quietForMs: 0, limit: 100 })).paid).not.toContain(potId);
   });
 
   test("a treasury without its token account yet gets it opened by the first settlement (the platform's own account)", async () => {

@@ -29,6 +29,7 @@ const REPORT: ReconcileReport = {
   inFlight: ['job-3/escrow'],
   mismatches: ['escrow of job-4 holds 5 units, the ledger says 7'],
   refundsPaid: [],
+  refundErrors: [],
   checkedLegs: 4,
   checkedEscrows: 2,
   closedAccounts: 1,

@@ -1,0 +1,1 @@
+CREATE INDEX "payments_open_refund_idx" ON "payments" USING btree ("id") WHERE "payments"."leg" = 'refund' and "payments"."state" in ('pending', 'failed');
