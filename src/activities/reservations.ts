@@ -91,7 +91,8 @@ export function createReservationActivities(deps: ReservationActivityDeps) {
         paidUnits: BigInt(e.paid),
         refundUnits: BigInt(e.refunded),
         paymentTx: e.paymentTx || null,
-        refundTx: e.refundTx || null,
+        // Kept when the reconciliation paid a refund that had waited (a later record of the end has none).
+        ...(e.refundTx && { refundTx: e.refundTx }),
       });
       await repo.releaseHold(tx, e.id, e.nodeId);
     });

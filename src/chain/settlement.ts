@@ -12,7 +12,7 @@ import {
   type VersionedTransactionResponse,
 } from '@solana/web3.js';
 import { createCloseAccountInstruction, createTransferCheckedInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID, unpackAccount } from '@solana/spl-token';
-import { and, eq, gt, inArray, isNotNull, isNull, lt, ne, notLike, or, sql, TransactionRollbackError } from 'drizzle-orm';
+import { and, eq, gt, inArray, isNotNull, isNull, like, lt, ne, notLike, or, sql, TransactionRollbackError } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/client';
 import { preparedStatement } from '../db/prepared';
 import { jobs, nodes, openedEscrowAccounts, payments, reservations } from '../db/schema';
@@ -1243,7 +1243,9 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       .where(
         and(
           eq(payments.leg, 'refund'),
-          inArray(payments.state, ['pending', 'failed']),
+          // A refund that failed for good (insufficient funds, a wrong account) is an operator's: only one that
+          // failed waiting for its payer is taken up again.
+          or(eq(payments.state, 'pending'), and(eq(payments.state, 'failed'), like(payments.lastError, 'the refund waits:%'))),
           gt(payments.id, refundsAfterId),
           lt(payments.updatedAt, new Date(Date.now() - opts.quietForMs)),
           // A reclaim is settled while its caller waits, and never waits for an account.
@@ -1262,12 +1264,21 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       }
       try {
         if (await cannotReceive(row.toAccount)) continue;
+        // Only out of money the ledger says is there for it: the escrow must hold every leg of its ledger not paid
+        // yet (an owed node share stays in it too). Less is a disagreement to report, not to pay out of.
+        const legs = await rowsOf(row.jobId, ['release_node', 'release_platform', 'refund']);
+        const unpaid = legs.filter((l) => l.state !== 'confirmed').reduce((sum, l) => sum + l.amount, 0n);
+        const held = await escrowBalance(row.jobId);
+        if (held < unpaid) {
+          errors.push(`${row.jobId}/refund: its escrow account holds ${held} units, less than the ${unpaid} its ledger has yet to pay: not paid`);
+          continue;
+        }
         const refund = await settleRefund(row.jobId, row.jobId);
         // A reservation's pot (its id, or `<id>/ext-<n>`): the reservation shows the refund's signature now.
         await db
           .update(reservations)
           .set({ refundTx: refund.txRef })
-          .where(and(eq(reservations.id, row.jobId.replace(/\/ext-\d+$/, '')), isNull(reservations.refundTx), ne(reservations.refundUnits, 0n)));
+          .where(and(eq(reservations.id, row.jobId.replace(/\/ext-\d+$/, '')), isNull(reservations.refundTx)));
         paid.push(row.jobId);
       } catch (err) {
         errors.push(`${row.jobId}/refund: ${(err as Error).message}`);

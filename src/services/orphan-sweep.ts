@@ -134,13 +134,13 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
       .from(jobs)
       .where(and(inArray(jobs.id, ids), inArray(jobs.status, ['failed', 'cancelled'])));
     for (const job of ended) {
-      const legs = await db.select({ leg: payments.leg, state: payments.state }).from(payments).where(eq(payments.jobId, job.id));
+      const legs = await db.select({ leg: payments.leg, state: payments.state, lastError: payments.lastError }).from(payments).where(eq(payments.jobId, job.id));
       const held = legs.some((l) => l.leg === 'escrow' && l.state === 'confirmed') && !legs.some((l) => l.leg !== 'escrow' && l.state === 'confirmed');
       if (!held) continue;
       // A refund sent may still land (the reconciliation finishes it): said so, not that none was made.
       const onItsWay = legs.some((l) => l.leg === 'refund' && l.state === 'sent');
-      // A refund recorded and not sent is paid by the reconciliation (settleQuietRefunds).
-      const recorded = legs.some((l) => l.leg === 'refund');
+      // A refund recorded and not sent is paid by the reconciliation (settleQuietRefunds), unless it failed for good.
+      const recorded = legs.some((l) => l.leg === 'refund' && (l.state === 'pending' || (l.state === 'failed' && l.lastError?.startsWith('the refund waits:'))));
       const [latest] = await db
         .select({ actor: jobEvents.actor })
         .from(jobEvents)
@@ -153,13 +153,14 @@ export function createOrphanSweep(deps: OrphanSweepDeps) {
       const refund = onItsWay
         ? 'its refund was sent and may still land (the reconciliation records it if it does, and pays it again if it expires)'
         : recorded
-          ? 'its refund is recorded, and the reconciliation pays it once nobody else is'
+          ? `its refund is recorded, and the reconciliation pays it once its payer's token account can receive (see its payments in GET /api/jobs/${job.id})`
           : `its refund was not decided: the escrow is in its escrow account (see its payments in GET /api/jobs/${job.id}) for an operator to settle`;
       const reason = `${job.status}, and then its workflow ${how === 'failed' ? 'failed' : `was ${how} outside the server`} before its refund landed: ${refund}`;
       await jobsRepo.recordTransition(db, {
         jobId: job.id, seq: job.eventSeq + 1, from: job.status, to: job.status, reason, actor: 'sweep', attempt: job.attempts,
       });
-      log.error({ jobId: job.id, workflow: how }, 'a job whose workflow was closed outside the server before its refund still holds its escrow');
+      if (recorded || onItsWay) log.warn({ jobId: job.id, workflow: how }, 'a job whose workflow was closed outside the server before its refund landed: the reconciliation settles it');
+      else log.error({ jobId: job.id, workflow: how }, 'a job whose workflow was closed outside the server before its refund still holds its escrow');
     }
   }
 

@@ -154,6 +154,17 @@ describe('ledger reconciliation against the local ledger', () => {
     expect(await tokenBalance(chain.connection, ataOf(chain.payer.publicKey, chain.mint))).toBe(payerBefore + 3_000n);
     expect((await pass(0)).refundsPaid).not.toContain(jobId);
     expect(await tokenBalance(chain.connection, ataOf(chain.payer.publicKey, chain.mint))).toBe(payerBefore + 3_000n);
+
+    // A refund its escrow account does not hold the money for is reported, not paid out of whatever is there.
+    const short = await escrowed('refund-short', 1_000n);
+    await database.db.insert(payments).values({
+      jobId: short, leg: 'refund', amount: 5_000n, fromAccount: (await legRow(short, 'escrow')).toAccount, toAccount: chain.payer.publicKey.toBase58(),
+      state: 'pending', idempotencyKey: `${short}/refund`, memo: `cyxwiz ${short}/refund`,
+    });
+    const refused = await pass(0);
+    expect(refused.refundsPaid).not.toContain(short);
+    expect(refused.refundErrors).toContain(`${short}/refund: its escrow account holds 1000 units, less than the 5000 its ledger has yet to pay: not paid`);
+    expect(await legRow(short, 'refund')).toMatchObject({ state: 'pending', txRef: null });
   });
 
   test('reports an escrow balance the ledger does not explain (a stray transfer into an escrow account)', async () => {

@@ -173,7 +173,7 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
       fromStatus: 'cancelled',
       toStatus: 'cancelled',
       actor: 'sweep',
-      reason: 'cancelled, and then its workflow was terminated outside the server before its refund landed: its refund is recorded, and the reconciliation pays it once nobody else is',
+      reason: `cancelled, and then its workflow was terminated outside the server before its refund landed: its refund is recorded, and the reconciliation pays it once its payer's token account can receive (see its payments in GET /api/jobs/${jobId})`,
     });
     await sweeper(() => Date.now()).sweep(); // noted: not again
     expect((await jobsRepo.getJob(database.db, jobId))!.eventSeq).toBe(2);
