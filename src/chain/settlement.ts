@@ -1017,9 +1017,10 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     if (split.owed) return { owed: true, nodeAmount: split.node.toString(), platformAmount: split.platform.toString(), because: owedBecause };
     const escrowAccount = escrowOf(input.jobId);
     const rows = await settle(input.jobId, ['release_node', 'release_platform'], legKey(input.jobId, 'release'), async ([nodeLeg, platformLeg]) => {
-      // Checked again as signed: the account may have closed since (the next call finds the node owed).
-      const why = nodeLeg.amount > 0n ? await cannotReceive(nodeLeg.toAccount) : undefined;
-      if (why) throw await waitsFor(input.jobId, 'release_node', `the node's payment waits: ${why}`);
+      // payableNow looked at the node's account moments ago: a node it found unable to receive (its legs were sent
+      // before and have just expired) is not signed for again, and the next call finds it owed. One closed since is
+      // refused by the chain, and settle() makes the legs wait (payeeProblem).
+      if (!wallet && nodeLeg.amount > 0n) throw await waitsFor(input.jobId, 'release_node', `the node's payment waits: ${owedBecause}`);
       const common = { feePayer: authority.publicKey, from: escrowAccount, fromOwner: authority.publicKey, mint: deps.mint, decimals: deps.decimals };
       return {
         instructions: [
@@ -1116,7 +1117,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    */
   async function settlePot(input: { potId: string; nodeId: string; payUnits: string }): Promise<PotOutcome> {
     const [node] = await db.select({ wallet: nodes.walletAddress }).from(nodes).where(eq(nodes.id, input.nodeId));
-    const { wallet } = await payableNow(node?.wallet ?? '');
+    const { wallet, owedBecause } = await payableNow(node?.wallet ?? '');
     const legs: Leg[] = ['release_node', 'release_platform', 'refund'];
     const escrowSlot = await withEscrowLock(input.potId, async (tx, escrowRow, recorded) => {
       if (!recorded.some((l) => legs.includes(l.leg))) {
@@ -1172,10 +1173,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const group = sent.length > 0 ? sent.filter((r) => r.txRef === sent[0].txRef) : open;
       const groupLegs = group.map((r) => r.leg);
       await settle(input.potId, groupLegs, `${input.potId}/${groupLegs.join('+')}`, async (rows) => {
-        // Checked again as signed: an account may have closed since (the next call finds the node owed, or leaves
-        // the refund out).
-        const payee = await payeeProblem(rows);
-        if (payee) throw await waitsFor(input.potId, payee.leg, payee.why);
+        // Payees were looked at above (payableNow, the refund's look): a node found unable to receive is not signed
+        // for; one closed since is refused by the chain, and settle() makes the legs wait (payeeProblem).
+        if (!wallet && rows.some((r) => r.leg === 'release_node' && r.amount > 0n)) {
+          throw await waitsFor(input.potId, 'release_node', `the node's payment waits: ${owedBecause}`);
+        }
         return {
           instructions: rows.flatMap((r) =>
             r.amount > 0n

@@ -94,13 +94,17 @@ export function testChain() {
     );
     tx.sign(from);
     const signature = await connection.sendRawTransaction(tx.serialize(), { preflightCommitment: 'confirmed' });
-    // The local ledger has no websocket for confirmTransaction: poll the status instead.
-    await eventually(`transaction ${signature} to be confirmed`, async () => {
+    await confirmed(signature, `transaction ${signature} to be confirmed`, 10_000);
+    return signature;
+  }
+
+  /** Waits until `signature` is confirmed (the local ledger has no websocket for confirmTransaction: polled). */
+  async function confirmed(signature: string, what: string, timeoutMs?: number): Promise<void> {
+    await eventually(what, async () => {
       const { value } = await connection.getSignatureStatuses([signature]);
       if (value[0]?.err) throw new Error(`transaction ${signature} failed: ${JSON.stringify(value[0].err)}`);
       return value[0]?.confirmationStatus === 'confirmed' || value[0]?.confirmationStatus === 'finalized';
-    }, 10_000);
-    return signature;
+    }, timeoutMs);
   }
 
   /** A demo wallet of the local ledger (e.g. 'engine'), loaded from its key file. */
@@ -121,12 +125,7 @@ export function testChain() {
       createApproveCheckedInstruction(ata(user.publicKey), mint, authority, user.publicKey, allowance, setup.decimals),
     );
     tx.sign(funder, user);
-    const signature = await connection.sendRawTransaction(tx.serialize());
-    await eventually('the user wallet to be funded', async () => {
-      const status = (await connection.getSignatureStatuses([signature])).value[0];
-      if (status?.err) throw new Error(`funding failed: ${JSON.stringify(status.err)}`);
-      return status?.confirmationStatus === 'confirmed' || status?.confirmationStatus === 'finalized';
-    });
+    await confirmed(await connection.sendRawTransaction(tx.serialize()), 'the user wallet to be funded');
     return user;
   }
 
@@ -141,12 +140,7 @@ export function testChain() {
       createAssociatedTokenAccountIdempotentInstruction(funder.publicKey, ata(owner), key(owner), mint),
     );
     tx.sign(funder);
-    const signature = await connection.sendRawTransaction(tx.serialize());
-    await eventually(`the token account of ${key(owner).toBase58()} to be open`, async () => {
-      const status = (await connection.getSignatureStatuses([signature])).value[0];
-      if (status?.err) throw new Error(`opening failed: ${JSON.stringify(status.err)}`);
-      return status?.confirmationStatus === 'confirmed' || status?.confirmationStatus === 'finalized';
-    });
+    await confirmed(await connection.sendRawTransaction(tx.serialize()), `the token account of ${key(owner).toBase58()} to be open`);
   }
 
   return {
