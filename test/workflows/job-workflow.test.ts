@@ -986,6 +986,44 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('cancelled by an operator (Temporal cancel) while a completion comes → the completion is refused (the job is already ended), refunded, no update left running', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    const jobId = newJobId('operator-cancel-refuses');
+
+    await withWorker('operator-cancel-refuses', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        // The 'cancelled' record waits at a gate, so the node's completion reaches the workflow in the task that
+        // applies it: it is judged after the job has ended, so no handler waits on the closing workflow.
+        const gate = new Gate();
+        cluster.transitionGate = { to: 'cancelled', gate };
+        await handle.cancel();
+        await waitUntil(() => cluster.timeline.includes('transition:cancelled:waiting'), 5000, 'the cancelled record');
+        const completion = handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        await sleep(300);
+        gate.open();
+        const refused = await completion;
+        expect(refused).toBeInstanceOf(WorkflowUpdateFailedError);
+        expect((refused as WorkflowUpdateFailedError).cause).toMatchObject({ type: JobRejections.notHolder });
+      } finally {
+        alive.stop();
+      }
+      const err = await handle.result().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
+      expect(cluster.refundCalls).toEqual([{ jobId }]);
+      expect(cluster.releaseCalls).toEqual([]);
+      expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
+    });
+  });
+
   test('cancelled by an operator (Temporal cancel) while the completion is being paid → the job completes, paid once, nothing refunded', async () => {
     const cluster = new FakeCluster(['node-a']);
     cluster.releaseGate = new Gate();
