@@ -67,6 +67,7 @@ export async function reconcileLedger(deps: {
     const state = await settlement.chainState(signature, rows[0].lastValidBlockHeight ?? 0);
     if (state.kind === 'landed') {
       await settlement.markConfirmed(jobId, legs, signature, state.slot);
+      if (legs.includes('refund')) await settlement.showReservationRefund(jobId, signature);
       report.completed.push(...names);
     } else if (state.kind === 'expired') {
       await settlement.abandonAttempt(jobId, legs, signature, `reconciliation: ${signature} expired without landing`);

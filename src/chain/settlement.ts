@@ -1276,11 +1276,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           continue;
         }
         const refund = await settleRefund(row.jobId, row.jobId);
-        // A reservation's pot (its id, or `<id>/ext-<n>`): the reservation shows the refund's signature now.
-        await db
-          .update(reservations)
-          .set({ refundTx: refund.txRef })
-          .where(and(eq(reservations.id, row.jobId.replace(/\/ext-\d+$/, '')), isNull(reservations.refundTx)));
+        await showReservationRefund(row.jobId, refund.txRef);
         paid.push(row.jobId);
       } catch (err) {
         errors.push(`${row.jobId}/refund: ${(err as Error).message}`);
@@ -1289,7 +1285,18 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return { paid, errors };
   }
 
-  /** The job's escrow account balance on chain (0 when it does not exist). */
+  /**
+   * A refund paid after its reservation's end was recorded (by the reconciliation): when the ledger is a
+   * reservation's pot (its id, or `<id>/ext-<n>`), the reservation shows the refund's signature, unless it
+   * already shows one. Any other ledger has no reservation row, and nothing changes.
+   */
+  async function showReservationRefund(ledgerId: string, txRef: string): Promise<void> {
+    await db
+      .update(reservations)
+      .set({ refundTx: txRef })
+      .where(and(eq(reservations.id, ledgerId.replace(/\/ext-\d+$/, '')), isNull(reservations.refundTx)));
+  }
+
   /** Where the next pass of closeSettledEscrowAccounts goes on from (escrow rows by id; back to 0 at the end). */
   let closeAfterId = 0;
 
@@ -1434,6 +1441,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     return { closed, holding, errors };
   }
 
+  /** The job's escrow account balance on chain (0 when it does not exist). */
   async function escrowBalance(jobId: string): Promise<bigint> {
     const account = await connection.getAccountInfo(escrowOf(jobId), deps.commitment);
     if (!account || account.data.length < 72) return 0n;
@@ -1458,6 +1466,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     rowsOf,
     abandonAttempt,
     markConfirmed,
+    showReservationRefund,
   };
 }
 

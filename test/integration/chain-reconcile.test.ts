@@ -6,7 +6,7 @@ import { escrowAddress } from '../../src/chain/instructions';
 import { loadKeypair } from '../../src/chain/keys';
 import { reconcileLedger, type ReconcileReport } from '../../src/chain/reconcile';
 import type { ChainSettlement, Leg } from '../../src/chain/settlement';
-import { jobs, openedEscrowAccounts, payments } from '../../src/db/schema';
+import { jobs, openedEscrowAccounts, payments, reservations } from '../../src/db/schema';
 import { freshDatabase } from '../support/db';
 import { ataOf, insertNode, receivingWallet, sendTransaction, settlementOn, startTestChain, tokenBalance, type TestChain } from '../support/chain';
 
@@ -101,6 +101,25 @@ describe('ledger reconciliation against the local ledger', () => {
     expect(await tokenBalance(chain.connection, escrowAddress(chain.authority.publicKey, jobId))).toBe(0n);
     // Reconciling again finds nothing.
     expect(await reconcile()).toMatchObject(empty);
+  });
+
+  test("a reservation's refund left `sent` and completed here shows its signature on the reservation, which keeps one it already shows", async () => {
+    const potId = await escrowed('reservation-refund');
+    const nodeId = await withNode(potId);
+    // The reservation ended with its refund due; the worker died once the refund had landed.
+    await database.db.insert(reservations).values({
+      id: potId, nodeId, userWallet: chain.payer.publicKey.toBase58(), durationMinutes: 10, pricePerHourUnits: 60_000n,
+      escrowUnits: 10_000n, startAt: new Date(), endAt: new Date(), status: 'cancelled', paidUnits: 0n, refundUnits: 10_000n,
+    });
+    await expect(crashingAt('afterConfirm').refund({ jobId: potId })).rejects.toThrow(WorkerDied);
+    const left = await legRow(potId, 'refund');
+
+    expect((await reconcile()).completed).toEqual([`${potId}/refund`]);
+
+    const shown = async () => (await database.db.select({ refundTx: reservations.refundTx }).from(reservations).where(eq(reservations.id, potId)))[0].refundTx;
+    expect(await shown()).toBe(left.txRef);
+    await settlement.showReservationRefund(`${potId}/ext-2`, 'another-signature');
+    expect(await shown()).toBe(left.txRef);
   });
 
   test('a leg still in flight (sent moments ago, landed) is not reported as an escrow mismatch', async () => {
