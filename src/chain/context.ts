@@ -34,9 +34,27 @@ function publicKey(value: string | undefined, name: string): PublicKey {
   }
 }
 
+/** The genesis hashes of the public clusters. */
+const PUBLIC_CLUSTERS: Record<string, Config['chain']['cluster']> = {
+  '5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d': 'mainnet-beta',
+  EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG: 'devnet',
+  '4uhcVJyU9pJkvQyS88uRDiswHXSCkY3zQawwpjk2NsNY': 'testnet',
+};
+
 /**
- * Opens the configured cluster: loads the keys, checks the mint's decimals against TOKEN_DECIMALS, and
- * refuses mainnet with a key generated for a local ledger.
+ * Why SOLANA_CLUSTER cannot be the cluster whose genesis hash the RPC endpoint gave, or undefined. The safeguards
+ * of mainnet-beta (no server payer, no demo keys) go by SOLANA_CLUSTER, so a public cluster's endpoint must be
+ * declared as that cluster; any other chain (a local or private validator) may be declared as any.
+ */
+export function clusterMismatch(declared: Config['chain']['cluster'], genesisHash: string): string | undefined {
+  const actual = PUBLIC_CLUSTERS[genesisHash];
+  if (!actual || actual === declared) return undefined;
+  return `SOLANA_RPC_URL is a ${actual} endpoint (genesis hash ${genesisHash}) but SOLANA_CLUSTER is ${declared}: set SOLANA_CLUSTER=${actual}`;
+}
+
+/**
+ * Opens the configured cluster: loads the keys, checks that SOLANA_CLUSTER names the endpoint's cluster and
+ * the mint's decimals against TOKEN_DECIMALS, and refuses mainnet with a key generated for a local ledger.
  * @throws ChainConfigError, KeyLoadError
  */
 export async function openChain(config: Config, opts: { rpcUrl: string; demoKeys?: string[] }): Promise<ChainContext> {
@@ -56,6 +74,8 @@ export async function openChain(config: Config, opts: { rpcUrl: string; demoKeys
     disableRetryOnRateLimit: false,
     fetch: rpcFetch as unknown as typeof fetch,
   });
+  const mismatch = clusterMismatch(c.cluster, await connection.getGenesisHash());
+  if (mismatch) throw new ChainConfigError(mismatch);
   const mintInfo = await getMint(connection, mint, c.commitment);
   if (mintInfo.decimals !== config.payments.tokenDecimals) {
     throw new ChainConfigError(`mint ${mint.toBase58()} has ${mintInfo.decimals} decimals but TOKEN_DECIMALS is ${config.payments.tokenDecimals}`);

@@ -1,8 +1,24 @@
 import path from 'node:path';
 import { z } from 'zod';
 
-const port = z.coerce.number().int().min(0).max(65535);
-const positiveInt = z.coerce.number().int().positive();
+/** The longest delay Node's timers take (2^31 - 1 ms); a longer one fires at once. */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * A whole number from `min` to `max`, written in decimal digits: not `1e3`, `0x10`, `-1` or `2.5`, which a
+ * plain number coercion would take (or read as 0 when empty).
+ */
+const whole = (min: number, max: number) =>
+  z
+    .string()
+    .trim()
+    .refine((v) => /^\d{1,16}$/.test(v) && Number(v) >= min && Number(v) <= max, `must be a whole number from ${min} to ${max}`)
+    .transform(Number);
+const port = whole(0, 65535);
+/** Milliseconds (a timer's delay), at least 1. */
+const millis = whole(1, MAX_TIMER_MS);
+/** Seconds that end up in a timer, at least 1. */
+const seconds = whole(1, Math.floor(MAX_TIMER_MS / 1000));
 const optionalUrl = z
   .string()
   .trim()
@@ -37,62 +53,62 @@ const schema = z.object({
   REST_PORT: port.default(8080),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** A running job whose node is silent this long is treated as lost. */
-  JOB_HEARTBEAT_TIMEOUT_S: positiveInt.default(30),
+  JOB_HEARTBEAT_TIMEOUT_S: seconds.default(30),
   /**
    * A job's workflow hears its node's progress reports at most this often per attempt (the first report
    * always; 0 = every report). Postgres stores every report.
    */
-  JOB_PROGRESS_SIGNAL_INTERVAL_S: z.coerce.number().int().min(0).default(10),
+  JOB_PROGRESS_SIGNAL_INTERVAL_S: whole(0, 24 * 3600).default(10),
   /** Assignments a job may use (a node lost or failing the job uses one) before it fails and is refunded. */
-  JOB_MAX_ATTEMPTS: positiveInt.default(3),
+  JOB_MAX_ATTEMPTS: whole(1, 100).default(3),
   /** Longest a single attempt may run on a node before it counts as failed. */
-  JOB_MAX_RUNTIME_S: positiveInt.default(7 * 24 * 3600),
+  JOB_MAX_RUNTIME_S: whole(1, 365 * 24 * 3600).default(7 * 24 * 3600),
   /**
    * Shipping nodes and Engines never report a job's end: an attempt whose node sent no progress report ends
    * this long after its expected run time (estimated_duration, else 10 minutes) — completed and paid when the
    * node accepted the job, failed and refunded when it never started. 0 = wait for a report until JOB_MAX_RUNTIME_S.
    */
-  JOB_UNREPORTED_END_GRACE_S: z.coerce.number().int().min(0).default(600),
+  JOB_UNREPORTED_END_GRACE_S: whole(0, 365 * 24 * 3600).default(600),
   /** A queued job re-checks for fitting nodes this often even without a registration event. */
-  JOB_REQUEUE_INTERVAL_S: positiveInt.default(30),
+  JOB_REQUEUE_INTERVAL_S: seconds.default(30),
   /** Deadline of one NodeService.AssignJob call to a node. */
-  NODE_ASSIGN_TIMEOUT_MS: positiveInt.default(5000),
+  NODE_ASSIGN_TIMEOUT_MS: millis.default(5000),
   /** Shipping nodes serve NodeService (AssignJob) on their registered port + 3 (50052 → 50055). */
-  NODE_ASSIGN_PORT_OFFSET: z.coerce.number().int().default(3),
+  NODE_ASSIGN_PORT_OFFSET: whole(0, 65535).default(3),
   /** A node is online for matching while its last heartbeat is younger than this. */
-  NODE_OFFLINE_AFTER_S: positiveInt.default(30),
+  NODE_OFFLINE_AFTER_S: seconds.default(30),
   /** Heartbeats are absorbed in memory and written to Postgres in one batch this often. */
-  HEARTBEAT_FLUSH_MS: positiveInt.default(1000),
+  HEARTBEAT_FLUSH_MS: millis.default(1000),
   /** One node_metrics sample per node per this many seconds of heartbeats. */
-  NODE_METRICS_SAMPLE_S: positiveInt.default(60),
-  NODE_METRICS_RETENTION_H: positiveInt.default(7 * 24),
+  NODE_METRICS_SAMPLE_S: seconds.default(60),
+  NODE_METRICS_RETENTION_H: whole(1, 10 * 365 * 24).default(7 * 24),
   /**
    * New node records one caller may have made a minute in one API process (the signed-in user with auth on, else
    * the address the call came from): registrations of a new node and heartbeats from ids the server does not
    * know. 0 = no limit.
    */
-  NEW_NODES_PER_MINUTE: z.coerce.number().int().min(0).default(60),
+  NEW_NODES_PER_MINUTE: whole(0, 1_000_000).default(60),
   /**
    * What an early ReleaseReservation pays the node: `full` (the default; the Engine promises "no refund for
    * early checkout" and the node turned other work away for the term) or `prorated` (the time used).
    */
   RESERVATION_EARLY_RELEASE: z.enum(['full', 'prorated']).default('full'),
   /** An Engine that has not sent EngineHeartbeat for this long shows as disconnected (the reservation runs on). */
-  RESERVATION_ENGINE_TIMEOUT_S: positiveInt.default(60),
+  RESERVATION_ENGINE_TIMEOUT_S: seconds.default(60),
   /** A reserved node silent this long is lost: the user is refunded the unused time. */
-  RESERVATION_NODE_TIMEOUT_S: positiveInt.default(30),
+  RESERVATION_NODE_TIMEOUT_S: seconds.default(30),
   /** Length of one reserved minute in ms: 60000, shorter only for tests and demos (billing scales with it). */
-  RESERVATION_MINUTE_MS: z.coerce.number().int().min(100).max(60_000).default(60_000),
+  RESERVATION_MINUTE_MS: whole(100, 60_000).default(60_000),
   /** How long ReserveNode waits for its escrow to confirm before it withdraws the reservation and answers 503. */
-  RESERVATION_ESCROW_WAIT_MS: positiveInt.default(25_000),
+  RESERVATION_ESCROW_WAIT_MS: millis.default(25_000),
   /**
    * How long ReleaseReservation waits for the settlement's transactions before it answers with the amounts
    * decided (and no signatures yet); the settlement goes on (the Engine's deadline is 30 s).
    */
-  RESERVATION_RELEASE_WAIT_MS: positiveInt.default(25_000),
+  RESERVATION_RELEASE_WAIT_MS: millis.default(25_000),
   /** HS256 secret of the P2P tokens nodes verify; must equal the nodes' --p2p-secret. */
   P2P_JWT_SECRET: z.string().min(1).default(SHIPPING_NODE_P2P_SECRET),
-  P2P_TOKEN_TTL_S: positiveInt.default(3600),
+  P2P_TOKEN_TTL_S: whole(1, 365 * 24 * 3600).default(3600),
   /**
    * HS256 secret of the users' bearer tokens (the CyxWiz website's login JWT). Set: every gRPC call but node
    * discovery, NotifyJobAccepted and health needs `authorization: Bearer <token>` (UNAUTHENTICATED otherwise), as
@@ -114,15 +130,15 @@ const schema = z.object({
    */
   AUTH_BIND_WALLET: z.enum(['true', 'false']).default('true'),
   /** Platform share of a completed job's escrow, in basis points (1000 = 10 %). */
-  PLATFORM_FEE_BPS: z.coerce.number().int().min(0).max(10_000).default(1000),
+  PLATFORM_FEE_BPS: whole(0, 10_000).default(1000),
   /** Decimals of the CYXWIZ mint: payment amounts are integers in 10^-decimals tokens. */
-  TOKEN_DECIMALS: z.coerce.number().int().min(0).max(18).default(9),
+  TOKEN_DECIMALS: whole(0, 18).default(9),
   /** A Solana JSON-RPC endpoint; unset = the local ledger (LiteSVM) that `npm start` runs. */
   SOLANA_RPC_URL: optionalUrl,
   SOLANA_CLUSTER: z.enum(['localnet', 'devnet', 'testnet', 'mainnet-beta']).default('localnet'),
   SOLANA_COMMITMENT: z.enum(['processed', 'confirmed', 'finalized']).default('confirmed'),
   LOCAL_LEDGER_PORT: port.default(8899),
-  LOCAL_LEDGER_SLOT_MS: positiveInt.default(400),
+  LOCAL_LEDGER_SLOT_MS: millis.default(400),
   /** The CYXWIZ SPL mint; required with SOLANA_RPC_URL (the local ledger creates its own). */
   CYXWIZ_MINT: optionalUrl,
   /** Wallet receiving the platform's share (its token account for the mint). */
@@ -139,11 +155,11 @@ const schema = z.object({
    */
   SERVER_PAYER_ON_MAINNET: z.enum(['true', 'false']).default('false'),
   /** One settlement activity attempt waits this long for a confirmation before Temporal retries it. */
-  CHAIN_CONFIRM_TIMEOUT_MS: positiveInt.default(30_000),
+  CHAIN_CONFIRM_TIMEOUT_MS: millis.default(30_000),
   /** Priority fee of settlement transactions (micro-lamports per compute unit); 0 = none. */
-  SOLANA_PRIORITY_FEE_MICROLAMPORTS: z.coerce.number().int().min(0).max(10_000_000).default(0),
+  SOLANA_PRIORITY_FEE_MICROLAMPORTS: whole(0, 10_000_000).default(0),
   /** The ledger-vs-chain reconciliation runs this often. */
-  RECONCILE_INTERVAL_S: positiveInt.default(300),
+  RECONCILE_INTERVAL_S: seconds.default(300),
 });
 
 export type Env = z.infer<typeof schema>;
@@ -233,7 +249,9 @@ export class ConfigError extends Error {
  * @throws ConfigError naming each invalid variable.
  */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const parsed = schema.safeParse(env);
+  // A variable set to nothing (`FOO=` in an .env file or a compose file) is unset: its default applies.
+  const given = Object.fromEntries(Object.entries(env).filter(([, v]) => typeof v === 'string' && v.trim() !== ''));
+  const parsed = schema.safeParse(given);
   if (!parsed.success) {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
   }
@@ -242,6 +260,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError([
       "PAYER_KEYPAIR, PAYER_SECRET: on mainnet-beta the server's payer would pay for anyone's unfunded job or reservation (a node's owner could have it pay their own node); leave it unset, or set SERVER_PAYER_ON_MAINNET=true for a closed network",
     ]);
+  }
+  if (e.TEMPORAL_TLS === 'false' && (e.TEMPORAL_API_KEY || e.TEMPORAL_TLS_CERT || e.TEMPORAL_TLS_CA)) {
+    // Dropping them would connect in the clear (an API key sent unencrypted, or refused by the cluster).
+    throw new ConfigError(['TEMPORAL_TLS: false, yet TEMPORAL_API_KEY, TEMPORAL_TLS_CERT or TEMPORAL_TLS_CA is set (they need TLS); unset one or the other']);
   }
   if (Boolean(e.TEMPORAL_TLS_CERT) !== Boolean(e.TEMPORAL_TLS_KEY)) {
     throw new ConfigError(['TEMPORAL_TLS_CERT, TEMPORAL_TLS_KEY: a client certificate needs its key, and the key its certificate']);

@@ -1,5 +1,6 @@
 import { TOKEN_PROGRAM_ID } from '@solana/spl-token';
 import { Keypair, PublicKey, type Connection } from '@solana/web3.js';
+import { clusterMismatch } from '../../src/chain/context';
 import { escrowAddress, escrowSeed, memoInstruction, MEMO_PROGRAM_ID } from '../../src/chain/instructions';
 import { createChainSettlement } from '../../src/chain/settlement';
 import type { Db } from '../../src/db/client';
@@ -51,6 +52,20 @@ describe('chain configuration', () => {
     const c = loadConfig({ SOLANA_RPC_URL: 'https://api.devnet.solana.com', SOLANA_CLUSTER: 'devnet', ESCROW_AUTHORITY_KEYPAIR: '~/k.json' });
     expect(c.chain).toMatchObject({ rpcUrl: 'https://api.devnet.solana.com', cluster: 'devnet', escrowAuthority: { file: '~/k.json' } });
     expect(() => loadConfig({ SOLANA_COMMITMENT: 'max' })).toThrow(/SOLANA_COMMITMENT/);
+  });
+
+  it("refuses a public cluster's endpoint declared as another cluster (mainnet's safeguards go by SOLANA_CLUSTER)", () => {
+    const mainnet = '5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d';
+    expect(clusterMismatch('localnet', mainnet)).toBe(
+      `SOLANA_RPC_URL is a mainnet-beta endpoint (genesis hash ${mainnet}) but SOLANA_CLUSTER is localnet: set SOLANA_CLUSTER=mainnet-beta`,
+    );
+    expect(clusterMismatch('devnet', mainnet)).toMatch(/set SOLANA_CLUSTER=mainnet-beta/);
+    expect(clusterMismatch('mainnet-beta', 'EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG')).toMatch(/is a devnet endpoint/);
+    expect(clusterMismatch('mainnet-beta', mainnet)).toBeUndefined();
+    expect(clusterMismatch('testnet', '4uhcVJyU9pJkvQyS88uRDiswHXSCkY3zQawwpjk2NsNY')).toBeUndefined();
+    // A local or private validator may be declared as any cluster (mainnet's safeguards on one are only stricter).
+    expect(clusterMismatch('localnet', 'cyxwiz-local-ledger')).toBeUndefined();
+    expect(clusterMismatch('mainnet-beta', 'cyxwiz-local-ledger')).toBeUndefined();
   });
 });
 

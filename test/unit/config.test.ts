@@ -39,12 +39,43 @@ describe('loadConfig', () => {
     }
   });
 
+  it('reads a variable set to nothing as unset (its default), and numbers only as decimal digits within bounds', () => {
+    const blank = loadConfig({ GRPC_PORT: '', REST_PORT: ' ', NEW_NODES_PER_MINUTE: '', PLATFORM_FEE_BPS: '', TOKEN_DECIMALS: '', TEMPORAL_TLS: '', P2P_JWT_SECRET: '' });
+    expect(blank.grpc.port).toBe(50051);
+    expect(blank.rest.port).toBe(8080);
+    expect(blank.nodes.newNodesPerMinute).toBe(60);
+    expect(blank.payments).toEqual({ platformFeeBps: 1000, tokenDecimals: 9 });
+    expect(blank.temporal.tls).toBe(false);
+    expect(blank.p2p.secret).toBe(SHIPPING_NODE_P2P_SECRET);
+    expect(loadConfig({ GRPC_PORT: ' 50052 ' }).grpc.port).toBe(50052);
+    const refused = (env: Record<string, string>) => {
+      try {
+        loadConfig(env);
+      } catch (err) {
+        return (err as ConfigError).issues;
+      }
+      throw new Error(`accepted ${JSON.stringify(env)}`);
+    };
+    for (const bad of ['0x1F90', '1e3', '-1', '2.5', '80 80', '99999999999999999999']) {
+      expect(refused({ REST_PORT: bad })).toEqual(['REST_PORT: must be a whole number from 0 to 65535']);
+    }
+    // A delay longer than Node's timers take would fire at once.
+    expect(loadConfig({ HEARTBEAT_FLUSH_MS: '2147483647' }).nodes.heartbeatFlushMs).toBe(2_147_483_647);
+    expect(refused({ HEARTBEAT_FLUSH_MS: '2147483648' })).toEqual(['HEARTBEAT_FLUSH_MS: must be a whole number from 1 to 2147483647']);
+    expect(refused({ RECONCILE_INTERVAL_S: '2147484' })).toEqual(['RECONCILE_INTERVAL_S: must be a whole number from 1 to 2147483']);
+    expect(refused({ JOB_HEARTBEAT_TIMEOUT_S: '0' })).toEqual(['JOB_HEARTBEAT_TIMEOUT_S: must be a whole number from 1 to 2147483']);
+  });
+
   it('connects to Temporal with TLS when given a certificate, a CA or an API key, and wants a certificate and its key together', () => {
     expect(loadConfig({}).temporal.tls).toBe(false);
     expect(loadConfig({ TEMPORAL_API_KEY: 'key' }).temporal).toMatchObject({ tls: true, apiKey: 'key' });
     expect(loadConfig({ TEMPORAL_TLS_CERT: '/c.pem', TEMPORAL_TLS_KEY: '/k.pem' }).temporal).toMatchObject({ tls: true, tlsCert: '/c.pem', tlsKey: '/k.pem' });
     expect(loadConfig({ TEMPORAL_TLS: 'true' }).temporal.tls).toBe(true);
-    expect(loadConfig({ TEMPORAL_TLS: 'false', TEMPORAL_TLS_CA: '/ca.pem' }).temporal.tls).toBe(false);
+    expect(loadConfig({ TEMPORAL_TLS: 'false' }).temporal.tls).toBe(false);
+    // TLS turned off with what needs it: refused, not connected in the clear.
+    for (const needsTls of [{ TEMPORAL_TLS_CA: '/ca.pem' }, { TEMPORAL_API_KEY: 'key' }, { TEMPORAL_TLS_CERT: '/c.pem', TEMPORAL_TLS_KEY: '/k.pem' }]) {
+      expect(() => loadConfig({ TEMPORAL_TLS: 'false', ...needsTls })).toThrow(/TEMPORAL_TLS: false/);
+    }
     expect(() => loadConfig({ TEMPORAL_TLS_CERT: '/c.pem' })).toThrow(/TEMPORAL_TLS_KEY/);
 
     expect(temporalConnectionOptions(loadConfig({}), 'h:7233')).toEqual({ address: 'h:7233' });
