@@ -29,8 +29,10 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('publishes the protocol port and REST, and every environment value parses as our config', () => {
-    expect(compose.services.api.ports).toEqual(expect.arrayContaining(['50051:50051', '8080:8080']));
+  it('publishes the protocol port to all, REST and the Web UI to the host only, Temporal not at all; every environment value parses as our config', () => {
+    expect(compose.services.api.ports).toEqual(['50051:50051', '127.0.0.1:8080:8080']);
+    expect(compose.services['temporal-ui'].ports).toEqual(['127.0.0.1:8233:8080']);
+    expect(compose.services.temporal.ports).toBeUndefined();
     for (const name of ['migrate', 'worker', 'api']) {
       const env = Object.fromEntries(
         Object.entries(compose.services[name].environment as Record<string, string>).map(([k, v]) => [k, String(v).replace(/\$\{\w+:-([^}]*)\}/, '$1').replace(/\$\{\w+:\?[^}]*\}/, 'required-from-the-environment')]),
