@@ -118,7 +118,8 @@ export async function startWorker(
     shutdownGraceTime: '60 seconds',
   });
 
-  await ensureReconcileSchedule(client, config);
+  const schedule = await ensureReconcileSchedule(client, config);
+  if (schedule !== 'unchanged') log.info({ schedule: RECONCILE_SCHEDULE_ID, everyMs: config.chain.reconcileIntervalMs, taskQueue: config.temporal.taskQueue }, `reconciliation schedule ${schedule}`);
 
   const { sweep } = createOrphanSweep({ db: database.db, client, gateway, log, olderThanMs: ORPHAN_SWEEP_MS });
   const timer = setInterval(() => void sweep().catch((err) => log.warn({ err: String(err) }, 'orphan sweep failed')), ORPHAN_SWEEP_MS);
@@ -143,21 +144,29 @@ export async function startWorker(
   };
 }
 
-/** Creates the reconciliation schedule once; an existing one is left as operators may have tuned it. */
-async function ensureReconcileSchedule(client: TemporalClient, config: Config): Promise<void> {
+/**
+ * Creates the reconciliation schedule, or brings an existing one to the configured interval and task queue: a
+ * schedule left on a task queue no worker polls any more would stop reconciling without a sign.
+ * @returns what it did.
+ */
+export async function ensureReconcileSchedule(client: TemporalClient, config: Config): Promise<'created' | 'updated' | 'unchanged'> {
+  const every = config.chain.reconcileIntervalMs;
+  const taskQueue = config.temporal.taskQueue;
   try {
     await client.schedule.create({
       scheduleId: RECONCILE_SCHEDULE_ID,
-      spec: { intervals: [{ every: config.chain.reconcileIntervalMs }] },
-      action: {
-        type: 'startWorkflow',
-        workflowType: reconcileLedgerWorkflow,
-        workflowId: RECONCILE_WORKFLOW_ID,
-        taskQueue: config.temporal.taskQueue,
-      },
+      spec: { intervals: [{ every }] },
+      action: { type: 'startWorkflow', workflowType: reconcileLedgerWorkflow, workflowId: RECONCILE_WORKFLOW_ID, taskQueue },
       policies: { overlap: ScheduleOverlapPolicy.SKIP },
     });
+    return 'created';
   } catch (err) {
     if (!(err instanceof ScheduleAlreadyRunning)) throw err;
   }
+  const handle = client.schedule.getHandle(RECONCILE_SCHEDULE_ID);
+  const current = await handle.describe();
+  const intervals = current.spec.intervals ?? [];
+  if (intervals.length === 1 && intervals[0].every === every && current.action.taskQueue === taskQueue) return 'unchanged';
+  await handle.update((prev) => ({ ...prev, spec: { ...prev.spec, intervals: [{ every }] }, action: { ...prev.action, taskQueue } }));
+  return 'updated';
 }
