@@ -50,9 +50,12 @@ export function createNodeCache(deps: {
   let started = false;
 
   async function load(): Promise<void> {
-    // Rows carry their writers' wall-clock times (registration, heartbeat batch), not this cache's clock.
+    // Changes are stamped by the database's clock as their statements run (migration 0022), so the watermark is
+    // taken from it too: a writer's skewed clock, or its wait for a connection, cannot put a change behind it.
+    // The overlap covers changes stamped before this read whose transactions commit after it.
     const wall = Date.now();
-    const began = new Date(wall - OVERLAP_MS);
+    const [clock] = (await deps.db.execute<{ at: number }>(sql`select floor(extract(epoch from statement_timestamp()) * 1000)::float8 as at`)).rows;
+    const began = new Date(Number(clock.at) - OVERLAP_MS);
     const first = loads === 0;
     const readBeats = !first && (wall - beatsReadAt >= livenessEvery || forceBeats);
     forceBeats = false;

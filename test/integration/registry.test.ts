@@ -2,10 +2,10 @@ import { createPrivateKey, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Keypair } from '@solana/web3.js';
 import path from 'node:path';
-import { and, eq, inArray } from 'drizzle-orm';
+import { and, eq, inArray, sql } from 'drizzle-orm';
 import pino from 'pino';
 import { createJobActivities } from '../../src/activities/jobs';
-import { MIGRATIONS_DIR } from '../../src/db/client';
+import { MIGRATIONS_DIR, type Db } from '../../src/db/client';
 import { claimNode, createNodeCache } from '../../src/db/node-cache';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
@@ -50,6 +50,18 @@ const spec = (jobId: string, over: Partial<JobSpec> = {}): JobSpec => ({
   epochs: 1, requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, estimatedDuration: 0, paymentUnits: '10', paymentAddress: 'p',
   escrowTxHash: '', reservationDurationMinutes: 0, ...over,
 });
+
+/**
+ * Ages a node row's change time (as if unchanged since `at`): the database stamps every change with its own
+ * clock (migration 0022), so the stamping trigger is held off for this one write.
+ */
+async function ageNodeRow(db: Db, nodeId: string, at: Date): Promise<void> {
+  await db.transaction(async (tx) => {
+    await tx.execute(sql`alter table nodes disable trigger nodes_stamp_update`);
+    await tx.update(nodes).set({ updatedAt: at }).where(eq(nodes.id, nodeId));
+    await tx.execute(sql`alter table nodes enable trigger nodes_stamp_update`);
+  });
+}
 
 /** A workflow gateway that records what the services ask of Temporal. */
 function recordingGateway() {
@@ -320,7 +332,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
       // Its next beat (the daemon kept running: it never registers again) makes it a candidate again: the beat
       // itself moves its row for the caches (aged here past the caches' overlap, so nothing else does).
-      await database.db.update(nodes).set({ updatedAt: new Date(Date.now() - 60_000) }).where(eq(nodes.id, 'away'));
+      await ageNodeRow(database.db, 'away', new Date(Date.now() - 60_000));
       await cache.refresh();
       expect(cache.candidates().indexOf('away')).toBeUndefined();
       await heartbeats.beat('away');
@@ -998,15 +1010,19 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(row('metal-1')?.online).toBe(false);
     // (its row otherwise unchanged for an hour, so only the heartbeat read can bring it back)
     const anHourAgo = new Date(Date.now() - 3600_000);
-    await database.db.update(nodes).set({ updatedAt: anHourAgo }).where(eq(nodes.id, 'metal-1'));
+    await ageNodeRow(database.db, 'metal-1', anHourAgo);
     await heartbeats.beat('metal-1');
     await heartbeats.flush();
     expect((await database.db.select({ updatedAt: nodes.updatedAt }).from(nodes).where(eq(nodes.id, 'metal-1')))[0].updatedAt).toEqual(anHourAgo);
     await eventually(() => row('metal-1')?.online === true);
     expect(row('metal-2')?.online).toBe(false);
 
-    // A held node is rejected as reserved; a node that loses its endpoint leaves the table.
-    await database.db.update(nodes).set({ reservedBy: 'res-1', updatedAt: new Date() }).where(eq(nodes.id, 'metal-1'));
+    // A held node is rejected as reserved; a node that loses its endpoint leaves the table. The hold is written
+    // by a process whose clock is an hour behind: the change is stamped with the database's time all the same,
+    // so the table still reads it.
+    await database.db.update(nodes).set({ reservedBy: 'res-1', updatedAt: new Date(Date.now() - 3600_000) }).where(eq(nodes.id, 'metal-1'));
+    const stamped = (await database.db.select({ updatedAt: nodes.updatedAt }).from(nodes).where(eq(nodes.id, 'metal-1')))[0].updatedAt;
+    expect(Math.abs(stamped.getTime() - Date.now())).toBeLessThan(60_000);
     await eventually(() => row('metal-1')?.reservedBy === 'res-1');
     await job('bg-3');
     const held = await ask('bg-3');
@@ -1025,7 +1041,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await eventually(() => slow.refreshes() >= 1);
     const slowRow = () => slow.candidates().get(slow.candidates().indexOf('metal-2')!, clock);
     expect(slowRow().online).toBe(false);
-    await database.db.update(nodes).set({ updatedAt: anHourAgo }).where(eq(nodes.id, 'metal-2'));
+    await ageNodeRow(database.db, 'metal-2', anHourAgo);
     await heartbeats.beat('metal-2');
     await heartbeats.flush();
     const seen = slow.refreshes();
