@@ -251,8 +251,16 @@ export class CandidateTable {
   reserved: Uint8Array;
   /** Index into `regions`. */
   region: Int32Array;
-  /** Every region seen, as written (rejection reasons quote it). */
+  /**
+   * The regions of the rows, as written (rejection reasons quote them); a slot no row uses any more is '' until
+   * a new region takes it, so the list is as long as the most regions in use at once, however many nodes come
+   * and go or change their region.
+   */
   readonly regions: string[] = [];
+  /** Each slot's region trimmed and lower-cased, as region rules compare them. */
+  readonly regionKeys: string[] = [];
+  private readonly regionRows: number[] = [];
+  private readonly freeRegions: number[] = [];
   private readonly regionIndex = new Map<string, number>();
   private readonly rowOf = new Map<string, number>();
   /** Scratch for rankTable: indices of the eligible rows, each row's rejection kind, excluded rows. */
@@ -295,6 +303,7 @@ export class CandidateTable {
     if (this.size === this.ramTotal.length) this.grow(this.size * 2);
     const i = this.size++;
     this.rowOf.set(c.id, i);
+    this.region[i] = -1; // holds no region yet
     this.set(i, c);
     return i;
   }
@@ -314,12 +323,30 @@ export class CandidateTable {
     this.pricePerHour[i] = c.pricePerHour;
     this.bannedUntil[i] = c.bannedUntil ? c.bannedUntil.getTime() : NOT_BANNED;
     this.onlineUntil[i] = c.online ? Infinity : -Infinity;
-    let r = this.regionIndex.get(c.region);
-    if (r === undefined) {
-      r = this.regions.push(c.region) - 1;
-      this.regionIndex.set(c.region, r);
-    }
+    const r = this.acquireRegion(c.region);
+    if (this.region[i] >= 0) this.releaseRegion(this.region[i]);
     this.region[i] = r;
+  }
+
+  private acquireRegion(region: string): number {
+    let r = this.regionIndex.get(region);
+    if (r === undefined) {
+      r = this.freeRegions.pop() ?? this.regions.length;
+      this.regions[r] = region;
+      this.regionKeys[r] = region.trim().toLowerCase();
+      this.regionRows[r] = 0;
+      this.regionIndex.set(region, r);
+    }
+    this.regionRows[r] += 1;
+    return r;
+  }
+
+  private releaseRegion(r: number): void {
+    if (--this.regionRows[r] > 0) return;
+    this.regionIndex.delete(this.regions[r]);
+    this.regions[r] = '';
+    this.regionKeys[r] = '';
+    this.freeRegions.push(r);
   }
 
   /**
@@ -352,6 +379,7 @@ export class CandidateTable {
   remove(i: number): void {
     const last = this.size - 1;
     this.rowOf.delete(this.ids[i]);
+    this.releaseRegion(this.region[i]);
     for (const col of [this.ramTotal, ...Object.values(this.memory), this.computeScore, this.reputation, this.activeJobs, this.capacity, this.pricePerHour, this.bannedUntil, this.onlineUntil, this.reserved, this.region]) {
       col.copyWithin(i, i + 1, this.size);
     }
@@ -420,7 +448,7 @@ function rankTable(t: CandidateTable, m: MatchCriteria, limits: { top?: number; 
   const regionKind = new Uint8Array(t.regions.length);
   const regionPart = new Float64Array(t.regions.length);
   for (let r = 0; r < t.regions.length; r++) {
-    const key = t.regions[r].trim().toLowerCase();
+    const key = t.regionKeys[r];
     regionKind[r] = blocked?.has(key) ? K_BLOCKED : allowed && !allowed.has(key) ? K_NOT_ALLOWED : 0;
     regionPart[r] = preferred ? (key === preferred ? 1 : 0) : 0.5;
   }

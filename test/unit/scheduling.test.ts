@@ -190,6 +190,33 @@ describe('match score over a CandidateTable', () => {
     const m = criteria({ requiredDevice: 'UNKNOWN', minMemory: 0 });
     expect(rankCandidates(table, m, { top: 50, rejectedSample: 50 })).toEqual(rankCandidates(nodes, m, { top: 50, rejectedSample: 50 }));
   });
+
+  it('holds only the regions in use: nodes that change region or leave free theirs, so a node re-registering with ever new regions cannot grow the table or every match', () => {
+    const nodes = randomNodes(seededRandom(11), 40);
+    const table = CandidateTable.of(nodes);
+    for (let round = 0; round < 500; round++) {
+      const i = round % nodes.length;
+      nodes[i] = { ...nodes[i], region: `r-${round}` };
+      table.set(i, nodes[i]);
+    }
+    expect(table.regions.filter((r) => r !== '').length).toBeLessThanOrEqual(nodes.length);
+    expect(table.regions.length).toBeLessThanOrEqual(nodes.length + 12);
+    // Rules still compare regions trimmed and case-blind, and reasons quote them as written.
+    nodes[3] = { ...nodes[3], region: ' EU-West ' };
+    table.set(3, nodes[3]);
+    const m = criteria({ requiredDevice: 'UNKNOWN', minMemory: 0, blockedRegions: ['eu-west'] });
+    expect(rankCandidates(table, m, { top: 50, rejectedSample: 50 })).toEqual(rankCandidates(nodes, m, { top: 50, rejectedSample: 50 }));
+    expect(rankCandidates(table, m, { rejectedSample: 50 }).rejected).toEqual(expect.arrayContaining([{ nodeId: nodes[3].id, reason: 'region  EU-West  is blocked' }]));
+    // Removing every row frees every region; a region shared by two rows stays while one holds it.
+    table.set(0, { ...nodes[0], region: 'shared' });
+    table.set(1, { ...nodes[1], region: 'shared' });
+    table.remove(0);
+    expect(table.regions).toContain('shared');
+    while (table.size > 0) table.remove(table.size - 1);
+    expect(table.regions.every((r) => r === '')).toBe(true);
+    table.push({ ...nodes[5], region: 'back' });
+    expect(table.get(0).region).toBe('back');
+  });
 });
 
 describe('prices and cost', () => {
