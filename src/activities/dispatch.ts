@@ -10,6 +10,8 @@ import type { Transition } from '../db/jobs-repo';
 export interface DispatchDeps {
   timeoutMs: number;
   tokenDecimals: number;
+  /** Node endpoints to keep a client open to (default 1024). */
+  maxNodeClients?: number;
 }
 
 export interface DispatchInput {
@@ -52,15 +54,28 @@ export function toAssignedJobConfig(spec: JobSpec, tokenDecimals: number): JobCo
 /** The activity that offers a job to a node with NodeService.AssignJob on the node's own endpoint. */
 export function createDispatchActivities(deps: DispatchDeps) {
   const { NodeService } = loadProtocol();
-  const clients = new Map<string, grpc.Client>();
+  /**
+   * One client per node endpoint, the least recently used first. Endpoints are what nodes register, so the map is
+   * bounded: past `maxNodeClients`, idle clients of the endpoints offered nothing for longest are closed.
+   */
+  const clients = new Map<string, { client: grpc.Client; inFlight: number }>();
+  const maxClients = deps.maxNodeClients ?? 1024;
 
-  function clientFor(endpoint: string): grpc.Client {
-    let client = clients.get(endpoint);
-    if (!client) {
-      client = new NodeService(endpoint, grpc.credentials.createInsecure());
-      clients.set(endpoint, client);
+  function clientFor(endpoint: string): { client: grpc.Client; inFlight: number } {
+    let entry = clients.get(endpoint);
+    if (entry) {
+      clients.delete(endpoint); // to the end: the most recently used
+    } else {
+      entry = { client: new NodeService(endpoint, grpc.credentials.createInsecure()), inFlight: 0 };
     }
-    return client;
+    clients.set(endpoint, entry);
+    for (const [oldest, e] of clients) {
+      if (clients.size <= maxClients) break;
+      if (e.inFlight > 0 || e === entry) continue;
+      e.client.close();
+      clients.delete(oldest);
+    }
+    return entry;
   }
 
   /**
@@ -73,7 +88,8 @@ export function createDispatchActivities(deps: DispatchDeps) {
       job: toAssignedJobConfig(input.spec, deps.tokenDecimals),
       authorization_token: '',
     };
-    const client = clientFor(input.assignEndpoint) as grpc.Client & {
+    const entry = clientFor(input.assignEndpoint);
+    const client = entry.client as grpc.Client & {
       AssignJob(
         req: AssignJobRequest,
         opts: grpc.CallOptions,
@@ -81,6 +97,7 @@ export function createDispatchActivities(deps: DispatchDeps) {
       ): void;
     };
     let response: AssignJobResponse;
+    entry.inFlight += 1;
     try {
       response = await new Promise<AssignJobResponse>((resolve, reject) =>
         client.AssignJob(request, { deadline: Date.now() + deps.timeoutMs }, (err, res) => (err ? reject(err) : resolve(res))),
@@ -91,6 +108,8 @@ export function createDispatchActivities(deps: DispatchDeps) {
         throw ApplicationFailure.retryable(`node ${input.nodeId} unreachable at ${input.assignEndpoint}: ${e.details}`, NODE_UNREACHABLE);
       }
       return { accepted: false, reason: `AssignJob failed: ${grpc.status[e.code] ?? e.code} ${e.details ?? e.message}`, code: 502 };
+    } finally {
+      entry.inFlight -= 1;
     }
     if (response.status === StatusCode.SUCCESS && response.accepted) return { accepted: true };
     return {
@@ -101,11 +120,11 @@ export function createDispatchActivities(deps: DispatchDeps) {
   }
 
   function close(): void {
-    for (const c of clients.values()) c.close();
+    for (const e of clients.values()) e.client.close();
     clients.clear();
   }
 
-  return { activities: { dispatchToNode }, close };
+  return { activities: { dispatchToNode }, close, openClients: () => clients.size };
 }
 
 /**
