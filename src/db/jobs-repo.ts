@@ -2,7 +2,7 @@ import { and, asc, count, desc, eq, getTableColumns, inArray, isNull, or, sql } 
 import type { JobPhase, JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
 import { preparedStatement } from './prepared';
-import { jobEvents, jobs, payments } from './schema';
+import { jobEvents, jobs, nodeClaims, payments } from './schema';
 
 export type JobRow = typeof jobs.$inferSelect;
 export type JobEventRow = typeof jobEvents.$inferSelect;
@@ -255,31 +255,40 @@ export async function activeJobsOnNodes(
 }
 
 /**
- * Waiting jobs (queued, or pending after a match found none: job_is_waiting) that could run on one of these
- * nodes (job_wants_node: not excluded, the memory for their device, a price their escrow covers), most urgent
- * first, at most `limit`: the ones to wake when the nodes register, come back or give capacity back. Waking only
- * these keeps a long queue's workflows from a signal for every node that frees up anywhere.
+ * Waiting jobs (queued, or pending after a match found none: job_is_waiting; none that holds a claim, being
+ * offered a node right now) that could run on one of these nodes (job_wants_node: not excluded, the memory for
+ * their device, a price their escrow covers), most urgent first: the ones to wake when the nodes register, come
+ * back or give capacity back. As many as could fill the nodes twice over (at least 8 a node: the first takes it,
+ * and a woken job that cannot is passed), at most 500. Waking only these keeps a long queue's workflows from a
+ * signal for every node that frees up anywhere.
  */
-export async function waitingJobsFor(db: DbOrTx, nodeIds: readonly string[], decimals: number, limit: number): Promise<string[]> {
+export async function waitingJobsFor(db: DbOrTx, nodeIds: readonly string[], decimals: number): Promise<string[]> {
   if (nodeIds.length === 0) return [];
-  const rows = await waitingFor(db).execute({ nodeIds: [...nodeIds], decimals, limit });
-  return rows.map((r) => r.id);
+  const rows = await waitingFor(db).execute({ nodeIds: [...nodeIds], decimals });
+  const wanted = rows.length > 0 ? Number(rows[0].wanted) : 0;
+  return rows.slice(0, wanted).map((r) => r.id);
 }
 
 // Asked each time a job gives back node capacity: prepared.
 const waitingFor = preparedStatement((db) =>
   db
-    .select({ id: jobs.id })
+    .select({
+      id: jobs.id,
+      // How many to wake (the same on every row: computed once).
+      wanted: sql<number>`(select least(500, coalesce(sum(greatest(8, 2 * n.capacity)), 0)) from nodes n
+                            where n.id = any(${sql.placeholder('nodeIds')}::text[]))`,
+    })
     .from(jobs)
     .where(
       sql`job_is_waiting(${jobs}) and exists (
         select 1 from nodes n
          where n.id = any(${sql.placeholder('nodeIds')}::text[]) and n.port > 0
-           and job_wants_node(${jobs}, n, ${sql.placeholder('decimals')}::int))`,
+           and job_wants_node(${jobs}, n, ${sql.placeholder('decimals')}::int))
+        and not exists (select 1 from ${nodeClaims} held where held.job_id = ${jobs.id})`,
     )
     .orderBy(asc(jobs.priorityRank), asc(jobs.createdAt), asc(jobs.id))
-    .limit(sql.placeholder('limit'))
-    .prepare('jobs_waiting_for_nodes'),
+    .limit(500)
+    .prepare('jobs_waiting_for_nodes_by_capacity'),
 );
 
 /** Notes that a node did not take the job (refused or unreachable); cleared by its next assignment. */
@@ -313,9 +322,6 @@ export async function dropClaimsOfEndedJobs(db: DbOrTx): Promise<string[]> {
     returning c.node_id`);
   return [...new Set(result.rows.map((r) => r.node_id))];
 }
-
-/** How many waiting jobs to wake for `nodes` nodes that changed: a few per node (the first takes it). */
-export const wakeLimit = (nodes: number) => Math.min(500, 8 * nodes);
 
 export async function jobCountsByStatus(db: DbOrTx): Promise<Record<JobPhase, number>> {
   const rows = await db

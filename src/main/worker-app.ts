@@ -59,7 +59,7 @@ export async function startWorker(
     onError: (err) => log.warn({ err: String(err) }, 'node cache refresh failed'),
   });
   const wakeQueued = async (nodeIds: string[]) =>
-    gateway.nodesChanged(await jobsRepo.waitingJobsFor(database.db, nodeIds, config.payments.tokenDecimals, jobsRepo.wakeLimit(nodeIds.length)));
+    gateway.nodesChanged(await jobsRepo.waitingJobsFor(database.db, nodeIds, config.payments.tokenDecimals));
   const jobActivities = createJobActivities({
     db: database.db,
     nodes: nodeCache,

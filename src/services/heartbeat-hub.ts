@@ -208,7 +208,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         // Not this flush's to fail for: its beats are written; a miss only leaves a refusal to the job's next try.
         await jobsRepo.forgetRefusals(db, back).catch((err) => log.warn({ err: String(err) }, 'could not forget refusals of nodes back online'));
       }
-      const wake = back.length > 0 ? await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals, jobsRepo.wakeLimit(back.length)) : [];
+      const wake = back.length > 0 ? await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals) : [];
       const passed = (nodeId: string) => batch.get(nodeId)?.livenessPassed === true;
       passLiveness({ at, held: held.filter((j) => !passed(j.nodeId)), nodeIds: new Set(batch.keys()), wake: new Set(wake) });
     } else {
@@ -225,7 +225,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       const freed = await jobsRepo.dropClaimsOfEndedJobs(db);
       if (freed.length > 0) {
         log.warn({ nodes: freed }, 'dropped capacity claims of ended jobs');
-        const wake = await jobsRepo.waitingJobsFor(db, freed, deps.tokenDecimals, jobsRepo.wakeLimit(freed.length));
+        const wake = await jobsRepo.waitingJobsFor(db, freed, deps.tokenDecimals);
         // Beside the writes, like all liveness: a slow Temporal must not hold back the next flush.
         if (wake.length > 0) passLiveness({ at, held: [], nodeIds: new Set(), wake: new Set(wake) });
       }

@@ -95,7 +95,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     // Waiting jobs may fit this node now, those it refused before included.
     void jobsRepo
       .forgetRefusals(db, [nodeId])
-      .then(() => jobsRepo.waitingJobsFor(db, [nodeId], deps.tokenDecimals, jobsRepo.wakeLimit(1)))
+      .then(() => jobsRepo.waitingJobsFor(db, [nodeId], deps.tokenDecimals))
       .then((ids) => workflows.nodesChanged(ids))
       .catch((err) => deps.log.warn({ err: String(err) }, 'could not wake queued jobs'));
     return { nodeId, created: !existing };

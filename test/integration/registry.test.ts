@@ -709,7 +709,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await ask('holder')).node?.nodeId).toBe('big'); // the only fitting node is taken
     await job('in-escrow', { status: 'pending', priority: 'HIGH', priorityRank: 1, createdAt: new Date(clock + 2000) });
     await job('queued-low', { status: 'queued', priority: 'LOW', priorityRank: 3, createdAt: new Date(clock - 60_000) });
-    const wakeFor = (nodeId: string) => jobsRepo.waitingJobsFor(database.db, [nodeId], 9, 10);
+    const wakeFor = (nodeId: string) => jobsRepo.waitingJobsFor(database.db, [nodeId], 9);
     expect(await wakeFor('big')).toEqual(['queued-low']); // pending, it has not looked yet
 
     const miss = await ask('in-escrow');
@@ -731,6 +731,30 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await database.db.delete(nodeClaims);
   });
 
+  it('wakes as many waiting jobs as could fill the nodes twice over (at least 8 a node, at most 500), none being offered a node', async () => {
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
+    await database.db.delete(nodeClaims);
+    const { nodeService, heartbeats } = services();
+    await nodeService.register('wide', registration({ ipAddress: '10.1.0.9', devices: Array.from({ length: 16 }, () => registration().devices[0]) }));
+    await heartbeats.beat('wide');
+    await heartbeats.flush();
+    expect((await nodesRepo.getNode(database.db, 'wide'))?.capacity).toBe(16);
+    const waiting = Array.from({ length: 40 }, (_, i) => `w-${String(i).padStart(2, '0')}`);
+    for (const [i, id] of waiting.entries()) await job(id, { status: 'queued', createdAt: new Date(clock - 100_000 + i) });
+
+    expect(await jobsRepo.waitingJobsFor(database.db, ['wide'], 9)).toEqual(waiting.slice(0, 32));
+    expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9)).toEqual(waiting.slice(0, 8));
+    expect(await jobsRepo.waitingJobsFor(database.db, ['big', 'wide'], 9)).toEqual(waiting);
+    // A job holding a claim is being offered a node: waking it would do nothing.
+    await database.db.insert(nodeClaims).values({ nodeId: 'big', jobId: 'w-00' });
+    expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9)).toEqual(waiting.slice(1, 9));
+    expect(await jobsRepo.waitingJobsFor(database.db, ['unknown-node'], 9)).toEqual([]);
+
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.id, waiting));
+    await database.db.delete(nodeClaims);
+    await database.db.update(nodes).set({ port: 0, updatedAt: new Date() }).where(eq(nodes.id, 'wide'));
+  });
+
   it('holds nobody back from a node that refused it while it waits, and forgets the refusal at its next assignment', async () => {
     await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
     await database.db.delete(nodeClaims);
@@ -743,14 +767,14 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await jobsRepo.recordRefusal(database.db, 'refused-high', 'big');
     await jobsRepo.recordRefusal(database.db, 'refused-high', 'big');
     expect((await jobsRepo.getJob(database.db, 'refused-high'))!.refusedNodes).toEqual(['big']);
-    expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9, 10)).toEqual(['behind']);
+    expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9)).toEqual(['behind']);
     expect((await ask('behind')).node?.nodeId).toBe('big');
 
     // The node comes back (online again or registered again): the refusal is forgotten, it is held back again.
     await database.db.delete(nodeClaims).where(eq(nodeClaims.jobId, 'behind'));
     await jobsRepo.forgetRefusals(database.db, ['big']);
     expect((await jobsRepo.getJob(database.db, 'refused-high'))!.refusedNodes).toEqual([]);
-    expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9, 10)).toEqual(['refused-high', 'behind']);
+    expect(await jobsRepo.waitingJobsFor(database.db, ['big'], 9)).toEqual(['refused-high', 'behind']);
     expect((await ask('behind')).node).toBeNull();
 
     await jobsRepo.recordRefusal(database.db, 'refused-high', 'big');
