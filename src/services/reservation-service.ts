@@ -313,6 +313,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
     if (!req.userWallet) throw new ValidationError('user_wallet', 'is required');
     if (req.userWallet !== r.userWallet) throw new ForbiddenError(`user_wallet does not own reservation ${r.id}`);
     if (isOver(r)) throw new GoneError(`reservation ${r.id} has ended (${r.status})`);
+    // The node honours any token it can verify: none before the escrow is confirmed (ReserveNode may still give
+    // the reservation up, and the node would be used for nothing).
+    if (r.status === 'pending') throw new ConflictError(`reservation ${r.id} is not active yet: its escrow is not confirmed`);
     await repo.updateReservation(db, r.id, { engineLastHeartbeat: new Date(now()) });
     const t = token(r);
     return { reservation: r, token: t.token, tokenExpires: t.expiresAt, timeRemainingS: remainingS(r) };
@@ -399,7 +402,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
     if (!req.nodeId) throw new ValidationError('node_id', 'is required');
     if (req.nodeId !== r.nodeId) throw new ForbiddenError(`node ${req.nodeId} does not hold reservation ${r.id}`);
     await requireNodeOwner(r.nodeId, req.caller);
-    if (r.status === 'pending' || !r.startAt) throw new ConflictError(`reservation ${r.id} never started`);
+    // Started: its escrow was confirmed (a reservation whose escrow was refused, or withdrawn before it landed,
+    // never ran a job, and its node's reputation must not gain from one).
+    if (r.status === 'pending' || !r.startAt || !r.escrowAccount) throw new ConflictError(`reservation ${r.id} never started`);
     const kind = req.success ? 'job_completed' : 'job_failed';
     // The reputation event is the evidence, one per reservation and outcome: a repeated report finds it and
     // counts nothing again, and job ids (the node's to choose) cannot move the score more than that.

@@ -44,4 +44,22 @@ test('an escrow not confirmed in time: 503, the reservation withdrawn, the node 
     { leg: 'escrow', amount: escrow.toString(), state: 'confirmed' },
     { leg: 'refund', amount: escrow.toString(), state: 'confirmed' },
   ]);
+
+  // It never ran a job: a node's report of one moves no reputation, and no P2P token is given for it.
+  expect(await rig.engine.call('ReportJobCompleteFromNode', { reservation_id: id, job_id: 'j', node_id: node.nodeId, success: true })).toMatchObject({
+    status: S.FAILED,
+    error: { code: 409, message: expect.stringContaining('never started') },
+  });
+  expect(await rig.engine.call('GetReconnectionToken', { reservation_id: id, user_wallet: wallet })).toMatchObject({ status: S.FAILED, error: { code: 410 } });
+  // Nor while a reservation is pending, its escrow not yet confirmed (ReserveNode may still give it up): its row
+  // is put back to that state here for the call.
+  await sys().query("update reservations set status = 'pending' where id = $1", [id]);
+  try {
+    expect(await rig.engine.call('GetReconnectionToken', { reservation_id: id, user_wallet: wallet })).toMatchObject({
+      status: S.FAILED,
+      error: { code: 409, message: expect.stringContaining('escrow is not confirmed') },
+    });
+  } finally {
+    await sys().query("update reservations set status = 'cancelled' where id = $1", [id]);
+  }
 });
