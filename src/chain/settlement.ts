@@ -1178,6 +1178,16 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         if (!wallet && rows.some((r) => r.leg === 'release_node' && r.amount > 0n)) {
           throw await waitsFor(input.potId, 'release_node', `the node's payment waits: ${owedBecause}`);
         }
+        // Signing again after an attempt expired (settle() does so itself): a payer who closed their token account
+        // since it was signed would have the whole attempt refused, again and again. The refund is left out
+        // instead: the legs are grouped anew without it (above), and it waits.
+        const refund = rows.find((r) => r.leg === 'refund' && r.amount > 0n);
+        const refundProblem = refund && rows.length > 1 ? await cannotReceive(refund.toAccount) : undefined;
+        if (refundProblem) {
+          refundWaits = `the refund waits: ${refundProblem}`;
+          await waitsFor(input.potId, 'refund', refundWaits);
+          throw legsSplit(`${input.potId}: the refund's payer cannot receive it; the other legs go without it`);
+        }
         return {
           instructions: rows.flatMap((r) =>
             r.amount > 0n

@@ -141,6 +141,33 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     expect((await settlement.settleQuietRefunds({ quietForMs: 0, limit: 100 })).paid).not.toContain(potId);
   });
 
+  test('a user who closes their token account while the settlement is in flight: once that attempt expires, the node is paid without the refund, which waits', async () => {
+    const user = await approvingUser(1_000n);
+    const nodeWallet = await receivingWallet(chain);
+    const nodeId = `node-${run}-closed-later`;
+    await insertNode(database.db, nodeId, nodeWallet.toBase58());
+    const potId = newPot('closed-later');
+    await settlement.escrowPot({ potId, amount: '1000', owner: user.publicKey.toBase58() });
+    // An attempt paying all three legs is recorded (the payer could receive then) and never sent: the worker died.
+    const dying = settlementOn(chain, database.db, {
+      hooks: {
+        afterRecord: () => {
+          throw new Error('simulated crash afterRecord');
+        },
+      },
+    });
+    await expect(dying.settlePot({ potId, nodeId, payUnits: '400' })).rejects.toThrow('simulated crash afterRecord');
+    await sendTransaction(chain.connection, user, [createCloseAccountInstruction(ata(user.publicKey), user.publicKey, user.publicKey)]);
+    chain.ledger.advance(200); // the recorded attempt's blockhash expires
+
+    // The attempt is given up, and the legs signed again without the refund its payer cannot receive.
+    const outcome = await waitFor(() => settlement.settlePot({ potId, nodeId, payUnits: '400' }).catch(() => undefined));
+    expect(outcome).toMatchObject({ paid: '400', refunded: '600', refundTx: '', owed: false, paymentTx: expect.any(String) });
+    expect(await balanceOf(ata(nodeWallet))).toBe(splitPayment(400n, 1000n).node);
+    expect(await balanceOf(escrowOf(potId))).toBe(600n);
+    expect((await legsOf(potId)).find((l) => l.leg === 'refund')).toMatchObject({ state: 'pending', lastError: expect.stringMatching(/^the refund waits: .* has no token account/) });
+  });
+
   test("a treasury without its token account yet gets it opened by the first settlement (the platform's own account)", async () => {
     const treasury = Keypair.generate().publicKey;
     const fresh = settlementOn(chain, database.db, { treasury });
