@@ -1083,12 +1083,16 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const amount = BigInt(input.amount);
     const to = escrowOf(input.potId);
     let [row] = await rowsOf(input.potId, ['escrow']);
-    if (row?.state === 'confirmed') return { ...receipt(row), fundedBy: row.fromAccount };
     if (!row) {
       const source = await potSource(input.owner, amount);
       await recordLeg(db, input.potId, 'escrow', amount, source.from, to.toBase58());
       [row] = await rowsOf(input.potId, ['escrow']);
     }
+    // A pot recorded under this id must be this one (an operator's reset of a reservation's workflow could ask
+    // for another pot under an id already funded): its amount, account and funder (the owner, or the payer).
+    const funder = row.fromAccount === input.owner || row.fromAccount === deps.payer?.publicKey.toBase58() ? row.fromAccount : input.owner;
+    expectEscrow(input.potId, row, { to: to.toBase58(), amount, atLeast: false, from: funder });
+    if (row.state === 'confirmed') return { ...receipt(row), fundedBy: row.fromAccount };
     const fromPayer = deps.payer !== undefined && row.fromAccount === deps.payer.publicKey.toBase58() && row.fromAccount !== input.owner;
     const [done] = await settle(input.potId, ['escrow'], legKey(input.potId, 'escrow'), async () => {
       const setup = await escrowAccountSetup(input.potId);

@@ -56,6 +56,13 @@ describe('reservation pots: allowance escrow and split settlement', () => {
     expect(first).toMatchObject({ leg: 'escrow', amount: '1200', fundedBy: user.publicKey.toBase58(), to: escrowOf(potId).toBase58() });
     expect(await balanceOf(escrowOf(potId))).toBe(1200n);
     expect(await balanceOf(ata(user.publicKey))).toBe(3800n);
+    // Another pot asked under the same id (an operator's reset of the workflow) is refused, not taken as paid.
+    for (const other of [{ amount: '600', owner: user.publicKey.toBase58() }, { amount: '1200', owner: Keypair.generate().publicKey.toBase58() }]) {
+      const refused = await failureOf(settlement.escrowPot({ potId, ...other }));
+      expect(refused).toMatchObject({ type: PaymentFailures.escrowRejected, nonRetryable: true });
+      expect(refused.message).toMatch(/not this job's: (amount 1200, not 600|payer .*, not .*)/);
+    }
+    expect(await balanceOf(ata(user.publicKey))).toBe(3800n);
   });
 
   test('without an allowance the server payer funds the pot; a too-small allowance is refused for good and nothing moves', async () => {
