@@ -94,6 +94,8 @@ export type ReleaseResult = ReleaseReceipt;
 
 /** How long ReserveNode waits for a withdrawal to be answered (after its wait for the escrow). */
 const WITHDRAW_WAIT_MS = 4000;
+/** How long a release that waited RESERVATION_RELEASE_WAIT_MS still asks the workflow for its decided amounts. */
+const DECIDED_QUERY_MS = 3000;
 /** Kept between the last answer ReserveNode can give and the caller's deadline (the reply's way back). */
 const DEADLINE_MARGIN_MS = 1000;
 /** The least escrow wait worth starting a reservation for (a shorter deadline is refused before anything is held). */
@@ -359,6 +361,9 @@ export function createReservationService(deps: ReservationServiceDeps) {
         settled.catch(() => undefined); // awaited below unless the decided amounts answer first
         const early = await decidedWithin(r.id, settled, deps.releaseWaitMs);
         if (early) return early;
+        // Not even decided (the release waits for an escrow still on its way, or Temporal is slow): an answer now
+        // beats the Engine's deadline passing. Asking again is the same release.
+        throw new UnavailableError(`reservation ${r.id}: the release is on its way but its settlement is not decided yet; ask again`);
       }
       return await settled;
     } catch (err) {
@@ -376,8 +381,11 @@ export function createReservationService(deps: ReservationServiceDeps) {
   async function decidedWithin(id: string, settled: Promise<ReleaseReceipt>, ms: number): Promise<ReleaseReceipt | undefined> {
     const done = await within(settled, ms);
     if (done !== LATE) return done;
-    const view = await limited(() => handle(id).query(reservationQuery)).catch(() => undefined);
-    if (!view?.settling) return undefined;
+    const view = await within(
+      limited(() => handle(id).query(reservationQuery)).catch(() => undefined),
+      DECIDED_QUERY_MS,
+    );
+    if (view === LATE || !view?.settling) return undefined;
     return { ...view.settling, nodeAmount: '', paymentTx: '', refundTx: '', owed: false };
   }
 

@@ -50,6 +50,31 @@ test('a release answered before its transactions confirm: the decided amounts at
   expect(await rig.chain.accountBalance(rig.chain.escrowAccount(id))).toBe(0n);
 });
 
+test('a release waiting behind an extension\'s escrow answers 503 (ask again) within its wait, and the same release settles both pots', async () => {
+  const { node, wallet } = await rig.nodeAndUser('release-behind-extension-node');
+  const { escrow } = await rig.expectedEscrow(node.nodeId, 30);
+  const reserved = await rig.reserve(node.nodeId, wallet, 30);
+  expect(reserved).toMatchObject({ status: S.SUCCESS });
+  const id = reserved.reservation_id;
+
+  slowSends = true; // the extension's escrow takes 4 s; the release is asked meanwhile and waits for it
+  try {
+    const extension = rig.engine.call('ExtendReservation', { reservation_id: id, additional_minutes: 10 });
+    await eventually('the extension to be on its way', async () => (await sys().query('select 1 from payments where job_id = $1', [`${id}/ext-1`])).length > 0, 10_000);
+    const started = Date.now();
+    const first = await rig.engine.call('ReleaseReservation', { reservation_id: id, reason: 'User requested release' });
+    expect(Date.now() - started).toBeLessThan(4000 + 500);
+    expect(first).toMatchObject({ status: S.ERROR, error: { code: 503, message: expect.stringContaining('not decided yet; ask again') } });
+    expect(await extension).toMatchObject({ status: S.SUCCESS });
+  } finally {
+    slowSends = false;
+  }
+  await eventually('the settlement to finish', async () => (await rig.engine.call('GetReservation', { reservation_id: id })).reservation.status === R_CANCELLED, 30_000);
+  const again = await rig.engine.call('ReleaseReservation', { reservation_id: id, reason: 'again' });
+  const extra = (await sys().query<{ amount: string }>("select amount::text from payments where job_id = $1 and leg = 'escrow'", [`${id}/ext-1`]))[0].amount;
+  expect(again).toMatchObject({ status: S.SUCCESS, payment_released: (escrow + BigInt(extra)).toString(), refund_amount: '0' });
+});
+
 test('ReserveNode answers within the caller\'s deadline on a slow chain: the reservation is withdrawn in time, not left running', async () => {
   const { node, wallet } = await rig.nodeAndUser('slow-escrow-deadline-node');
   slowSends = true; // the escrow's transaction takes 4 s, the system would wait RESERVATION_ESCROW_WAIT_MS (25 s)
