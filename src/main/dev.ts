@@ -12,6 +12,9 @@ import { createLogger } from './logger';
 import { startWorker } from './worker-app';
 import { startEmbeddedChain } from './chain-setup';
 
+/** Where, as root, the embedded cluster of a DATA_DIR the postgres OS user cannot reach lives. */
+const EMBEDDED_PG_RELOCATION = '/var/lib/cyxwiz-central';
+
 /**
  * `npm start`: the whole system on one machine. Embedded Postgres and the Temporal dev server (with its
  * Web UI) keep their data in DATA_DIR, unless DATABASE_URL / TEMPORAL_ADDRESS point elsewhere; then
@@ -33,15 +36,19 @@ async function main(): Promise<void> {
 
   try {
     let databaseUrl = config.database.url;
+    let pgDataDir = '';
     if (!databaseUrl) {
       const pg = await startEmbeddedPostgres({
         dataDir: path.join(config.dataDir, 'postgres'),
+        // As root, a DATA_DIR the postgres OS user cannot reach (a checkout under /root) keeps its cluster here.
+        relocateWhenUnreachable: EMBEDDED_PG_RELOCATION,
         port: config.database.embeddedPort,
         database: 'cyxwiz',
         logger: (msg) => log.debug({ component: 'postgres' }, msg),
       });
       stops.push({ name: 'postgres', stop: pg.stop });
       databaseUrl = pg.url;
+      pgDataDir = pg.dataDir;
     }
     const database = openDatabase(databaseUrl, { max: 1 });
     await migrateDatabase(database.db);
@@ -81,7 +88,7 @@ async function main(): Promise<void> {
       `  REST         http://localhost:${api.restPort}/api/health  /api/stats  /api/jobs`,
       `  Temporal     ${temporalAddress}  namespace ${config.temporal.namespace}, task queue ${config.temporal.taskQueue}`,
       uiUrl ? `  Web UI       ${uiUrl}` : `  Web UI       (external cluster: see its own UI)`,
-      `  Postgres     ${config.database.url ? 'external (DATABASE_URL)' : `embedded, data in ${path.join(config.dataDir, 'postgres')}`}`,
+      `  Postgres     ${config.database.url ? 'external (DATABASE_URL)' : `embedded, data in ${pgDataDir}`}`,
       `  Solana       ${embedded.rpcUrl} (${chain.cluster}${embedded.ledger ? `, local ledger in ${path.join(config.dataDir, 'ledger')}` : ''}, commitment ${chain.commitment})`,
       `    mint       ${chain.mint.toBase58()} (${chain.decimals} decimals)`,
       `    treasury   ${chain.treasury.toBase58()}`,

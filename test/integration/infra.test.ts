@@ -146,6 +146,40 @@ describe('embedded Postgres', () => {
     }
   });
 
+  const asRoot = process.getuid?.() === 0 ? test : test.skip;
+  asRoot('as root, a data directory the postgres OS user cannot reach is refused, or kept where it can when a relocation is given (the same one each start)', async () => {
+    const closed = path.join(dir, 'closed');
+    fs.mkdirSync(closed, { mode: 0o700 });
+    fs.chmodSync(closed, 0o700); // like /root
+    const dataDir = path.join(closed, 'data', 'postgres');
+    const port = await getFreePort();
+    await expect(startEmbeddedPostgres({ dataDir, port, database: 'moved', fast: true })).rejects.toThrow(/cannot enter .*closed \(mode 700\)/);
+    const relocate = path.join(dir, 'relocated');
+    const first = await startEmbeddedPostgres({ dataDir, port, database: 'moved', fast: true, relocateWhenUnreachable: relocate });
+    try {
+      expect(first.dataDir.startsWith(`${relocate}${path.sep}`)).toBe(true);
+      expect(fs.existsSync(path.join(first.dataDir, 'PG_VERSION'))).toBe(true);
+      await query(first.url, 'CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)');
+    } finally {
+      await first.stop();
+    }
+    const second = await startEmbeddedPostgres({ dataDir, port, database: 'moved', fast: true, relocateWhenUnreachable: relocate });
+    try {
+      expect(second.dataDir).toBe(first.dataDir);
+      expect(await query(second.url, 'SELECT n FROM kept')).toEqual([{ n: 7 }]);
+    } finally {
+      await second.stop();
+    }
+    // A reachable one stays where it is.
+    const open = path.join(dir, 'open', 'postgres');
+    const third = await startEmbeddedPostgres({ dataDir: open, port, database: 'here', fast: true, relocateWhenUnreachable: relocate });
+    try {
+      expect(third.dataDir).toBe(open);
+    } finally {
+      await third.stop();
+    }
+  });
+
   test('dies with its Node process after a kill -9, and the next start works', async () => {
     const dataDir = path.join(dir, 'data');
     const port = await getFreePort();
