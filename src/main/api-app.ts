@@ -16,7 +16,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { ChainContext } from '../chain/context';
 import { escrowAddress } from '../chain/instructions';
 import { SettlementErrors } from '../chain/settlement';
-import { ConflictError, DomainError, ForbiddenError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../domain/errors';
+import { ConflictError, DomainError, ForbiddenError, NotFoundError, UnauthenticatedError, TooManyRequestsError, UnavailableError, ValidationError } from '../domain/errors';
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService, walletAddress } from '../services/wallet-service';
@@ -40,13 +40,24 @@ export interface RunningApi {
 const VERSION = '0.1.0';
 /** New escrow accounts (rent the platform pays) one caller of `POST /api/escrows/:jobId` may have per minute. */
 const NEW_ESCROW_ACCOUNTS_PER_MINUTE = 20;
+/**
+ * Requests one caller may make of the escrow routes per minute (opening and reclaiming): each costs RPC calls
+ * (a reclaim's check of a transfer a few, over seconds) before anything is known to be worth it.
+ */
+const ESCROW_REQUESTS_PER_MINUTE = 120;
 
 /**
  * A settlement's refusal as the REST caller should see it: a bad transfer names `field`, a refusal for good is a
  * conflict with its reason, and one that is only waiting on the chain is a 503 to ask again.
  */
-function settlementRefusal(err: unknown, field: string): unknown {
-  if (err instanceof DomainError || !(err instanceof ApplicationFailure)) return err;
+function settlementRefusal(err: unknown, field: string, log: Logger): unknown {
+  if (err instanceof DomainError) return err;
+  if (!(err instanceof ApplicationFailure)) {
+    // The RPC did not answer, or answered with an error of its own: the chain's to retry, not a server bug. Its
+    // detail (the provider's hosts and replies) goes to the log.
+    log.warn({ err }, 'escrow route: the chain call failed');
+    return new UnavailableError('the Solana RPC did not answer or refused the call: ask again (it is safe)');
+  }
   if (err.type === SettlementErrors.escrowRejected) return new ValidationError(field, err.message);
   if (err.nonRetryable) return new ConflictError(err.message);
   return new UnavailableError(`${err.message} (ask again: it is safe)`);
@@ -142,6 +153,10 @@ export async function startApi(
   heartbeats.start();
 
   const newEscrowAccounts = keyedQuota(NEW_ESCROW_ACCOUNTS_PER_MINUTE, 60_000);
+  const escrowRequests = keyedQuota(ESCROW_REQUESTS_PER_MINUTE, 60_000);
+  const rationEscrowRequests = (caller: string) => {
+    if (!escrowRequests.pass(caller, Date.now())) throw new TooManyRequestsError(`too many requests of the escrow routes: ask again in a minute`);
+  };
   /** The REST caller's verified token claims (auth on), undefined with auth off. @throws UnauthenticatedError */
   const restUser = (authorization: string | undefined): UserClaims | undefined => {
     if (!config.authJwtSecret) return undefined;
@@ -210,14 +225,16 @@ export async function startApi(
         return claims && `user ${userOf(claims)}`;
       },
       open: async (jobId, caller) => {
+        rationEscrowRequests(caller);
         try {
           const account = await settlement.openEscrowAccount(jobId, () => newEscrowAccounts.pass(caller, Date.now()));
           return { jobId, escrowAccount: account.toBase58(), mint: env.chain.mint.toBase58(), decimals: env.chain.decimals };
         } catch (err) {
-          throw settlementRefusal(err, 'jobId');
+          throw settlementRefusal(err, 'jobId', log);
         }
       },
-      reclaim: async (jobId, transfer, authorization) => {
+      reclaim: async (jobId, transfer, caller, authorization) => {
+        rationEscrowRequests(caller);
         const payer = walletAddress(transfer.paymentAddress, 'paymentAddress').toBase58();
         // With auth on, a payer's transfer goes back at its own user's asking only (as SubmitJob binds it).
         const claims = restUser(authorization);
@@ -228,7 +245,7 @@ export async function startApi(
           const leg = await settlement.reclaimTransfer({ jobId, payer, signature: transfer.escrowTxHash });
           return { amount: leg.amount, to: leg.to, txRef: leg.txRef };
         } catch (err) {
-          throw settlementRefusal(err, 'escrowTxHash');
+          throw settlementRefusal(err, 'escrowTxHash', log);
         }
       },
     },

@@ -280,6 +280,7 @@ test('a user links a wallet by a signature of its key, and may then pay from it:
       error: { code: 403, message: expect.stringContaining('not linked to the user') },
     });
     expect((await rest('DELETE', `/api/wallet-links/${wallet}`, authorization)).status).toBe(404);
+    expect(await rest('DELETE', '/api/wallet-links/bad%00wallet', authorization)).toMatchObject({ status: 400, body: { error: { field: 'wallet' } } });
   } finally {
     reservations.close();
   }

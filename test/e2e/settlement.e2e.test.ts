@@ -316,6 +316,14 @@ describe('a payer who pays the escrow account directly (config.escrow_tx_hash)',
       expect(await chain.balances({ payer: chain.ata(payerAddress), escrow: escrowAccount })).toEqual({ payer: before, escrow: 0n });
       expect(await chain.memos(back.body.refund.txRef)).toEqual([`cyxwiz ${jobId}/reclaim/${signature}/refund`]);
       expect((await reclaim({ escrowTxHash: signature, paymentAddress: payerAddress })).body.refund).toEqual(back.body.refund);
+      // No job holds this id (its submission was refused): its escrow account's ledger shows the reclaim all the same.
+      const ledger = await restGet(sys(), `/api/jobs/${jobId}/payments`);
+      expect(ledger).toMatchObject({ status: 200, body: { jobId } });
+      expect(ledger.body.payments.map((p: { leg: string; reclaim?: string }) => [p.leg, p.reclaim])).toEqual([
+        ['escrow', `${jobId}/reclaim/${signature}`],
+        ['refund', `${jobId}/reclaim/${signature}`],
+      ]);
+      expect((await restGet(sys(), `/api/jobs/never-${uid()}/payments`)).status).toBe(404);
       // The payer's history shows the transfer and its way back.
       payerLegs.escrowTx.push(signature);
       payerLegs.refundTx.push(back.body.refund.txRef);

@@ -7,6 +7,7 @@ import type { NodeRow } from '../../db/nodes-repo';
 import { nodeHealth } from '../../domain/health';
 import { nodeStats } from '../../domain/node-stats';
 import { isSignature, requireId } from '../grpc/mappers';
+import { addressKey } from '../../services/heartbeat-hub';
 import { summarize } from '../grpc/unary';
 
 export interface HealthCheck {
@@ -48,7 +49,7 @@ export interface RestDeps {
      * Gives a payer back a transfer into the job's escrow account that no job holds; with auth on, to the payer's
      * own user only (`authorization` is the request's header).
      */
-    reclaim(jobId: string, transfer: { escrowTxHash: string; paymentAddress: string }, authorization?: string): Promise<{ amount: string; to: string; txRef: string }>;
+    reclaim(jobId: string, transfer: { escrowTxHash: string; paymentAddress: string }, caller: string, authorization?: string): Promise<{ amount: string; to: string; txRef: string }>;
   };
   /** Wallets signed-in users proved are theirs (auth on). */
   walletLinks: {
@@ -178,7 +179,10 @@ export function createRestApp(deps: RestDeps) {
           ]).finally(() => clearTimeout(timer));
           services[c.name] = { ok: true, latencyMs: Math.round(performance.now() - t0) };
         } catch (err) {
-          services[c.name] = { ok: false, latencyMs: Math.round(performance.now() - t0), error: (err as Error).message };
+          // The route answers anyone: the cause (hosts, addresses, a provider's reply) goes to the log only.
+          const timedOut = err instanceof Error && err.message.startsWith('no answer within');
+          if (!timedOut) deps.log.warn({ err, dependency: c.name }, 'health check failed');
+          services[c.name] = { ok: false, latencyMs: Math.round(performance.now() - t0), error: timedOut ? (err as Error).message : 'unreachable or failing (the cause is in the API log)' };
         }
       }),
     );
@@ -225,8 +229,12 @@ export function createRestApp(deps: RestDeps) {
   });
 
   app.get('/api/jobs/:id/payments', async (req, res) => {
-    const job = await deps.jobs.get(requireId(req.params.id, 'id'));
-    res.json({ jobId: job.id, payments: await deps.jobs.payments(job.id) });
+    const id = requireId(req.params.id, 'id');
+    // Also for an id no job holds: the reclaims of transfers into its escrow account (a submission refused or
+    // never made) are there.
+    const [job, payments] = await Promise.all([deps.jobs.get(id).catch((err: unknown) => (err instanceof NotFoundError ? undefined : Promise.reject(err))), deps.jobs.payments(id)]);
+    if (!job && payments.length === 0) throw new NotFoundError('job', id);
+    res.json({ jobId: id, payments });
   });
 
   app.get('/api/nodes', async (req, res) => {
@@ -265,7 +273,9 @@ export function createRestApp(deps: RestDeps) {
    * then submits with config.escrow_tx_hash. Idempotent.
    */
   app.post('/api/escrows/:jobId', async (req, res) => {
-    const caller = deps.escrows.caller(req.get('authorization')) ?? `address ${req.ip ?? req.socket.remoteAddress ?? '?'}`;
+    // Without auth, callers are told apart by address (an IPv6 one by its /64: each of its addresses would be a
+    // caller of its own otherwise).
+    const caller = deps.escrows.caller(req.get('authorization')) ?? `address ${addressKey(req.ip ?? req.socket.remoteAddress ?? '?')}`;
     res.json(await deps.escrows.open(requireId(req.params.jobId, 'jobId'), caller));
   });
 
@@ -275,14 +285,14 @@ export function createRestApp(deps: RestDeps) {
    * Idempotent; 409 while the transfer funds a job or the job is still running.
    */
   app.post('/api/escrows/:jobId/reclaim', express.json({ limit: '4kb' }), async (req, res) => {
-    deps.escrows.caller(req.get('authorization'));
+    const caller = deps.escrows.caller(req.get('authorization')) ?? `address ${addressKey(req.ip ?? req.socket.remoteAddress ?? '?')}`;
     const jobId = requireId(req.params.jobId, 'jobId');
     const body = (req.body ?? {}) as { escrowTxHash?: unknown; paymentAddress?: unknown };
     const escrowTxHash = typeof body.escrowTxHash === 'string' ? body.escrowTxHash.trim() : '';
     if (!isSignature(escrowTxHash)) throw new ValidationError('escrowTxHash', 'must be the base58 signature of your transfer (64 bytes)');
     const paymentAddress = typeof body.paymentAddress === 'string' ? body.paymentAddress.trim() : '';
     if (!paymentAddress) throw new ValidationError('paymentAddress', 'is required (the wallet that paid)');
-    res.json({ jobId, refund: await deps.escrows.reclaim(jobId, { escrowTxHash, paymentAddress }, req.get('authorization')) });
+    res.json({ jobId, refund: await deps.escrows.reclaim(jobId, { escrowTxHash, paymentAddress }, caller, req.get('authorization')) });
   });
 
   /** The signed-in user's linked wallets; with `?wallet=`, also the message that wallet's key signs to link it. */
@@ -314,8 +324,9 @@ export function createRestApp(deps: RestDeps) {
 
   app.delete('/api/wallet-links/:wallet', async (req, res) => {
     const { user, claim } = deps.walletLinks.user(req.get('authorization'));
-    if (!(await deps.walletLinks.unlink(user, claim, req.params.wallet))) throw new NotFoundError('wallet link', req.params.wallet);
-    res.json({ user, wallet: req.params.wallet, unlinked: true });
+    const wallet = requireId(req.params.wallet, 'wallet');
+    if (!(await deps.walletLinks.unlink(user, claim, wallet))) throw new NotFoundError('wallet link', wallet);
+    res.json({ user, wallet, unlinked: true });
   });
 
   app.use((_req, res) => {
