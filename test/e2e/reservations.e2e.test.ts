@@ -219,6 +219,12 @@ test('a node lost mid-reservation: the user gets the unused time back, the node 
 
   const nodeRow = (await restGet(sys(), `/api/nodes/${node.nodeId}`)).body;
   expect(nodeRow.reputationEvents).toEqual(expect.arrayContaining([expect.objectContaining({ jobId: id, kind: 'node_lost', delta: expect.closeTo(-0.1, 6) })]));
+  // The node comes back and reports the reservation's job done: too late, it counts nothing.
+  expect(await rig.engine.call('ReportJobCompleteFromNode', { reservation_id: id, job_id: 'j', node_id: node.nodeId, success: true })).toMatchObject({
+    status: S.FAILED,
+    error: { code: 410, message: expect.stringContaining('ended with its node lost') },
+  });
+  expect((await restGet(sys(), `/api/nodes/${node.nodeId}`)).body.reputationEvents.filter((e: { jobId: string }) => e.jobId === id)).toHaveLength(1);
 });
 
 test('reconnection: an Engine that stopped heartbeating shows as disconnected and gets a fresh token as the owner only', async () => {
