@@ -115,8 +115,11 @@ export class FakeCluster {
   escrowGate: Gate | undefined;
   /** Held while set: recordNodeOutcome logs `node-outcome:waiting` and waits for the gate. */
   outcomeGate: Gate | undefined;
-  /** Held while set: recording a transition to `to` logs `transition:<to>:waiting` and waits for the gate. */
-  transitionGate: { to: Transition['to']; gate: Gate } | undefined;
+  /**
+   * Held while set: recording a transition to `to` logs `transition:<to>:waiting` and waits for the gate; with
+   * `after`, it is recorded first, then logs `transition:<to>:recorded-waiting` and waits.
+   */
+  transitionGate: { to: Transition['to']; gate: Gate; after?: boolean } | undefined;
 
   /**
    * Set: the escrow is refused for good, as the settlement refuses a payer without funds (InsufficientFunds) or a
@@ -174,12 +177,18 @@ export class FakeCluster {
     recordTransition: async (t: Transition): Promise<void> => {
       // Idempotent per seq, like jobs-repo.recordTransition.
       if (this.transitions.some((x) => x.jobId === t.jobId && x.seq === t.seq)) return;
-      if (this.transitionGate?.to === t.to) {
+      const gate = this.transitionGate?.to === t.to ? this.transitionGate : undefined;
+      if (gate && !gate.after) {
         this.timeline.push(`transition:${t.to}:waiting`);
-        await this.transitionGate.gate.opened;
+        await gate.gate.opened;
       }
       this.transitions.push(t);
       this.timeline.push(`transition:${t.to}`);
+      if (gate?.after) {
+        // Recorded, and its activity not done yet (as when a worker is slow to report what it wrote).
+        this.timeline.push(`transition:${t.to}:recorded-waiting`);
+        await gate.gate.opened;
+      }
     },
     matchNode: async (input: MatchInput): Promise<MatchResult> => {
       this.matchCalls.push(structuredClone(input));

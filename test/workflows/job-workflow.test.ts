@@ -1024,6 +1024,34 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('cancelled by an operator (Temporal cancel) while the offer that recorded the assignment is still running → the end is recorded after it, the node told to stop', async () => {
+    const cluster = new FakeCluster(['node-a']);
+    const jobId = newJobId('operator-cancel-offer');
+
+    await withWorker('operator-cancel-offer', cluster, async ({ start }) => {
+      // The offer's activity has recorded `assigned` and not returned yet when the cancel comes.
+      const gate = new Gate();
+      cluster.transitionGate = { to: 'assigned', gate, after: true };
+      const handle = await start(jobSpec(jobId), FAST_OPTIONS);
+      await waitUntil(() => cluster.timeline.includes('transition:assigned:recorded-waiting'), 5000, 'the assigned record');
+      await handle.cancel();
+      const err = await handle.result().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      gate.open();
+      expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
+      const assigned = cluster.transitions.find((t) => t.to === 'assigned')!;
+      const ended = cluster.transitions.filter((t) => t.to === 'cancelled');
+      // The offer is waited for (its attempt times out and its retry finds the record in place): the end is
+      // recorded after the assignment, not under its number (which would make it a no-op), and the node told to stop.
+      expect(ended.length).toBeGreaterThan(0);
+      expect(ended[0].seq).toBeGreaterThan(assigned.seq);
+      expect(ended[0]).toMatchObject({ actor: 'operator', cancelOnNode: 'node-a', ended: true });
+      expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
+    });
+  });
+
   test('cancelled by an operator (Temporal cancel) while the completion is being paid → the job completes, paid once, nothing refunded', async () => {
     const cluster = new FakeCluster(['node-a']);
     cluster.releaseGate = new Gate();
