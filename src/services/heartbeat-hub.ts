@@ -166,22 +166,38 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     for (const [nodeId, lastBeat] of known) if (nowMs - lastBeat >= FORGET_AFTER_MS) forget(nodeId);
   }
 
+  /**
+   * Nodes whose beats brought them back online: their refusals are forgotten (the jobs they refused want them
+   * again). @returns the waiting jobs to wake for them. Never fails the flush, whose beats are written: a miss
+   * only leaves a job to its next re-check.
+   */
+  async function backOnline(back: string[]): Promise<string[]> {
+    log.info({ nodes: back }, 'nodes back online');
+    await jobsRepo.forgetRefusals(db, back).catch((err) => log.warn({ err: String(err) }, 'could not forget refusals of nodes back online'));
+    return jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals).catch((err) => {
+      log.warn({ err: String(err) }, 'could not find the waiting jobs of nodes back online');
+      return [];
+    });
+  }
+
   async function flushOnce(): Promise<void> {
     const batch = pending;
     pending = new Map();
     const at = new Date(now());
     if (batch.size > 0) {
       const beats = [...batch].map(([nodeId, b]) => ({ nodeId, at: b.at, ramAvailable: b.ramAvailable }));
-      let back: string[];
       let held: HeldJob[];
+      // Waiting jobs to wake for nodes back online: found as soon as the beats are written, so that a failure of a
+      // later step (which keeps the batch for the next flush, where these nodes are online already) loses neither.
+      let wake: string[] = [];
       try {
         const written = await nodesRepo.applyHeartbeats(db, beats, new Date(at.getTime() - deps.offlineAfterMs), at);
-        back = written.back;
         // Deleted after their beat was taken (another process's prune): the next beat makes a record again.
         for (const nodeId of written.missing) {
           forget(nodeId);
           batch.delete(nodeId);
         }
+        if (written.back.length > 0) wake = await backOnline(written.back);
         writingSince ??= at.getTime();
         await nodesRepo.insertSamples(db, sample(batch, at.getTime()));
         held = await jobsRepo.activeJobsOnNodes(db, [...batch.keys()]);
@@ -194,6 +210,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         passLiveness({ at, held: mapped.flatMap((id) => heldByNode.get(id)!), nodeIds: new Set(), wake: new Set() });
         // Kept for the next flush; a beat that came in meanwhile is newer and stays.
         const passed = new Set(mapped);
+        if (wake.length > 0) passLiveness({ at, held: [], nodeIds: new Set(), wake: new Set(wake) });
         for (const [nodeId, b] of batch) {
           if (!pending.has(nodeId)) pending.set(nodeId, { ...b, livenessPassed: b.livenessPassed || passed.has(nodeId) });
         }
@@ -203,12 +220,6 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       // Every beating node's holdings, none included (bounded by the nodes, like `known`).
       for (const nodeId of batch.keys()) heldByNode.set(nodeId, []);
       for (const j of held) heldByNode.get(j.nodeId)?.push(j);
-      if (back.length > 0) {
-        log.info({ nodes: back }, 'nodes back online');
-        // Not this flush's to fail for: its beats are written; a miss only leaves a refusal to the job's next try.
-        await jobsRepo.forgetRefusals(db, back).catch((err) => log.warn({ err: String(err) }, 'could not forget refusals of nodes back online'));
-      }
-      const wake = back.length > 0 ? await jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals) : [];
       const passed = (nodeId: string) => batch.get(nodeId)?.livenessPassed === true;
       passLiveness({ at, held: held.filter((j) => !passed(j.nodeId)), nodeIds: new Set(batch.keys()), wake: new Set(wake) });
     } else {

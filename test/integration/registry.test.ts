@@ -63,6 +63,11 @@ async function ageNodeRow(db: Db, nodeId: string, at: Date): Promise<void> {
   });
 }
 
+async function eventuallyTrue(what: () => boolean, ms = 5000): Promise<void> {
+  for (const until = Date.now() + ms; !what() && Date.now() < until; ) await new Promise((r) => setTimeout(r, 20));
+  expect(what()).toBe(true);
+}
+
 /** A workflow gateway that records what the services ask of Temporal. */
 function recordingGateway() {
   const calls: { method: string; args: unknown[] }[] = [];
@@ -383,6 +388,31 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await heartbeats.flush();
     expect(calls.find((c) => c.method === 'nodesChanged')?.args[0]).toEqual(expect.arrayContaining(['waiting', 'held']));
     expect(await heartbeats.beat('node_1700000000')).toEqual(['held']);
+  });
+
+  it('wakes the waiting jobs of a node back online even when its flush fails after writing the beat (the next flush finds it online already)', async () => {
+    const { heartbeats, calls } = services();
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued']));
+    await database.db.insert(jobs).values({
+      id: 'waiting-again', status: 'queued', jobType: 'TRAINING', priority: 'NORMAL', requiredDevice: 'CUDA', config: spec('waiting-again'),
+      configHash: 'h', paymentUnits: 10n ** 12n,
+    });
+    await heartbeats.flush(); // the hub writes from now on
+    clock += 120_000;
+    await heartbeats.flush(); // sweeps the node offline
+    expect((await nodesRepo.getNode(database.db, 'node_1700000000'))?.status).toBe('offline');
+    await heartbeats.beat('node_1700000000');
+    // The beat is written, then the metric sample fails: the flush fails (logged) and keeps its batch.
+    await database.db.execute(sql`alter table node_metrics rename to node_metrics_away`);
+    try {
+      await heartbeats.flush();
+    } finally {
+      await database.db.execute(sql`alter table node_metrics_away rename to node_metrics`);
+    }
+    expect((await nodesRepo.getNode(database.db, 'node_1700000000'))?.status).toBe('online');
+    await eventuallyTrue(() => calls.some((c) => c.method === 'nodesChanged' && (c.args[0] as string[]).includes('waiting-again')));
+    await heartbeats.flush(); // the kept batch: written again, the node online already
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(eq(jobs.id, 'waiting-again'));
   });
 
   it('costs a lost node nothing when its heartbeats kept reaching the server (the silence was the server\'s), and records it', async () => {
