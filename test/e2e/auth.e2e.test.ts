@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { protocolClient } from '../support/grpc-clients';
 import { useSystem } from '../support/system';
-import { S, unfittable, type ProtocolClient } from './helpers';
+import { eventually, S, unfittable, type ProtocolClient } from './helpers';
 
 /*
  * With AUTH_JWT_SECRET set, the server asks for the users' bearer token as the original did (CYXWIZ-PROTOCOL.md
@@ -133,6 +133,8 @@ test('a job\'s P2P token, a reservation\'s progress and a wallet\'s allowance ar
   expect(await listed('owner-1')).toContain('job-auth-token');
   expect(await listed('someone-else')).not.toContain('job-auth-token');
   expect(await listed('someone-else', { user_id: 'cyxwiz-engine' })).not.toContain('job-auth-token');
+  // Set running by hand once the job has settled into the queue (its workflow's own record would undo it).
+  await eventually('the job to wait in the queue', async () => (await sys().query<{ status: string }>('select status from jobs where id = $1', ['job-auth-token']))[0]?.status === 'queued');
   await sys().query("update jobs set status = 'running', assigned_node_id = 'node_auth_owned' where id = $1", ['job-auth-token']);
   const others = await jobs.call('GetJobStatus', { job_id: 'job-auth-token' }, { metadata: as('someone-else') });
   expect(others.status).toMatchObject({ job_id: 'job-auth-token', status: S.IN_PROGRESS });
