@@ -51,6 +51,12 @@ const schema = z.object({
   GRPC_PORT: port.default(50051),
   REST_HOST: z.string().default('0.0.0.0'),
   REST_PORT: port.default(8080),
+  /**
+   * Set: REST's operator routes (stats, jobs, nodes, reservations) ask for `Authorization: Bearer <this>` (401
+   * otherwise), so REST can face the network for its user routes (escrows, wallet links). Unset: they are open,
+   * for a REST kept on an operators' network.
+   */
+  REST_OPERATOR_TOKEN: z.string().min(16, 'must be at least 16 characters (a secret)').optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** A running job whose node is silent this long is treated as lost. */
   JOB_HEARTBEAT_TIMEOUT_S: seconds.default(30),
@@ -183,7 +189,7 @@ export interface Config {
     readonly uiPort: number;
   };
   readonly grpc: { readonly host: string; readonly port: number };
-  readonly rest: { readonly host: string; readonly port: number };
+  readonly rest: { readonly host: string; readonly port: number; readonly operatorToken?: string };
   readonly logLevel: Env['LOG_LEVEL'];
   readonly jobs: {
     readonly heartbeatTimeoutMs: number;
@@ -291,7 +297,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       uiPort: e.TEMPORAL_UI_PORT,
     },
     grpc: { host: e.GRPC_HOST, port: e.GRPC_PORT },
-    rest: { host: e.REST_HOST, port: e.REST_PORT },
+    rest: { host: e.REST_HOST, port: e.REST_PORT, operatorToken: e.REST_OPERATOR_TOKEN },
     logLevel: e.LOG_LEVEL,
     jobs: {
       heartbeatTimeoutMs: e.JOB_HEARTBEAT_TIMEOUT_S * 1000,

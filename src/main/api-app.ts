@@ -170,6 +170,7 @@ export async function startApi(
   };
   const app = createRestApp({
     log,
+    operatorToken: config.rest.operatorToken,
     version: VERSION,
     startedAt: new Date(),
     checks: [

@@ -12,7 +12,8 @@ import { eventually, S, unfittable, type ProtocolClient } from './helpers';
  * §0): every service but node discovery, NotifyJobAccepted and health.
  */
 const SECRET = 'website-login-secret';
-const sys = useSystem({ name: 'auth', env: { AUTH_JWT_SECRET: SECRET } });
+const OPERATOR_TOKEN = 'operator-token-of-this-test';
+const sys = useSystem({ name: 'auth', env: { AUTH_JWT_SECRET: SECRET, REST_OPERATOR_TOKEN: OPERATOR_TOKEN } });
 
 const b64 = (v: object) => Buffer.from(JSON.stringify(v)).toString('base64url');
 function token(claims: object, secret = SECRET): string {
@@ -286,4 +287,18 @@ test('a user links a wallet by a signature of its key, and may then pay from it:
   } finally {
     reservations.close();
   }
+});
+
+test("REST's operator routes ask for the operator token; the health probe and the user routes do not", async () => {
+  const get = (path: string, authorization?: string) => fetch(`${sys().restUrl}${path}`, { headers: authorization ? { authorization } : {} });
+  for (const path of ['/api/stats', '/api/jobs', '/api/jobs/job-auth-token', '/api/jobs/job-auth-token/payments', '/api/nodes', '/api/nodes/node_auth_owned', '/api/reservations']) {
+    const refused = await get(path);
+    expect(refused.status).toBe(401);
+    expect(((await refused.json()) as { error: { message: string } }).error.message).toContain('operator token');
+    expect((await get(path, 'Bearer not-the-operator-token')).status).toBe(401);
+    expect((await get(path, `Bearer ${token({ sub: 'owner-1', exp: nowS() + 3600 })}`)).status).toBe(401); // a user's token is not the operator's
+    expect((await get(path, `Bearer ${OPERATOR_TOKEN}`)).status).toBe(200);
+  }
+  expect((await get('/api/health')).status).toBe(200);
+  expect((await get('/api/wallet-links')).status).toBe(401); // a user route: the user's token, as before
 });

@@ -64,6 +64,10 @@ describe('loadConfig', () => {
     expect(refused({ HEARTBEAT_FLUSH_MS: '2147483648' })).toEqual(['HEARTBEAT_FLUSH_MS: must be a whole number from 1 to 2147483647']);
     expect(refused({ RECONCILE_INTERVAL_S: '2147484' })).toEqual(['RECONCILE_INTERVAL_S: must be a whole number from 1 to 2147483']);
     expect(refused({ JOB_HEARTBEAT_TIMEOUT_S: '0' })).toEqual(['JOB_HEARTBEAT_TIMEOUT_S: must be a whole number from 1 to 2147483']);
+    // The operator token of REST: unset (open operator routes) or a secret.
+    expect(loadConfig({}).rest.operatorToken).toBeUndefined();
+    expect(loadConfig({ REST_OPERATOR_TOKEN: 'a-secret-of-16-chars' }).rest.operatorToken).toBe('a-secret-of-16-chars');
+    expect(refused({ REST_OPERATOR_TOKEN: 'short' })).toEqual(['REST_OPERATOR_TOKEN: must be at least 16 characters (a secret)']);
   });
 
   it('connects to Temporal with TLS when given a certificate, a CA or an API key, and wants a certificate and its key together', () => {

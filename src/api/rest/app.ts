@@ -1,6 +1,7 @@
+import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
-import { DomainError, NotFoundError, UnavailableError, ValidationError } from '../../domain/errors';
+import { DomainError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../../domain/errors';
 import { JOB_PHASES, phaseToStatusCode, type JobPhase } from '../../domain/job';
 import type { JobRow } from '../../db/jobs-repo';
 import type { NodeRow } from '../../db/nodes-repo';
@@ -69,6 +70,8 @@ export interface RestDeps {
   };
   version: string;
   startedAt: Date;
+  /** Set: the operator routes ask for `Authorization: Bearer <operatorToken>`. */
+  operatorToken?: string;
 }
 
 const jobJson = (j: Omit<JobRow, 'config'>) => ({
@@ -195,6 +198,17 @@ export function createRestApp(deps: RestDeps) {
       services,
     });
   });
+
+  // The operator routes: what every job, node and reservation is, configs included. With an operator token set,
+  // only its bearer may read them; the user routes (escrows, wallet links) and the health probe stay as they are.
+  const operatorOnly = (req: Request, _res: Response, next: NextFunction) => {
+    if (deps.operatorToken === undefined) return next();
+    const given = Buffer.from(/^Bearer\s+(.+)$/i.exec(req.get('authorization') ?? '')?.[1]?.trim() ?? '');
+    const wanted = Buffer.from(deps.operatorToken);
+    if (given.length === wanted.length && timingSafeEqual(given, wanted)) return next();
+    next(new UnauthenticatedError('authorization: the operator routes ask for the operator token (Bearer REST_OPERATOR_TOKEN)'));
+  };
+  app.use(['/api/stats', '/api/jobs', '/api/nodes', '/api/reservations'], operatorOnly);
 
   app.get('/api/stats', async (_req, res) => {
     res.json(await deps.stats());
