@@ -124,7 +124,9 @@ export function createDispatchActivities(deps: DispatchDeps) {
     clients.clear();
   }
 
-  return { activities: { dispatchToNode }, close, openClients: () => clients.size };
+  /** The endpoints with an open client, the least recently used first. */
+  const openClients = () => [...clients.keys()];
+  return { activities: { dispatchToNode }, close, openClients };
 }
 
 /**

@@ -1089,8 +1089,11 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       [row] = await rowsOf(input.potId, ['escrow']);
     }
     // A pot recorded under this id must be this one (an operator's reset of a reservation's workflow could ask
-    // for another pot under an id already funded): its amount, account and funder (the owner, or the payer).
-    const funder = row.fromAccount === input.owner || row.fromAccount === deps.payer?.publicKey.toBase58() ? row.fromAccount : input.owner;
+    // for another pot under an id already funded): its amount and account; and, while it is still to be paid,
+    // its funder (the owner, or the payer). A confirmed one keeps whoever paid it: the payer's key may have been
+    // rotated since, and the money is in the account.
+    const payer = deps.payer?.publicKey.toBase58();
+    const funder = row.state === 'confirmed' || row.fromAccount === input.owner || row.fromAccount === payer ? row.fromAccount : input.owner;
     expectEscrow(input.potId, row, { to: to.toBase58(), amount, atLeast: false, from: funder });
     if (row.state === 'confirmed') return { ...receipt(row), fundedBy: row.fromAccount };
     const fromPayer = deps.payer !== undefined && row.fromAccount === deps.payer.publicKey.toBase58() && row.fromAccount !== input.owner;

@@ -15,6 +15,12 @@ const whole = (min: number, max: number) =>
     .refine((v) => /^\d{1,16}$/.test(v) && Number(v) >= min && Number(v) <= max, `must be a whole number from ${min} to ${max}`)
     .transform(Number);
 const port = whole(0, 65535);
+const NOT_BLANK = 'must not be blank (unset it for the default)';
+/**
+ * Variables whose value set to nothing is refused rather than taken as unset: names and secrets whose default an
+ * operator who set them did not mean (a shared schedule's task queue, the public P2P secret, no authentication).
+ */
+const BLANK_REFUSED = new Set(['TEMPORAL_NAMESPACE', 'TEMPORAL_TASK_QUEUE', 'P2P_JWT_SECRET', 'AUTH_JWT_SECRET']);
 /** Milliseconds (a timer's delay), at least 1. */
 const millis = whole(1, MAX_TIMER_MS);
 /** Seconds that end up in a timer, at least 1. */
@@ -33,8 +39,8 @@ const schema = z.object({
   DATABASE_URL: optionalUrl,
   EMBEDDED_PG_PORT: port.default(54329),
   TEMPORAL_ADDRESS: optionalUrl,
-  TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
-  TEMPORAL_TASK_QUEUE: z.string().min(1).default('cyxwiz-jobs'),
+  TEMPORAL_NAMESPACE: z.string().trim().min(1, NOT_BLANK).default('default'),
+  TEMPORAL_TASK_QUEUE: z.string().trim().min(1, NOT_BLANK).default('cyxwiz-jobs'),
   /** TLS to the Temporal frontend (a production cluster, Temporal Cloud): on with any of the TLS files or an API key. */
   TEMPORAL_TLS: z.enum(['true', 'false']).optional(),
   /** PEM files: the client certificate and key (mTLS), and the server's CA when the system does not trust it. */
@@ -113,14 +119,14 @@ const schema = z.object({
    */
   RESERVATION_RELEASE_WAIT_MS: millis.default(25_000),
   /** HS256 secret of the P2P tokens nodes verify; must equal the nodes' --p2p-secret. */
-  P2P_JWT_SECRET: z.string().min(1).default(SHIPPING_NODE_P2P_SECRET),
+  P2P_JWT_SECRET: z.string().refine((v) => v.trim() !== '', NOT_BLANK).default(SHIPPING_NODE_P2P_SECRET),
   P2P_TOKEN_TTL_S: whole(1, 365 * 24 * 3600).default(3600),
   /**
    * HS256 secret of the users' bearer tokens (the CyxWiz website's login JWT). Set: every gRPC call but node
    * discovery, NotifyJobAccepted and health needs `authorization: Bearer <token>` (UNAUTHENTICATED otherwise), as
    * the original server required. Empty (the default, for the embedded setup): no authentication.
    */
-  AUTH_JWT_SECRET: z.string().default(''),
+  AUTH_JWT_SECRET: z.string().refine((v) => v === '' || v.trim() !== '', 'must not be only blanks (empty turns authentication off)').default(''),
   /**
    * `true`: a token past its `exp` is refused on the Engine's calls. `false` (the default): as the original
    * server, which never checked `exp`; the shipping Engine never refreshes its token and restores saved sessions,
@@ -255,8 +261,11 @@ export class ConfigError extends Error {
  * @throws ConfigError naming each invalid variable.
  */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  // A variable set to nothing (`FOO=` in an .env file or a compose file) is unset: its default applies.
-  const given = Object.fromEntries(Object.entries(env).filter(([, v]) => typeof v === 'string' && v.trim() !== ''));
+  // A variable set to nothing (`FOO=` in an .env file or a compose file) is unset: its default applies. Not one
+  // of BLANK_REFUSED, which is refused (but AUTH_JWT_SECRET= is its default all the same: authentication off).
+  const kept = ([k, v]: [string, string | undefined]) =>
+    typeof v === 'string' && (v.trim() !== '' || (BLANK_REFUSED.has(k) && !(k === 'AUTH_JWT_SECRET' && v === '')));
+  const given = Object.fromEntries(Object.entries(env).filter(kept));
   const parsed = schema.safeParse(given);
   if (!parsed.success) {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));

@@ -264,7 +264,8 @@ export async function activeJobsOnNodes(
  */
 export async function waitingJobsFor(db: DbOrTx, nodeIds: readonly string[], decimals: number): Promise<string[]> {
   if (nodeIds.length === 0) return [];
-  const rows = await waitingFor(db).execute({ nodeIds: [...nodeIds], decimals });
+  // Read no more than the most these nodes could want (2 × 64 GPUs a node): `wanted` trims it to their own.
+  const rows = await waitingFor(db).execute({ nodeIds: [...nodeIds], decimals, limit: Math.min(500, 128 * nodeIds.length) });
   const wanted = rows.length > 0 ? Number(rows[0].wanted) : 0;
   return rows.slice(0, wanted).map((r) => r.id);
 }
@@ -287,7 +288,7 @@ const waitingFor = preparedStatement((db) =>
         and not exists (select 1 from ${nodeClaims} held where held.job_id = ${jobs.id})`,
     )
     .orderBy(asc(jobs.priorityRank), asc(jobs.createdAt), asc(jobs.id))
-    .limit(500)
+    .limit(sql.placeholder('limit'))
     .prepare('jobs_waiting_for_nodes_by_capacity'),
 );
 

@@ -50,12 +50,14 @@ export function createNodeCache(deps: {
   let started = false;
 
   async function load(): Promise<void> {
-    // Changes are stamped by the database's clock as their statements run (migration 0022), so the watermark is
+    // Changes are stamped by the database's clock as their statements run (migration 0022), so their watermark is
     // taken from it too: a writer's skewed clock, or its wait for a connection, cannot put a change behind it.
-    // The overlap covers changes stamped before this read whose transactions commit after it.
+    // The overlap covers changes stamped before this read whose transactions commit after it. Heartbeats carry
+    // the API's clock (a missed one is made good by the node's next beat): theirs stays on this process's.
     const wall = Date.now();
     const [clock] = (await deps.db.execute<{ at: number }>(sql`select floor(extract(epoch from statement_timestamp()) * 1000)::float8 as at`)).rows;
     const began = new Date(Number(clock.at) - OVERLAP_MS);
+    const beatsBegan = new Date(wall - OVERLAP_MS);
     const first = loads === 0;
     const readBeats = !first && (wall - beatsReadAt >= livenessEvery || forceBeats);
     forceBeats = false;
@@ -129,7 +131,7 @@ export function createNodeCache(deps: {
     }
     since = began;
     if (first || readBeats) {
-      beatsSince = began;
+      beatsSince = beatsBegan;
       beatsReadAt = wall;
     }
     loads++;

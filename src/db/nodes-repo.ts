@@ -359,6 +359,16 @@ export async function recordReputationEvent(
   });
 }
 
+/** Whether the node has a reputation event of this kind citing this job (or reservation). */
+export async function hasReputationEvent(db: DbOrTx, nodeId: string, jobId: string, kind: ReputationEvent): Promise<boolean> {
+  const rows = await db
+    .select({ id: reputationEvents.id })
+    .from(reputationEvents)
+    .where(and(eq(reputationEvents.nodeId, nodeId), eq(reputationEvents.jobId, jobId), eq(reputationEvents.kind, kind)))
+    .limit(1);
+  return rows.length > 0;
+}
+
 /** The node's reputation history, newest first. */
 export async function reputationHistory(db: DbOrTx, nodeId: string, limit = 100) {
   return db.select().from(reputationEvents).where(eq(reputationEvents.nodeId, nodeId)).orderBy(desc(reputationEvents.at), desc(reputationEvents.id)).limit(limit);

@@ -185,14 +185,16 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
  */
 function clusterDir(dataDir: string, runAs: RunAs | undefined, relocate: string | undefined, log: InfraLogger | undefined): string {
   if (!runAs || !relocate) return dataDir;
+  const home = path.join(path.resolve(relocate), createHash('sha256').update(dataDir).digest('hex').slice(0, 16));
+  const moved = path.join(home, 'postgres');
+  // Once relocated, always there: the directory made reachable later (chmod) must not start an empty cluster.
+  if (fs.existsSync(path.join(moved, 'PG_VERSION'))) return moved;
   fs.mkdirSync(path.dirname(dataDir), { recursive: true });
   const blocked = unreachableAncestor(path.dirname(dataDir), runAs);
   if (!blocked) return dataDir;
-  const home = path.join(path.resolve(relocate), createHash('sha256').update(dataDir).digest('hex').slice(0, 16));
   fs.mkdirSync(home, { recursive: true });
   // Whatever the umask: the postgres user must pass through both (their parents are checked below).
   for (const d of [path.resolve(relocate), home]) fs.chmodSync(d, 0o755);
-  const moved = path.join(home, 'postgres');
   log?.(`the '${POSTGRES_OS_USER}' OS user cannot enter ${blocked}: the cluster for ${dataDir} lives in ${moved}`);
   return moved;
 }

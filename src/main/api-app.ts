@@ -1,3 +1,4 @@
+import { SendTransactionError, SolanaJSONRPCError } from '@solana/web3.js';
 import { Client, Connection } from '@temporalio/client';
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
@@ -54,13 +55,22 @@ function settlementRefusal(err: unknown, field: string, log: Logger): unknown {
   if (err instanceof DomainError) return err;
   if (!(err instanceof ApplicationFailure)) {
     // The RPC did not answer, or answered with an error of its own: the chain's to retry, not a server bug. Its
-    // detail (the provider's hosts and replies) goes to the log.
+    // detail (the provider's hosts and replies) goes to the log. Anything else (Postgres, a bug) is a 500.
+    if (!isRpcFailure(err)) return err;
     log.warn({ err }, 'escrow route: the chain call failed');
     return new UnavailableError('the Solana RPC did not answer or refused the call: ask again (it is safe)');
   }
   if (err.type === SettlementErrors.escrowRejected) return new ValidationError(field, err.message);
   if (err.nonRetryable) return new ConflictError(err.message);
   return new UnavailableError(`${err.message} (ask again: it is safe)`);
+}
+
+/** An error of the Solana RPC or of the way to it (web3.js's JSON-RPC errors, a refused send, the network). */
+function isRpcFailure(err: unknown): boolean {
+  if (err instanceof SolanaJSONRPCError || err instanceof SendTransactionError) return true;
+  const text = `${(err as Error | undefined)?.message ?? ''} ${String((err as { cause?: unknown } | undefined)?.cause ?? '')}`;
+  // web3.js reaches the RPC with fetch: its network failures say so ("fetch failed"); its own calls, "failed to get".
+  return /fetch failed|failed to get|Server responded with|timed out/i.test(text);
 }
 
 /** Composition root of the API process: gRPC for nodes and Engines, REST for operators. */

@@ -118,7 +118,10 @@ export async function startWorker(
     shutdownGraceTime: '60 seconds',
   });
 
-  const schedule = await ensureReconcileSchedule(client, config);
+  const schedule = await ensureReconcileSchedule(client, config, (err) =>
+    // The schedule exists and runs as it was: no reason to keep the worker from starting.
+    log.warn({ err, schedule: RECONCILE_SCHEDULE_ID }, 'could not bring the reconciliation schedule to this configuration'),
+  );
   if (schedule !== 'unchanged') log.info({ schedule: RECONCILE_SCHEDULE_ID, everyMs: config.chain.reconcileIntervalMs, taskQueue: config.temporal.taskQueue }, `reconciliation schedule ${schedule}`);
 
   const { sweep } = createOrphanSweep({ db: database.db, client, gateway, log, olderThanMs: ORPHAN_SWEEP_MS });
@@ -149,7 +152,12 @@ export async function startWorker(
  * schedule left on a task queue no worker polls any more would stop reconciling without a sign.
  * @returns what it did.
  */
-export async function ensureReconcileSchedule(client: TemporalClient, config: Config): Promise<'created' | 'updated' | 'unchanged'> {
+export async function ensureReconcileSchedule(
+  client: TemporalClient,
+  config: Config,
+  /** An existing schedule could not be read or updated (it runs as it was); unset: thrown. */
+  onUpdateError?: (err: unknown) => void,
+): Promise<'created' | 'updated' | 'unchanged' | 'kept'> {
   const every = config.chain.reconcileIntervalMs;
   const taskQueue = config.temporal.taskQueue;
   try {
@@ -163,10 +171,16 @@ export async function ensureReconcileSchedule(client: TemporalClient, config: Co
   } catch (err) {
     if (!(err instanceof ScheduleAlreadyRunning)) throw err;
   }
-  const handle = client.schedule.getHandle(RECONCILE_SCHEDULE_ID);
-  const current = await handle.describe();
-  const intervals = current.spec.intervals ?? [];
-  if (intervals.length === 1 && intervals[0].every === every && current.action.taskQueue === taskQueue) return 'unchanged';
-  await handle.update((prev) => ({ ...prev, spec: { ...prev.spec, intervals: [{ every }] }, action: { ...prev.action, taskQueue } }));
-  return 'updated';
+  try {
+    const handle = client.schedule.getHandle(RECONCILE_SCHEDULE_ID);
+    const current = await handle.describe();
+    const intervals = current.spec.intervals ?? [];
+    if (intervals.length === 1 && intervals[0].every === every && current.action.taskQueue === taskQueue) return 'unchanged';
+    await handle.update((prev) => ({ ...prev, spec: { ...prev.spec, intervals: [{ every }] }, action: { ...prev.action, taskQueue } }));
+    return 'updated';
+  } catch (err) {
+    if (!onUpdateError) throw err;
+    onUpdateError(err);
+    return 'kept';
+  }
 }

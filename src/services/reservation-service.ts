@@ -413,8 +413,10 @@ export function createReservationService(deps: ReservationServiceDeps) {
     // Started: its escrow was confirmed (a reservation whose escrow was refused, or withdrawn before it landed,
     // never ran a job, and its node's reputation must not gain from one).
     if (r.status === 'pending' || !r.startAt || !r.escrowAccount) throw new ConflictError(`reservation ${r.id} never started`);
-    // A node lost mid-reservation lost its jobs with it: a late report of one counts nothing.
-    if (r.status === 'failed') throw new GoneError(`reservation ${r.id} ended with its node lost: a late report of its jobs is not counted`);
+    // A node lost mid-reservation lost its jobs with it: a late report of one counts nothing, also while the
+    // reservation is still being settled (its loss is recorded as it starts).
+    const lost = r.status === 'failed' || (r.status === 'completing' && (await nodesRepo.hasReputationEvent(db, r.nodeId, r.id, 'node_lost')));
+    if (lost) throw new GoneError(`reservation ${r.id} ended with its node lost: a late report of its jobs is not counted`);
     const kind = req.success ? 'job_completed' : 'job_failed';
     // The reputation event is the evidence, one per reservation and outcome: a repeated report finds it and
     // counts nothing again, and job ids (the node's to choose) cannot move the score more than that.

@@ -170,6 +170,15 @@ describe('embedded Postgres', () => {
     } finally {
       await second.stop();
     }
+    // Made reachable later (chmod), it stays relocated: the next start must not begin an empty cluster.
+    fs.chmodSync(closed, 0o755);
+    const fourth = await startEmbeddedPostgres({ dataDir, port, database: 'moved', fast: true, relocateWhenUnreachable: relocate });
+    try {
+      expect(fourth.dataDir).toBe(first.dataDir);
+      expect(await query(fourth.url, 'SELECT n FROM kept')).toEqual([{ n: 7 }]);
+    } finally {
+      await fourth.stop();
+    }
     // A reachable one stays where it is.
     const open = path.join(dir, 'open', 'postgres');
     const third = await startEmbeddedPostgres({ dataDir: open, port, database: 'here', fast: true, relocateWhenUnreachable: relocate });

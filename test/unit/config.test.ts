@@ -40,14 +40,6 @@ describe('loadConfig', () => {
   });
 
   it('reads a variable set to nothing as unset (its default), and numbers only as decimal digits within bounds', () => {
-    const blank = loadConfig({ GRPC_PORT: '', REST_PORT: ' ', NEW_NODES_PER_MINUTE: '', PLATFORM_FEE_BPS: '', TOKEN_DECIMALS: '', TEMPORAL_TLS: '', P2P_JWT_SECRET: '' });
-    expect(blank.grpc.port).toBe(50051);
-    expect(blank.rest.port).toBe(8080);
-    expect(blank.nodes.newNodesPerMinute).toBe(60);
-    expect(blank.payments).toEqual({ platformFeeBps: 1000, tokenDecimals: 9 });
-    expect(blank.temporal.tls).toBe(false);
-    expect(blank.p2p.secret).toBe(SHIPPING_NODE_P2P_SECRET);
-    expect(loadConfig({ GRPC_PORT: ' 50052 ' }).grpc.port).toBe(50052);
     const refused = (env: Record<string, string>) => {
       try {
         loadConfig(env);
@@ -56,6 +48,20 @@ describe('loadConfig', () => {
       }
       throw new Error(`accepted ${JSON.stringify(env)}`);
     };
+    const blank = loadConfig({ GRPC_PORT: '', REST_PORT: ' ', NEW_NODES_PER_MINUTE: '', PLATFORM_FEE_BPS: '', TOKEN_DECIMALS: '', TEMPORAL_TLS: '' });
+    expect(blank.grpc.port).toBe(50051);
+    expect(blank.rest.port).toBe(8080);
+    expect(blank.nodes.newNodesPerMinute).toBe(60);
+    expect(blank.payments).toEqual({ platformFeeBps: 1000, tokenDecimals: 9 });
+    expect(blank.temporal.tls).toBe(false);
+    // Except names and secrets whose default an operator who set them did not mean.
+    for (const name of ['TEMPORAL_NAMESPACE', 'TEMPORAL_TASK_QUEUE', 'P2P_JWT_SECRET']) {
+      expect(refused({ [name]: '' })).toEqual([`${name}: must not be blank (unset it for the default)`]);
+      expect(refused({ [name]: '  ' })).toEqual([`${name}: must not be blank (unset it for the default)`]);
+    }
+    expect(loadConfig({ AUTH_JWT_SECRET: '' }).authJwtSecret).toBe('');
+    expect(refused({ AUTH_JWT_SECRET: '   ' })).toEqual(['AUTH_JWT_SECRET: must not be only blanks (empty turns authentication off)']);
+    expect(loadConfig({ GRPC_PORT: ' 50052 ' }).grpc.port).toBe(50052);
     for (const bad of ['0x1F90', '1e3', '-1', '2.5', '80 80', '99999999999999999999']) {
       expect(refused({ REST_PORT: bad })).toEqual(['REST_PORT: must be a whole number from 0 to 65535']);
     }

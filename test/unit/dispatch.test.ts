@@ -12,14 +12,19 @@ describe('dispatchToNode', () => {
     const dispatch = createDispatchActivities({ timeoutMs: 2000, tokenDecimals: 9, maxNodeClients: 2 });
     try {
       // Nothing listens on these ports: each offer fails fast as unreachable (retryable), and its client stays.
-      for (const port of [1, 2, 3, 4, 1]) {
-        await expect(dispatch.activities.dispatchToNode({ jobId: 'j1', nodeId: `n${port}`, assignEndpoint: `127.0.0.1:${port}`, spec })).rejects.toThrow(/unreachable at 127\.0\.0\.1:/);
-        expect(dispatch.openClients()).toBeLessThanOrEqual(2);
-      }
-      expect(dispatch.openClients()).toBe(2);
+      const offer = (port: number) =>
+        expect(dispatch.activities.dispatchToNode({ jobId: 'j1', nodeId: `n${port}`, assignEndpoint: `127.0.0.1:${port}`, spec })).rejects.toThrow(/unreachable at 127\.0\.0\.1:/);
+      await offer(1);
+      await offer(2);
+      expect(dispatch.openClients()).toEqual(['127.0.0.1:1', '127.0.0.1:2']);
+      await offer(1); // used again: now the most recent
+      await offer(3); // the least recently used (2) goes
+      expect(dispatch.openClients()).toEqual(['127.0.0.1:1', '127.0.0.1:3']);
+      await offer(4);
+      expect(dispatch.openClients()).toEqual(['127.0.0.1:3', '127.0.0.1:4']);
     } finally {
       dispatch.close();
     }
-    expect(dispatch.openClients()).toBe(0);
+    expect(dispatch.openClients()).toEqual([]);
   });
 });
