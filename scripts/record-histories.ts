@@ -18,7 +18,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { ensureTemporalCli } from '../src/infra/temporal-cli';
 import { PaymentFailures } from '../src/domain/payments';
-import { acceptedUpdate, cancelUpdate, completeUpdate, progressSignal, walletRegisteredSignal } from '../src/workflows/messages';
+import { acceptedUpdate, cancelUpdate, completeUpdate, nodesChangedSignal, progressSignal, walletRegisteredSignal } from '../src/workflows/messages';
 import {
   createJobTestEnv,
   createJobWorker,
@@ -152,6 +152,30 @@ const scenarios: Record<string, Scenario> = {
       await waitUntil(() => cluster.releaseOutcomes.length === 2, 10_000, 'the second (still owed) release');
       cluster.registerWallet('node-a');
       await handle.signal(walletRegisteredSignal);
+    },
+  },
+  /**
+   * Queued; node-slow comes and answers every offer after the offer's activity gave up (each try's record lands
+   * late): the job is recorded back in the queue, the node told to stop; node-a comes and completes it.
+   */
+  'offer-unknown': {
+    nodes: [],
+    options: { requeueIntervalMs: 60_000 },
+    async drive({ env, handle, jobId, cluster }) {
+      await waitForStatus(handle, (v) => v.phase === 'queued');
+      cluster.register('node-slow', 'slow');
+      await handle.signal(nodesChangedSignal);
+      await waitUntil(() => cluster.transitions.some((t) => t.to === 'queued' && t.cancelOnNode === 'node-slow'), 15_000, 'the job back in the queue');
+      cluster.register('node-a');
+      await handle.signal(nodesChangedSignal);
+      await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
+      } finally {
+        alive.stop();
+      }
     },
   },
   /** The payer has no funds: the escrow is refused for good → failed (402), never matched. */

@@ -112,8 +112,10 @@ export interface Transition {
 
 /**
  * Appends a job event and applies the state change to the job row, atomically and exactly once per seq, in one
- * statement (one round trip): the row changes only when the event row was inserted by this call.
- * @returns whether this call applied it (false: an earlier try already did).
+ * statement (one round trip): the row changes only when the event row was inserted by this call, and only
+ * forward (a record that lands after a later one, from an activity attempt that went on after it was given up,
+ * stays in the history but does not set the row back).
+ * @returns whether this call applied it (false: an earlier try already did, or a later record is in).
  */
 export async function recordTransition(db: DbOrTx, t: Transition): Promise<boolean> {
   const now = new Date();
@@ -153,7 +155,7 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
       values (${t.jobId}, ${t.seq}, ${t.from}, ${t.to}, ${t.reason}, ${t.actor}, ${t.nodeId ?? null}, ${t.attempt}, ${JSON.stringify(t.data ?? {})}::jsonb)
       on conflict do nothing returning job_id
     ), u as (
-      update jobs set ${sql.join(sets, sql`, `)} where id = (select job_id from e) returning id
+      update jobs set ${sql.join(sets, sql`, `)} where id = (select job_id from e) and event_seq < ${t.seq} returning id
     )${cancel}${unclaim}
     select id, pg_notify(${JOB_CHANGES_CHANNEL}, id) from u`);
   return result.rows.length > 0;

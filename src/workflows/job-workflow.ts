@@ -173,6 +173,13 @@ const JOB_WORKFLOW_V3 = 'job-workflow-v3';
  * new one on the job.
  */
 const JOB_WORKFLOW_V4 = 'job-workflow-v4';
+/**
+ * Patch: the workflow as of this version, the one marker a run records (in place of v4's, whose behaviour it
+ * has). An offer whose outcome is unknown (its activity gave up while the node may have accepted and its
+ * assignment been recorded) is recorded back in the queue, the node told to stop the job: before, a job that was
+ * queued already stayed shown as assigned to that node.
+ */
+const JOB_WORKFLOW_V5 = 'job-workflow-v5';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -184,7 +191,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   // Asked once, first thing in a run: a patch asked right after local activities return could be answered
   // differently on replay when a workflow task ended between their start and their markers.
   // Runs of v3 ask no earlier patch (they have all of them); runs recorded before it find their own markers.
-  const v4 = patched(JOB_WORKFLOW_V4);
+  const v5 = patched(JOB_WORKFLOW_V5);
+  const v4 = v5 || patched(JOB_WORKFLOW_V4);
   const v3 = v4 || patched(JOB_WORKFLOW_V3);
   const assignInOneActivity = v3 || patched(ASSIGN_IN_ONE_ACTIVITY);
   // The per-attempt timer for nodes that never report: also gated by the patch, so a job started with the option
@@ -398,7 +406,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         const extra = { assignedNodeId: node.nodeId, attempts: attempt, data: { endpoint: node.endpoint, match: match.explanation, refusedBy: s.refusedNodes } };
         // Offer and record in one local activity (runs started before this patch offer, then record).
         const assigned = assignInOneActivity ? nextTransition('assigned', reason, 'workflow', extra, attempt, node.nodeId) : undefined;
-        const refusal = await offer(node, assigned);
+        const offered = await offer(node, assigned);
+        const refusal = offered?.why;
         if (!refusal) {
           s.attempt = attempt;
           givingUpAttempt = false;
@@ -418,6 +427,10 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         }
         // The offer's local activity may have recorded `assigned` before it failed: never reuse that number.
         if (assigned) s.seq = Math.max(s.seq, assigned.seq);
+        if (assigned && offered?.unknown && v5) {
+          // Maybe taken by the node and recorded: not where the job is. Its record says so, and the node is told.
+          await transition('queued', `${refusal}; not assigned to it`, 'workflow', { assignedNodeId: null, cancelOnNode: node.nodeId });
+        }
         await registry.releaseNode({ jobId });
         unassignedClaim = false;
         s.refusedNodes.push(match.node.nodeId);
@@ -460,15 +473,18 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     return match;
   }
 
-  /** Offers the job to the node (and records `assigned` with it when given). @returns why the node did not take it. */
-  async function offer(node: MatchedNode, assigned?: Transition): Promise<string | undefined> {
+  /**
+   * Offers the job to the node (and records `assigned` with it when given). @returns why the node did not take it,
+   * and whether that is unknown (the activity gave up: the node may have taken it after all).
+   */
+  async function offer(node: MatchedNode, assigned?: Transition): Promise<{ why: string; unknown: boolean } | undefined> {
     try {
       const input = { jobId, nodeId: node.nodeId, assignEndpoint: node.assignEndpoint, spec };
       const result = assigned ? await dispatch.assignToNode({ ...input, assigned }) : await dispatch.dispatchToNode(input);
-      return result.accepted ? undefined : `node ${node.nodeId} refused: ${result.reason}`;
+      return result.accepted ? undefined : { why: `node ${node.nodeId} refused: ${result.reason}`, unknown: false };
     } catch (err) {
       const cause = activityCause(err);
-      if (cause) return `node ${node.nodeId} unreachable: ${cause.message}`;
+      if (cause) return { why: `node ${node.nodeId} unreachable: ${cause.message}`, unknown: true };
       throw err;
     }
   }

@@ -646,6 +646,12 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect((await jobsRepo.getJob(database.db, 'waiting'))!.metrics).toEqual(names(100));
     await jobsRepo.recordTransition(database.db, { ...t, seq: 2, from: 'assigned', to: 'queued', assignedNodeId: null });
     expect((await jobsRepo.getJob(database.db, 'waiting'))).toMatchObject({ status: 'queued', progress: 0, currentEpoch: 0, metrics: {} });
+    // A record that lands after a later one (an activity attempt that went on after it was given up) joins the
+    // history but does not set the row back.
+    await jobsRepo.recordTransition(database.db, { ...t, seq: 4, from: 'queued', to: 'queued', reason: 'back in the queue', assignedNodeId: null });
+    expect(await jobsRepo.recordTransition(database.db, { ...t, seq: 3, from: 'queued', to: 'assigned', assignedNodeId: 'late' })).toBe(false);
+    expect((await jobsRepo.getJob(database.db, 'waiting'))).toMatchObject({ status: 'queued', assignedNodeId: null, eventSeq: 4 });
+    expect((await database.db.select().from(jobEvents).where(eq(jobEvents.jobId, 'waiting'))).map((e) => e.seq).sort()).toEqual([1, 2, 3, 4]);
   });
 
   async function job(id: string, over: Partial<typeof jobs.$inferInsert> = {}) {

@@ -44,6 +44,7 @@ test('the recorded scenarios are all there', () => {
     'failed.json',
     'happy.json',
     'node-lost-reassigned.json',
+    'offer-unknown.json',
     'owed-why.json',
     'owed.json',
     'unreported-end.json',

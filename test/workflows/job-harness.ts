@@ -74,8 +74,12 @@ export class Gate {
   }
 }
 
-/** What dispatchToNode does for a node. */
-export type DispatchBehaviour = 'accept' | 'refuse';
+/**
+ * What dispatchToNode does for a node: `slow` accepts after SLOW_DISPATCH_MS, longer than the offer's activity
+ * waits with the harness's options (the activity attempt gives up and goes on in the background).
+ */
+export type DispatchBehaviour = 'accept' | 'refuse' | 'slow';
+export const SLOW_DISPATCH_MS = 3500;
 
 /** The non-retryable refusals of the escrow the fake can play (src/domain/payments.ts). */
 export type EscrowRefusalType = typeof PaymentFailures.insufficientFunds | typeof PaymentFailures.escrowRejected;
@@ -277,6 +281,7 @@ export class FakeCluster {
     dispatchToNode: async (input: DispatchInput): Promise<DispatchResult> => {
       this.dispatchCalls.push(structuredClone(input));
       if (this.dispatchBehaviour.get(input.nodeId) === 'refuse') return { accepted: false, reason: 'busy with another job', code: 409 };
+      if (this.dispatchBehaviour.get(input.nodeId) === 'slow') await new Promise((r) => setTimeout(r, SLOW_DISPATCH_MS));
       return { accepted: true };
     },
     // The production composition over the two fakes above.

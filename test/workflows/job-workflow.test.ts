@@ -606,6 +606,29 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('an offer whose activity gives up while the node takes the job after all: recorded back in the queue, the node told to stop, the late assignment record not shown', async () => {
+    const cluster = new FakeCluster([]);
+    const jobId = newJobId('offer-unknown');
+    const options = { ...FAST_OPTIONS, requeueIntervalMs: 60_000 };
+
+    await withWorker('offer-unknown', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'queued');
+      // A node that answers later than the offer waits (both tries): each try's record lands after it gave up.
+      cluster.register('node-slow', 'slow');
+      await handle.signal(nodesChangedSignal);
+      await waitUntil(() => cluster.dispatchCalls.length === 2, 10_000, 'the second try of the offer');
+      const backInQueue = () => cluster.transitions.find((t) => t.to === 'queued' && t.cancelOnNode === 'node-slow');
+      await waitUntil(() => backInQueue() !== undefined, 10_000, 'the job recorded back in the queue');
+      const requeued = backInQueue()!;
+      expect(requeued).toMatchObject({ from: 'queued', assignedNodeId: null, reason: expect.stringContaining('node node-slow unreachable') });
+      const assigned = cluster.transitions.find((t) => t.to === 'assigned')!;
+      expect(requeued.seq).toBeGreaterThan(assigned.seq); // the row shows the later record: queued
+      expect((await handle.query(jobStatusQuery)).phase).toBe('queued');
+      await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+    });
+  });
+
   test('a wake-up while the escrow is on its way, after the first match found nothing, is not lost: the job looks again at once', async () => {
     const cluster = new FakeCluster([]);
     cluster.escrowGate = new Gate();
