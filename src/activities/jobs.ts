@@ -97,19 +97,8 @@ export function createJobActivities(deps: JobActivityDeps) {
     const fresh = !deps.nodes.loaded();
     if (fresh) await deps.nodes.refresh();
     // A retry of a match that already claimed a node (the activity died after the claim) gets that node.
-    const held = await heldClaim(deps.db, input.jobId);
-    if (held && input.excludeNodeIds.includes(held)) await releaseClaims(deps.db, input.jobId);
-    else if (held) {
-      const node = await nodesRepo.getNode(deps.db, held);
-      if (node) {
-        // Explained as ranked now (the first try's ranking died with it).
-        const ranking = rank(input);
-        return {
-          node: { nodeId: node.id, endpoint: `${node.ipAddress}:${node.port}`, assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}` },
-          explanation: { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers: [] },
-        };
-      }
-    }
+    const held = await heldMatch(input, true);
+    if (held) return held;
     let attempt = await rankAndClaim(input);
     let queuePosition: number | undefined;
     if (!attempt.node) {
@@ -121,10 +110,36 @@ export function createJobActivities(deps: JobActivityDeps) {
         attempt = await rankAndClaim(input);
       }
     }
+    if (!attempt.node) {
+      // A job claims one node at a time (claim_node): an earlier try of this match that ran on past its timeout
+      // may hold one now, and every claim here was refused for it. That node is this job's.
+      const late = await heldMatch(input, false);
+      if (late) return late;
+    }
     const { node, ranking, claimedByOthers } = attempt;
     const explanation: MatchExplanation = { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers };
     if (!node) explanation.queuePosition = queuePosition;
     return { node, explanation };
+  }
+
+  /**
+   * The node the job holds a claim on, as this match's answer (explained as ranked now: the try that claimed it
+   * took its ranking with it). A claim on a node the job must not use is given back (`releaseExcluded`).
+   */
+  async function heldMatch(input: MatchInput, releaseExcluded: boolean): Promise<MatchResult | undefined> {
+    const held = await heldClaim(deps.db, input.jobId);
+    if (!held) return undefined;
+    if (input.excludeNodeIds.includes(held)) {
+      if (releaseExcluded) await releaseClaims(deps.db, input.jobId);
+      return undefined;
+    }
+    const node = await nodesRepo.getNode(deps.db, held);
+    if (!node) return undefined;
+    const ranking = rank(input);
+    return {
+      node: { nodeId: node.id, endpoint: `${node.ipAddress}:${node.port}`, assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}` },
+      explanation: { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers: [] },
+    };
   }
 
   /** Ranks the cached nodes and claims the first of the best CLAIM_TRIES that takes the job. */

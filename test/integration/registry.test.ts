@@ -840,6 +840,30 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await database.db.update(nodes).set({ bannedUntil: null }).where(eq(nodes.id, 'big'));
   });
 
+  it('gives a job capacity on one node at a time: a second try of its match, claiming another node, is refused and answered with the node it holds', async () => {
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(inArray(jobs.status, ['pending', 'queued', 'assigned']));
+    await database.db.delete(nodeClaims);
+    const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
+    const acts = jobActivities(cache);
+    await job('one-node');
+    // An earlier try of the match that ran on past its timeout claimed 'small' (it fits no 4 GiB job, but the
+    // claim is what is held); this try ranks 'big' first.
+    expect(await claimNode(database.db, 'one-node', 'small', 9)).toBe(true);
+    expect(await claimNode(database.db, 'one-node', 'big', 9)).toBe(false);
+    expect(await claimNode(database.db, 'one-node', 'small', 9)).toBe(true); // the same node again: still its
+    // Two claims of one job for two nodes at once: one wins, not both.
+    await database.db.delete(nodeClaims);
+    const both = await Promise.all([claimNode(database.db, 'one-node', 'big', 9), claimNode(database.db, 'one-node', 'small', 9)]);
+    expect(both.filter(Boolean)).toHaveLength(1);
+    const held = (await database.db.select().from(nodeClaims).where(eq(nodeClaims.jobId, 'one-node'))).map((c) => c.nodeId);
+    expect(held).toHaveLength(1);
+    // A match of the job answers with the node it holds.
+    const m = await acts.matchNode({ jobId: 'one-node', requiredDevice: 'CUDA', estimatedMemory: 4 * GiB, excludeNodeIds: [] });
+    expect(m.node?.nodeId).toBe(held[0]);
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(eq(jobs.id, 'one-node'));
+    await database.db.delete(nodeClaims);
+  });
+
   it('costs a job without an estimated duration at the 10-minute minimum, in matching and in claim_node', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
     const acts = jobActivities(cache);
