@@ -1,4 +1,4 @@
-import { CompleteAsyncError } from '@temporalio/activity';
+import { CompleteAsyncError, Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
@@ -7,6 +7,12 @@ import type { DeviceType } from '../domain/job';
 import { excusedIfBeatAfter, failureKind } from '../domain/reputation';
 import { rankCandidates, type Ranked, type Rejected } from '../domain/scoring';
 import { claimNode, heldClaim, markWaiting, releaseClaims, type NodeCache } from '../db/node-cache';
+
+/** A relay marked within this long is up (the hubs mark at every flush, every second by default). */
+const RELAY_FRESH_MS = 5000;
+/** How long confirmNodeLost waits for the heartbeat relay to come back before it calls the node lost. */
+export const LOSS_CONFIRM_MAX_WAIT_MS = 15 * 60_000;
+const LOSS_CONFIRM_POLL_MS = 1000;
 
 export interface JobActivityDeps {
   db: Db;
@@ -209,5 +215,52 @@ export function createJobActivities(deps: JobActivityDeps) {
     });
   }
 
-  return { recordTransition, matchNode, releaseNode, watchNode, recordNodeOutcome };
+  /**
+   * Whether a node whose watch lapsed (silent for `silentForMs`, as far as Temporal heard) is lost. The watch hears
+   * the node only through the API's heartbeat relay: a lapse while the relay was down (an API restart, a Temporal
+   * or Postgres outage) says nothing about the node. So it is alive when its heartbeats reached Postgres within
+   * `silentForMs`; lost once the relays have been up without a gap for twice that (time for nodes to reconnect and
+   * beat) and it has not beaten; until then this waits (heartbeating), at most LOSS_CONFIRM_MAX_WAIT_MS.
+   */
+  async function confirmNodeLost(input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string }> {
+    const ctx = Context.current();
+    const started = Date.now();
+    let lastError = '';
+    for (;;) {
+      ctx.heartbeat();
+      try {
+        const node = await nodesRepo.getNode(deps.db, input.nodeId);
+        if (!node) return { lost: true, why: 'its record is gone' };
+        const at = Date.now();
+        if (node.lastHeartbeat.getTime() > at - input.silentForMs) {
+          return { lost: false, why: `its heartbeats reached the server until ${node.lastHeartbeat.toISOString()}: the relay to its watch lapsed, not the node` };
+        }
+        if ((await nodesRepo.relaysUpForMs(deps.db, RELAY_FRESH_MS)) >= 2 * input.silentForMs) return { lost: true, why: '' };
+      } catch (err) {
+        lastError = `; last error: ${(err as Error).message}`; // Postgres away: the relay cannot be either
+      }
+      if (Date.now() - started >= LOSS_CONFIRM_MAX_WAIT_MS) {
+        return { lost: true, why: `the server's heartbeat relay was not back within ${LOSS_CONFIRM_MAX_WAIT_MS / 60_000} min${lastError}` };
+      }
+      await ctx.sleep(LOSS_CONFIRM_POLL_MS);
+    }
+  }
+
+  /**
+   * After an offer that failed: when its `assigned` record is on the job's row all the same (the offer's activity
+   * gave up while the node took the job and the record landed late), records the job back as the workflow has it
+   * (`back`, under the next number), the node told to stop it. Nothing otherwise: a refusal or an unreachable node
+   * leaves no trace. @returns whether it recorded.
+   */
+  async function withdrawAssignment(input: { assigned: jobsRepo.Transition; back: jobsRepo.Transition }): Promise<boolean> {
+    const job = await jobsRepo.getJob(deps.db, input.assigned.jobId);
+    if (!job || job.eventSeq !== input.assigned.seq || job.status !== 'assigned' || job.assignedNodeId !== input.assigned.assignedNodeId) return false;
+    try {
+      return await jobsRepo.recordTransition(deps.db, input.back);
+    } catch (err) {
+      throw permanentIfBadData(err);
+    }
+  }
+
+  return { recordTransition, matchNode, releaseNode, watchNode, recordNodeOutcome, confirmNodeLost, withdrawAssignment };
 }

@@ -110,6 +110,11 @@ export interface Transition {
   excludeNode?: string;
 }
 
+/** A job event's reason is at most this long (what a node said is quoted in it). */
+const MAX_REASON_CHARS = 4000;
+/** Text Postgres stores: without NUL characters. */
+const storable = (text: string) => text.replace(/\u0000/g, '');
+
 /**
  * Appends a job event and applies the state change to the job row, atomically and exactly once per seq, in one
  * statement (one round trip): the row changes only when the event row was inserted by this call, and only
@@ -117,7 +122,11 @@ export interface Transition {
  * stays in the history but does not set the row back).
  * @returns whether this call applied it (false: an earlier try already did, or a later record is in).
  */
-export async function recordTransition(db: DbOrTx, t: Transition): Promise<boolean> {
+export async function recordTransition(db: DbOrTx, given: Transition): Promise<boolean> {
+  // Reasons quote what nodes say (a refusal, a gRPC status message): Postgres text takes no NUL, and one in a
+  // reason must not fail the job's bookkeeping for good. Bounded too.
+  const t = { ...given, reason: storable(given.reason).slice(0, MAX_REASON_CHARS) };
+  const data = JSON.stringify(t.data ?? {}, (_key, value: unknown) => (typeof value === 'string' ? storable(value) : value));
   const now = new Date();
   // Hand-written rather than built from query builders: three of these run per job, and building the
   // statement cost more CPU than running it.
@@ -148,11 +157,14 @@ export async function recordTransition(db: DbOrTx, t: Transition): Promise<boole
   const unclaim = t.ended ? sql`, d as (delete from node_claims where job_id = (select job_id from e))` : sql``;
   const cancel = t.cancelOnNode
     ? sql`, c as (insert into node_job_cancels (node_id, job_id, reason) select ${t.cancelOnNode}::text, job_id, ${t.reason}::text from e on conflict do nothing)`
-    : sql``;
+    : t.to === 'assigned' && t.assignedNodeId
+      ? // Assigned to a node told earlier to stop it (an offer whose outcome was unknown): the order is void.
+        sql`, c as (delete from node_job_cancels where node_id = ${t.assignedNodeId}::text and job_id = (select job_id from e))`
+      : sql``;
   const result = await db.execute<{ id: string }>(sql`
     with e as (
       insert into job_events (job_id, seq, from_status, to_status, reason, actor, node_id, attempt, data)
-      values (${t.jobId}, ${t.seq}, ${t.from}, ${t.to}, ${t.reason}, ${t.actor}, ${t.nodeId ?? null}, ${t.attempt}, ${JSON.stringify(t.data ?? {})}::jsonb)
+      values (${t.jobId}, ${t.seq}, ${t.from}, ${t.to}, ${t.reason}, ${t.actor}, ${t.nodeId ?? null}, ${t.attempt}, ${data}::jsonb)
       on conflict do nothing returning job_id
     ), u as (
       update jobs set ${sql.join(sets, sql`, `)} where id = (select job_id from e) and event_seq < ${t.seq} returning id

@@ -472,3 +472,33 @@ export async function listNodes(db: DbOrTx, limit: number, offset: number) {
   ]);
   return { rows, total };
 }
+
+/**
+ * Marks the heartbeat relay `id` (one API process's hub) alive now, by the database's clock. A mark more than
+ * `gapMs` after its last one starts its uptime anew: the relay was down (or could not reach Postgres) meanwhile.
+ */
+export async function markRelay(db: DbOrTx, id: string, gapMs: number): Promise<void> {
+  await db.execute(sql`
+    insert into heartbeat_relays (id, up_since, at) values (${id}, clock_timestamp(), clock_timestamp())
+    on conflict (id) do update set
+      up_since = case when heartbeat_relays.at < clock_timestamp() - ${gapMs}::int * interval '1 millisecond'
+                      then clock_timestamp() else heartbeat_relays.up_since end,
+      at = clock_timestamp()`);
+}
+
+/**
+ * How long the heartbeat relays have all been up without a gap, in ms: counted from the latest start among those
+ * marked within `freshMs` (a relay that started or came back lately may not have passed every node's beats on
+ * yet). 0 when none is marked within `freshMs`.
+ */
+export async function relaysUpForMs(db: DbOrTx, freshMs: number): Promise<number> {
+  const result = await db.execute<{ up_for: number | null }>(sql`
+    select floor(extract(epoch from clock_timestamp() - max(up_since)) * 1000)::float8 as up_for
+      from heartbeat_relays where at > clock_timestamp() - ${freshMs}::int * interval '1 millisecond'`);
+  return Math.max(0, Number(result.rows[0]?.up_for ?? 0));
+}
+
+/** Forgets relays not marked since `before` (API processes gone). */
+export async function pruneRelays(db: DbOrTx, before: Date): Promise<void> {
+  await db.execute(sql`delete from heartbeat_relays where at < ${before.toISOString()}::timestamptz`);
+}

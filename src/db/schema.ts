@@ -415,3 +415,16 @@ export const reservationJobs = pgTable(
   },
   (t) => [primaryKey({ columns: [t.reservationId, t.jobId] })],
 );
+
+/**
+ * The heartbeat relays: each API process's heartbeat hub, marked alive at every flush (database time). A node
+ * whose watch lapsed is judged lost only once the relays have been up, without a gap, for as long as a node may
+ * be silent: a watch that lapsed because the relay itself was down (an API restart, a Temporal or Postgres
+ * outage) says nothing about the node.
+ */
+export const heartbeatRelays = pgTable('heartbeat_relays', {
+  id: text('id').primaryKey(),
+  /** When this process's relay started, or came back after a gap in its marks. */
+  upSince: ts('up_since').notNull().defaultNow(),
+  at: ts('at').notNull().defaultNow(),
+});

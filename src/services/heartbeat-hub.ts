@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { isIPv6 } from 'node:net';
 import type { Db } from '../db/client';
 import { TooManyRequestsError } from '../domain/errors';
@@ -111,6 +112,10 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   const heldByNode = new Map<string, HeldJob[]>();
   let lastHousekeeping = 0;
   let lastNodePrune = 0;
+  /** This process's heartbeat relay, marked alive at every flush (see nodesRepo.markRelay). */
+  const relayId = `relay-${randomUUID()}`;
+  /** Marks further apart than this mean the relay was down in between (a few missed flushes). */
+  const relayGapMs = Math.max(5000, 3 * deps.flushMs);
   /** Since when every flush has written its beats (undefined after a failure, until the next success). */
   let writingSince: number | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -226,6 +231,8 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
       writingSince ??= at.getTime();
     }
     cancelOrders = await nodesRepo.pendingCancels(db);
+    // Alive: this flush wrote its beats (a flush whose write failed threw above, and marks nothing).
+    await nodesRepo.markRelay(db, relayId, relayGapMs);
     if (at.getTime() - lastHousekeeping >= HOUSEKEEPING_MS) {
       lastHousekeeping = at.getTime();
       if (writingSince !== undefined && at.getTime() - writingSince >= deps.offlineAfterMs) {
@@ -233,6 +240,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
         if (offline.length > 0) log.info({ nodes: offline }, 'nodes offline: no heartbeat');
       }
       await nodesRepo.pruneCancels(db, new Date(at.getTime() - CANCEL_ORDER_TTL_MS));
+      await nodesRepo.pruneRelays(db, new Date(at.getTime() - 86_400_000));
       const freed = await jobsRepo.dropClaimsOfEndedJobs(db);
       if (freed.length > 0) {
         log.warn({ nodes: freed }, 'dropped capacity claims of ended jobs');

@@ -3,7 +3,7 @@ import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import * as reservationsRepo from '../db/reservations-repo';
-import { ConflictError, ForbiddenError, NotFoundError, requireOwner, TooManyRequestsError } from '../domain/errors';
+import { ConflictError, ForbiddenError, NotFoundError, requireOwner, TooManyRequestsError, UnavailableError } from '../domain/errors';
 import { isId } from '../domain/ids';
 import { isTerminal } from '../domain/job';
 import { isHolding } from '../domain/reservation';
@@ -20,6 +20,9 @@ const NODE_ALIVE_LIMIT_MS = 5_000;
  * registering in a loop must not drive them.
  */
 const OWED_RETELL_MS = 10 * 60_000;
+/** An acceptance Temporal did not take is tried again this often, this many times (about two minutes). */
+const ACCEPT_RETRY_MS = 5_000;
+const ACCEPT_RETRY_TRIES = 24;
 export interface NodeServiceDeps {
   db: Db;
   workflows: JobWorkflowGateway;
@@ -222,10 +225,34 @@ export function createNodeService(deps: NodeServiceDeps) {
       }
     }
     const job = await heldJob(nodeId, jobId, read ?? null);
+    // Running already: accepted before (the update would only cost the job's history; it comes without a token).
+    if (job.status !== 'assigned') return;
     // A sign of life only as the acceptance it is: it comes without a token, so repeated once the job runs it
-    // could keep a dead node's job from being reassigned (and have it paid at its unreported end).
-    if (job.status === 'assigned') await alive(job, nodeId, 'accepted');
-    await workflows.accepted(jobId, nodeId);
+    // could keep a dead node's job from being reassigned (and have it paid at its unreported end). Best effort:
+    // it must not keep the acceptance from its workflow.
+    await alive(job, nodeId, 'accepted').catch((err) => deps.log.warn({ err: String(err), jobId, nodeId }, 'could not pass an acceptance on as a sign of life'));
+    try {
+      await workflows.accepted(jobId, nodeId);
+    } catch (err) {
+      // The shipping node sends it once and ignores the answer: a job it runs must not end as never started
+      // (refunded, the node unpaid) for one failed call. Tried again in the background while Temporal is away.
+      if (err instanceof UnavailableError) void deliverAcceptedLater(jobId, nodeId);
+      throw err;
+    }
+  }
+
+  /** Delivers an acceptance Temporal did not take, every ACCEPT_RETRY_MS, for ACCEPT_RETRY_TRIES tries. */
+  async function deliverAcceptedLater(jobId: string, nodeId: string): Promise<void> {
+    for (let tryNo = 0; tryNo < ACCEPT_RETRY_TRIES; tryNo++) {
+      await new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS).unref());
+      try {
+        await workflows.accepted(jobId, nodeId);
+        return;
+      } catch (err) {
+        if (!(err instanceof UnavailableError)) return; // refused (the node no longer holds it, the job ended): done
+      }
+    }
+    deps.log.warn({ jobId, nodeId }, 'an acceptance could not be delivered to its job: Temporal did not take it');
   }
 
   /**

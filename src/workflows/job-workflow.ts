@@ -124,6 +124,13 @@ const registry = proxyLocalActivities<JobActivities>({
   retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: LOCAL_RETRY_MAX },
 });
 
+/** Whether a lapsed watch's node is lost: may wait for the heartbeat relay to come back (see confirmNodeLost). */
+const liveness = proxyActivities<JobActivities>({
+  startToCloseTimeout: '20 minutes',
+  heartbeatTimeout: '30 seconds',
+  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
+});
+
 const moneyRetry: RetryPolicy = {
   initialInterval: '1 second',
   backoffCoefficient: 2,
@@ -175,9 +182,11 @@ const JOB_WORKFLOW_V3 = 'job-workflow-v3';
 const JOB_WORKFLOW_V4 = 'job-workflow-v4';
 /**
  * Patch: the workflow as of this version, the one marker a run records (in place of v4's, whose behaviour it
- * has). An offer whose outcome is unknown (its activity gave up while the node may have accepted and its
- * assignment been recorded) is recorded back in the queue, the node told to stop the job: before, a job that was
- * queued already stayed shown as assigned to that node.
+ * has). After an offer that failed, an `assigned` record that landed all the same (its activity gave up while
+ * the node took the job) is followed by one putting the job back where it is, the node told to stop it
+ * (withdrawAssignment): before, a job that was queued already stayed shown as assigned to that node. A watch that lapses is confirmed before the node counts
+ * as lost (confirmNodeLost): a lapse while the heartbeat relay was down (an API restart, a Temporal or Postgres
+ * outage) no longer takes every running job from its node.
  */
 const JOB_WORKFLOW_V5 = 'job-workflow-v5';
 
@@ -406,8 +415,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         const extra = { assignedNodeId: node.nodeId, attempts: attempt, data: { endpoint: node.endpoint, match: match.explanation, refusedBy: s.refusedNodes } };
         // Offer and record in one local activity (runs started before this patch offer, then record).
         const assigned = assignInOneActivity ? nextTransition('assigned', reason, 'workflow', extra, attempt, node.nodeId) : undefined;
-        const offered = await offer(node, assigned);
-        const refusal = offered?.why;
+        const refusal = await offer(node, assigned);
         if (!refusal) {
           s.attempt = attempt;
           givingUpAttempt = false;
@@ -427,9 +435,12 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         }
         // The offer's local activity may have recorded `assigned` before it failed: never reuse that number.
         if (assigned) s.seq = Math.max(s.seq, assigned.seq);
-        if (assigned && offered?.unknown && v5) {
-          // Maybe taken by the node and recorded: not where the job is. Its record says so, and the node is told.
-          await transition('queued', `${refusal}; not assigned to it`, 'workflow', { assignedNodeId: null, cancelOnNode: node.nodeId });
+        if (assigned && v5) {
+          // Its record may have landed after the activity gave up (the node took the job late): if the job's row
+          // shows it, the job is recorded back where it is, and the node told to stop it.
+          const back = nextTransition(s.phase, `${refusal}; not assigned to it`, 'workflow', { assignedNodeId: null, cancelOnNode: node.nodeId });
+          await registry.withdrawAssignment({ assigned, back: { ...back, from: 'assigned' } });
+          s.seq = back.seq;
         }
         await registry.releaseNode({ jobId });
         unassignedClaim = false;
@@ -473,18 +484,15 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     return match;
   }
 
-  /**
-   * Offers the job to the node (and records `assigned` with it when given). @returns why the node did not take it,
-   * and whether that is unknown (the activity gave up: the node may have taken it after all).
-   */
-  async function offer(node: MatchedNode, assigned?: Transition): Promise<{ why: string; unknown: boolean } | undefined> {
+  /** Offers the job to the node (and records `assigned` with it when given). @returns why the node did not take it. */
+  async function offer(node: MatchedNode, assigned?: Transition): Promise<string | undefined> {
     try {
       const input = { jobId, nodeId: node.nodeId, assignEndpoint: node.assignEndpoint, spec };
       const result = assigned ? await dispatch.assignToNode({ ...input, assigned }) : await dispatch.dispatchToNode(input);
-      return result.accepted ? undefined : { why: `node ${node.nodeId} refused: ${result.reason}`, unknown: false };
+      return result.accepted ? undefined : `node ${node.nodeId} refused: ${result.reason}`;
     } catch (err) {
       const cause = activityCause(err);
-      if (cause) return { why: `node ${node.nodeId} unreachable: ${cause.message}`, unknown: true };
+      if (cause) return `node ${node.nodeId} unreachable: ${cause.message}`;
       throw err;
     }
   }
@@ -549,7 +557,21 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     }
     if (outcome?.kind === 'completed') return settleCompleted(nodeId);
     if (outcome?.kind === 'failed') return attemptFailed(nodeId, `node reported failure: ${outcome.message}`, `node:${nodeId}`);
-    if (watchEnded) return attemptFailed(nodeId, describeWatchEnd(watchEnded.error, options), 'workflow');
+    if (watchEnded) {
+      if (v5 && watchLapsed(watchEnded.error)) {
+        // Heard only through the API's relay: a lapse while it was down (a restart, an outage) is not the node's.
+        const verdict = await liveness.confirmNodeLost({ nodeId, silentForMs: options.heartbeatTimeoutMs });
+        // A report or a cancel that came meanwhile goes first: the main loop (or the next watch) takes it.
+        if (outcome || cancelRequest) return;
+        if (!verdict.lost) {
+          s.lastReason = `node ${nodeId} watched again: ${verdict.why}`;
+          details();
+          return;
+        }
+        if (verdict.why) return attemptFailed(nodeId, `${describeWatchEnd(watchEnded.error, options)} (${verdict.why})`, 'workflow');
+      }
+      return attemptFailed(nodeId, describeWatchEnd(watchEnded.error, options), 'workflow');
+    }
     // Nothing reported by the end of the expected run, the node alive throughout.
     const waited = `its expected ${Math.round((endBy! - s.attemptStartedAt) / 1000)} s run time and grace`;
     if (s.phase === 'running') {
@@ -778,6 +800,12 @@ function queueNote(e: { eligible: number; rejectedCounts: Record<string, number>
   ]
     .filter(Boolean)
     .join('; ');
+}
+
+/** Whether the node's watch ended for want of heartbeats (the node, or the relay to its watch, went silent). */
+function watchLapsed(error: unknown): boolean {
+  const cause = error instanceof ActivityFailure ? error.cause : error;
+  return cause instanceof TimeoutFailure && cause.timeoutType === TimeoutType.HEARTBEAT;
 }
 
 function describeWatchEnd(error: unknown, options: JobWorkflowOptions): string {

@@ -517,7 +517,8 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await database.db.update(jobs).set({ status: 'running' }).where(eq(jobs.id, 'accepted-job'));
     await nodeService.accepted('accepting', 'accepted-job');
     expect(alive()).toBe(1);
-    expect(calls.filter((c) => c.method === 'accepted')).toHaveLength(2); // the workflow still answers it
+    // Answered without the workflow: the job runs (an update would only cost its history, and it needs no token).
+    expect(calls.filter((c) => c.method === 'accepted')).toHaveLength(1);
     await database.db.update(nodes).set({ status: 'offline', lastHeartbeat: new Date(0) }).where(eq(nodes.id, 'accepting'));
     await database.db.update(jobs).set({ status: 'cancelled' }).where(eq(jobs.id, 'accepted-job'));
   });
@@ -838,6 +839,31 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await jobsRepo.dropClaimsOfEndedJobs(database.db)).toEqual(['big']);
     expect(await database.db.select().from(nodeClaims).where(eq(nodeClaims.jobId, 'guarded'))).toEqual([]);
     await database.db.update(nodes).set({ bannedUntil: null }).where(eq(nodes.id, 'big'));
+  });
+
+  it('withdraws an assignment whose record landed after its offer gave up, and only then; a stop order for a node the job is later assigned to is void', async () => {
+    const acts = jobActivities(createNodeCache({ db: database.db, offlineAfterMs: 30_000 }));
+    await job('late-record', { status: 'queued', eventSeq: 3 });
+    const assigned = { jobId: 'late-record', seq: 4, from: 'queued' as const, to: 'assigned' as const, reason: 'assigned to node big', actor: 'workflow', attempt: 1, assignedNodeId: 'big' };
+    const back = { jobId: 'late-record', seq: 5, from: 'assigned' as const, to: 'queued' as const, reason: 'node big unreachable: timed out; not assigned to it', actor: 'workflow', attempt: 0, assignedNodeId: null, cancelOnNode: 'big' };
+    // No record landed: nothing to withdraw, nothing written.
+    expect(await acts.withdrawAssignment({ assigned, back })).toBe(false);
+    expect(await jobsRepo.getJob(database.db, 'late-record')).toMatchObject({ status: 'queued', eventSeq: 3 });
+    // It landed: the job is recorded back in the queue and the node told to stop it.
+    await jobsRepo.recordTransition(database.db, assigned);
+    expect(await acts.withdrawAssignment({ assigned, back })).toBe(true);
+    expect(await jobsRepo.getJob(database.db, 'late-record')).toMatchObject({ status: 'queued', eventSeq: 5, assignedNodeId: null });
+    expect((await nodesRepo.pendingCancels(database.db)).get('big')).toContain('late-record');
+    expect(await acts.withdrawAssignment({ assigned, back })).toBe(false);
+    // Offered again later, the node takes it: its stop order goes.
+    await jobsRepo.recordTransition(database.db, { ...assigned, seq: 6, from: 'queued', attempt: 1 });
+    expect((await nodesRepo.pendingCancels(database.db)).get('big') ?? []).not.toContain('late-record');
+    // A reason quoting a node's NUL is stored without it.
+    await jobsRepo.recordTransition(database.db, { ...back, seq: 7, from: 'assigned', reason: 'node big refused: bad\u0000byte', data: { said: 'x\u0000y' } });
+    const [last] = (await database.db.select().from(jobEvents).where(and(eq(jobEvents.jobId, 'late-record'), eq(jobEvents.seq, 7))));
+    expect(last).toMatchObject({ reason: 'node big refused: badbyte', data: { said: 'xy' } });
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(eq(jobs.id, 'late-record'));
+    await database.db.delete(nodeClaims);
   });
 
   it('gives a job capacity on one node at a time: a second try of its match, claiming another node, is refused and answered with the node it holds', async () => {

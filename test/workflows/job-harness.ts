@@ -177,7 +177,28 @@ export class FakeCluster {
     return this.ledger.some((l) => l.leg === leg);
   }
 
+  /** confirmNodeLost calls, and how many more of them find the node alive (its lapse the relay's). */
+  readonly confirmCalls: { nodeId: string; silentForMs: number }[] = [];
+  aliveAfterLapse = 0;
+
   readonly activities: JobWorkflowActivities = {
+    withdrawAssignment: async (input: { assigned: Transition; back: Transition }): Promise<boolean> => {
+      // As on the job's row: only when the latest record is that assignment.
+      const latest = this.transitions.filter((t) => t.jobId === input.assigned.jobId).sort((a, b) => b.seq - a.seq)[0];
+      if (!latest || latest.seq !== input.assigned.seq || latest.to !== 'assigned') return false;
+      this.transitions.push(input.back);
+      this.timeline.push(`transition:${input.back.to}:withdrawn`);
+      return true;
+    },
+    confirmNodeLost: async (input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string }> => {
+      this.confirmCalls.push(input);
+      this.timeline.push(`confirm-lost:${input.nodeId}`);
+      if (this.aliveAfterLapse > 0) {
+        this.aliveAfterLapse -= 1;
+        return { lost: false, why: 'its heartbeats reached the server: the relay to its watch lapsed, not the node' };
+      }
+      return { lost: true, why: '' };
+    },
     recordTransition: async (t: Transition): Promise<void> => {
       // Idempotent per seq, like jobs-repo.recordTransition.
       if (this.transitions.some((x) => x.jobId === t.jobId && x.seq === t.seq)) return;

@@ -221,6 +221,32 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('a watch that lapsed while the heartbeat relay was down (the node beat all along) → watched again, the job stays on its node; a second lapse, confirmed → reassigned', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b']);
+    cluster.aliveAfterLapse = 1;
+    const jobId = newJobId('relay-lapse');
+    const options = { ...FAST_OPTIONS, heartbeatTimeoutMs: 1500 };
+
+    await withWorker('relay-lapse', cluster, async ({ start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
+      await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+      await waitForStatus(handle, (v) => v.phase === 'running');
+      // Nobody heartbeats the watch: it lapses, the node is found alive (the relay's lapse), and is watched again.
+      await waitUntil(() => cluster.watchCalls.length === 2, 10_000, 'the second watch');
+      expect(cluster.confirmCalls).toEqual([{ nodeId: 'node-a', silentForMs: 1500 }]);
+      expect(await handle.query(jobStatusQuery)).toMatchObject({ phase: 'running', attempt: 1, nodeId: 'node-a', failedNodes: [] });
+      expect(cluster.transitions.some((t) => t.to === 'queued')).toBe(false);
+      expect(cluster.nodeOutcomes).toEqual([]);
+      // The second lapse is confirmed: the node is lost.
+      const reassigned = await waitForStatus(handle, (v) => v.phase === 'assigned' && v.attempt === 2, 10_000, 'reassignment');
+      expect(reassigned).toMatchObject({ nodeId: 'node-b', failedNodes: ['node-a'] });
+      expect(cluster.confirmCalls).toHaveLength(2);
+      expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'failed' }]);
+      await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+    });
+  });
+
   test('node lost (no heartbeats) → back to the queue → reassigned to another node, never the lost one', async () => {
     const cluster = new FakeCluster(['node-a', 'node-b']);
     const jobId = newJobId('lost');
@@ -621,10 +647,11 @@ describe('jobWorkflow', () => {
       const backInQueue = () => cluster.transitions.find((t) => t.to === 'queued' && t.cancelOnNode === 'node-slow');
       await waitUntil(() => backInQueue() !== undefined, 10_000, 'the job recorded back in the queue');
       const requeued = backInQueue()!;
-      expect(requeued).toMatchObject({ from: 'queued', assignedNodeId: null, reason: expect.stringContaining('node node-slow unreachable') });
+      expect(requeued).toMatchObject({ from: 'assigned', to: 'queued', assignedNodeId: null, reason: expect.stringMatching(/node node-slow unreachable.*; not assigned to it$/) });
       const assigned = cluster.transitions.find((t) => t.to === 'assigned')!;
       expect(requeued.seq).toBeGreaterThan(assigned.seq); // the row shows the later record: queued
       expect((await handle.query(jobStatusQuery)).phase).toBe('queued');
+      expect(cluster.transitions.filter((t) => t.to === 'queued')).toHaveLength(2); // the first wait, and this one
       await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
     });
   });
