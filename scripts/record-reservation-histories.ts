@@ -97,6 +97,18 @@ const scenarios: Record<string, Scenario> = {
     },
   },
   /**
+   * The watch lapses while the heartbeat relay is down (patch liveness-confirmed): the node is found alive and
+   * watched again; its next lapse is confirmed, and the reservation ends as lost.
+   */
+  'relay-lapse': {
+    minutes: 60,
+    async drive({ handle, world }) {
+      world.aliveAfterLapse = 1;
+      await handle.executeUpdate(reservationReadyUpdate);
+      await handle.result();
+    },
+  },
+  /**
    * An extension asked again while its escrow is on its way (a client that gave up waiting): the retry joins it
    * (patch extend-retry-joins), one pot; then released.
    */

@@ -15,6 +15,7 @@ import {
   allHandlersFinished,
 } from '@temporalio/workflow';
 import { TimeoutType } from '@temporalio/common';
+import type { createJobActivities } from '../activities/jobs';
 import type { createReservationActivities, PotOutcome } from '../activities/reservations';
 import { PAYMENT_NON_RETRYABLE } from '../domain/payments';
 import {
@@ -56,6 +57,11 @@ export const SETTLEMENT_V2 = 'settlement-v2';
  * the Engine before the escrow landed, ends as lost (refunded from its last sign of life, penalized), not released.
  */
 export const END_SEEN_FIRST = 'end-seen-first';
+/**
+ * Patch: a lapsed watch is confirmed before the node counts as lost (confirmNodeLost, as for jobs): a lapse while
+ * the API's heartbeat relay was down (an API restart, a Temporal or Postgres outage) no longer ends the reservation.
+ */
+export const LIVENESS_CONFIRMED = 'liveness-confirmed';
 
 /**
  * Patch (asked where it applies): an extension of as many minutes as one still on its way is that one's retry (a
@@ -109,6 +115,13 @@ const store = proxyLocalActivities<ReservationActivities>({
   retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '5 minutes' },
 });
 
+/** Whether a lapsed watch's node is lost: may wait for the heartbeat relay to come back (see confirmNodeLost). */
+const liveness = proxyActivities<Pick<ReturnType<typeof createJobActivities>, 'confirmNodeLost'>>({
+  startToCloseTimeout: '20 minutes',
+  heartbeatTimeout: '30 seconds',
+  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
+});
+
 const money = proxyActivities<ReservationActivities>({
   startToCloseTimeout: '3 minutes',
   heartbeatTimeout: '15 seconds',
@@ -147,6 +160,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
   // owed payment.
   const settlementV2 = patched(SETTLEMENT_V2);
   const endSeenFirst = patched(END_SEEN_FIRST);
+  const livenessConfirmed = patched(LIVENESS_CONFIRMED);
   const id = spec.reservationId;
   const perHour = BigInt(spec.perHourUnits);
   let status: ReservationStatus = 'pending';
@@ -346,19 +360,23 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       retry: { maximumAttempts: 1 },
       cancellationType: ActivityCancellationType.TRY_CANCEL,
     });
-    const scope = new CancellationScope();
+    let scope = new CancellationScope();
     let watchEnded: { error: unknown } | undefined;
     // Whether the node was lost before any release came, noted when the loss comes (an extension paying at the
     // end of the term may hold the end back while both arrive).
     let lostBeforeRelease = false;
+    const startWatch = () => {
+      scope = new CancellationScope();
+      scope.run(() => watch.watchReservedNode({ id, nodeId: spec.nodeId })).then(
+        () => lost(undefined),
+        (error) => lost(error),
+      );
+    };
     const lost = (error: unknown) => {
       watchEnded = { error };
       lostBeforeRelease = release === undefined;
     };
-    scope.run(() => watch.watchReservedNode({ id, nodeId: spec.nodeId })).then(
-      () => lost(undefined),
-      (error) => lost(error),
-    );
+    startWatch();
     try {
       for (;;) {
         const seenEnd = endAt;
@@ -367,6 +385,18 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
         await condition(() => extending === 0);
         // The node was lost before any release came: that stays the end, whatever arrived while an extension paid.
         if (release && !(endSeenFirst && watchEnded && lostBeforeRelease)) return { kind: 'released', reason: `released by the ${release.by}: ${release.reason || 'no reason given'}`, lastAliveAt: Date.now() };
+        if (watchEnded && livenessConfirmed && watchLapsed(watchEnded.error)) {
+          // Heard only through the API's relay: a lapse while it was down (a restart, an outage) is not the node's.
+          const verdict = await liveness.confirmNodeLost({ nodeId: spec.nodeId, silentForMs: options.nodeHeartbeatTimeoutMs });
+          if (!verdict.lost) {
+            lastReason = `node watched again: ${verdict.why}`;
+            publish();
+            watchEnded = undefined;
+            lostBeforeRelease = false;
+            startWatch();
+            continue;
+          }
+        }
         if (watchEnded) {
           // The last heartbeat the API passed on carries when the node last beat; none means it never did.
           const lastAliveAt = Math.min(Date.now(), Math.max(startAt, lastBeatAt(watchEnded.error) ?? startAt));
@@ -529,6 +559,12 @@ function lastBeatAt(error: unknown): number | undefined {
   const cause = error instanceof ActivityFailure ? error.cause : error;
   const details = cause instanceof TimeoutFailure ? (cause.lastHeartbeatDetails as { at?: unknown } | undefined) : undefined;
   return typeof details?.at === 'number' && Number.isFinite(details.at) ? details.at : undefined;
+}
+
+/** Whether the node's watch ended for want of heartbeats (the node, or the relay to its watch, went silent). */
+function watchLapsed(error: unknown): boolean {
+  const cause = error instanceof ActivityFailure ? error.cause : error;
+  return cause instanceof TimeoutFailure && cause.timeoutType === TimeoutType.HEARTBEAT;
 }
 
 function describeWatchEnd(error: unknown, options: ReservationOptions): string {

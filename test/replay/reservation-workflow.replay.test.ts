@@ -49,6 +49,7 @@ test('the recorded scenarios are all there', () => {
     'node-lost.json',
     'owed-extended.json',
     'owed.json',
+    'relay-lapse.json',
     'released.json',
     'withdrawn.json',
   ]);

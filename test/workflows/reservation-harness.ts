@@ -152,7 +152,20 @@ export class FakeReservationWorld {
     };
   }
 
-  readonly activities: ReservationActivities = {
+  /** confirmNodeLost calls, and how many more of them find the node alive (its lapse the relay's). */
+  readonly confirmCalls: { nodeId: string; silentForMs: number }[] = [];
+  aliveAfterLapse = 0;
+
+  readonly activities: ReservationActivities & { confirmNodeLost(input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string }> } = {
+    confirmNodeLost: async (input) => {
+      this.confirmCalls.push(input);
+      this.timeline.push('confirm-lost');
+      if (this.aliveAfterLapse > 0) {
+        this.aliveAfterLapse -= 1;
+        return { lost: false, why: 'its heartbeats reached the server: the relay to its watch lapsed, not the node' };
+      }
+      return { lost: true, why: '' };
+    },
     escrowReservationPot: async (input) => {
       this.escrowCalls.push({ ...input });
       await this.escrowGate?.opened;

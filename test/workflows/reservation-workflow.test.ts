@@ -573,6 +573,30 @@ describe('reservationWorkflow', () => {
     });
   });
 
+  test('a watch that lapsed while the heartbeat relay was down (the node beat all along): watched again, the reservation runs on; a confirmed lapse ends it as lost', async () => {
+    const world = new FakeReservationWorld();
+    world.aliveAfterLapse = 1;
+    const id = newId('relay-lapse');
+    const spec = reservationSpec(id, { minutes: 60 });
+    const nodeHeartbeatTimeoutMs = 1500;
+
+    await withWorker('relay-lapse', world, async ({ start }) => {
+      const handle = await start(spec, { minuteMs: 200, nodeHeartbeatTimeoutMs });
+      const ready = await handle.executeUpdate(reservationReadyUpdate);
+      if (!ready.ok) throw new Error('not ready');
+      // Nobody heartbeats the watch: it lapses, the node is found alive, and is watched again.
+      await waitUntil(() => world.watchCalls.length === 2, 10_000, 'the second watch');
+      expect(world.confirmCalls).toEqual([{ nodeId: 'node-a', silentForMs: nodeHeartbeatTimeoutMs }]);
+      expect(await handle.query(reservationQuery)).toMatchObject({ status: 'active', lastReason: expect.stringContaining('node watched again') });
+      expect(world.calls('penalizeLostNode')).toEqual([]);
+      // The second lapse is confirmed: lost.
+      const receipt = await handle.result();
+      expect(receipt.status).toBe('failed');
+      expect(world.confirmCalls).toHaveLength(2);
+      expect(world.calls('penalizeLostNode')).toEqual([{ id, nodeId: 'node-a', reason: 'node lost: silent for 2 s' }]);
+    });
+  });
+
   test('node lost while an extension\'s escrow is on its way, then released by the Engine: still ends as lost', async () => {
     const world = new FakeReservationWorld();
     const id = newId('lost-then-released');
