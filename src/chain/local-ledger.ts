@@ -32,6 +32,8 @@ export interface LocalLedger {
 
 /** Blocks a blockhash stays valid for, as on Solana clusters. */
 const BLOCKHASH_VALIDITY = 150;
+/** How often the height is saved between transactions (see heightSaver). */
+const HEIGHT_SAVE_MS = 5000;
 const TOKEN_PROGRAMS = new Set([TOKEN_PROGRAM_ID.toBase58(), TOKEN_2022_PROGRAM_ID.toBase58()]);
 const b58 = { encode: getBase58Decoder(), decode: getBase58Encoder() };
 
@@ -97,10 +99,24 @@ export async function startLocalLedger(opts: LocalLedgerOptions): Promise<LocalL
     : fresh();
   const transactions = new Map<string, StoredTx>();
   if (txFile && existsSync(txFile)) {
+    const kept: string[] = [];
+    let dropped = 0;
     for (const line of readFileSync(txFile, 'utf8').split('\n')) {
       if (!line) continue;
       const t = JSON.parse(line) as StoredTx & { generation?: number };
-      if ((t.generation ?? 0) <= state.generation) transactions.set(t.signature, t);
+      if ((t.generation ?? 0) <= state.generation) {
+        transactions.set(t.signature, t);
+        kept.push(line);
+      } else {
+        dropped += 1;
+      }
+    }
+    // A transaction logged for a generation that was never saved did not happen: out of the log for good, or the
+    // next save (which reaches that generation number) would bring it back as landed, its changes lost.
+    if (dropped > 0) {
+      writeFileSync(`${txFile}.tmp`, kept.map((l) => `${l}\n`).join(''));
+      renameSync(`${txFile}.tmp`, txFile);
+      log(`local ledger: ${dropped} logged transaction(s) of an unsaved generation dropped`);
     }
   }
   let currentBlockhash = svm.latestBlockhash();
@@ -126,6 +142,19 @@ export async function startLocalLedger(opts: LocalLedgerOptions): Promise<LocalL
 
   const ticker = setInterval(() => advance(1), opts.slotMs ?? 400);
   ticker.unref();
+  // The height (and the blockhashes it makes valid) saved now and then between transactions: after a crash the
+  // chain does not fall back to its last transaction's height, where attempts signed since would wait for
+  // their blockhash to expire as long as the ledger had been idle.
+  const heightSaver = setInterval(() => {
+    if (!stateFile || state.generation === 0) return;
+    try {
+      writeFileSync(`${stateFile}.tmp`, JSON.stringify(state));
+      renameSync(`${stateFile}.tmp`, stateFile);
+    } catch (err) {
+      log(`local ledger: could not save its height: ${(err as Error).message}`);
+    }
+  }, HEIGHT_SAVE_MS);
+  heightSaver.unref();
 
   const context = () => ({ slot: state.height, apiVersion: '2.2.0' });
 
@@ -356,6 +385,7 @@ export async function startLocalLedger(opts: LocalLedgerOptions): Promise<LocalL
     advance,
     async stop() {
       clearInterval(ticker);
+      clearInterval(heightSaver);
       await new Promise<void>((resolve) => server.close(() => resolve()));
       persist();
     },

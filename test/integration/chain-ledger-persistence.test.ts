@@ -141,6 +141,17 @@ describe('local ledger persistence', () => {
       } finally {
         await third.stop();
       }
+      // And it stays so across the next restarts (the save at the third start reached the generation the dropped
+      // transaction was logged for: it must not come back as landed with its changes lost).
+      const fourth = await startLocalLedger({ port: 0, dataDir: data.dir });
+      try {
+        connection = new Connection(fourth.url, 'confirmed');
+        const { value } = await connection.getSignatureStatuses([signature], { searchTransactionHistory: true });
+        const moved = (await tokenBalance(connection, nodeAta)) - before;
+        expect({ known: value[0] !== null, moved }).toEqual(value[0] !== null ? { known: true, moved: 5_000n } : { known: false, moved: 0n });
+      } finally {
+        await fourth.stop();
+      }
     } finally {
       data.remove();
       keys.remove();
