@@ -1,3 +1,4 @@
+import { msToNumber } from '@temporalio/common/lib/time';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { registerSearchAttributes } from '../infra/search-attributes';
@@ -30,6 +31,11 @@ export interface RunningWorker {
 
 /** Id of the schedule that runs the ledger-vs-chain reconciliation. */
 export const RECONCILE_SCHEDULE_ID = 'cyxwiz-reconcile-ledger';
+/**
+ * A reconciliation run ends by then whatever happens (the schedule skips a run while one is open: one left waiting
+ * on a task queue no worker polls any more would otherwise stop them all).
+ */
+const RECONCILE_RUN_TIMEOUT = '30 minutes';
 
 /** How often the worker finishes what a stopped API left half-done (see createOrphanSweep), and after how long. */
 const ORPHAN_SWEEP_MS = 30_000;
@@ -96,6 +102,8 @@ export async function startWorker(
           closeAccounts: { settledForMs: 3600_000, limit: 100, budgetMs: 3 * 60_000 },
           closeUnused: { unusedForMs: 24 * 3600_000, limit: 100, budgetMs: 2 * 60_000 },
           settleRefunds: { quietForMs: 10 * 60_000, limit: 100, budgetMs: 2 * 60_000 },
+          // Last: the checks of recently active jobs (one RPC call or more each) only report.
+          checkBudgetMs: 90_000,
         }),
       );
       // In the worker's log too, at error level, for whatever watches it: money the chain and the ledger disagree on.
@@ -164,7 +172,7 @@ export async function ensureReconcileSchedule(
     await client.schedule.create({
       scheduleId: RECONCILE_SCHEDULE_ID,
       spec: { intervals: [{ every }] },
-      action: { type: 'startWorkflow', workflowType: reconcileLedgerWorkflow, workflowId: RECONCILE_WORKFLOW_ID, taskQueue },
+      action: { type: 'startWorkflow', workflowType: reconcileLedgerWorkflow, workflowId: RECONCILE_WORKFLOW_ID, taskQueue, workflowExecutionTimeout: RECONCILE_RUN_TIMEOUT },
       policies: { overlap: ScheduleOverlapPolicy.SKIP },
     });
     return 'created';
@@ -175,8 +183,9 @@ export async function ensureReconcileSchedule(
     const handle = client.schedule.getHandle(RECONCILE_SCHEDULE_ID);
     const current = await handle.describe();
     const intervals = current.spec.intervals ?? [];
-    if (intervals.length === 1 && intervals[0].every === every && current.action.taskQueue === taskQueue) return 'unchanged';
-    await handle.update((prev) => ({ ...prev, spec: { ...prev.spec, intervals: [{ every }] }, action: { ...prev.action, taskQueue } }));
+    const runTimeoutMs = msToNumber(RECONCILE_RUN_TIMEOUT);
+    if (intervals.length === 1 && intervals[0].every === every && current.action.taskQueue === taskQueue && current.action.workflowExecutionTimeout === runTimeoutMs) return 'unchanged';
+    await handle.update((prev) => ({ ...prev, spec: { ...prev.spec, intervals: [{ every }] }, action: { ...prev.action, taskQueue, workflowExecutionTimeout: RECONCILE_RUN_TIMEOUT } }));
     return 'updated';
   } catch (err) {
     if (!onUpdateError) throw err;

@@ -83,7 +83,8 @@ test("the worker's schedule: created once, then brought to the configured interv
     expect(await ensureReconcileSchedule(env.client, configFor('60', second))).toBe('updated');
     const now = await handle.describe();
     expect(now.spec.intervals).toMatchObject([{ every: 60_000 }]);
-    expect(now.action).toMatchObject({ type: 'startWorkflow', workflowType: 'reconcileLedgerWorkflow', workflowId: RECONCILE_WORKFLOW_ID, taskQueue: second });
+    // Each run ends within 30 minutes: one left open on a queue nobody polls must not hold back every later run.
+    expect(now.action).toMatchObject({ type: 'startWorkflow', workflowType: 'reconcileLedgerWorkflow', workflowId: RECONCILE_WORKFLOW_ID, taskQueue: second, workflowExecutionTimeout: 1_800_000 });
     expect(now.policies.overlap).toBe(ScheduleOverlapPolicy.SKIP);
     expect(await ensureReconcileSchedule(env.client, configFor('60', second))).toBe('unchanged');
   } finally {
