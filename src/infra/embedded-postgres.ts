@@ -52,6 +52,8 @@ export interface EmbeddedPostgres {
   pid: number;
   /** Where the cluster lives: `dataDir`, or its relocation (see `relocateWhenUnreachable`). */
   dataDir: string;
+  /** Resolves, with how, when the server process exits: asked to by stop(), or not (then its log's tail too). */
+  exited: Promise<string>;
   /** Fast shutdown (SIGINT), escalating to SIGQUIT and SIGKILL. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -176,7 +178,8 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   }
 
   const url = `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@${host}:${opts.port}/${encodeURIComponent(opts.database)}`;
-  return { url, pid, dataDir, stop };
+  const exited = exit.promise.then(() => `embedded Postgres ${exit.describe()}${stopping ? '' : `:\n${tail.toString()}`}`);
+  return { url, pid, dataDir, exited, stop };
 }
 
 /**

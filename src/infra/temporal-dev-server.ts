@@ -41,6 +41,8 @@ export interface TemporalDevServer {
   pid: number;
   /** SIGTERM, then SIGKILL after a grace period (SIGKILL right away when in-memory). Safe to call twice. */
   stop(): Promise<void>;
+  /** Resolves, with how, when the server process exits: asked to by stop(), or not (then its output's tail too). */
+  exited: Promise<string>;
 }
 
 const STOP_GRACE_MS = 10_000;
@@ -174,5 +176,9 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     uiUrl: opts.headless ? undefined : `http://${ip}:${uiPort}`,
     pid: child.pid,
     stop,
+    exited: exitPromise.then(() => {
+      const how = spawnError ? spawnError.message : `exited with ${exited?.signal ? `signal ${exited.signal}` : `code ${String(exited?.code)}`}`;
+      return `Temporal dev server ${how}${stopping ? '' : `:\n${tail.toString() || '(no output)'}`}`;
+    }),
   };
 }

@@ -25,7 +25,9 @@ async function main(): Promise<void> {
   const log = createLogger(config, 'cyxwiz-central');
   mkdirSync(config.dataDir, { recursive: true });
   const stops: { name: string; stop: () => Promise<void> }[] = [];
+  let stoppingAll = false;
   const stopAll = async () => {
+    stoppingAll = true;
     for (const { name, stop } of stops.reverse()) {
       const t0 = Date.now();
       await stop().catch((err) => log.error({ err, name }, 'stop failed'));
@@ -33,6 +35,13 @@ async function main(): Promise<void> {
     }
   };
   onShutdownSignal(log, stopAll);
+  /** An embedded server that dies on its own leaves the system useless: all of it stops, exiting 1 for a supervisor. */
+  const stopIfItDies = (exited: Promise<string>) =>
+    void exited.then((how) => {
+      if (stoppingAll) return;
+      log.error({ how }, 'an embedded server died: stopping everything');
+      void stopAll().finally(() => process.exit(1));
+    });
 
   try {
     let databaseUrl = config.database.url;
@@ -47,6 +56,7 @@ async function main(): Promise<void> {
         logger: (msg) => log.debug({ component: 'postgres' }, msg),
       });
       stops.push({ name: 'postgres', stop: pg.stop });
+      stopIfItDies(pg.exited);
       databaseUrl = pg.url;
       pgDataDir = pg.dataDir;
     }
@@ -69,6 +79,7 @@ async function main(): Promise<void> {
         logger: (msg) => log.debug({ component: 'temporal' }, msg),
       });
       stops.push({ name: 'temporal dev server', stop: temporal.stop });
+      stopIfItDies(temporal.exited);
       temporalAddress = temporal.address;
       uiUrl = temporal.uiUrl;
     }

@@ -126,14 +126,16 @@ describe('embedded Postgres', () => {
       await first.stop();
     }
     expect(isProcessAlive(first.pid)).toBe(false);
+    expect(await first.exited).toMatch(/^embedded Postgres exited with /); // asked to: no log tail
 
     const second = await startEmbeddedPostgres({ dataDir, port: await getFreePort(), database: 'keep', fast: true });
     try {
       expect(await query(second.url, 'SELECT v FROM kept')).toEqual([{ v: 'still here' }]);
     } finally {
-      // A crash: postmaster.pid stays behind.
+      // A crash: postmaster.pid stays behind, and whoever started it hears of it (npm start then stops everything).
       process.kill(second.pid, 'SIGKILL');
       await waitForPidExit(second.pid, 5000);
+      expect(await second.exited).toMatch(/^embedded Postgres .*SIGKILL[\s\S]*:\n/);
       await second.stop();
     }
     expect(fs.existsSync(path.join(dataDir, 'postmaster.pid'))).toBe(true);
