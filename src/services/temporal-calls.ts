@@ -41,15 +41,16 @@ export function temporalCalls(client: Client, limitMs = TEMPORAL_CALL_LIMIT_MS) 
   }
 
   /**
-   * An update whose acceptance is limited, then its result if it comes within `answerMs` of the call's start;
-   * else (accepted, still on its way) LATE.
+   * An update accepted within `answerMs` (else it fails as a call given up: a 503 to ask again, in time for a
+   * caller's deadline), then its result if it comes within `answerMs` of the call's start; else (accepted, still
+   * on its way) LATE.
    */
   async function acceptedWithin<T>(
     start: (waitForStage: typeof WorkflowUpdateStage.ACCEPTED) => Promise<{ result(): Promise<T> }>,
     answerMs: number,
   ): Promise<T | typeof LATE> {
     const startedAt = Date.now();
-    const accepted = await limited(() => start(WorkflowUpdateStage.ACCEPTED));
+    const accepted = await limited(() => start(WorkflowUpdateStage.ACCEPTED), Math.min(limitMs, answerMs));
     const result = accepted.result();
     result.catch(() => undefined); // awaited below unless it comes late
     return within(result, Math.max(0, answerMs - (Date.now() - startedAt)));
