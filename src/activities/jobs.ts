@@ -7,9 +7,8 @@ import type { DeviceType } from '../domain/job';
 import { excusedIfBeatAfter, failureKind } from '../domain/reputation';
 import { rankCandidates, type Ranked, type Rejected } from '../domain/scoring';
 import { claimNode, heldClaim, markWaiting, releaseClaims, type NodeCache } from '../db/node-cache';
+import { relayFreshMs } from '../services/heartbeat-hub';
 
-/** A relay marked within this long is up (the hubs mark at every flush, every second by default). */
-const RELAY_FRESH_MS = 5000;
 /** How long confirmNodeLost waits for the heartbeat relay to come back before it calls the node lost. */
 export const LOSS_CONFIRM_MAX_WAIT_MS = 15 * 60_000;
 const LOSS_CONFIRM_POLL_MS = 1000;
@@ -22,6 +21,8 @@ export interface JobActivityDeps {
   tokenDecimals: number;
   /** A job's watch times out after this long without a sign of life (JOB_HEARTBEAT_TIMEOUT_S). */
   heartbeatTimeoutMs: number;
+  /** A heartbeat relay marked within this long is up (relayFreshMs of HEARTBEAT_FLUSH_MS; default for 1 s). */
+  relayFreshMs?: number;
   /** Wakes waiting jobs that could use these nodes (capacity was given back on them). */
   wakeQueued(nodeIds: string[]): Promise<void>;
   now?: () => Date;
@@ -220,9 +221,10 @@ export function createJobActivities(deps: JobActivityDeps) {
    * the node only through the API's heartbeat relay: a lapse while the relay was down (an API restart, a Temporal
    * or Postgres outage) says nothing about the node. So it is alive when its heartbeats reached Postgres within
    * `silentForMs`; lost once the relays have been up without a gap for twice that (time for nodes to reconnect and
-   * beat) and it has not beaten; until then this waits (heartbeating), at most LOSS_CONFIRM_MAX_WAIT_MS.
+   * beat; none of them gone meanwhile) and it has not beaten; until then this waits (heartbeating), at most
+   * LOSS_CONFIRM_MAX_WAIT_MS. `aliveAt`: its last heartbeat as Postgres has it.
    */
-  async function confirmNodeLost(input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string }> {
+  async function confirmNodeLost(input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
     const ctx = Context.current();
     const started = Date.now();
     let lastError = '';
@@ -233,9 +235,11 @@ export function createJobActivities(deps: JobActivityDeps) {
         if (!node) return { lost: true, why: 'its record is gone' };
         const at = Date.now();
         if (node.lastHeartbeat.getTime() > at - input.silentForMs) {
-          return { lost: false, why: `its heartbeats reached the server until ${node.lastHeartbeat.toISOString()}: the relay to its watch lapsed, not the node` };
+          return { lost: false, why: `its heartbeats reached the server until ${node.lastHeartbeat.toISOString()}: the relay to its watch lapsed, not the node`, aliveAt: node.lastHeartbeat.getTime() };
         }
-        if ((await nodesRepo.relaysUpForMs(deps.db, RELAY_FRESH_MS)) >= 2 * input.silentForMs) return { lost: true, why: '' };
+        if ((await nodesRepo.relaysUpForMs(deps.db, deps.relayFreshMs ?? relayFreshMs(1000), 2 * input.silentForMs)) >= 2 * input.silentForMs) {
+          return { lost: true, why: '', aliveAt: node.lastHeartbeat.getTime() };
+        }
       } catch (err) {
         lastError = `; last error: ${(err as Error).message}`; // Postgres away: the relay cannot be either
       }
@@ -249,12 +253,14 @@ export function createJobActivities(deps: JobActivityDeps) {
   /**
    * After an offer that failed: when its `assigned` record is on the job's row all the same (the offer's activity
    * gave up while the node took the job and the record landed late), records the job back as the workflow has it
-   * (`back`, under the next number), the node told to stop it. Nothing otherwise: a refusal or an unreachable node
-   * leaves no trace. @returns whether it recorded.
+   * (`back`, under the next number), the node told to stop it; `always`, when the offer ran out of time and its
+   * record may still be on its way (it then lands in the history without setting the row back). Nothing
+   * otherwise: a refusal or an unreachable node leaves no trace. @returns whether it recorded.
    */
-  async function withdrawAssignment(input: { assigned: jobsRepo.Transition; back: jobsRepo.Transition }): Promise<boolean> {
+  async function withdrawAssignment(input: { assigned: jobsRepo.Transition; back: jobsRepo.Transition; always?: boolean }): Promise<boolean> {
     const job = await jobsRepo.getJob(deps.db, input.assigned.jobId);
-    if (!job || job.eventSeq !== input.assigned.seq || job.status !== 'assigned' || job.assignedNodeId !== input.assigned.assignedNodeId) return false;
+    const shown = job?.eventSeq === input.assigned.seq && job.status === 'assigned' && job.assignedNodeId === input.assigned.assignedNodeId;
+    if (!job || (!shown && !input.always)) return false;
     try {
       return await jobsRepo.recordTransition(deps.db, input.back);
     } catch (err) {

@@ -159,7 +159,7 @@ export async function recordTransition(db: DbOrTx, given: Transition): Promise<b
     ? sql`, c as (insert into node_job_cancels (node_id, job_id, reason) select ${t.cancelOnNode}::text, job_id, ${t.reason}::text from e on conflict do nothing)`
     : t.to === 'assigned' && t.assignedNodeId
       ? // Assigned to a node told earlier to stop it (an offer whose outcome was unknown): the order is void.
-        sql`, c as (delete from node_job_cancels where node_id = ${t.assignedNodeId}::text and job_id = (select job_id from e))`
+        sql`, c as (delete from node_job_cancels where node_id = ${t.assignedNodeId}::text and job_id = (select job_id from e) and exists (select 1 from u))`
       : sql``;
   const result = await db.execute<{ id: string }>(sql`
     with e as (

@@ -489,13 +489,18 @@ export async function markRelay(db: DbOrTx, id: string, gapMs: number): Promise<
 /**
  * How long the heartbeat relays have all been up without a gap, in ms: counted from the latest start among those
  * marked within `freshMs` (a relay that started or came back lately may not have passed every node's beats on
- * yet). 0 when none is marked within `freshMs`.
+ * yet). 0 when none is marked within `freshMs`, or one marked within `windowMs` no longer is.
  */
-export async function relaysUpForMs(db: DbOrTx, freshMs: number): Promise<number> {
-  const result = await db.execute<{ up_for: number | null }>(sql`
-    select floor(extract(epoch from clock_timestamp() - max(up_since)) * 1000)::float8 as up_for
-      from heartbeat_relays where at > clock_timestamp() - ${freshMs}::int * interval '1 millisecond'`);
-  return Math.max(0, Number(result.rows[0]?.up_for ?? 0));
+export async function relaysUpForMs(db: DbOrTx, freshMs: number, windowMs: number): Promise<number> {
+  // A relay that stopped marking within `windowMs` (its process died or restarted) counts as down: nodes it relayed
+  // may not have reached another yet.
+  const result = await db.execute<{ up_for: number | null; gone: boolean }>(sql`
+    select floor(extract(epoch from clock_timestamp() - max(up_since) filter (where at > clock_timestamp() - ${freshMs}::int * interval '1 millisecond')) * 1000)::float8 as up_for,
+           bool_or(at <= clock_timestamp() - ${freshMs}::int * interval '1 millisecond') as gone
+      from heartbeat_relays where at > clock_timestamp() - ${windowMs}::int * interval '1 millisecond'`);
+  const row = result.rows[0];
+  if (!row || row.gone) return 0;
+  return Math.max(0, Number(row.up_for ?? 0));
 }
 
 /** Forgets relays not marked since `before` (API processes gone). */

@@ -25,21 +25,23 @@ async function main(): Promise<void> {
   const log = createLogger(config, 'cyxwiz-central');
   mkdirSync(config.dataDir, { recursive: true });
   const stops: { name: string; stop: () => Promise<void> }[] = [];
-  let stoppingAll = false;
-  const stopAll = async () => {
-    stoppingAll = true;
-    for (const { name, stop } of stops.reverse()) {
-      const t0 = Date.now();
-      await stop().catch((err) => log.error({ err, name }, 'stop failed'));
-      log.info({ ms: Date.now() - t0 }, `${name} stopped`);
-    }
-  };
+  let stoppingAll: Promise<void> | undefined;
+  /** Stops what started, last first; once, however many ask (a signal, a failed start, a server that died). */
+  const stopAll = () =>
+    (stoppingAll ??= (async () => {
+      for (const { name, stop } of [...stops].reverse()) {
+        const t0 = Date.now();
+        await stop().catch((err) => log.error({ err, name }, 'stop failed'));
+        log.info({ ms: Date.now() - t0 }, `${name} stopped`);
+      }
+    })());
   onShutdownSignal(log, stopAll);
   /** An embedded server that dies on its own leaves the system useless: all of it stops, exiting 1 for a supervisor. */
   const stopIfItDies = (exited: Promise<string>) =>
     void exited.then((how) => {
       if (stoppingAll) return;
       log.error({ how }, 'an embedded server died: stopping everything');
+      process.exitCode = 1; // also when a signal's stop finishes first
       void stopAll().finally(() => process.exit(1));
     });
 

@@ -13,7 +13,7 @@ export function onShutdownSignal(log: Logger, stop: () => Promise<void>): void {
     stopping = true;
     log.info({ signal }, 'shutting down');
     stop().then(
-      () => process.exit(0),
+      () => process.exit(), // 0, unless something already failed (process.exitCode)
       (err) => {
         log.error({ err }, 'shutdown failed');
         process.exit(1);

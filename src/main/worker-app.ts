@@ -4,6 +4,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import { registerSearchAttributes } from '../infra/search-attributes';
 import type { Logger } from 'pino';
 import { createAssignActivity, createDispatchActivities } from '../activities/dispatch';
+import { relayFreshMs } from '../services/heartbeat-hub';
 import { createJobActivities } from '../activities/jobs';
 import { createPaymentActivities, heartbeating } from '../activities/payments';
 import { createReservationActivities } from '../activities/reservations';
@@ -72,6 +73,7 @@ export async function startWorker(
     assignPortOffset: config.nodes.assignPortOffset,
     tokenDecimals: config.payments.tokenDecimals,
     heartbeatTimeoutMs: config.jobs.heartbeatTimeoutMs,
+    relayFreshMs: relayFreshMs(config.nodes.heartbeatFlushMs),
     wakeQueued,
   });
   const activities = {

@@ -100,6 +100,12 @@ const NODE_PRUNE_BATCH = 1_000;
  * waits until the hub has written beats without a gap for a whole `offlineAfterMs` (after a start or a failed
  * flush, nodes that beat meanwhile would otherwise be swept offline before their beat is written).
  */
+/**
+ * A heartbeat relay marked within this long is up, and marks further apart mean it was down in between: a few
+ * flushes (one may wait behind a slow one), at least 10 s.
+ */
+export const relayFreshMs = (flushMs: number) => Math.max(10_000, 4 * flushMs);
+
 export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   const { db, workflows, log } = deps;
   const now = deps.now ?? Date.now;
@@ -115,7 +121,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
   /** This process's heartbeat relay, marked alive at every flush (see nodesRepo.markRelay). */
   const relayId = `relay-${randomUUID()}`;
   /** Marks further apart than this mean the relay was down in between (a few missed flushes). */
-  const relayGapMs = Math.max(5000, 3 * deps.flushMs);
+  const relayGapMs = relayFreshMs(deps.flushMs);
   /** Since when every flush has written its beats (undefined after a failure, until the next success). */
   let writingSince: number | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -230,9 +236,9 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
     } else {
       writingSince ??= at.getTime();
     }
-    cancelOrders = await nodesRepo.pendingCancels(db);
     // Alive: this flush wrote its beats (a flush whose write failed threw above, and marks nothing).
     await nodesRepo.markRelay(db, relayId, relayGapMs);
+    cancelOrders = await nodesRepo.pendingCancels(db);
     if (at.getTime() - lastHousekeeping >= HOUSEKEEPING_MS) {
       lastHousekeeping = at.getTime();
       if (writingSince !== undefined && at.getTime() - writingSince >= deps.offlineAfterMs) {

@@ -415,7 +415,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         const extra = { assignedNodeId: node.nodeId, attempts: attempt, data: { endpoint: node.endpoint, match: match.explanation, refusedBy: s.refusedNodes } };
         // Offer and record in one local activity (runs started before this patch offer, then record).
         const assigned = assignInOneActivity ? nextTransition('assigned', reason, 'workflow', extra, attempt, node.nodeId) : undefined;
-        const refusal = await offer(node, assigned);
+        const offered = await offer(node, assigned);
+        const refusal = offered?.why;
         if (!refusal) {
           s.attempt = attempt;
           givingUpAttempt = false;
@@ -437,9 +438,11 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         if (assigned) s.seq = Math.max(s.seq, assigned.seq);
         if (assigned && v5) {
           // Its record may have landed after the activity gave up (the node took the job late): if the job's row
-          // shows it, the job is recorded back where it is, and the node told to stop it.
+          // shows it, the job is recorded back where it is, and the node told to stop it. When the activity ran out
+          // of time, its record may still be on its way: recorded back all the same (a later record of the
+          // assignment does not set the row back).
           const back = nextTransition(s.phase, `${refusal}; not assigned to it`, 'workflow', { assignedNodeId: null, cancelOnNode: node.nodeId });
-          await registry.withdrawAssignment({ assigned, back: { ...back, from: 'assigned' } });
+          await registry.withdrawAssignment({ assigned, back: { ...back, from: 'assigned' }, always: offered!.timedOut });
           s.seq = back.seq;
         }
         await registry.releaseNode({ jobId });
@@ -484,15 +487,18 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     return match;
   }
 
-  /** Offers the job to the node (and records `assigned` with it when given). @returns why the node did not take it. */
-  async function offer(node: MatchedNode, assigned?: Transition): Promise<string | undefined> {
+  /**
+   * Offers the job to the node (and records `assigned` with it when given). @returns why the node did not take it,
+   * and whether the offer's activity itself ran out of time (its record may still be on its way).
+   */
+  async function offer(node: MatchedNode, assigned?: Transition): Promise<{ why: string; timedOut: boolean } | undefined> {
     try {
       const input = { jobId, nodeId: node.nodeId, assignEndpoint: node.assignEndpoint, spec };
       const result = assigned ? await dispatch.assignToNode({ ...input, assigned }) : await dispatch.dispatchToNode(input);
-      return result.accepted ? undefined : `node ${node.nodeId} refused: ${result.reason}`;
+      return result.accepted ? undefined : { why: `node ${node.nodeId} refused: ${result.reason}`, timedOut: false };
     } catch (err) {
       const cause = activityCause(err);
-      if (cause) return `node ${node.nodeId} unreachable: ${cause.message}`;
+      if (cause) return { why: `node ${node.nodeId} unreachable: ${cause.message}`, timedOut: cause instanceof TimeoutFailure };
       throw err;
     }
   }
@@ -560,9 +566,17 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     if (watchEnded) {
       if (v5 && watchLapsed(watchEnded.error)) {
         // Heard only through the API's relay: a lapse while it was down (a restart, an outage) is not the node's.
-        const verdict = await liveness.confirmNodeLost({ nodeId, silentForMs: options.heartbeatTimeoutMs });
-        // A report or a cancel that came meanwhile goes first: the main loop (or the next watch) takes it.
-        if (outcome || cancelRequest) return;
+        // A report or a cancel that comes meanwhile goes first (the main loop, or the next watch, takes it): their
+        // answers must not wait for the relay.
+        const confirming = new CancellationScope();
+        let verdict: { lost: boolean; why: string } | undefined;
+        confirming.run(() => liveness.confirmNodeLost({ nodeId, silentForMs: options.heartbeatTimeoutMs })).then(
+          (v) => (verdict = v),
+          (err: unknown) => (verdict ??= { lost: true, why: `its loss could not be confirmed: ${(err as Error | undefined)?.message ?? 'no reason'}` }),
+        );
+        await condition(() => verdict !== undefined || outcome !== undefined || cancelRequest !== undefined);
+        if (verdict === undefined) confirming.cancel();
+        if (outcome || cancelRequest || !verdict) return;
         if (!verdict.lost) {
           s.lastReason = `node ${nodeId} watched again: ${verdict.why}`;
           details();

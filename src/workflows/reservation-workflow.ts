@@ -115,6 +115,8 @@ const store = proxyLocalActivities<ReservationActivities>({
   retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '5 minutes' },
 });
 
+type LossVerdict = { lost: boolean; why: string; aliveAt?: number };
+
 /** Whether a lapsed watch's node is lost: may wait for the heartbeat relay to come back (see confirmNodeLost). */
 const liveness = proxyActivities<Pick<ReturnType<typeof createJobActivities>, 'confirmNodeLost'>>({
   startToCloseTimeout: '20 minutes',
@@ -376,6 +378,10 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
       watchEnded = { error };
       lostBeforeRelease = release === undefined;
     };
+    /** The latest sign of life known from watches ended before this one, and from confirmations. */
+    let knownAliveAt = 0;
+    /** The current watch's lapse was confirmed a loss: decided once any extension on its way has landed. */
+    let lossConfirmed = false;
     startWatch();
     try {
       for (;;) {
@@ -385,9 +391,17 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
         await condition(() => extending === 0);
         // The node was lost before any release came: that stays the end, whatever arrived while an extension paid.
         if (release && !(endSeenFirst && watchEnded && lostBeforeRelease)) return { kind: 'released', reason: `released by the ${release.by}: ${release.reason || 'no reason given'}`, lastAliveAt: Date.now() };
-        if (watchEnded && livenessConfirmed && watchLapsed(watchEnded.error)) {
+        if (watchEnded && livenessConfirmed && watchLapsed(watchEnded.error) && !lossConfirmed) {
           // Heard only through the API's relay: a lapse while it was down (a restart, an outage) is not the node's.
-          const verdict = await liveness.confirmNodeLost({ nodeId: spec.nodeId, silentForMs: options.nodeHeartbeatTimeoutMs });
+          // A release meanwhile goes first: the Engine's answer must not wait for the relay.
+          // (One that came after the lapse, before this, waits for the verdict: lost first is lost, end-seen-first.)
+          const releasedBefore = release !== undefined;
+          const verdict = await confirmLoss(options.nodeHeartbeatTimeoutMs, () => !releasedBefore && release !== undefined);
+          if (verdict === undefined) {
+            lostBeforeRelease = false;
+            continue;
+          }
+          knownAliveAt = Math.max(knownAliveAt, verdict.aliveAt ?? 0, lastBeatAt(watchEnded.error) ?? 0);
           if (!verdict.lost) {
             lastReason = `node watched again: ${verdict.why}`;
             publish();
@@ -396,10 +410,14 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
             startWatch();
             continue;
           }
+          // Decided at the top of the loop, once an extension paying meanwhile has landed (its pot is settled too).
+          lossConfirmed = true;
+          continue;
         }
         if (watchEnded) {
-          // The last heartbeat the API passed on carries when the node last beat; none means it never did.
-          const lastAliveAt = Math.min(Date.now(), Math.max(startAt, lastBeatAt(watchEnded.error) ?? startAt));
+          // The last heartbeat the API passed on carries when the node last beat; none means it never did (the
+          // watches before this one, and the confirmation of a lapse, may know a later one).
+          const lastAliveAt = Math.min(Date.now(), Math.max(startAt, knownAliveAt, lastBeatAt(watchEnded.error) ?? startAt));
           return { kind: 'node_lost', reason: describeWatchEnd(watchEnded.error, options), lastAliveAt };
         }
         if (Date.now() >= endAt) return { kind: 'expired', reason: `ran its full ${minutes} min`, lastAliveAt: endAt };
@@ -407,6 +425,22 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     } finally {
       if (!watchEnded) scope.cancel();
     }
+  }
+
+  /**
+   * Whether a lapsed watch's node is lost (confirmNodeLost), unless `interrupted` first (then undefined, the
+   * confirmation cancelled). A confirmation that fails for good counts as a loss, with why.
+   */
+  async function confirmLoss(silentForMs: number, interrupted: () => boolean): Promise<LossVerdict | undefined> {
+    const confirming = new CancellationScope();
+    let verdict: LossVerdict | undefined;
+    confirming.run(() => liveness.confirmNodeLost({ nodeId: spec.nodeId, silentForMs })).then(
+      (v) => (verdict = v),
+      (err: unknown) => (verdict ??= { lost: true, why: `its loss could not be confirmed: ${(err as Error | undefined)?.message ?? 'no reason'}` }),
+    );
+    await condition(() => verdict !== undefined || interrupted());
+    if (verdict === undefined) confirming.cancel();
+    return verdict;
   }
 
   /** Pays what the node earned and refunds the rest, pot by pot; records the end. */

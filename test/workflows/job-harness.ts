@@ -170,7 +170,7 @@ export class FakeCluster {
    * test that fails while an activity waits at a gate would otherwise hang until jest's timeout.
    */
   openGates(): void {
-    for (const gate of [this.releaseGate, this.refundGate, this.escrowGate, this.outcomeGate, this.transitionGate?.gate]) gate?.open();
+    for (const gate of [this.releaseGate, this.refundGate, this.escrowGate, this.outcomeGate, this.transitionGate?.gate, this.confirmGate]) gate?.open();
   }
 
   hasLeg(leg: LegReceipt['leg']): boolean {
@@ -180,12 +180,16 @@ export class FakeCluster {
   /** confirmNodeLost calls, and how many more of them find the node alive (its lapse the relay's). */
   readonly confirmCalls: { nodeId: string; silentForMs: number }[] = [];
   aliveAfterLapse = 0;
+  /** Held while set: confirmNodeLost waits for the gate (as it waits for a relay to come back). */
+  confirmGate: Gate | undefined;
+  /** confirmNodeLost fails for good (as after its retries). */
+  confirmFails = false;
 
   readonly activities: JobWorkflowActivities = {
-    withdrawAssignment: async (input: { assigned: Transition; back: Transition }): Promise<boolean> => {
-      // As on the job's row: only when the latest record is that assignment.
+    withdrawAssignment: async (input: { assigned: Transition; back: Transition; always?: boolean }): Promise<boolean> => {
+      // As on the job's row: only when the latest record is that assignment (or always, when asked).
       const latest = this.transitions.filter((t) => t.jobId === input.assigned.jobId).sort((a, b) => b.seq - a.seq)[0];
-      if (!latest || latest.seq !== input.assigned.seq || latest.to !== 'assigned') return false;
+      if (!input.always && (!latest || latest.seq !== input.assigned.seq || latest.to !== 'assigned')) return false;
       this.transitions.push(input.back);
       this.timeline.push(`transition:${input.back.to}:withdrawn`);
       return true;
@@ -193,6 +197,8 @@ export class FakeCluster {
     confirmNodeLost: async (input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string }> => {
       this.confirmCalls.push(input);
       this.timeline.push(`confirm-lost:${input.nodeId}`);
+      if (this.confirmFails) throw ApplicationFailure.nonRetryable('Postgres away for good', 'Unreachable');
+      await this.confirmGate?.opened;
       if (this.aliveAfterLapse > 0) {
         this.aliveAfterLapse -= 1;
         return { lost: false, why: 'its heartbeats reached the server: the relay to its watch lapsed, not the node' };

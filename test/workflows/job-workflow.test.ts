@@ -247,6 +247,40 @@ describe('jobWorkflow', () => {
     });
   });
 
+  test('a completion that comes while a lapse is being confirmed is answered at once (the confirmation is dropped); a confirmation that fails for good counts as a loss', async () => {
+    const cluster = new FakeCluster(['node-a', 'node-b']);
+    cluster.confirmGate = new Gate(); // the relay is not back yet
+    const jobId = newJobId('confirm-interrupted');
+    const options = { ...FAST_OPTIONS, heartbeatTimeoutMs: 1500 };
+
+    await withWorker('confirm-interrupted', cluster, async ({ client, start }) => {
+      const handle = await start(jobSpec(jobId), options);
+      await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
+      await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+      await waitUntil(() => cluster.confirmCalls.length === 1, 10_000, 'the confirmation of the lapse');
+      const alive = keepAlive(client, jobId, 1);
+      try {
+        expect(await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }] })).toEqual({ paymentReleased: true, txRef: `ledger:${jobId}/release_node` });
+      } finally {
+        alive.stop();
+      }
+      expect(await handle.result()).toMatchObject({ phase: 'completed', nodeId: 'node-a', attempts: 1 });
+      expect(cluster.nodeOutcomes).toEqual([{ nodeId: 'node-a', outcome: 'completed' }]);
+    });
+
+    const failing = new FakeCluster(['node-a', 'node-b']);
+    failing.confirmFails = true;
+    const lostId = newJobId('confirm-fails');
+    await withWorker('confirm-fails', failing, async ({ start }) => {
+      const handle = await start(jobSpec(lostId), options);
+      await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
+      const reassigned = await waitForStatus(handle, (v) => v.phase === 'assigned' && v.attempt === 2, 10_000, 'reassignment');
+      expect(reassigned).toMatchObject({ nodeId: 'node-b', failedNodes: ['node-a'] });
+      expect(failing.transitions.find((t) => t.to === 'queued')!.reason).toContain('its loss could not be confirmed');
+      await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'end of test' }] });
+    });
+  });
+
   test('node lost (no heartbeats) → back to the queue → reassigned to another node, never the lost one', async () => {
     const cluster = new FakeCluster(['node-a', 'node-b']);
     const jobId = newJobId('lost');
