@@ -220,9 +220,10 @@ export function createJobActivities(deps: JobActivityDeps) {
    * Whether a node whose watch lapsed (silent for `silentForMs`, as far as Temporal heard) is lost. The watch hears
    * the node only through the API's heartbeat relay: a lapse while the relay was down (an API restart, a Temporal
    * or Postgres outage) says nothing about the node. So it is alive when its heartbeats reached Postgres within
-   * `silentForMs`; lost once the relays have been up without a gap for twice that (time for nodes to reconnect and
-   * beat; none of them gone meanwhile) and it has not beaten; until then this waits (heartbeating), at most
-   * LOSS_CONFIRM_MAX_WAIT_MS. `aliveAt`: its last heartbeat as Postgres has it.
+   * `silentForMs`, less what passing them on to the watch may lag by (excusedIfBeatAfter); lost once the relays
+   * have been up without a gap for twice that (time for nodes to reconnect and beat; none of them gone meanwhile)
+   * and it has not beaten; until then this waits (heartbeating), at most LOSS_CONFIRM_MAX_WAIT_MS. `aliveAt`: its
+   * last heartbeat as Postgres has it.
    */
   async function confirmNodeLost(input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
     const ctx = Context.current();
@@ -233,8 +234,9 @@ export function createJobActivities(deps: JobActivityDeps) {
       try {
         const node = await nodesRepo.getNode(deps.db, input.nodeId);
         if (!node) return { lost: true, why: 'its record is gone' };
-        const at = Date.now();
-        if (node.lastHeartbeat.getTime() > at - input.silentForMs) {
+        // Newer than the lag of passing beats on allows (as for the excuse of a loss): the watch missed beats
+        // that reached Postgres. A node that really went silent has its last beat about `silentForMs` back.
+        if (node.lastHeartbeat > excusedIfBeatAfter(new Date(), input.silentForMs)) {
           return { lost: false, why: `its heartbeats reached the server until ${node.lastHeartbeat.toISOString()}: the relay to its watch lapsed, not the node`, aliveAt: node.lastHeartbeat.getTime() };
         }
         if ((await nodesRepo.relaysUpForMs(deps.db, deps.relayFreshMs ?? relayFreshMs(1000), 2 * input.silentForMs)) >= 2 * input.silentForMs) {

@@ -4,12 +4,13 @@ import { Keypair } from '@solana/web3.js';
 import path from 'node:path';
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import pino from 'pino';
+import { MockActivityEnvironment } from '@temporalio/testing';
 import { createJobActivities } from '../../src/activities/jobs';
 import { MIGRATIONS_DIR, type Db } from '../../src/db/client';
 import { claimNode, createNodeCache } from '../../src/db/node-cache';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
-import { jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payments } from '../../src/db/schema';
+import { heartbeatRelays, jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payments } from '../../src/db/schema';
 import type { JobPhase, JobSpec } from '../../src/domain/job';
 import { nodeStats } from '../../src/domain/node-stats';
 import { createDiscoveryService } from '../../src/services/discovery-service';
@@ -864,6 +865,33 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(last).toMatchObject({ reason: 'node big refused: badbyte', data: { said: 'xy' } });
     await database.db.update(jobs).set({ status: 'cancelled' }).where(eq(jobs.id, 'late-record'));
     await database.db.delete(nodeClaims);
+  });
+
+  it('confirms a lapsed watch: alive when its beats reached Postgres lately, lost once the relays have been up long enough; a relay gone lately counts as down', async () => {
+    const acts = jobActivities(createNodeCache({ db: database.db, offlineAfterMs: 30_000 }));
+    const confirm = (nodeId: string) => new MockActivityEnvironment().run(acts.confirmNodeLost, { nodeId, silentForMs: 4000 });
+    await database.db.delete(heartbeatRelays);
+    await nodesRepo.markRelay(database.db, 'relay-long-up', 10_000);
+    await database.db.update(heartbeatRelays).set({ upSince: new Date(Date.now() - 3600_000) });
+    expect(await nodesRepo.relaysUpForMs(database.db, 10_000, 8000)).toBeGreaterThan(3_500_000);
+    await nodesRepo.upsertNode(database.db, 'conf-alive', registration({ ipAddress: '10.7.0.1' }));
+    await nodesRepo.upsertNode(database.db, 'conf-dead', registration({ ipAddress: '10.7.0.2' }));
+    // Beat half a second ago: the watch missed beats that reached Postgres (the relay's lapse, not the node's).
+    await database.db.update(nodes).set({ lastHeartbeat: new Date(Date.now() - 500) }).where(eq(nodes.id, 'conf-alive'));
+    expect(await confirm('conf-alive')).toMatchObject({ lost: false, why: expect.stringContaining('the relay to its watch lapsed') });
+    // Last beat about the timeout back (its last relayed beat a little older, as throttled): lost.
+    await database.db.update(nodes).set({ lastHeartbeat: new Date(Date.now() - 3000) }).where(eq(nodes.id, 'conf-dead'));
+    expect(await confirm('conf-dead')).toMatchObject({ lost: true, why: '' });
+    // A relay that stopped marking moments ago (its API restarting): not up, whatever the others say.
+    await database.db.insert(heartbeatRelays).values({ id: 'relay-gone', upSince: new Date(Date.now() - 3600_000), at: new Date(Date.now() - 12_000) });
+    expect(await nodesRepo.relaysUpForMs(database.db, 10_000, 20_000)).toBe(0);
+    expect(await nodesRepo.relaysUpForMs(database.db, 10_000, 8000)).toBeGreaterThan(0); // out of the window: ignored
+    // A relay marked again after a gap starts its uptime anew.
+    await database.db.update(heartbeatRelays).set({ at: new Date(Date.now() - 60_000) }).where(eq(heartbeatRelays.id, 'relay-long-up'));
+    await nodesRepo.markRelay(database.db, 'relay-long-up', 10_000);
+    expect(await nodesRepo.relaysUpForMs(database.db, 10_000, 8000)).toBeLessThan(1000);
+    await database.db.delete(heartbeatRelays);
+    await database.db.delete(nodes).where(inArray(nodes.id, ['conf-alive', 'conf-dead']));
   });
 
   it('gives a job capacity on one node at a time: a second try of its match, claiming another node, is refused and answered with the node it holds', async () => {
