@@ -184,9 +184,9 @@ const JOB_WORKFLOW_V4 = 'job-workflow-v4';
  * Patch: the workflow as of this version, the one marker a run records (in place of v4's, whose behaviour it
  * has). After an offer that failed, an `assigned` record that landed all the same (its activity gave up while
  * the node took the job) is followed by one putting the job back where it is, the node told to stop it
- * (withdrawAssignment): before, a job that was queued already stayed shown as assigned to that node. A watch that lapses is confirmed before the node counts
- * as lost (confirmNodeLost): a lapse while the heartbeat relay was down (an API restart, a Temporal or Postgres
- * outage) no longer takes every running job from its node.
+ * (withdrawAssignment): before, a job that was queued already stayed shown as assigned to that node. A watch
+ * that lapses is confirmed before the node counts as lost (confirmNodeLost): a lapse while the heartbeat relay
+ * was down (an API restart, a Temporal or Postgres outage) no longer takes every running job from its node.
  */
 const JOB_WORKFLOW_V5 = 'job-workflow-v5';
 
