@@ -39,6 +39,7 @@ import {
   type JobOutcomeReport,
   type JobView,
 } from './messages';
+import { confirmLoss, watchLapsed } from './liveness';
 import { JobSearchAttributes as SA } from './search-attributes';
 
 type JobActivities = ReturnType<typeof createJobActivities>;
@@ -122,13 +123,6 @@ const LOCAL_RETRY_MAX = '5 minutes';
 const registry = proxyLocalActivities<JobActivities>({
   startToCloseTimeout: '10 seconds',
   retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: LOCAL_RETRY_MAX },
-});
-
-/** Whether a lapsed watch's node is lost: may wait for the heartbeat relay to come back (see confirmNodeLost). */
-const liveness = proxyActivities<JobActivities>({
-  startToCloseTimeout: '20 minutes',
-  heartbeatTimeout: '30 seconds',
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
 });
 
 const moneyRetry: RetryPolicy = {
@@ -568,14 +562,7 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
         // Heard only through the API's relay: a lapse while it was down (a restart, an outage) is not the node's.
         // A report or a cancel that comes meanwhile goes first (the main loop, or the next watch, takes it): their
         // answers must not wait for the relay.
-        const confirming = new CancellationScope();
-        let verdict: { lost: boolean; why: string } | undefined;
-        confirming.run(() => liveness.confirmNodeLost({ nodeId, silentForMs: options.heartbeatTimeoutMs })).then(
-          (v) => (verdict = v),
-          (err: unknown) => (verdict ??= { lost: true, why: `its loss could not be confirmed: ${(err as Error | undefined)?.message ?? 'no reason'}` }),
-        );
-        await condition(() => verdict !== undefined || outcome !== undefined || cancelRequest !== undefined);
-        if (verdict === undefined) confirming.cancel();
+        const verdict = await confirmLoss(nodeId, options.heartbeatTimeoutMs, () => outcome !== undefined || cancelRequest !== undefined);
         if (outcome || cancelRequest || !verdict) return;
         if (!verdict.lost) {
           s.lastReason = `node ${nodeId} watched again: ${verdict.why}`;
@@ -814,12 +801,6 @@ function queueNote(e: { eligible: number; rejectedCounts: Record<string, number>
   ]
     .filter(Boolean)
     .join('; ');
-}
-
-/** Whether the node's watch ended for want of heartbeats (the node, or the relay to its watch, went silent). */
-function watchLapsed(error: unknown): boolean {
-  const cause = error instanceof ActivityFailure ? error.cause : error;
-  return cause instanceof TimeoutFailure && cause.timeoutType === TimeoutType.HEARTBEAT;
 }
 
 function describeWatchEnd(error: unknown, options: JobWorkflowOptions): string {

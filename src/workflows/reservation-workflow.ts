@@ -15,7 +15,6 @@ import {
   allHandlersFinished,
 } from '@temporalio/workflow';
 import { TimeoutType } from '@temporalio/common';
-import type { createJobActivities } from '../activities/jobs';
 import type { createReservationActivities, PotOutcome } from '../activities/reservations';
 import { PAYMENT_NON_RETRYABLE } from '../domain/payments';
 import {
@@ -30,6 +29,7 @@ import {
   type EndKind,
   type ReservationStatus,
 } from '../domain/reservation';
+import { confirmLoss, watchLapsed } from './liveness';
 import { walletRegisteredSignal } from './messages';
 import {
   extendReservationUpdate,
@@ -113,15 +113,6 @@ const store = proxyLocalActivities<ReservationActivities>({
   // Past the SDK's local retry threshold (1 minute) a retry waits on a workflow timer, not inside a workflow
   // task extended every few seconds (three history events each): a long Postgres outage cannot fill the history.
   retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '5 minutes' },
-});
-
-type LossVerdict = { lost: boolean; why: string; aliveAt?: number };
-
-/** Whether a lapsed watch's node is lost: may wait for the heartbeat relay to come back (see confirmNodeLost). */
-const liveness = proxyActivities<Pick<ReturnType<typeof createJobActivities>, 'confirmNodeLost'>>({
-  startToCloseTimeout: '20 minutes',
-  heartbeatTimeout: '30 seconds',
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
 });
 
 const money = proxyActivities<ReservationActivities>({
@@ -396,7 +387,7 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
           // A release meanwhile goes first: the Engine's answer must not wait for the relay.
           // (One that came after the lapse, before this, waits for the verdict: lost first is lost, end-seen-first.)
           const releasedBefore = release !== undefined;
-          const verdict = await confirmLoss(options.nodeHeartbeatTimeoutMs, () => !releasedBefore && release !== undefined);
+          const verdict = await confirmLoss(spec.nodeId, options.nodeHeartbeatTimeoutMs, () => !releasedBefore && release !== undefined);
           if (verdict === undefined) {
             lostBeforeRelease = false;
             continue;
@@ -425,22 +416,6 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     } finally {
       if (!watchEnded) scope.cancel();
     }
-  }
-
-  /**
-   * Whether a lapsed watch's node is lost (confirmNodeLost), unless `interrupted` first (then undefined, the
-   * confirmation cancelled). A confirmation that fails for good counts as a loss, with why.
-   */
-  async function confirmLoss(silentForMs: number, interrupted: () => boolean): Promise<LossVerdict | undefined> {
-    const confirming = new CancellationScope();
-    let verdict: LossVerdict | undefined;
-    confirming.run(() => liveness.confirmNodeLost({ nodeId: spec.nodeId, silentForMs })).then(
-      (v) => (verdict = v),
-      (err: unknown) => (verdict ??= { lost: true, why: `its loss could not be confirmed: ${(err as Error | undefined)?.message ?? 'no reason'}` }),
-    );
-    await condition(() => verdict !== undefined || interrupted());
-    if (verdict === undefined) confirming.cancel();
-    return verdict;
   }
 
   /** Pays what the node earned and refunds the rest, pot by pot; records the end. */
@@ -593,12 +568,6 @@ function lastBeatAt(error: unknown): number | undefined {
   const cause = error instanceof ActivityFailure ? error.cause : error;
   const details = cause instanceof TimeoutFailure ? (cause.lastHeartbeatDetails as { at?: unknown } | undefined) : undefined;
   return typeof details?.at === 'number' && Number.isFinite(details.at) ? details.at : undefined;
-}
-
-/** Whether the node's watch ended for want of heartbeats (the node, or the relay to its watch, went silent). */
-function watchLapsed(error: unknown): boolean {
-  const cause = error instanceof ActivityFailure ? error.cause : error;
-  return cause instanceof TimeoutFailure && cause.timeoutType === TimeoutType.HEARTBEAT;
 }
 
 function describeWatchEnd(error: unknown, options: ReservationOptions): string {

@@ -119,7 +119,7 @@ describe('local ledger persistence', () => {
       const mint = new PublicKey(setup.mint);
       const engine = loadKeypair('engine', { file: setup.keyFiles.demo.engine });
       const nodeAta = ataOf(new PublicKey(setup.demoWallets.node), mint);
-      let connection = new Connection(second.url, 'confirmed');
+      const connection = new Connection(second.url, 'confirmed');
       const before = await tokenBalance(connection, nodeAta);
       const { blockhash, lastValidBlockHeight } = await connection.getLatestBlockhash();
       const tx = new Transaction({ feePayer: engine.publicKey, blockhash, lastValidBlockHeight }).add(
@@ -131,27 +131,22 @@ describe('local ledger persistence', () => {
       for (const f of stateFiles()) fs.rmSync(path.join(data.dir, f));
       for (const [file, bytes] of Object.entries(saved)) fs.writeFileSync(path.join(data.dir, file), bytes);
 
-      const third = await startLocalLedger({ port: 0, dataDir: data.dir });
-      try {
-        connection = new Connection(third.url, 'confirmed');
-        const { value } = await connection.getSignatureStatuses([signature], { searchTransactionHistory: true });
-        const moved = (await tokenBalance(connection, nodeAta)) - before;
-        // Either the transfer happened (known and applied) or it did not (unknown, not applied): never half.
-        expect({ known: value[0] !== null, moved }).toEqual(value[0] !== null ? { known: true, moved: 5_000n } : { known: false, moved: 0n });
-      } finally {
-        await third.stop();
-      }
-      // And it stays so across the next restarts (the save at the third start reached the generation the dropped
+      /** Restarts the ledger: either the transfer happened (known and applied) or it did not (unknown, not applied), never half. */
+      const expectWholeOrNothing = async () => {
+        const restarted = await startLocalLedger({ port: 0, dataDir: data.dir });
+        try {
+          const c = new Connection(restarted.url, 'confirmed');
+          const { value } = await c.getSignatureStatuses([signature], { searchTransactionHistory: true });
+          const moved = (await tokenBalance(c, nodeAta)) - before;
+          expect({ known: value[0] !== null, moved }).toEqual(value[0] !== null ? { known: true, moved: 5_000n } : { known: false, moved: 0n });
+        } finally {
+          await restarted.stop();
+        }
+      };
+      await expectWholeOrNothing();
+      // And it stays so across the next restarts (the save at that start reached the generation the dropped
       // transaction was logged for: it must not come back as landed with its changes lost).
-      const fourth = await startLocalLedger({ port: 0, dataDir: data.dir });
-      try {
-        connection = new Connection(fourth.url, 'confirmed');
-        const { value } = await connection.getSignatureStatuses([signature], { searchTransactionHistory: true });
-        const moved = (await tokenBalance(connection, nodeAta)) - before;
-        expect({ known: value[0] !== null, moved }).toEqual(value[0] !== null ? { known: true, moved: 5_000n } : { known: false, moved: 0n });
-      } finally {
-        await fourth.stop();
-      }
+      await expectWholeOrNothing();
     } finally {
       data.remove();
       keys.remove();
