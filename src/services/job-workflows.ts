@@ -66,7 +66,15 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   /** Starts the job's workflow; starting an existing job is a no-op (workflow id = job id). */
   async function start(spec: JobSpec): Promise<void> {
     try {
-      await limited(() => client.workflow.start(jobWorkflow, {
+      await limited(() => startWorkflow(spec));
+    } catch (err) {
+      throw translate(err);
+    }
+  }
+
+  async function startWorkflow(spec: JobSpec): Promise<void> {
+    try {
+      await client.workflow.start(jobWorkflow, {
         workflowId: spec.jobId,
         taskQueue: deps.taskQueue,
         args: [{ spec, options: deps.options }],
@@ -82,10 +90,9 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
         ],
         staticSummary: summary(spec, deps.tokenDecimals),
         staticDetails: staticDetails(spec, deps.tokenDecimals),
-      }));
+      });
     } catch (err) {
-      if (err instanceof WorkflowExecutionAlreadyStartedError) return; // finished earlier: same job
-      throw translate(err);
+      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err; // else finished earlier: same job
     }
   }
 
@@ -141,13 +148,23 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
    * (a slow chain), as soon as the cancel is accepted: `refundIssued` then says whether the workflow answered,
    * within CANCEL_QUERY_MS, that the escrow is held, so its refund decided (it lands later; its signature is on
    * the job's payments).
+   * @param recorded the job's spec when its row is still pending: a job recorded while Temporal was away has no
+   *   workflow yet, and is started to be cancelled
    */
-  async function cancel(jobId: string, reason: string): Promise<CancelReceipt> {
+  async function cancel(jobId: string, reason: string, recorded?: JobSpec): Promise<CancelReceipt> {
     return update(async () => {
-      const receipt = await acceptedWithin(
-        (waitForStage) => handle(jobId).startUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel', waitForStage }),
-        deps.cancelAnswerMs ?? CANCEL_ANSWER_MS,
-      );
+      const receipt = await acceptedWithin(async (waitForStage) => {
+        const ask = () => handle(jobId).startUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel', waitForStage });
+        try {
+          return await ask();
+        } catch (err) {
+          if (!recorded || !(err instanceof WorkflowNotFoundError)) throw err;
+          // Recorded while Temporal was away, its workflow not started yet (the worker's sweep would): started
+          // here, so that the cancel ends it now, refunding whatever its start escrowed meanwhile.
+          await startWorkflow(recorded);
+          return ask();
+        }
+      }, deps.cancelAnswerMs ?? CANCEL_ANSWER_MS);
       if (receipt !== LATE) return receipt;
       const view = await limited(() => handle(jobId).query(jobStatusQuery), CANCEL_QUERY_MS).catch(() => undefined);
       return { refundIssued: view?.escrow === 'held' || view?.escrow === 'refunded', txRef: '' };

@@ -156,7 +156,7 @@ export function createJobService(deps: JobServiceDeps) {
       }
     }
     if (isTerminal(job.status)) throw new ConflictError(`job ${jobId} has already finished (${job.status})`);
-    return workflows.cancel(jobId, reason);
+    return workflows.cancel(jobId, reason, job.status === 'pending' ? job.config : undefined);
   }
 
   async function list(q: jobsRepo.JobListQuery) {

@@ -1,6 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
+import { openDatabase } from '../../src/db/client';
+import * as jobsRepo from '../../src/db/jobs-repo';
+import type { JobSpec } from '../../src/domain/job';
 import { verifyP2PToken } from '../../src/services/p2p-token';
 import { protocolClient } from '../support/grpc-clients';
 import type { SimNode } from '../support/sim-node';
@@ -376,6 +379,34 @@ test('CancelJob of a queued job refunds the whole escrow once', async () => {
   expect(twice).toMatchObject({ status: S.SUCCESS, refund_issued: true });
   expect((await restGet(sys(), `/api/jobs/${jobId}`)).body.payments).toHaveLength(2);
   expect(await chain.balances({ payer: chain.ata(chain.payer), escrow: chain.escrowAccount(jobId) })).toEqual({ payer: payerBefore, escrow: 0n });
+});
+
+test('CancelJob of a job recorded while Temporal was away (no workflow yet) ends it now: cancelled, nothing held', async () => {
+  // SubmitJob records the job before it starts the workflow; a job recorded while Temporal was away is started
+  // by the worker's sweep later. Recorded here as that API left it.
+  const template = await submitJob(engine, unfittable());
+  const [{ config }] = await sys().query<{ config: JobSpec }>('SELECT config FROM jobs WHERE id = $1', [template]);
+  const jobId = `recorded-${uid()}`;
+  const database = openDatabase(sys().databaseUrl, { max: 1 });
+  try {
+    expect(await jobsRepo.insertJob(database.db, { spec: { ...config, jobId }, configHash: 'recorded' })).toEqual({ created: true });
+  } finally {
+    await database.close();
+  }
+
+  const cancelled = await engine.call('CancelJob', { job_id: jobId, reason: 'changed my mind' }, { deadlineMs: 30_000 });
+  expect(cancelled.status).toBe(S.SUCCESS);
+  expect((await jobStatus(engine, jobId)).status.status).toBe(S.CANCELLED);
+  const body = await eventually('its end, refund included', async () => {
+    const { body: job } = await restGet(sys(), `/api/jobs/${jobId}`);
+    return job.status === 'cancelled' && !job.events.at(-1).reason.endsWith('; refunding the escrow') && job;
+  });
+  expect(body.events.at(-1).reason).toMatch(/^cancelled: changed my mind/);
+  // Whatever its start escrowed meanwhile went back.
+  expect(body.payments.some((p: any) => p.leg.startsWith('release'))).toBe(false);
+  expect(body.payments.filter((p: any) => p.leg === 'refund')).toHaveLength(body.payments.filter((p: any) => p.leg === 'escrow').length);
+  expect(await chain.accountBalance(chain.escrowAccount(jobId))).toBe(0n);
+  expect(await engine.call('CancelJob', { job_id: template }, { deadlineMs: 30_000 })).toMatchObject({ status: S.SUCCESS });
 });
 
 test('SubmitJob with a job_id is idempotent: the same job, one escrow; a different config is a 409', async () => {
