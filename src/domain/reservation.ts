@@ -23,7 +23,8 @@ export const RESERVATION_STATUSES = ['pending', 'active', 'completing', 'complet
 export type ReservationStatus = (typeof RESERVATION_STATUSES)[number];
 
 export const MIN_MINUTES = 10;
-export const MAX_MINUTES = 480;
+/** ReserveNode takes 10 minutes to 24 hours, as the original server did (the Engine offers 10–480). */
+export const MAX_MINUTES = 1440;
 /** The longest a reservation can run with its extensions. */
 export const MAX_TOTAL_MINUTES = 1440;
 /** p2p_token_expires = reservation end + this. */

@@ -223,7 +223,6 @@ describe('unknown ids give 404 in an OK reply, and write nothing', () => {
   const notFound: Case[] = [
     ['GetJobStatus', () => engine, 'GetJobStatus', () => ({ job_id: unknown }), ''],
     ['CancelJob', () => engine, 'CancelJob', () => ({ job_id: unknown, reason: 'x' }), ''],
-    ['DeleteJob', () => engine, 'DeleteJob', () => ({ job_id: unknown }), ''],
     ['ReportCompletion', () => nodeApi, 'ReportCompletion', () => ({ node_id: node.nodeId, job_id: unknown, result: { job_id: unknown, status: S.SUCCESS } }), ''],
     ['ReportProgress', () => nodeApi, 'ReportProgress', () => ({ node_id: node.nodeId, job_id: unknown, status: { job_id: unknown, status: S.IN_PROGRESS, progress: 0.1 } }), ''],
     ['NotifyJobAccepted', () => nodeApi, 'NotifyJobAccepted', () => ({ node_id: node.nodeId, job_id: unknown }), ''],
@@ -235,6 +234,14 @@ describe('unknown ids give 404 in an OK reply, and write nothing', () => {
     // GetNodeMetricsResponse has no status field.
     const expected = { status: method === 'GetNodeMetrics' ? undefined : S.FAILED, code: 404, message: expect.stringMatching(/not found/) };
     expect(outcome(res)).toEqual(expected);
+    // The Engine copies GetJobStatus's JobStatus into its record of the job: it keeps the job's id.
+    if (method === 'GetJobStatus') expect(res.status.job_id).toBe(unknown);
+    expect(await counts()).toEqual(before);
+  });
+
+  test('DeleteJob of an unknown job succeeds, as the original server did, and writes nothing', async () => {
+    const before = await counts();
+    expect(await engine.call('DeleteJob', { job_id: unknown })).toMatchObject({ status: S.SUCCESS });
     expect(await counts()).toEqual(before);
   });
 

@@ -163,7 +163,7 @@ test('an extension escrows its own pot and moves the end; bad extensions are ref
   const reply = await reserve(node.nodeId, user.publicKey.toBase58(), 10);
   const id = reply.reservation_id;
 
-  for (const bad of [0, -5, 9, 481]) {
+  for (const bad of [0, -5, 9, 1441]) {
     expect(await rig.engine.call('ExtendReservation', { reservation_id: id, additional_minutes: bad })).toMatchObject({
       status: S.FAILED,
       error: { code: 400, message: expect.stringContaining('additional_minutes') },
@@ -264,7 +264,7 @@ test('bad input is refused with the field named and nothing escrowed', async () 
     [{ node_id: node.nodeId, user_wallet: '', duration_minutes: 60 }, 400, 'user_wallet'],
     [{ node_id: node.nodeId, user_wallet: 'not-a-wallet', duration_minutes: 60 }, 400, 'user_wallet'],
     [{ node_id: node.nodeId, user_wallet: wallet, duration_minutes: 9 }, 400, 'duration_minutes'],
-    [{ node_id: node.nodeId, user_wallet: wallet, duration_minutes: 481 }, 400, 'duration_minutes'],
+    [{ node_id: node.nodeId, user_wallet: wallet, duration_minutes: 1441 }, 400, 'duration_minutes'],
     [{ node_id: 'no-such-node', user_wallet: wallet, duration_minutes: 60 }, 404, 'no-such-node'],
   ];
   for (const [request, code, mention] of cases) {

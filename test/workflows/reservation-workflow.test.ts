@@ -383,7 +383,7 @@ describe('reservationWorkflow', () => {
       });
     });
 
-    test('the validator refuses 0, fractions, fewer than 10 or more than 480 minutes, and more than 1440 in all; nothing is escrowed for them', async () => {
+    test('the validator refuses 0, fractions, fewer than 10 or more than 1440 minutes, and more than 1440 in all; nothing is escrowed for them', async () => {
       const world = new FakeReservationWorld();
       const id = newId('extend-invalid');
       const spec = reservationSpec(id, { minutes: 480 });

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { TooManyRequestsError, ValidationError } from '../../domain/errors';
+import { NotFoundError, TooManyRequestsError, ValidationError } from '../../domain/errors';
 import { isTerminal, JOB_TYPES, statusCodeToPhases, StatusCode } from '../../domain/job';
 import type { JobStatus } from '../../protocol/types';
 import type {
@@ -14,7 +14,7 @@ import type { JobChangeFeed } from '../../services/job-change-feed';
 import type { JobService } from '../../services/jobs-service';
 import type { CallerOf } from './auth';
 import { sendRefusalMetadata, toProtocolFailure } from './errors';
-import { optionalText, requireId, toJobSpec, toJobStatus } from './mappers';
+import { echoId, optionalText, requireId, toJobSpec, toJobStatus } from './mappers';
 import { statusAndError, summarize, unary } from './unary';
 
 export interface JobHandlerDeps {
@@ -77,7 +77,8 @@ export function createJobHandlers(deps: JobHandlerDeps) {
         },
       };
     },
-    (f) => ({ status: { job_id: '', status: f.status, error: f.error }, error: f.error }),
+    // The Engine copies the JobStatus into its job record: an error keeps the job's id there.
+    (f, req) => ({ status: { job_id: echoId(req.job_id), status: f.status, error: f.error }, error: f.error }),
   );
 
   const CancelJob = unary<CancelJobRequest, object>(
@@ -102,7 +103,13 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     log,
     'DeleteJob',
     async (req, call) => {
-      await jobs.remove(requireId(req.job_id, 'job_id'), caller(call));
+      try {
+        await jobs.remove(requireId(req.job_id, 'job_id'), caller(call));
+      } catch (err) {
+        // As the original server: deleting a job that is not there (unknown, or deleted by an earlier try whose
+        // reply was lost) succeeds, so the Engine drops it from its list.
+        if (!(err instanceof NotFoundError)) throw err;
+      }
       return { status: StatusCode.SUCCESS };
     },
     statusAndError,

@@ -63,6 +63,11 @@ export function requireId(value: string | undefined, field: string): string {
   return v;
 }
 
+/** An id from a request, to repeat in a reply that refuses it: itself when well-formed, else empty. */
+export function echoId(value: unknown): string {
+  return typeof value === 'string' && value.length <= 128 && isId(value) ? value : '';
+}
+
 /** An int64 field (decimal string on the wire) as a non-negative safe integer. */
 export function int64(value: Int64 | number | undefined, field: string): number {
   const n = Number(value ?? 0);
