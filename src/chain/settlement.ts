@@ -718,7 +718,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
    * this escrow account already has it bound to another job or reclaim.
    * @throws non-retryable EscrowRejected with the reason.
    */
-  async function payerTransfer(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<{ received: bigint; fromPayer: bigint }> {
+  async function payerTransfer(p: { jobId: string; amount: bigint; payer: string; signature: string }): Promise<{ received: bigint; fromPayer: bigint; slot: number }> {
     const reject = (why: string) => nonRetryable(SettlementErrors.escrowRejected, `escrow_tx_hash ${p.signature}: ${why}`);
     const commitment = deps.commitment === 'processed' ? 'confirmed' : deps.commitment;
     // A payer who submits right after sending may be a moment ahead of the cluster (or of this RPC node).
@@ -761,7 +761,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       .from(payments)
       .where(and(eq(payments.leg, 'escrow'), eq(payments.toAccount, escrow), eq(payments.txRef, p.signature)));
     if (used && used.jobId !== p.jobId) throw reject(`already used for job ${used.jobId}`);
-    return { received: received.change, fromPayer };
+    return { received: received.change, fromPayer, slot: tx.slot };
   }
 
   /**
@@ -777,6 +777,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   async function reclaimTransfer(input: { jobId: string; payer: string; signature: string }): Promise<LegReceipt> {
     const id = reclaimId(input.jobId, input.signature);
     const [done] = await rowsOf(id, ['refund']);
+    let transferSlot: number | undefined;
     if (!done) {
       const escrowAccount = escrowOf(input.jobId).toBase58();
       const [bound] = await db
@@ -788,7 +789,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       if (job && !['completed', 'failed', 'cancelled'].includes(job.status)) {
         throw new ConflictError(`job ${input.jobId} is ${job.status}: its escrow account is in use until it ends`);
       }
-      const { received, fromPayer } = await payerTransfer({ jobId: input.jobId, amount: 1n, payer: input.payer, signature: input.signature });
+      const { received, fromPayer, slot } = await payerTransfer({ jobId: input.jobId, amount: 1n, payer: input.payer, signature: input.signature });
+      transferSlot = slot;
       const amount = received < fromPayer ? received : fromPayer;
       const held = await escrowBalance(input.jobId);
       if (held < amount) throw new ConflictError(`the escrow account of ${input.jobId} holds ${held} units, less than the ${amount} to give back`);
@@ -804,7 +806,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
             .insert(payments)
             .values({
               jobId: id, leg: 'escrow', amount, fromAccount: input.payer, toAccount: escrowAccount, state: 'confirmed',
-              idempotencyKey: legKey(id, 'escrow'), txRef: input.signature, memo: 'paid by the payer, no job holds it',
+              idempotencyKey: legKey(id, 'escrow'), txRef: input.signature, slot, memo: 'paid by the payer, no job holds it',
             })
             .onConflictDoNothing({ target: payments.idempotencyKey });
           await recordLeg(tx, id, 'refund', amount, escrowAccount, input.payer);
@@ -816,7 +818,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
         throw err;
       }
     }
-    return settleRefund(id, input.jobId);
+    transferSlot ??= (await rowsOf(id, ['escrow']))[0]?.slot ?? undefined;
+    return settleRefund(id, input.jobId, transferSlot);
   }
 
   /**
@@ -881,13 +884,15 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       const want = { to, amount, atLeast: true, from: input.payer, txRef: input.escrowTxHash };
       const [existing] = await rowsOf(input.jobId, ['escrow']);
       if (existing?.state === 'confirmed') return receipt(expectEscrow(input.jobId, existing, want));
-      const received = await verifyEscrowTransaction({ jobId: input.jobId, amount, payer: input.payer, signature: input.escrowTxHash });
+      const { received, slot } = await payerTransfer({ jobId: input.jobId, amount, payer: input.payer, signature: input.escrowTxHash });
       try {
         await db
           .insert(payments)
           .values({
+            // With its slot: the release or refund out of it is then checked by an RPC node that has seen it (one
+            // behind would find the account empty, and take that for good).
             jobId: input.jobId, leg: 'escrow', amount: received, fromAccount: input.payer, toAccount: to, state: 'confirmed',
-            idempotencyKey: legKey(input.jobId, 'escrow'), txRef: input.escrowTxHash, memo: 'paid by the payer',
+            idempotencyKey: legKey(input.jobId, 'escrow'), txRef: input.escrowTxHash, slot, memo: 'paid by the payer',
           })
           .onConflictDoNothing({ target: payments.idempotencyKey });
       } catch (err) {
@@ -901,33 +906,47 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       return receipt(expectEscrow(input.jobId, row, want));
     }
     const payer = deps.payer;
-    if (!payer) {
-      const [existing] = await rowsOf(input.jobId, ['escrow']);
-      // Funded earlier, by the payer's transfer or a server payer since removed: the payer is not known here.
-      if (existing?.state === 'confirmed') return receipt(expectEscrow(input.jobId, existing, { to, amount, atLeast: true }));
-      throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
-    }
+    const payerKey = payer?.publicKey.toBase58();
     // The escrow account is looked up while the leg is recorded (used by the first attempt only; a later one
     // looks again, the account may exist by then).
-    let setup: Promise<TransactionInstruction[]> | undefined = escrowAccountSetup(input.jobId);
-    setup.catch(() => undefined); // awaited below unless the leg turns out settled already
+    let setup: Promise<TransactionInstruction[]> | undefined = payer && escrowAccountSetup(input.jobId);
+    setup?.catch(() => undefined); // awaited below unless the leg turns out settled already
     // Recording is a no-op when the leg exists; settle() returns it at once when it is already confirmed.
-    const recorded = await db
-      .insert(payments)
-      .values({
-        jobId: input.jobId, leg: 'escrow', amount, fromAccount: payer.publicKey.toBase58(), toAccount: to, state: 'pending',
-        idempotencyKey: legKey(input.jobId, 'escrow'), memo: `cyxwiz ${legKey(input.jobId, 'escrow')}`,
-      })
-      .onConflictDoNothing()
-      .returning();
+    const recorded = payer
+      ? await db
+          .insert(payments)
+          .values({
+            jobId: input.jobId, leg: 'escrow', amount, fromAccount: payer.publicKey.toBase58(), toAccount: to, state: 'pending',
+            idempotencyKey: legKey(input.jobId, 'escrow'), memo: `cyxwiz ${legKey(input.jobId, 'escrow')}`,
+          })
+          .onConflictDoNothing()
+          .returning()
+      : [];
     // settle() would otherwise finish (or return) whatever escrow is recorded under this id.
     const known = recorded.length > 0 ? recorded : await rowsOf(input.jobId, ['escrow']);
-    for (const row of known) expectEscrow(input.jobId, row, { to, amount, atLeast: false, from: payer.publicKey.toBase58() });
+    const [existing] = known;
+    if (!existing) throw nonRetryable(SettlementErrors.escrowRejected, 'no escrow_tx_hash given and the server has no payer account');
+    // An attempt sent or landed is this job's escrow whoever signed it: the payer's key may have been rotated or
+    // removed since, and its bytes may still land (refused, they would fund an escrow nobody settles). One still
+    // to be signed must be the current payer's.
+    const signedByAnotherKey = (existing.state === 'sent' || existing.state === 'confirmed') && existing.fromAccount !== payerKey;
+    // Only for a job that is recorded as one: an id funded as anything else (a reservation's pot, paid by its user)
+    // is not this job's escrow.
+    const from = signedByAnotherKey && (await isJob(input.jobId)) ? existing.fromAccount : payerKey ?? '(the server has no payer account)';
+    expectEscrow(input.jobId, existing, { to, amount, atLeast: !payer, from });
+    if (existing.state === 'confirmed') return receipt(existing);
     const [row] = await settle(
       input.jobId,
       ['escrow'],
       legKey(input.jobId, 'escrow'),
-      async () => {
+      async ([leg]) => {
+        // A new attempt (the recorded one expired without landing): nothing moved, so a changed payer refuses.
+        if (!payer || leg.fromAccount !== payerKey) {
+          throw nonRetryable(
+            SettlementErrors.escrowRejected,
+            `job ${input.jobId}: its escrow was to be paid by ${leg.fromAccount}, and the server's payer is now ${payerKey ?? 'none'}; nothing was moved`,
+          );
+        }
         const accountSetup = await (setup ?? escrowAccountSetup(input.jobId));
         setup = undefined;
         return {
@@ -941,6 +960,10 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
       known,
     );
     return receipt(row);
+  }
+
+  async function isJob(id: string): Promise<boolean> {
+    return (await db.select({ id: jobs.id }).from(jobs).where(eq(jobs.id, id))).length > 0;
   }
 
   /** Locks the job's escrow row; release and refund run under it so only one of them can ever happen. */
@@ -1093,7 +1116,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     // its funder (the owner, or the payer). A confirmed one keeps whoever paid it: the payer's key may have been
     // rotated since, and the money is in the account.
     const payer = deps.payer?.publicKey.toBase58();
-    const funder = row.state === 'confirmed' || row.fromAccount === input.owner || row.fromAccount === payer ? row.fromAccount : input.owner;
+    const funder = row.state === 'confirmed' || row.state === 'sent' || row.fromAccount === input.owner || row.fromAccount === payer ? row.fromAccount : input.owner;
     expectEscrow(input.potId, row, { to: to.toBase58(), amount, atLeast: false, from: funder });
     if (row.state === 'confirmed') return { ...receipt(row), fundedBy: row.fromAccount };
     const fromPayer = deps.payer !== undefined && row.fromAccount === deps.payer.publicKey.toBase58() && row.fromAccount !== input.owner;
@@ -1105,6 +1128,10 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
           instructions: [...setup, createTransferCheckedInstruction(tokenAccountOf(payer.publicKey, deps.mint), deps.mint, to, payer.publicKey, row.amount, deps.decimals)],
           signers: [payer],
         };
+      }
+      if (row.fromAccount !== input.owner) {
+        // Sent by a payer key since rotated or removed, and expired without landing: nothing moved.
+        throw nonRetryable(SettlementErrors.escrowRejected, `pot ${input.potId}: its escrow was to be paid by ${row.fromAccount}, no longer the server's payer; nothing was moved`);
       }
       // The authority moves the tokens as the owner's delegate.
       const source = tokenAccountOf(new PublicKey(row.fromAccount), deps.mint);

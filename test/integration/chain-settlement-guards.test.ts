@@ -4,7 +4,9 @@ import { and, eq } from 'drizzle-orm';
 import { randomBytes } from 'node:crypto';
 import { escrowAddress } from '../../src/chain/instructions';
 import { reclaimId, type ChainSettlement, type Leg, type PotOutcome, type SettlementHooks } from '../../src/chain/settlement';
+import * as jobsRepo from '../../src/db/jobs-repo';
 import { payments } from '../../src/db/schema';
+import type { JobSpec } from '../../src/domain/job';
 import { splitPayment } from '../../src/domain/money';
 import { PaymentFailures } from '../../src/domain/payments';
 import { freshDatabase } from '../support/db';
@@ -394,14 +396,66 @@ describe('chain settlement guards', () => {
       expect(await balanceOf(escrowOf(jobId))).toBe(0n);
     });
 
+    test('an escrow attempt in flight when the server payer key changes is finished as it was signed, not refused; a new attempt is the new payer’s', async () => {
+      class Crash extends Error {}
+      const jobId = newId('job-payer-rotated');
+      await jobsRepo.insertJob(database.db, { spec: serverPaidJob(jobId, '900'), configHash: 'h' });
+      const oldPayer = chain.payer;
+      const crashing = settlementOn(chain, database.db, { hooks: { afterSend: () => Promise.reject(new Crash('worker died after sending')) } });
+      await expect(crashing.escrow({ jobId, amount: '900', payer: '' })).rejects.toThrow(Crash);
+      expect(await legOf(jobId, 'escrow')).toMatchObject({ state: 'sent', fromAccount: oldPayer.publicKey.toBase58() });
+
+      // The next worker has another payer key, or none: the signed bytes are this job's escrow all the same.
+      const newPayer = await fundedWallet(chain, 5_000n);
+      const rotated = settlementOn(chain, database.db, { payer: newPayer });
+      expect((await withRetries(() => rotated.escrow({ jobId, amount: '900', payer: '' }))).value).toMatchObject({ amount: '900' });
+      expect(await legOf(jobId, 'escrow')).toMatchObject({ state: 'confirmed', fromAccount: oldPayer.publicKey.toBase58() });
+      expect(await settlementOn(chain, database.db, { payer: undefined }).escrow({ jobId, amount: '900', payer: '' })).toMatchObject({ amount: '900' });
+      expect(await balanceOf(escrowOf(jobId))).toBe(900n);
+      expect(await balanceOf(ata(newPayer.publicKey))).toBe(5_000n);
+
+      // A leg recorded for the old key and never signed is refused by the new one: nothing has moved.
+      const unsigned = newId('job-payer-rotated-unsigned');
+      await jobsRepo.insertJob(database.db, { spec: serverPaidJob(unsigned, '900'), configHash: 'h' });
+      await database.db.insert(payments).values({
+        jobId: unsigned, leg: 'escrow', amount: 900n, fromAccount: oldPayer.publicKey.toBase58(), toAccount: escrowOf(unsigned).toBase58(),
+        state: 'pending', idempotencyKey: `${unsigned}/escrow`,
+      });
+      const refused = await failureOf(rotated.escrow({ jobId: unsigned, amount: '900', payer: '' }));
+      expect(refused).toMatchObject({ type: PaymentFailures.escrowRejected, nonRetryable: true });
+      expect(refused.message).toContain(`payer ${oldPayer.publicKey.toBase58()}, not ${newPayer.publicKey.toBase58()}`);
+      expect(await balanceOf(escrowOf(unsigned))).toBe(0n);
+    });
+
+    test('a payer-funded escrow is recorded with the slot its transfer landed in, so that its refund is checked by a node that has seen it', async () => {
+      const engine = await fundedWallet(chain, 5_000n);
+      const jobId = newId('job-payer-slot');
+      await settlement.openEscrowAccount(jobId);
+      const signature = await sendTransaction(chain.connection, engine, [
+        createTransferCheckedInstruction(ata(engine.publicKey), chain.mint, escrowOf(jobId), engine.publicKey, 600n, chain.decimals),
+      ]);
+      await settlement.escrow({ jobId, amount: '600', payer: engine.publicKey.toBase58(), escrowTxHash: signature });
+      const landed = await chain.connection.getTransaction(signature, { commitment: 'confirmed', maxSupportedTransactionVersion: 0 });
+      expect((await legOf(jobId, 'escrow')).slot).toBe(landed!.slot);
+      expect(await settlement.refund({ jobId })).toMatchObject({ amount: '600', to: engine.publicKey.toBase58() });
+      expect(await balanceOf(escrowOf(jobId))).toBe(0n);
+    });
+
     test('the job’s own escrow is still returned when asked again', async () => {
       const jobId = newId('job-own');
+      await jobsRepo.insertJob(database.db, { spec: serverPaidJob(jobId, '800'), configHash: 'h' });
       const first = await settlement.escrow({ jobId, amount: '800', payer: chain.payer.publicKey.toBase58() });
       expect(await settlement.escrow({ jobId, amount: '800', payer: chain.payer.publicKey.toBase58() })).toEqual(first);
       expect(await settlementOn(chain, database.db, { payer: undefined }).escrow({ jobId, amount: '800', payer: 'anyone' })).toEqual(first);
       expect(await balanceOf(escrowOf(jobId))).toBe(800n);
     });
   });
+});
+
+/** A job paid by the server's payer, as SubmitJob records it. */
+const serverPaidJob = (jobId: string, paymentUnits: string): JobSpec => ({
+  jobId, jobType: 'TRAINING', priority: 'NORMAL', modelDefinition: '', hyperparameters: {}, datasetUri: 'x', batchSize: 1, epochs: 1,
+  requiredDevice: 'CPU', estimatedMemory: 0, estimatedDuration: 0, paymentUnits, paymentAddress: '', escrowTxHash: '', reservationDurationMinutes: 0,
 });
 
 async function waitFor(probe: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
