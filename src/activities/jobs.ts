@@ -23,6 +23,8 @@ export interface JobActivityDeps {
   heartbeatTimeoutMs: number;
   /** A heartbeat relay marked within this long is up (relayFreshMs of HEARTBEAT_FLUSH_MS; default for 1 s). */
   relayFreshMs?: number;
+  /** How long confirmNodeLost waits for the relays; default LOSS_CONFIRM_MAX_WAIT_MS. */
+  lossConfirmMaxWaitMs?: number;
   /** Wakes waiting jobs that could use these nodes (capacity was given back on them). */
   wakeQueued(nodeIds: string[]): Promise<void>;
   now?: () => Date;
@@ -222,13 +224,16 @@ export function createJobActivities(deps: JobActivityDeps) {
    * or Postgres outage) says nothing about the node. So it is alive when its heartbeats reached Postgres within
    * `silentForMs`, less what passing them on to the watch may lag by (excusedIfBeatAfter); lost once the relays
    * have been up without a gap for twice that (time for nodes to reconnect and beat; none of them gone meanwhile)
-   * and it has not beaten; until then this waits (heartbeating), at most LOSS_CONFIRM_MAX_WAIT_MS. `aliveAt`: its
-   * last heartbeat as Postgres has it.
+   * and it has not beaten; until then this waits (heartbeating), at most LOSS_CONFIRM_MAX_WAIT_MS, after which it
+   * is lost if Postgres answers (the relays did not come back), and not lost if Postgres is away (nothing is known
+   * of it; watched again). `aliveAt`: its last heartbeat as Postgres has it.
    */
   async function confirmNodeLost(input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
     const ctx = Context.current();
     const started = Date.now();
     let lastError = '';
+    /** Since when Postgres has not answered (undefined while it answers). */
+    let failingSince: number | undefined;
     for (;;) {
       ctx.heartbeat();
       try {
@@ -242,11 +247,19 @@ export function createJobActivities(deps: JobActivityDeps) {
         if ((await nodesRepo.relaysUpForMs(deps.db, deps.relayFreshMs ?? relayFreshMs(1000), 2 * input.silentForMs)) >= 2 * input.silentForMs) {
           return { lost: true, why: '', aliveAt: node.lastHeartbeat.getTime() };
         }
+        failingSince = undefined;
       } catch (err) {
         lastError = `; last error: ${(err as Error).message}`; // Postgres away: the relay cannot be either
+        failingSince ??= Date.now();
       }
-      if (Date.now() - started >= LOSS_CONFIRM_MAX_WAIT_MS) {
-        return { lost: true, why: `the server's heartbeat relay was not back within ${LOSS_CONFIRM_MAX_WAIT_MS / 60_000} min${lastError}` };
+      const maxWaitMs = deps.lossConfirmMaxWaitMs ?? LOSS_CONFIRM_MAX_WAIT_MS;
+      if (Date.now() - started >= maxWaitMs) {
+        // Postgres away: nothing is known of the node (its beats, the relays' health all live there), and nothing
+        // could be settled meanwhile. Not a loss: watched again, and judged once Postgres answers.
+        if (failingSince !== undefined) {
+          return { lost: false, why: `Postgres has not answered since ${new Date(failingSince).toISOString()}: its loss cannot be judged yet${lastError}` };
+        }
+        return { lost: true, why: `the server's heartbeat relay was not back within ${Math.round(maxWaitMs / 1000)} s${lastError}` };
       }
       await ctx.sleep(LOSS_CONFIRM_POLL_MS);
     }

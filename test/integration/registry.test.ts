@@ -6,7 +6,7 @@ import { and, eq, inArray, sql } from 'drizzle-orm';
 import pino from 'pino';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createJobActivities } from '../../src/activities/jobs';
-import { MIGRATIONS_DIR, type Db } from '../../src/db/client';
+import { MIGRATIONS_DIR, openDatabase, type Db } from '../../src/db/client';
 import { claimNode, createNodeCache } from '../../src/db/node-cache';
 import * as nodesRepo from '../../src/db/nodes-repo';
 import * as jobsRepo from '../../src/db/jobs-repo';
@@ -892,6 +892,26 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     expect(await nodesRepo.relaysUpForMs(database.db, 10_000, 8000)).toBeLessThan(1000);
     await database.db.delete(heartbeatRelays);
     await database.db.delete(nodes).where(inArray(nodes.id, ['conf-alive', 'conf-dead']));
+  });
+
+  it('a lapse confirmed past its wait: lost while Postgres answers (the relays did not come back), not lost while Postgres is away (nothing is known)', async () => {
+    const confirmWith = (db: typeof database.db) =>
+      new MockActivityEnvironment().run(
+        createJobActivities({ db, nodes: createNodeCache({ db, offlineAfterMs: 30_000 }), assignPortOffset: 3, tokenDecimals: 9, heartbeatTimeoutMs: 30_000, wakeQueued: async () => undefined, lossConfirmMaxWaitMs: 1500 }).confirmNodeLost,
+        { nodeId: 'conf-quiet', silentForMs: 4000 },
+      );
+    await database.db.delete(heartbeatRelays);
+    await nodesRepo.upsertNode(database.db, 'conf-quiet', registration({ ipAddress: '10.7.0.3' }));
+    await database.db.update(nodes).set({ lastHeartbeat: new Date(Date.now() - 60_000) }).where(eq(nodes.id, 'conf-quiet'));
+    expect(await confirmWith(database.db)).toMatchObject({ lost: true, why: expect.stringContaining('relay was not back within 2 s') });
+
+    const away = openDatabase('postgres://nobody@127.0.0.1:1/none', { connectionTimeoutMillis: 200 });
+    try {
+      expect(await confirmWith(away.db)).toMatchObject({ lost: false, why: expect.stringContaining('Postgres has not answered since') });
+    } finally {
+      await away.close();
+    }
+    await database.db.delete(nodes).where(eq(nodes.id, 'conf-quiet'));
   });
 
   it('gives a job capacity on one node at a time: a second try of its match, claiming another node, is refused and answered with the node it holds', async () => {
