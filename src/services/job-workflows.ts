@@ -17,6 +17,7 @@ import { unitsToTokenString } from '../domain/money';
 import { jobWorkflow, type JobWorkflowOptions } from '../workflows/job-workflow';
 import { watchActivityId } from '../workflows/job-workflow';
 import {
+  acceptedSignal,
   acceptedUpdate,
   cancelUpdate,
   completeUpdate,
@@ -129,8 +130,21 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
     }
   }
 
+  /**
+   * Tells the job's workflow that its node started it. When no worker takes the update in time (a worker outage or
+   * rollout), sent as a signal instead, which Temporal keeps until a worker runs: the shipping node sends its
+   * acceptance once, and a job whose acceptance is lost ends as never started (refunded, the node unpaid).
+   */
   async function accepted(jobId: string, nodeId: string): Promise<{ acknowledged: boolean }> {
-    return update(() => limited(() => handle(jobId).executeUpdate(acceptedUpdate, { args: [{ nodeId }] })));
+    try {
+      return await update(() => limited(() => handle(jobId).executeUpdate(acceptedUpdate, { args: [{ nodeId }] })));
+    } catch (err) {
+      if (!(err instanceof UnavailableError)) throw err;
+      await limited(() => handle(jobId).signal(acceptedSignal, { nodeId })).catch(() => {
+        throw err;
+      });
+      return { acknowledged: true };
+    }
   }
 
   async function complete(jobId: string, report: JobOutcomeReport): Promise<SettlementReceipt> {

@@ -27,6 +27,7 @@ import type { Transition } from '../db/jobs-repo';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
 import { PAYMENT_NON_RETRYABLE } from '../domain/payments';
 import {
+  acceptedSignal,
   acceptedUpdate,
   cancelUpdate,
   completeUpdate,
@@ -269,6 +270,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     },
     { validator: ({ nodeId }) => assertHolder(nodeId) },
   );
+  setHandler(acceptedSignal, ({ nodeId }) => {
+    if (holds(nodeId) && !outcome && !cancelRequest) s.nodeStarted = true;
+  });
   setHandler(
     completeUpdate,
     async (report) => {

@@ -61,6 +61,11 @@ export const walletRegisteredSignal = defineSignal('walletRegistered');
 export const progressSignal = defineSignal<[NodeProgress]>('progress');
 /** NotifyJobAccepted: the node started the job (P2P SendJob arrived). */
 export const acceptedUpdate = defineUpdate<{ acknowledged: boolean }, [{ nodeId: string }]>('accepted');
+/**
+ * The same acceptance when no worker took the update in time (a worker outage or rollout): Temporal keeps a signal
+ * until a worker runs, an update it does not. Ignored unless that node holds the job.
+ */
+export const acceptedSignal = defineSignal<[{ nodeId: string }]>('acceptedLate');
 /** The node finished the job; resolves once the payment is released. */
 export const completeUpdate = defineUpdate<SettlementReceipt, [JobOutcomeReport]>('complete');
 /** The node failed the job; it is retried elsewhere or fails for good. */

@@ -26,6 +26,7 @@ import { PaymentFailures } from '../../src/domain/payments';
 import { createJobWorkflowGateway } from '../../src/services/job-workflows';
 import type { JobState, JobWorkflowOptions } from '../../src/workflows/job-workflow';
 import {
+  acceptedSignal,
   acceptedUpdate,
   cancelUpdate,
   completeUpdate,
@@ -917,6 +918,28 @@ describe('jobWorkflow', () => {
       });
     });
 
+    test('accepted by a signal (no worker took the update in time) → the same: completed and paid; one from a node not holding it is ignored', async () => {
+      const cluster = new FakeCluster(['node-a']);
+      const jobId = newJobId('accepted-late');
+      await withWorker('accepted-late', cluster, async ({ client, start }) => {
+        const handle = await start(spec(jobId), options);
+        await waitForStatus(handle, (v) => v.phase === 'assigned');
+        const alive = keepAlive(client, jobId, 1);
+        try {
+          await handle.signal(acceptedSignal, { nodeId: 'node-b' });
+          await sleep(200);
+          expect(phases(cluster)).toEqual(['assigned']);
+          await handle.signal(acceptedSignal, { nodeId: 'node-a' });
+          expect(await handle.result()).toMatchObject({ phase: 'completed', nodeId: 'node-a' });
+        } finally {
+          alive.stop();
+        }
+        expect(phases(cluster)).toEqual(['assigned', 'running', 'completed']);
+        expect(cluster.releaseCalls).toEqual([{ jobId, nodeId: 'node-a' }]);
+        expect(cluster.refundCalls).toEqual([]);
+      });
+    });
+
     test('once the job completes by time, a cancel is refused as finished and the node is paid once', async () => {
       const cluster = new FakeCluster(['node-a']);
       cluster.releaseGate = new Gate();
@@ -1418,18 +1441,19 @@ describe('jobWorkflow', () => {
     });
   });
 
-  test('with no worker to accept them, the API gives up on a node\'s updates within its limit (503) instead of waiting for ever', async () => {
+  test('with no worker to accept them, the API gives up on a node\'s updates within its limit (503) instead of waiting for ever; an acceptance is kept as a signal', async () => {
     const gateway = createJobWorkflowGateway({ client: env.client, taskQueue: uniqueTaskQueue('no-worker'), options: FAST_OPTIONS, tokenDecimals: 9, callLimitMs: 1500 });
     const jobId = newJobId('no-worker');
     await gateway.start(jobSpec(jobId));
     handles.push(env.client.workflow.getHandle(jobId) as JobHandle);
-    for (const call of [
-      () => gateway.accepted(jobId, 'node-a'),
-      () => gateway.complete(jobId, { nodeId: 'node-a' }),
-      () => gateway.cancel(jobId, 'no worker'),
-    ]) {
+    for (const call of [() => gateway.complete(jobId, { nodeId: 'node-a' }), () => gateway.cancel(jobId, 'no worker')]) {
       await expect(call()).rejects.toBeInstanceOf(UnavailableError);
     }
+    // An acceptance is kept instead, as a signal the workflow takes once a worker runs.
+    expect(await gateway.accepted(jobId, 'node-a')).toEqual({ acknowledged: true });
+    const history = await env.client.workflow.getHandle(jobId).fetchHistory();
+    const signals = history.events!.filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED);
+    expect(signals.map((e) => e.workflowExecutionSignaledEventAttributes?.signalName)).toEqual(['acceptedLate']);
   });
 
   test('history stays bounded: 1,000 progress reports and many heartbeats keep every run far below 10,000 events', async () => {
