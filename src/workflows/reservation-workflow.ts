@@ -70,6 +70,11 @@ export const LIVENESS_CONFIRMED = 'liveness-confirmed';
  */
 export const EXTEND_RETRY_JOINS = 'extend-retry-joins';
 /**
+ * A watch that ran out its own time limit (not a lapse) after the term's end is a term that ran out, not a lost
+ * node: with the worker away past the end (or an extension's escrow held up) both come in one task. Asked then only.
+ */
+export const TERM_BEFORE_WATCH_LIMIT = 'term-before-watch-limit';
+/**
  * Retries that may join one extension on its way. Each is an update in flight until the escrow answers, and a
  * workflow takes only so many at once: retries without end while the chain is away must not leave no room for the
  * release.
@@ -404,6 +409,9 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
           // Decided at the top of the loop, once an extension paying meanwhile has landed (its pot is settled too).
           lossConfirmed = true;
           continue;
+        }
+        if (watchEnded && !watchLapsed(watchEnded.error) && Date.now() >= endAt && patched(TERM_BEFORE_WATCH_LIMIT)) {
+          return { kind: 'expired', reason: `ran its full ${minutes} min`, lastAliveAt: endAt };
         }
         if (watchEnded) {
           // The last heartbeat the API passed on carries when the node last beat; none means it never did (the

@@ -184,6 +184,35 @@ describe('reservationWorkflow', () => {
     });
   });
 
+  test('the worker away past both the end of a full 24 h term and its watch\'s own time limit → expired as a term that ran out, not a lost node', async () => {
+    const world = new FakeReservationWorld();
+    const id = newId('term-and-limit');
+    const taskQueue = uniqueReservationQueue('term-and-limit');
+    // A reserved minute of 5 ms: the term runs 7.2 s, and the watch's own limit (the longest term and an hour) 7.5 s.
+    const minuteMs = 5;
+    const handle = await startReservation(env.client, taskQueue, reservationSpec(id, { minutes: 1440 }), { ...FAST_RESERVATION_OPTIONS, minuteMs });
+    handles.push(handle);
+    const alive = keepReservedNodeAlive(env.client, id);
+    try {
+      let endAt = 0;
+      await runReservationWorkerUntil(await createReservationWorker(env, bundle, taskQueue, world), world, async () => {
+        const ready = await handle.executeUpdate(reservationReadyUpdate);
+        if (!ready.ok) throw new Error('not ready');
+        endAt = ready.endAt;
+        await sleep(Math.max(0, endAt - Date.now() - 1500));
+      });
+      // No worker until the term has ended and the watch has run out its limit: one task brings both.
+      await sleep(Math.max(0, endAt - Date.now()) + 60 * minuteMs + 1000);
+      await runReservationWorkerUntil(await createReservationWorker(env, bundle, taskQueue, world), world, async () => {
+        expect(await handle.result()).toMatchObject({ status: 'expired', timeUsedSeconds: 1440 * 60 });
+      });
+    } finally {
+      alive.stop();
+    }
+    expect(world.calls('penalizeLostNode')).toEqual([]);
+    expect(world.calls('finishReservation')).toEqual([expect.objectContaining({ id, status: 'expired', reason: 'ran its full 1440 min' })]);
+  });
+
   describe('early release', () => {
     test('policy full → the node earns the whole term; the release update answers with the receipt', async () => {
       const world = new FakeReservationWorld();
