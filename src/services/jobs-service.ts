@@ -10,6 +10,7 @@ import { isReservedId, isUuid } from '../domain/ids';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
 import type { JobWorkflowGateway } from './job-workflows';
 import { signP2PToken } from './p2p-token';
+import { TemporalAwayError } from './temporal-errors';
 import { requireUsersWallet, type WalletLinks } from './wallet-links';
 
 export interface JobServiceDeps {
@@ -58,7 +59,7 @@ export function createJobService(deps: JobServiceDeps) {
    * no-op that returns the same job; with a different config it is a conflict.
    * @throws ConflictError, UnavailableError (Temporal down: the job stays recorded and starts on retry).
    */
-  async function submit(spec: JobSpec, caller?: string, callerWallet?: string): Promise<{ jobId: string; created: boolean }> {
+  async function submit(spec: JobSpec, caller?: string, callerWallet?: string): Promise<{ jobId: string; created: boolean; startDeferred?: string }> {
     if (isReservedId(spec.jobId)) throw new ValidationError('config.job_id', `${spec.jobId} is reserved for the server's own workflows`);
     // A reservation's workflow and ledger entries go by its id: a job taking that id would be neither
     // started nor funded as its own.
@@ -86,8 +87,11 @@ export function createJobService(deps: JobServiceDeps) {
     try {
       await workflows.start(inserted.created ? spec : inserted.row.config);
     } catch (err) {
-      // Temporal refused this job for good: keep nothing of it. (When Temporal is only unreachable, the job
-      // stays recorded and the worker's sweep starts it once Temporal is back.)
+      // Temporal away: the job is recorded, and the worker's sweep starts it once Temporal is back. It is the
+      // caller's job all the same (the shipping Engine tracks a job only on SUCCESS with its id, and submitting
+      // again, without an id of its own, would run and escrow a second one).
+      if (err instanceof TemporalAwayError) return { jobId: spec.jobId, created, startDeferred: err.message };
+      // Temporal refused this job for good: keep nothing of it.
       if (created && !(err instanceof UnavailableError)) {
         await db.transaction(async (tx) => {
           await tx.delete(jobEvents).where(eq(jobEvents.jobId, spec.jobId));
@@ -97,7 +101,7 @@ export function createJobService(deps: JobServiceDeps) {
       // Said with its id: a client that let the server choose it could not otherwise tell the job exists, and
       // submitting again would run (and escrow) a second one.
       if (err instanceof UnavailableError) {
-        throw new UnavailableError(`${err.message}; job ${spec.jobId} is recorded and starts once Temporal is back (follow it with GetJobStatus rather than submitting it again)`);
+        throw new UnavailableError(`${err.message}; job ${spec.jobId} is recorded and starts once the cluster takes it (follow it with GetJobStatus rather than submitting it again)`);
       }
       throw err;
     }

@@ -9,12 +9,14 @@ import type { NodeRegistration } from '../../src/db/nodes-repo';
 import { nodeClaims, payments } from '../../src/db/schema';
 import type { JobSpec } from '../../src/domain/job';
 import { createJobWorkflowGateway } from '../../src/services/job-workflows';
+import { createJobService } from '../../src/services/jobs-service';
 import { createOrphanSweep, NEVER_STARTED_REASON } from '../../src/services/orphan-sweep';
 import { freshDatabase } from '../support/db';
 import { testTemporalAddress, testTemporalNamespace } from '../support/env';
 
 const GiB = 2 ** 30;
 const SWEEP_AFTER_MS = 30_000;
+const OPTIONS = { heartbeatTimeoutMs: 30_000, maxAttempts: 3, maxRuntimeMs: 3600_000, requeueIntervalMs: 30_000, assignTimeoutMs: 5000, historyEventLimit: 10_000 };
 
 const registration: NodeRegistration = {
   name: 'n', cpuCores: 8, ramTotal: 32 * GiB, ramAvailable: 16 * GiB, devices: [], ipAddress: '10.0.0.1', port: 50052,
@@ -52,12 +54,7 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
   });
 
   function sweeper(nowMs: () => number) {
-    const gateway = createJobWorkflowGateway({
-      client,
-      taskQueue,
-      options: { heartbeatTimeoutMs: 30_000, maxAttempts: 3, maxRuntimeMs: 3600_000, requeueIntervalMs: 30_000, assignTimeoutMs: 5000, historyEventLimit: 10_000 },
-      tokenDecimals: 9,
-    });
+    const gateway = createJobWorkflowGateway({ client, taskQueue, options: OPTIONS, tokenDecimals: 9 });
     return createOrphanSweep({ db: database.db, client, gateway, log: pino({ level: 'silent' }), olderThanMs: SWEEP_AFTER_MS, now: nowMs });
   }
 
@@ -133,6 +130,26 @@ describe('orphan sweep (real Postgres and Temporal)', () => {
     expect(first.taskQueue).toBe(taskQueue);
     await later.sweep(); // still pending (no worker here): starting again is a no-op
     expect((await client.workflow.getHandle(jobId).describe()).runId).toBe(first.runId);
+  });
+
+  it('a job submitted while Temporal is unreachable is the caller\'s (its id, no error) and recorded; the sweep starts it', async () => {
+    // Nothing listens there: the client gives up after its own retries (about 20 s).
+    const deadClient = new Client({ connection: Connection.lazy({ address: '127.0.0.1:1' }) });
+    const jobs = createJobService({
+      db: database.db,
+      workflows: createJobWorkflowGateway({ client: deadClient, taskQueue, options: OPTIONS, tokenDecimals: 9, callLimitMs: 1000 }),
+      verifyEscrow: async () => undefined,
+      p2p: { secret: 's', tokenTtlS: 60 },
+    });
+    const jobId = `job-${randomUUID()}`;
+    started.push(jobId);
+    const submitted = await jobs.submit(spec(jobId)).finally(() => deadClient.connection.close().catch(() => undefined));
+    expect(submitted).toMatchObject({ jobId, created: true, startDeferred: expect.stringMatching(/^Temporal/) });
+    expect(await jobsRepo.getJob(database.db, jobId)).toMatchObject({ status: 'pending' });
+    expect(await workflowExists(jobId)).toBe(false);
+
+    await sweeper(() => Date.now() + SWEEP_AFTER_MS + 1000).sweep();
+    expect(await workflowExists(jobId)).toBe(true);
   });
 
   it('fails a queued job whose workflow was terminated outside the server, naming why, and gives its claim back', async () => {

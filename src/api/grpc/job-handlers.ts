@@ -55,7 +55,8 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     'SubmitJob',
     async (req, call) => {
       const spec = toJobSpec(req.config, deps.tokenDecimals);
-      const { jobId } = await jobs.submit(spec, caller(call), deps.callerWallet?.(call));
+      const { jobId, startDeferred } = await jobs.submit(spec, caller(call), deps.callerWallet?.(call));
+      if (startDeferred) log.warn({ jobId, why: startDeferred }, 'job recorded while Temporal is away: the worker starts it once Temporal is back');
       return { job_id: jobId, status: StatusCode.SUCCESS, estimated_start_time: String(Math.floor(Date.now() / 1000)) };
     },
     (f) => ({ job_id: '', ...statusAndError(f) }),
