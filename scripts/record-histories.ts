@@ -16,7 +16,9 @@ import path from 'node:path';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { JobSpec } from '../src/domain/job';
 import { ensureTemporalCli } from '../src/infra/temporal-cli';
+import { createJobWorkflowGateway } from '../src/services/job-workflows';
 import { PaymentFailures } from '../src/domain/payments';
 import { acceptedUpdate, cancelUpdate, completeUpdate, nodesChangedSignal, progressSignal, walletRegisteredSignal } from '../src/workflows/messages';
 import {
@@ -46,6 +48,8 @@ interface Scenario {
   drive(ctx: { env: TestWorkflowEnvironment; handle: JobHandle; jobId: string; cluster: FakeCluster }): Promise<void>;
   /** Which runs to keep when the job continued as new: default only the first. */
   runs?: 'first' | 'first-and-last';
+  /** Starts the job other than as SubmitJob does (default startJob). */
+  start?(ctx: { env: TestWorkflowEnvironment; taskQueue: string; spec: JobSpec }): Promise<JobHandle>;
 }
 
 /** node-a accepts and completes the job at once; it ends completed with node-a's payment owed. */
@@ -94,6 +98,17 @@ const scenarios: Record<string, Scenario> = {
         alive.stop();
       }
     },
+  },
+  /** Recorded while Temporal was away, cancelled before the sweep started it: started with the cancel, nothing escrowed. */
+  'cancelled-before-start': {
+    nodes: ['node-a'],
+    async start({ env, taskQueue, spec }) {
+      const gateway = createJobWorkflowGateway({ client: env.client, taskQueue, options: FAST_OPTIONS, tokenDecimals: 9 });
+      await gateway.cancel(spec.jobId, 'changed my mind', spec);
+      const { runId } = await env.client.workflow.getHandle(spec.jobId).describe();
+      return Object.assign(env.client.workflow.getHandle(spec.jobId), { firstExecutionRunId: runId }) as JobHandle;
+    },
+    async drive() {},
   },
   /** running on node-a → the client cancels → refunded. */
   cancelled: {
@@ -233,7 +248,8 @@ async function record(env: TestWorkflowEnvironment, bundle: WorkflowBundleWithSo
   const worker = await createJobWorker(env, bundle, taskQueue, cluster);
   const written: string[] = [];
   await runWorkerUntil(worker, cluster, async () => {
-    const handle = await startJob(env.client, taskQueue, jobSpec(jobId, scenario.spec), { ...FAST_OPTIONS, ...scenario.options });
+    const spec = jobSpec(jobId, scenario.spec);
+    const handle = scenario.start ? await scenario.start({ env, taskQueue, spec }) : await startJob(env.client, taskQueue, spec, { ...FAST_OPTIONS, ...scenario.options });
     await scenario.drive({ env, handle, jobId, cluster });
     const result = await handle.result();
     const runs = await runHistories(env.client, jobId, handle.firstExecutionRunId);

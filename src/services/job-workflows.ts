@@ -9,12 +9,13 @@ import {
   WorkflowIdReusePolicy,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
+  WithStartWorkflowOperation,
   type Client,
 } from '@temporalio/client';
 import { ConflictError, ForbiddenError, UnavailableError, ValidationError } from '../domain/errors';
 import type { JobSpec } from '../domain/job';
 import { unitsToTokenString } from '../domain/money';
-import { jobWorkflow, type JobWorkflowOptions } from '../workflows/job-workflow';
+import { jobWorkflow, type JobWorkflowInput, type JobWorkflowOptions } from '../workflows/job-workflow';
 import { watchActivityId } from '../workflows/job-workflow';
 import {
   acceptedSignal,
@@ -75,26 +76,30 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
 
   async function startWorkflow(spec: JobSpec): Promise<void> {
     try {
-      await client.workflow.start(jobWorkflow, {
-        workflowId: spec.jobId,
-        taskQueue: deps.taskQueue,
-        args: [{ spec, options: deps.options }],
-        workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
-        workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
-        typedSearchAttributes: [
-          { key: SA.status, value: 'pending' },
-          { key: SA.jobType, value: spec.jobType },
-          { key: SA.deviceType, value: spec.requiredDevice },
-          { key: SA.submitter, value: spec.paymentAddress },
-          { key: SA.escrowState, value: 'none' },
-          { key: SA.attempt, value: 0 },
-        ],
-        staticSummary: summary(spec, deps.tokenDecimals),
-        staticDetails: staticDetails(spec, deps.tokenDecimals),
-      });
+      await client.workflow.start(jobWorkflow, startOptions(spec));
     } catch (err) {
       if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err; // else finished earlier: same job
     }
+  }
+
+  function startOptions(spec: JobSpec) {
+    return {
+      workflowId: spec.jobId,
+      taskQueue: deps.taskQueue,
+      args: [{ spec, options: deps.options }] as [JobWorkflowInput],
+      workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
+      workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+      typedSearchAttributes: [
+        { key: SA.status, value: 'pending' },
+        { key: SA.jobType, value: spec.jobType },
+        { key: SA.deviceType, value: spec.requiredDevice },
+        { key: SA.submitter, value: spec.paymentAddress },
+        { key: SA.escrowState, value: 'none' },
+        { key: SA.attempt, value: 0 },
+      ],
+      staticSummary: summary(spec, deps.tokenDecimals),
+      staticDetails: staticDetails(spec, deps.tokenDecimals),
+    };
   }
 
   async function nodesChanged(jobIds: string[]): Promise<void> {
@@ -168,15 +173,19 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
   async function cancel(jobId: string, reason: string, recorded?: JobSpec): Promise<CancelReceipt> {
     return update(async () => {
       const receipt = await acceptedWithin(async (waitForStage) => {
-        const ask = () => handle(jobId).startUpdate(cancelUpdate, { args: [{ reason }], updateId: 'cancel', waitForStage });
+        const args: [{ reason: string }] = [{ reason }];
         try {
-          return await ask();
+          return await handle(jobId).startUpdate(cancelUpdate, { args, updateId: 'cancel', waitForStage });
         } catch (err) {
           if (!recorded || !(err instanceof WorkflowNotFoundError)) throw err;
           // Recorded while Temporal was away, its workflow not started yet (the worker's sweep would): started
-          // here, so that the cancel ends it now, refunding whatever its start escrowed meanwhile.
-          await startWorkflow(recorded);
-          return ask();
+          // with the cancel in its first task, so that it ends before anything is escrowed or claimed.
+          return client.workflow.startUpdateWithStart(cancelUpdate, {
+            args,
+            updateId: 'cancel',
+            waitForStage,
+            startWorkflowOperation: new WithStartWorkflowOperation(jobWorkflow, startOptions(recorded)),
+          });
         }
       }, deps.cancelAnswerMs ?? CANCEL_ANSWER_MS);
       if (receipt !== LATE) return receipt;
@@ -240,6 +249,8 @@ function translate(err: unknown): Error {
     return new ConflictError(cause?.message ?? err.message);
   }
   if (err instanceof WorkflowNotFoundError) return new ConflictError(`the job's workflow is not running: ${err.message}`);
+  // Started with an update, a workflow that ran already (closed since) is not run again.
+  if (err instanceof WorkflowExecutionAlreadyStartedError) return new ConflictError(`the job's workflow is not running: it ran already (${err.message})`);
   // Temporal refused the start itself (a payload over its size limit, say): the client wraps the gRPC error.
   const grpcError = isGrpcServiceError(err) ? err : err instanceof ServiceError && isGrpcServiceError(err.cause) ? err.cause : undefined;
   if (grpcError?.code === GRPC_INVALID_ARGUMENT) {

@@ -184,6 +184,12 @@ const JOB_WORKFLOW_V4 = 'job-workflow-v4';
  * was down (an API restart, a Temporal or Postgres outage) no longer takes every running job from its node.
  */
 const JOB_WORKFLOW_V5 = 'job-workflow-v5';
+/**
+ * Patch, asked only where it applies: a job whose cancel came with its start (recorded while Temporal was away and
+ * cancelled before the sweep started it: CancelJob starts it with the cancel) ends before anything is escrowed or
+ * claimed. A job its payer funded with their own transfer still escrows it, to refund it.
+ */
+export const CANCEL_BEFORE_ESCROW = 'cancel-before-escrow';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -753,7 +759,9 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
   // A run continued from another shows where the job stands from its start (current details are not carried).
   if (input.resume) details();
   try {
-    let first = s.escrow === 'none' && s.phase === 'pending' ? await escrowWhileMatching() : undefined;
+    const unstarted = s.escrow === 'none' && s.phase === 'pending';
+    const cancelledAtStart = unstarted && cancelRequest !== undefined && !spec.escrowTxHash && patched(CANCEL_BEFORE_ESCROW);
+    let first = unstarted && !cancelledAtStart ? await escrowWhileMatching() : undefined;
     while (!isTerminal(s.phase)) {
       if (cancelRequest) {
         await refundAndEnd('cancelled', `cancelled: ${cancelRequest.reason}`, 'client', s.nodeId);

@@ -37,6 +37,7 @@ const previous = previousHistories();
 
 test('the recorded scenarios are all there', () => {
   expect(histories.map((h) => path.basename(h.file))).toEqual([
+    'cancelled-before-start.json',
     'cancelled.json',
     'continued-as-new.run-first.json',
     'continued-as-new.run-last.json',
@@ -56,9 +57,9 @@ test.each(histories.map((h) => [path.basename(h.file), h] as const))('%s replays
 });
 
 /**
- * Histories of released versions stay here for as long as jobs they started may still run: the current code
- * must replay them (changes go behind `patched()`). Nothing has been released yet, so there are none; the
- * first release keeps its histories with `scripts/record-histories.ts --keep-as=<release>`.
+ * Histories of earlier versions stay here for as long as jobs they started may still run: the current code must
+ * replay them (changes go behind `patched()`). Each was kept with `scripts/record-histories.ts --keep-as=<label>`
+ * before the scenarios were recorded again.
  */
 describe('histories of released workflow versions', () => {
   if (previous.length === 0) {

@@ -472,6 +472,46 @@ describe('jobWorkflow', () => {
       });
     });
 
+    describe('of a job recorded while Temporal was away, before its workflow started (CancelJob starts it with the cancel)', () => {
+      /** Cancels `spec`'s job as CancelJob does for a job still pending, with a worker polling. */
+      async function cancelUnstarted(label: string, cluster: FakeCluster, spec: JobSpec) {
+        const taskQueue = uniqueTaskQueue(label);
+        const gateway = createJobWorkflowGateway({ client: env.client, taskQueue, options: FAST_OPTIONS, tokenDecimals: 9 });
+        const handle = env.client.workflow.getHandle(spec.jobId) as JobHandle;
+        handles.push(handle);
+        let receipt: unknown;
+        await runWorkerUntil(await createJobWorker(env, bundle, taskQueue, cluster), cluster, async () => {
+          receipt = await gateway.cancel(spec.jobId, 'changed my mind', spec);
+          await handle.result();
+          // Asked again (the API's retry): the same answer.
+          expect(await gateway.cancel(spec.jobId, 'changed my mind', spec)).toEqual(receipt);
+        });
+        return { receipt, result: await handle.result() };
+      }
+
+      test('paid by the server: ended before anything is escrowed or claimed', async () => {
+        const cluster = new FakeCluster(['node-a']);
+        const jobId = newJobId('cancel-unstarted');
+        const { receipt, result } = await cancelUnstarted('cancel-unstarted', cluster, jobSpec(jobId));
+        expect(receipt).toEqual({ refundIssued: false, txRef: '' });
+        expect(result).toMatchObject({ phase: 'cancelled', attempts: 0, nodeId: null });
+        expect(cluster.transitions.map((t) => [t.from, t.to, t.actor, t.reason])).toEqual([['pending', 'cancelled', 'client', 'cancelled: changed my mind']]);
+        expect(cluster.escrowCalls).toEqual([]);
+        expect(cluster.matchCalls).toEqual([]);
+        expect(cluster.refundCalls).toEqual([]);
+      });
+
+      test('paid by its payer\'s own transfer: escrowed, so that it is refunded', async () => {
+        const cluster = new FakeCluster(['node-a']);
+        const jobId = newJobId('cancel-unstarted-funded');
+        const { receipt, result } = await cancelUnstarted('cancel-unstarted-funded', cluster, jobSpec(jobId, { escrowTxHash: 'payer-transfer' }));
+        expect(receipt).toEqual({ refundIssued: true, txRef: `ledger:${jobId}/refund` });
+        expect(result).toMatchObject({ phase: 'cancelled' });
+        expect(cluster.ledger.map((l) => l.leg)).toEqual(['escrow', 'refund']);
+        expect(cluster.dispatchCalls).toEqual([]);
+      });
+    });
+
     test('while assigned → refunded once; a later cancel is rejected and changes nothing', async () => {
       const cluster = new FakeCluster(['node-a']);
       const jobId = newJobId('cancel-assigned');
