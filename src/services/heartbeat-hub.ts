@@ -11,7 +11,7 @@ export interface HeartbeatHubDeps {
   db: Db;
   workflows: JobWorkflowGateway;
   /** Keeps the node watches of reservations on beating nodes alive. */
-  reservations?: { nodesAlive(nodeIds: ReadonlySet<string>): Promise<void> };
+  reservations?: { nodesAlive(nodeIds: ReadonlySet<string>, deadlineMs?: number): Promise<void> };
   flushMs: number;
   offlineAfterMs: number;
   metricsSampleMs: number;
@@ -288,7 +288,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
           .nodeAlive(j.id, j.attempts, { source: 'heartbeat', nodeId: j.nodeId, at: j.at.toISOString() }, j.assignedAt, LIVENESS_DEADLINE_MS)
           .catch((err) => log.warn({ jobId: j.id, err: String(err) }, 'could not pass node liveness to the job')),
       );
-      await deps.reservations?.nodesAlive(nodeIds).catch((err) => log.warn({ err: String(err) }, 'could not pass node liveness to reservations'));
+      await deps.reservations?.nodesAlive(nodeIds, LIVENESS_DEADLINE_MS).catch((err) => log.warn({ err: String(err) }, 'could not pass node liveness to reservations'));
       if (wake.size > 0) await workflows.nodesChanged([...wake]).catch((err) => log.warn({ err: String(err) }, 'could not wake waiting jobs'));
     }
   }

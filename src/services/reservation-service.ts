@@ -467,16 +467,19 @@ export function createReservationService(deps: ReservationServiceDeps) {
     requireOwner((await nodesRepo.getNode(db, nodeId))?.owner, caller, `node ${nodeId}`);
   }
 
-  /** The heartbeat hub's batch: these nodes are alive, so are their reservations' watches. */
-  async function nodesAlive(nodeIds: ReadonlySet<string>): Promise<void> {
+  /**
+   * The heartbeat hub's batch: these nodes are alive, so are their reservations' watches. Each call gives up after
+   * `deadlineMs` (a slow Temporal must not hold back the hub's next pass; a missed one is made up by the next beat).
+   */
+  async function nodesAlive(nodeIds: ReadonlySet<string>, deadlineMs?: number): Promise<void> {
     const live = await repo.liveOnNodes(db, nodeIds);
-    await Promise.all(live.map((r) => nodeAlive(r.id)));
+    await Promise.all(live.map((r) => nodeAlive(r.id, deadlineMs)));
   }
 
-  async function nodeAlive(id: string): Promise<void> {
+  async function nodeAlive(id: string, deadlineMs?: number): Promise<void> {
     try {
       // `at` tells the workflow when the node last showed life if it goes silent (it bills up to then).
-      await limited(() => client.activity.heartbeat({ workflowId: id, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat', at: now() }));
+      await limited(() => client.activity.heartbeat({ workflowId: id, activityId: RESERVATION_WATCH_ID }, { source: 'heartbeat', at: now() }), deadlineMs);
     } catch (err) {
       if (err instanceof ActivityNotFoundError || err instanceof ActivityCancelledError) return;
       throw err;
