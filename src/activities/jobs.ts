@@ -226,9 +226,10 @@ export function createJobActivities(deps: JobActivityDeps) {
    * have been up without a gap for twice that (time for nodes to reconnect and beat; none of them gone meanwhile)
    * and it has not beaten; until then this waits (heartbeating), at most LOSS_CONFIRM_MAX_WAIT_MS, after which it
    * is lost if Postgres answers (the relays did not come back), and not lost if Postgres is away (nothing is known
-   * of it; watched again). `aliveAt`: its last heartbeat as Postgres has it.
+   * of it; watched again). `aliveAt`: its last heartbeat as Postgres has it. With `aliveForMs`, an alive node is
+   * watched here, from Postgres, for that long before the answer: lost if it goes silent meanwhile.
    */
-  async function confirmNodeLost(input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
+  async function confirmNodeLost(input: { nodeId: string; silentForMs: number; aliveForMs?: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
     const ctx = Context.current();
     const started = Date.now();
     let lastError = '';
@@ -242,7 +243,14 @@ export function createJobActivities(deps: JobActivityDeps) {
         // Newer than the lag of passing beats on allows (as for the excuse of a loss): the watch missed beats
         // that reached Postgres. A node that really went silent has its last beat about `silentForMs` back.
         if (node.lastHeartbeat > excusedIfBeatAfter(new Date(), input.silentForMs)) {
-          return { lost: false, why: `its heartbeats reached the server until ${node.lastHeartbeat.toISOString()}: the relay to its watch lapsed, not the node`, aliveAt: node.lastHeartbeat.getTime() };
+          // Alive. Asked to (the relay lapsing again and again), it is watched from Postgres for `aliveForMs`
+          // first: a watch restarted at every lapse would cost the workflow's history each time.
+          if (!input.aliveForMs || Date.now() - started >= input.aliveForMs) {
+            return { lost: false, why: `its heartbeats reached the server until ${node.lastHeartbeat.toISOString()}: the relay to its watch lapsed, not the node`, aliveAt: node.lastHeartbeat.getTime() };
+          }
+          failingSince = undefined;
+          await ctx.sleep(LOSS_CONFIRM_POLL_MS);
+          continue;
         }
         if ((await nodesRepo.relaysUpForMs(deps.db, deps.relayFreshMs ?? relayFreshMs(1000), 2 * input.silentForMs)) >= 2 * input.silentForMs) {
           return { lost: true, why: '', aliveAt: node.lastHeartbeat.getTime() };

@@ -23,10 +23,16 @@ export function watchLapsed(error: unknown): boolean {
  * a cancel, a release, whose answers must not wait for the relay): then undefined, the confirmation cancelled. A
  * confirmation that fails for good counts as a loss, with why.
  */
-export async function confirmLoss(nodeId: string, silentForMs: number, interrupted: () => boolean): Promise<LossVerdict | undefined> {
+export async function confirmLoss(
+  nodeId: string,
+  silentForMs: number,
+  interrupted: () => boolean,
+  /** An alive node is watched from Postgres this long before the answer (see confirmNodeLost). */
+  aliveForMs?: number,
+): Promise<LossVerdict | undefined> {
   const confirming = new CancellationScope();
   let verdict: LossVerdict | undefined;
-  confirming.run(() => liveness.confirmNodeLost({ nodeId, silentForMs })).then(
+  confirming.run(() => liveness.confirmNodeLost({ nodeId, silentForMs, ...(aliveForMs && { aliveForMs }) })).then(
     (v) => (verdict = v),
     (err: unknown) => (verdict ??= { lost: true, why: `its loss could not be confirmed: ${(err as Error | undefined)?.message ?? 'no reason'}` }),
   );

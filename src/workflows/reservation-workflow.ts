@@ -63,6 +63,9 @@ export const END_SEEN_FIRST = 'end-seen-first';
  */
 export const LIVENESS_CONFIRMED = 'liveness-confirmed';
 
+/** The longest a confirmation watches a node from Postgres after repeated lapses of the relay (see hold()). */
+const RELAY_LAPSE_WATCH_MAX_MS = 10 * 60_000;
+
 /**
  * Patch (asked where it applies): an extension of as many minutes as one still on its way is that one's retry (a
  * client that gave up waiting for its escrow): it gets its outcome, and nothing is escrowed again. Once answered,
@@ -363,7 +366,11 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
     // Whether the node was lost before any release came, noted when the loss comes (an extension paying at the
     // end of the term may hold the end back while both arrive).
     let lostBeforeRelease = false;
+    /** When the current watch started, and how many lapses in a row were the relay's (each followed soon by another). */
+    let watchStartedAt = Date.now();
+    let relayLapses = 0;
     const startWatch = () => {
+      watchStartedAt = Date.now();
       scope = new CancellationScope();
       scope.run(() => watch.watchReservedNode({ id, nodeId: spec.nodeId })).then(
         () => lost(undefined),
@@ -392,13 +399,19 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
           // A release meanwhile goes first: the Engine's answer must not wait for the relay.
           // (One that came after the lapse, before this, waits for the verdict: lost first is lost, end-seen-first.)
           const releasedBefore = release !== undefined;
-          const verdict = await confirmLoss(spec.nodeId, options.nodeHeartbeatTimeoutMs, () => !releasedBefore && release !== undefined);
+          // A relay lapsing again and again (its API's calls to Temporal failing while its beats reach Postgres)
+          // would restart the watch at every lapse, a few events each time: after the first, the confirmation
+          // watches the node from Postgres a while (doubling, at most RELAY_LAPSE_WATCH_MAX_MS) before answering.
+          if (Date.now() - watchStartedAt > 10 * options.nodeHeartbeatTimeoutMs) relayLapses = 0;
+          const aliveForMs = relayLapses === 0 ? undefined : Math.min(RELAY_LAPSE_WATCH_MAX_MS, options.nodeHeartbeatTimeoutMs * 2 ** relayLapses);
+          const verdict = await confirmLoss(spec.nodeId, options.nodeHeartbeatTimeoutMs, () => !releasedBefore && release !== undefined, aliveForMs);
           if (verdict === undefined) {
             lostBeforeRelease = false;
             continue;
           }
           knownAliveAt = Math.max(knownAliveAt, verdict.aliveAt ?? 0, lastBeatAt(watchEnded.error) ?? 0);
           if (!verdict.lost) {
+            relayLapses++;
             lastReason = `node watched again: ${verdict.why}`;
             publish();
             watchEnded = undefined;

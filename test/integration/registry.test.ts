@@ -894,6 +894,26 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     await database.db.delete(nodes).where(inArray(nodes.id, ['conf-alive', 'conf-dead']));
   });
 
+  it('asked to, a confirmation watches an alive node from Postgres a while before answering: alive if it beats on, lost once it goes silent', async () => {
+    const acts = jobActivities(createNodeCache({ db: database.db, offlineAfterMs: 30_000 }));
+    const confirm = (aliveForMs: number) => new MockActivityEnvironment().run(acts.confirmNodeLost, { nodeId: 'conf-watched', silentForMs: 4000, aliveForMs });
+    await database.db.delete(heartbeatRelays);
+    await nodesRepo.markRelay(database.db, 'relay-long-up', 10_000);
+    await database.db.update(heartbeatRelays).set({ upSince: new Date(Date.now() - 3600_000) });
+    await nodesRepo.upsertNode(database.db, 'conf-watched', registration({ ipAddress: '10.7.0.4' }));
+    await database.db.update(nodes).set({ lastHeartbeat: new Date() }).where(eq(nodes.id, 'conf-watched'));
+    const started = Date.now();
+    expect(await confirm(800)).toMatchObject({ lost: false });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(800);
+    // Its last beat half a second back, and no more: silent past the excuse (4 s less the relay's lag) meanwhile.
+    await database.db.update(nodes).set({ lastHeartbeat: new Date(Date.now() - 500) }).where(eq(nodes.id, 'conf-watched'));
+    await nodesRepo.markRelay(database.db, 'relay-long-up', 10_000);
+    expect(await confirm(10_000)).toMatchObject({ lost: true });
+    expect(Date.now() - started).toBeLessThan(6000);
+    await database.db.delete(heartbeatRelays);
+    await database.db.delete(nodes).where(eq(nodes.id, 'conf-watched'));
+  });
+
   it('a lapse confirmed past its wait: lost while Postgres answers (the relays did not come back), not lost while Postgres is away (nothing is known)', async () => {
     const confirmWith = (db: typeof database.db) =>
       new MockActivityEnvironment().run(

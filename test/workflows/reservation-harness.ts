@@ -153,10 +153,10 @@ export class FakeReservationWorld {
   }
 
   /** confirmNodeLost calls, and how many more of them find the node alive (its lapse the relay's). */
-  readonly confirmCalls: { nodeId: string; silentForMs: number }[] = [];
+  readonly confirmCalls: { nodeId: string; silentForMs: number; aliveForMs?: number }[] = [];
   aliveAfterLapse = 0;
 
-  readonly activities: ReservationActivities & { confirmNodeLost(input: { nodeId: string; silentForMs: number }): Promise<{ lost: boolean; why: string }> } = {
+  readonly activities: ReservationActivities & { confirmNodeLost(input: { nodeId: string; silentForMs: number; aliveForMs?: number }): Promise<{ lost: boolean; why: string }> } = {
     confirmNodeLost: async (input) => {
       this.confirmCalls.push(input);
       this.timeline.push('confirm-lost');
