@@ -211,10 +211,12 @@ export async function activeForWallet(db: DbOrTx, wallet: string, now: Date): Pr
 /** One page of reservations, newest first, with a keyset cursor (created_at, id). */
 export async function listReservations(
   db: DbOrTx,
-  q: { wallet?: string; activeOnly: boolean; limit: number; after?: { createdAt: Date; id: string } },
+  q: { wallet?: string; activeOnly: boolean; limit: number; after?: { createdAt: Date; id: string }; visibleTo?: string },
 ): Promise<{ rows: ReservationWithNode[]; total: number }> {
   const filter = and(
     q.wallet ? eq(reservations.userWallet, q.wallet) : undefined,
+    // A signed-in user's own, and those made without auth (no owner), as requireOwner lets them act on.
+    q.visibleTo !== undefined ? or(isNull(reservations.owner), eq(reservations.owner, q.visibleTo)) : undefined,
     q.activeOnly ? inArray(reservations.status, HOLDING_STATUSES) : undefined,
   );
   const page = and(

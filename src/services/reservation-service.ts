@@ -266,23 +266,27 @@ export function createReservationService(deps: ReservationServiceDeps) {
     }
   }
 
-  async function get(id: string): Promise<repo.ReservationWithNode> {
-    return find(id);
+  /** With auth on, a user reads only their own reservations (their node endpoint, escrow and wallet). */
+  async function get(id: string, caller?: string): Promise<repo.ReservationWithNode> {
+    const r = await find(id);
+    requireOwner(r.owner, caller, `reservation ${r.id}`);
+    return r;
   }
 
-  async function list(q: { userId: string; pageSize: number; pageToken: string; activeOnly: boolean }) {
+  async function list(q: { userId: string; pageSize: number; pageToken: string; activeOnly: boolean; caller?: string }) {
     if (q.pageSize < 0) throw new ValidationError('page_size', 'must not be negative');
     const limit = Math.min(q.pageSize || 50, 500);
     const after = q.pageToken ? decodeCursor(q.pageToken) : undefined;
-    const { rows, total } = await repo.listReservations(db, { wallet: q.userId || undefined, activeOnly: q.activeOnly, limit: limit + 1, after });
+    const { rows, total } = await repo.listReservations(db, { wallet: q.userId || undefined, activeOnly: q.activeOnly, limit: limit + 1, after, visibleTo: q.caller });
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     return { rows: page, total, nextPageToken: rows.length > limit && last ? encodeCursor(last) : '' };
   }
 
-  async function active(userWallet: string) {
+  async function active(userWallet: string, caller?: string) {
     const wallet = walletAddress(userWallet, 'user_wallet').toBase58();
-    return repo.activeForWallet(db, wallet, new Date(now()));
+    const rows = await repo.activeForWallet(db, wallet, new Date(now()));
+    return caller === undefined ? rows : rows.filter((r) => !r.owner || r.owner === caller);
   }
 
   /** EngineHeartbeat: the Engine is connected; @returns the time left, or GoneError once the reservation is over. */

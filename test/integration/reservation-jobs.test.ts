@@ -22,17 +22,29 @@ describe('reservation job counts (real Postgres)', () => {
   });
   afterAll(() => database.drop());
 
-  async function reservation(): Promise<{ id: string; nodeId: string }> {
+  async function reservation(opts: { userWallet?: string; owner?: string } = {}): Promise<{ id: string; nodeId: string }> {
     const id = `res-${randomUUID()}`;
     const nodeId = `node-${randomUUID()}`;
     await nodesRepo.upsertNode(database.db, nodeId, registration);
     const now = new Date();
     await reservationsRepo.holdNode(database.db, {
-      id, nodeId, userWallet: 'w', minutes: 60, pricePerHourUnits: 1n, escrowUnits: 1n, jobConfig: {}, minuteMs: 60_000,
+      id, nodeId, userWallet: opts.userWallet ?? 'w', owner: opts.owner, minutes: 60, pricePerHourUnits: 1n, escrowUnits: 1n, jobConfig: {}, minuteMs: 60_000,
       onlineSince: new Date(now.getTime() - 30_000), now,
     });
     return { id, nodeId };
   }
+
+  it('with auth on, a user lists their own reservations and those made without auth, not another user\'s', async () => {
+    const wallet = `w-${randomUUID()}`;
+    const mine = await reservation({ userWallet: wallet, owner: 'user-1' });
+    const theirs = await reservation({ userWallet: wallet, owner: 'user-2' });
+    const anyones = await reservation({ userWallet: wallet });
+    const ids = async (visibleTo?: string) =>
+      (await reservationsRepo.listReservations(database.db, { wallet, activeOnly: false, limit: 10, visibleTo })).rows.map((r) => r.id).sort();
+    expect(await ids('user-1')).toEqual([mine.id, anyones.id].sort());
+    expect(await ids()).toEqual([mine.id, theirs.id, anyones.id].sort());
+    expect((await reservationsRepo.listReservations(database.db, { wallet, activeOnly: false, limit: 10, visibleTo: 'user-1' })).total).toBe(2);
+  });
 
   it('a pending reservation given up in Postgres gives its node back and is not activated when its escrow lands', async () => {
     const { id, nodeId } = await reservation();

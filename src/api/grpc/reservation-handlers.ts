@@ -130,7 +130,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     GetReservation: unary<{ reservation_id: string }, object>(
       log,
       'GetReservation',
-      async (req) => ({ status: StatusCode.SUCCESS, reservation: info(await svc.get(reservationId(req.reservation_id))) }),
+      async (req, call) => ({ status: StatusCode.SUCCESS, reservation: info(await svc.get(reservationId(req.reservation_id), caller(call))) }),
       statusAndError,
     ),
     // ListReservationsResponse has no status or error field: a bad request is a gRPC INVALID_ARGUMENT naming the field.
@@ -138,7 +138,7 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
       const req = call.request;
       // Inside the promise: a refused field must reach the error branch below, not escape the handler.
       Promise.resolve()
-        .then(() => svc.list({ userId: optionalText(req.user_id, 'user_id', 128), pageSize: req.page_size, pageToken: req.page_token, activeOnly: req.active_only }))
+        .then(() => svc.list({ userId: optionalText(req.user_id, 'user_id', 128), pageSize: req.page_size, pageToken: req.page_token, activeOnly: req.active_only, caller: caller(call) }))
         .then(
           (page) => callback(null, { reservations: page.rows.map(info), next_page_token: page.nextPageToken, total_count: page.total }),
           (err: unknown) => {
@@ -173,8 +173,8 @@ export function createReservationHandlers(deps: { reservations: ReservationServi
     GetActiveReservations: unary<{ user_wallet: string }, object>(
       log,
       'GetActiveReservations',
-      async (req) => {
-        const rows = await svc.active(req.user_wallet);
+      async (req, call) => {
+        const rows = await svc.active(req.user_wallet, caller(call));
         return {
           status: StatusCode.SUCCESS,
           reservations: rows.map((r) => ({
