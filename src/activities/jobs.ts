@@ -4,6 +4,7 @@ import type { Db } from '../db/client';
 import * as jobsRepo from '../db/jobs-repo';
 import * as nodesRepo from '../db/nodes-repo';
 import type { DeviceType } from '../domain/job';
+import { hostPort } from '../domain/endpoint';
 import { excusedIfBeatAfter, failureKind } from '../domain/reputation';
 import { rankCandidates, type Ranked, type Rejected } from '../domain/scoring';
 import { claimNode, heldClaim, markWaiting, releaseClaims, type NodeCache } from '../db/node-cache';
@@ -146,7 +147,7 @@ export function createJobActivities(deps: JobActivityDeps) {
     if (!node) return undefined;
     const ranking = rank(input);
     return {
-      node: { nodeId: node.id, endpoint: `${node.ipAddress}:${node.port}`, assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}` },
+      node: { nodeId: node.id, endpoint: hostPort(node.ipAddress, node.port), assignEndpoint: hostPort(node.ipAddress, node.port + deps.assignPortOffset) },
       explanation: { ...ranking, ranked: ranking.ranked.slice(0, 5), claimedByOthers: [] },
     };
   }
@@ -181,8 +182,8 @@ export function createJobActivities(deps: JobActivityDeps) {
       if (!node) continue;
       const matched: MatchedNode = {
         nodeId: node.id,
-        endpoint: `${node.ipAddress}:${node.port}`,
-        assignEndpoint: `${node.ipAddress}:${node.port + deps.assignPortOffset}`,
+        endpoint: hostPort(node.ipAddress, node.port),
+        assignEndpoint: hostPort(node.ipAddress, node.port + deps.assignPortOffset),
       };
       return { node: matched, ranking, claimedByOthers };
     }

@@ -1,5 +1,6 @@
 import { and, desc, eq, gt, inArray, isNull, lt, or, sql } from 'drizzle-orm';
 import { ConflictError, NotFoundError } from '../domain/errors';
+import { hostPort } from '../domain/endpoint';
 import { HOLDING_STATUSES } from '../domain/reservation';
 import type { Db, DbOrTx } from './client';
 import { nodes, payments, reservationJobs, reservations } from './schema';
@@ -100,7 +101,7 @@ export async function getReservation(db: DbOrTx, id: string): Promise<Reservatio
 
 const withNode = (row: { r: ReservationRow; ip: string | null; port: number | null; wallet: string | null }): ReservationWithNode => ({
   ...row.r,
-  nodeEndpoint: row.ip && row.port ? `${row.ip}:${row.port}` : '',
+  nodeEndpoint: row.ip && row.port ? hostPort(row.ip, row.port) : '',
   nodeWallet: row.wallet ?? '',
 });
 

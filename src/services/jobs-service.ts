@@ -8,6 +8,7 @@ import { jobEvents, jobs } from '../db/schema';
 import { ConflictError, NotFoundError, requireOwner, UnavailableError, ValidationError } from '../domain/errors';
 import { isReservedId, isUuid } from '../domain/ids';
 import { isTerminal, type JobPhase, type JobSpec } from '../domain/job';
+import { hostPort } from '../domain/endpoint';
 import type { JobWorkflowGateway } from './job-workflows';
 import { signP2PToken } from './p2p-token';
 import { TemporalAwayError } from './temporal-errors';
@@ -138,7 +139,7 @@ export function createJobService(deps: JobServiceDeps) {
     });
     return {
       job,
-      assignment: { nodeId: node.id, endpoint: `${node.ipAddress}:${node.port}`, authToken: token, tokenExpiresAt: expiresAt },
+      assignment: { nodeId: node.id, endpoint: hostPort(node.ipAddress, node.port), authToken: token, tokenExpiresAt: expiresAt },
     };
   }
 

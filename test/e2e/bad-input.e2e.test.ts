@@ -95,6 +95,7 @@ const validationCases: Case[] = [
   ['Heartbeat with a NUL character in node_id', () => nodeApi, 'Heartbeat', () => ({ node_id: 'node\u0000x' }), 'node_id'],
   ['RegisterNode without info', () => nodeApi, 'RegisterNode', () => ({ authentication_token: 'jwt' }), 'info'],
   ['RegisterNode with port 70000', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '127.0.0.1', port: 70000 } }), 'info.port'],
+  ['RegisterNode with ip_address "10.0.0.1:50052"', () => nodeApi, 'RegisterNode', () => ({ info: { ip_address: '10.0.0.1:50052', port: 50052 } }), 'info.ip_address'],
   ['NotifyJobAccepted with an empty job_id', () => nodeApi, 'NotifyJobAccepted', () => ({ node_id: node.nodeId, job_id: '' }), 'job_id'],
   [
     'ReportProgress with progress 2',

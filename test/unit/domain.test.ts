@@ -1,4 +1,5 @@
 import { isTerminal, JOB_PHASES, phaseToStatusCode, StatusCode, statusCodeToPhases } from '../../src/domain/job';
+import { hostPort, nodeHost } from '../../src/domain/endpoint';
 import { fitsJob } from '../../src/domain/node';
 
 const GiB = 2 ** 30;
@@ -47,5 +48,22 @@ describe('fitsJob', () => {
   it('uses a device memory when it reports no VRAM', () => {
     const opencl = { devices: [{ deviceType: 'OPENCL' as const, vramTotal: 0, memoryTotal: 4 * GiB }], ramTotal: 0 };
     expect(fitsJob(opencl, { requiredDevice: 'OPENCL', estimatedMemory: 4 * GiB })).toEqual({ fits: true });
+  });
+});
+
+describe('node endpoints', () => {
+  test('a registered host is an IPv4 or IPv6 address or a DNS name; an IPv4-mapped address is its IPv4', () => {
+    expect(nodeHost('192.168.1.20')).toBe('192.168.1.20');
+    expect(nodeHost('::ffff:10.0.0.7')).toBe('10.0.0.7');
+    expect(nodeHost('2001:db8::1')).toBe('2001:db8::1');
+    expect(nodeHost('[2001:db8::1]')).toBe('2001:db8::1');
+    expect(nodeHost('gpu-7.example.org')).toBe('gpu-7.example.org');
+    for (const bad of ['10.0.0.1:50052', 'a b', 'x'.repeat(254), '-lead.example', 'under_score.example', '']) expect(nodeHost(bad)).toBeUndefined();
+  });
+
+  test('host:port puts an IPv6 address in brackets, so that gRPC and the Engine can dial it', () => {
+    expect(hostPort('10.0.0.1', 50052)).toBe('10.0.0.1:50052');
+    expect(hostPort('2001:db8::1', 50055)).toBe('[2001:db8::1]:50055');
+    expect(hostPort('gpu-7.example.org', 50052)).toBe('gpu-7.example.org:50052');
   });
 });

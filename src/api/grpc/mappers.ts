@@ -13,6 +13,7 @@ import {
   type JobSpec,
 } from '../../domain/job';
 import { tokensToUnits } from '../../domain/money';
+import { nodeHost } from '../../domain/endpoint';
 import type { DeviceCapsSpec } from '../../domain/node';
 import type { DeviceCaps, Int64, JobConfig, JobStatus, NodeInfo } from '../../protocol/types';
 import { walletAddress } from '../../services/wallet-service';
@@ -205,8 +206,11 @@ export function toNodeRegistration(info: NodeInfo | null | undefined, peerIp: st
     throw new ValidationError('info.port', 'must be a TCP port (0-65532: AssignJob goes to port + 3)');
   }
   if (info.cpu_cores < 0) throw new ValidationError('info.cpu_cores', 'must not be negative');
-  const ipAddress = optionalText(info.ip_address, 'info.ip_address', 255) || peerIp;
-  if (!ipAddress) throw new ValidationError('info.ip_address', 'is required');
+  const given = optionalText(info.ip_address, 'info.ip_address', 255);
+  const ipAddress = nodeHost(given || peerIp);
+  if (!ipAddress) {
+    throw new ValidationError('info.ip_address', given ? 'must be an IPv4 or IPv6 address or a host name' : 'is required (the caller\'s address is not one)');
+  }
   const claimedId = optionalText(info.node_id, 'info.node_id', 128);
   const v = info.version;
   return {

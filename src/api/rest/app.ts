@@ -6,6 +6,7 @@ import { JOB_PHASES, phaseToStatusCode, type JobPhase } from '../../domain/job';
 import type { JobRow } from '../../db/jobs-repo';
 import type { NodeRow } from '../../db/nodes-repo';
 import { nodeHealth } from '../../domain/health';
+import { hostPort } from '../../domain/endpoint';
 import { nodeStats } from '../../domain/node-stats';
 import { isSignature, requireId } from '../grpc/mappers';
 import { addressKey } from '../../services/heartbeat-hub';
@@ -106,7 +107,7 @@ export function nodeJson(node: NodeRow, activeJobs: number, offlineAfterMs: numb
   return {
     id: node.id,
     name: node.name,
-    endpoint: `${node.ipAddress}:${node.port}`,
+    endpoint: hostPort(node.ipAddress, node.port),
     region: node.region,
     wallet: node.walletAddress,
     devices: node.devices,
