@@ -75,8 +75,9 @@ export async function reconcileLedger(deps: {
       await settlement.abandonAttempt(jobId, legs, signature, `reconciliation: ${signature} expired without landing`);
       report.reopened.push(...names);
     } else if (state.kind === 'failed') {
-      await settlement.abandonAttempt(jobId, legs, signature, `reconciliation: landed with an error ${state.err}`, 'failed');
-      report.failed.push(...names);
+      // A payee that could not receive: nothing moved, the legs wait for it (a refund is paid once it can).
+      const payee = await settlement.abandonFailedAttempt(jobId, rows, signature, `reconciliation: landed with an error ${state.err}`);
+      (payee ? report.reopened : report.failed).push(...names);
     } else {
       report.inFlight.push(...names);
     }

@@ -366,6 +366,19 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
   }
 
   /**
+   * Gives up an attempt that landed with an error. When a payee could not receive (its token account closed after it
+   * was checked), nothing moved and these bytes can never land again: the legs wait for it (pending, settled again
+   * once it can; a refund by settleQuietRefunds), and that payee's problem is returned. Otherwise they fail for good.
+   */
+  async function abandonFailedAttempt(jobId: string, rows: PaymentRow[], signature: string, why: string): Promise<{ leg: Leg; why: string } | undefined> {
+    const legs = rows.map((r) => r.leg as Leg);
+    const payee = await payeeProblem(rows);
+    if (payee) await abandonAttempt(jobId, legs, signature, `${why}; ${payee.why}`);
+    else await abandonAttempt(jobId, legs, signature, why, 'failed');
+    return payee;
+  }
+
+  /**
    * Sends an attempt's bytes again, as long as its legs still carry it: once another attempt of the same settlement
    * gave it up (expired) and signed anew, these bytes must not reach the chain beside the new ones.
    */
@@ -494,14 +507,8 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     const conclude = async (state: ChainState, signature: string, expired: string, pending: () => Promise<never>): Promise<PaymentRow[] | undefined> => {
       if (state.kind === 'landed') return confirm(signature, state.slot);
       if (state.kind === 'failed') {
-        // A payee that could not receive (its token account closed after it was checked): nothing moved and these
-        // bytes can never land again, so the legs wait for it rather than fail for good.
-        const payee = await payeeProblem(rows);
-        if (payee) {
-          await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}; ${payee.why}`);
-          throw retryable(`${memo}: ${payee.why}`);
-        }
-        await abandonAttempt(jobId, legs, signature, `landed with an error: ${state.err}`, 'failed');
+        const payee = await abandonFailedAttempt(jobId, rows, signature, `landed with an error: ${state.err}`);
+        if (payee) throw retryable(`${memo}: ${payee.why}`);
         throw nonRetryable(SettlementErrors.transactionFailed, `${memo}: transaction failed on chain: ${state.err}`);
       }
       if (state.kind === 'expired') {
@@ -1509,6 +1516,7 @@ export function createChainSettlement(deps: ChainSettlementDeps) {
     chainState,
     rowsOf,
     abandonAttempt,
+    abandonFailedAttempt,
     markConfirmed,
     showReservationRefund,
   };
