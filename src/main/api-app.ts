@@ -85,6 +85,12 @@ export async function startApi(
       "P2P_JWT_SECRET is the shipping node's public default: anyone can mint P2P tokens for nodes that keep it; set your own here and on the nodes (--p2p-secret)",
     );
   }
+  if (!config.authJwtSecret && config.chain.cluster !== 'localnet') {
+    log.warn(
+      { cluster: config.chain.cluster },
+      "AUTH_JWT_SECRET is empty: every call is anonymous, so anyone can register under a node's id (and its wallet, which is paid what the node is owed) and read any job; set the website login's JWT secret",
+    );
+  }
   const database = openDatabase(env.databaseUrl, { max: 20 });
   const connection = await Connection.connect(temporalConnectionOptions(config, env.temporalAddress));
   // Jobs are started with these: a cluster whose worker has not registered them yet refuses every start.

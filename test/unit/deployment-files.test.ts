@@ -32,6 +32,8 @@ describe('docker-compose.yml', () => {
   it('publishes gRPC and REST (its operator routes behind a token), the Web UI to the host only, Temporal not at all; every environment value parses as our config', () => {
     expect(compose.services.api.ports).toEqual(['50051:50051', '8080:8080']);
     expect(compose.services.api.environment.REST_OPERATOR_TOKEN).toMatch(/^\$\{REST_OPERATOR_TOKEN:\?/);
+    // On a public cluster, calls are authenticated: no default that turns authentication off.
+    expect(compose.services.api.environment.AUTH_JWT_SECRET).toMatch(/^\$\{AUTH_JWT_SECRET:\?/);
     expect(compose.services['temporal-ui'].ports).toEqual(['127.0.0.1:8233:8080']);
     expect(compose.services.temporal.ports).toBeUndefined();
     for (const name of ['migrate', 'worker', 'api']) {
