@@ -20,7 +20,7 @@ import type { JobSpec } from '../src/domain/job';
 import { ensureTemporalCli } from '../src/infra/temporal-cli';
 import { createJobWorkflowGateway } from '../src/services/job-workflows';
 import { PaymentFailures } from '../src/domain/payments';
-import { acceptedUpdate, cancelUpdate, completeUpdate, nodesChangedSignal, progressSignal, walletRegisteredSignal } from '../src/workflows/messages';
+import { acceptedSignal, acceptedUpdate, cancelUpdate, completeUpdate, nodesChangedSignal, progressSignal, walletRegisteredSignal } from '../src/workflows/messages';
 import {
   createJobTestEnv,
   createJobWorker,
@@ -214,6 +214,22 @@ const scenarios: Record<string, Scenario> = {
       const alive = keepAlive(env.client, jobId, 1);
       try {
         await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
+        await handle.result();
+      } finally {
+        alive.stop();
+      }
+    },
+  },
+  /** As unreported-end, the acceptance coming as the acceptedLate signal (no worker took the update in time). */
+  'accepted-late': {
+    nodes: ['node-a'],
+    options: { unreportedEndGraceMs: 600 },
+    spec: { estimatedDuration: 1 },
+    async drive({ env, handle, jobId }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await handle.signal(acceptedSignal, { nodeId: 'node-a' });
         await handle.result();
       } finally {
         alive.stop();

@@ -9,10 +9,16 @@ import { excusedIfBeatAfter, failureKind } from '../domain/reputation';
 import { rankCandidates, type Ranked, type Rejected } from '../domain/scoring';
 import { claimNode, heldClaim, markWaiting, releaseClaims, type NodeCache } from '../db/node-cache';
 import { relayFreshMs } from '../services/heartbeat-hub';
+import { LATE, within } from '../services/temporal-calls';
 
 /** How long confirmNodeLost waits for the heartbeat relay to come back before it calls the node lost. */
 export const LOSS_CONFIRM_MAX_WAIT_MS = 15 * 60_000;
 const LOSS_CONFIRM_POLL_MS = 1000;
+/**
+ * A read of Postgres unanswered this long counts as Postgres away: a connection hung in a failover or a partition
+ * would otherwise hold the confirmation until TCP gives up, long past its heartbeat timeout.
+ */
+const LOSS_CONFIRM_READ_MS = 10_000;
 
 export interface JobActivityDeps {
   db: Db;
@@ -232,14 +238,29 @@ export function createJobActivities(deps: JobActivityDeps) {
    */
   async function confirmNodeLost(input: { nodeId: string; silentForMs: number; aliveForMs?: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
     const ctx = Context.current();
+    // Heartbeats on a clock, not between reads: a slow read must not look like a dead activity.
+    const beating = setInterval(() => ctx.heartbeat(), 5000);
+    try {
+      return await confirm(ctx, input);
+    } finally {
+      clearInterval(beating);
+    }
+  }
+
+  async function confirm(ctx: Context, input: { nodeId: string; silentForMs: number; aliveForMs?: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
     const started = Date.now();
     let lastError = '';
     /** Since when Postgres has not answered (undefined while it answers). */
     let failingSince: number | undefined;
+    const answered = async <T>(read: Promise<T>): Promise<T> => {
+      const result = await within(read, LOSS_CONFIRM_READ_MS);
+      if (result === LATE) throw new Error(`no answer within ${LOSS_CONFIRM_READ_MS / 1000} s`);
+      return result;
+    };
     for (;;) {
       ctx.heartbeat();
       try {
-        const node = await nodesRepo.getNode(deps.db, input.nodeId);
+        const node = await answered(nodesRepo.getNode(deps.db, input.nodeId));
         if (!node) return { lost: true, why: 'its record is gone' };
         // Newer than the lag of passing beats on allows (as for the excuse of a loss): the watch missed beats
         // that reached Postgres. A node that really went silent has its last beat about `silentForMs` back.
@@ -253,7 +274,7 @@ export function createJobActivities(deps: JobActivityDeps) {
           await ctx.sleep(LOSS_CONFIRM_POLL_MS);
           continue;
         }
-        if ((await nodesRepo.relaysUpForMs(deps.db, deps.relayFreshMs ?? relayFreshMs(1000), 2 * input.silentForMs)) >= 2 * input.silentForMs) {
+        if ((await answered(nodesRepo.relaysUpForMs(deps.db, deps.relayFreshMs ?? relayFreshMs(1000), 2 * input.silentForMs))) >= 2 * input.silentForMs) {
           return { lost: true, why: '', aliveAt: node.lastHeartbeat.getTime() };
         }
         failingSince = undefined;

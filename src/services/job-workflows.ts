@@ -36,7 +36,7 @@ import {
 import { JobSearchAttributes as SA } from '../workflows/search-attributes';
 import { keyedThrottle } from './keyed-throttle';
 import { LATE, temporalCalls } from './temporal-calls';
-import { temporalUnavailable } from './temporal-errors';
+import { TemporalAwayError, temporalUnavailable } from './temporal-errors';
 
 export interface JobWorkflowGatewayDeps {
   client: Client;
@@ -256,7 +256,8 @@ function translate(err: unknown): Error {
   if (grpcError?.code === GRPC_INVALID_ARGUMENT) {
     const why = grpcError.details || grpcError.message;
     // The cluster, not the job: its namespace lacks the job search attributes (no worker has registered them).
-    if (/search attribute/i.test(why)) return new UnavailableError(`Temporal refused the job's search attributes (are they registered in the namespace?): ${why}`);
+    // Registered by every worker at its start: the job is started once one has run (the sweep).
+    if (/search attribute/i.test(why)) return new TemporalAwayError(`Temporal refused the job's search attributes (are they registered in the namespace?): ${why}`);
     return new ValidationError('config', why);
   }
   return temporalUnavailable(err) ?? (err as Error);

@@ -57,8 +57,9 @@ export function createJobService(deps: JobServiceDeps) {
 
   /**
    * Records the job and starts its workflow. Submitting the same job id again with the same config is a
-   * no-op that returns the same job; with a different config it is a conflict.
-   * @throws ConflictError, UnavailableError (Temporal down: the job stays recorded and starts on retry).
+   * no-op that returns the same job; with a different config it is a conflict. With Temporal away the job is
+   * recorded all the same and started by the worker's sweep once Temporal is back: `startDeferred` says why.
+   * @throws ConflictError; ValidationError (Temporal refused the job itself, and nothing of it is kept).
    */
   async function submit(spec: JobSpec, caller?: string, callerWallet?: string): Promise<{ jobId: string; created: boolean; startDeferred?: string }> {
     if (isReservedId(spec.jobId)) throw new ValidationError('config.job_id', `${spec.jobId} is reserved for the server's own workflows`);

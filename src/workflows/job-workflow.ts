@@ -190,6 +190,8 @@ const JOB_WORKFLOW_V5 = 'job-workflow-v5';
  * claimed. A job its payer funded with their own transfer still escrows it, to refund it.
  */
 export const CANCEL_BEFORE_ESCROW = 'cancel-before-escrow';
+/** Patch, asked only where it applies: the acceptedLate signal (an acceptance no worker took in time) counts. */
+export const ACCEPTED_LATE = 'accepted-late';
 
 /**
  * One compute job, from escrow to payment: escrow → match → assign → await the node → complete or retry
@@ -277,7 +279,8 @@ export async function jobWorkflow(input: JobWorkflowInput): Promise<JobWorkflowR
     { validator: ({ nodeId }) => assertHolder(nodeId) },
   );
   setHandler(acceptedSignal, ({ nodeId }) => {
-    if (holds(nodeId) && !outcome && !cancelRequest) s.nodeStarted = true;
+    // Behind a patch: a worker without this handler took such a signal as nothing, and replays must agree.
+    if (holds(nodeId) && !outcome && !cancelRequest && patched(ACCEPTED_LATE)) s.nodeStarted = true;
   });
   setHandler(
     completeUpdate,

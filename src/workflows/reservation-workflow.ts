@@ -403,7 +403,9 @@ export async function reservationWorkflow(input: ReservationWorkflowInput): Prom
           // would restart the watch at every lapse, a few events each time: after the first, the confirmation
           // watches the node from Postgres a while (doubling, at most RELAY_LAPSE_WATCH_MAX_MS) before answering.
           if (Date.now() - watchStartedAt > 10 * options.nodeHeartbeatTimeoutMs) relayLapses = 0;
-          const aliveForMs = relayLapses === 0 ? undefined : Math.min(RELAY_LAPSE_WATCH_MAX_MS, options.nodeHeartbeatTimeoutMs * 2 ** relayLapses);
+          // (Never past the end of the term, which only the loop ends the reservation at.)
+          const watchFor = Math.min(RELAY_LAPSE_WATCH_MAX_MS, options.nodeHeartbeatTimeoutMs * 2 ** relayLapses, endAt - Date.now());
+          const aliveForMs = relayLapses === 0 || watchFor <= 0 ? undefined : watchFor;
           const verdict = await confirmLoss(spec.nodeId, options.nodeHeartbeatTimeoutMs, () => !releasedBefore && release !== undefined, aliveForMs);
           if (verdict === undefined) {
             lostBeforeRelease = false;

@@ -37,6 +37,7 @@ const previous = previousHistories();
 
 test('the recorded scenarios are all there', () => {
   expect(histories.map((h) => path.basename(h.file))).toEqual([
+    'accepted-late.json',
     'cancelled-before-start.json',
     'cancelled.json',
     'continued-as-new.run-first.json',
