@@ -238,16 +238,26 @@ export function createJobActivities(deps: JobActivityDeps) {
    */
   async function confirmNodeLost(input: { nodeId: string; silentForMs: number; aliveForMs?: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
     const ctx = Context.current();
+    // What it is waiting for, in its heartbeat details: the Web UI shows them on the pending activity.
+    let seen: Record<string, unknown> = { node: input.nodeId, since: new Date().toISOString(), seen: 'nothing yet' };
+    const note = (what: Record<string, unknown>) => {
+      seen = { ...seen, ...what };
+      ctx.heartbeat(seen);
+    };
     // Heartbeats on a clock, not between reads: a slow read must not look like a dead activity.
-    const beating = setInterval(() => ctx.heartbeat(), 5000);
+    const beating = setInterval(() => ctx.heartbeat(seen), 5000);
     try {
-      return await confirm(ctx, input);
+      return await confirm(ctx, input, note);
     } finally {
       clearInterval(beating);
     }
   }
 
-  async function confirm(ctx: Context, input: { nodeId: string; silentForMs: number; aliveForMs?: number }): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
+  async function confirm(
+    ctx: Context,
+    input: { nodeId: string; silentForMs: number; aliveForMs?: number },
+    note: (what: Record<string, unknown>) => void,
+  ): Promise<{ lost: boolean; why: string; aliveAt?: number }> {
     const started = Date.now();
     let lastError = '';
     /** Since when Postgres has not answered (undefined while it answers). */
@@ -258,7 +268,6 @@ export function createJobActivities(deps: JobActivityDeps) {
       return result;
     };
     for (;;) {
-      ctx.heartbeat();
       try {
         const node = await answered(nodesRepo.getNode(deps.db, input.nodeId));
         if (!node) return { lost: true, why: 'its record is gone' };
@@ -271,16 +280,18 @@ export function createJobActivities(deps: JobActivityDeps) {
             return { lost: false, why: `its heartbeats reached the server until ${node.lastHeartbeat.toISOString()}: the relay to its watch lapsed, not the node`, aliveAt: node.lastHeartbeat.getTime() };
           }
           failingSince = undefined;
+          note({ seen: `alive: watched from Postgres until ${new Date(started + input.aliveForMs).toISOString()}`, lastHeartbeat: node.lastHeartbeat.toISOString() });
           await ctx.sleep(LOSS_CONFIRM_POLL_MS);
           continue;
         }
-        if ((await answered(nodesRepo.relaysUpForMs(deps.db, deps.relayFreshMs ?? relayFreshMs(1000), 2 * input.silentForMs))) >= 2 * input.silentForMs) {
-          return { lost: true, why: '', aliveAt: node.lastHeartbeat.getTime() };
-        }
+        const relaysUpMs = await answered(nodesRepo.relaysUpForMs(deps.db, deps.relayFreshMs ?? relayFreshMs(1000), 2 * input.silentForMs));
+        if (relaysUpMs >= 2 * input.silentForMs) return { lost: true, why: '', aliveAt: node.lastHeartbeat.getTime() };
         failingSince = undefined;
+        note({ seen: `silent: waiting for the heartbeat relays to be up for ${(2 * input.silentForMs) / 1000} s (up for ${Math.round(relaysUpMs / 1000)} s)`, lastHeartbeat: node.lastHeartbeat.toISOString() });
       } catch (err) {
         lastError = `; last error: ${(err as Error).message}`; // Postgres away: the relay cannot be either
         failingSince ??= Date.now();
+        note({ seen: `Postgres has not answered since ${new Date(failingSince).toISOString()}${lastError}` });
       }
       const maxWaitMs = deps.lossConfirmMaxWaitMs ?? LOSS_CONFIRM_MAX_WAIT_MS;
       if (Date.now() - started >= maxWaitMs) {
