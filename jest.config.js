@@ -40,7 +40,7 @@ module.exports = {
   testTimeout: 120_000,
   projects: [
     tier('unit', { setupFilesAfterEnv: ['<rootDir>/test/support/unit-timeout.ts'] }),
-    // Workflow tests start their own TestWorkflowEnvironment from TEST_TEMPORAL_CLI / TEST_TEMPORAL_TEST_SERVER.
+    // Workflow tests start their own TestWorkflowEnvironment (a dev server of their own) from TEST_TEMPORAL_CLI.
     tier('workflows', serverHooks),
     tier('replay'),
     tier('integration', serverHooks),

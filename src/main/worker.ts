@@ -14,8 +14,17 @@ async function main(): Promise<void> {
     chain: await connectConfiguredChain(config),
     log,
   });
-  onShutdownSignal(log, worker.stop);
+  let stopping = false;
+  onShutdownSignal(log, () => {
+    stopping = true;
+    return worker.stop();
+  });
   await worker.done;
+  // Ended without being stopped (a fatal worker error): exit 1, for a supervisor to restart it.
+  if (!stopping) {
+    log.error('the worker stopped on its own');
+    process.exit(1);
+  }
 }
 
 main().catch((err) => {

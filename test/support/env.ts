@@ -21,7 +21,6 @@ export const TEST_ENV = {
   temporalAddress: 'TEST_TEMPORAL_ADDRESS',
   temporalNamespace: 'TEST_TEMPORAL_NAMESPACE',
   temporalCli: 'TEST_TEMPORAL_CLI',
-  temporalTestServer: 'TEST_TEMPORAL_TEST_SERVER',
   runId: 'TEST_RUN_ID',
   solanaRpcUrl: 'TEST_SOLANA_RPC_URL',
   chainSetup: 'TEST_CHAIN_SETUP',
@@ -74,11 +73,6 @@ export function testTemporalNamespace(): string {
 /** Path of the `temporal` CLI, for `TestWorkflowEnvironment.createLocal({ server: { executable: { type: 'existing-path', path } } })`. */
 export function testTemporalCli(): string {
   return required('temporalCli');
-}
-
-/** Path of `temporal-test-server` for `createTimeSkipping`, or undefined when it is not installed. */
-export function testTemporalTestServer(): string | undefined {
-  return readTestInfra().temporalTestServer || undefined;
 }
 
 function currentTestFileName(): string | undefined {

@@ -7,7 +7,7 @@ import { Client } from 'pg';
 import { startEmbeddedPostgres } from '../../src/infra/embedded-postgres';
 import { getFreePort, ownedTempDir, type InfraLogger } from '../../src/infra/process';
 import { ensureSearchAttributes } from '../../src/infra/search-attributes';
-import { ensureTemporalCli, findTemporalTestServer } from '../../src/infra/temporal-cli';
+import { ensureTemporalCli } from '../../src/infra/temporal-cli';
 import { startTemporalDevServer } from '../../src/infra/temporal-dev-server';
 import { startLocalLedger } from '../../src/chain/local-ledger';
 import { ensureLocalChain } from '../../src/chain/bootstrap';
@@ -100,7 +100,6 @@ export default async function globalSetup(): Promise<void> {
     const values: TestInfraValues = {
       runId: state.runId,
       temporalCli: cli,
-      temporalTestServer: findTemporalTestServer() ?? '',
       temporalNamespace: TEST_TEMPORAL_NAMESPACE,
     };
 
