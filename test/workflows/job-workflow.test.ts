@@ -68,9 +68,10 @@ let env: TestWorkflowEnvironment;
 let bundle: WorkflowBundleWithSourceMap;
 const handles: JobHandle[] = [];
 
+// Starting a dev server and bundling the workflows is the slow part on a loaded machine: the global timeout's.
 beforeAll(async () => {
   ({ env, bundle } = await createJobTestEnv(testTemporalCli()));
-});
+}, 120_000);
 
 afterEach(async () => {
   // A failed test may leave its job waiting; nothing polls its task queue any more, but end it anyway.
@@ -962,12 +963,21 @@ describe('jobWorkflow', () => {
       const cluster = new FakeCluster(['node-a']);
       const jobId = newJobId('accepted-late');
       await withWorker('accepted-late', cluster, async ({ client, start }) => {
-        const handle = await start(spec(jobId), options);
+        // A longer grace than the others here: the job must not end as never started while the test looks.
+        const handle = await start(spec(jobId), { ...options, unreportedEndGraceMs: 4000 });
         await waitForStatus(handle, (v) => v.phase === 'assigned');
         const alive = keepAlive(client, jobId, 1);
         try {
           await handle.signal(acceptedSignal, { nodeId: 'node-b' });
-          await sleep(200);
+          await waitUntil(
+            async () => {
+              const events = (await handle.fetchHistory()).events ?? [];
+              const signalled = events.findIndex((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED);
+              return signalled >= 0 && events.slice(signalled).some((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED);
+            },
+            10_000,
+            'the workflow task that took the signal',
+          );
           expect(phases(cluster)).toEqual(['assigned']);
           await handle.signal(acceptedSignal, { nodeId: 'node-a' });
           expect(await handle.result()).toMatchObject({ phase: 'completed', nodeId: 'node-a' });
@@ -1545,5 +1555,5 @@ describe('jobWorkflow', () => {
       expect(cluster.releaseCalls).toHaveLength(1);
       expect(cluster.escrowCalls).toHaveLength(1);
     });
-  });
+  }, 90_000);
 });

@@ -18,9 +18,10 @@ jest.setTimeout(30_000);
 let env: TestWorkflowEnvironment;
 let bundle: WorkflowBundleWithSourceMap;
 
+// Starting a dev server and bundling the workflows is the slow part on a loaded machine: the global timeout's.
 beforeAll(async () => {
   ({ env, bundle } = await createJobTestEnv(testTemporalCli()));
-});
+}, 120_000);
 
 afterAll(async () => {
   await env?.teardown();

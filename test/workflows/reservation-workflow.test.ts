@@ -49,9 +49,10 @@ let env: TestWorkflowEnvironment;
 let bundle: WorkflowBundleWithSourceMap;
 const handles: ReservationHandle[] = [];
 
+// Starting a dev server and bundling the workflows is the slow part on a loaded machine: the global timeout's.
 beforeAll(async () => {
   ({ env, bundle } = await createJobTestEnv(testTemporalCli()));
-});
+}, 120_000);
 
 afterEach(async () => {
   // A failed test may leave its reservation running; nothing polls its task queue any more, but end it anyway.
@@ -74,7 +75,9 @@ async function withWorker(label: string, world: FakeReservationWorld, body: (ctx
   const ctx: ReservationCtx = {
     client: env.client,
     start: async (spec, options = {}) => {
-      const handle = await startReservation(env.client, taskQueue, spec, { ...FAST_RESERVATION_OPTIONS, ...options });
+      // Its node is lost only in the tests that say so (their own timeout): a loaded machine's slow round trips must
+      // not make a node nobody heartbeats lost in the middle of another test.
+      const handle = await startReservation(env.client, taskQueue, spec, { ...FAST_RESERVATION_OPTIONS, nodeHeartbeatTimeoutMs: 60_000, ...options });
       handles.push(handle);
       return handle;
     },
