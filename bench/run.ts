@@ -137,40 +137,41 @@ async function main(): Promise<void> {
       infra = await startInfra({ temporalDb: args.temporalDb, pgFast: false });
       log(`infrastructure: Postgres ${infra.pgUrl.replace(/:[^:@/]*@/, ':***@')}, Temporal ${infra.temporalAddress} (${args.temporalDb}), ledger ${infra.ledgerUrl}`);
     });
-    if (!infra) throw new Error('the infrastructure did not start');
+    // Without it nothing else can run: the report (what was measured, and the failure) still follows.
     const inf = infra;
+    if (inf) {
+      if (args.only.has('matching')) {
+        await section('matching (NodeCache over Postgres)', async () => {
+          const url = await inf.createDatabase('bench_cache');
+          const cache = await benchNodeCache(url, [10_000, 100_000], { iterations: (n) => (n >= 100_000 ? (q ? 50 : 150) : q ? 200 : 1000), liveSeconds: q ? 4 : 10 });
+          matching.node_cache = cache;
+          for (const [k, v] of Object.entries(cache)) {
+            log(`node cache ${k}: full load ${v.full_load_ms} ms, idle refresh ${v.refresh_idle_ms} ms, steady refresh ${v.refresh_steady_ms} ms, candidates() ${v.candidates_ms} ms, candidates()+rank p50 ${v.match_path.p50_ms} / p99 ${v.match_path.p99_ms} ms; during background refreshes (${v.live_refreshes}) p50 ${v.match_path_live.p50_ms} / p99 ${v.match_path_live.p99_ms} ms`);
+          }
+        });
+      }
 
-    if (args.only.has('matching')) {
-      await section('matching (NodeCache over Postgres)', async () => {
-        const url = await inf.createDatabase('bench_cache');
-        const cache = await benchNodeCache(url, [10_000, 100_000], { iterations: (n) => (n >= 100_000 ? (q ? 50 : 150) : q ? 200 : 1000), liveSeconds: q ? 4 : 10 });
-        matching.node_cache = cache;
-        for (const [k, v] of Object.entries(cache)) {
-          log(`node cache ${k}: full load ${v.full_load_ms} ms, idle refresh ${v.refresh_idle_ms} ms, steady refresh ${v.refresh_steady_ms} ms, candidates() ${v.candidates_ms} ms, candidates()+rank p50 ${v.match_path.p50_ms} / p99 ${v.match_path.p99_ms} ms; during background refreshes (${v.live_refreshes}) p50 ${v.match_path_live.p50_ms} / p99 ${v.match_path_live.p99_ms} ms`);
-        }
-      });
-    }
+      if (args.only.has('heartbeats') || args.only.has('e2e') || args.only.has('loss')) {
+        await section('system start', async () => {
+          sys = await startBenchSystem(inf, { name: 'bench_system', nodeArgs: profileArgs });
+          log(`system: gRPC ${sys.grpcAddress}, REST ${sys.restUrl}, API pid ${sys.api.pid}, worker pid ${sys.worker.pid}`);
+        });
+      }
+      const system = sys;
 
-    if (args.only.has('heartbeats') || args.only.has('e2e') || args.only.has('loss')) {
-      await section('system start', async () => {
-        sys = await startBenchSystem(inf, { name: 'bench_system', nodeArgs: profileArgs });
-        log(`system: gRPC ${sys.grpcAddress}, REST ${sys.restUrl}, API pid ${sys.api.pid}, worker pid ${sys.worker.pid}`);
-      });
-    }
-    const system = sys;
+      if (system && args.only.has('heartbeats')) {
+        await section('heartbeats', async () => {
+          heartbeats = await benchHeartbeats(system, inf.pgPid, inf.temporalPid, cfg.heartbeats);
+        });
+      }
 
-    if (system && args.only.has('heartbeats')) {
-      await section('heartbeats', async () => {
-        heartbeats = await benchHeartbeats(system, inf.pgPid, inf.temporalPid, cfg.heartbeats);
-      });
-    }
-
-    if (system && (args.only.has('e2e') || args.only.has('loss'))) {
-      const bench = new E2EBench(inf, system, cfg.e2e, profileArgs);
-      e2eBench = bench;
-      await section('e2e setup', () => bench.start());
-      if (args.only.has('e2e')) await section('e2e', async () => void (e2e = await bench.capacityAndLatency()));
-      if (args.only.has('loss')) await section('node loss', async () => void (loss = await bench.nodeLoss()));
+      if (system && (args.only.has('e2e') || args.only.has('loss'))) {
+        const bench = new E2EBench(inf, system, cfg.e2e, profileArgs);
+        e2eBench = bench;
+        await section('e2e setup', () => bench.start());
+        if (args.only.has('e2e')) await section('e2e', async () => void (e2e = await bench.capacityAndLatency()));
+        if (args.only.has('loss')) await section('node loss', async () => void (loss = await bench.nodeLoss()));
+      }
     }
   } finally {
     await cleanup();
