@@ -255,7 +255,10 @@ export async function softDeleteFinishedJob(db: DbOrTx, id: string): Promise<boo
   return updated.length > 0;
 }
 
-/** Jobs currently held by any of these nodes. */
+/**
+ * Jobs currently held by any of these nodes. The ids go as one array parameter: a heartbeat batch can hold 100,000
+ * nodes, past the 65,535 parameters a statement may have.
+ */
 export async function activeJobsOnNodes(
   db: DbOrTx,
   nodeIds: string[],
@@ -264,7 +267,7 @@ export async function activeJobsOnNodes(
   const rows = await db
     .select({ id: jobs.id, nodeId: jobs.assignedNodeId, attempts: jobs.attempts, assignedAt: jobs.assignedAt })
     .from(jobs)
-    .where(and(inArray(jobs.assignedNodeId, nodeIds), inArray(jobs.status, ['assigned', 'running'])));
+    .where(and(sql`${jobs.assignedNodeId} = any(${sql.param(nodeIds)}::text[])`, inArray(jobs.status, ['assigned', 'running'])));
   return rows.map((r) => ({ id: r.id, nodeId: r.nodeId as string, attempts: r.attempts, assignedAt: r.assignedAt }));
 }
 

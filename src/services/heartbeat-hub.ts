@@ -183,7 +183,7 @@ export function createHeartbeatHub(deps: HeartbeatHubDeps) {
    * only leaves a job to its next re-check.
    */
   async function backOnline(back: string[]): Promise<string[]> {
-    log.info({ nodes: back }, 'nodes back online');
+    log.info({ count: back.length, nodes: back.slice(0, 20) }, 'nodes back online');
     await jobsRepo.forgetRefusals(db, back).catch((err) => log.warn({ err: String(err) }, 'could not forget refusals of nodes back online'));
     return jobsRepo.waitingJobsFor(db, back, deps.tokenDecimals).catch((err) => {
       log.warn({ err: String(err) }, 'could not find the waiting jobs of nodes back online');

@@ -666,6 +666,16 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
     });
   }
 
+  it('finds the jobs of a heartbeat batch of 100,000 nodes (past the 65,535 parameters of one statement)', async () => {
+    await job('held-in-a-big-batch', { status: 'running', assignedNodeId: 'big-batch-holder', attempts: 1 });
+    const ids = Array.from({ length: 100_000 }, (_, i) => `big-batch-${i}`);
+    ids.splice(54_321, 0, 'big-batch-holder');
+    expect(await jobsRepo.activeJobsOnNodes(database.db, ids)).toEqual([
+      { id: 'held-in-a-big-batch', nodeId: 'big-batch-holder', attempts: 1, assignedAt: null },
+    ]);
+    await database.db.update(jobs).set({ status: 'cancelled' }).where(eq(jobs.id, 'held-in-a-big-batch'));
+  });
+
   it('matches the best-scoring fitting online node, never an excluded one, and explains the others', async () => {
     const cache = createNodeCache({ db: database.db, offlineAfterMs: 30_000 });
     const acts = jobActivities(cache);
