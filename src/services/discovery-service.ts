@@ -61,6 +61,8 @@ export const SLOW_SCAN_MS = 25;
 export const REUSE_MS = 1000;
 /** Distinct requests whose answers are kept (the oldest goes first). */
 const KEPT_ANSWERS = 256;
+/** Distinct requests whose last scan time is remembered (numbers only). */
+const KEPT_SCAN_TIMES = 10_000;
 
 interface KeptAnswer<T> {
   startedAt: number;
@@ -71,14 +73,27 @@ interface KeptAnswer<T> {
   answer: Promise<T>;
 }
 
-/** Answers by request key, reused within `reuseMs` when their scan took at least `slowMs` (see SLOW_SCAN_MS). */
+/**
+ * Answers by request key, reused within `reuseMs` when their scan took at least `slowMs` (see SLOW_SCAN_MS). An
+ * answer is kept no longer than that (a few hundred node rows each: kept for good, distinct requests would pin
+ * gigabytes); only how long its scan took stays, for the next request of the same key.
+ */
 function reuseSlowAnswers<T>(slowMs: number, reuseMs: number) {
   const byKey = new Map<string, KeptAnswer<T>>();
+  const scanTimes = new Map<string, number>();
   return (key: string, now: number, scan: () => Promise<T>): Promise<T> => {
+    // The map is in the order of the scans: the stale ones are at its front.
+    for (const [k, old] of byKey) {
+      if (now - old.startedAt < reuseMs) break;
+      byKey.delete(k);
+      scanTimes.delete(k);
+      scanTimes.set(k, old.scanMs ?? old.previousScanMs);
+      if (scanTimes.size > KEPT_SCAN_TIMES) scanTimes.delete(scanTimes.keys().next().value!);
+    }
     const kept = byKey.get(key);
     // A scan still on its way counts as slow when the one before it was.
-    if (kept && now - kept.startedAt < reuseMs && (kept.scanMs ?? kept.previousScanMs) >= slowMs) return kept.answer;
-    const entry: KeptAnswer<T> = { startedAt: now, previousScanMs: kept?.scanMs ?? kept?.previousScanMs ?? 0, answer: scan() };
+    if (kept && (kept.scanMs ?? kept.previousScanMs) >= slowMs) return kept.answer;
+    const entry: KeptAnswer<T> = { startedAt: now, previousScanMs: kept?.scanMs ?? kept?.previousScanMs ?? scanTimes.get(key) ?? 0, answer: scan() };
     entry.answer.then(
       () => (entry.scanMs = Date.now() - now),
       () => byKey.get(key) === entry && byKey.delete(key),

@@ -61,7 +61,7 @@ async function runToCompletion(jobId: string): Promise<SimNode> {
   return holder;
 }
 
-test('the gRPC health service reports SERVING for the server and each protocol service', async () => {
+test('the gRPC health service reports SERVING for the server and each protocol service, and watches only those', async () => {
   const Health = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
   const health = new Health(sys().grpcAddress, grpc.credentials.createInsecure()) as any;
   try {
@@ -71,6 +71,20 @@ test('the gRPC health service reports SERVING for the server and each protocol s
       );
       expect({ service, status: res.status }).toEqual({ service, status: 'SERVING' });
     }
+    // Watch: a served name's status, and the stream stays; an unknown name is answered once and the stream ends
+    // (nothing is kept for names callers make up).
+    const first = (service: string) =>
+      new Promise<{ status: string; ended: Promise<void> }>((resolve, reject) => {
+        const stream = health.Watch({ service });
+        const ended = new Promise<void>((done) => stream.on('end', done).on('error', () => done()));
+        stream.once('data', (m: { status: string }) => resolve({ status: m.status, ended }));
+        stream.once('error', reject);
+        setTimeout(() => stream.cancel(), 3000);
+      });
+    expect((await first('cyxwiz.protocol.JobService')).status).toBe('SERVING');
+    const unknown = await first('x'.repeat(10_000));
+    expect(unknown.status).toBe('SERVICE_UNKNOWN');
+    await unknown.ended;
   } finally {
     health.close();
   }

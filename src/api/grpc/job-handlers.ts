@@ -181,6 +181,24 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     /** The latest event's log line, re-read only when the job's event sequence moves (not on progress). */
     let logged = { seq: -1, line: '' };
     let counted = false;
+    // A reader that does not keep up (or never reads) must not make the process keep every update for it: while
+    // the stream's buffer is full, only the latest update waits, and goes out once it drains. The last one, with
+    // the job's end, always goes.
+    let blocked = false;
+    let waiting: object | undefined;
+    const send = (message: object, final = false) => {
+      if (blocked && !final) {
+        waiting = message;
+        return;
+      }
+      waiting = undefined;
+      if (call.write(message) || final) return;
+      blocked = true;
+      call.once('drain', () => {
+        blocked = false;
+        if (waiting && !ended) send(waiting);
+      });
+    };
     const end = (unsubscribe?: () => void) => {
       if (ended) return;
       ended = true;
@@ -223,13 +241,13 @@ export function createJobHandlers(deps: JobHandlerDeps) {
               const latest = await sharedRead(`event ${jobId} ${job.eventSeq}`, 0, () => jobs.lastEvent(jobId));
               logged = { seq: job.eventSeq, line: latest ? `${latest.toStatus}: ${latest.reason}` : '' };
             }
-            call.write({ job_id: jobId, status, live_metrics: job.metrics, log_message: logged.line });
+            send({ job_id: jobId, status, live_metrics: job.metrics, log_message: logged.line }, isTerminal(job.status));
           }
           if (isTerminal(job.status)) end(unsubscribe);
         } catch (err) {
           const { failure, unexpected } = toProtocolFailure(err);
           if (unexpected) log.error({ err: summarize(err), jobId }, 'StreamJobUpdates failed');
-          call.write({ job_id: jobId, status: { job_id: jobId, status: failure.status, error: failure.error }, log_message: failure.error.message });
+          send({ job_id: jobId, status: { job_id: jobId, status: failure.status, error: failure.error }, log_message: failure.error.message }, true);
           end(unsubscribe);
         }
       });

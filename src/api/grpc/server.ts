@@ -1,11 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { bearerAuth, callerOf, callerWalletOf } from './auth';
-import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { loadProtocol } from '../../protocol/load';
 import { createCostEstimator } from '../../services/cost-estimate';
 import type { DiscoveryService } from '../../services/discovery-service';
 import { createDiscoveryHandlers } from './discovery-handlers';
+import { createHealth } from './health';
 import { createJobHandlers, type JobHandlerDeps } from './job-handlers';
 import { createNodeHandlers } from './node-handlers';
 import type { NodeService } from '../../services/nodes-service';
@@ -46,6 +46,10 @@ export function createGrpcServer(deps: GrpcServerDeps) {
     // would otherwise ping after ~24 days, and the stream and its listener linger until then.
     'grpc.keepalive_time_ms': 60_000,
     'grpc.keepalive_timeout_ms': 20_000,
+    // Bounds on one connection: grpc-js leaves HTTP/2's session memory unlimited (MB here) and streams unbounded,
+    // so one client holding streams it never reads could grow the process without end.
+    'grpc-node.max_session_memory': 64,
+    'grpc.max_concurrent_streams': 1000,
     interceptors: deps.authJwtSecret ? [bearerAuth(deps.authJwtSecret, deps.authCheckExpiry ?? false)] : [],
   });
   const caller = callerOf(deps.authJwtSecret);
@@ -69,7 +73,7 @@ export function createGrpcServer(deps: GrpcServerDeps) {
     protocol.JobReservationService.service,
     createReservationHandlers({ reservations: deps.reservations, tokenDecimals: deps.tokenDecimals, log: deps.log, caller, callerWallet }) as unknown as grpc.UntypedServiceImplementation,
   );
-  const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...SERVED_SERVICES.map((s) => [s, 'SERVING'])]));
+  const health = createHealth(['', ...SERVED_SERVICES]);
   health.addToServer(server);
 
   async function listen(host: string, port: number): Promise<number> {

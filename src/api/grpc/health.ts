@@ -1,0 +1,55 @@
+import type * as grpc from '@grpc/grpc-js';
+import { service as healthService, type ServingStatus } from 'grpc-health-check';
+
+/** Open Watch streams in all: each holds a call until its client goes. */
+const MAX_WATCHERS = 1000;
+
+/**
+ * grpc.health.v1 for a fixed set of service names. grpc-health-check's own implementation keeps a watcher set for
+ * any name a caller asks about, for good (names of megabytes included, without authentication): here only the
+ * served names are watched, an unknown one is answered SERVICE_UNKNOWN once, and open watches are bounded.
+ */
+export function createHealth(names: readonly string[]) {
+  const statuses = new Map<string, ServingStatus>(names.map((n) => [n, 'SERVING']));
+  const watchers = new Map<string, Set<(status: ServingStatus) => void>>(names.map((n) => [n, new Set()]));
+  let watching = 0;
+
+  function setStatus(name: string, status: ServingStatus): void {
+    if (!statuses.has(name)) return;
+    statuses.set(name, status);
+    for (const watcher of watchers.get(name)!) watcher(status);
+  }
+
+  function addToServer(server: grpc.Server): void {
+    server.addService(healthService as unknown as grpc.ServiceDefinition, {
+      check: (call: grpc.ServerUnaryCall<{ service: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        const status = statuses.get(call.request.service);
+        if (status) callback(null, { status });
+        else callback({ code: 5, details: `Health status unknown for service ${call.request.service.slice(0, 200)}` });
+      },
+      watch: (call: grpc.ServerWritableStream<{ service: string }, object>) => {
+        const set = watchers.get(call.request.service);
+        if (!set || watching >= MAX_WATCHERS) {
+          call.write({ status: set ? statuses.get(call.request.service) : 'SERVICE_UNKNOWN' });
+          call.end();
+          return;
+        }
+        const watcher = (status: ServingStatus) => void call.write({ status });
+        set.add(watcher);
+        watching += 1;
+        let gone = false;
+        const stop = () => {
+          if (gone) return;
+          gone = true;
+          set.delete(watcher);
+          watching -= 1;
+        };
+        call.on('cancelled', stop);
+        call.on('close', stop);
+        call.write({ status: statuses.get(call.request.service) });
+      },
+    });
+  }
+
+  return { setStatus, addToServer };
+}
