@@ -241,8 +241,22 @@ export function createNodeService(deps: NodeServiceDeps) {
     }
   }
 
+  /** Acceptances being delivered in the background, by job and node: a repeat joins the one on its way. */
+  const deliveringAccepted = new Set<string>();
+
   /** Delivers an acceptance Temporal did not take, every ACCEPT_RETRY_MS, for ACCEPT_RETRY_TRIES tries. */
   async function deliverAcceptedLater(jobId: string, nodeId: string): Promise<void> {
+    const key = `${jobId}/${nodeId}`;
+    if (deliveringAccepted.has(key)) return;
+    deliveringAccepted.add(key);
+    try {
+      await deliverAccepted(jobId, nodeId);
+    } finally {
+      deliveringAccepted.delete(key);
+    }
+  }
+
+  async function deliverAccepted(jobId: string, nodeId: string): Promise<void> {
     for (let tryNo = 0; tryNo < ACCEPT_RETRY_TRIES; tryNo++) {
       await new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS).unref());
       try {
