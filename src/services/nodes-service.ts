@@ -8,6 +8,7 @@ import { isId } from '../domain/ids';
 import { isTerminal } from '../domain/job';
 import { isHolding } from '../domain/reservation';
 import type { HeartbeatHub, NewNodeGate } from './heartbeat-hub';
+import { keyedThrottle } from './keyed-throttle';
 import { walletOrNone, type WalletLinks } from './wallet-links';
 import type { JobWorkflowGateway } from './job-workflows';
 
@@ -20,6 +21,11 @@ const NODE_ALIVE_LIMIT_MS = 5_000;
  * registering in a loop must not drive them.
  */
 const OWED_RETELL_MS = 10 * 60_000;
+/**
+ * A node registering again and again (a loop, a script flipping its wallet) wakes the waiting jobs, and tells what
+ * it is owed of a changed wallet, at most this often: each costs a query and signals to up to 128 workflows.
+ */
+const REGISTRATION_FANOUT_MS = 10_000;
 /** An acceptance Temporal did not take is tried again this often, this many times (about two minutes). */
 const ACCEPT_RETRY_MS = 5_000;
 const ACCEPT_RETRY_TRIES = 24;
@@ -53,6 +59,8 @@ export function createNodeService(deps: NodeServiceDeps) {
   const { db, workflows, heartbeats } = deps;
   /** When a registration that kept its node's wallet last told what the node is owed (see OWED_RETELL_MS). */
   const owedToldAt = new Map<string, number>();
+  const wakeThrottle = keyedThrottle(REGISTRATION_FANOUT_MS);
+  const walletChangeThrottle = keyedThrottle(REGISTRATION_FANOUT_MS);
 
   /**
    * Registers a node, or refreshes the one it already is. The same node gets the same id every time: a
@@ -94,8 +102,10 @@ export function createNodeService(deps: NodeServiceDeps) {
     heartbeats.remember(nodeId);
     // A new wallet pays what the node is owed; beside the answer (the node gives RegisterNode 10 s). So may the
     // same one registered again: it may not have had a token account for the mint before.
-    if (row.walletAddress && (row.walletAddress !== before?.walletAddress || mayRetellOwed(nodeId))) payOwedSoon(nodeId);
+    const walletChanged = row.walletAddress !== before?.walletAddress;
+    if (row.walletAddress && (walletChanged ? walletChangeThrottle.pass(nodeId, Date.now()) : mayRetellOwed(nodeId))) payOwedSoon(nodeId);
     // Waiting jobs may fit this node now, those it refused before included.
+    if (!wakeThrottle.pass(nodeId, Date.now())) return { nodeId, created: !existing };
     void jobsRepo
       .forgetRefusals(db, [nodeId])
       .then(() => jobsRepo.waitingJobsFor(db, [nodeId], deps.tokenDecimals))
