@@ -135,7 +135,10 @@ export function createNodeService(deps: NodeServiceDeps) {
    */
   async function linkWallet(user: string, claim: string, wallet: string, signature: string, expiresAt: string): Promise<void> {
     const links = linksOrRefuse();
-    if (await links.link(user, wallet, signature, expiresAt)) await accountWalletChanged(user, '', await accountWalletOf(user, claim));
+    await links.link(user, wallet, signature, expiresAt);
+    // Also when it was linked already: a link whose move of the nodes failed (a deadlock, Postgres away) is
+    // finished by asking again (the move changes only the nodes still to move).
+    await accountWalletChanged(user, '', await accountWalletOf(user, claim));
   }
 
   /**
@@ -144,9 +147,10 @@ export function createNodeService(deps: NodeServiceDeps) {
    * @returns whether it was linked
    */
   async function unlinkWallet(user: string, claim: string, wallet: string): Promise<boolean> {
-    if (!(await linksOrRefuse().unlink(user, wallet))) return false;
+    const unlinked = await linksOrRefuse().unlink(user, wallet);
+    // Also when it was unlinked already: asking again finishes a move that failed.
     if (wallet !== walletOrNone(claim)) await accountWalletChanged(user, wallet, await accountWalletOf(user, claim));
-    return true;
+    return unlinked;
   }
 
   function linksOrRefuse(): WalletLinks {
