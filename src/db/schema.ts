@@ -394,6 +394,8 @@ export const reservations = pgTable(
     uniqueIndex('reservations_live_node_idx').on(t.nodeId).where(sql`${t.status} in ('pending', 'active')`),
     index('reservations_wallet_idx').on(t.userWallet, t.createdAt),
     index('reservations_status_idx').on(t.status, t.endAt),
+    // What a node is owed of its reservations (owingNode, at each registration with a wallet).
+    index('reservations_node_idx').on(t.nodeId),
   ],
 );
 

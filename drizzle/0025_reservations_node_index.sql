@@ -1,0 +1,1 @@
+CREATE INDEX "reservations_node_idx" ON "reservations" USING btree ("node_id");
