@@ -154,7 +154,10 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
 
   async function complete(jobId: string, report: JobOutcomeReport): Promise<SettlementReceipt> {
     return update(() =>
-      acceptedThen((waitForStage) => handle(jobId).startUpdate(completeUpdate, { args: [report], updateId: `complete/${report.nodeId}`, waitForStage })),
+      acceptedThen(
+        (waitForStage) => handle(jobId).startUpdate(completeUpdate, { args: [report], updateId: `complete/${report.nodeId}`, waitForStage }),
+        `${jobId}/complete/${report.nodeId}`,
+      ),
     );
   }
 
@@ -187,7 +190,7 @@ export function createJobWorkflowGateway(deps: JobWorkflowGatewayDeps) {
             startWorkflowOperation: new WithStartWorkflowOperation(jobWorkflow, startOptions(recorded)),
           });
         }
-      }, deps.cancelAnswerMs ?? CANCEL_ANSWER_MS);
+      }, deps.cancelAnswerMs ?? CANCEL_ANSWER_MS, `${jobId}/cancel`);
       if (receipt !== LATE) return receipt;
       const view = await limited(() => handle(jobId).query(jobStatusQuery), CANCEL_QUERY_MS).catch(() => undefined);
       return { refundIssued: view?.escrow === 'held' || view?.escrow === 'refunded', txRef: '' };

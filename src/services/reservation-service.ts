@@ -360,7 +360,10 @@ export function createReservationService(deps: ReservationServiceDeps) {
     if (r.endedAt) return receiptOf(r);
     try {
       // A reservation still escrowing takes the release as soon as its term starts.
-      const settled = acceptedThen((waitForStage) => handle(r.id).startUpdate(releaseReservationUpdate, { args: [{ reason: req.reason, by: req.by }], updateId: 'release', waitForStage }));
+      const settled = acceptedThen(
+        (waitForStage) => handle(r.id).startUpdate(releaseReservationUpdate, { args: [{ reason: req.reason, by: req.by }], updateId: 'release', waitForStage }),
+        `${r.id}/release`,
+      );
       if (req.answerInTime && deps.releaseWaitMs) {
         settled.catch(() => undefined); // awaited below unless the decided amounts answer first
         const early = await decidedWithin(r.id, settled, deps.releaseWaitMs);

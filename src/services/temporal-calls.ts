@@ -32,26 +32,47 @@ export function temporalCalls(client: Client, limitMs = TEMPORAL_CALL_LIMIT_MS) 
   }
 
   /**
-   * An update whose acceptance is limited; once a worker has accepted it, its result (a payment on its way, say)
-   * takes what it takes.
+   * Results being waited for, by update (`<workflow id>/<update id>`): the SDK polls for an accepted update's result
+   * until it comes, whoever still waits, so a caller asking again (the same update id) joins the poll on its way
+   * rather than starting one more.
    */
-  async function acceptedThen<T>(start: (waitForStage: typeof WorkflowUpdateStage.ACCEPTED) => Promise<{ result(): Promise<T> }>): Promise<T> {
+  const waiting = new Map<string, Promise<unknown>>();
+
+  /** The result of the update accepted under `key`, polled once however many wait for it. */
+  function resultOf<T>(key: string | undefined, accepted: { result(): Promise<T> }): Promise<T> {
+    const joined = key === undefined ? undefined : (waiting.get(key) as Promise<T> | undefined);
+    if (joined) return joined;
+    const result = accepted.result();
+    if (key !== undefined) {
+      waiting.set(key, result);
+      const done = () => waiting.get(key) === result && waiting.delete(key);
+      result.then(done, done);
+    }
+    return result;
+  }
+
+  /**
+   * An update whose acceptance is limited; once a worker has accepted it, its result (a payment on its way, say)
+   * takes what it takes. `key` (`<workflow id>/<update id>`): see resultOf.
+   */
+  async function acceptedThen<T>(start: (waitForStage: typeof WorkflowUpdateStage.ACCEPTED) => Promise<{ result(): Promise<T> }>, key?: string): Promise<T> {
     const accepted = await limited(() => start(WorkflowUpdateStage.ACCEPTED));
-    return accepted.result();
+    return resultOf(key, accepted);
   }
 
   /**
    * An update accepted within `answerMs` (else it fails as a call given up: a 503 to ask again, in time for a
    * caller's deadline), then its result if it comes within `answerMs` of the call's start; else (accepted, still
-   * on its way) LATE.
+   * on its way) LATE. `key`: see resultOf.
    */
   async function acceptedWithin<T>(
     start: (waitForStage: typeof WorkflowUpdateStage.ACCEPTED) => Promise<{ result(): Promise<T> }>,
     answerMs: number,
+    key?: string,
   ): Promise<T | typeof LATE> {
     const startedAt = Date.now();
     const accepted = await limited(() => start(WorkflowUpdateStage.ACCEPTED), Math.min(limitMs, answerMs));
-    const result = accepted.result();
+    const result = resultOf(key, accepted);
     result.catch(() => undefined); // awaited below unless it comes late
     return within(result, Math.max(0, answerMs - (Date.now() - startedAt)));
   }
