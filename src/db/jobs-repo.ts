@@ -1,5 +1,5 @@
 import { and, asc, count, desc, eq, getTableColumns, inArray, isNull, or, sql } from 'drizzle-orm';
-import type { JobPhase, JobSpec } from '../domain/job';
+import { LIST_DEPTH, type JobPhase, type JobSpec } from '../domain/job';
 import type { DbOrTx } from './client';
 import { preparedStatement } from './prepared';
 import { jobEvents, jobs, nodeClaims, payments } from './schema';
@@ -229,7 +229,7 @@ export interface JobListQuery {
 export type ListedJob = Omit<JobRow, 'config'>;
 const { config: _config, ...listedColumns } = getTableColumns(jobs);
 
-/** Newest first. */
+/** Newest first. `total` counts at most LIST_DEPTH. */
 export async function listJobs(db: DbOrTx, q: JobListQuery): Promise<{ rows: ListedJob[]; total: number }> {
   const where = and(
     isNull(jobs.deletedAt),
@@ -240,7 +240,7 @@ export async function listJobs(db: DbOrTx, q: JobListQuery): Promise<{ rows: Lis
   );
   const [rows, [{ total }]] = await Promise.all([
     db.select(listedColumns).from(jobs).where(where).orderBy(desc(jobs.createdAt), desc(jobs.id)).limit(q.limit).offset(q.offset),
-    db.select({ total: count() }).from(jobs).where(where),
+    db.select({ total: count() }).from(db.select({ one: sql`1`.as('one') }).from(jobs).where(where).limit(LIST_DEPTH).as('counted')),
   ]);
   return { rows, total };
 }
@@ -387,12 +387,12 @@ export async function jobsOwingNode(db: DbOrTx, nodeId: string): Promise<string[
   return rows.map((r) => r.id);
 }
 
-/** A wallet's ledger legs (paid from or to it), newest first. */
+/** A wallet's ledger legs (paid from or to it), newest first; `total` counts at most LIST_DEPTH. */
 export async function walletPayments(db: DbOrTx, wallet: string, limit: number, offset: number) {
   const where = or(eq(payments.fromAccount, wallet), eq(payments.toAccount, wallet));
   const [rows, [{ total }]] = await Promise.all([
     db.select().from(payments).where(where).orderBy(desc(payments.createdAt), desc(payments.id)).limit(limit).offset(offset),
-    db.select({ total: count() }).from(payments).where(where),
+    db.select({ total: count() }).from(db.select({ one: sql`1`.as('one') }).from(payments).where(where).limit(LIST_DEPTH).as('counted')),
   ]);
   return { rows, total };
 }

@@ -109,3 +109,9 @@ export interface JobSpec {
 
 /** Who caused a state change, as `job_events.actor` records it. */
 export type Actor = 'client' | 'workflow' | `node:${string}`;
+
+/**
+ * Lists (jobs, a wallet's ledger legs) count their rows up to this many, and page no deeper: a count or an OFFSET
+ * over every job (or every leg of the treasury) on each request would grow with the ledger without end.
+ */
+export const LIST_DEPTH = 10_000;

@@ -438,6 +438,11 @@ describe('WalletService', () => {
     expect(history.transactions.every((t: any) => t.type === TX_TYPE.REWARD_CLAIM && t.status === TX_STATUS.CONFIRMED)).toBe(true);
     const total = history.transactions.reduce((sum: number, t: any) => sum + t.amount, 0);
     expect(total).toBeCloseTo(Number(onChain) / 1e9, 9);
+    // It pages no deeper than 10,000 legs (a count and an offset over every leg of the treasury would not end).
+    expect(await walletApi.call('GetTransactionHistory', { wallet_address: wallet, limit: 10, offset: 10_001 })).toMatchObject({
+      status: S.FAILED,
+      message: expect.stringContaining('offset'),
+    });
   });
 
   test("GetTransactionHistory of a payer-paid wallet lists its escrows and refunds with their signatures, paged", async () => {

@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { NotFoundError, TooManyRequestsError, ValidationError } from '../../domain/errors';
-import { isTerminal, JOB_TYPES, statusCodeToPhases, StatusCode } from '../../domain/job';
+import { isTerminal, JOB_TYPES, LIST_DEPTH, statusCodeToPhases, StatusCode } from '../../domain/job';
 import type { JobStatus } from '../../protocol/types';
 import type {
   CancelJobRequest,
@@ -35,7 +35,9 @@ function decodePageToken(token: string): number {
   if (!token) return 0;
   const text = Buffer.from(token, 'base64url').toString();
   // Only what encodePageToken writes: digits, encoded back to the very same token.
-  if (!/^\d{1,15}$/.test(text) || encodePageToken(Number(text)) !== token) throw new ValidationError('page_token', 'is not a token this server issued');
+  if (!/^\d{1,15}$/.test(text) || encodePageToken(Number(text)) !== token || Number(text) > LIST_DEPTH) {
+    throw new ValidationError('page_token', 'is not a token this server issued');
+  }
   return Number(text);
 }
 

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { ValidationError } from '../../domain/errors';
-import { StatusCode } from '../../domain/job';
+import { LIST_DEPTH, StatusCode } from '../../domain/job';
 import type { CostEstimator } from '../../services/cost-estimate';
 import { walletAddress, type WalletService } from '../../services/wallet-service';
 import { unary } from './unary';
@@ -43,6 +43,7 @@ export function createWalletHandlers(deps: { wallets: WalletService; estimator: 
       async (req) => {
         if (req.limit < 0) throw new ValidationError('limit', 'must not be negative');
         if (req.offset < 0) throw new ValidationError('offset', 'must not be negative');
+        if (req.offset > LIST_DEPTH) throw new ValidationError('offset', `must be at most ${LIST_DEPTH} (the history pages no deeper)`);
         const h = await wallets.history(req.wallet_address, Math.min(req.limit || DEFAULT_HISTORY, MAX_HISTORY), req.offset);
         return { status: StatusCode.SUCCESS, message: '', transactions: h.transactions, total_count: h.total };
       },

@@ -2,7 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { DomainError, NotFoundError, UnauthenticatedError, UnavailableError, ValidationError } from '../../domain/errors';
-import { JOB_PHASES, phaseToStatusCode, type JobPhase } from '../../domain/job';
+import { JOB_PHASES, LIST_DEPTH, phaseToStatusCode, type JobPhase } from '../../domain/job';
 import type { JobRow } from '../../db/jobs-repo';
 import type { NodeRow } from '../../db/nodes-repo';
 import { nodeHealth } from '../../domain/health';
@@ -222,7 +222,7 @@ export function createRestApp(deps: RestDeps) {
       throw new ValidationError('status', `must be one of ${JOB_PHASES.join(', ')}`);
     }
     const limit = intParam(req.query.limit, 'limit', 50, 500);
-    const offset = intParam(req.query.offset, 'offset', 0, Number.MAX_SAFE_INTEGER);
+    const offset = intParam(req.query.offset, 'offset', 0, LIST_DEPTH);
     const { rows, total } = await deps.jobs.list({
       submitter: textParam(req.query.submitter, 'submitter'),
       phases: status ? [status as JobPhase] : undefined,
