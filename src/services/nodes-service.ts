@@ -167,17 +167,29 @@ export function createNodeService(deps: NodeServiceDeps) {
   async function accountWalletChanged(owner: string, from: string, to: string): Promise<string[]> {
     if (from === to) return [];
     const changed = await nodesRepo.moveAccountWallet(db, owner, from, to);
-    if (to) for (const nodeId of changed) payOwedSoon(nodeId);
+    // One node after the other, beside the answer: a user's thousands of nodes at once would take every
+    // connection of the pool (the heartbeat writes waiting behind them).
+    if (to && changed.length > 0) {
+      void (async () => {
+        for (const nodeId of changed) await payOwed(nodeId);
+      })();
+    }
     return changed;
   }
 
   /** Tells the jobs and reservations owing the node that it has a wallet to be paid to, beside the caller's answer. */
   function payOwedSoon(nodeId: string): void {
-    void (async () => {
+    void payOwed(nodeId);
+  }
+
+  async function payOwed(nodeId: string): Promise<void> {
+    try {
       const owed = await jobsRepo.jobsOwingNode(db, nodeId);
       if (owed.length > 0) await workflows.walletRegistered(owed);
       await deps.reservations?.walletRegistered(nodeId);
-    })().catch((err) => deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet'));
+    } catch (err) {
+      deps.log.warn({ nodeId, err: String(err) }, 'could not tell what the node is owed of its new wallet');
+    }
   }
 
   /**
