@@ -61,7 +61,7 @@ async function runToCompletion(jobId: string): Promise<SimNode> {
   return holder;
 }
 
-test('the gRPC health service reports SERVING for the server and each protocol service, and watches only those', async () => {
+test('the gRPC health service reports SERVING for the server and each protocol service, and answers Watch, unknown names included', async () => {
   const Health = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
   const health = new Health(sys().grpcAddress, grpc.credentials.createInsecure()) as any;
   try {
