@@ -65,6 +65,25 @@ async function completedOwed(env: TestWorkflowEnvironment, handle: JobHandle, jo
   await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed');
 }
 
+/** node-a takes the job (`accept`) and never reports its end: completed at the end of its 1 s run and grace. */
+function unreportedEnd(accept: (handle: JobHandle) => Promise<unknown>): Scenario {
+  return {
+    nodes: ['node-a'],
+    options: { unreportedEndGraceMs: 600 },
+    spec: { estimatedDuration: 1 },
+    async drive({ env, handle, jobId }) {
+      await waitForStatus(handle, (v) => v.phase === 'assigned');
+      const alive = keepAlive(env.client, jobId, 1);
+      try {
+        await accept(handle);
+        await handle.result();
+      } finally {
+        alive.stop();
+      }
+    },
+  };
+}
+
 const scenarios: Record<string, Scenario> = {
   /** escrow → assigned → running (progress) → completed, paid. */
   happy: {
@@ -203,39 +222,11 @@ const scenarios: Record<string, Scenario> = {
       await handle.result();
     },
   },
-  /** Progress reports push the history past its limit: the run continues as new, then completes. */
   /** A node that accepts and never reports its end, as shipping nodes do: completed at the end of its expected run. */
-  'unreported-end': {
-    nodes: ['node-a'],
-    options: { unreportedEndGraceMs: 600 },
-    spec: { estimatedDuration: 1 },
-    async drive({ env, handle, jobId }) {
-      await waitForStatus(handle, (v) => v.phase === 'assigned');
-      const alive = keepAlive(env.client, jobId, 1);
-      try {
-        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
-        await handle.result();
-      } finally {
-        alive.stop();
-      }
-    },
-  },
+  'unreported-end': unreportedEnd((handle) => handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] })),
   /** As unreported-end, the acceptance coming as the acceptedLate signal (no worker took the update in time). */
-  'accepted-late': {
-    nodes: ['node-a'],
-    options: { unreportedEndGraceMs: 600 },
-    spec: { estimatedDuration: 1 },
-    async drive({ env, handle, jobId }) {
-      await waitForStatus(handle, (v) => v.phase === 'assigned');
-      const alive = keepAlive(env.client, jobId, 1);
-      try {
-        await handle.signal(acceptedSignal, { nodeId: 'node-a' });
-        await handle.result();
-      } finally {
-        alive.stop();
-      }
-    },
-  },
+  'accepted-late': unreportedEnd((handle) => handle.signal(acceptedSignal, { nodeId: 'node-a' })),
+  /** Progress reports push the history past its limit: the run continues as new, then completes. */
   'continued-as-new': {
     nodes: ['node-a'],
     options: { historyEventLimit: 40 },
