@@ -34,8 +34,10 @@ export async function startBenchSystem(infra: Infra, opts: { name: string; env?:
     REST_HOST: '127.0.0.1',
     REST_PORT: String(restPort),
     DATA_DIR: `${infra.tmpDir}/data-${opts.name}`,
-    // Every simulated node calls from 127.0.0.1: one address may otherwise make 60 new nodes a minute.
+    // Every simulated node and Engine calls from 127.0.0.1: one address may otherwise make 60 new nodes and submit
+    // 600 jobs a minute.
     NEW_NODES_PER_MINUTE: '0',
+    SUBMIT_JOBS_PER_MINUTE: '0',
     ...infra.chainEnv,
     ...opts.env,
   };

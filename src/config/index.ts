@@ -101,6 +101,11 @@ const schema = z.object({
    */
   NEW_NODES_PER_MINUTE: whole(0, 1_000_000).default(60),
   /**
+   * SubmitJob calls one caller may make a minute in one API process (the signed-in user with auth on, else the
+   * address the call came from): each records a job and escrows its payment. 0 = no limit.
+   */
+  SUBMIT_JOBS_PER_MINUTE: whole(0, 1_000_000).default(600),
+  /**
    * What an early ReleaseReservation pays the node: `full` (the default; the Engine promises "no refund for
    * early checkout" and the node turned other work away for the term) or `prorated` (the time used).
    */
@@ -204,6 +209,8 @@ export interface Config {
     readonly requeueIntervalMs: number;
     readonly progressSignalIntervalMs: number;
     readonly unreportedEndGraceMs: number;
+    /** SubmitJob calls per caller per minute; 0 = no limit. */
+    readonly submitsPerMinute: number;
   };
   readonly nodes: {
     readonly assignTimeoutMs: number;
@@ -315,6 +322,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       requeueIntervalMs: e.JOB_REQUEUE_INTERVAL_S * 1000,
       progressSignalIntervalMs: e.JOB_PROGRESS_SIGNAL_INTERVAL_S * 1000,
       unreportedEndGraceMs: e.JOB_UNREPORTED_END_GRACE_S * 1000,
+      submitsPerMinute: e.SUBMIT_JOBS_PER_MINUTE,
     },
     nodes: {
       assignTimeoutMs: e.NODE_ASSIGN_TIMEOUT_MS,

@@ -21,7 +21,7 @@ import { ConflictError, DomainError, ForbiddenError, NotFoundError, Unauthentica
 import { queuePosition } from '../db/node-cache';
 import { createDiscoveryService } from '../services/discovery-service';
 import { createWalletService, walletAddress } from '../services/wallet-service';
-import { createHeartbeatHub, newNodeGate } from '../services/heartbeat-hub';
+import { callerGate, createHeartbeatHub } from '../services/heartbeat-hub';
 import { createJobChangeFeed } from '../services/job-change-feed';
 import { createJobWorkflowGateway } from '../services/job-workflows';
 import { createJobService } from '../services/jobs-service';
@@ -119,7 +119,7 @@ export async function startApi(
     walletLinks,
   });
   // One quota per caller for new node records, whether a registration or a heartbeat from an unknown id makes them.
-  const mayCreateNode = newNodeGate(config.nodes.newNodesPerMinute);
+  const mayCreateNode = callerGate(config.nodes.newNodesPerMinute);
   const heartbeats = createHeartbeatHub({
     db: database.db,
     mayCreateNode,
@@ -164,7 +164,7 @@ export async function startApi(
   });
   const discovery = createDiscoveryService({ db: database.db, offlineAfterMs: config.nodes.offlineAfterMs });
 
-  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, reservations, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }), authJwtSecret: config.authJwtSecret, authCheckExpiry: config.authCheckExpiry });
+  const grpcServer = createGrpcServer({ jobs, nodes, discovery, wallets, reservations, feed, tokenDecimals: config.payments.tokenDecimals, log: log.child({ component: 'grpc' }), authJwtSecret: config.authJwtSecret, authCheckExpiry: config.authCheckExpiry, maySubmitJob: callerGate(config.jobs.submitsPerMinute) });
   const grpcPort = await grpcServer.listen(config.grpc.host, config.grpc.port);
   heartbeats.start();
 

@@ -19,7 +19,7 @@ export interface HeartbeatHubDeps {
   /** The token's decimals: a waiting job is woken for a node whose price its escrow covers. */
   tokenDecimals: number;
   /** Whether a caller may have one more node record made now (NEW_NODES_PER_MINUTE); absent = no limit. */
-  mayCreateNode?: NewNodeGate;
+  mayCreateNode?: CallerGate;
   log: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void; error(obj: object, msg: string): void };
   now?: () => number;
 }
@@ -31,13 +31,14 @@ export interface CallOrigin {
 }
 
 /** Whether a caller may have one more node record made now; counts it when it may. */
-export type NewNodeGate = (origin: CallOrigin) => boolean;
+/** Whether a caller may make one more call of a kind now (and counts it): see callerGate. */
+export type CallerGate = (origin: CallOrigin) => boolean;
 
 /**
- * A gate letting each caller (its user, else its address) make `perMinute` node records a minute in this
- * process; 0 = no gate.
+ * A gate letting each caller (its user, else its address) make `perMinute` calls of a kind (new node records, job
+ * submissions) a minute in this process; 0 = no gate.
  */
-export function newNodeGate(perMinute: number, now: () => number = Date.now): NewNodeGate | undefined {
+export function callerGate(perMinute: number, now: () => number = Date.now): CallerGate | undefined {
   if (perMinute <= 0) return undefined;
   const quota = keyedQuota(perMinute, 60_000);
   return (o) => quota.pass(o.owner ? `user:${o.owner}` : `address:${addressKey(o.address ?? '')}`, now());

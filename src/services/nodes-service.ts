@@ -7,7 +7,7 @@ import { ConflictError, ForbiddenError, NotFoundError, requireOwner, TooManyRequ
 import { isId } from '../domain/ids';
 import { isTerminal } from '../domain/job';
 import { isHolding } from '../domain/reservation';
-import type { HeartbeatHub, NewNodeGate } from './heartbeat-hub';
+import type { CallerGate, HeartbeatHub } from './heartbeat-hub';
 import { keyedThrottle } from './keyed-throttle';
 import { walletOrNone, type WalletLinks } from './wallet-links';
 import type { JobWorkflowGateway } from './job-workflows';
@@ -40,7 +40,7 @@ export interface NodeServiceDeps {
   /** The token's decimals: a waiting job is woken for a node whose price its escrow covers. */
   tokenDecimals: number;
   /** Whether a caller may have one more node record made now (NEW_NODES_PER_MINUTE); absent = no limit. */
-  mayCreateNode?: NewNodeGate;
+  mayCreateNode?: CallerGate;
   /** Wallets users linked: a node registered without a wallet, by a token naming none, is paid to the first. */
   walletLinks?: WalletLinks;
   log: { warn(obj: object, msg: string): void };

@@ -15,7 +15,8 @@ const OFFLINE_AFTER_S = 3;
 const SORT_BY_PRICE = 0;
 const SORT_BY_PERFORMANCE = 1;
 
-const sys = useSystem({ name: 'discovery', env: { NODE_OFFLINE_AFTER_S: OFFLINE_AFTER_S } });
+// Two jobs a minute: this file submits jobs only to see that limit.
+const sys = useSystem({ name: 'discovery', env: { NODE_OFFLINE_AFTER_S: OFFLINE_AFTER_S, SUBMIT_JOBS_PER_MINUTE: 2 } });
 const nodes = nodePool(sys);
 
 /** The Engine's NodeDiscoveryService stub: plain h2c, a 15 s deadline per call. */
@@ -170,4 +171,22 @@ test('a node that stops heartbeating drops out of online results, and comes back
     return ids(res).includes(small.nodeId) ? res : undefined;
   }, 20_000);
   expect(new Set(ids(await listOnline()))).toEqual(new Set([small.nodeId, big.nodeId, cpu.nodeId]));
+});
+
+test('SubmitJob is limited per caller (SUBMIT_JOBS_PER_MINUTE, 2 here): the third in a minute is a 429, nothing recorded for it', async () => {
+  const jobs = protocolClient('JobService', sys().grpcAddress);
+  try {
+    // Jobs no node here fits: they wait, and are cancelled below.
+    const config = { job_type: 1, priority: 1, dataset_uri: 'remote://engine/x', batch_size: 1, epochs: 1, required_device: DEVICE_CUDA, estimated_memory: String(1024 * GiB), estimated_duration: '60', payment_amount: 0.5 };
+    const first = await jobs.call('SubmitJob', { config });
+    const second = await jobs.call('SubmitJob', { config });
+    expect([first.status, second.status]).toEqual([1, 1]);
+    const before = await sys().query<{ n: number }>('SELECT count(*)::int AS n FROM jobs');
+    const third = await jobs.call('SubmitJob', { config });
+    expect(third).toMatchObject({ status: 6, job_id: '', error: { code: 429, message: expect.stringContaining('too many jobs') } });
+    expect(await sys().query<{ n: number }>('SELECT count(*)::int AS n FROM jobs')).toEqual(before);
+    for (const { job_id } of [first, second]) await jobs.call('CancelJob', { job_id }, { deadlineMs: 30_000 });
+  } finally {
+    jobs.close();
+  }
 });

@@ -14,7 +14,7 @@ import { heartbeatRelays, jobEvents, jobs, nodeClaims, nodeMetrics, nodes, payme
 import type { JobPhase, JobSpec } from '../../src/domain/job';
 import { nodeStats } from '../../src/domain/node-stats';
 import { createDiscoveryService } from '../../src/services/discovery-service';
-import { createHeartbeatHub, newNodeGate } from '../../src/services/heartbeat-hub';
+import { callerGate, createHeartbeatHub } from '../../src/services/heartbeat-hub';
 import type { JobWorkflowGateway } from '../../src/services/job-workflows';
 import { createNodeService } from '../../src/services/nodes-service';
 import { createWalletLinks, linkExpiry, linkMessage } from '../../src/services/wallet-links';
@@ -278,7 +278,7 @@ describe('node registry, heartbeats and matching (real Postgres)', () => {
 
   it('lets each caller have at most its quota of new nodes a minute, by registration or unknown heartbeat', async () => {
     let quotaClock = 0;
-    const mayCreateNode = newNodeGate(3, () => quotaClock);
+    const mayCreateNode = callerGate(3, () => quotaClock);
     const { gateway } = recordingGateway();
     const hub = createHeartbeatHub({
       db: database.db, workflows: gateway, flushMs: 60_000, offlineAfterMs: 30_000, metricsSampleMs: 60_000,

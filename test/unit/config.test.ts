@@ -22,6 +22,9 @@ describe('loadConfig', () => {
     // New node records per caller and minute: 60, 0 for no limit, never negative.
     expect(c.nodes.newNodesPerMinute).toBe(60);
     expect(loadConfig({ NEW_NODES_PER_MINUTE: '0' }).nodes.newNodesPerMinute).toBe(0);
+    expect(loadConfig({}).jobs.submitsPerMinute).toBe(600);
+    expect(loadConfig({ SUBMIT_JOBS_PER_MINUTE: '0' }).jobs.submitsPerMinute).toBe(0);
+    expect(() => loadConfig({ SUBMIT_JOBS_PER_MINUTE: '1e3' })).toThrow(ConfigError);
     expect(() => loadConfig({ NEW_NODES_PER_MINUTE: '-1' })).toThrow(ConfigError);
   });
 

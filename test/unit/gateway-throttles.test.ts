@@ -1,7 +1,7 @@
 import { ActivityNotFoundError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { ConflictError } from '../../src/domain/errors';
 import { createJobWorkflowGateway } from '../../src/services/job-workflows';
-import { addressKey, newNodeGate } from '../../src/services/heartbeat-hub';
+import { addressKey, callerGate } from '../../src/services/heartbeat-hub';
 import { keyedQuota } from '../../src/services/keyed-throttle';
 
 /**
@@ -162,13 +162,13 @@ describe('new node records: one quota per caller', () => {
 
   it('lets a user make its quota wherever it calls from, and each address its own', () => {
     let now = 0;
-    const gate = newNodeGate(2, () => now)!;
+    const gate = callerGate(2, () => now)!;
     expect([gate({ address: '2001:db8:1:2::1' }), gate({ address: '2001:db8:1:2::ffff' }), gate({ address: '2001:db8:1:2::3' })]).toEqual([true, true, false]);
     expect(gate({ address: '2001:db8:1:3::1' })).toBe(true);
     expect([gate({ owner: 'u', address: '2001:db8:1:2::1' }), gate({ owner: 'u', address: '198.51.100.1' }), gate({ owner: 'u' })]).toEqual([true, true, false]);
     now += 60_000;
     expect(gate({ address: '2001:db8:1:2::1' })).toBe(true);
-    expect(newNodeGate(0)).toBeUndefined();
+    expect(callerGate(0)).toBeUndefined();
   });
 });
 

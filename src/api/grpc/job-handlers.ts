@@ -11,10 +11,11 @@ import type {
   SubmitJobRequest,
 } from '../../protocol/types';
 import type { JobChangeFeed } from '../../services/job-change-feed';
+import type { CallerGate } from '../../services/heartbeat-hub';
 import type { JobService } from '../../services/jobs-service';
 import type { CallerOf } from './auth';
 import { sendRefusalMetadata, toProtocolFailure } from './errors';
-import { echoId, optionalText, requireId, toJobSpec, toJobStatus } from './mappers';
+import { echoId, optionalText, peerIp, requireId, toJobSpec, toJobStatus } from './mappers';
 import { statusAndError, summarize, unary } from './unary';
 
 export interface JobHandlerDeps {
@@ -26,6 +27,8 @@ export interface JobHandlerDeps {
   caller?: CallerOf;
   /** The verified user's wallet (its token's wallet_address claim), for jobs the user pays with their own transfer. */
   callerWallet?: CallerOf;
+  /** Whether the caller may submit one more job now (SUBMIT_JOBS_PER_MINUTE); absent = no limit. */
+  maySubmitJob?: CallerGate;
 }
 
 const DEFAULT_PAGE_SIZE = 100;
@@ -56,6 +59,9 @@ export function createJobHandlers(deps: JobHandlerDeps) {
     log,
     'SubmitJob',
     async (req, call) => {
+      if (deps.maySubmitJob && !deps.maySubmitJob({ owner: caller(call), address: peerIp(call.getPeer()) })) {
+        throw new TooManyRequestsError('too many jobs submitted by this caller in the last minute: submit again in a minute');
+      }
       const spec = toJobSpec(req.config, deps.tokenDecimals);
       const { jobId, startDeferred } = await jobs.submit(spec, caller(call), deps.callerWallet?.(call));
       if (startDeferred) log.warn({ jobId, why: startDeferred }, 'job recorded while Temporal is away: the worker starts it once Temporal is back');
