@@ -67,7 +67,7 @@ export function createGrpcServer(deps: GrpcServerDeps) {
   server.addService(protocol.JobStatusService.service, nodeHandlers.jobStatus as unknown as grpc.UntypedServiceImplementation);
   server.addService(
     protocol.WalletService.service,
-    createWalletHandlers({ wallets: deps.wallets, estimator: createCostEstimator({ discovery: deps.discovery, tokenDecimals: deps.tokenDecimals }), log: deps.log }) as unknown as grpc.UntypedServiceImplementation,
+    createWalletHandlers({ wallets: deps.wallets, estimator: createCostEstimator({ discovery: deps.discovery, tokenDecimals: deps.tokenDecimals }), log: deps.log, caller }) as unknown as grpc.UntypedServiceImplementation,
   );
   server.addService(
     protocol.JobReservationService.service,

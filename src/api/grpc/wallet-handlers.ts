@@ -1,16 +1,25 @@
 import type { Logger } from 'pino';
-import { ValidationError } from '../../domain/errors';
+import { TooManyRequestsError, ValidationError } from '../../domain/errors';
 import { LIST_DEPTH, StatusCode } from '../../domain/job';
 import type { CostEstimator } from '../../services/cost-estimate';
+import { callerGate } from '../../services/heartbeat-hub';
 import { walletAddress, type WalletService } from '../../services/wallet-service';
+import type { CallerOf } from './auth';
+import { peerIp } from './mappers';
 import { unary } from './unary';
 
 const DEFAULT_HISTORY = 20;
 const MAX_HISTORY = 500;
+/**
+ * GetBalance calls one caller may make a minute: each wallet not asked about in the last 2 s costs two calls to
+ * the RPC provider, whose quota the settlements share.
+ */
+const BALANCE_LOOKUPS_PER_MINUTE = 120;
 
 /** WalletService: wallet.proto replies carry `status` and a `message` (they have no Error field). */
-export function createWalletHandlers(deps: { wallets: WalletService; estimator: CostEstimator; log: Logger }) {
+export function createWalletHandlers(deps: { wallets: WalletService; estimator: CostEstimator; log: Logger; caller?: CallerOf }) {
   const { wallets, estimator, log } = deps;
+  const mayLookUpBalance = callerGate(BALANCE_LOOKUPS_PER_MINUTE)!;
   const failed = (f: { status: number; error: { message: string } }) => ({ status: f.status, message: f.error.message });
 
   return {
@@ -31,7 +40,10 @@ export function createWalletHandlers(deps: { wallets: WalletService; estimator: 
     GetBalance: unary<{ wallet_address: string }, object>(
       log,
       'GetBalance',
-      async (req) => {
+      async (req, call) => {
+        if (!mayLookUpBalance({ owner: deps.caller?.(call), address: peerIp(call.getPeer()) })) {
+          throw new TooManyRequestsError(`too many balances asked by this caller in the last minute (at most ${BALANCE_LOOKUPS_PER_MINUTE}): ask again in a minute`);
+        }
         const b = await wallets.balance(req.wallet_address);
         return { status: StatusCode.SUCCESS, message: '', sol_balance: b.sol, cyxwiz_balance: b.cyxwiz, token_mint: b.mint };
       },
