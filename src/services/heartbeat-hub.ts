@@ -30,7 +30,6 @@ export interface CallOrigin {
   address?: string;
 }
 
-/** Whether a caller may have one more node record made now; counts it when it may. */
 /** Whether a caller may make one more call of a kind now (and counts it): see callerGate. */
 export type CallerGate = (origin: CallOrigin) => boolean;
 
