@@ -37,6 +37,8 @@ export function createHealth(names: readonly string[]) {
         }
         watching += 1;
         const set = watchers.get(call.request.service);
+        // The call keeps its request while open: an unknown name (up to the message limit) is not kept with it.
+        if (!set) (call.request as { service: string }).service = '';
         const watcher = (status: ServingStatus) => void call.write({ status });
         set?.add(watcher);
         let gone = false;
@@ -49,7 +51,7 @@ export function createHealth(names: readonly string[]) {
         call.on('cancelled', stop);
         call.on('close', stop);
         call.on('finish', stop);
-        call.write({ status: set ? statuses.get(call.request.service) : 'SERVICE_UNKNOWN' });
+        call.write({ status: set ? statuses.get(call.request.service)! : 'SERVICE_UNKNOWN' });
       },
       list: (_call: grpc.ServerUnaryCall<object, object>, callback: grpc.sendUnaryData<object>) => {
         callback(null, { statuses: Object.fromEntries([...statuses].map(([name, status]) => [name, { status }])) });
