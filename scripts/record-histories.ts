@@ -52,16 +52,21 @@ interface Scenario {
   start?(ctx: { env: TestWorkflowEnvironment; taskQueue: string; spec: JobSpec }): Promise<JobHandle>;
 }
 
-/** node-a accepts and completes the job at once; it ends completed with node-a's payment owed. */
-async function completedOwed(env: TestWorkflowEnvironment, handle: JobHandle, jobId: string): Promise<void> {
-  await waitForStatus(handle, (v) => v.phase === 'assigned');
-  const alive = keepAlive(env.client, jobId, 1);
+/** `nodeId`, holding the job's `attempt` and heartbeating meanwhile, accepts it and reports it completed. */
+async function acceptAndComplete(env: TestWorkflowEnvironment, handle: JobHandle, jobId: string, nodeId: string, attempt = 1): Promise<void> {
+  const alive = keepAlive(env.client, jobId, attempt);
   try {
-    await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
-    await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
+    await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId }] });
+    await handle.executeUpdate(completeUpdate, { args: [{ nodeId }], updateId: `complete/${nodeId}` });
   } finally {
     alive.stop();
   }
+}
+
+/** node-a accepts and completes the job at once; it ends completed with node-a's payment owed. */
+async function completedOwed(env: TestWorkflowEnvironment, handle: JobHandle, jobId: string): Promise<void> {
+  await waitForStatus(handle, (v) => v.phase === 'assigned');
+  await acceptAndComplete(env, handle, jobId, 'node-a');
   await waitForStatus(handle, (v) => v.phase === 'completed' && v.escrow === 'owed');
 }
 
@@ -109,13 +114,7 @@ const scenarios: Record<string, Scenario> = {
       await waitForStatus(handle, (v) => v.phase === 'assigned');
       await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
       await waitForStatus(handle, (v) => v.attempt === 2 && v.phase === 'assigned');
-      const alive = keepAlive(env.client, jobId, 2);
-      try {
-        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-b' }] });
-        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-b' }], updateId: 'complete/node-b' });
-      } finally {
-        alive.stop();
-      }
+      await acceptAndComplete(env, handle, jobId, 'node-b', 2);
     },
   },
   /** Recorded while Temporal was away, cancelled before the sweep started it: started with the cancel, nothing escrowed. */
@@ -203,13 +202,7 @@ const scenarios: Record<string, Scenario> = {
       cluster.register('node-a');
       await handle.signal(nodesChangedSignal);
       await waitForStatus(handle, (v) => v.phase === 'assigned' && v.nodeId === 'node-a');
-      const alive = keepAlive(env.client, jobId, 1);
-      try {
-        await handle.executeUpdate(acceptedUpdate, { args: [{ nodeId: 'node-a' }] });
-        await handle.executeUpdate(completeUpdate, { args: [{ nodeId: 'node-a' }], updateId: 'complete/node-a' });
-      } finally {
-        alive.stop();
-      }
+      await acceptAndComplete(env, handle, jobId, 'node-a');
     },
   },
   /** The payer has no funds: the escrow is refused for good → failed (402), never matched. */
