@@ -57,8 +57,8 @@ export interface ProgressReport {
 /** Use-cases of nodes: registration, liveness, and the reports they make about their jobs. */
 export function createNodeService(deps: NodeServiceDeps) {
   const { db, workflows, heartbeats } = deps;
-  /** When a registration that kept its node's wallet last told what the node is owed (see OWED_RETELL_MS). */
-  const owedToldAt = new Map<string, number>();
+  /** A registration that keeps its node's wallet tells what the node is owed at most every OWED_RETELL_MS. */
+  const owedRetellThrottle = keyedThrottle(OWED_RETELL_MS);
   const wakeThrottle = keyedThrottle(REGISTRATION_FANOUT_MS);
   const walletChangeThrottle = keyedThrottle(REGISTRATION_FANOUT_MS);
 
@@ -103,7 +103,7 @@ export function createNodeService(deps: NodeServiceDeps) {
     // A new wallet pays what the node is owed; beside the answer (the node gives RegisterNode 10 s). So may the
     // same one registered again: it may not have had a token account for the mint before.
     const walletChanged = row.walletAddress !== before?.walletAddress;
-    if (row.walletAddress && (walletChanged ? walletChangeThrottle.pass(nodeId, Date.now()) : mayRetellOwed(nodeId))) payOwedSoon(nodeId);
+    if (row.walletAddress && (walletChanged ? walletChangeThrottle.pass(nodeId, Date.now()) : owedRetellThrottle.pass(nodeId, Date.now()))) payOwedSoon(nodeId);
     // Waiting jobs may fit this node now, those it refused before included.
     if (!wakeThrottle.pass(nodeId, Date.now())) return { nodeId, created: !existing };
     void jobsRepo
@@ -112,15 +112,6 @@ export function createNodeService(deps: NodeServiceDeps) {
       .then((ids) => workflows.nodesChanged(ids))
       .catch((err) => deps.log.warn({ err: String(err) }, 'could not wake queued jobs'));
     return { nodeId, created: !existing };
-  }
-
-  function mayRetellOwed(nodeId: string): boolean {
-    const now = Date.now();
-    const last = owedToldAt.get(nodeId);
-    if (last !== undefined && now - last < OWED_RETELL_MS) return false;
-    if (owedToldAt.size >= 100_000) owedToldAt.clear();
-    owedToldAt.set(nodeId, now);
-    return true;
   }
 
   /** The user's account wallet: the wallet its token names (`claim`, when it is an address), else its first linked. */
